@@ -1,0 +1,136 @@
+"""The CheckAccess decision, exactly in the order DESIGN.md lists, as pure functions.
+
+The servicer asks `needs_subject` first (steps 2 and 3 need only the tenant) and loads
+the subject's grants only when they can matter; `decide` applies steps 2–6 in order.
+Step 1 (malformed request) is `gatehouse.engine.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gatehouse.engine.model import Reason, SubjectSnapshot, TenantSnapshot, TenantStatus
+from gatehouse.engine.patterns import PermissionSet, scope_covers
+
+READ_ACTIONS = frozenset({"read", "list", "get"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: Reason
+    revision: int
+    role: str = ""
+    scope: str = ""
+    feature: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A compiled role assignment: where it applies and what it permits."""
+
+    role: str
+    scope: str
+    permissions: PermissionSet
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    """A tenant compiled for deciding: its status and the features that are off."""
+
+    tenant_id: str
+    status: TenantStatus
+    revision: int
+    disabled_features: tuple[tuple[str, PermissionSet], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectGrants:
+    """One subject's compiled grants in one tenant, stamped with the revision read at."""
+
+    tenant_id: str
+    subject_key: str
+    revision: int
+    is_member: bool
+    grants: tuple[Grant, ...]
+
+
+def effective_flags(snapshot: TenantSnapshot) -> dict[str, bool]:
+    """Plan feature defaults, then the tenant's overrides on top."""
+    flags = {name: feature.default_enabled for name, feature in snapshot.plan.features.items()}
+    flags.update(snapshot.tenant.flag_overrides)
+    return flags
+
+
+def compile_tenant(snapshot: TenantSnapshot) -> TenantPolicy:
+    flags = effective_flags(snapshot)
+    disabled = tuple(
+        (name, PermissionSet(feature.gates))
+        for name, feature in sorted(snapshot.plan.features.items())
+        if feature.gates and not flags.get(name, feature.default_enabled)
+    )
+    return TenantPolicy(
+        tenant_id=snapshot.tenant.id,
+        status=snapshot.tenant.status,
+        revision=snapshot.tenant.revision,
+        disabled_features=disabled,
+    )
+
+
+def compile_subject(snapshot: SubjectSnapshot) -> SubjectGrants:
+    permission_sets: dict[tuple[str, ...], PermissionSet] = {}
+    grants = []
+    for row in snapshot.assignments:
+        permissions = permission_sets.setdefault(row.permissions, PermissionSet(row.permissions))
+        grants.append(Grant(role=row.role, scope=row.scope, permissions=permissions))
+    # Widest scope first, so the reported grant is the most general one that applies.
+    grants.sort(key=lambda g: (g.scope.count("/") if g.scope else -1, g.scope, g.role))
+    return SubjectGrants(
+        tenant_id=snapshot.tenant_id,
+        subject_key=snapshot.subject.key,
+        revision=snapshot.revision,
+        is_member=snapshot.is_member,
+        grants=tuple(grants),
+    )
+
+
+def is_read_action(permission: str) -> bool:
+    return permission.rsplit(".", 1)[-1] in READ_ACTIONS
+
+
+def decide(
+    tenant: TenantPolicy | None,
+    subject: SubjectGrants | None,
+    permission: str,
+    scope: str,
+) -> Decision:
+    """Steps 2–6 of DESIGN.md "Decision semantics"; the first that applies decides."""
+    if tenant is None:
+        return Decision(False, Reason.TENANT_NOT_FOUND, 0)
+    revision = max(tenant.revision, subject.revision) if subject is not None else tenant.revision
+    status = tenant.status
+    if status is not TenantStatus.ACTIVE:
+        if status is TenantStatus.SUSPENDED:
+            if not is_read_action(permission):
+                return Decision(False, Reason.TENANT_SUSPENDED, revision)
+        else:
+            return Decision(False, Reason.TENANT_INACTIVE, revision)
+    if subject is None or not subject.is_member:
+        return Decision(False, Reason.NOT_A_MEMBER, revision)
+    for name, gates in tenant.disabled_features:
+        if gates.matches(permission):
+            return Decision(False, Reason.FEATURE_DISABLED, revision, feature=name)
+    for grant in subject.grants:
+        if scope_covers(grant.scope, scope) and grant.permissions.matches(permission):
+            return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope)
+    return Decision(False, Reason.NO_GRANT, revision)
+
+
+def needs_subject(tenant: TenantPolicy | None, permission: str) -> bool:
+    """False when steps 2–3 already deny, so the subject's grants need not be loaded."""
+    if tenant is None:
+        return False
+    status = tenant.status
+    if status is TenantStatus.ACTIVE:
+        return True
+    return status is TenantStatus.SUSPENDED and is_read_action(permission)

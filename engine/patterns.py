@@ -1,0 +1,118 @@
+"""Permission patterns and scope paths.
+
+A permission is dot-separated segments of `[a-z0-9_-]+` (`invoice.line.edit`). In a
+pattern, `*` stands for one or more whole segments: `invoice.*` matches `invoice.read`
+and `invoice.line.edit` but not `invoice`; `*.read` matches every permission whose last
+segment is `read`; `*` alone matches everything.
+
+A scope is `/`-separated segments (`emea/de/berlin`); the empty scope is the tenant root.
+Scope `a/b` covers `a/b` and everything below it (`a/b/c`), never a sibling that merely
+shares a prefix (`a/bc`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+SEGMENT = r"[a-z0-9_-]+"
+PERMISSION_RE = re.compile(rf"^{SEGMENT}(?:\.{SEGMENT})*$")
+PATTERN_RE = re.compile(rf"^(?:{SEGMENT}|\*)(?:\.(?:{SEGMENT}|\*))*$")
+SCOPE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+MAX_PERMISSION_LEN = 256
+MAX_SCOPE_LEN = 1024
+
+
+def is_valid_id(value: str) -> bool:
+    """Ids are 1–128 chars of `[A-Za-z0-9._:@-]`."""
+    return ID_RE.fullmatch(value) is not None
+
+
+def is_valid_permission(value: str) -> bool:
+    return len(value) <= MAX_PERMISSION_LEN and PERMISSION_RE.fullmatch(value) is not None
+
+
+def is_valid_pattern(value: str) -> bool:
+    return len(value) <= MAX_PERMISSION_LEN and PATTERN_RE.fullmatch(value) is not None
+
+
+def is_valid_scope(value: str) -> bool:
+    """Empty (tenant root) or segments separated by single `/`, no leading or trailing `/`."""
+    if value == "":
+        return True
+    if len(value) > MAX_SCOPE_LEN:
+        return False
+    return all(SCOPE_SEGMENT_RE.fullmatch(segment) for segment in value.split("/"))
+
+
+def scope_covers(granted: str, requested: str) -> bool:
+    """True when a grant at `granted` applies to a resource at `requested`."""
+    if granted == "":
+        return True
+    if requested == granted:
+        return True
+    return requested.startswith(granted) and requested[len(granted)] == "/"
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    parts = [rf"{SEGMENT}(?:\.{SEGMENT})*" if p == "*" else re.escape(p) for p in pattern.split(".")]
+    return re.compile(r"\.".join(parts))
+
+
+class PermissionSet:
+    """A compiled set of permission patterns: a hit is a set lookup or a short prefix scan.
+
+    Patterns that are exact names go to a frozenset; `prefix.*` becomes a `startswith`;
+    only patterns with a `*` elsewhere fall back to a regular expression.
+    """
+
+    __slots__ = ("patterns", "_all", "_exact", "_prefixes", "_regexes")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns: tuple[str, ...] = tuple(sorted(set(patterns)))
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        regexes: list[re.Pattern[str]] = []
+        match_all = False
+        for pattern in self.patterns:
+            if pattern == "*":
+                match_all = True
+            elif "*" not in pattern:
+                exact.add(pattern)
+            elif pattern.endswith(".*") and "*" not in pattern[:-2]:
+                prefixes.append(pattern[:-1])  # keep the dot: a segment boundary
+            else:
+                regexes.append(_pattern_regex(pattern))
+        self._all = match_all
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+        self._regexes = tuple(regexes)
+
+    def matches(self, permission: str) -> bool:
+        if self._all or permission in self._exact:
+            return True
+        for prefix in self._prefixes:
+            if permission.startswith(prefix):
+                return True
+        for regex in self._regexes:
+            if regex.fullmatch(permission):
+                return True
+        return False
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PermissionSet) and other.patterns == self.patterns
+
+    def __hash__(self) -> int:
+        return hash(self.patterns)
+
+    def __repr__(self) -> str:
+        return f"PermissionSet({list(self.patterns)!r})"
+
+
+def pattern_matches(pattern: str, permission: str) -> bool:
+    """One pattern against one permission (the reference the compiled set must agree with)."""
+    return _pattern_regex(pattern).fullmatch(permission) is not None

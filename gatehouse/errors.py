@@ -1,0 +1,167 @@
+"""Every error Gatehouse reports, in one hierarchy.
+
+Each class carries its gRPC status code and a stable `GATEHOUSE_*` reason as class
+attributes (the way h2 errors carry their protocol code). The server maps them to a
+`google.rpc.Status` with an ErrorInfo (and BadRequest field violations) in one place:
+`gatehouse.server.errors`. Lower-level errors (asyncpg, redis) are translated there too,
+so nothing reaches a caller as UNKNOWN.
+
+    GatehouseError
+    ├── InvalidArgument            INVALID_ARGUMENT     GATEHOUSE_INVALID_ARGUMENT
+    ├── NotFound                   NOT_FOUND            GATEHOUSE_NOT_FOUND
+    │   └── TenantNotFound                              GATEHOUSE_TENANT_NOT_FOUND
+    ├── AlreadyExists              ALREADY_EXISTS       GATEHOUSE_ALREADY_EXISTS
+    ├── FailedPrecondition         FAILED_PRECONDITION  GATEHOUSE_FAILED_PRECONDITION
+    │   ├── IllegalTransition                           GATEHOUSE_ILLEGAL_TRANSITION
+    │   ├── ConfirmationRequired                        GATEHOUSE_CONFIRMATION_REQUIRED
+    │   ├── SystemRoleImmutable                         GATEHOUSE_SYSTEM_ROLE
+    │   ├── RoleInUse                                   GATEHOUSE_ROLE_IN_USE
+    │   ├── NotAMember                                  GATEHOUSE_NOT_A_MEMBER
+    │   └── TenantNotWritable                           GATEHOUSE_TENANT_DELETED
+    ├── RevisionConflict           ABORTED              GATEHOUSE_REVISION_CONFLICT
+    ├── Unauthenticated            UNAUTHENTICATED      GATEHOUSE_UNAUTHENTICATED
+    ├── PermissionDenied           PERMISSION_DENIED    GATEHOUSE_PERMISSION_DENIED
+    ├── Unavailable                UNAVAILABLE          GATEHOUSE_UNAVAILABLE
+    │   ├── StoreUnavailable                            GATEHOUSE_STORE_UNAVAILABLE
+    │   └── SchemaMismatch                              GATEHOUSE_SCHEMA_MISMATCH
+    └── Internal                   INTERNAL             GATEHOUSE_INTERNAL
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request: its path (e.g. `subject.id`) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class GatehouseError(Exception):
+    """Base of every error Gatehouse reports to a caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "GATEHOUSE_INTERNAL"
+
+    def __init__(self, message: str, *, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(GatehouseError):
+    """The request is malformed; `violations` names every bad field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "GATEHOUSE_INVALID_ARGUMENT"
+
+    def __init__(self, field: str, description: str, *more: FieldViolation) -> None:
+        self.violations: tuple[FieldViolation, ...] = (FieldViolation(field, description), *more)
+        text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(f"invalid argument: {text}", metadata={"field": field})
+
+
+class NotFound(GatehouseError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "GATEHOUSE_NOT_FOUND"
+
+
+class TenantNotFound(NotFound):
+    reason = "GATEHOUSE_TENANT_NOT_FOUND"
+
+
+class AlreadyExists(GatehouseError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "GATEHOUSE_ALREADY_EXISTS"
+
+
+class FailedPrecondition(GatehouseError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "GATEHOUSE_FAILED_PRECONDITION"
+
+
+class IllegalTransition(FailedPrecondition):
+    """A lifecycle action that the transition table does not allow from this state."""
+
+    reason = "GATEHOUSE_ILLEGAL_TRANSITION"
+
+
+class ConfirmationRequired(FailedPrecondition):
+    """A terminal action (deleting a tenant) was asked for without `confirm`."""
+
+    reason = "GATEHOUSE_CONFIRMATION_REQUIRED"
+
+
+class SystemRoleImmutable(FailedPrecondition):
+    """The seeded roles owner, admin, member and viewer cannot be changed or deleted."""
+
+    reason = "GATEHOUSE_SYSTEM_ROLE"
+
+
+class RoleInUse(FailedPrecondition):
+    """A role that is still assigned cannot be deleted."""
+
+    reason = "GATEHOUSE_ROLE_IN_USE"
+
+
+class NotAMember(FailedPrecondition):
+    """Roles are assigned to members only."""
+
+    reason = "GATEHOUSE_NOT_A_MEMBER"
+
+
+class TenantNotWritable(FailedPrecondition):
+    """A deleted tenant is terminal: nothing about it changes any more."""
+
+    reason = "GATEHOUSE_TENANT_DELETED"
+
+
+class RevisionConflict(GatehouseError):
+    """`expected_revision` is not the tenant's current revision (optimistic concurrency)."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "GATEHOUSE_REVISION_CONFLICT"
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(
+            f"expected revision {expected}, tenant is at {current}",
+            metadata={"expected_revision": str(expected), "current_revision": str(current)},
+        )
+        self.current = current
+
+
+class Unauthenticated(GatehouseError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "GATEHOUSE_UNAUTHENTICATED"
+
+
+class PermissionDenied(GatehouseError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "GATEHOUSE_PERMISSION_DENIED"
+
+
+class Unavailable(GatehouseError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "GATEHOUSE_UNAVAILABLE"
+
+
+class StoreUnavailable(Unavailable):
+    """Postgres cannot be reached and the caches cannot answer."""
+
+    reason = "GATEHOUSE_STORE_UNAVAILABLE"
+
+
+class SchemaMismatch(Unavailable):
+    """The database schema is not at the version this build expects."""
+
+    reason = "GATEHOUSE_SCHEMA_MISMATCH"
+
+
+class Internal(GatehouseError):
+    code = grpc.StatusCode.INTERNAL
+    reason = "GATEHOUSE_INTERNAL"

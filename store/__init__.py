@@ -1,0 +1,1 @@
+"""Postgres storage: migrations, the tenant-scoped reads and the transactional writes."""

@@ -1,0 +1,191 @@
+"""The one interface every storage driver implements, and the records it returns.
+
+The server and cache depend on this interface only; `gatehouse.store.postgres` is the
+driver. Every mutation commits its domain rows, the tenant's revision bump, one audit row
+and one outbox row in ONE transaction, and returns the tenant's new revision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
+
+from gatehouse.engine.lifecycle import Action
+from gatehouse.engine.model import (
+    Plan,
+    SubjectRef,
+    SubjectSnapshot,
+    TenantRecord,
+    TenantSnapshot,
+    TenantStatus,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is making an admin call, for the audit log and `status_changed_by`."""
+
+    id: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRecord:
+    tenant_id: str
+    name: str
+    permissions: tuple[str, ...]
+    description: str = ""
+    system: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    tenant_id: str
+    subject: SubjectRef
+    created_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentRecord:
+    tenant_id: str
+    subject: SubjectRef
+    role: str
+    scope: str
+    created_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    tenant_id: str
+    actor: str
+    action: str
+    target: str
+    request_id: str
+    outcome: str  # "ok" | "denied" | "error"
+    reason: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPatch:
+    """A PatchTenantConfig request, already validated."""
+
+    settings_patch: Mapping[str, Any] | None = None  # RFC 7396 merge-patch
+    set_flags: Mapping[str, bool] = field(default_factory=dict)
+    clear_flags: Sequence[str] = ()
+    set_quotas: Mapping[str, int] = field(default_factory=dict)
+    clear_quotas: Sequence[str] = ()
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str = ""
+
+
+# Seeded for every tenant, neither changeable nor deletable.
+SYSTEM_ROLES: dict[str, tuple[str, ...]] = {
+    "owner": ("*",),
+    "admin": ("*",),
+    "member": (),
+    "viewer": ("*.read", "*.list", "*.get"),
+}
+DEFAULT_PLAN = "default"
+
+
+class Store(Protocol):
+    # --- lifecycle of the driver ---
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+    async def schema_version(self) -> int: ...
+
+    # --- the read path (what the cache loads on a miss) ---
+    async def load_tenant(self, tenant_id: str) -> TenantSnapshot | None: ...
+    async def load_subject(self, tenant_id: str, subject: SubjectRef) -> SubjectSnapshot | None:
+        """None when the tenant does not exist; otherwise membership and assignments,
+        stamped with the tenant revision read in the same transaction."""
+        ...
+
+    # --- tenants ---
+    async def create_tenant(
+        self, actor: Actor, *, slug: str, name: str, plan: str, region: str, settings: Mapping[str, Any]
+    ) -> TenantRecord: ...
+    async def get_tenant(self, tenant_id: str) -> TenantRecord: ...
+    async def list_tenants(
+        self, *, page_size: int, page_token: str, status: TenantStatus | None, plan: str, region: str
+    ) -> Page[TenantRecord]: ...
+    async def update_tenant(
+        self,
+        actor: Actor,
+        tenant_id: str,
+        *,
+        expected_revision: int,
+        name: str | None,
+        plan: str | None,
+        region: str | None,
+    ) -> TenantRecord: ...
+    async def transition_tenant(
+        self, actor: Actor, tenant_id: str, action: Action, *, reason: str, expected_revision: int, confirm: bool
+    ) -> TenantRecord: ...
+    async def patch_tenant_config(
+        self, actor: Actor, tenant_id: str, patch: ConfigPatch, *, expected_revision: int
+    ) -> TenantRecord: ...
+
+    # --- plans ---
+    async def upsert_plan(self, actor: Actor, plan: Plan) -> tuple[Plan, int]: ...
+    async def list_plans(self) -> list[Plan]: ...
+
+    # --- roles ---
+    async def create_role(
+        self, actor: Actor, tenant_id: str, *, name: str, permissions: tuple[str, ...], description: str
+    ) -> tuple[RoleRecord, int]: ...
+    async def update_role(
+        self,
+        actor: Actor,
+        tenant_id: str,
+        *,
+        name: str,
+        permissions: tuple[str, ...],
+        description: str,
+        expected_revision: int,
+    ) -> tuple[RoleRecord, int]: ...
+    async def delete_role(self, actor: Actor, tenant_id: str, *, name: str) -> int: ...
+    async def list_roles(self, tenant_id: str) -> tuple[list[RoleRecord], int]: ...
+
+    # --- members ---
+    async def add_member(self, actor: Actor, tenant_id: str, subject: SubjectRef) -> tuple[MemberRecord, int]: ...
+    async def remove_member(self, actor: Actor, tenant_id: str, subject: SubjectRef) -> int: ...
+    async def list_members(self, tenant_id: str, *, page_size: int, page_token: str) -> Page[MemberRecord]: ...
+
+    # --- role assignments ---
+    async def assign_role(
+        self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str
+    ) -> tuple[AssignmentRecord, int]: ...
+    async def revoke_role(self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str) -> int: ...
+    async def list_role_assignments(
+        self, tenant_id: str, *, subject: SubjectRef | None, page_size: int, page_token: str
+    ) -> Page[AssignmentRecord]: ...
+
+    # --- audit ---
+    async def record_audit(
+        self, actor: Actor, *, tenant_id: str | None, action: str, target: str, outcome: str, reason: str
+    ) -> None:
+        """An audit row on its own, for calls that were denied or failed (successful
+        mutations write theirs inside their own transaction)."""
+        ...
+
+    async def list_audit_events(
+        self,
+        *,
+        tenant_id: str,
+        actor: str,
+        action: str,
+        since: float | None,
+        until: float | None,
+        page_size: int,
+        page_token: str,
+    ) -> Page[AuditRecord]: ...
