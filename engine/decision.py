@@ -107,6 +107,10 @@ def decide(
     """Steps 2–6 of DESIGN.md "Decision semantics"; the first that applies decides."""
     if tenant is None:
         return Decision(False, Reason.TENANT_NOT_FOUND, 0)
+    if subject is not None and subject.tenant_id != tenant.tenant_id:
+        # Grants read for another tenant say nothing about this one, whatever ids they
+        # share: a cache or store keyed wrongly fails closed, never answers across tenants.
+        subject = None
     revision = max(tenant.revision, subject.revision) if subject is not None else tenant.revision
     status = tenant.status
     if status is not TenantStatus.ACTIVE:

@@ -55,25 +55,45 @@ def scope_covers(granted: str, requested: str) -> bool:
     return requested.startswith(granted) and requested[len(granted)] == "/"
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    parts = [rf"{SEGMENT}(?:\.{SEGMENT})*" if p == "*" else re.escape(p) for p in pattern.split(".")]
-    return re.compile(r"\.".join(parts))
+def _segments_match(pattern: tuple[str, ...], permission: list[str]) -> bool:
+    """Glob over whole segments, `*` standing for one or more of them.
+
+    Not a regular expression: `*.*.*.*.*.*.x` compiled to one backtracks through every
+    way of splitting a long permission between the stars (seconds at six stars, and
+    role and API-key patterns come from tenant admins). The greedy glob below only ever
+    re-tries the most recent `*`, so it is O(len(pattern) * len(permission)) at worst.
+    """
+    i = j = 0
+    star = -1  # index in `pattern` of the most recent `*`
+    resume = 0  # where that `*`'s match ends; moved right when a later segment fails
+    while j < len(permission):
+        if i < len(pattern) and pattern[i] == "*":
+            star, i, j = i, i + 1, j + 1  # a `*` takes at least one segment
+            resume = j
+        elif i < len(pattern) and pattern[i] == permission[j]:
+            i, j = i + 1, j + 1
+        elif star >= 0:
+            resume += 1  # let the last `*` take one more segment and try again
+            i, j = star + 1, resume
+        else:
+            return False
+    return i == len(pattern)
 
 
 class PermissionSet:
     """A compiled set of permission patterns: a hit is a set lookup or a short prefix scan.
 
     Patterns that are exact names go to a frozenset; `prefix.*` becomes a `startswith`;
-    only patterns with a `*` elsewhere fall back to a regular expression.
+    only patterns with a `*` elsewhere fall back to the segment glob.
     """
 
-    __slots__ = ("patterns", "_all", "_exact", "_prefixes", "_regexes")
+    __slots__ = ("patterns", "_all", "_exact", "_prefixes", "_globs")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns: tuple[str, ...] = tuple(sorted(set(patterns)))
         exact: set[str] = set()
         prefixes: list[str] = []
-        regexes: list[re.Pattern[str]] = []
+        globs: list[tuple[str, ...]] = []
         match_all = False
         for pattern in self.patterns:
             if pattern == "*":
@@ -83,11 +103,11 @@ class PermissionSet:
             elif pattern.endswith(".*") and "*" not in pattern[:-2]:
                 prefixes.append(pattern[:-1])  # keep the dot: a segment boundary
             else:
-                regexes.append(_pattern_regex(pattern))
+                globs.append(tuple(pattern.split(".")))
         self._all = match_all
         self._exact = frozenset(exact)
         self._prefixes = tuple(prefixes)
-        self._regexes = tuple(regexes)
+        self._globs = tuple(globs)
 
     def matches(self, permission: str) -> bool:
         if self._all or permission in self._exact:
@@ -95,9 +115,11 @@ class PermissionSet:
         for prefix in self._prefixes:
             if permission.startswith(prefix):
                 return True
-        for regex in self._regexes:
-            if regex.fullmatch(permission):
-                return True
+        if self._globs:
+            segments = permission.split(".")
+            for glob in self._globs:
+                if _segments_match(glob, segments):
+                    return True
         return False
 
     def __bool__(self) -> bool:
@@ -114,5 +136,5 @@ class PermissionSet:
 
 
 def pattern_matches(pattern: str, permission: str) -> bool:
-    """One pattern against one permission (the reference the compiled set must agree with)."""
-    return _pattern_regex(pattern).fullmatch(permission) is not None
+    """One pattern against one valid permission (the compiled set must agree with it)."""
+    return _segments_match(tuple(pattern.split(".")), permission.split("."))

@@ -17,6 +17,7 @@ so nothing reaches a caller as UNKNOWN.
     │   ├── SystemRoleImmutable                         GATEHOUSE_SYSTEM_ROLE
     │   ├── RoleInUse                                   GATEHOUSE_ROLE_IN_USE
     │   ├── NotAMember                                  GATEHOUSE_NOT_A_MEMBER
+    │   ├── LastOwner                                   GATEHOUSE_LAST_OWNER
     │   └── TenantNotWritable                           GATEHOUSE_TENANT_DELETED
     ├── RevisionConflict           ABORTED              GATEHOUSE_REVISION_CONFLICT
     ├── Unauthenticated            UNAUTHENTICATED      GATEHOUSE_UNAUTHENTICATED
@@ -113,6 +114,12 @@ class NotAMember(FailedPrecondition):
     """Roles are assigned to members only."""
 
     reason = "GATEHOUSE_NOT_A_MEMBER"
+
+
+class LastOwner(FailedPrecondition):
+    """The last owner of a tenant cannot be removed, demoted or have `owner` revoked."""
+
+    reason = "GATEHOUSE_LAST_OWNER"
 
 
 class TenantNotWritable(FailedPrecondition):

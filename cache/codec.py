@@ -1,0 +1,96 @@
+"""How cached snapshots are written to Redis: plain JSON, never pickle (anyone who can
+write to Redis must not be able to run code in the sidecar)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gatehouse.engine.model import (
+    AssignmentRow,
+    Plan,
+    PlanFeature,
+    SubjectRef,
+    SubjectSnapshot,
+    TenantRecord,
+    TenantSnapshot,
+    TenantStatus,
+)
+
+FORMAT = 1  # bump when the layout changes; older entries are then ignored
+
+
+def dump_tenant(snapshot: TenantSnapshot) -> bytes:
+    t, p = snapshot.tenant, snapshot.plan
+    return json.dumps(
+        {
+            "v": FORMAT,
+            "tenant": {
+                "id": t.id,
+                "slug": t.slug,
+                "name": t.name,
+                "status": t.status.value,
+                "plan": t.plan,
+                "region": t.region,
+                "settings": t.settings,
+                "flag_overrides": t.flag_overrides,
+                "quota_overrides": t.quota_overrides,
+                "revision": t.revision,
+                "status_reason": t.status_reason,
+                "status_changed_by": t.status_changed_by,
+                "status_changed_at": t.status_changed_at,
+                "created_at": t.created_at,
+                "updated_at": t.updated_at,
+            },
+            "plan": {
+                "name": p.name,
+                "features": {k: [f.default_enabled, list(f.gates)] for k, f in p.features.items()},
+                "quotas": p.quotas,
+                "rate_limits": p.rate_limits,
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def load_tenant(raw: bytes) -> TenantSnapshot | None:
+    data = json.loads(raw)
+    if data.get("v") != FORMAT:
+        return None
+    t, p = data["tenant"], data["plan"]
+    return TenantSnapshot(
+        tenant=TenantRecord(**{**t, "status": TenantStatus(t["status"])}),
+        plan=Plan(
+            name=p["name"],
+            features={k: PlanFeature(bool(v[0]), tuple(v[1])) for k, v in p["features"].items()},
+            quotas=p["quotas"],
+            rate_limits=p["rate_limits"],
+        ),
+    )
+
+
+def dump_subject(snapshot: SubjectSnapshot) -> bytes:
+    return json.dumps(
+        {
+            "v": FORMAT,
+            "tenant_id": snapshot.tenant_id,
+            "subject": [snapshot.subject.type, snapshot.subject.id],
+            "revision": snapshot.revision,
+            "is_member": snapshot.is_member,
+            "assignments": [[a.role, a.scope, list(a.permissions)] for a in snapshot.assignments],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def load_subject(raw: bytes) -> SubjectSnapshot | None:
+    data: dict[str, Any] = json.loads(raw)
+    if data.get("v") != FORMAT:
+        return None
+    return SubjectSnapshot(
+        tenant_id=data["tenant_id"],
+        subject=SubjectRef(*data["subject"]),
+        revision=int(data["revision"]),
+        is_member=bool(data["is_member"]),
+        assignments=tuple(AssignmentRow(a[0], a[1], tuple(a[2])) for a in data["assignments"]),
+    )

@@ -1,0 +1,154 @@
+"""L2: compiled-entry snapshots in Redis, keyed by tenant and revision.
+
+Keys (one tenant's keys share the hash tag `{<tenant id>}`, so Redis Cluster keeps a
+tenant on one shard and the scripts below touch a single slot):
+
+    <prefix>:{<tenant>}:rev                     newest revision known for the tenant
+    <prefix>:{<tenant>}:t:<rev>                 tenant + plan snapshot at <rev>
+    <prefix>:{<tenant>}:s:<rev>:<type>/<id>     one subject's grants at <rev>
+
+A reader only looks at data of the revision the pointer names, and only when that is at
+least the revision it needs, so an entry of an older revision is never read after a bump:
+bumping the pointer (on every admin write) orphans the old keys, and TTLs reclaim them.
+
+Redis is a cache, never a dependency: any Redis error opens a breaker for
+`retry_after` seconds during which L2 is skipped (reads miss, writes are dropped), so a
+dead Redis costs one timeout, not one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gatehouse.cache import codec
+from gatehouse.engine.model import SubjectSnapshot, TenantSnapshot
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Return [rev, data] for the pointer's revision when it is >= ARGV[1], else false.
+_READ_AT_POINTER = """
+local rev = redis.call('GET', KEYS[1])
+if not rev or tonumber(rev) < tonumber(ARGV[1]) then return false end
+local data = redis.call('GET', ARGV[2] .. rev .. ARGV[3])
+if not data then return false end
+return {rev, data}
+"""
+
+# Store data at ARGV[1] and move the pointer forward (never back) to it.
+_WRITE_AND_ADVANCE = """
+if ARGV[3] ~= '' then redis.call('SET', ARGV[2], ARGV[3], 'PX', ARGV[4]) end
+local cur = redis.call('GET', KEYS[1])
+if not cur or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+elseif tonumber(cur) == tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+
+class RedisL2:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        ttl_seconds: float,
+        retry_after: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._ttl_ms = str(int(ttl_seconds * 1000))
+        self._retry_after = retry_after
+        self._clock = clock
+        self._down_until = 0.0
+        self._read = client.register_script(_READ_AT_POINTER)
+        self._write = client.register_script(_WRITE_AND_ADVANCE)
+        self.errors = 0
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str, ttl_seconds: float, timeout: float) -> "RedisL2":
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            retry=None,
+            health_check_interval=0,
+        )
+        return cls(client, prefix=prefix, ttl_seconds=ttl_seconds)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
+    @property
+    def available(self) -> bool:
+        return self._clock() >= self._down_until
+
+    def _tag(self, tenant_id: str) -> str:
+        return f"{self._prefix}:{{{tenant_id}}}"
+
+    async def _guard(self, op: Callable[[], Awaitable[T]], fallback: T) -> T:
+        if self._clock() < self._down_until:
+            return fallback
+        try:
+            return await op()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.errors += 1
+            if self._down_until <= self._clock():
+                log.warning("redis unavailable, skipping L2 for %.1fs: %s", self._retry_after, exc)
+            self._down_until = self._clock() + self._retry_after
+            return fallback
+
+    async def get_tenant(self, tenant_id: str, min_revision: int) -> TenantSnapshot | None:
+        tag = self._tag(tenant_id)
+        found = await self._guard(lambda: self._read(keys=[f"{tag}:rev"], args=[min_revision, f"{tag}:t:", ""]), None)
+        return codec.load_tenant(found[1]) if found else None
+
+    async def get_subject(self, tenant_id: str, subject_key: str, min_revision: int) -> SubjectSnapshot | None:
+        tag = self._tag(tenant_id)
+        found = await self._guard(
+            lambda: self._read(keys=[f"{tag}:rev"], args=[min_revision, f"{tag}:s:", f":{subject_key}"]), None
+        )
+        return codec.load_subject(found[1]) if found else None
+
+    async def put_tenant(self, snapshot: TenantSnapshot) -> None:
+        tag = self._tag(snapshot.tenant.id)
+        rev = snapshot.revision
+        await self._guard(
+            lambda: self._write(
+                keys=[f"{tag}:rev"], args=[rev, f"{tag}:t:{rev}", codec.dump_tenant(snapshot), self._ttl_ms]
+            ),
+            None,
+        )
+
+    async def put_subject(self, snapshot: SubjectSnapshot) -> None:
+        tag = self._tag(snapshot.tenant_id)
+        rev = snapshot.revision
+        key = f"{tag}:s:{rev}:{snapshot.subject.key}"
+        await self._guard(
+            lambda: self._write(keys=[f"{tag}:rev"], args=[rev, key, codec.dump_subject(snapshot), self._ttl_ms]),
+            None,
+        )
+
+    async def advance(self, tenant_id: str, revision: int) -> None:
+        """Move the tenant's pointer to `revision` (after a write): older data is never read again."""
+        tag = self._tag(tenant_id)
+        await self._guard(lambda: self._write(keys=[f"{tag}:rev"], args=[revision, "", "", self._ttl_ms]), None)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,68 @@
+"""Configuration: command-line flags over `GATEHOUSE_*` environment variables over defaults.
+
+The defaults work on the embedded set-up `./dev serve` makes: Postgres and Redis on
+127.0.0.1, a role and database called `gatehouse`, gRPC on 127.0.0.1:50051.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = field(default="127.0.0.1:50051", metadata={"help": "host:port for gRPC over TCP ('' = none)"})
+    unix_socket: str = field(default="", metadata={"help": "also listen on this unix socket path"})
+    database_url: str = field(
+        default="postgresql://gatehouse@127.0.0.1:5432/gatehouse", metadata={"help": "Postgres DSN (asyncpg)"}
+    )
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Redis URL"})
+    redis_prefix: str = field(default="gh", metadata={"help": "prefix of every Redis key this sidecar writes"})
+    l1_max_entries: int = field(default=100_000, metadata={"help": "bound of the in-process cache (entries)"})
+    l1_ttl_seconds: float = field(default=5.0, metadata={"help": "life of an in-process cache entry"})
+    l2_ttl_seconds: float = field(default=300.0, metadata={"help": "life of a Redis cache entry"})
+    redis_timeout_seconds: float = field(default=0.25, metadata={"help": "Redis socket timeout; slower = treated as down"})
+    db_pool_min: int = field(default=2, metadata={"help": "Postgres pool: connections kept open"})
+    db_pool_max: int = field(default=10, metadata={"help": "Postgres pool: most connections"})
+    operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+    grace_seconds: float = field(default=10.0, metadata={"help": "how long SIGTERM waits for in-flight calls"})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"GATEHOUSE_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _coerce(f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One `--flag` per setting; unset flags fall back to the environment, then defaults."""
+        for f in fields(cls):
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f.name,
+                type=_PARSERS[str(f.type)],
+                default=None,
+                help=f"{f.metadata.get('help', '')} [env GATEHOUSE_{f.name.upper()}, default {f.default!r}]"
+                if not f.metadata.get("secret")
+                else f"{f.metadata.get('help', '')} [env GATEHOUSE_{f.name.upper()}]",
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Settings":
+        return cls.from_env(**{f.name: getattr(args, f.name, None) for f in fields(cls)})
+
+
+_PARSERS: dict[str, Any] = {"str": str, "int": int, "float": float}
+
+
+def _coerce(type_name: Any, raw: str) -> Any:
+    return _PARSERS[str(type_name)](raw)

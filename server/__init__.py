@@ -1,0 +1,1 @@
+"""gRPC wiring: servicers, error mapping, admin authentication, health, the CLI."""

@@ -1,0 +1,123 @@
+"""Assembling and running one sidecar process: store, cache, servicers, gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gatehouse.cache.l2 import RedisL2
+from gatehouse.cache.policy_cache import PolicyCache
+from gatehouse.server.access import AccessServicer
+from gatehouse.server.admin import AdminServicer
+from gatehouse.server.admin_auth import AdminAuthenticator
+from gatehouse.server.config import ConfigServicer
+from gatehouse.server.health import Readiness
+from gatehouse.settings import Settings
+from gatehouse.store.migrate import LATEST_VERSION
+from gatehouse.store.postgres import PostgresStore, connect
+from gatehouse.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
+
+log = logging.getLogger("gatehouse")
+
+SERVICE_NAMES = (
+    access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+    config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+class Sidecar:
+    """One running Gatehouse process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server: grpc.aio.Server | None = None
+        self.store: PostgresStore | None = None
+        self.l2: RedisL2 | None = None
+        self.cache: PolicyCache | None = None
+        self.readiness: Readiness | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.addresses: list[str] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        # min_size=0: the pool opens connections on demand, so the server comes up (and
+        # reports NOT_SERVING) even while Postgres is still starting.
+        self.store = await connect(s.database_url, min_size=0, max_size=s.db_pool_max)
+        self.l2 = RedisL2.from_url(
+            s.redis_url, prefix=s.redis_prefix, ttl_seconds=s.l2_ttl_seconds, timeout=s.redis_timeout_seconds
+        )
+        self.cache = PolicyCache(self.store, self.l2, max_entries=s.l1_max_entries, ttl_seconds=s.l1_ttl_seconds)
+        self.readiness = Readiness(self.store, self.l2, LATEST_VERSION)
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ]
+        )
+        access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(self.cache), server)
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.cache), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.store, self.cache, AdminAuthenticator(s.operator_key)), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
+        if s.listen:
+            port = server.add_insecure_port(s.listen)
+            if port == 0:
+                raise RuntimeError(f"cannot listen on {s.listen}")
+            host = s.listen.rsplit(":", 1)[0]
+            self.addresses.append(f"{host}:{port}")
+        if s.unix_socket:
+            if os.path.exists(s.unix_socket):
+                os.unlink(s.unix_socket)
+            server.add_insecure_port(f"unix:{s.unix_socket}")
+            self.addresses.append(f"unix:{s.unix_socket}")
+        if not self.addresses:
+            raise RuntimeError("nothing to listen on: set --listen or --unix-socket")
+        await server.start()
+        self.server = server
+        await self.readiness.probe()
+        self._tasks.append(asyncio.create_task(self.readiness.run(), name="readiness"))
+        if not s.operator_key:
+            log.warning("GATEHOUSE_OPERATOR_KEY is not set: every AdminService call will be UNAUTHENTICATED")
+        log.info("gatehouse serving on %s (plaintext)", ", ".join(self.addresses))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""
+        if self.readiness is not None:
+            await self.readiness.shutdown()
+        if self.server is not None:
+            await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.cache is not None:
+            await self.cache.drain()
+        if self.l2 is not None:
+            await self.l2.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and return 0."""
+    sidecar = Sidecar(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await sidecar.start()
+    print(f"gatehouse: serving on {', '.join(sidecar.addresses)}", flush=True)
+    await stopping.wait()
+    log.info("signal received: draining (grace %.1fs)", settings.grace_seconds)
+    await sidecar.stop()
+    log.info("stopped")
+    return 0

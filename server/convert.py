@@ -1,0 +1,207 @@
+"""Between protobuf messages and domain values, in both directions, with validation.
+
+Every servicer reads requests through these helpers, so a field is validated the same
+way everywhere and an error always names the field as the caller spelled it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, TenantStatus
+from gatehouse.engine.validate import require_id, require_name, require_patterns
+from gatehouse.errors import InvalidArgument
+from gatehouse.store.api import AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
+from gatehouse.v1 import admin_pb2, common_pb2
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+MAX_SETTINGS_BYTES = 64 * 1024
+MAX_MAP_ENTRIES = 256
+
+STATUS_TO_PROTO: dict[TenantStatus, int] = {
+    TenantStatus.DRAFT: common_pb2.TENANT_STATUS_DRAFT,
+    TenantStatus.ACTIVE: common_pb2.TENANT_STATUS_ACTIVE,
+    TenantStatus.SUSPENDED: common_pb2.TENANT_STATUS_SUSPENDED,
+    TenantStatus.ARCHIVED: common_pb2.TENANT_STATUS_ARCHIVED,
+    TenantStatus.DELETED: common_pb2.TENANT_STATUS_DELETED,
+}
+STATUS_FROM_PROTO: dict[int, TenantStatus] = {v: k for k, v in STATUS_TO_PROTO.items()}
+
+
+def subject(field: str, message: common_pb2.Subject) -> SubjectRef:
+    return SubjectRef(require_id(f"{field}.type", message.type), require_id(f"{field}.id", message.id))
+
+
+def optional_subject(field: str, message: common_pb2.Subject) -> SubjectRef | None:
+    if not message.type and not message.id:
+        return None
+    return subject(field, message)
+
+
+def tenant_status(field: str, value: int) -> TenantStatus | None:
+    """0 = unspecified (no filter); an unknown number is INVALID_ARGUMENT."""
+    if value == 0:
+        return None
+    try:
+        return STATUS_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown tenant status {value}") from None
+
+
+def slug(field: str, value: str) -> str:
+    if not SLUG_RE.fullmatch(value):
+        raise InvalidArgument(field, "must match ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$" if value else "is required")
+    return value
+
+
+def optional_id(field: str, value: str) -> str:
+    return require_id(field, value) if value else ""
+
+
+def struct_to_dict(field: str, message: struct_pb2.Struct) -> dict[str, Any]:
+    data = json_format.MessageToDict(message)
+    if len(json.dumps(data)) > MAX_SETTINGS_BYTES:
+        raise InvalidArgument(field, f"at most {MAX_SETTINGS_BYTES} bytes of JSON")
+    return data
+
+
+def dict_to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(dict(data))
+    return message
+
+
+def key_map(field: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    if len(values) > MAX_MAP_ENTRIES:
+        raise InvalidArgument(field, f"at most {MAX_MAP_ENTRIES} entries")
+    for key in values:
+        require_id(f"{field}[{key!r}]" if len(key) < 130 else f"{field}[key]", key)
+    return dict(values)
+
+
+def key_list(field: str, values: Any) -> tuple[str, ...]:
+    keys = tuple(values)
+    for index, key in enumerate(keys):
+        require_id(f"{field}[{index}]", key)
+    return keys
+
+
+def plan(field: str, message: admin_pb2.Plan) -> Plan:
+    name = require_id(f"{field}.name", message.name)
+    features = {}
+    for feature_name, feature in key_map(f"{field}.features", message.features).items():
+        features[feature_name] = PlanFeature(
+            default_enabled=feature.default_enabled,
+            gates=require_patterns(f"{field}.features[{feature_name!r}].gates", feature.gates),
+        )
+    return Plan(
+        name=name,
+        features=features,
+        quotas=key_map(f"{field}.quotas", message.quotas),
+        rate_limits=key_map(f"{field}.rate_limits", message.rate_limits),
+    )
+
+
+def description(field: str, value: str) -> str:
+    if len(value) > 1000 or not value.isprintable():
+        raise InvalidArgument(field, "must be at most 1000 printable characters")
+    return value
+
+
+def name(field: str, value: str, *, required: bool = True) -> str:
+    return require_name(field, value, required=required)
+
+
+# --- domain -> proto ---
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    message = timestamp_pb2.Timestamp()
+    message.FromNanoseconds(int(seconds * 1e9))
+    return message
+
+
+def seconds(message: timestamp_pb2.Timestamp, present: bool) -> float | None:
+    return message.ToNanoseconds() / 1e9 if present else None
+
+
+def tenant_message(record: TenantRecord) -> admin_pb2.Tenant:
+    return admin_pb2.Tenant(
+        id=record.id,
+        slug=record.slug,
+        name=record.name,
+        status=STATUS_TO_PROTO[record.status],  # type: ignore[arg-type]
+        plan=record.plan,
+        region=record.region,
+        settings=dict_to_struct(record.settings),
+        flag_overrides=dict(record.flag_overrides),
+        quota_overrides=dict(record.quota_overrides),
+        revision=record.revision,
+        status_reason=record.status_reason,
+        status_changed_by=record.status_changed_by,
+        status_changed_at=timestamp(record.status_changed_at),
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+    )
+
+
+def plan_message(value: Plan) -> admin_pb2.Plan:
+    return admin_pb2.Plan(
+        name=value.name,
+        features={
+            k: admin_pb2.PlanFeature(default_enabled=f.default_enabled, gates=list(f.gates))
+            for k, f in value.features.items()
+        },
+        quotas=dict(value.quotas),
+        rate_limits=dict(value.rate_limits),
+    )
+
+
+def subject_message(value: SubjectRef) -> common_pb2.Subject:
+    return common_pb2.Subject(type=value.type, id=value.id)
+
+
+def role_message(record: RoleRecord) -> admin_pb2.Role:
+    return admin_pb2.Role(
+        tenant_id=record.tenant_id,
+        name=record.name,
+        permissions=list(record.permissions),
+        description=record.description,
+        system=record.system,
+    )
+
+
+def member_message(record: MemberRecord) -> admin_pb2.Member:
+    return admin_pb2.Member(
+        tenant_id=record.tenant_id, subject=subject_message(record.subject), created_at=timestamp(record.created_at)
+    )
+
+
+def assignment_message(record: AssignmentRecord) -> admin_pb2.RoleAssignment:
+    return admin_pb2.RoleAssignment(
+        tenant_id=record.tenant_id,
+        subject=subject_message(record.subject),
+        role=record.role,
+        scope=record.scope,
+        created_at=timestamp(record.created_at),
+    )
+
+
+def audit_message(record: AuditRecord) -> admin_pb2.AuditEvent:
+    return admin_pb2.AuditEvent(
+        id=record.id,
+        tenant_id=record.tenant_id,
+        actor=record.actor,
+        action=record.action,
+        target=record.target,
+        request_id=record.request_id,
+        outcome=record.outcome,
+        reason=record.reason,
+        time=timestamp(record.time),
+    )

@@ -1,0 +1,97 @@
+"""The one place where errors become gRPC statuses.
+
+`GatehouseError`s map to their class's status code with a `google.rpc.Status` in the
+`grpc-status-details-bin` trailer: an ErrorInfo (stable `GATEHOUSE_*` reason, domain
+`gatehouse.dev`, metadata) and, for INVALID_ARGUMENT, a BadRequest with the field
+violations. Everything else is translated first (`translate`): asyncpg and redis
+failures become UNAVAILABLE, anything unexpected becomes INTERNAL and is logged. No
+handler exception ever reaches a caller as UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any, Awaitable, Callable, NoReturn, TypeVar
+
+import asyncpg
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from redis.exceptions import RedisError
+
+from gatehouse.errors import GatehouseError, Internal, InvalidArgument, Unavailable
+from gatehouse.store import driver_errors
+
+log = logging.getLogger(__name__)
+DOMAIN = "gatehouse.dev"
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def translate(exc: BaseException) -> GatehouseError:
+    """Any exception as one of ours."""
+    if isinstance(exc, GatehouseError):
+        return exc
+    if isinstance(exc, RedisError):
+        return Unavailable(f"cache unavailable: {type(exc).__name__}")
+    if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        # The store translates its own errors; this catches any that slip past it.
+        error = driver_errors.translate(exc)
+    else:
+        error = Internal("internal error")
+    if isinstance(error, Internal):
+        log.error("unexpected error", exc_info=exc)
+    return error
+
+
+def to_status(error: GatehouseError) -> status_pb2.Status:
+    details = []
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details.append(packed)
+    if isinstance(error, InvalidArgument):
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        details.append(packed)
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    error = translate(exc)
+    status = to_status(error)
+    await context.abort(
+        error.code,
+        error.message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+def grpc_errors(method: F) -> F:
+    """Wrap a unary servicer method: every exception leaves as a proper gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort() raises grpc.aio.AbortError; it must pass through untouched.
+    return isinstance(exc, grpc.aio.AbortError)

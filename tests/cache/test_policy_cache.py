@@ -1,0 +1,125 @@
+"""PolicyCache against the real Postgres store and the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import pytest
+
+from gatehouse.cache.l2 import RedisL2
+from gatehouse.cache.policy_cache import PolicyCache
+from gatehouse.engine.lifecycle import Action
+from gatehouse.engine.model import SubjectRef
+from gatehouse.store.api import Actor
+from gatehouse.store.postgres import PostgresStore, connect
+
+ACTOR = Actor("test", "req")
+ALICE = SubjectRef("user", "alice")
+
+
+class CountingStore:
+    """The real store, counting the hot-path loads that reach Postgres."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self.tenant_loads = 0
+        self.subject_loads = 0
+
+    async def load_tenant(self, tenant_id: str) -> Any:
+        self.tenant_loads += 1
+        return await self._store.load_tenant(tenant_id)
+
+    async def load_subject(self, tenant_id: str, subject: SubjectRef) -> Any:
+        self.subject_loads += 1
+        return await self._store.load_subject(tenant_id, subject)
+
+
+@pytest.fixture(scope="module")
+async def store(database_url: str) -> AsyncIterator[PostgresStore]:
+    s = await connect(database_url)
+    yield s
+    await s.close()
+
+
+def l2(redis_url: str, prefix: str) -> RedisL2:
+    return RedisL2.from_url(redis_url, prefix=prefix, ttl_seconds=60, timeout=0.5)
+
+
+async def seeded_tenant(store: PostgresStore, slug: str) -> tuple[str, int]:
+    tenant = await store.create_tenant(ACTOR, slug=slug, name=slug, plan="", region="", settings={})
+    await store.transition_tenant(ACTOR, tenant.id, Action.ACTIVATE, reason="", expected_revision=0, confirm=False)
+    await store.add_member(ACTOR, tenant.id, ALICE)
+    _, revision = await store.assign_role(ACTOR, tenant.id, ALICE, role="viewer", scope="")
+    return tenant.id, revision
+
+
+async def test_concurrent_misses_make_one_query(store: PostgresStore, unique: str) -> None:
+    tenant_id, revision = await seeded_tenant(store, f"sf-{unique}")
+    counting = CountingStore(store)
+    cache = PolicyCache(counting, None, max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
+    results = await asyncio.gather(*(cache.subject(tenant_id, ALICE) for _ in range(50)))
+    assert counting.subject_loads == 1
+    assert all(r is results[0] for r in results) and results[0] is not None
+    assert results[0].revision == revision
+    tenants = await asyncio.gather(*(cache.tenant(tenant_id) for _ in range(50)))
+    assert counting.tenant_loads == 1 and all(t is tenants[0] for t in tenants)
+    # Served from L1 now: no more queries.
+    await cache.subject(tenant_id, ALICE)
+    assert counting.subject_loads == 1
+
+
+async def test_min_revision_forces_a_fresh_read(store: PostgresStore, unique: str) -> None:
+    tenant_id, revision = await seeded_tenant(store, f"mr-{unique}")
+    counting = CountingStore(store)
+    cache = PolicyCache(counting, None, max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
+    first = await cache.subject(tenant_id, ALICE)
+    assert first is not None and first.revision == revision
+    _, newer = await store.assign_role(ACTOR, tenant_id, ALICE, role="admin", scope="x")
+    assert (await cache.subject(tenant_id, ALICE)) is first  # no min_revision: L1 may answer
+    fresh = await cache.subject(tenant_id, ALICE, min_revision=newer)
+    assert fresh is not None and fresh.revision >= newer and counting.subject_loads == 2
+    assert {g.role for g in fresh.grants} == {"viewer", "admin"}
+
+
+async def test_second_process_warms_from_redis(store: PostgresStore, redis_url: str, redis_prefix: str, unique: str) -> None:
+    tenant_id, revision = await seeded_tenant(store, f"l2-{unique}")
+    first_store, second_store = CountingStore(store), CountingStore(store)
+    first = PolicyCache(first_store, l2(redis_url, redis_prefix), max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
+    second = PolicyCache(second_store, l2(redis_url, redis_prefix), max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
+    assert await first.tenant(tenant_id) is not None
+    assert await first.subject(tenant_id, ALICE) is not None
+    await first.drain()
+    assert (await second.tenant(tenant_id)) is not None
+    grants = await second.subject(tenant_id, ALICE)
+    assert grants is not None and grants.revision == revision
+    assert (second_store.tenant_loads, second_store.subject_loads) == (0, 0)
+    assert second.stats.l2_hits == 2
+
+    # A write through the first process moves the Redis pointer: the second process's
+    # next L1 miss never reads the older L2 entry.
+    _, newer = await store.assign_role(ACTOR, tenant_id, ALICE, role="admin", scope="")
+    await first.tenant_changed(tenant_id, newer)
+    second.clear()
+    grants = await second.subject(tenant_id, ALICE)
+    assert grants is not None and grants.revision == newer and second_store.subject_loads == 1
+
+
+async def test_redis_down_still_answers_from_postgres(store: PostgresStore, redis_prefix: str, unique: str) -> None:
+    tenant_id, revision = await seeded_tenant(store, f"rd-{unique}")
+    dead = RedisL2.from_url("redis://127.0.0.1:1/0", prefix=redis_prefix, ttl_seconds=60, timeout=0.2)
+    cache = PolicyCache(store, dead, max_entries=1000, ttl_seconds=60)
+    grants = await cache.subject(tenant_id, ALICE)
+    assert grants is not None and grants.revision == revision
+    assert (await cache.tenant(tenant_id)) is not None
+    await cache.drain()
+    assert dead.errors >= 1 and not dead.available
+    await dead.close()
+
+
+async def test_l1_is_bounded(store: PostgresStore, unique: str) -> None:
+    tenant_id, _ = await seeded_tenant(store, f"bd-{unique}")
+    cache = PolicyCache(store, None, max_entries=20, ttl_seconds=60)
+    for index in range(100):
+        await cache.subject(tenant_id, SubjectRef("user", f"u{index}"))
+    assert len(cache) <= 20 + 16

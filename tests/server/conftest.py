@@ -1,0 +1,45 @@
+"""A real sidecar (in this process, on a random loopback port) and gRPC stubs to it."""
+
+from __future__ import annotations
+
+import secrets
+from typing import AsyncIterator
+
+import pytest
+
+from gatehouse.server.app import Sidecar
+from gatehouse.settings import Settings
+from tests.client import Client, make_client
+
+
+@pytest.fixture(scope="session")
+def operator_key() -> str:
+    return "gh_op_" + secrets.token_urlsafe(24)
+
+
+@pytest.fixture(scope="session")
+def sidecar_settings(database_url: str, redis_url: str, redis_prefix: str, operator_key: str) -> Settings:
+    return Settings(
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        operator_key=operator_key,
+        l1_ttl_seconds=30.0,
+        grace_seconds=1.0,
+    )
+
+
+@pytest.fixture(scope="session")
+async def sidecar(sidecar_settings: Settings) -> AsyncIterator[Sidecar]:
+    running = Sidecar(sidecar_settings)
+    await running.start()
+    yield running
+    await running.stop(grace=0.5)
+
+
+@pytest.fixture(scope="session")
+async def client(sidecar: Sidecar, operator_key: str) -> AsyncIterator[Client]:
+    c = make_client(sidecar.addresses[0], operator_key)
+    yield c
+    await c.channel.close()

@@ -1,0 +1,82 @@
+"""No error reaches a caller as UNKNOWN: every lower-level failure is one of ours."""
+
+from __future__ import annotations
+
+import asyncpg
+import grpc
+import pytest
+import redis.exceptions
+
+from gatehouse import errors
+from gatehouse.server.app import Sidecar
+from gatehouse.server.errors import to_status, translate
+from gatehouse.settings import Settings
+from gatehouse.v1 import access_pb2, common_pb2, config_pb2
+
+from tests.client import make_client
+from tests.server.status import details
+
+LOWER_LEVEL = [
+    (asyncpg.ConnectionDoesNotExistError("gone"), errors.StoreUnavailable),
+    (asyncpg.CannotConnectNowError("starting"), errors.StoreUnavailable),
+    (asyncpg.InterfaceError("pool is closed"), errors.StoreUnavailable),
+    (ConnectionRefusedError(111, "refused"), errors.StoreUnavailable),
+    (asyncpg.UniqueViolationError("dup"), errors.AlreadyExists),
+    (asyncpg.PostgresError("other"), errors.Internal),
+    (redis.exceptions.ConnectionError("down"), errors.Unavailable),
+    (redis.exceptions.TimeoutError("slow"), errors.Unavailable),
+    (TimeoutError(), errors.StoreUnavailable),
+    (KeyError("bug"), errors.Internal),
+    (ValueError("bug"), errors.Internal),
+]
+
+
+@pytest.mark.parametrize("exc,expected", LOWER_LEVEL, ids=[type(e).__name__ for e, _ in LOWER_LEVEL])
+def test_every_lower_level_error_is_translated(exc: BaseException, expected: type[errors.GatehouseError]) -> None:
+    translated = translate(exc)
+    assert type(translated) is expected
+    status = to_status(translated)
+    assert status.code not in (grpc.StatusCode.UNKNOWN.value[0], grpc.StatusCode.OK.value[0])
+    assert translated.reason.startswith("GATEHOUSE_")
+
+
+def test_every_error_class_has_a_status_and_stable_reason() -> None:
+    seen: set[str] = set()
+    stack: list[type[errors.GatehouseError]] = list(errors.GatehouseError.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        assert cls.code not in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN)
+        assert cls.reason.startswith("GATEHOUSE_") and cls.reason not in seen
+        seen.add(cls.reason)
+
+
+async def test_postgres_down_is_unavailable_not_unknown(redis_url: str, redis_prefix: str) -> None:
+    sidecar = Sidecar(
+        Settings(
+            listen="127.0.0.1:0",
+            database_url="postgresql://gatehouse@127.0.0.1:1/nothing",
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            operator_key="k",
+        )
+    )
+    await sidecar.start()
+    client = make_client(sidecar.addresses[0], "k")
+    try:
+        request = access_pb2.CheckAccessRequest(
+            tenant_id="00000000-0000-0000-0000-000000000009",
+            subject=common_pb2.Subject(type="user", id="a"),
+            permission="doc.read",
+        )
+        for call in (
+            client.access.CheckAccess(request),
+            client.config.GetTenantConfig(config_pb2.GetTenantConfigRequest(tenant_id=request.tenant_id)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await call
+            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert details(failure.value)[0].reason == "GATEHOUSE_STORE_UNAVAILABLE"
+    finally:
+        await client.channel.close()
+        await sidecar.stop(grace=0)
