@@ -40,8 +40,9 @@ if not data then return false end
 return {rev, data}
 """
 
-# Store data at ARGV[1] and move the pointer forward (never back) to it.
-_WRITE_AND_ADVANCE = """
+# Store data ARGV[3] under key ARGV[2] (when given) and move the pointer KEYS[1] forward,
+# never back, to revision ARGV[1]. The relay uses it too, with no data.
+ADVANCE_POINTER = """
 if ARGV[3] ~= '' then redis.call('SET', ARGV[2], ARGV[3], 'PX', ARGV[4]) end
 local cur = redis.call('GET', KEYS[1])
 if not cur or tonumber(cur) < tonumber(ARGV[1]) then
@@ -51,6 +52,15 @@ elseif tonumber(cur) == tonumber(ARGV[1]) then
 end
 return 1
 """
+
+
+def tenant_tag(prefix: str, tenant_id: str) -> str:
+    """The start of every key of one tenant; `{…}` is the Redis Cluster hash tag."""
+    return f"{prefix}:{{{tenant_id}}}"
+
+
+def pointer_key(prefix: str, tenant_id: str) -> str:
+    return f"{tenant_tag(prefix, tenant_id)}:rev"
 
 
 class RedisL2:
@@ -70,7 +80,7 @@ class RedisL2:
         self._clock = clock
         self._down_until = 0.0
         self._read = client.register_script(_READ_AT_POINTER)
-        self._write = client.register_script(_WRITE_AND_ADVANCE)
+        self._write = client.register_script(ADVANCE_POINTER)
         self.errors = 0
 
     @classmethod
@@ -94,7 +104,7 @@ class RedisL2:
         return self._clock() >= self._down_until
 
     def _tag(self, tenant_id: str) -> str:
-        return f"{self._prefix}:{{{tenant_id}}}"
+        return tenant_tag(self._prefix, tenant_id)
 
     async def _guard(self, op: Callable[[], Awaitable[T]], fallback: T) -> T:
         if self._clock() < self._down_until:

@@ -6,9 +6,12 @@
 
 What it holds, per tenant: the tenant + plan snapshot compiled into a `TenantPolicy`;
 per (tenant, subject): the subject's compiled `SubjectGrants`. Every entry is stamped
-with the tenant revision it was read at, and the cache keeps the newest revision it
-knows of per tenant (from its own loads and writes, and from tenant events): an entry
-older than that, or older than a request's `min_revision`, is never served.
+with the tenant revision it was read at. Tenant events (and this process's own admin
+writes) raise *floors*: a tenant-wide event at revision R makes every entry of that
+tenant older than R unservable; a subject event (membership, assignment, key) does so
+for that subject's grants only, so one user's change does not empty a tenant's cache.
+An entry below its floor, or below a request's `min_revision`, is never served; it is
+reloaded from L2 at the tenant's newest revision, or from the store.
 
 The store never knows the cache exists.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generic, Hashable, TypeVar
 
 from cachetools import LRUCache, TTLCache
 
@@ -49,6 +52,29 @@ class CacheStats:
     stale_rejections: int = 0
 
 
+K = TypeVar("K", bound=Hashable)
+
+
+class _FloorMap(LRUCache, Generic[K]):  # type: ignore[type-arg]
+    """An LRU map of floors that reports what it drops, so nothing is forgotten silently."""
+
+    def __init__(self, maxsize: int, dropped: Callable[[K, int], None]) -> None:
+        super().__init__(maxsize=maxsize)
+        self._dropped = dropped
+
+    def raise_to(self, key: K, revision: int) -> bool:
+        """Raise the floor of `key` to `revision`; False when it was already that high."""
+        if self.get(key, 0) >= revision:
+            return False
+        self[key] = revision
+        return True
+
+    def popitem(self) -> tuple[K, int]:
+        key, value = super().popitem()
+        self._dropped(key, value)
+        return key, value
+
+
 class _Absent:
     """A remembered "no such tenant", so unknown ids do not each cost a query."""
 
@@ -77,19 +103,26 @@ class PolicyCache:
         self._subjects: TTLCache[tuple[str, str], SubjectGrants] = TTLCache(
             maxsize=max(16, max_entries), ttl=ttl_seconds, timer=clock
         )
-        self._known: LRUCache[str, int] = LRUCache(maxsize=max(16, max_entries))
+        # Floors: the oldest revision an entry may have and still be served. Bounded like
+        # the entries; a subject floor that falls out is folded into its tenant's floor
+        # (more eviction, never less), and a tenant floor that falls out takes that
+        # tenant's entries with it.
+        self._tenant_floor: _FloorMap[str] = _FloorMap(max(16, max_entries), self._tenant_floor_dropped)
+        self._subject_floor: _FloorMap[tuple[str, str]] = _FloorMap(max(16, max_entries), self._subject_floor_dropped)
+        self._listeners: list[Callable[[str, int], None]] = []
         self._flight: SingleFlight[Any] = SingleFlight()
         self._background: set[asyncio.Task[None]] = set()
         self.stats = CacheStats()
 
     # --- reads ---
 
-    def known_revision(self, tenant_id: str) -> int:
-        return self._known.get(tenant_id, 0)
+    def floor(self, tenant_id: str) -> int:
+        return self._tenant_floor.get(tenant_id, 0)
 
     async def tenant(self, tenant_id: str, min_revision: int = 0) -> CachedTenant | None:
-        """The tenant at a revision >= max(min_revision, newest known), or None if absent."""
-        need = max(min_revision, self._known.get(tenant_id, 0))
+        """The tenant at a revision >= max(min_revision, its floor), or None if absent."""
+        floor = self._tenant_floor.get(tenant_id, 0)
+        need = min_revision if min_revision > floor else floor
         entry = self._tenants.get(tenant_id)
         if entry is ABSENT and min_revision == 0:
             self.stats.l1_hits += 1
@@ -102,9 +135,9 @@ class PolicyCache:
         return await self._load(("t", tenant_id), need, lambda: self._fetch_tenant(tenant_id, need))
 
     async def subject(self, tenant_id: str, subject: SubjectRef, min_revision: int = 0) -> SubjectGrants | None:
-        """One subject's compiled grants at a revision >= max(min_revision, newest known)."""
+        """One subject's compiled grants at a revision >= max(min_revision, its floors)."""
         key = (tenant_id, subject.key)
-        need = max(min_revision, self._known.get(tenant_id, 0))
+        need = max(min_revision, self._tenant_floor.get(tenant_id, 0), self._subject_floor.get(key, 0))
         entry = self._subjects.get(key)
         if entry is not None:
             if entry.revision >= need:
@@ -129,7 +162,6 @@ class PolicyCache:
                 return ABSENT
             if self._l2 is not None:
                 self._spawn(self._l2.put_tenant(snapshot))
-        self._note(tenant_id, snapshot.revision)
         entry = CachedTenant(snapshot, compile_tenant(snapshot), snapshot.revision)
         self._tenants[tenant_id] = entry
         return entry
@@ -147,19 +179,42 @@ class PolicyCache:
                 return ABSENT
             if self._l2 is not None:
                 self._spawn(self._l2.put_subject(snapshot))
-        self._note(tenant_id, snapshot.revision)
         grants = compile_subject(snapshot)
         self._subjects[(tenant_id, subject.key)] = grants
         return grants
 
     # --- what writes and events tell the cache ---
 
+    def on_tenant_change(self, listener: Callable[[str, int], None]) -> Callable[[], None]:
+        """Call `listener(tenant_id, revision)` after each tenant-wide change; returns an
+        unsubscribe function. Listeners must not block (WatchTenantConfig sets a flag)."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def tenant_event(self, tenant_id: str, revision: int, *, notify: bool = True) -> None:
+        """Everything of the tenant older than `revision` is stale (duplicates and
+        out-of-order events are harmless: floors only rise)."""
+        if not self._tenant_floor.raise_to(tenant_id, revision):
+            return
+        entry = self._tenants.get(tenant_id)
+        if entry is ABSENT or (entry is not None and entry.revision < revision):
+            self._tenants.pop(tenant_id, None)
+        if notify:
+            for listener in list(self._listeners):
+                listener(tenant_id, revision)
+
+    def subject_event(self, tenant_id: str, subject_key: str, revision: int) -> None:
+        """One subject's grants older than `revision` are stale; the rest of the tenant is not."""
+        key = (tenant_id, subject_key)
+        if self._subject_floor.raise_to(key, revision):
+            entry = self._subjects.get(key)
+            if entry is not None and entry.revision < revision:
+                self._subjects.pop(key, None)
+
     async def tenant_changed(self, tenant_id: str, revision: int) -> None:
-        """A write committed `revision`: nothing older is served from here on, here or
+        """This process committed `revision`: nothing older is served from here on, here or
         (through the L2 pointer) in any sidecar sharing this Redis."""
-        self._note(tenant_id, revision)
-        if self._tenants.get(tenant_id) is ABSENT:
-            del self._tenants[tenant_id]
+        self.tenant_event(tenant_id, revision)
         if self._l2 is not None:
             await self._l2.advance(tenant_id, revision)
 
@@ -168,16 +223,17 @@ class PolicyCache:
         for key in [k for k in self._subjects.keys() if k[0] == tenant_id]:
             self._subjects.pop(key, None)
 
-    def evict_subject(self, tenant_id: str, subject_key: str) -> None:
-        self._subjects.pop((tenant_id, subject_key), None)
-
     def clear(self) -> None:
+        """Forget every entry (a gap in the event stream: nothing can be proven current)."""
         self._tenants.clear()
         self._subjects.clear()
 
-    def _note(self, tenant_id: str, revision: int) -> None:
-        if revision > self._known.get(tenant_id, 0):
-            self._known[tenant_id] = revision
+    def _tenant_floor_dropped(self, tenant_id: str, revision: int) -> None:
+        self.evict_tenant(tenant_id)
+
+    def _subject_floor_dropped(self, key: tuple[str, str], revision: int) -> None:
+        self._tenant_floor.raise_to(key[0], revision)
+        self.evict_tenant(key[0])
 
     def _spawn(self, coro: Any) -> None:
         # L2 fills happen behind the answer: the caller never waits on Redis to write.

@@ -22,9 +22,17 @@ class Settings:
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Redis URL"})
     redis_prefix: str = field(default="gh", metadata={"help": "prefix of every Redis key this sidecar writes"})
     l1_max_entries: int = field(default=100_000, metadata={"help": "bound of the in-process cache (entries)"})
-    l1_ttl_seconds: float = field(default=5.0, metadata={"help": "life of an in-process cache entry"})
+    l1_ttl_seconds: float = field(
+        default=60.0, metadata={"help": "life of an in-process entry (a safety net: tenant events evict)"}
+    )
     l2_ttl_seconds: float = field(default=300.0, metadata={"help": "life of a Redis cache entry"})
     redis_timeout_seconds: float = field(default=0.25, metadata={"help": "Redis socket timeout; slower = treated as down"})
+    relay: int = field(default=1, metadata={"help": "1 = run the outbox relay in this process, 0 = not"})
+    event_stream_max_length: int = field(default=100_000, metadata={"help": "tenant-event stream cap (XADD MAXLEN ~)"})
+    outbox_retention_seconds: float = field(default=86_400.0, metadata={"help": "keep published outbox rows this long"})
+    blind_refresh_seconds: float = field(
+        default=2.0, metadata={"help": "while the event stream is unreachable, clear L1 this often"}
+    )
     db_pool_min: int = field(default=2, metadata={"help": "Postgres pool: connections kept open"})
     db_pool_max: int = field(default=10, metadata={"help": "Postgres pool: most connections"})
     operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})

@@ -8,11 +8,13 @@ import os
 import signal
 
 import grpc
+import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gatehouse.cache.l2 import RedisL2
 from gatehouse.cache.policy_cache import PolicyCache
+from gatehouse.cache.subscriber import TenantEventSubscriber
 from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator
@@ -21,6 +23,7 @@ from gatehouse.server.health import Readiness
 from gatehouse.settings import Settings
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
+from gatehouse.store.relay import OutboxRelay
 from gatehouse.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
 
 log = logging.getLogger("gatehouse")
@@ -42,6 +45,9 @@ class Sidecar:
         self.l2: RedisL2 | None = None
         self.cache: PolicyCache | None = None
         self.readiness: Readiness | None = None
+        self.subscriber: TenantEventSubscriber | None = None
+        self.relay: OutboxRelay | None = None
+        self._redis_clients: list[aioredis.Redis] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[str] = []
 
@@ -55,6 +61,16 @@ class Sidecar:
         )
         self.cache = PolicyCache(self.store, self.l2, max_entries=s.l1_max_entries, ttl_seconds=s.l1_ttl_seconds)
         self.readiness = Readiness(self.store, self.l2, LATEST_VERSION)
+        # The subscriber blocks in XREAD for up to a second: it gets its own connection,
+        # with a socket timeout longer than that block.
+        events_redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=3.0, socket_connect_timeout=1.0)
+        self._redis_clients.append(events_redis)
+        self.subscriber = TenantEventSubscriber(
+            events_redis, self.cache, prefix=s.redis_prefix, blind_refresh_seconds=s.blind_refresh_seconds
+        )
+        if s.relay:
+            self.relay = relay_for(s)
+            self._redis_clients.append(self.relay.redis)
 
         server = grpc.aio.server(
             options=[
@@ -86,6 +102,9 @@ class Sidecar:
         self.server = server
         await self.readiness.probe()
         self._tasks.append(asyncio.create_task(self.readiness.run(), name="readiness"))
+        self._tasks.append(asyncio.create_task(self.subscriber.run(), name="event-subscriber"))
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         if not s.operator_key:
             log.warning("GATEHOUSE_OPERATOR_KEY is not set: every AdminService call will be UNAUTHENTICATED")
         log.info("gatehouse serving on %s (plaintext)", ", ".join(self.addresses))
@@ -103,8 +122,38 @@ class Sidecar:
             await self.cache.drain()
         if self.l2 is not None:
             await self.l2.close()
+        for client in self._redis_clients:
+            await client.aclose()
         if self.store is not None:
             await self.store.close()
+
+
+def relay_for(s: Settings) -> OutboxRelay:
+    redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
+    return OutboxRelay(
+        s.database_url,
+        redis,
+        prefix=s.redis_prefix,
+        max_stream_length=s.event_stream_max_length,
+        retention_seconds=s.outbox_retention_seconds,
+        l2_ttl_seconds=s.l2_ttl_seconds,
+    )
+
+
+async def run_relay(settings: Settings) -> int:
+    """`gatehouse relay`: only the outbox relay, until SIGTERM or SIGINT."""
+    relay = relay_for(settings)
+    task = asyncio.create_task(relay.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    print("gatehouse: relaying outbox to", settings.redis_prefix + ":events", flush=True)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await relay.redis.aclose()
+    return 0
 
 
 async def serve(settings: Settings) -> int:

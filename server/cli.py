@@ -1,6 +1,7 @@
 """`gatehouse`: serve the sidecar, or migrate its database.
 
     gatehouse serve [--listen HOST:PORT] [--unix-socket PATH] [...]
+    gatehouse relay [...]
     gatehouse migrate up [--to N] | down [--to N] | version
 """
 
@@ -27,20 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the sidecar")
     Settings.add_arguments(serve)
+    relay = commands.add_parser("relay", help="run only the outbox relay (serve runs one too unless --relay 0)")
+    Settings.add_arguments(relay)
     migrate = commands.add_parser("migrate", help="apply or roll back schema migrations")
     migrate.add_argument("direction", choices=("up", "down", "version"))
     migrate.add_argument("--to", type=int, default=None, help="target version (down defaults to 0)")
     migrate.add_argument("--database-url", default=None, help="Postgres DSN [env GATEHOUSE_DATABASE_URL]")
     args = parser.parse_args(argv)
 
-    if args.command == "serve":
+    if args.command in ("serve", "relay"):
         settings = Settings.from_args(args)
         logging.basicConfig(
             level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        from gatehouse.server.app import serve as run_server
+        from gatehouse.server import app
 
-        return _run(run_server(settings))
+        return _run(app.serve(settings) if args.command == "serve" else app.run_relay(settings))
 
     from gatehouse.store import migrate as migrations
 

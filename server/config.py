@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import AsyncIterator
+
 import grpc
 
 from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
@@ -9,7 +12,7 @@ from gatehouse.engine.decision import effective_flags
 from gatehouse.engine.validate import require_id, require_revision
 from gatehouse.errors import TenantNotFound
 from gatehouse.server.convert import STATUS_TO_PROTO, dict_to_struct
-from gatehouse.server.errors import grpc_errors
+from gatehouse.server.errors import abort, grpc_errors
 from gatehouse.v1 import config_pb2, config_pb2_grpc
 
 _VIEW = "config"
@@ -56,3 +59,50 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         if request.if_revision_newer_than and entry.revision <= request.if_revision_newer_than:
             return config_pb2.TenantConfig(id=tenant_id, revision=entry.revision, not_modified=True)
         return config_message(entry)
+
+    async def WatchTenantConfig(
+        self, request: config_pb2.WatchTenantConfigRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[config_pb2.TenantConfig]:
+        """The current config, then each change.
+
+        The cache's change listener only records the newest revision and sets a flag, so
+        a slow reader never blocks the event subscriber, and however far behind it falls
+        it holds one pending revision: changes coalesce to the newest. A cancelled
+        stream unsubscribes in `finally`.
+        """
+        changed = asyncio.Event()
+        newest = 0
+
+        def listener(tenant_id: str, revision: int) -> None:
+            nonlocal newest
+            if tenant_id == request.tenant_id and revision > newest:
+                newest = revision
+                changed.set()
+
+        unsubscribe = self._cache.on_tenant_change(listener)
+        try:
+            tenant_id = require_id("tenant_id", request.tenant_id)
+            entry = await self._cache.tenant(tenant_id)
+            if entry is None:
+                raise TenantNotFound(f"tenant {tenant_id} not found")
+            sent = entry.revision
+            yield config_message(entry)
+            while True:
+                await changed.wait()
+                changed.clear()
+                if newest <= sent:
+                    continue
+                entry = await self._cache.tenant(tenant_id, newest)
+                if entry is None:
+                    raise TenantNotFound(f"tenant {tenant_id} not found")
+                if entry.revision > sent:
+                    sent = entry.revision
+                    yield config_message(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await abort(context, exc)
+        finally:
+            unsubscribe()

@@ -8,12 +8,7 @@ SIGTERM draining to exit 0.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
 from typing import AsyncIterator
 
 import grpc
@@ -24,40 +19,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 
 from tests.client import Client, make_client, user
+from tests.processes import ServerProcess, sidecar_env, start_server
 
 Reason = access_pb2.DecisionReason
 
 
-class ServerProcess:
-    def __init__(self, process: subprocess.Popen[str], address: str) -> None:
-        self.process = process
-        self.address = address
-
-
 @pytest.fixture(scope="module")
 async def server(database_url: str, redis_url: str, redis_prefix: str) -> AsyncIterator[ServerProcess]:
-    env = {
-        **os.environ,
-        "GATEHOUSE_DATABASE_URL": database_url,
-        "GATEHOUSE_REDIS_URL": redis_url,
-        "GATEHOUSE_REDIS_PREFIX": redis_prefix,
-        "GATEHOUSE_OPERATOR_KEY": "e2e-operator-key",
-        "GATEHOUSE_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gatehouse.server.cli", "serve", "--listen", "127.0.0.1:0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout=30)
-    match = re.search(r"serving on (\S+)", line)
-    assert match, f"unexpected first line from server: {line!r}"
-    yield ServerProcess(process, match.group(1).rstrip(","))
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    process = await start_server(sidecar_env(database_url, redis_url, redis_prefix, "e2e-operator-key"))
+    yield process
+    process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +98,4 @@ async def test_walkthrough(remote: Client, unique: str) -> None:
 
 async def test_sigterm_drains_and_exits_zero(server: ServerProcess, remote: Client) -> None:
     # Runs last in this module (pytest keeps file order): the server goes away here.
-    server.process.send_signal(signal.SIGTERM)
-    code = await asyncio.wait_for(asyncio.to_thread(server.process.wait), timeout=20)
-    assert code == 0
+    assert await server.stop(signal.SIGTERM) == 0

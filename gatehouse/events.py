@@ -1,0 +1,79 @@
+"""Tenant events: what the outbox relay publishes to the Redis Stream and every sidecar reads.
+
+One stream entry per committed change, format version 1, plain fields so that
+`redis-cli XRANGE gh:events - +` is readable:
+
+    v        "1"                   format version; readers skip entries of a newer major
+    id       outbox row id         unique per event; duplicates are harmless
+    tenant   tenant uuid
+    rev      tenant revision the change committed (every change bumps it by one)
+    kind     tenant | config | plan | role | membership | assignment | key
+    subject  "user/alice" when the change concerns only that subject, else ""
+    at       commit time, unix milliseconds
+
+`kind` and `subject` decide what a sidecar evicts: an event with a subject (membership,
+assignment, key) evicts that subject's grants only; any other evicts the whole tenant.
+A plan change arrives as one `plan` event per tenant on the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+FORMAT_VERSION = "1"
+KINDS = frozenset({"tenant", "config", "plan", "role", "membership", "assignment", "key"})
+# Changes that alter what GetTenantConfig answers (watchers wake on these).
+CONFIG_KINDS = frozenset({"tenant", "config", "plan"})
+
+
+@dataclass(frozen=True, slots=True)
+class TenantEvent:
+    id: int
+    tenant_id: str
+    revision: int
+    kind: str
+    subject: str = ""
+    at_ms: int = 0
+
+    @property
+    def tenant_wide(self) -> bool:
+        """True when every cached entry of the tenant may be stale (not just one subject's)."""
+        return not self.subject or self.kind not in ("membership", "assignment", "key")
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "v": FORMAT_VERSION,
+            "id": str(self.id),
+            "tenant": self.tenant_id,
+            "rev": str(self.revision),
+            "kind": self.kind,
+            "subject": self.subject,
+            "at": str(self.at_ms),
+        }
+
+    @classmethod
+    def parse(cls, fields: Mapping[bytes | str, bytes | str]) -> "TenantEvent | None":
+        """The event in a stream entry, or None for an entry this build cannot read."""
+        data = {_text(k): _text(v) for k, v in fields.items()}
+        if data.get("v", "").split(".")[0] != FORMAT_VERSION:
+            return None
+        try:
+            return cls(
+                id=int(data["id"]),
+                tenant_id=data["tenant"],
+                revision=int(data["rev"]),
+                kind=data.get("kind", "tenant"),
+                subject=data.get("subject", ""),
+                at_ms=int(data.get("at", "0") or 0),
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def stream_key(prefix: str) -> str:
+    return f"{prefix}:events"

@@ -1,0 +1,170 @@
+"""The outbox relay: committed outbox rows → the tenant-event Redis Stream.
+
+Every mutation writes its outbox row in the same transaction as the change and NOTIFYs
+`gatehouse_outbox`. The relay LISTENs (and polls as a fallback), and in one transaction:
+
+    SELECT unpublished rows ORDER BY id FOR UPDATE SKIP LOCKED   -- several relays may run
+    XADD each to the stream (MAXLEN ~ cap) and move the tenant's L2 revision pointer
+    UPDATE outbox SET published_at = now()                       -- only after Redis acked
+
+A crash between XADD and COMMIT rolls the marking back, so the rows are published again
+by the next run: delivery is at-least-once, and readers treat duplicates as harmless.
+Rows of one tenant get their ids in commit order (each mutation holds the tenant's row
+lock while it inserts), so one relay publishes a tenant's events in revision order.
+Published rows are pruned after a retention period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Awaitable, Callable
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gatehouse.cache.l2 import ADVANCE_POINTER, pointer_key
+from gatehouse.events import TenantEvent, stream_key
+from gatehouse.store.driver_errors import translate
+from gatehouse.store.postgres import NOTIFY_CHANNEL, PLATFORM_SCOPE
+
+log = logging.getLogger(__name__)
+
+_CLAIM = """
+SELECT id, tenant_id, revision, kind, coalesce(subject, '') AS subject,
+       (extract(epoch FROM created_at) * 1000)::bigint AS at_ms
+FROM outbox
+WHERE published_at IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+_PRUNE = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        dsn: str,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        max_stream_length: int = 100_000,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        retention_seconds: float = 24 * 3600,
+        l2_ttl_seconds: float = 300.0,
+        after_xadd: Callable[[list[TenantEvent]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self.redis = redis
+        self._prefix = prefix
+        self._stream = stream_key(prefix)
+        self._maxlen = max_stream_length
+        self._batch = batch_size
+        self._poll = poll_interval
+        self._retention = retention_seconds
+        self._ttl_ms = int(l2_ttl_seconds * 1000)
+        self._after_xadd = after_xadd  # a fault-injection point for tests: "crash here"
+        self._advance = redis.register_script(ADVANCE_POINTER)
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    async def publish_pending(self, conn: asyncpg.Connection) -> int:
+        """Publish every unpublished row, batch by batch; the number published."""
+        total = 0
+        while True:
+            count = await self._publish_batch(conn)
+            total += count
+            if count < self._batch:
+                return total
+
+    async def _publish_batch(self, conn: asyncpg.Connection) -> int:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
+            rows = await conn.fetch(_CLAIM, self._batch)
+            if not rows:
+                return 0
+            events = [
+                TenantEvent(
+                    id=row["id"],
+                    tenant_id=str(row["tenant_id"]),
+                    revision=row["revision"],
+                    kind=row["kind"],
+                    subject=row["subject"],
+                    at_ms=row["at_ms"],
+                )
+                for row in rows
+            ]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.xadd(self._stream, event.fields(), maxlen=self._maxlen, approximate=True)
+                    # Move the tenant's L2 pointer too: no sidecar reads L2 data older than
+                    # a published event, even one whose own write path could not reach Redis.
+                    await self._advance(
+                        keys=[pointer_key(self._prefix, event.tenant_id)],
+                        args=[event.revision, "", "", self._ttl_ms],
+                        client=pipe,
+                    )
+                await pipe.execute()
+            if self._after_xadd is not None:
+                await self._after_xadd(events)
+            await conn.execute(_MARK, [event.id for event in events])
+        self.published += len(events)
+        return len(events)
+
+    async def prune(self, conn: asyncpg.Connection) -> int:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
+            status = await conn.execute(_PRUNE, self._retention)
+        return int(status.split()[-1])
+
+    async def run(self) -> None:
+        """Relay until cancelled, reconnecting to Postgres and Redis as they come and go."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._run_connected()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # redis-py can turn a cancellation that lands mid-read into a connection
+                # error; a task being cancelled must stop, not reconnect.
+                _stop_if_cancelled()
+                log.warning("relay: %s; retrying in %.1fs", translate(exc) if not isinstance(exc, RedisError) else exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                backoff = 0.1
+
+    async def _run_connected(self) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=5)
+        try:
+            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+            last_prune = 0.0
+            while True:
+                self._wake.clear()
+                await self.publish_pending(conn)
+                if time.monotonic() - last_prune > 60:
+                    await self.prune(conn)
+                    last_prune = time.monotonic()
+                # NOTIFY is the fast path; the poll catches anything a lost notification
+                # (a reconnect, a relay that started after the commit) would leave behind.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+
+def _stop_if_cancelled() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()

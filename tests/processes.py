@@ -1,0 +1,55 @@
+"""Real `gatehouse serve` processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Mapping
+
+
+class ServerProcess:
+    """One sidecar subprocess; `address` is where it listens."""
+
+    def __init__(self, process: subprocess.Popen[str], address: str) -> None:
+        self.process = process
+        self.address = address
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+async def start_server(env: Mapping[str, str], *args: str, command: str = "serve") -> ServerProcess:
+    """Start `gatehouse <command> --listen 127.0.0.1:0 ...` and wait for its "serving on" line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gatehouse.server.cli", command, "--listen", "127.0.0.1:0", *args],
+        env={**os.environ, "GATEHOUSE_LOG_LEVEL": "WARNING", **env},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout=30)
+    match = re.search(r"serving on (\S+)", line)
+    if not match:
+        process.kill()
+        raise AssertionError(f"unexpected first line from server: {line!r}")
+    return ServerProcess(process, match.group(1).rstrip(","))
+
+
+def sidecar_env(database_url: str, redis_url: str, redis_prefix: str, operator_key: str) -> dict[str, str]:
+    return {
+        "GATEHOUSE_DATABASE_URL": database_url,
+        "GATEHOUSE_REDIS_URL": redis_url,
+        "GATEHOUSE_REDIS_PREFIX": redis_prefix,
+        "GATEHOUSE_OPERATOR_KEY": operator_key,
+    }
