@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from gatehouse.cache.policy_cache import PolicyCache
+from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import CONFIG_KINDS, TenantEvent, stream_key
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,7 @@ class TenantEventSubscriber:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                # redis-py can turn a cancellation that lands mid-read into a connection
-                # error; a task being cancelled must stop, not reconnect.
-                _stop_if_cancelled()
+                stop_if_cancelled()
                 if self.connected.is_set():
                     log.warning("event stream lost (%s): evicting conservatively on reconnect", exc)
                 self._lost = True
@@ -99,7 +98,7 @@ class TenantEventSubscriber:
         self.connected.set()
         while True:
             reply = await self._redis.xread({self._stream: self.position}, block=self._block_ms, count=self._batch)
-            _stop_if_cancelled()  # redis-py may have swallowed a cancellation mid-read
+            stop_if_cancelled()  # redis-py may have swallowed a cancellation mid-read
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     self._apply(fields)
@@ -164,9 +163,3 @@ class TenantEventSubscriber:
         self.stats.gaps += 1
         log.warning("tenant-event gap (%s): evicting every cached entry", why)
         self._cache.clear()
-
-
-def _stop_if_cancelled() -> None:
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError()

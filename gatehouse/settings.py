@@ -27,6 +27,9 @@ class Settings:
     )
     l2_ttl_seconds: float = field(default=300.0, metadata={"help": "life of a Redis cache entry"})
     redis_timeout_seconds: float = field(default=0.25, metadata={"help": "Redis socket timeout; slower = treated as down"})
+    workers: int = field(
+        default=1, metadata={"help": "serving processes sharing the port with SO_REUSEPORT (0 = one per core)"}
+    )
     relay: int = field(default=1, metadata={"help": "1 = run the outbox relay in this process, 0 = not"})
     event_stream_max_length: int = field(default=100_000, metadata={"help": "tenant-event stream cap (XADD MAXLEN ~)"})
     outbox_retention_seconds: float = field(default=86_400.0, metadata={"help": "keep published outbox rows this long"})

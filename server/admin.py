@@ -89,6 +89,15 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
     return decorate
 
 
+def _transition_rpc(action: Action) -> Callable[..., Awaitable[admin_pb2.Tenant]]:
+    @admin_call(f"tenant.{action.value}")
+    async def rpc(self: "AdminServicer", request: admin_pb2.TenantTransitionRequest, actor: Actor) -> admin_pb2.Tenant:
+        return await self._transition(request, actor, action)
+
+    rpc.__name__ = f"{action.value.title()}Tenant"
+    return rpc
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, store: Store, cache: PolicyCache, auth: AdminAuthenticator) -> None:
         self._store = store
@@ -184,29 +193,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
 
-    @admin_call("tenant.activate")
-    async def ActivateTenant(self, request: admin_pb2.TenantTransitionRequest, actor: Actor) -> admin_pb2.Tenant:
-        return await self._transition(request, actor, Action.ACTIVATE)
-
-    @admin_call("tenant.suspend")
-    async def SuspendTenant(self, request: admin_pb2.TenantTransitionRequest, actor: Actor) -> admin_pb2.Tenant:
-        return await self._transition(request, actor, Action.SUSPEND)
-
-    @admin_call("tenant.resume")
-    async def ResumeTenant(self, request: admin_pb2.TenantTransitionRequest, actor: Actor) -> admin_pb2.Tenant:
-        return await self._transition(request, actor, Action.RESUME)
-
-    @admin_call("tenant.archive")
-    async def ArchiveTenant(self, request: admin_pb2.TenantTransitionRequest, actor: Actor) -> admin_pb2.Tenant:
-        return await self._transition(request, actor, Action.ARCHIVE)
-
-    @admin_call("tenant.restore")
-    async def RestoreTenant(self, request: admin_pb2.TenantTransitionRequest, actor: Actor) -> admin_pb2.Tenant:
-        return await self._transition(request, actor, Action.RESTORE)
-
-    @admin_call("tenant.delete")
-    async def DeleteTenant(self, request: admin_pb2.TenantTransitionRequest, actor: Actor) -> admin_pb2.Tenant:
-        return await self._transition(request, actor, Action.DELETE)
+    # One RPC per lifecycle action, all through the transition table.
+    ActivateTenant = _transition_rpc(Action.ACTIVATE)
+    SuspendTenant = _transition_rpc(Action.SUSPEND)
+    ResumeTenant = _transition_rpc(Action.RESUME)
+    ArchiveTenant = _transition_rpc(Action.ARCHIVE)
+    RestoreTenant = _transition_rpc(Action.RESTORE)
+    DeleteTenant = _transition_rpc(Action.DELETE)
 
     # --- plans ---
 

@@ -38,8 +38,9 @@ SERVICE_NAMES = (
 class Sidecar:
     """One running Gatehouse process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self._reuse_port = reuse_port
         self.server: grpc.aio.Server | None = None
         self.store: PostgresStore | None = None
         self.l2: RedisL2 | None = None
@@ -74,7 +75,9 @@ class Sidecar:
 
         server = grpc.aio.server(
             options=[
-                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+                # grpc turns SO_REUSEPORT on by default, so two unrelated servers could
+                # silently share a port. Only the workers of one `serve --workers N` may.
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ]
         )
@@ -86,9 +89,12 @@ class Sidecar:
         health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         if s.listen:
-            port = server.add_insecure_port(s.listen)
+            try:
+                port = server.add_insecure_port(s.listen)
+            except RuntimeError:
+                port = 0
             if port == 0:
-                raise RuntimeError(f"cannot listen on {s.listen}")
+                raise SystemExit(f"gatehouse: cannot listen on {s.listen} (is another server there?)")
             host = s.listen.rsplit(":", 1)[0]
             self.addresses.append(f"{host}:{port}")
         if s.unix_socket:
@@ -156,9 +162,9 @@ async def run_relay(settings: Settings) -> int:
     return 0
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and return 0."""
-    sidecar = Sidecar(settings)
+    sidecar = Sidecar(settings, reuse_port=reuse_port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

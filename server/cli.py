@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from gatehouse.settings import Settings
@@ -43,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         from gatehouse.server import app
 
-        return _run(app.serve(settings) if args.command == "serve" else app.run_relay(settings))
+        if args.command == "relay":
+            return _run(app.run_relay(settings))
+        if settings.workers != 1:
+            from gatehouse.server.workers import run_workers
+
+            return run_workers(settings)
+        reuse_port = os.environ.get("GATEHOUSE_WORKER_REUSE_PORT") == "1"
+        return _run(app.serve(settings, reuse_port=reuse_port))
 
     from gatehouse.store import migrate as migrations
 

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gatehouse.cache.l2 import ADVANCE_POINTER, pointer_key
+from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import TenantEvent, stream_key
 from gatehouse.store.driver_errors import translate
 from gatehouse.store.postgres import NOTIFY_CHANNEL, PLATFORM_SCOPE
@@ -132,9 +133,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # redis-py can turn a cancellation that lands mid-read into a connection
-                # error; a task being cancelled must stop, not reconnect.
-                _stop_if_cancelled()
+                stop_if_cancelled()
                 log.warning("relay: %s; retrying in %.1fs", translate(exc) if not isinstance(exc, RedisError) else exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -162,9 +161,3 @@ class OutboxRelay:
 
     def _notified(self, *_: object) -> None:
         self._wake.set()
-
-
-def _stop_if_cancelled() -> None:
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError()

@@ -1,0 +1,91 @@
+"""`gatehouse serve --workers N`: N serving processes sharing one port.
+
+A single Python process saturates one core long before this machine's gRPC floor, so
+the hot path scales out by processes. Each worker is a complete sidecar (own L1, own
+event subscriber, own Postgres pool); only worker 0 runs the outbox relay. They share the
+listening port with SO_REUSEPORT, set explicitly, and the kernel spreads connections
+across them.
+
+SO_REUSEPORT would also let an unrelated server share the port silently, so before
+starting the workers the parent binds the port *without* it: if anything is listening
+there, `serve` fails loudly instead of joining it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+from gatehouse.settings import Settings
+
+
+def claim_port(listen: str) -> str:
+    """The concrete host:port the workers will share; SystemExit if it is taken."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise SystemExit(f"gatehouse: cannot listen on {listen}: {exc.strerror} (is another server there?)")
+        chosen = probe.getsockname()[1]
+    return f"{listen.rpartition(':')[0]}:{chosen}"
+
+
+def run_workers(settings: Settings) -> int:
+    """Start the workers, relay their first line, forward signals, exit 0 when all did."""
+    count = settings.workers or os.cpu_count() or 1
+    listen = claim_port(settings.listen) if settings.listen else ""
+    children = []
+    for index in range(count):
+        env = {
+            **os.environ,
+            "GATEHOUSE_LISTEN": listen,
+            "GATEHOUSE_WORKERS": "1",
+            "GATEHOUSE_RELAY": str(settings.relay if index == 0 else 0),
+            "GATEHOUSE_WORKER_REUSE_PORT": "1",
+        }
+        overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+        for name, value in overrides.items():
+            if name not in ("listen", "workers", "relay", "unix_socket"):
+                env[f"GATEHOUSE_{name.upper()}"] = str(value)
+        # Unix sockets cannot be shared by port reuse: only worker 0 takes it.
+        env["GATEHOUSE_UNIX_SOCKET"] = settings.unix_socket if index == 0 else ""
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gatehouse.server.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True
+            )
+        )
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    addresses = []
+    for child in children:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if "serving on" not in line:
+            forward(signal.SIGTERM, None)
+            raise SystemExit(f"gatehouse: a worker failed to start: {line.strip()!r}")
+        addresses.append(line.split("serving on", 1)[1].strip())
+        # Keep draining each worker's stdout so it never blocks on a full pipe.
+        threading.Thread(target=_drain, args=(child,), daemon=True).start()
+    print(f"gatehouse: serving on {addresses[0]} ({count} workers, SO_REUSEPORT)", flush=True)
+    codes = [child.wait() for child in children]
+    return 0 if all(code == 0 for code in codes) else 1
+
+
+def _drain(child: subprocess.Popen[str]) -> None:
+    assert child.stdout is not None
+    for line in child.stdout:
+        sys.stdout.write(line)

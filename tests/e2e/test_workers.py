@@ -1,0 +1,47 @@
+"""`gatehouse serve --workers N` shares one port between processes, and nothing else may."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+from gatehouse.v1 import config_pb2
+from tests.client import make_client
+from tests.processes import sidecar_env, start_server
+
+KEY = "workers-operator-key"
+
+
+async def test_workers_share_a_port_and_a_stranger_cannot(
+    database_url: str, redis_url: str, redis_prefix: str, unique: str
+) -> None:
+    env = sidecar_env(database_url, redis_url, redis_prefix, KEY)
+    server = await start_server(env, "--workers", "2")
+    try:
+        assert server.process.poll() is None
+        # Many connections: the kernel spreads them over both workers; all answer.
+        clients = [make_client(server.address, KEY) for _ in range(8)]
+        tenant = await clients[0].tenant(f"workers-{unique}")
+        for client in clients:
+            config = await client.config.GetTenantConfig(
+                config_pb2.GetTenantConfigRequest(tenant_id=tenant.id, min_revision=tenant.revision)
+            )
+            assert config.revision == tenant.revision
+            await client.channel.close()
+
+        for extra in ([], ["--workers", "2"]):
+            stranger = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "gatehouse.server.cli", "serve", "--listen", server.address, *extra],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert stranger.returncode != 0, stranger.stdout
+            assert "cannot listen" in (stranger.stderr + stranger.stdout).lower()
+    finally:
+        code = await server.stop()
+    assert code == 0
