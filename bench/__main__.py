@@ -34,7 +34,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("scenarios", nargs="+", choices=SCENARIOS, metavar="scenario")
     p.add_argument("--rate", type=float, help="offered rate, requests (calls) per second; default per scenario")
     p.add_argument("--rates", help=f"sweep rates, comma-separated (default {','.join(map(str, DEFAULT_SWEEP))})")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per point (default 10)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="measured seconds per point (default 10; 30 when the only scenario is propagation)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds sent first and not measured (default 1)")
     p.add_argument("--repeat", type=int, default=1, help="repeats per point, baseline and Gatehouse each (default 1)")
     p.add_argument("--tenants", type=int, default=1000)
@@ -49,6 +50,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--generator", choices=("auto", "h2load", "python"), default="auto",
                    help="auto: h2load where one repeated body suffices, Python where bodies must differ")
     p.add_argument("--py-workers", type=int, default=2, help="Python generator processes")
+    p.add_argument("--probe-rate", type=float, default=10.0, help="propagation: probe writes per second (default 10)")
     p.add_argument("--sample-rate", type=float, default=20.0, help="verification calls/s beside each h2load run")
     p.add_argument("--p99-limit-ms", type=float, default=10.0, help="sweep: p99 above this breaks the point")
     p.add_argument("--targets", default="baseline,gatehouse", help="comma-separated subset of baseline,gatehouse")
@@ -56,6 +58,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
     p.add_argument("--name", help="results file stem (default <scenarios>-<timestamp>)")
     a = p.parse_args(argv)
+    if a.duration is None:
+        a.duration = 30.0 if set(a.scenarios) == {"propagation"} else 10.0
     if not 0 < a.duration <= MAX_DURATION or not 0 <= a.warmup <= 30:
         p.error(f"--duration must be in (0, {MAX_DURATION:g}] and --warmup in [0, 30]")
     if a.rate is not None and a.rate <= 0:
@@ -84,6 +88,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         p99_limit_ms=a.p99_limit_ms,
         profile=a.profile,
         targets=targets,
+        probe_rate=a.probe_rate,
     )
     return options, a
 

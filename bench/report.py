@@ -89,7 +89,7 @@ def markdown(points: list[dict[str, Any]], ceilings: dict[str, Any] | None) -> s
         "| scenario | target | offered/s | achieved/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | errors | ÷ baseline thr | ÷ baseline p99 | server CPU | gen CPU |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for p in folded(points):
+    for p in folded([p for p in points if p["scenario"] != "propagation"]):
         lat = p["latency_ms"]
         vs = p.get("vs_baseline") or {}
         achieved = f"{p['achieved_rps']:,.0f}"
@@ -104,7 +104,10 @@ def markdown(points: list[dict[str, Any]], ceilings: dict[str, Any] | None) -> s
             f"{lat['p95']:.2f} | {p99} | {lat['p999']:.2f} | {lat['max']:.2f} | {p['error_count']} | "
             f"{vs.get('throughput', '')} | {vs.get('p99', '')} | {p['server_cpu_pct']:.0f}% | {p['generator_cpu_pct']:.0f}% |"
         )
-    text = "\n".join(rows)
+    text = "\n".join(rows) if len(rows) > 2 else ""
+    prop = [p for p in points if p["scenario"] == "propagation"]
+    if prop:
+        text = (text + "\n\n" if text else "") + propagation_markdown(prop)
     if ceilings:
         text += (
             f"\n\nThroughput ceiling (check-hit, p99 ≤ limit, zero errors, ≥ 95 % of offered): baseline "
@@ -112,6 +115,41 @@ def markdown(points: list[dict[str, Any]], ceilings: dict[str, Any] | None) -> s
             + (f", ratio {ceilings['gatehouse_vs_baseline']}" if "gatehouse_vs_baseline" in ceilings else "")
         )
     return text
+
+
+def propagation_markdown(points: list[dict[str, Any]]) -> str:
+    """Write committed → visible on the sidecar(s): one row per target, then the load."""
+    rows = [
+        "| propagation | probes | p50 ms | p95 ms | p99 ms | max ms | timeouts (5 s) | polls | server CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        lat = p["latency_ms"]
+        polls = p.get("tally", {}).get("polls", "")
+        rows.append(
+            f"| {p['target']} | {p['requests']} | {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | "
+            f"{lat['max']:.1f} | {p['timeouts']} | {polls} | {p['server_cpu_pct']:.0f}% |"
+        )
+    first = points[0]
+    w, s = first["write_load"], first["stream"]
+    cl = w["commit_latency_ms"]
+    rows.append("")
+    rows.append(
+        f"Background writes: offered {w['offered_rps']:,.0f}/s from {w['writers']} writer processes, achieved "
+        f"{w['achieved_rps']:,.1f}/s (commits completed in the window), {w['committed']:,} committed, errors "
+        f"{w['errors'] or 0}; commit latency from due time p50 {cl['p50']:.1f} / p99 {cl['p99']:.1f} / max "
+        f"{cl['max']:.1f} ms; send lag p99 {w['send_lag_ms']['p99']:.1f} ms; writers' CPU {first['generator_cpu_pct']:.0f}%."
+    )
+    rows.append(
+        f"Probe commits (assign/revoke on the probe tenant): p50 {first['probe_commit_ms']['p50']:.1f} / p99 "
+        f"{first['probe_commit_ms']['p99']:.1f} ms; {first['probes_sent']} probes sent."
+    )
+    rows.append(
+        f"Stream `{s['key']}`: length {s['length']:,}, entries added {s['entries_added']:,}; outbox rows "
+        f"{s['outbox_rows']:,}, unpublished after the run {s['outbox_unpublished']}; subscriber gap warnings "
+        f"{s['subscriber_gap_warnings']}."
+    )
+    return "\n".join(rows)
 
 
 def plot(points: list[dict[str, Any]], path: Path) -> bool:
@@ -123,7 +161,10 @@ def plot(points: list[dict[str, Any]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    points = [p for p in points if p["scenario"] != "propagation"]
     scenarios = sorted({p["scenario"] for p in points})
+    if not scenarios:
+        return False
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5.5 * len(scenarios), 4.5), squeeze=False)
     colors = {"p50": "tab:green", "p95": "tab:orange", "p99": "tab:red", "p999": "tab:purple"}
     for ax, scenario in zip(axes[0], scenarios):
@@ -167,6 +208,8 @@ def rerender(path: Path) -> dict[str, Path]:
 
     document = json.loads(path.read_text())
     for p in document["points"]:
+        if p["scenario"] == "propagation":
+            continue
         lag = p["send_lag_ms"]
         p["pacing_ok"] = h2load.pacing_ok(lag, p["offered_rps"]) if p["generator"].startswith("h2load") else lag["p99"] <= 5.0
     document["summary"] = folded(document["points"])

@@ -14,7 +14,8 @@ the other at the same offered rate, so each report can give Gatehouse ÷ baselin
                  (AddMember/RemoveMember from an in-process open-loop client, Gatehouse only)
     sweep        check-hit at rising rates until p99 > --p99-limit-ms, errors, or the
                  achieved rate falls under 95 % of offered: the throughput ceiling
-    propagation  hook for "write committed → every sidecar answers new data" (tenant events)
+    propagation  write committed → every sidecar answers the new data: 2 sidecars (one relay),
+                 background writes at --rate (1,000/s) via the store, probes at --probe-rate
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ CHECK = "/gatehouse.v1.AccessService/CheckAccess"
 BATCH = "/gatehouse.v1.AccessService/CheckAccessBatch"
 CONFIG = "/gatehouse.v1.ConfigService/GetTenantConfig"
 
-DEFAULT_RATES = {"check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch": 50, "config": 2000, "mixed": 5000}
+DEFAULT_RATES = {"check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch": 50, "config": 2000, "mixed": 5000, "propagation": 1000}
 DEFAULT_SWEEP = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 14000, 16000]
 SCENARIOS = ("check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation")
 
@@ -69,6 +70,7 @@ class Options:
     p99_limit_ms: float = 10.0
     profile: bool = False
     targets: tuple[str, ...] = ("baseline", "gatehouse")
+    probe_rate: float = 10.0
 
 
 # --- verification: what h2load cannot see -------------------------------------------------
@@ -543,13 +545,139 @@ def sweep_ceilings(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def propagation(h: Harness) -> list[dict[str, Any]]:
-    """Hook: write committed → every sidecar answers new data (DESIGN.md target p99 ≤ 100 ms
-    at 1,000 events/s). Needs tenant events (being added). The shape it should take: start
-    K Gatehouse targets on one bench database, run `admin_writes`-style writes at the event
-    rate, and per write poll CheckAccess on every target until it answers the new revision;
-    report write→visible latency percentiles per target as points of scenario
-    "propagation"."""
-    raise SystemExit("bench: the propagation scenario needs tenant events; see bench/scenarios.py:propagation")
+    """Write committed → every sidecar answers the new data (DESIGN.md: p99 ≤ 100 ms at
+    1,000 events/s). Two sidecars on one database and one Redis prefix, one relay (the
+    first; the second runs `--relay 0`), background writes at `--rate` from writer
+    processes, probes at `--probe-rate`; see bench/propagation.py."""
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    from bench import propagation as prop
+    from gatehouse.engine.model import SubjectRef
+    from gatehouse.events import stream_key
+    from gatehouse.store.api import Actor
+    from gatehouse.store.postgres import connect
+
+    assert h.data is not None
+    o, data = h.o, h.data
+    rate = o.rate or DEFAULT_RATES["propagation"]
+    prefix = f"{h.storage.redis_prefix}prop"  # shared: one stream, one L2, both sidecars
+    targets: list[Target] = []
+    for i, relay in enumerate((True, False)):
+        h._starts += 1
+        t = gatehouse_target(
+            h.storage, h.operator_key, h._starts, h.work_dir, workers=o.gh_workers,
+            extra_args=[*o.gh_args, *([] if relay else ["--relay", "0"])],
+        )
+        t.env["GATEHOUSE_REDIS_PREFIX"] = prefix
+        targets.append(t)
+    names = ["sidecar-1 (relay)", "sidecar-2 (--relay 0)"]
+    store = None
+    try:
+        for t in targets:
+            await t.start()
+        store = await connect(h.storage.dsn, min_size=1, max_size=2)
+        probe_tenant = data.tenants[-1]
+        probe_subject = SubjectRef("user", "propagation-probe")
+        await store.add_member(Actor(id="bench-probe"), probe_tenant.id, probe_subject)
+        write_tenants = [t.id for t in data.tenants[:-1]]
+        member_ids = [m.subject_id for m in data.tenants[0].hot[1:]]  # not u00000, the owner
+        h.log(
+            f"  2 sidecars on prefix {prefix} (relay in {targets[0].address} only), writes {rate:g}/s over "
+            f"{len(write_tenants)} tenants from {o.py_workers} writer processes, probes {o.probe_rate:g}/s"
+        )
+        start_at = time.time() + 2.0
+        probe_start = time.monotonic() + (start_at - time.time()) + o.warmup
+        cpu0 = [t.cpu_seconds() for t in targets]
+        t_wall = time.monotonic()
+        writes_job = prop.run_writers(
+            h.storage.dsn, write_tenants, member_ids, rate=rate, warmup=o.warmup, duration=o.duration,
+            workers=o.py_workers, work_dir=h.work_dir, start_at=start_at,
+        )
+        probes_job = prop.run_probes(
+            store, probe_tenant.id, probe_subject, [t.address for t in targets],
+            rate=o.probe_rate, start=probe_start, duration=o.duration,
+        )
+        writes, probes = await asyncio.gather(writes_job, probes_job)
+        wall = time.monotonic() - t_wall
+        cpu = [round(100.0 * (t.cpu_seconds() - c) / wall, 1) for t, c in zip(targets, cpu0)]
+        # Relay / stream sanity: every outbox row published, the stream holds them.
+        unpublished = total_outbox = -1
+        drained_after = None
+        conn = await asyncpg.connect(h.storage.dsn)
+        try:
+            t_drain = time.monotonic()
+            while True:
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('gatehouse.tenant_id', '*', true)")
+                    unpublished = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    total_outbox = await conn.fetchval("SELECT count(*) FROM outbox")
+                if unpublished == 0 or time.monotonic() - t_drain > 10:
+                    drained_after = round(time.monotonic() - t_drain, 2)
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+        client = aioredis.from_url(h.storage.redis_url)
+        try:
+            info = await client.xinfo_stream(stream_key(prefix))
+            stream = {
+                "key": stream_key(prefix),
+                "length": int(info["length"]),
+                "entries_added": int(info.get("entries-added", -1)),
+            }
+        finally:
+            await client.aclose()
+        stream.update(outbox_rows=total_outbox, outbox_unpublished=unpublished, drain_check_seconds=drained_after)
+        gaps = [t.log_path.read_text(errors="replace").count("tenant-event gap") for t in targets]
+        stream["subscriber_gap_warnings"] = gaps
+    finally:
+        if store is not None:
+            await store.close()
+        for t in targets:
+            await t.stop()
+
+    common = {
+        "scenario": "propagation",
+        "offered_rps": o.probe_rate,
+        "generator": "python",
+        "pacing_ok": True,
+        "send_lag_ms": {"p99": 0.0, "max": 0.0},
+        "generator_cpu_pct": round(100.0 * writes["cpu_seconds"] / wall, 1),
+        "write_load": writes,
+        "stream": stream,
+        "probe_commit_ms": probes["probe_commit_ms"],
+        "probes_sent": probes["probes_sent"],
+        "probe_write_errors": probes["write_errors"],
+        "poll_interval_ms": prop.POLL_INTERVAL_S * 1000.0,
+        "probe_bound_s": prop.PROBE_BOUND_S,
+        "repeat": 0,
+    }
+
+    def point(target: str, samples: list[float], timeouts: int, server_cpu: float, extra: dict[str, Any]) -> dict[str, Any]:
+        errors = {"PROBE_TIMEOUT": timeouts} if timeouts else {}
+        errors.update({f"PROBE_WRITE_{k}": v for k, v in probes["write_errors"].items()})
+        wrong = extra.get("tally", {}).get("wrong_at_revision", 0)
+        if wrong:
+            errors["WRONG_AT_REVISION"] = wrong
+        return {
+            **common, **extra, "target": target, "requests": len(samples),
+            "achieved_rps": round(len(samples) / o.duration, 2),
+            "latency_ms": latency_summary(samples), "timeouts": timeouts,
+            "errors": errors, "error_count": sum(errors.values()), "server_cpu_pct": server_cpu,
+        }
+
+    points = [point("every sidecar", probes["every_ms"], probes["every_timeouts"], sum(cpu), {})]
+    for i, name in enumerate(names):
+        points.append(point(name, probes["per_ms"][i], probes["per_timeouts"][i], cpu[i],
+                            {"address": targets[i].address, "tally": probes["tallies"][i]}))
+    every = points[0]["latency_ms"]
+    h.log(
+        f"  writes offered {rate:g}/s achieved {writes['achieved_rps']:g}/s (errors {writes['errors']}); "
+        f"probes {probes['probes_sent']}: every-sidecar p50 {every['p50']:.1f} p95 {every['p95']:.1f} "
+        f"p99 {every['p99']:.1f} max {every['max']:.1f} ms, timeouts {probes['every_timeouts']}; stream {stream}"
+    )
+    return points
 
 
 async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
