@@ -7,7 +7,6 @@ drives each scenario open-loop, and writes bench/results/<name>.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time

@@ -105,8 +105,8 @@ class PolicyCache:
         )
         # Floors: the oldest revision an entry may have and still be served. Bounded like
         # the entries; a subject floor that falls out is folded into its tenant's floor
-        # (more eviction, never less), and a tenant floor that falls out takes that
-        # tenant's entries with it.
+        # (which every entry of the tenant is checked against: more eviction, never less),
+        # and a tenant floor that falls out takes that tenant's entries with it.
         self._tenant_floor: _FloorMap[str] = _FloorMap(max(16, max_entries), self._tenant_floor_dropped)
         self._subject_floor: _FloorMap[tuple[str, str]] = _FloorMap(max(16, max_entries), self._subject_floor_dropped)
         self._listeners: list[Callable[[str, int], None]] = []
@@ -115,9 +115,6 @@ class PolicyCache:
         self.stats = CacheStats()
 
     # --- reads ---
-
-    def floor(self, tenant_id: str) -> int:
-        return self._tenant_floor.get(tenant_id, 0)
 
     async def tenant(self, tenant_id: str, min_revision: int = 0) -> CachedTenant | None:
         """The tenant at a revision >= max(min_revision, its floor), or None if absent."""
@@ -232,8 +229,9 @@ class PolicyCache:
         self.evict_tenant(tenant_id)
 
     def _subject_floor_dropped(self, key: tuple[str, str], revision: int) -> None:
+        # No scan of the tenant's entries needed: each is checked against the tenant
+        # floor when read, and one below it is never served.
         self._tenant_floor.raise_to(key[0], revision)
-        self.evict_tenant(key[0])
 
     def _spawn(self, coro: Any) -> None:
         # L2 fills happen behind the answer: the caller never waits on Redis to write.

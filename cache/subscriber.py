@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cancellation import stop_if_cancelled
-from gatehouse.events import CONFIG_KINDS, TenantEvent, stream_key
+from gatehouse.events import CONFIG_KINDS, TenantEvent, as_text, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ class SubscriberStats:
     gaps: int = 0
     reconnects: int = 0
     unreadable: int = 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class TenantEventSubscriber:
@@ -78,13 +74,12 @@ class TenantEventSubscriber:
                 stop_if_cancelled()
                 if self.connected.is_set():
                     log.warning("event stream lost (%s): evicting conservatively on reconnect", exc)
+                    backoff = 0.05  # it had been working: retry fast first
                 self._lost = True
                 self._blind()
                 self.stats.reconnects += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
-            else:  # pragma: no cover - _follow only returns by raising
-                backoff = 0.05
 
     async def _follow(self) -> None:
         if self.position is None:
@@ -103,7 +98,7 @@ class TenantEventSubscriber:
                 for entry_id, fields in entries:
                     self._apply(fields)
                     self._read += 1
-                    self.position = _text(entry_id)
+                    self.position = as_text(entry_id)
             # After every read, including an idle one (at most once per block timeout):
             # a trim that overtook us while nothing new arrived is a gap all the same.
             await self._check_complete(idle=not reply)
@@ -114,7 +109,7 @@ class TenantEventSubscriber:
             info = await self._redis.xinfo_stream(self._stream)
         except ResponseError:  # no stream: none yet, or deleted, or Redis restarted empty
             return "0-0", 0
-        return _text(info["last-generated-id"]), int(info["entries-added"])
+        return as_text(info["last-generated-id"]), int(info["entries-added"])
 
     async def _rebase(self) -> None:
         """Start counting from the stream's tail: everything before it is covered."""

@@ -55,7 +55,7 @@ class TenantEvent:
     @classmethod
     def parse(cls, fields: Mapping[bytes | str, bytes | str]) -> "TenantEvent | None":
         """The event in a stream entry, or None for an entry this build cannot read."""
-        data = {_text(k): _text(v) for k, v in fields.items()}
+        data = {as_text(k): as_text(v) for k, v in fields.items()}
         if data.get("v", "").split(".")[0] != FORMAT_VERSION:
             return None
         try:
@@ -71,7 +71,8 @@ class TenantEvent:
             return None
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """Redis replies come as bytes unless the client decodes them."""
     return value.decode() if isinstance(value, bytes) else value
 
 

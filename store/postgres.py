@@ -47,7 +47,6 @@ from gatehouse.engine.model import (
 )
 from gatehouse.errors import (
     AlreadyExists,
-    FailedPrecondition,
     LastOwner,
     InvalidArgument,
     NotAMember,

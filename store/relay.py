@@ -29,7 +29,6 @@ from redis.exceptions import RedisError
 from gatehouse.cache.l2 import ADVANCE_POINTER, pointer_key
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import TenantEvent, stream_key
-from gatehouse.store.driver_errors import translate
 from gatehouse.store.postgres import NOTIFY_CHANNEL, PLATFORM_SCOPE
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,7 @@ class OutboxRelay:
         self._after_xadd = after_xadd  # a fault-injection point for tests: "crash here"
         self._advance = redis.register_script(ADVANCE_POINTER)
         self._wake = asyncio.Event()
+        self._connected = False
         self.published = 0
 
     async def publish_pending(self, conn: asyncpg.Connection) -> int:
@@ -134,16 +134,18 @@ class OutboxRelay:
                 raise
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 stop_if_cancelled()
-                log.warning("relay: %s; retrying in %.1fs", translate(exc) if not isinstance(exc, RedisError) else exc, backoff)
+                if self._connected:
+                    backoff = 0.1  # it had been working: retry fast first
+                    self._connected = False
+                log.warning("relay: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-            else:
-                backoff = 0.1
 
     async def _run_connected(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=5)
         try:
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+            self._connected = True
             last_prune = 0.0
             while True:
                 self._wake.clear()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 from typing import AsyncIterator
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
