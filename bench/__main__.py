@@ -49,6 +49,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--generator", choices=("auto", "h2load", "python"), default="auto",
                    help="auto: h2load where one repeated body suffices, Python where bodies must differ")
     p.add_argument("--py-workers", type=int, default=2, help="Python generator processes")
+    p.add_argument("--writer", choices=("pgbench", "python"), default="pgbench",
+                   help="propagation: background writes from pgbench (default) or Python store writer processes")
     p.add_argument("--probe-rate", type=float, default=10.0, help="propagation: probe writes per second (default 10)")
     p.add_argument("--sample-rate", type=float, default=20.0, help="verification calls/s beside each h2load run")
     p.add_argument("--p99-limit-ms", type=float, default=10.0, help="sweep: p99 above this breaks the point")
@@ -83,6 +85,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         gh_args=a.gh_arg,
         generator=a.generator,
         py_workers=a.py_workers,
+        writer=a.writer,
         sample_rate=a.sample_rate,
         p99_limit_ms=a.p99_limit_ms,
         profile=a.profile,

@@ -189,6 +189,118 @@ async def run_writers(
     }
 
 
+# --- background writes from pgbench --------------------------------------------------------
+
+# pgbench's script: one event-producing write per transaction. It runs the store's own
+# write tail, `_COMPLETE_WRITE` (revision bump, audit row, outbox event, NOTIFY: the part
+# of every admin mutation that makes the event), under the same row-level-security scope
+# the store sets, for a uniformly chosen tenant and member, as an `assignment` event for
+# that member, so each is one stream event and one subject eviction in every sidecar.
+# What it leaves out is the domain row (a real assign_role also inserts the assignment):
+# that row changes nothing the relay or the subscribers do.
+_PGBENCH_PARAMS = {
+    "p2": "bench-writer",  # actor
+    "p3": "role.assign",  # audit action
+    "p4": "member/pgbench",  # audit target
+    "p5": "",  # request id (pgbench refuses an empty -D: inlined as '')
+    "p6": "",  # reason
+    "p7": json.dumps({"role": CHURN_ROLE}),  # audit details
+    "p8": "assignment",  # outbox kind
+    "p10": json.dumps({"action": "role.assign", "role": CHURN_ROLE}),  # outbox payload
+}
+
+
+def pgbench_script(tenant_ids: list[str], member_ids: list[str]) -> str:
+    import re
+
+    from gatehouse.store import postgres
+
+    def variable(m: re.Match[str]) -> str:
+        name = f"p{m.group(1)}"
+        return "''" if _PGBENCH_PARAMS.get(name) == "" else f":{name}"
+
+    complete = re.sub(r"\$(\d+)", variable, postgres._COMPLETE_WRITE.format(assignments=""))
+    complete = " ".join(complete.split())  # pgbench: one SQL command per line
+    tenants = ",".join(tenant_ids)
+    members = ",".join(f"user/{m}" for m in member_ids)
+    return "\n".join([
+        f"\\set n random(1, {len(tenant_ids)})",
+        f"\\set m random(1, {len(member_ids)})",
+        f"SELECT ('{{{tenants}}}'::uuid[])[:n] AS p1, ('{{{members}}}'::text[])[:m] AS p9 \\gset",
+        "BEGIN;",
+        "SELECT set_config('gatehouse.tenant_id', :p1, true);",
+        complete + ";",
+        "COMMIT;",
+        "",
+    ])
+
+
+async def run_pgbench_writers(
+    dsn: str, tenant_ids: list[str], member_ids: list[str], *, rate: float, warmup: float, duration: float,
+    work_dir: Path, start_at: float, clients: int = 16,
+) -> dict[str, Any]:
+    """Open-loop writes at `rate` from pgbench (`-R`: Poisson arrivals, latency counted
+    from each transaction's scheduled start); the same summary as `run_writers`."""
+    import shutil
+
+    from gatehouse.store.postgres import NOTIFY_CHANNEL
+
+    pgbench = shutil.which("pgbench") or "/usr/bin/pgbench"
+    script = work_dir / "pgbench-writes.sql"
+    script.write_text(pgbench_script(tenant_ids, member_ids))
+    log_prefix = work_dir / "prop-pgbench"
+    defines = [f"{k}={v}" for k, v in {**_PGBENCH_PARAMS, "p11": NOTIFY_CHANNEL}.items() if v]
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    began = time.time()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = await asyncio.create_subprocess_exec(
+        pgbench, "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-R", str(rate),
+        "-T", str(math.ceil(warmup + duration)), "-f", str(script), "-l", "--log-prefix", str(log_prefix),
+        *(arg for d in defines for arg in ("-D", d)), dsn,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=str(work_dir),
+    )
+    out, _ = await proc.communicate()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in (0, 2):  # 2: some transactions failed; counted below
+        raise RuntimeError(f"pgbench exited with {proc.returncode}: {out.decode(errors='replace')[-2000:]}")
+    lat: list[float] = []
+    lag: list[float] = []
+    codes: Counter[str] = Counter()
+    in_window = 0
+    for log in sorted(work_dir.glob("prop-pgbench.*")):
+        for line in log.read_text().splitlines():
+            # client_id transaction_no time script_no time_epoch time_us schedule_lag
+            parts = line.split()
+            if len(parts) < 7:
+                continue
+            done = int(parts[4]) + int(parts[5]) / 1e6 - began
+            if parts[2] in ("failed", "skipped"):
+                codes[parts[2].upper()] += 1
+                continue
+            latency, sched = int(parts[2]) / 1000.0, int(parts[6]) / 1000.0
+            if done - (latency + sched) / 1000.0 < warmup:
+                continue  # scheduled in the warm-up
+            codes["OK"] += 1
+            lat.append(latency + sched)
+            lag.append(sched)
+            if warmup <= done < warmup + duration:
+                in_window += 1
+        log.unlink()
+    script.unlink(missing_ok=True)
+    lag.sort()
+    return {
+        "offered_rps": rate,
+        "writers": f"pgbench -c {clients} -j 2",
+        "committed": codes.get("OK", 0),
+        "achieved_rps": round(in_window / duration, 1),
+        "errors": {c: n for c, n in codes.items() if c != "OK"},
+        "commit_latency_ms": latency_summary(lat),
+        "send_lag_ms": {"p99": round(nearest_rank(lag, 99.0), 3), "max": round(lag[-1], 3) if lag else 0.0},
+        "cpu_seconds": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
+    }
+
+
 # --- probes --------------------------------------------------------------------------------
 
 

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _writers(writers: int | str) -> str:
+    """`writers` is a count of Python writer processes, or pgbench's command line."""
+    return f"{writers} Python writer processes" if isinstance(writers, int) else writers
+
+
 def machine(h2load_version: str | None) -> dict[str, Any]:
     model = ""
     try:
@@ -135,7 +140,7 @@ def propagation_markdown(points: list[dict[str, Any]]) -> str:
     cl = w["commit_latency_ms"]
     rows.append("")
     rows.append(
-        f"Background writes: offered {w['offered_rps']:,.0f}/s from {w['writers']} writer processes, achieved "
+        f"Background writes: offered {w['offered_rps']:,.0f}/s from {_writers(w['writers'])}, achieved "
         f"{w['achieved_rps']:,.1f}/s (commits completed in the window), {w['committed']:,} committed, errors "
         f"{w['errors'] or 0}; commit latency from due time p50 {cl['p50']:.1f} / p99 {cl['p99']:.1f} / max "
         f"{cl['max']:.1f} ms; send lag p99 {w['send_lag_ms']['p99']:.1f} ms; writers' CPU {first['generator_cpu_pct']:.0f}%."

@@ -66,6 +66,7 @@ class Options:
     gh_args: list[str] = field(default_factory=list)
     generator: str = "auto"
     py_workers: int = 2
+    writer: str = "pgbench"
     sample_rate: float = 20.0
     p99_limit_ms: float = 10.0
     profile: bool = False
@@ -584,16 +585,23 @@ async def propagation(h: Harness) -> list[dict[str, Any]]:
         member_ids = [m.subject_id for m in data.tenants[0].hot[1:]]  # not u00000, the owner
         h.log(
             f"  2 sidecars on prefix {prefix} (relay in {targets[0].address} only), writes {rate:g}/s over "
-            f"{len(write_tenants)} tenants from {o.py_workers} writer processes, probes {o.probe_rate:g}/s"
+            f"{len(write_tenants)} tenants from "
+            f"{'pgbench' if o.writer == 'pgbench' else f'{o.py_workers} writer processes'}, probes {o.probe_rate:g}/s"
         )
         start_at = time.time() + 2.0
         probe_start = time.monotonic() + (start_at - time.time()) + o.warmup
         cpu0 = [t.cpu_seconds() for t in targets]
         t_wall = time.monotonic()
-        writes_job = prop.run_writers(
-            h.storage.dsn, write_tenants, member_ids, rate=rate, warmup=o.warmup, duration=o.duration,
-            workers=o.py_workers, work_dir=h.work_dir, start_at=start_at,
-        )
+        if o.writer == "pgbench":
+            writes_job = prop.run_pgbench_writers(
+                h.storage.dsn, write_tenants, member_ids, rate=rate, warmup=o.warmup, duration=o.duration,
+                work_dir=h.work_dir, start_at=start_at,
+            )
+        else:
+            writes_job = prop.run_writers(
+                h.storage.dsn, write_tenants, member_ids, rate=rate, warmup=o.warmup, duration=o.duration,
+                workers=o.py_workers, work_dir=h.work_dir, start_at=start_at,
+            )
         probes_job = prop.run_probes(
             store, probe_tenant.id, probe_subject, [t.address for t in targets],
             rate=o.probe_rate, start=probe_start, duration=o.duration,
@@ -640,7 +648,7 @@ async def propagation(h: Harness) -> list[dict[str, Any]]:
     common = {
         "scenario": "propagation",
         "offered_rps": o.probe_rate,
-        "generator": "python",
+        "generator": o.writer,
         "pacing_ok": True,
         "send_lag_ms": {"p99": 0.0, "max": 0.0},
         "generator_cpu_pct": round(100.0 * writes["cpu_seconds"] / wall, 1),

@@ -208,10 +208,11 @@ class PolicyCache:
             if entry is not None and entry.revision < revision:
                 self._subjects.pop(key, None)
 
-    async def tenant_changed(self, tenant_id: str, revision: int) -> None:
+    async def tenant_changed(self, tenant_id: str, revision: int, *, config: bool = True) -> None:
         """This process committed `revision`: nothing older is served from here on, here or
-        (through the L2 pointer) in any sidecar sharing this Redis."""
-        self.tenant_event(tenant_id, revision)
+        (through the L2 pointer) in any sidecar sharing this Redis. `config=False`: the
+        write cannot have changed the tenant's config, so config listeners are not woken."""
+        self.tenant_event(tenant_id, revision, notify=config)
         if self._l2 is not None:
             await self._l2.advance(tenant_id, revision)
 

@@ -48,6 +48,7 @@ class TenantEventSubscriber:
         block_ms: int = 1000,
         batch: int = 1000,
         blind_refresh_seconds: float = 2.0,
+        gap_check_seconds: float = 0.1,
     ) -> None:
         self._redis = redis
         self._cache = cache
@@ -56,6 +57,8 @@ class TenantEventSubscriber:
         self._batch = batch
         self._blind_refresh = blind_refresh_seconds
         self._blind_since = 0.0
+        self._gap_check = gap_check_seconds
+        self._checked_at = 0.0
         self.position: str | None = None
         self._lost = False
         self._added_base = 0
@@ -91,6 +94,7 @@ class TenantEventSubscriber:
             await self._rebase()
         self._lost = False
         self.connected.set()
+        loop = asyncio.get_running_loop()
         while True:
             reply = await self._redis.xread({self._stream: self.position}, block=self._block_ms, count=self._batch)
             stop_if_cancelled()  # redis-py may have swallowed a cancellation mid-read
@@ -99,9 +103,15 @@ class TenantEventSubscriber:
                     self._apply(fields)
                     self._read += 1
                     self.position = as_text(entry_id)
-            # After every read, including an idle one (at most once per block timeout):
-            # a trim that overtook us while nothing new arrived is a gap all the same.
-            await self._check_complete(idle=not reply)
+            # After an idle read (at most once per block timeout: a trim that overtook us
+            # while nothing new arrived is a gap all the same), and while events flow at
+            # most every `gap_check_seconds`: the check is a round trip of its own, and
+            # entries are counted across reads, so checking less often only delays noticing
+            # a gap (which needs the reader a whole stream cap behind) by that much.
+            now = loop.time()
+            if not reply or now - self._checked_at >= self._gap_check:
+                self._checked_at = now
+                await self._check_complete(idle=not reply)
 
     async def _stream_state(self) -> tuple[str, int]:
         """(last generated id, entries ever added) of the stream; ("0-0", 0) when absent."""

@@ -113,8 +113,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         except Exception:  # the call's own outcome matters more than its audit row
             log.exception("could not write audit row for %s (%s)", action, outcome)
 
-    async def _changed(self, tenant_id: str, revision: int) -> None:
-        await self._cache.tenant_changed(tenant_id, revision)
+    async def _changed(self, tenant_id: str, revision: int, *, config: bool = True) -> None:
+        """This process committed `revision`; `config=False` when the write cannot change
+        the tenant's config (roles, members, assignments), so config watchers sleep on."""
+        await self._cache.tenant_changed(tenant_id, revision, config=config)
 
     # --- tenants ---
 
@@ -226,7 +228,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             permissions=require_patterns("permissions", request.permissions),
             description=convert.description("description", request.description),
         )
-        await self._changed(tenant_id, revision)
+        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.RoleResponse(role=convert.role_message(role), revision=revision)
 
     @admin_call("role.update")
@@ -240,14 +242,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             description=convert.description("description", request.description),
             expected_revision=require_revision("expected_revision", request.expected_revision),
         )
-        await self._changed(tenant_id, revision)
+        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.RoleResponse(role=convert.role_message(role), revision=revision)
 
     @admin_call("role.delete")
     async def DeleteRole(self, request: admin_pb2.DeleteRoleRequest, actor: Actor) -> admin_pb2.MutationResponse:
         tenant_id = require_id("tenant_id", request.tenant_id)
         revision = await self._store.delete_role(actor, tenant_id, name=require_id("name", request.name))
-        await self._changed(tenant_id, revision)
+        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("role.list", mutation=False)
@@ -261,14 +263,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def AddMember(self, request: admin_pb2.AddMemberRequest, actor: Actor) -> admin_pb2.MemberResponse:
         tenant_id = require_id("tenant_id", request.tenant_id)
         member, revision = await self._store.add_member(actor, tenant_id, convert.subject("subject", request.subject))
-        await self._changed(tenant_id, revision)
+        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MemberResponse(member=convert.member_message(member), revision=revision)
 
     @admin_call("member.remove")
     async def RemoveMember(self, request: admin_pb2.RemoveMemberRequest, actor: Actor) -> admin_pb2.MutationResponse:
         tenant_id = require_id("tenant_id", request.tenant_id)
         revision = await self._store.remove_member(actor, tenant_id, convert.subject("subject", request.subject))
-        await self._changed(tenant_id, revision)
+        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("member.list", mutation=False)
@@ -294,7 +296,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             role=require_id("role", request.role),
             scope=require_scope("scope", request.scope),
         )
-        await self._changed(tenant_id, revision)
+        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.RoleAssignmentResponse(assignment=convert.assignment_message(assignment), revision=revision)
 
     @admin_call("role.revoke")
@@ -307,7 +309,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             role=require_id("role", request.role),
             scope=require_scope("scope", request.scope),
         )
-        await self._changed(tenant_id, revision)
+        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("role.assignments.list", mutation=False)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from gatehouse.v1 import admin_pb2, config_pb2
+from gatehouse.v1 import admin_pb2, common_pb2, config_pb2
 
 from tests.client import Client
 from tests.server.status import details
@@ -65,3 +67,34 @@ async def test_unknown_tenant_is_not_found(client: Client) -> None:
         )
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
     assert details(failure.value)[0].reason == "GATEHOUSE_TENANT_NOT_FOUND"
+
+
+async def test_watch_sleeps_through_writes_that_cannot_change_config(client: Client, unique: str) -> None:
+    """Members, roles and assignments move the revision but not the config: a watcher is
+    sent the next real change, not a copy of the same config at every revision."""
+    tenant = await client.tenant(f"watch-{unique}")
+    stream = client.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id=tenant.id))
+    try:
+        first = await stream.read()
+        assert first.revision == tenant.revision
+        subject = common_pb2.Subject(type="user", id=f"w-{unique}")
+        await client.admin.AddMember(admin_pb2.AddMemberRequest(tenant_id=tenant.id, subject=subject), metadata=client.auth)
+        await client.admin.CreateRole(
+            admin_pb2.CreateRoleRequest(tenant_id=tenant.id, name="auditor", permissions=["audit.read"]),
+            metadata=client.auth,
+        )
+        await client.admin.AssignRole(
+            admin_pb2.AssignRoleRequest(tenant_id=tenant.id, subject=subject, role="auditor", scope=""),
+            metadata=client.auth,
+        )
+        patch = struct_pb2.Struct()
+        patch.update({"locale": "fr"})
+        patched = await client.admin.PatchTenantConfig(
+            admin_pb2.PatchTenantConfigRequest(tenant_id=tenant.id, settings_patch=patch), metadata=client.auth
+        )
+        second = await asyncio.wait_for(stream.read(), timeout=10)
+        # Had the three other writes woken the watch, this would be the first of them.
+        assert second.revision == patched.revision
+        assert json_format.MessageToDict(second.settings) == {"locale": "fr"}
+    finally:
+        stream.cancel()
