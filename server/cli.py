@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    """`gatehouse migrate`: as the owner; `up` then grants the runtime role its privileges."""
     from gatehouse.errors import GatehouseError
     from gatehouse.store import migrate as migrations
-    from gatehouse.store.grants import RuntimeRoleError
 
     settings = MigrateSettings.from_env(database_url=args.database_url, runtime_role=args.runtime_role)
     dsn = settings.database_url
@@ -85,7 +85,7 @@ def _migrate(args: argparse.Namespace) -> int:
             version = _run(migrations.migrate_down(dsn, args.to or 0))
         else:
             version = _run(migrations.current_version(dsn))
-    except RuntimeRoleError as error:
+    except ValueError as error:  # RuntimeRoleError, or a --to out of range
         return _migrate_error(str(error))
     except GatehouseError as error:
         # An operator's terminal, not a gRPC caller: the database's own words help here
@@ -98,6 +98,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _migrate_error(message: str) -> int:
+    """One line on stderr and exit status 1: an operator's mistake needs no traceback."""
     print(f"gatehouse migrate: error: {message}", file=sys.stderr)
     return 1
 

@@ -77,7 +77,7 @@ async def _check_runtime_role(conn: asyncpg.Connection, role: str) -> None:
             f"runtime role {role!r} does not exist: create it (LOGIN NOSUPERUSER NOBYPASSRLS) "
             "as a database administrator, or name another with --runtime-role"
         )
-    problems = []
+    problems: list[str] = []
     if row["rolsuper"]:
         problems.append("is a superuser")
     if row["rolbypassrls"]:
