@@ -2,10 +2,16 @@
 # Gatehouse sidecar image: the package installed (not editable) into /opt/gatehouse,
 # run as an unprivileged user. Postgres and Redis are external: configure them with
 # GATEHOUSE_DATABASE_URL / GATEHOUSE_REDIS_URL (and GATEHOUSE_OPERATOR_KEY), or flags.
+# The server's GATEHOUSE_DATABASE_URL names the runtime role (owns nothing, no superuser,
+# no BYPASSRLS); `migrate` connects as the owner (GATEHOUSE_MIGRATE_DATABASE_URL) and
+# grants the runtime role (the user of GATEHOUSE_DATABASE_URL) its DML. See README.md,
+# "Database roles".
 #
 #   docker build -t gatehouse .
-#   docker run --rm -p 50051:50051 -e GATEHOUSE_DATABASE_URL=... -e GATEHOUSE_REDIS_URL=... gatehouse
-#   docker run --rm -e GATEHOUSE_DATABASE_URL=... gatehouse migrate up
+#   docker run --rm -e GATEHOUSE_MIGRATE_DATABASE_URL=postgresql://gatehouse@db/gatehouse \
+#       -e GATEHOUSE_DATABASE_URL=postgresql://gatehouse_app@db/gatehouse gatehouse migrate up
+#   docker run --rm -p 50051:50051 -e GATEHOUSE_DATABASE_URL=postgresql://gatehouse_app@db/gatehouse \
+#       -e GATEHOUSE_REDIS_URL=... gatehouse
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \

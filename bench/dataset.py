@@ -1,15 +1,16 @@
 """The bench's own database and Redis prefix, the skewed data seeded into them, and the
 pre-encoded requests the generators send.
 
-Like tests/conftest.py: a database `gh_bench_<random>` owned by the non-superuser app
-role (row-level security applies to it, as it does to the server), migrated to the
-latest schema, dropped at the end; Redis keys under `ghbench<random>…`, deleted at the
-end. Nothing a running sidecar uses is touched.
+Like tests/conftest.py: a database `gh_bench_<random>` owned by the owner role, migrated
+to the latest schema by it (granting the runtime role its DML), dropped at the end;
+sidecars under test connect as the runtime role (`dsn`), exactly as deployed. Redis keys
+under `ghbench<random>…`, deleted at the end. Nothing a running sidecar uses is touched.
 
-Seeding writes straight to the tables in one transaction as the app role under platform
-scope (`gatehouse.tenant_id = '*'`), with one multi-row INSERT per table (unnest of
-arrays): 1,000 tenants with ~35 members each take about a second. COPY is not an option:
-Postgres refuses COPY FROM into a table under row-level security.
+Seeding writes straight to the tables in one transaction as the runtime role under
+platform scope (`gatehouse.tenant_id = '*'`), with one multi-row INSERT per table (unnest
+of arrays): 1,000 tenants with ~35 members each take about a second. COPY is not an
+option: Postgres refuses COPY FROM into a table under row-level security. The owner then
+runs ANALYZE (only a table's owner may).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import redis.asyncio as aioredis
 from gatehouse.v1 import access_pb2, common_pb2, config_pb2
 
 PG_ADMIN_URL = os.environ.get("GATEHOUSE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_APP_ROLE = os.environ.get("GATEHOUSE_BENCH_PG_ROLE", "gatehouse")
+PG_OWNER_ROLE = os.environ.get("GATEHOUSE_BENCH_PG_OWNER_ROLE", "gatehouse")
+PG_RUNTIME_ROLE = os.environ.get("GATEHOUSE_BENCH_PG_RUNTIME_ROLE", "gatehouse_app")
 PG_HOST = os.environ.get("GATEHOUSE_BENCH_PG_HOST", "127.0.0.1:5432")
 REDIS_URL = os.environ.get("GATEHOUSE_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -240,7 +242,8 @@ class BenchStorage:
     def __init__(self, run_id: str | None = None) -> None:
         self.run_id = run_id or secrets.token_hex(4)
         self.database = f"gh_bench_{self.run_id}"
-        self.dsn = f"postgresql://{PG_APP_ROLE}@{PG_HOST}/{self.database}"
+        self.dsn = f"postgresql://{PG_RUNTIME_ROLE}@{PG_HOST}/{self.database}"  # what sidecars use
+        self.owner_dsn = f"postgresql://{PG_OWNER_ROLE}@{PG_HOST}/{self.database}"  # migrations, ANALYZE
         self.redis_url = REDIS_URL
         self.redis_prefix = f"ghbench{self.run_id}"
         self._created = False
@@ -250,11 +253,11 @@ class BenchStorage:
 
         conn = await asyncpg.connect(PG_ADMIN_URL)
         try:
-            await conn.execute(f'CREATE DATABASE "{self.database}" OWNER "{PG_APP_ROLE}"')
+            await conn.execute(f'CREATE DATABASE "{self.database}" OWNER "{PG_OWNER_ROLE}"')
         finally:
             await conn.close()
         self._created = True
-        await migrate_up(self.dsn)
+        await migrate_up(self.owner_dsn, runtime_role=PG_RUNTIME_ROLE)
 
     async def seed(self, data: Dataset) -> None:
         tenants = data.tenants
@@ -308,6 +311,10 @@ class BenchStorage:
                     """,
                     *map(list, zip(*grants)),
                 )
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(self.owner_dsn)
+        try:
             await conn.execute("ANALYZE")
         finally:
             await conn.close()

@@ -1,7 +1,9 @@
 """Configuration: command-line flags over `GATEHOUSE_*` environment variables over defaults.
 
 The defaults work on the embedded set-up `./dev serve` makes: Postgres and Redis on
-127.0.0.1, a role and database called `gatehouse`, gRPC on 127.0.0.1:50051.
+127.0.0.1, a database `gatehouse` owned by the role `gatehouse` (which migrates it), the
+server connecting as the role `gatehouse_app` (which owns nothing and is bound by
+row-level security), gRPC on 127.0.0.1:50051.
 """
 
 from __future__ import annotations
@@ -10,6 +12,13 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+from urllib.parse import parse_qs, unquote, urlsplit
+
+# The runtime role: what `serve` and `relay` connect as. Not the tables' owner, so it
+# cannot turn row-level security off (see gatehouse.store.grants).
+RUNTIME_DATABASE_URL = "postgresql://gatehouse_app@127.0.0.1:5432/gatehouse"
+# The owner role: what `migrate` connects as; it creates and owns the schema.
+OWNER_DATABASE_URL = "postgresql://gatehouse@127.0.0.1:5432/gatehouse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +26,8 @@ class Settings:
     listen: str = field(default="127.0.0.1:50051", metadata={"help": "host:port for gRPC over TCP ('' = none)"})
     unix_socket: str = field(default="", metadata={"help": "also listen on this unix socket path"})
     database_url: str = field(
-        default="postgresql://gatehouse@127.0.0.1:5432/gatehouse", metadata={"help": "Postgres DSN (asyncpg)"}
+        default=RUNTIME_DATABASE_URL,
+        metadata={"help": "Postgres DSN (asyncpg) of the runtime role: not the tables' owner, never a superuser"},
     )
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Redis URL"})
     redis_prefix: str = field(default="gh", metadata={"help": "prefix of every Redis key this sidecar writes"})
@@ -70,6 +80,42 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":
         return cls.from_env(**{f.name: getattr(args, f.name, None) for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateSettings:
+    """What `gatehouse migrate` needs: the owner's DSN, and the runtime role to grant to.
+
+    `runtime_role` defaults to the user of the server's own DSN (`GATEHOUSE_DATABASE_URL`),
+    so one environment configures both; '' means grant nothing, None that it cannot be
+    told from that DSN.
+    """
+
+    database_url: str = OWNER_DATABASE_URL
+    runtime_role: str | None = None
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, database_url: str | None = None, runtime_role: str | None = None
+    ) -> "MigrateSettings":
+        env = os.environ if env is None else env
+        if runtime_role is None:
+            runtime_role = env.get("GATEHOUSE_RUNTIME_ROLE")
+        if runtime_role is None:
+            runtime_role = dsn_user(env.get("GATEHOUSE_DATABASE_URL") or RUNTIME_DATABASE_URL)
+        return cls(
+            database_url=database_url or env.get("GATEHOUSE_MIGRATE_DATABASE_URL") or OWNER_DATABASE_URL,
+            runtime_role=runtime_role,
+        )
+
+
+def dsn_user(dsn: str) -> str | None:
+    """The user a libpq-style URL names (`postgresql://user@host/db` or `?user=`), if any."""
+    parts = urlsplit(dsn)
+    if parts.username:
+        return unquote(parts.username)
+    users = parse_qs(parts.query).get("user")
+    return users[0] if users else None
 
 
 _PARSERS: dict[str, Any] = {"str": str, "int": int, "float": float}

@@ -2,7 +2,7 @@
 
     gatehouse serve [--listen HOST:PORT] [--unix-socket PATH] [...]
     gatehouse relay [...]
-    gatehouse migrate up [--to N] | down [--to N] | version
+    gatehouse migrate up [--to N] | down [--to N] | version  [--database-url OWNER_DSN] [--runtime-role ROLE]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from gatehouse.settings import Settings
+from gatehouse.settings import OWNER_DATABASE_URL, MigrateSettings, Settings
 
 
 def _run(coro: object) -> int:
@@ -34,7 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     migrate = commands.add_parser("migrate", help="apply or roll back schema migrations")
     migrate.add_argument("direction", choices=("up", "down", "version"))
     migrate.add_argument("--to", type=int, default=None, help="target version (down defaults to 0)")
-    migrate.add_argument("--database-url", default=None, help="Postgres DSN [env GATEHOUSE_DATABASE_URL]")
+    migrate.add_argument(
+        "--database-url",
+        default=None,
+        help=f"Postgres DSN of the role that owns the schema [env GATEHOUSE_MIGRATE_DATABASE_URL, default {OWNER_DATABASE_URL!r}]",
+    )
+    migrate.add_argument(
+        "--runtime-role",
+        default=None,
+        help="role the server connects as, granted its privileges after `up` ('' = grant nothing) "
+        "[env GATEHOUSE_RUNTIME_ROLE, default: the user of GATEHOUSE_DATABASE_URL]",
+    )
     args = parser.parse_args(argv)
 
     if args.command in ("serve", "relay"):
@@ -53,17 +63,44 @@ def main(argv: list[str] | None = None) -> int:
         reuse_port = os.environ.get("GATEHOUSE_WORKER_REUSE_PORT") == "1"
         return _run(app.serve(settings, reuse_port=reuse_port))
 
+    return _migrate(args)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """`gatehouse migrate`: as the owner; `up` then grants the runtime role its privileges."""
+    from gatehouse.errors import GatehouseError
     from gatehouse.store import migrate as migrations
 
-    dsn = Settings.from_env(database_url=args.database_url).database_url
-    if args.direction == "up":
-        version = _run(migrations.migrate_up(dsn, args.to))
-    elif args.direction == "down":
-        version = _run(migrations.migrate_down(dsn, args.to or 0))
-    else:
-        version = _run(migrations.current_version(dsn))
-    print(f"schema version {version} (latest {migrations.LATEST_VERSION})")
+    settings = MigrateSettings.from_env(database_url=args.database_url, runtime_role=args.runtime_role)
+    dsn = settings.database_url
+    try:
+        if args.direction == "up":
+            if settings.runtime_role is None:
+                return _migrate_error(
+                    "cannot tell the runtime role from GATEHOUSE_DATABASE_URL: "
+                    "set GATEHOUSE_RUNTIME_ROLE or --runtime-role ('' grants nothing)"
+                )
+            version = _run(migrations.migrate_up(dsn, args.to, runtime_role=settings.runtime_role))
+        elif args.direction == "down":
+            version = _run(migrations.migrate_down(dsn, args.to or 0))
+        else:
+            version = _run(migrations.current_version(dsn))
+    except ValueError as error:  # RuntimeRoleError, or a --to out of range
+        return _migrate_error(str(error))
+    except GatehouseError as error:
+        # An operator's terminal, not a gRPC caller: the database's own words help here
+        # ("permission denied for schema public" = not connected as the owner).
+        cause = f" ({error.__cause__})" if error.__cause__ else ""
+        return _migrate_error(f"{error}{cause}")
+    granted = f"; runtime role {settings.runtime_role!r} granted" if args.direction == "up" and settings.runtime_role else ""
+    print(f"schema version {version} (latest {migrations.LATEST_VERSION}){granted}")
     return 0
+
+
+def _migrate_error(message: str) -> int:
+    """One line on stderr and exit status 1: an operator's mistake needs no traceback."""
+    print(f"gatehouse migrate: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

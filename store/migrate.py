@@ -7,6 +7,10 @@ current version under it, so two migrators started at once (two replicas booting
 apply every step exactly once instead of racing: the loser waits, then sees the step
 done. When the last step is undone the bookkeeping table goes too, leaving the
 database as empty as it was.
+
+Migrations run as the *owner* role. `migrate_up` then (re)grants the runtime role the
+server connects as its DML privileges on everything the schema holds, in the same
+locked transaction (`gatehouse.store.grants`), so no migration file carries a GRANT.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from importlib import resources
 import asyncpg
 
 from gatehouse.store.driver_errors import translated
+from gatehouse.store.grants import grant_runtime_privileges
 
 MIGRATIONS_PACKAGE = "gatehouse.store.migrations"
 _FILE_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.(?P<direction>up|down)\.sql$")
@@ -89,13 +94,16 @@ async def current_version(dsn: str) -> int:
             await conn.close()
 
 
-async def migrate_up(dsn: str, target: int | None = None) -> int:
+async def migrate_up(dsn: str, target: int | None = None, *, runtime_role: str = "") -> int:
     """Apply migrations up to `target` (default: the latest); returns the version reached.
 
-    A database already at or past `target` is left alone.
+    A database already at or past `target` is left alone. With `runtime_role`, that role
+    is then granted exactly the runtime privileges on every table, sequence and function
+    (again each time, so a database migrated before the role existed catches up);
+    RuntimeRoleError if row-level security would not bind it.
     """
     goal = LATEST_VERSION if target is None else _check_target(target)
-    return await _migrate(dsn, goal, up=True)
+    return await _migrate(dsn, goal, up=True, runtime_role=runtime_role)
 
 
 async def migrate_down(dsn: str, target: int = 0) -> int:
@@ -112,7 +120,7 @@ def _check_target(target: int) -> int:
     return target
 
 
-async def _migrate(dsn: str, goal: int, *, up: bool) -> int:
+async def _migrate(dsn: str, goal: int, *, up: bool, runtime_role: str = "") -> int:
     with translated():
         conn = await asyncpg.connect(dsn)
         try:
@@ -127,6 +135,10 @@ async def _migrate(dsn: str, goal: int, *, up: bool) -> int:
                     elif not up and goal < version <= LATEST_VERSION:
                         await _undo(conn, MIGRATIONS[version])
                     else:
+                        # Still under the lock: a concurrent migrator cannot be halfway
+                        # through a step whose new tables this would miss.
+                        if runtime_role and version > 0:
+                            await grant_runtime_privileges(conn, runtime_role)
                         return version
         finally:
             await conn.close()

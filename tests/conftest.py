@@ -1,10 +1,15 @@
 """The shared test base: every run gets its own Postgres database and Redis key prefix.
 
 Nothing here is faked: tests talk to the real PostgreSQL and Redis that `./dev test`
-made sure are running. Each session creates `gh_test_<random>` owned by the
-non-superuser `gatehouse` role (superusers bypass row-level security, so the server
-must never run as one), migrates it, and drops it at the end; Redis keys live under a
-random prefix that is deleted at the end. A running sidecar's data is never touched.
+made sure are running. Each session creates `gh_test_<random>` owned by the owner role
+`gatehouse`, migrates it as that owner (granting the runtime role its privileges, as
+`gatehouse migrate up` does), and drops it at the end; Redis keys live under a random
+prefix that is deleted at the end. A running sidecar's data is never touched.
+
+`database_url` is the *runtime* role's DSN (`gatehouse_app`: owns nothing, no superuser,
+no BYPASSRLS), so the server, store and relay tests run the product exactly as deployed,
+bound by row-level security it cannot switch off. Tests that need the owner's rights
+(migrations) ask for `owner_database_url` or `empty_database_url`.
 """
 
 from __future__ import annotations
@@ -18,27 +23,58 @@ import pytest
 import redis.asyncio as aioredis
 
 PG_ADMIN_URL = os.environ.get("GATEHOUSE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_APP_ROLE = os.environ.get("GATEHOUSE_TEST_PG_ROLE", "gatehouse")
+PG_OWNER_ROLE = os.environ.get("GATEHOUSE_TEST_PG_OWNER_ROLE", "gatehouse")
+PG_RUNTIME_ROLE = os.environ.get("GATEHOUSE_TEST_PG_RUNTIME_ROLE", "gatehouse_app")
 PG_HOST = os.environ.get("GATEHOUSE_TEST_PG_HOST", "127.0.0.1:5432")
 REDIS_URL = os.environ.get("GATEHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# What `./dev setup` gives both roles; the runtime role additionally owns nothing.
+_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
 
 
 async def _admin() -> asyncpg.Connection:
     return await asyncpg.connect(PG_ADMIN_URL)
 
 
-def app_dsn(database: str) -> str:
-    return f"postgresql://{PG_APP_ROLE}@{PG_HOST}/{database}"
+def owner_dsn(database: str) -> str:
+    return f"postgresql://{PG_OWNER_ROLE}@{PG_HOST}/{database}"
+
+
+def runtime_dsn(database: str) -> str:
+    return f"postgresql://{PG_RUNTIME_ROLE}@{PG_HOST}/{database}"
+
+
+async def ensure_roles() -> None:
+    """Create the owner and runtime roles when missing: a machine set up before the roles
+    were split has only the owner. Existing roles are left as they are."""
+    conn = await _admin()
+    try:
+        for role in (PG_OWNER_ROLE, PG_RUNTIME_ROLE):
+            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role) is None:
+                try:
+                    await conn.execute(f'CREATE ROLE "{role}" {_ROLE_ATTRIBUTES}')
+                except asyncpg.DuplicateObjectError:
+                    pass  # a concurrent test run made it first
+    finally:
+        await conn.close()
 
 
 async def create_database(name: str) -> str:
-    """An empty database owned by the app role; returns its DSN."""
+    """An empty database owned by the owner role; returns the owner's DSN to it."""
     conn = await _admin()
     try:
-        await conn.execute(f'CREATE DATABASE "{name}" OWNER "{PG_APP_ROLE}"')
+        await conn.execute(f'CREATE DATABASE "{name}" OWNER "{PG_OWNER_ROLE}"')
     finally:
         await conn.close()
-    return app_dsn(name)
+    return owner_dsn(name)
+
+
+async def create_migrated_database(name: str) -> str:
+    """A database migrated to the latest version by its owner; returns the runtime DSN."""
+    from gatehouse.store.migrate import migrate_up
+
+    await migrate_up(await create_database(name), runtime_role=PG_RUNTIME_ROLE)
+    return runtime_dsn(name)
 
 
 async def drop_database(name: str) -> None:
@@ -55,8 +91,13 @@ def run_id() -> str:
 
 
 @pytest.fixture(scope="session")
-async def empty_database_url(run_id: str) -> AsyncIterator[str]:
-    """A fresh database with no schema (for migration tests)."""
+async def database_roles() -> None:
+    await ensure_roles()
+
+
+@pytest.fixture(scope="session")
+async def empty_database_url(run_id: str, database_roles: None) -> AsyncIterator[str]:
+    """A fresh database with no schema, as its owner (for migration tests)."""
     name = f"gh_test_{run_id}_empty"
     dsn = await create_database(name)
     yield dsn
@@ -64,15 +105,29 @@ async def empty_database_url(run_id: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def database_url(run_id: str) -> AsyncIterator[str]:
-    """This run's database, migrated to the latest version."""
-    from gatehouse.store.migrate import migrate_up
-
+async def database_url(run_id: str, database_roles: None) -> AsyncIterator[str]:
+    """This run's database, migrated to the latest version: the runtime role's DSN."""
     name = f"gh_test_{run_id}"
-    dsn = await create_database(name)
-    await migrate_up(dsn)
+    dsn = await create_migrated_database(name)
     yield dsn
     await drop_database(name)
+
+
+@pytest.fixture
+async def empty_db(empty_database_url: str) -> AsyncIterator[str]:
+    """The schema-less database (owner's DSN), emptied before and after the test whatever
+    anyone did to it."""
+    from gatehouse.store.migrate import migrate_down
+
+    await migrate_down(empty_database_url, 0)
+    yield empty_database_url
+    await migrate_down(empty_database_url, 0)
+
+
+@pytest.fixture(scope="session")
+def owner_database_url(database_url: str, run_id: str) -> str:
+    """This run's database as its owner (which ran the migrations)."""
+    return owner_dsn(f"gh_test_{run_id}")
 
 
 @pytest.fixture(scope="session")

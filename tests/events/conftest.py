@@ -12,17 +12,16 @@ from typing import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gatehouse.store.migrate import migrate_up
 from gatehouse.store.postgres import PostgresStore, connect
-from tests.conftest import create_database, drop_database
+from tests.conftest import create_migrated_database, drop_database
 
 
 @pytest.fixture
-async def isolated_database() -> AsyncIterator[str]:
-    """A migrated database of its own: no other sidecar's relay publishes its outbox."""
+async def isolated_database(database_roles: None) -> AsyncIterator[str]:
+    """A migrated database of its own (the runtime role's DSN): no other sidecar's relay
+    publishes its outbox."""
     name = f"gh_test_iso_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
-    await migrate_up(dsn)
+    dsn = await create_migrated_database(name)
     yield dsn
     await drop_database(name)
 

@@ -19,6 +19,7 @@ from gatehouse.events import TenantEvent, stream_key
 from gatehouse.store.api import Actor
 from gatehouse.store.postgres import PostgresStore
 from gatehouse.store.relay import OutboxRelay
+from tests.store.store_helpers import superuser_dsn
 
 ACTOR = Actor("test", "req")
 ALICE = SubjectRef("user", "alice")
@@ -41,7 +42,7 @@ async def stream_events(redis: aioredis.Redis, prefix: str) -> list[TenantEvent]
 
 
 async def unpublished(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn.replace("gatehouse@", "postgres@"))
+    conn = await asyncpg.connect(superuser_dsn(dsn))
     try:
         return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
     finally:

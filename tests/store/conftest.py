@@ -11,7 +11,6 @@ import pytest
 
 from gatehouse.engine.model import TenantRecord
 from gatehouse.store.api import Actor
-from gatehouse.store.migrate import migrate_down
 from gatehouse.store.postgres import PostgresStore, connect
 from tests.store.store_helpers import TenantFactory, superuser_dsn
 
@@ -30,14 +29,6 @@ async def superuser(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     yield conn
     await conn.close()
-
-
-@pytest.fixture
-async def empty_db(empty_database_url: str) -> AsyncIterator[str]:
-    """The schema-less database, emptied before and after the test whatever anyone did to it."""
-    await migrate_down(empty_database_url, 0)
-    yield empty_database_url
-    await migrate_down(empty_database_url, 0)
 
 
 @pytest.fixture

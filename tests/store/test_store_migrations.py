@@ -1,5 +1,6 @@
-"""Migrations: up, down and up again leave exactly the schema they claim, and concurrent
-migrators apply each step once."""
+"""Migrations: up, down and up again leave exactly the schema they claim, concurrent
+migrators apply each step once, and every `up` leaves the runtime role with exactly its
+DML privileges on whatever the schema holds (future tables included)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import asyncio
 import asyncpg
 import pytest
 
+from gatehouse.store.grants import RuntimeRoleError
 from gatehouse.store.migrate import LATEST_VERSION, MIGRATIONS, current_version, migrate_down, migrate_up
+from tests.conftest import PG_OWNER_ROLE, PG_RUNTIME_ROLE
 
 TABLES = ("plans", "tenants", "roles", "memberships", "role_assignments", "audit_log", "outbox")
 TENANT_SCOPED = ("tenants", "roles", "memberships", "role_assignments", "audit_log", "outbox")
@@ -41,18 +44,21 @@ def test_migrations_are_numbered_from_one() -> None:
 async def test_up_down_up(empty_db: str) -> None:
     assert await _public_objects(empty_db) == []
 
-    assert await migrate_up(empty_db) == LATEST_VERSION
+    assert await migrate_up(empty_db, runtime_role=PG_RUNTIME_ROLE) == LATEST_VERSION
     assert await current_version(empty_db) == LATEST_VERSION
     objects = await _public_objects(empty_db)
     assert {*TABLES, "schema_migrations"} <= set(objects)
+    granted = await _runtime_privileges(empty_db)
 
     assert await migrate_down(empty_db) == 0
     assert await current_version(empty_db) == 0
-    # Down undoes up completely: no table, index, sequence or function is left behind.
+    # Down undoes up completely: no table, index, sequence or function is left behind
+    # (and their grants went with them).
     assert await _public_objects(empty_db) == []
 
-    assert await migrate_up(empty_db) == LATEST_VERSION
+    assert await migrate_up(empty_db, runtime_role=PG_RUNTIME_ROLE) == LATEST_VERSION
     assert await _public_objects(empty_db) == objects
+    assert await _runtime_privileges(empty_db) == granted
 
 
 async def test_migrating_again_is_a_no_op(empty_db: str) -> None:
@@ -62,7 +68,7 @@ async def test_migrating_again_is_a_no_op(empty_db: str) -> None:
 
 
 async def test_concurrent_migrators_apply_each_step_once(empty_db: str) -> None:
-    results = await asyncio.gather(*(migrate_up(empty_db) for _ in range(4)))
+    results = await asyncio.gather(*(migrate_up(empty_db, runtime_role=PG_RUNTIME_ROLE) for _ in range(4)))
     assert results == [LATEST_VERSION] * 4
     conn = await asyncpg.connect(empty_db)
     try:
@@ -70,6 +76,83 @@ async def test_concurrent_migrators_apply_each_step_once(empty_db: str) -> None:
     finally:
         await conn.close()
     assert [row["version"] for row in versions] == list(range(1, LATEST_VERSION + 1))
+
+
+async def _runtime_privileges(dsn: str) -> dict[str, set[str]]:
+    """What the runtime role may do to each table and sequence of the public schema."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT c.relname, p.privilege
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            CROSS JOIN unnest(CASE WHEN c.relkind = 'S' THEN ARRAY['USAGE', 'SELECT', 'UPDATE']
+                                   ELSE ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
+                                              'REFERENCES', 'TRIGGER'] END) AS p (privilege)
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'S')
+              AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege($1, c.oid, p.privilege)
+                       ELSE has_table_privilege($1, c.oid, p.privilege) END
+            """,
+            PG_RUNTIME_ROLE,
+        )
+    finally:
+        await conn.close()
+    privileges: dict[str, set[str]] = {}
+    for row in rows:
+        privileges.setdefault(row["relname"], set()).add(row["privilege"])
+    return privileges
+
+
+async def test_up_grants_the_runtime_role_dml_and_nothing_more(empty_db: str) -> None:
+    await migrate_up(empty_db, runtime_role=PG_RUNTIME_ROLE)
+    privileges = await _runtime_privileges(empty_db)
+    dml = {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    assert {table: privileges.get(table) for table in TABLES} == {table: dml for table in TABLES}
+    # The bookkeeping is read (the server checks the schema version), never written.
+    assert privileges["schema_migrations"] == {"SELECT"}
+    sequences = {name: granted for name, granted in privileges.items() if name.endswith("_seq")}
+    assert sequences and set(map(frozenset, sequences.values())) == {frozenset({"USAGE", "SELECT"})}
+
+
+async def test_up_grants_on_tables_a_later_migration_adds_and_undoes_hand_grants(empty_db: str) -> None:
+    await migrate_up(empty_db, runtime_role=PG_RUNTIME_ROLE)
+    conn = await asyncpg.connect(empty_db)
+    try:
+        # What a future migration might add, and a grant someone made by hand.
+        await conn.execute("CREATE TABLE later_things (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL)")
+        await conn.execute(f'GRANT TRUNCATE, TRIGGER ON tenants TO "{PG_RUNTIME_ROLE}"')
+        assert "later_things" not in await _runtime_privileges(empty_db)
+
+        await migrate_up(empty_db, runtime_role=PG_RUNTIME_ROLE)
+        privileges = await _runtime_privileges(empty_db)
+        assert privileges["later_things"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+        assert privileges["later_things_id_seq"] == {"USAGE", "SELECT"}
+        assert privileges["tenants"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    finally:
+        await conn.execute("DROP TABLE later_things")
+        await conn.close()
+
+
+async def test_up_without_a_runtime_role_grants_nothing(empty_db: str) -> None:
+    await migrate_up(empty_db)
+    assert await _runtime_privileges(empty_db) == {}
+
+
+@pytest.mark.parametrize(
+    ("role", "problem"),
+    [
+        (PG_OWNER_ROLE, "is the role running the migrations"),
+        ("postgres", "is a superuser"),
+        ("gh_no_such_role", "does not exist"),
+    ],
+)
+async def test_up_refuses_a_runtime_role_rls_would_not_bind(empty_db: str, role: str, problem: str) -> None:
+    with pytest.raises(RuntimeRoleError, match=problem):
+        await migrate_up(empty_db, runtime_role=role)
+    # The check runs after the steps, in their last transaction's place: the schema is
+    # there, and running again with the right role completes the job.
+    assert await migrate_up(empty_db, runtime_role=PG_RUNTIME_ROLE) == LATEST_VERSION
+    assert (await _runtime_privileges(empty_db))["tenants"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
 
 
 async def test_target_out_of_range_is_rejected(empty_db: str) -> None:

@@ -27,7 +27,7 @@ TENANT_TABLES = [
 
 @pytest.fixture
 async def app_conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A raw connection as the app role, which owns the tables (and is not a superuser)."""
+    """A raw connection as the runtime role the server uses (owns nothing, not a superuser)."""
     conn = await asyncpg.connect(database_url)
     yield conn
     await conn.close()
