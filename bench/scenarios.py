@@ -145,6 +145,7 @@ class Harness:
         self.log = log
         self.storage = BenchStorage()
         self.operator_key = "gh_op_" + secrets.token_urlsafe(24)
+        self.admin_token = ""
         self.work_dir = Path(tempfile.mkdtemp(prefix="ghbench-"))
         self.data: Dataset | None = None
         self.h2load_path = ""
@@ -172,6 +173,7 @@ class Harness:
             cold = max(2, -(-need // self.o.tenants))
         self.data = generate(self.o.tenants, self.o.members, cold, zipf_s=self.o.zipf_s)
         await self.storage.seed(self.data)
+        self.admin_token = await _operator_token(self.storage.dsn)
         self.seed_seconds = round(time.monotonic() - t0, 2)
         self.log(
             f"bench: database {self.storage.database}: {self.o.tenants} tenants, "
@@ -454,6 +456,25 @@ async def mixed(h: Harness) -> list[dict[str, Any]]:
     return points
 
 
+async def _operator_token(dsn: str) -> str:
+    """An operator API key in the bench database, for admin calls (the bootstrap key
+    only manages operator keys)."""
+    from gatehouse.server.admin_auth import mint_key
+    from gatehouse.store.api import Actor
+    from gatehouse.store.postgres import connect
+
+    minted = mint_key()
+    store = await connect(dsn, min_size=1, max_size=1)
+    try:
+        await store.create_api_key(
+            Actor("bench"), "", key_id=minted.key_id, secret_hash=minted.secret_hash, name="bench",
+            permissions=["*"], expires_at=None, roles=[],
+        )
+    finally:
+        await store.close()
+    return minted.token
+
+
 async def admin_writes(h: Harness, target: Target, rate: float) -> dict[str, Any]:
     """AddMember then RemoveMember of throwaway subjects in Zipf-chosen tenants, open loop."""
     assert h.data is not None
@@ -461,7 +482,7 @@ async def admin_writes(h: Harness, target: Target, rate: float) -> dict[str, Any
 
     rng = random.Random(9)
     n = int(rate * (h.o.warmup + h.o.duration))
-    auth = (("authorization", f"Bearer {h.operator_key}"),)
+    auth = (("authorization", f"Bearer {h.admin_token}"),)
     latencies: list[float] = []
     codes: Counter[str] = Counter()
     async with grpc.aio.insecure_channel(target.address) as channel:

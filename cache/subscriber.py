@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -28,6 +29,16 @@ from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import CONFIG_KINDS, TenantEvent, as_text, stream_key
 
 log = logging.getLogger(__name__)
+
+
+KEY_SUBJECT_PREFIX = "api_key/"
+
+
+class KeyListener(Protocol):
+    """Remembers verified API keys: told when one is revoked, or when events were lost."""
+
+    def forget(self, key_id: str) -> None: ...
+    def clear(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -49,6 +60,7 @@ class TenantEventSubscriber:
         batch: int = 1000,
         blind_refresh_seconds: float = 2.0,
         gap_check_seconds: float = 0.1,
+        keys: "KeyListener | None" = None,
     ) -> None:
         self._redis = redis
         self._cache = cache
@@ -58,6 +70,7 @@ class TenantEventSubscriber:
         self._blind_refresh = blind_refresh_seconds
         self._blind_since = 0.0
         self._gap_check = gap_check_seconds
+        self._keys = keys
         self._checked_at = 0.0
         self.position: str | None = None
         self._lost = False
@@ -147,6 +160,8 @@ class TenantEventSubscriber:
             self.stats.unreadable += 1
             return
         self.stats.events += 1
+        if event.kind == "key" and self._keys is not None and event.subject.startswith(KEY_SUBJECT_PREFIX):
+            self._keys.forget(event.subject[len(KEY_SUBJECT_PREFIX):])
         if event.tenant_wide:
             self._cache.tenant_event(event.tenant_id, event.revision, notify=event.kind in CONFIG_KINDS)
         else:
@@ -161,10 +176,15 @@ class TenantEventSubscriber:
             self.connected.clear()
             self._blind_since = now
         elif now - self._blind_since >= self._blind_refresh:
-            self._cache.clear()
+            self._clear()
             self._blind_since = now
 
     def _gap(self, why: str) -> None:
         self.stats.gaps += 1
         log.warning("tenant-event gap (%s): evicting every cached entry", why)
+        self._clear()
+
+    def _clear(self) -> None:
         self._cache.clear()
+        if self._keys is not None:
+            self._keys.clear()

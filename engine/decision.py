@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gatehouse.engine.model import Reason, SubjectSnapshot, TenantSnapshot, TenantStatus
+from gatehouse.engine.model import KeyState, Reason, SubjectSnapshot, TenantSnapshot, TenantStatus
 from gatehouse.engine.patterns import PermissionSet, scope_covers
 
 READ_ACTIONS = frozenset({"read", "list", "get"})
@@ -53,6 +53,20 @@ class SubjectGrants:
     revision: int
     is_member: bool
     grants: tuple[Grant, ...]
+    key: "CompiledKey | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledKey:
+    """An API key's limit and life, compiled: it is allowed only what its roles grant AND
+    its own patterns match, and nothing once revoked or past `expires_at`."""
+
+    limit: PermissionSet
+    expires_at: float | None
+    revoked: bool
+
+    def usable(self, now: float) -> bool:
+        return not self.revoked and (self.expires_at is None or now < self.expires_at)
 
 
 def effective_flags(snapshot: TenantSnapshot) -> dict[str, bool]:
@@ -91,7 +105,12 @@ def compile_subject(snapshot: SubjectSnapshot) -> SubjectGrants:
         revision=snapshot.revision,
         is_member=snapshot.is_member,
         grants=tuple(grants),
+        key=_compile_key(snapshot.key) if snapshot.key is not None else None,
     )
+
+
+def _compile_key(key: KeyState) -> CompiledKey:
+    return CompiledKey(limit=PermissionSet(key.permissions), expires_at=key.expires_at, revoked=key.revoked)
 
 
 def is_read_action(permission: str) -> bool:
@@ -103,8 +122,12 @@ def decide(
     subject: SubjectGrants | None,
     permission: str,
     scope: str,
+    now: float = 0.0,
 ) -> Decision:
-    """Steps 2–6 of DESIGN.md "Decision semantics"; the first that applies decides."""
+    """Steps 2–6 of DESIGN.md "Decision semantics"; the first that applies decides.
+
+    `now` (unix seconds) is when the question is asked: an API key past its expiry
+    answers KEY_REVOKED. Passed in, so the engine stays a pure function."""
     if tenant is None:
         return Decision(False, Reason.TENANT_NOT_FOUND, 0)
     if subject is not None and subject.tenant_id != tenant.tenant_id:
@@ -119,11 +142,16 @@ def decide(
                 return Decision(False, Reason.TENANT_SUSPENDED, revision)
         else:
             return Decision(False, Reason.TENANT_INACTIVE, revision)
+    key = subject.key if subject is not None else None
+    if key is not None and not key.usable(now):
+        return Decision(False, Reason.KEY_REVOKED, revision)
     if subject is None or not subject.is_member:
         return Decision(False, Reason.NOT_A_MEMBER, revision)
     for name, gates in tenant.disabled_features:
         if gates.matches(permission):
             return Decision(False, Reason.FEATURE_DISABLED, revision, feature=name)
+    if key is not None and not key.limit.matches(permission):
+        return Decision(False, Reason.NO_GRANT, revision)
     for grant in subject.grants:
         if scope_covers(grant.scope, scope) and grant.permissions.matches(permission):
             return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope)

@@ -101,6 +101,16 @@ class AssignmentRow:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyState:
+    """An API key as a subject (`api_key/<id>`): its own permission patterns, which limit
+    whatever its roles grant, and whether it still works."""
+
+    permissions: tuple[str, ...]
+    expires_at: float | None = None  # unix seconds; None = never
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SubjectSnapshot:
     """What the store knows about one subject of one tenant, read at `revision`."""
 
@@ -109,3 +119,4 @@ class SubjectSnapshot:
     revision: int
     is_member: bool
     assignments: tuple[AssignmentRow, ...] = ()
+    key: KeyState | None = None  # set for an `api_key` subject whose key is in this tenant

@@ -138,3 +138,26 @@ class PermissionSet:
 def pattern_matches(pattern: str, permission: str) -> bool:
     """One pattern against one valid permission (the compiled set must agree with it)."""
     return _segments_match(tuple(pattern.split(".")), permission.split("."))
+
+
+def pattern_covers(wider: str, narrower: str) -> bool:
+    """True when every permission `narrower` matches, `wider` matches too.
+
+    The escalation guard's question: may a caller holding `wider` hand out `narrower`?
+    A literal segment of `narrower` may be matched by a literal or a `*` of `wider`; a
+    `*` of `narrower` (any run of segments, including ones `wider` never names) only by a
+    `*` of `wider`, and never split across two of them, since it may stand for a single
+    segment. A dynamic programme over (i, j) = how much of each has been matched.
+    """
+    a, b = wider.split("."), narrower.split(".")
+    # reach[i][j]: a[:i] can match exactly what b[:j] stands for.
+    reach = [[False] * (len(b) + 1) for _ in range(len(a) + 1)]
+    reach[0][0] = True
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            if a[i - 1] == "*":
+                # This `*` takes b[j-1] as its first token, or takes it in addition.
+                reach[i][j] = reach[i - 1][j - 1] or reach[i][j - 1]
+            elif b[j - 1] != "*":
+                reach[i][j] = reach[i - 1][j - 1] and a[i - 1] == b[j - 1]
+    return reach[len(a)][len(b)]

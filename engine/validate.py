@@ -24,6 +24,15 @@ def require_id(field: str, value: str) -> str:
     return value
 
 
+KEY_ID_RULE = "must be the 16 hex digits of an API key id"
+
+
+def require_key_id(field: str, value: str) -> str:
+    if len(value) != 16 or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidArgument(field, KEY_ID_RULE if value else "is required")
+    return value
+
+
 def require_permission(field: str, value: str) -> str:
     if not is_valid_permission(value):
         raise InvalidArgument(field, PERMISSION_RULE if value else "is required")

@@ -128,6 +128,28 @@ class TenantNotWritable(FailedPrecondition):
     reason = "GATEHOUSE_TENANT_DELETED"
 
 
+class Escalation(FailedPrecondition):
+    """The caller would hand out permissions it does not hold itself at that scope."""
+
+    reason = "GATEHOUSE_ESCALATION"
+
+
+class OwnerRequired(FailedPrecondition):
+    """Only an owner (or an operator) grants, takes back or mints the `owner` role."""
+
+    reason = "GATEHOUSE_OWNER_REQUIRED"
+
+
+class KeyAlreadyRevoked(FailedPrecondition):
+    reason = "GATEHOUSE_KEY_ALREADY_REVOKED"
+
+
+class IdempotencyKeyReused(FailedPrecondition):
+    """The idempotency key was used, within 24 hours, for a different request."""
+
+    reason = "GATEHOUSE_IDEMPOTENCY_KEY_REUSED"
+
+
 class RevisionConflict(GatehouseError):
     """`expected_revision` is not the tenant's current revision (optimistic concurrency)."""
 
@@ -147,9 +169,29 @@ class Unauthenticated(GatehouseError):
     reason = "GATEHOUSE_UNAUTHENTICATED"
 
 
+class KeyRejected(Unauthenticated):
+    """A well-formed API key that does not authenticate: unknown, wrong secret, revoked
+    or expired. One reason for all, so a caller cannot probe which."""
+
+    reason = "GATEHOUSE_KEY_REJECTED"
+
+
 class PermissionDenied(GatehouseError):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "GATEHOUSE_PERMISSION_DENIED"
+
+
+class OtherTenant(PermissionDenied):
+    """A tenant-admin key acts only inside its own tenant."""
+
+    reason = "GATEHOUSE_OTHER_TENANT"
+
+
+class PlatformOnly(PermissionDenied):
+    """Creating, listing and moving tenants through their lifecycle, plans, and operator
+    keys are for operator keys only."""
+
+    reason = "GATEHOUSE_PLATFORM_ONLY"
 
 
 class Unavailable(GatehouseError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from time import time
+
 import grpc
 
 from gatehouse.cache.policy_cache import PolicyCache
@@ -53,7 +55,7 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         if needs_subject(policy, permission):
             subject = SubjectRef(request.subject.type, request.subject.id)
             grants = await self._cache.subject(tenant_id, subject, min_revision)
-        decision = decide(policy, grants, permission, request.resource.scope)
+        decision = decide(policy, grants, permission, request.resource.scope, now=time())
         return Response(
             allowed=decision.allowed,
             reason=decision.reason,  # type: ignore[arg-type]

@@ -1,21 +1,89 @@
-"""Who is calling AdminService: `authorization: Bearer <key>`, checked in constant time.
+"""Who is calling AdminService: `authorization: Bearer <key>`.
 
-For now one operator key (platform scope) comes from `GATEHOUSE_OPERATOR_KEY`; full API
-keys with tenant-admin scope come with the admin-security work. The key itself never
-reaches a log or the audit trail: actors are named by a short digest of the key.
+A key is `gh_<id>_<secret>`: `id` is 16 hex digits (the lookup prefix, also the key's
+subject id `api_key/<id>`, not secret), `secret` 43 base64url characters (256 random
+bits). Only an Argon2id hash of the whole token is stored. Argon2 is slow on purpose, so
+a verified token is remembered in memory by its SHA-256 digest (never the token itself)
+until its key is revoked (a `key` tenant event, seen by every sidecar), it expires, or
+`VERIFIED_TTL_SECONDS` pass.
+
+`GATEHOUSE_OPERATOR_KEY` is a bootstrap credential, compared in constant time: it may
+only create, list and revoke operator keys, so that the first real operator key can be
+minted; everything else needs a key from the database. No key or secret ever reaches a
+log or the audit trail: actors are `api_key/<id>` or `operator:bootstrap`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import re
+import secrets
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Sequence
 
-from gatehouse.errors import Unauthenticated
-from gatehouse.store.api import Actor
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cachetools import TTLCache
+
+from gatehouse.engine.patterns import PermissionSet
+from gatehouse.errors import KeyRejected, Unauthenticated
+from gatehouse.store.api import Actor, Store
 
 Metadata = Sequence[tuple[str, str | bytes]]
+
+KEY_RE = re.compile(r"gh_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})")
+KEY_SHAPE = "gh_<16 hex digits>_<43 base64url characters>"
+VERIFIED_TTL_SECONDS = 300.0
+BOOTSTRAP_ACTOR = "operator:bootstrap"
+BOOTSTRAP_PERMISSIONS = PermissionSet(["gatehouse.key.create", "gatehouse.key.list", "gatehouse.key.revoke"])
+
+# Argon2id, RFC 9106's second recommended option scaled to a sidecar: 19 MiB, 2 passes,
+# one lane (OWASP's minimum for Argon2id). Measured in the closing notes / README.
+HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: an operator (tenant_id "") or a tenant-admin key."""
+
+    actor: Actor
+    key_id: str  # "" for the bootstrap credential
+    tenant_id: str  # "" = platform scope
+    permissions: PermissionSet  # the key's own patterns
+    expires_at: float | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return not self.tenant_id
+
+    @property
+    def is_bootstrap(self) -> bool:
+        return not self.key_id
+
+
+@dataclass(frozen=True, slots=True)
+class MintedKey:
+    key_id: str
+    token: str  # shown to the caller once
+    secret_hash: str
+
+
+def mint_key() -> MintedKey:
+    """A fresh key and its Argon2id hash (CPU-heavy: call it off the event loop)."""
+    key_id = secrets.token_hex(8)
+    token = f"gh_{key_id}_{secrets.token_urlsafe(32)}"
+    return MintedKey(key_id, token, HASHER.hash(token))
+
+
+def verify_secret(secret_hash: str, token: str) -> bool:
+    try:
+        return HASHER.verify(secret_hash, token)
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 def request_id(metadata: Metadata) -> str:
@@ -32,26 +100,99 @@ def request_id(metadata: Metadata) -> str:
 
 
 def key_fingerprint(key: str) -> str:
-    """A short, non-reversible name for a key, fit for logs and audit rows."""
+    """A short, non-reversible name for a presented credential, fit for logs."""
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 class AdminAuthenticator:
-    def __init__(self, operator_key: str) -> None:
-        self._operator = operator_key.encode()
-        self._operator_actor = f"operator:{key_fingerprint(operator_key)}" if operator_key else ""
+    def __init__(self, store: Store, operator_key: str, *, max_entries: int = 10_000) -> None:
+        self._store = store
+        self._bootstrap = operator_key.encode()
+        self._verified: TTLCache[bytes, Principal] = TTLCache(maxsize=max_entries, ttl=VERIFIED_TTL_SECONDS)
+        self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
+        # Argon2 runs in threads; bound how many at once, so a flood of bad keys costs
+        # at most this many cores' worth of hashing, never the event loop.
+        self._hashing = asyncio.Semaphore(2)
 
-    def authenticate(self, metadata: Metadata, request_id: str) -> Actor:
-        header = [v for k, v in metadata if k == "authorization"]
-        if not header:
-            raise Unauthenticated("missing authorization header (want: Bearer <key>)")
-        if len(header) > 1 or not isinstance(header[0], str):
-            raise Unauthenticated("exactly one authorization header, please")
-        scheme, _, key = header[0].partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("authorization must be 'Bearer <key>'")
-        key = key.strip()
+    async def authenticate(self, metadata: Metadata, request_id: str) -> Principal:
+        token = _bearer(metadata)
         # compare_digest takes time independent of where the strings differ.
-        if self._operator and hmac.compare_digest(key.encode(), self._operator):
-            return Actor(self._operator_actor, request_id)
-        raise Unauthenticated("unknown key", metadata={"key": key_fingerprint(key)})
+        if self._bootstrap and hmac.compare_digest(token.encode(), self._bootstrap):
+            return Principal(Actor(BOOTSTRAP_ACTOR, request_id), "", "", BOOTSTRAP_PERMISSIONS)
+        match = KEY_RE.fullmatch(token)
+        if match is None:
+            raise Unauthenticated(f"malformed key (want {KEY_SHAPE})", metadata={"key": key_fingerprint(token)})
+        digest = hashlib.sha256(token.encode()).digest()
+        principal = self._verified.get(digest)
+        if principal is None:
+            principal = await self._verify_once(digest, match["id"], token)
+        if principal.expires_at is not None and time.time() >= principal.expires_at:
+            self._verified.pop(digest, None)
+            raise KeyRejected("key rejected", metadata={"key_id": principal.key_id})
+        return Principal(Actor(principal.actor.id, request_id), principal.key_id, principal.tenant_id,
+                         principal.permissions, principal.expires_at)
+
+    def forget(self, key_id: str) -> None:
+        """A key was revoked (here or, through its event, anywhere): verify it afresh."""
+        for digest in [d for d, p in self._verified.items() if p.key_id == key_id]:
+            self._verified.pop(digest, None)
+
+    def clear(self) -> None:
+        """Events may have been missed (a gap in the stream): trust no verification."""
+        self._verified.clear()
+
+    async def _verify_once(self, digest: bytes, key_id: str, token: str) -> Principal:
+        """Single-flight: concurrent first calls with one token share one Argon2 run."""
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = future
+        try:
+            principal = await self._verify(key_id, token)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            self._inflight.pop(digest, None)
+        future.set_result(principal)
+        self._verified[digest] = principal
+        return principal
+
+    async def _verify(self, key_id: str, token: str) -> Principal:
+        credential = await self._store.find_api_key(key_id)
+        # One answer for unknown, wrong, revoked and expired: nothing to probe.
+        rejected = KeyRejected("key rejected", metadata={"key_id": key_id})
+        if credential is None:
+            async with self._hashing:  # spend the same time as a real check
+                await asyncio.to_thread(verify_secret, _DUMMY_HASH, token)
+            raise rejected
+        async with self._hashing:
+            ok = await asyncio.to_thread(verify_secret, credential.secret_hash, token)
+        if not ok or credential.revoked:
+            raise rejected
+        if credential.expires_at is not None and time.time() >= credential.expires_at:
+            raise rejected
+        return Principal(
+            Actor(f"api_key/{credential.id}"),
+            credential.id,
+            credential.tenant_id,
+            PermissionSet(credential.permissions),
+            credential.expires_at,
+        )
+
+
+_DUMMY_HASH = HASHER.hash("gh_0000000000000000_" + "0" * 43)
+
+
+def _bearer(metadata: Metadata) -> str:
+    header = [v for k, v in metadata if k == "authorization"]
+    if not header:
+        raise Unauthenticated("missing authorization header (want: Bearer <key>)")
+    if len(header) > 1 or not isinstance(header[0], str):
+        raise Unauthenticated("exactly one authorization header, please")
+    scheme, _, token = header[0].partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("authorization must be 'Bearer <key>'")
+    return token.strip()

@@ -66,8 +66,10 @@ class Sidecar:
         # with a socket timeout longer than that block.
         events_redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=3.0, socket_connect_timeout=1.0)
         self._redis_clients.append(events_redis)
+        self.authenticator = AdminAuthenticator(self.store, s.operator_key)
         self.subscriber = TenantEventSubscriber(
-            events_redis, self.cache, prefix=s.redis_prefix, blind_refresh_seconds=s.blind_refresh_seconds
+            events_redis, self.cache, prefix=s.redis_prefix, blind_refresh_seconds=s.blind_refresh_seconds,
+            keys=self.authenticator,
         )
         if s.relay:
             self.relay = relay_for(s)
@@ -84,7 +86,7 @@ class Sidecar:
         access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(self.cache), server)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.cache), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.store, self.cache, AdminAuthenticator(s.operator_key)), server
+            AdminServicer(self.store, self.cache, self.authenticator), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)

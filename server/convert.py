@@ -15,7 +15,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, TenantStatus
 from gatehouse.engine.validate import require_id, require_name, require_patterns
 from gatehouse.errors import InvalidArgument
-from gatehouse.store.api import AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
+from gatehouse.store.api import ApiKeyRecord, AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
 from gatehouse.v1 import admin_pb2, common_pb2
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -129,6 +129,22 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
 
 def seconds(message: timestamp_pb2.Timestamp, present: bool) -> float | None:
     return message.ToNanoseconds() / 1e9 if present else None
+
+
+def api_key_message(record: ApiKeyRecord) -> admin_pb2.ApiKey:
+    message = admin_pb2.ApiKey(
+        id=record.id,
+        tenant_id=record.tenant_id,
+        name=record.name,
+        permissions=list(record.permissions),
+        roles=[admin_pb2.RoleGrant(role=role, scope=scope) for role, scope in record.roles],
+        created_by=record.created_by,
+    )
+    for name, value in (("expires_at", record.expires_at), ("created_at", record.created_at),
+                        ("revoked_at", record.revoked_at)):
+        if value is not None:
+            getattr(message, name).FromNanoseconds(int(value * 1e9))
+    return message
 
 
 def tenant_message(record: TenantRecord) -> admin_pb2.Tenant:

@@ -68,6 +68,33 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """An API key as ListApiKeys shows it: never its secret, never its hash."""
+
+    id: str
+    tenant_id: str  # "" for an operator (platform) key
+    name: str
+    permissions: tuple[str, ...]
+    expires_at: float | None
+    created_by: str
+    created_at: float | None
+    revoked_at: float | None = None
+    roles: tuple[tuple[str, str], ...] = ()  # (role, scope) granted at creation
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyCredential:
+    """What authenticating a key needs; it never leaves the server."""
+
+    id: str
+    tenant_id: str  # "" for an operator key
+    secret_hash: str
+    permissions: tuple[str, ...]
+    expires_at: float | None
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigPatch:
     """A PatchTenantConfig request, already validated."""
 
@@ -87,7 +114,11 @@ class Page(Generic[T]):
     next_page_token: str = ""
 
 
-# Seeded for every tenant, neither changeable nor deletable.
+# Seeded for every tenant, neither changeable nor deletable. The same sets decide
+# CheckAccess and AdminService calls (admin permissions are `gatehouse.<action>`, e.g.
+# `gatehouse.role.assign`; reads end in .get/.list, so `viewer` may read the tenant's
+# admin data too). `owner` and `admin` differ in one rule: only owners (and operators)
+# grant or take back `owner` (GATEHOUSE_OWNER_REQUIRED).
 SYSTEM_ROLES: dict[str, tuple[str, ...]] = {
     "owner": ("*",),
     "admin": ("*",),
@@ -173,6 +204,28 @@ class Store(Protocol):
     ) -> Page[AssignmentRecord]: ...
 
     # --- audit ---
+    async def create_api_key(
+        self,
+        actor: Actor,
+        tenant_id: str,
+        *,
+        key_id: str,
+        secret_hash: str,
+        name: str,
+        permissions: Sequence[str],
+        expires_at: float | None,
+        roles: Sequence[tuple[str, str]],
+    ) -> tuple[ApiKeyRecord, int]:
+        """A tenant key (a member of `tenant_id` holding `roles`) or, with tenant_id "",
+        an operator key; the tenant's new revision (0 for an operator key)."""
+        ...
+
+    async def revoke_api_key(self, actor: Actor, tenant_id: str, key_id: str) -> int: ...
+    async def list_api_keys(self, tenant_id: str, *, page_size: int, page_token: str) -> Page[ApiKeyRecord]: ...
+    async def find_api_key(self, key_id: str) -> ApiKeyCredential | None:
+        """The key with this id in any tenant (authentication comes before knowing one)."""
+        ...
+
     async def record_audit(
         self, actor: Actor, *, tenant_id: str | None, action: str, target: str, outcome: str, reason: str
     ) -> None:

@@ -37,6 +37,7 @@ import asyncpg
 from gatehouse.engine.lifecycle import Action, transition
 from gatehouse.engine.model import (
     AssignmentRow,
+    KeyState,
     Plan,
     PlanFeature,
     SubjectRef,
@@ -47,6 +48,7 @@ from gatehouse.engine.model import (
 )
 from gatehouse.errors import (
     AlreadyExists,
+    KeyAlreadyRevoked,
     LastOwner,
     InvalidArgument,
     NotAMember,
@@ -61,6 +63,8 @@ from gatehouse.store.api import (
     DEFAULT_PLAN,
     SYSTEM_ROLES,
     Actor,
+    ApiKeyCredential,
+    ApiKeyRecord,
     AssignmentRecord,
     AuditRecord,
     ConfigPatch,
@@ -69,6 +73,7 @@ from gatehouse.store.api import (
     RoleRecord,
 )
 from gatehouse.store.driver_errors import translated
+from gatehouse.store.idempotency import IdempotencyKeys
 from gatehouse.store.merge_patch import merge_patch
 from gatehouse.store.migrate import read_version
 
@@ -79,6 +84,10 @@ NOTIFY_CHANNEL = "gatehouse_outbox"  # NOTIFY'd with the tenant id when an outbo
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 OWNER_ROLE = "owner"
+KEY_SUBJECT_TYPE = "api_key"
+# Operator keys belong to no tenant, but their revocation must reach every sidecar like
+# any tenant event: it is published under this reserved tenant id, which no tenant has.
+PLATFORM_EVENT_TENANT = uuid.UUID(int=0)
 
 _SYSTEM_ROLE_DESCRIPTIONS = {
     "owner": "Owns the tenant: every permission, and the last one cannot be removed",
@@ -216,8 +225,12 @@ WHERE t.id = $1
 # One statement, so one snapshot: the revision, the membership and the grants agree.
 # No rows: no such tenant. One row with a NULL role: a tenant, but no grants.
 _LOAD_SUBJECT = """
-SELECT t.revision, m.subject_id IS NOT NULL AS is_member, a.role, a.scope, r.permissions
+SELECT t.revision, m.subject_id IS NOT NULL AS is_member, a.role, a.scope, r.permissions,
+       k.id IS NOT NULL AS is_key, k.permissions AS key_permissions,
+       extract(epoch FROM k.expires_at)::float8 AS key_expires_at, k.revoked_at IS NOT NULL AS key_revoked
 FROM tenants t
+LEFT JOIN api_keys k
+       ON $2 = 'api_key' AND k.id = $3 AND k.tenant_id = t.id
 LEFT JOIN memberships m
        ON m.tenant_id = t.id AND m.subject_type = $2 AND m.subject_id = $3
 LEFT JOIN role_assignments a
@@ -273,6 +286,7 @@ class PostgresStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self.idempotency = IdempotencyKeys(pool)
 
     # --- lifecycle of the driver ---------------------------------------------------------
 
@@ -320,12 +334,21 @@ class PostgresStore:
             for row in rows
             if row["role"] is not None
         )
+        first = rows[0]
+        key = None
+        if first["is_key"]:
+            key = KeyState(
+                permissions=tuple(first["key_permissions"]),
+                expires_at=first["key_expires_at"],
+                revoked=first["key_revoked"],
+            )
         return SubjectSnapshot(
             tenant_id=str(tid),
             subject=subject,
-            revision=rows[0]["revision"],
-            is_member=rows[0]["is_member"],
+            revision=first["revision"],
+            is_member=first["is_member"],
             assignments=assignments,
+            key=key,
         )
 
     # --- tenants ---------------------------------------------------------------------------
@@ -739,6 +762,129 @@ class PostgresStore:
             size,
             _assignment_record,
             key=lambda row: [row["subject_type"], row["subject_id"], row["role"], row["scope"]],
+        )
+
+    # --- API keys ---------------------------------------------------------------------------
+
+    async def create_api_key(
+        self,
+        actor: Actor,
+        tenant_id: str,
+        *,
+        key_id: str,
+        secret_hash: str,
+        name: str,
+        permissions: Sequence[str],
+        expires_at: float | None,
+        roles: Sequence[tuple[str, str]],
+    ) -> tuple[ApiKeyRecord, int]:
+        """A tenant key: a member of its tenant (subject `api_key/<id>`) holding `roles`,
+        limited to `permissions`. With tenant_id "": an operator key, whose patterns are
+        its whole grant, on the platform."""
+        expires = datetime.fromtimestamp(expires_at, tz=UTC) if expires_at is not None else None
+        details = {"name": name, "permissions": list(permissions), "roles": [list(r) for r in roles]}
+        if not tenant_id:
+            async with self._transaction(PLATFORM_SCOPE) as conn:
+                row = await conn.fetchrow(
+                    _INSERT_KEY, key_id, None, name, secret_hash, list(permissions), expires, actor.id
+                )
+                await _insert_audit(
+                    conn, actor, tenant_id=None, action="key.create", target=f"api_key/{key_id}", outcome="ok",
+                    reason="", details=details,
+                )
+            return _key_record(row, ()), 0
+        async with self._tenant_write(actor, tenant_id) as write:
+            conn, tid = write.conn, write.tenant_id
+            known = set(await conn.fetchval(
+                "SELECT coalesce(array_agg(name), '{}') FROM roles WHERE tenant_id = $1 AND name = ANY($2::text[])",
+                tid,
+                [role for role, _ in roles],
+            ))
+            for role, _ in roles:
+                if role not in known:
+                    raise NotFound("role not found", metadata={"role": role})
+            row = await conn.fetchrow(_INSERT_KEY, key_id, tid, name, secret_hash, list(permissions), expires, actor.id)
+            await conn.execute(
+                "INSERT INTO memberships (tenant_id, subject_type, subject_id) VALUES ($1, $2, $3)",
+                tid,
+                KEY_SUBJECT_TYPE,
+                key_id,
+            )
+            await conn.executemany(
+                "INSERT INTO role_assignments (tenant_id, subject_type, subject_id, role, scope)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                [(tid, KEY_SUBJECT_TYPE, key_id, role, scope) for role, scope in roles],
+            )
+            write.record(
+                TenantChange(
+                    action="key.create", target=f"api_key/{key_id}", kind="key",
+                    subject=f"{KEY_SUBJECT_TYPE}/{key_id}", details=details,
+                )
+            )
+        return _key_record(row, tuple(roles)), write.revision
+
+    async def revoke_api_key(self, actor: Actor, tenant_id: str, key_id: str) -> int:
+        """Stop a key working, at every sidecar (a `key` event names it). NotFound when the
+        key is not in that tenant (or, with tenant_id "", not an operator key)."""
+        subject = f"{KEY_SUBJECT_TYPE}/{key_id}"
+        change = TenantChange(action="key.revoke", target=subject, kind="key", subject=subject)
+        if not tenant_id:
+            async with self._transaction(PLATFORM_SCOPE) as conn:
+                await _revoke_key(conn, actor, None, key_id)
+                await _append_events(conn, actor, change, audit_tenant=None, revisions=[(PLATFORM_EVENT_TENANT, 0)])
+            return 0
+        async with self._tenant_write(actor, tenant_id) as write:
+            await _revoke_key(write.conn, actor, write.tenant_id, key_id)
+            write.record(change)
+        return write.revision
+
+    async def list_api_keys(self, tenant_id: str, *, page_size: int, page_token: str) -> Page[ApiKeyRecord]:
+        """A tenant's keys (or, with tenant_id "", the operator keys), oldest first, with
+        the roles each holds now; never a secret or a hash."""
+        query = _Filters()
+        if tenant_id:
+            tid = _require_tenant_id(tenant_id)
+            scope = str(tid)
+            query.add("k.tenant_id = {}", tid)
+        else:
+            scope = PLATFORM_SCOPE
+            query.add("k.tenant_id IS NULL")
+        after = _decode_token(page_token, (str,))
+        if after is not None:
+            query.add("k.id > {}", *after)
+        size = _page_size(page_size)
+        sql = f"""
+            SELECT k.*, coalesce(
+                (SELECT array_agg(a.role || '@' || a.scope ORDER BY a.role, a.scope) FROM role_assignments a
+                 WHERE a.tenant_id = k.tenant_id AND a.subject_type = 'api_key' AND a.subject_id = k.id),
+                '{{}}') AS grants
+            FROM api_keys k{query.where()} ORDER BY k.id LIMIT {query.param(size + 1)}
+        """
+        async with self._reading(scope) as conn:
+            if tenant_id:
+                await _tenant_revision(conn, tid)
+            rows = await conn.fetch(sql, *query.args)
+        return _page(
+            rows, size, lambda row: _key_record(row, tuple(tuple(g.split("@", 1)) for g in row["grants"])),
+            key=lambda row: [row["id"]],
+        )
+
+    async def find_api_key(self, key_id: str) -> ApiKeyCredential | None:
+        async with self._reading(PLATFORM_SCOPE) as conn:
+            row = await conn.fetchrow(
+                "SELECT id, tenant_id, secret_hash, permissions, extract(epoch FROM expires_at)::float8 AS expires,"
+                " revoked_at IS NOT NULL AS revoked FROM api_keys WHERE id = $1",
+                key_id,
+            )
+        if row is None:
+            return None
+        return ApiKeyCredential(
+            id=row["id"],
+            tenant_id=str(row["tenant_id"]) if row["tenant_id"] is not None else "",
+            secret_hash=row["secret_hash"],
+            permissions=tuple(row["permissions"]),
+            expires_at=row["expires"],
+            revoked=row["revoked"],
         )
 
     # --- audit -----------------------------------------------------------------------------
@@ -1232,3 +1378,39 @@ def _decode_token(token: str, shape: tuple[type, ...]) -> list[Any] | None:
     ):
         raise InvalidArgument("page_token", "is not a page token from this listing")
     return key
+
+
+_INSERT_KEY = """
+INSERT INTO api_keys (id, tenant_id, name, secret_hash, permissions, expires_at, created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING *
+"""
+
+
+async def _revoke_key(conn: asyncpg.Connection, actor: Actor, tenant_id: uuid.UUID | None, key_id: str) -> None:
+    revoked_at = await conn.fetchrow(
+        "SELECT revoked_at FROM api_keys WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 FOR UPDATE",
+        key_id,
+        tenant_id,
+    )
+    if revoked_at is None:
+        raise NotFound("no such API key", metadata={"key_id": key_id})
+    if revoked_at["revoked_at"] is not None:
+        raise KeyAlreadyRevoked("the key is already revoked", metadata={"key_id": key_id})
+    await conn.execute(
+        "UPDATE api_keys SET revoked_at = now(), revoked_by = $2 WHERE id = $1", key_id, actor.id
+    )
+
+
+def _key_record(row: asyncpg.Record, roles: tuple[tuple[str, str], ...]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row["id"],
+        tenant_id=str(row["tenant_id"]) if row["tenant_id"] is not None else "",
+        name=row["name"],
+        permissions=tuple(row["permissions"]),
+        expires_at=_timestamp(row["expires_at"]),
+        created_by=row["created_by"],
+        created_at=_timestamp(row["created_at"]),
+        revoked_at=_timestamp(row["revoked_at"]),
+        roles=roles,
+    )

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from gatehouse.cache.l2 import ADVANCE_POINTER, pointer_key
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import TenantEvent, stream_key
+from gatehouse.store.idempotency import RETENTION_SECONDS
 from gatehouse.store.postgres import NOTIFY_CHANNEL, PLATFORM_SCOPE
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ FOR UPDATE SKIP LOCKED
 """
 _BEGIN_PUBLISH = "SELECT set_config('gatehouse.tenant_id', $1, true), set_config('synchronous_commit', 'off', true)"
 _MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+_PRUNE_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
 _PRUNE = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
 
 
@@ -126,6 +128,7 @@ class OutboxRelay:
         async with conn.transaction():
             await conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
             status = await conn.execute(_PRUNE, self._retention)
+            await conn.execute(_PRUNE_IDEMPOTENCY, RETENTION_SECONDS)
         return int(status.split()[-1])
 
     async def run(self) -> None:

@@ -152,6 +152,21 @@ class AdminServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsResponse.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/gatehouse.v1.AdminService/CreateApiKey',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/gatehouse.v1.AdminService/RevokeApiKey',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.MutationResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/gatehouse.v1.AdminService/ListApiKeys',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/gatehouse.v1.AdminService/ListAuditEvents',
                 request_serializer=gatehouse_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
@@ -310,6 +325,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """API keys. A key is `gh_<id>_<secret>`; the secret is returned once, by
+        CreateApiKey, and kept only as an Argon2id hash. A tenant key is the subject
+        `api_key/<id>` of its tenant; with an empty tenant_id, an operator key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAuditEvents(self, request, context):
         """Audit.
         """
@@ -434,6 +470,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListRoleAssignments,
                     request_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.MutationResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
             ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
@@ -1065,6 +1116,87 @@ class AdminService:
             '/gatehouse.v1.AdminService/ListRoleAssignments',
             gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsRequest.SerializeToString,
             gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/CreateApiKey',
+            gatehouse_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/RevokeApiKey',
+            gatehouse_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.MutationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/ListApiKeys',
+            gatehouse_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

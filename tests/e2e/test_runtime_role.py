@@ -28,14 +28,14 @@ async def _sessions(superuser: asyncpg.Connection, application: str) -> list[asy
 
 
 async def test_the_server_and_its_relay_connect_as_the_runtime_role(
-    database_url: str, redis_url: str, redis_prefix: str, unique: str
+    database_url: str, redis_url: str, redis_prefix: str, unique: str, operator_token: str
 ) -> None:
     application = f"gh-serve-{unique}"
     env = sidecar_env(f"{database_url}?application_name={application}", redis_url, redis_prefix, KEY)
     server = await start_server(env)
     superuser = await asyncpg.connect(superuser_dsn(database_url))
     try:
-        client = make_client(server.address, KEY)
+        client = make_client(server.address, operator_token)
         try:
             # A write (store pool) whose event the relay then publishes (its own connection).
             tenant = await client.tenant(f"role-{unique}")

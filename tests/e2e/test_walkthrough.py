@@ -31,8 +31,8 @@ async def server(database_url: str, redis_url: str, redis_prefix: str) -> AsyncI
 
 
 @pytest.fixture(scope="module")
-async def remote(server: ServerProcess) -> AsyncIterator[Client]:
-    client = make_client(server.address, "e2e-operator-key")
+async def remote(server: ServerProcess, operator_token: str) -> AsyncIterator[Client]:
+    client = make_client(server.address, operator_token)
     yield client
     await client.channel.close()
 

@@ -15,14 +15,14 @@ KEY = "workers-operator-key"
 
 
 async def test_workers_share_a_port_and_a_stranger_cannot(
-    database_url: str, redis_url: str, redis_prefix: str, unique: str
+    database_url: str, redis_url: str, redis_prefix: str, unique: str, operator_token: str
 ) -> None:
     env = sidecar_env(database_url, redis_url, redis_prefix, KEY)
     server = await start_server(env, "--workers", "2")
     try:
         assert server.process.poll() is None
         # Many connections: the kernel spreads them over both workers; all answer.
-        clients = [make_client(server.address, KEY) for _ in range(8)]
+        clients = [make_client(server.address, operator_token) for _ in range(8)]
         tenant = await clients[0].tenant(f"workers-{unique}")
         for client in clients:
             config = await client.config.GetTenantConfig(

@@ -26,6 +26,7 @@ from gatehouse.engine.decision import (
 )
 from gatehouse.engine.model import (
     AssignmentRow,
+    KeyState,
     Plan,
     PlanFeature,
     Reason,
@@ -519,3 +520,45 @@ def test_needs_subject_is_false_only_when_the_subject_cannot_matter(
         assert with_subject == without
     elif with_subject.reason is not Reason.NOT_A_MEMBER:
         assert without.reason is Reason.NOT_A_MEMBER  # the subject did matter
+
+
+# --- API keys as subjects (step 4: KEY_REVOKED; step 6: limited to their own patterns) ---
+
+KEY = SubjectRef("api_key", "k1")
+
+
+def key_grants(key: KeyState, *assignments: tuple[str, str, tuple[str, ...]], is_member: bool = True) -> SubjectGrants:
+    rows = tuple(AssignmentRow(role=role, scope=scope, permissions=perms) for role, scope, perms in assignments)
+    return compile_subject(SubjectSnapshot("t1", KEY, 7, is_member, rows, key=key))
+
+
+def test_key_is_limited_to_its_own_patterns() -> None:
+    key = key_grants(KeyState(permissions=("invoice.read",)), EVERYTHING)
+    assert decide(policy(), key, "invoice.read", "", now=100.0).allowed
+    denied = decide(policy(), key, "invoice.create", "", now=100.0)
+    assert (denied.allowed, denied.reason) == (False, Reason.NO_GRANT)
+
+
+def test_key_patterns_alone_grant_nothing() -> None:
+    key = key_grants(KeyState(permissions=("*",)))
+    assert decide(policy(), key, "invoice.read", "", now=100.0).reason is Reason.NO_GRANT
+
+
+@pytest.mark.parametrize(
+    "key",
+    [KeyState(permissions=("*",), revoked=True), KeyState(permissions=("*",), expires_at=100.0)],
+    ids=["revoked", "expired"],
+)
+def test_revoked_or_expired_key_answers_key_revoked(key: KeyState) -> None:
+    decision = decide(policy(), key_grants(key, EVERYTHING), "invoice.read", "", now=100.0)
+    assert (decision.allowed, decision.reason) == (False, Reason.KEY_REVOKED)
+
+
+def test_key_before_its_expiry_works() -> None:
+    key = key_grants(KeyState(permissions=("*",), expires_at=100.0), EVERYTHING)
+    assert decide(policy(), key, "invoice.read", "", now=99.9).allowed
+
+
+def test_tenant_status_is_checked_before_the_key() -> None:
+    key = key_grants(KeyState(permissions=("*",), revoked=True), EVERYTHING)
+    assert decide(policy(TenantStatus.ARCHIVED), key, "invoice.read", "", now=1.0).reason is Reason.TENANT_INACTIVE

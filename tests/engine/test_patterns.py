@@ -21,6 +21,7 @@ from gatehouse.engine.patterns import (
     is_valid_pattern,
     is_valid_permission,
     is_valid_scope,
+    pattern_covers,
     pattern_matches,
     scope_covers,
 )
@@ -373,3 +374,50 @@ def test_invalid_scopes(value: str) -> None:
 def test_scope_with_an_empty_segment_is_invalid(segments: list[str], position: int) -> None:
     segments.insert(min(position, len(segments)), "")
     assert not is_valid_scope("/".join(segments))
+
+
+# --- pattern coverage (the escalation guard) ---------------------------------------------
+
+# Brute force over every permission of up to 6 segments drawn from the patterns' own
+# segments plus one they never name: a counterexample to coverage, if any, is that short.
+_COVER_SEGMENTS = ["x", "y"]
+_cover_patterns = st.lists(st.sampled_from([*_COVER_SEGMENTS, "*"]), min_size=1, max_size=4).map(".".join)
+
+
+def _permissions_upto(length: int) -> list[str]:
+    alphabet = [*_COVER_SEGMENTS, "fresh"]
+    out: list[str] = []
+    layer = [[s] for s in alphabet]
+    for _ in range(length):
+        out += [".".join(p) for p in layer]
+        layer = [p + [s] for p in layer for s in alphabet]
+    return out
+
+
+_ALL_SHORT = _permissions_upto(6)
+
+
+@given(_cover_patterns, _cover_patterns)
+@settings(max_examples=400, deadline=None)
+def test_pattern_covers_agrees_with_brute_force(wider: str, narrower: str) -> None:
+    brute = all(pattern_matches(wider, p) for p in _ALL_SHORT if pattern_matches(narrower, p))
+    assert pattern_covers(wider, narrower) == brute
+
+
+@pytest.mark.parametrize(
+    ("wider", "narrower", "covers"),
+    [
+        ("*", "invoice.read", True),
+        ("*", "*", True),
+        ("invoice.*", "invoice.line.*", True),
+        ("invoice.*", "*", False),
+        ("*.read", "invoice.read", True),
+        ("*.read", "invoice.*", False),
+        ("*.*", "*", False),  # `*` may be a single segment
+        ("*", "*.*", True),
+        ("invoice.read", "invoice.*", False),
+        ("invoice.read", "invoice.read", True),
+    ],
+)
+def test_pattern_covers_examples(wider: str, narrower: str, covers: bool) -> None:
+    assert pattern_covers(wider, narrower) is covers

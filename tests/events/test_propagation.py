@@ -48,8 +48,8 @@ async def sidecars(database_url: str, redis_url: str, redis_prefix: str) -> Asyn
 
 
 @pytest.fixture(scope="module")
-async def clients(sidecars: list[ServerProcess]) -> AsyncIterator[list[Client]]:
-    made = [make_client(p.address, KEY) for p in sidecars]
+async def clients(sidecars: list[ServerProcess], operator_token: str) -> AsyncIterator[list[Client]]:
+    made = [make_client(p.address, operator_token) for p in sidecars]
     yield made
     for c in made:
         await c.channel.close()
@@ -123,12 +123,12 @@ async def test_watch_of_unknown_tenant_is_not_found(clients: list[Client]) -> No
 
 
 async def test_redis_restart_keeps_answers_flowing_and_catches_up(
-    database_url: str, private_redis: PrivateRedis, unique: str
+    database_url: str, private_redis: PrivateRedis, unique: str, operator_token: str
 ) -> None:
     prefix = f"ghtest{secrets.token_hex(3)}"
     env = sidecar_env(database_url, private_redis.url, prefix, KEY)
     processes = [await start_server(env), await start_server(env, "--relay", "0")]
-    a, b = (make_client(p.address, KEY) for p in processes)
+    a, b = (make_client(p.address, operator_token) for p in processes)
     try:
         tenant = await a.tenant(f"redis-{unique}")
         await a.grant(tenant.id, user("cat"), "editor", "eu", ["doc.*"])

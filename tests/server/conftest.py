@@ -39,7 +39,7 @@ async def sidecar(sidecar_settings: Settings) -> AsyncIterator[Sidecar]:
 
 
 @pytest.fixture(scope="session")
-async def client(sidecar: Sidecar, operator_key: str) -> AsyncIterator[Client]:
-    c = make_client(sidecar.addresses[0], operator_key)
+async def client(sidecar: Sidecar, operator_token: str) -> AsyncIterator[Client]:
+    c = make_client(sidecar.addresses[0], operator_token)
     yield c
     await c.channel.close()

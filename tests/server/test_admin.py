@@ -30,7 +30,7 @@ async def test_lifecycle_records_who_when_why_and_rejects_illegal_steps(client: 
         admin_pb2.TenantTransitionRequest(tenant_id=tenant.id, reason="launch"), metadata=client.auth
     )
     assert active.status == common_pb2.TENANT_STATUS_ACTIVE and active.revision == 2
-    assert active.status_reason == "launch" and active.status_changed_by.startswith("operator:")
+    assert active.status_reason == "launch" and active.status_changed_by.startswith("api_key/")
     assert active.status_changed_at.seconds > 0
 
     archived = await client.admin.ArchiveTenant(admin_pb2.TenantTransitionRequest(tenant_id=tenant.id), metadata=client.auth)

@@ -126,6 +126,12 @@ EVERY_CALL: dict[str, Call] = {
     "assign_role": lambda s: s.assign_role(ACTOR, SOME_ID, ALICE, role="r", scope=""),
     "revoke_role": lambda s: s.revoke_role(ACTOR, SOME_ID, ALICE, role="r", scope=""),
     "list_role_assignments": lambda s: s.list_role_assignments(SOME_ID, subject=None, page_size=1, page_token=""),
+    "create_api_key": lambda s: s.create_api_key(
+        ACTOR, SOME_ID, key_id="0123456789abcdef", secret_hash="h", name="", permissions=["*"], expires_at=None, roles=[]
+    ),
+    "revoke_api_key": lambda s: s.revoke_api_key(ACTOR, SOME_ID, "0123456789abcdef"),
+    "list_api_keys": lambda s: s.list_api_keys(SOME_ID, page_size=1, page_token=""),
+    "find_api_key": lambda s: s.find_api_key("0123456789abcdef"),
     "record_audit": lambda s: s.record_audit(
         ACTOR, tenant_id=SOME_ID, action="a", target="t", outcome="denied", reason=""
     ),

@@ -1,0 +1,126 @@
+"""May this caller make this admin call? Decided by the same engine as CheckAccess.
+
+Every AdminService action `a` needs the permission `gatehouse.<a>` (`gatehouse.role.assign`,
+`gatehouse.tenant.get`, …). An operator key holds exactly its own patterns, on every
+tenant. A tenant-admin key is the subject `api_key/<id>` of its own tenant: the engine
+decides the permission for it (tenant status, membership, the key's limit, its roles'
+grants at the call's scope), like any CheckAccess; outside its tenant, or for a
+platform action, it is refused before the engine is asked.
+
+On top of "may call", two guards on what a call hands out:
+- escalation: nobody creates, updates or assigns a role (or mints a key holding one)
+  whose permissions exceed their own at that scope (GATEHOUSE_ESCALATION);
+- owner: only owners (and operators) grant, take back or mint `owner` (GATEHOUSE_OWNER_REQUIRED).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from gatehouse.cache.policy_cache import PolicyCache
+from gatehouse.engine.decision import SubjectGrants, decide, needs_subject
+from gatehouse.engine.model import Reason, SubjectRef
+from gatehouse.engine.patterns import PermissionSet, pattern_covers, scope_covers
+from gatehouse.errors import (
+    Escalation,
+    KeyRejected,
+    OtherTenant,
+    OwnerRequired,
+    PermissionDenied,
+    PlatformOnly,
+)
+from gatehouse.server.admin_auth import Principal
+
+OWNER_ROLE = "owner"
+
+# Actions that act on the platform rather than inside one tenant: operators only.
+PLATFORM_ACTIONS = frozenset(
+    {
+        "tenant.create",
+        "tenant.list",
+        "tenant.activate",
+        "tenant.suspend",
+        "tenant.resume",
+        "tenant.archive",
+        "tenant.restore",
+        "tenant.delete",
+        "plan.upsert",
+        "plan.list",
+    }
+)
+
+
+def admin_permission(action: str) -> str:
+    return f"gatehouse.{action}"
+
+
+class AdminAuthorizer:
+    def __init__(self, cache: PolicyCache) -> None:
+        self._cache = cache
+
+    async def require(self, caller: Principal, action: str, tenant_id: str, scope: str = "") -> None:
+        """PermissionDenied (or a subclass naming why) unless `caller` may do `action`."""
+        permission = admin_permission(action)
+        if caller.is_operator:
+            if caller.is_bootstrap and tenant_id:
+                raise PlatformOnly("the bootstrap key only manages operator keys", metadata={"action": action})
+            if not caller.permissions.matches(permission):
+                raise PermissionDenied("the key does not permit this", metadata={"permission": permission})
+            return
+        if action in PLATFORM_ACTIONS or not tenant_id:
+            raise PlatformOnly("operators only", metadata={"action": action})
+        if tenant_id != caller.tenant_id:
+            raise OtherTenant("a tenant key acts only inside its own tenant", metadata={"tenant_id": tenant_id})
+        tenant = await self._cache.tenant(tenant_id)
+        policy = tenant.policy if tenant is not None else None
+        grants = await self._grants(caller) if needs_subject(policy, permission) else None
+        decision = decide(policy, grants, permission, scope, now=time.time())
+        if decision.reason is Reason.KEY_REVOKED:
+            raise KeyRejected("key rejected", metadata={"key_id": caller.key_id})
+        if not decision.allowed:
+            raise PermissionDenied(
+                f"not allowed: {decision.reason.name}",
+                metadata={"permission": permission, "decision": decision.reason.name},
+            )
+
+    async def guard_patterns(self, caller: Principal, patterns: Iterable[str], scope: str, *, what: str) -> None:
+        """Escalation: every pattern must be covered by one of the caller's own grants
+        whose scope covers `scope` (and, for a key, by the key's own limit)."""
+        if caller.is_bootstrap:
+            return  # it exists to mint the first operator key, whatever that holds
+        grants = None if caller.is_operator else await self._grants(caller)
+        for pattern in patterns:
+            if not _covered(caller.permissions, pattern):
+                raise Escalation(f"{what} exceeds the caller's own key", metadata={"pattern": pattern})
+            if grants is not None and not any(
+                scope_covers(g.scope, scope) and _covered(g.permissions, pattern) for g in grants.grants
+            ):
+                raise Escalation(
+                    f"{what} exceeds the caller's own permissions at this scope",
+                    metadata={"pattern": pattern, "scope": scope},
+                )
+
+    async def guard_owner(self, caller: Principal, role: str) -> None:
+        """Only an owner at the tenant root (or an operator) hands out or takes back `owner`."""
+        if role != OWNER_ROLE or caller.is_operator:
+            return
+        grants = await self._grants(caller)
+        if not any(g.role == OWNER_ROLE and g.scope == "" for g in grants.grants):
+            raise OwnerRequired("only an owner may grant or take back the owner role", metadata={"role": role})
+
+    async def holds_owner(self, tenant_id: str, subject: SubjectRef) -> bool:
+        grants = await self._cache.subject(tenant_id, subject)
+        return grants is not None and any(g.role == OWNER_ROLE for g in grants.grants)
+
+    async def _grants(self, caller: Principal) -> SubjectGrants:
+        grants = await self._cache.subject(caller.tenant_id, SubjectRef("api_key", caller.key_id))
+        if grants is None:
+            raise KeyRejected("key rejected", metadata={"key_id": caller.key_id})
+        if grants.key is not None and not grants.key.usable(time.time()):
+            raise KeyRejected("key rejected", metadata={"key_id": caller.key_id})
+        return grants
+
+
+def _covered(held: PermissionSet, pattern: str) -> bool:
+    return any(pattern_covers(mine, pattern) for mine in held.patterns)
