@@ -87,6 +87,35 @@ async def test_revocation_stops_allowing_everywhere(clients: list[Client], uniqu
         await eventually(denied)
 
 
+async def test_a_revoked_key_is_rejected_by_every_sidecar(clients: list[Client], unique: str) -> None:
+    """Each sidecar remembers a verified key (Argon2 is slow); the key event makes every
+    one of them forget it, for tenant keys and operator keys alike."""
+    a, b = clients
+    tenant = await a.tenant(f"key-{unique}")
+    tenant_key = await a.admin.CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(tenant_id=tenant.id, permissions=["*"], roles=[admin_pb2.RoleGrant(role="viewer")]),
+        metadata=a.auth,
+    )
+    operator_key = await a.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(permissions=["*"]), metadata=a.auth)
+    request = admin_pb2.ListRolesRequest(tenant_id=tenant.id)
+    for secret in (tenant_key.secret, operator_key.secret):
+        for c in clients:  # verified (and remembered) at both
+            await c.admin.ListRoles(request, metadata=(("authorization", f"Bearer {secret}"),))
+    await a.admin.RevokeApiKey(
+        admin_pb2.RevokeApiKeyRequest(tenant_id=tenant.id, key_id=tenant_key.key.id), metadata=a.auth
+    )
+    await a.admin.RevokeApiKey(admin_pb2.RevokeApiKeyRequest(key_id=operator_key.key.id), metadata=a.auth)
+    for secret in (tenant_key.secret, operator_key.secret):
+        async def rejected(secret: str = secret) -> bool:
+            try:
+                await b.admin.ListRoles(request, metadata=(("authorization", f"Bearer {secret}"),))
+            except grpc.aio.AioRpcError as exc:
+                return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            return False
+
+        await eventually(rejected)
+
+
 async def test_watch_sees_a_config_patch_and_a_stalled_reader_stalls_nobody(clients: list[Client], unique: str) -> None:
     a, b = clients
     tenant = await a.tenant(f"watch-{unique}")
