@@ -459,20 +459,15 @@ async def mixed(h: Harness) -> list[dict[str, Any]]:
 async def _operator_token(dsn: str) -> str:
     """An operator API key in the bench database, for admin calls (the bootstrap key
     only manages operator keys)."""
-    from gatehouse.server.admin_auth import mint_key
+    from gatehouse.server.admin_auth import create_operator_key
     from gatehouse.store.api import Actor
     from gatehouse.store.postgres import connect
 
-    minted = mint_key()
     store = await connect(dsn, min_size=1, max_size=1)
     try:
-        await store.create_api_key(
-            Actor("bench"), "", key_id=minted.key_id, secret_hash=minted.secret_hash, name="bench",
-            permissions=["*"], expires_at=None, roles=[],
-        )
+        return await create_operator_key(store, Actor("bench"), name="bench")
     finally:
         await store.close()
-    return minted.token
 
 
 async def admin_writes(h: Harness, target: Target, rate: float) -> dict[str, Any]:

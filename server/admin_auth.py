@@ -79,6 +79,17 @@ def mint_key() -> MintedKey:
     return MintedKey(key_id, token, HASHER.hash(token))
 
 
+async def create_operator_key(store: Store, actor: Actor, *, name: str, permissions: Sequence[str] = ("*",)) -> str:
+    """Mint an operator key straight into the store (set-up tooling, tests, bench); the
+    token, shown once."""
+    minted = await asyncio.to_thread(mint_key)
+    await store.create_api_key(
+        actor, "", key_id=minted.key_id, secret_hash=minted.secret_hash, name=name,
+        permissions=list(permissions), expires_at=None, roles=[],
+    )
+    return minted.token
+
+
 def verify_secret(secret_hash: str, token: str) -> bool:
     try:
         return HASHER.verify(secret_hash, token)

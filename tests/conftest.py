@@ -134,20 +134,15 @@ def owner_database_url(database_url: str, run_id: str) -> str:
 async def operator_token(database_url: str) -> str:
     """A real operator API key (`*`) in this run's database: what every test's admin
     calls carry. (The GATEHOUSE_OPERATOR_KEY bootstrap may only manage operator keys.)"""
-    from gatehouse.server.admin_auth import mint_key
+    from gatehouse.server.admin_auth import create_operator_key
     from gatehouse.store.api import Actor
     from gatehouse.store.postgres import connect
 
-    minted = mint_key()
     store = await connect(database_url, min_size=1, max_size=1)
     try:
-        await store.create_api_key(
-            Actor("tests"), "", key_id=minted.key_id, secret_hash=minted.secret_hash, name="tests",
-            permissions=["*"], expires_at=None, roles=[],
-        )
+        return await create_operator_key(store, Actor("tests"), name="tests")
     finally:
         await store.close()
-    return minted.token
 
 
 @pytest.fixture(scope="session")
