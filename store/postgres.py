@@ -507,8 +507,9 @@ class PostgresStore:
     # --- plans -----------------------------------------------------------------------------
 
     async def upsert_plan(self, actor: Actor, plan: Plan) -> tuple[Plan, list[tuple[str, int]]]:
-        """Create or replace a plan; every non-deleted tenant on it gets a revision bump and
-        an outbox event (its effective flags may have changed). Returns the stored plan and
+        """Create or replace a plan; every tenant on it gets a revision bump and an outbox
+        event, since its effective flags may have changed. Deleted tenants too: a deleted
+        tenant's config is still served, and one revision must mean one config. Returns the stored plan and
         (tenant id, new revision) of each of those tenants."""
         async with self._transaction(PLATFORM_SCOPE) as conn:
             row = await conn.fetchrow(
@@ -526,7 +527,7 @@ class PostgresStore:
             bumped = await conn.fetch(
                 """
                 UPDATE tenants SET revision = revision + 1
-                WHERE plan = $1 AND status <> 'deleted'
+                WHERE plan = $1
                 RETURNING id, revision
                 """,
                 plan.name,

@@ -191,7 +191,7 @@ async def test_upsert_plan_round_trips(store: PostgresStore, actor: Actor, uniqu
     assert [p for p in await store.list_plans() if p.name == plan.name] == [changed]
 
 
-async def test_plan_change_fans_out_to_every_live_tenant_on_the_plan(
+async def test_plan_change_fans_out_to_every_tenant_on_the_plan_deleted_ones_too(
     store: PostgresStore, actor: Actor, superuser: asyncpg.Connection, make_tenant: TenantFactory, unique: str
 ) -> None:
     plan = f"fan-{unique}"
@@ -208,7 +208,9 @@ async def test_plan_change_fans_out_to_every_live_tenant_on_the_plan(
         actor, Plan(name=plan, features={"reports": PlanFeature(True, ("report.*",))})
     )
 
-    assert sorted(affected) == sorted((t.id, t.revision + 1) for t in on_plan)
+    # A deleted tenant's config is still served: its effective flags changed, so must its
+    # revision (one revision, one config; found by the two-tenant simulation).
+    assert sorted(affected) == sorted((t.id, t.revision + 1) for t in [*on_plan, deleted])
     for tenant in on_plan:
         seen = await written(superuser, tenant.id)
         assert seen.revision == tenant.revision + 1
@@ -217,8 +219,8 @@ async def test_plan_change_fans_out_to_every_live_tenant_on_the_plan(
         ]
         snapshot = await store.load_tenant(tenant.id)
         assert snapshot is not None and snapshot.plan.features == {"reports": PlanFeature(True, ("report.*",))}
-    for untouched in (deleted, elsewhere):
-        assert (await written(superuser, untouched.id)).revision == untouched.revision
+    assert (await written(superuser, deleted.id)).revision == deleted.revision + 1
+    assert (await written(superuser, elsewhere.id)).revision == elsewhere.revision
     plan_audit = await superuser.fetch("SELECT tenant_id, actor FROM audit_log WHERE target = $1", f"plan/{plan}")
     assert len(plan_audit) == audit_before + 1
     assert (plan_audit[-1]["tenant_id"], plan_audit[-1]["actor"]) == (None, actor.id)
