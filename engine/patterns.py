@@ -83,16 +83,18 @@ def _segments_match(pattern: tuple[str, ...], permission: list[str]) -> bool:
 class PermissionSet:
     """A compiled set of permission patterns: a hit is a set lookup or a short prefix scan.
 
-    Patterns that are exact names go to a frozenset; `prefix.*` becomes a `startswith`;
-    only patterns with a `*` elsewhere fall back to the segment glob.
+    Patterns that are exact names go to a frozenset; `prefix.*` becomes a `startswith`,
+    `*.suffix` an `endswith` (the viewer role's `*.read`); only patterns with a `*`
+    elsewhere fall back to the segment glob.
     """
 
-    __slots__ = ("patterns", "_all", "_exact", "_prefixes", "_globs")
+    __slots__ = ("patterns", "_all", "_exact", "_prefixes", "_suffixes", "_globs")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns: tuple[str, ...] = tuple(sorted(set(patterns)))
         exact: set[str] = set()
         prefixes: list[str] = []
+        suffixes: list[str] = []
         globs: list[tuple[str, ...]] = []
         match_all = False
         for pattern in self.patterns:
@@ -102,11 +104,14 @@ class PermissionSet:
                 exact.add(pattern)
             elif pattern.endswith(".*") and "*" not in pattern[:-2]:
                 prefixes.append(pattern[:-1])  # keep the dot: a segment boundary
+            elif pattern.startswith("*.") and "*" not in pattern[2:]:
+                suffixes.append(pattern[1:])  # ".read": at least one segment before it
             else:
                 globs.append(tuple(pattern.split(".")))
         self._all = match_all
         self._exact = frozenset(exact)
         self._prefixes = tuple(prefixes)
+        self._suffixes = tuple(suffixes)
         self._globs = tuple(globs)
 
     def matches(self, permission: str) -> bool:
@@ -114,6 +119,9 @@ class PermissionSet:
             return True
         for prefix in self._prefixes:
             if permission.startswith(prefix):
+                return True
+        for suffix in self._suffixes:
+            if permission.endswith(suffix):
                 return True
         if self._globs:
             segments = permission.split(".")

@@ -7,7 +7,7 @@ from time import time
 import grpc
 
 from gatehouse.cache.policy_cache import PolicyCache
-from gatehouse.engine.decision import decide, needs_subject
+from gatehouse.engine.decision import Decision, SubjectGrants, TenantPolicy, decide, needs_subject
 from gatehouse.engine.model import SubjectRef
 from gatehouse.engine.patterns import is_valid_id, is_valid_permission, is_valid_scope
 from gatehouse.engine.validate import ID_RULE, PERMISSION_RULE, SCOPE_RULE
@@ -33,13 +33,51 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     async def CheckAccessBatch(
         self, request: access_pb2.CheckAccessBatchRequest, context: grpc.aio.ServicerContext
     ) -> access_pb2.CheckAccessBatchResponse:
+        """One pass: validate every entry (a malformed one fails the call before any work),
+        then look each distinct tenant and (tenant, subject) up once and decide every
+        check from those, so a batch answers each subject from one snapshot."""
         checks = request.checks
         if len(checks) > MAX_BATCH:
             raise InvalidArgument("checks", f"at most {MAX_BATCH} checks per call")
-        # Validate everything first: a malformed entry fails the call before any work.
+        valid: set[tuple[str, str, str, str, str, str, int]] = set()
         for index, check in enumerate(checks):
-            _validate(check, f"checks[{index}].")
-        return access_pb2.CheckAccessBatchResponse(results=[await self._decide(check) for check in checks])
+            subject, resource = check.subject, check.resource
+            fields = (check.tenant_id, subject.type, subject.id, check.permission, resource.type, resource.id,
+                      check.min_revision)
+            if fields not in valid:
+                _validate(check, f"checks[{index}].")
+                valid.add(fields)
+            elif not is_valid_scope(resource.scope):
+                raise InvalidArgument(f"checks[{index}].resource.scope", SCOPE_RULE)
+        cache = self._cache
+        now = time()
+        policies: dict[tuple[str, int], TenantPolicy | None] = {}
+        subjects: dict[tuple[str, str, str, int], SubjectGrants | None] = {}
+        answers: dict[Decision, access_pb2.CheckAccessResponse] = {}
+        results = []
+        for check in checks:
+            tenant_id, min_revision, permission = check.tenant_id, check.min_revision, check.permission
+            tenant_key = (tenant_id, min_revision)
+            if tenant_key in policies:
+                policy = policies[tenant_key]
+            else:
+                tenant = await cache.tenant(tenant_id, min_revision)
+                policy = policies[tenant_key] = tenant.policy if tenant is not None else None
+            grants = None
+            if needs_subject(policy, permission):
+                subject = check.subject
+                subject_key = (tenant_id, subject.type, subject.id, min_revision)
+                if subject_key in subjects:
+                    grants = subjects[subject_key]
+                else:
+                    ref = SubjectRef(subject.type, subject.id)
+                    grants = subjects[subject_key] = await cache.subject(tenant_id, ref, min_revision)
+            decision = decide(policy, grants, permission, check.resource.scope, now=now)
+            answer = answers.get(decision)
+            if answer is None:
+                answer = answers[decision] = _response(decision)
+            results.append(answer)
+        return access_pb2.CheckAccessBatchResponse(results=results)
 
     async def _check(self, request: access_pb2.CheckAccessRequest, prefix: str) -> access_pb2.CheckAccessResponse:
         _validate(request, prefix)
@@ -55,15 +93,18 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         if needs_subject(policy, permission):
             subject = SubjectRef(request.subject.type, request.subject.id)
             grants = await self._cache.subject(tenant_id, subject, min_revision)
-        decision = decide(policy, grants, permission, request.resource.scope, now=time())
-        return Response(
-            allowed=decision.allowed,
-            reason=decision.reason,  # type: ignore[arg-type]
-            revision=decision.revision,
-            granted_by_role=decision.role,
-            granted_at_scope=decision.scope,
-            feature=decision.feature,
-        )
+        return _response(decide(policy, grants, permission, request.resource.scope, now=time()))
+
+
+def _response(decision: Decision) -> access_pb2.CheckAccessResponse:
+    return Response(
+        allowed=decision.allowed,
+        reason=decision.reason,  # type: ignore[arg-type]
+        revision=decision.revision,
+        granted_by_role=decision.role,
+        granted_at_scope=decision.scope,
+        feature=decision.feature,
+    )
 
 
 def _validate(request: access_pb2.CheckAccessRequest, prefix: str) -> None:

@@ -153,3 +153,27 @@ async def test_batch_with_a_malformed_entry_names_it(client: Client) -> None:
         await client.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=[check("t1", "a", "x.read"), bad]))
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "checks[1].permission" in failure.value.details()
+
+
+async def test_batch_agrees_with_single_checks_over_shared_tenants_and_subjects(client: Client, unique: str) -> None:
+    """The batch looks each (tenant, subject) up once and reuses answers: it must say
+    exactly what one CheckAccess per entry says, in order."""
+    a, b = await client.tenant(f"bag-a-{unique}"), await client.tenant(f"bag-b-{unique}")
+    await client.grant(a.id, user("hal"), "editor", "eu", ["doc.*"])
+    await client.grant(b.id, user("hal"), "viewer", "", None)
+    await client.grant(a.id, user("ida"), "viewer", "eu/fr", None)
+    checks = [
+        check(tenant, who, permission, scope)
+        for tenant in (a.id, b.id)
+        for who in ("hal", "ida", "nobody")
+        for permission in ("doc.read", "doc.write", "report.list")
+        for scope in ("", "eu", "eu/fr/paris", "us")
+    ]
+    batch = await client.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=checks))
+    singles = [await client.access.CheckAccess(c) for c in checks]
+    assert list(batch.results) == singles
+    assert any(r.allowed for r in singles) and any(not r.allowed for r in singles)
+    bad = check(a.id, "hal", "doc.read", "eu//x")  # same fields as a valid entry but the scope
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await client.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=[check(a.id, "hal", "doc.read"), bad]))
+    assert "checks[1].resource.scope" in (failure.value.details() or "")
