@@ -39,16 +39,14 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         checks = request.checks
         if len(checks) > MAX_BATCH:
             raise InvalidArgument("checks", f"at most {MAX_BATCH} checks per call")
-        valid: set[tuple[str, str, str, str, str, str, int]] = set()
+        valid: set[tuple[str, str, str, str, str, str, str, int]] = set()
         for index, check in enumerate(checks):
             subject, resource = check.subject, check.resource
             fields = (check.tenant_id, subject.type, subject.id, check.permission, resource.type, resource.id,
-                      check.min_revision)
+                      resource.scope, check.min_revision)
             if fields not in valid:
                 _validate(check, f"checks[{index}].")
                 valid.add(fields)
-            elif not is_valid_scope(resource.scope):
-                raise InvalidArgument(f"checks[{index}].resource.scope", SCOPE_RULE)
         cache = self._cache
         now = time()
         policies: dict[tuple[str, int], TenantPolicy | None] = {}
