@@ -113,6 +113,14 @@ def markdown(points: list[dict[str, Any]], ceilings: dict[str, Any] | None) -> s
     prop = [p for p in points if p["scenario"] == "propagation"]
     if prop:
         text = (text + "\n\n" if text else "") + propagation_markdown(prop)
+    for p in points:
+        rss = p.get("rss")
+        if rss:
+            text += (
+                f"\n\nRSS of {p['target']} (server process tree, every {rss['interval_s']:g} s, after the warm-up): "
+                f"first {rss['first_mb']} MB, last {rss['last_mb']} MB, min {rss['min_mb']} / max {rss['max_mb']} MB, "
+                f"growth {rss['growth_pct']:+.2f} %"
+            )
     if ceilings:
         text += (
             f"\n\nThroughput ceiling (check-hit, p99 ≤ limit, zero errors, ≥ 95 % of offered): baseline "

@@ -21,6 +21,7 @@ the other at the same offered rate, so each report can give Gatehouse ÷ baselin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import subprocess
@@ -421,9 +422,11 @@ async def mixed(h: Harness) -> list[dict[str, Any]]:
                                duration=o.duration, warmup=o.warmup, work_dir=h.work_dir, tag=tag + "-config"),
                 ]
                 admin_job = admin_writes(h, target, 0.01 * rate) if gh else None
+                memory = asyncio.create_task(rss_series(target, stop))
                 results = await asyncio.gather(*jobs, *([admin_job] if admin_job else []))
                 wall, cpu = time.monotonic() - t0, target.cpu_seconds() - cpu0
                 stop.set()
+                rss = await memory
                 checked = await sampler
                 check_run, config_run = results[0], results[1]
                 parts = {
@@ -449,11 +452,41 @@ async def mixed(h: Harness) -> list[dict[str, Any]]:
                     for code, count in results[2]["errors"].items():
                         point["errors"][f"ADMIN_{code}"] = count
                     point["error_count"] = sum(point["errors"].values())
-                point.update(scenario="mixed", repeat=r)
+                point.update(scenario="mixed", repeat=r, rss=rss_summary(rss, o.warmup))
                 points.append(point)
         finally:
             await target.stop()
     return points
+
+
+RSS_INTERVAL_S = 5.0
+
+
+async def rss_series(target: Target, stop: asyncio.Event) -> list[tuple[float, int]]:
+    """(seconds since start, RSS bytes of the server's process tree) every RSS_INTERVAL_S."""
+    t0, series = time.monotonic(), []
+    while not stop.is_set():
+        series.append((round(time.monotonic() - t0, 1), target.rss_bytes()))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), RSS_INTERVAL_S)
+    series.append((round(time.monotonic() - t0, 1), target.rss_bytes()))
+    return series
+
+
+def rss_summary(series: list[tuple[float, int]], warmup: float) -> dict[str, Any]:
+    """Memory over the run: flat means the end is within a few % of the first sample
+    taken after the warm-up (caches fill during the warm-up)."""
+    settled = [b for t, b in series if t >= warmup] or [b for _, b in series]
+    mb = [round(b / 2**20, 1) for b in settled]
+    return {
+        "interval_s": RSS_INTERVAL_S,
+        "first_mb": mb[0],
+        "last_mb": mb[-1],
+        "min_mb": min(mb),
+        "max_mb": max(mb),
+        "growth_pct": round(100.0 * (settled[-1] - settled[0]) / settled[0], 2) if settled[0] else 0.0,
+        "series": [(t, round(b / 2**20, 1)) for t, b in series],
+    }
 
 
 async def _operator_token(dsn: str) -> str:

@@ -51,6 +51,21 @@ def process_tree(root: int) -> list[int]:
     return out
 
 
+def rss_bytes(pids: list[int]) -> int:
+    """Resident set size of these processes together."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes (threads included), in seconds."""
     total = 0
@@ -83,6 +98,9 @@ class Target:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(process_tree(self.pid))
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(process_tree(self.pid))
 
     async def start(self, timeout: float = 60.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
