@@ -174,6 +174,14 @@ class Sim:
             return self.rng.choice(sorted(tenant.roles))
         return self.rng.choice(ROLE_NAMES)
 
+    def custom_role(self, tenant_id: str) -> str:
+        """Mostly one of the tenant's own roles (system roles and unknown names now and then)."""
+        tenant = self.world.tenants.get(tenant_id)
+        custom = sorted(name for name in tenant.roles if name not in SYSTEM_ROLES) if tenant else []
+        if custom and self.rng.random() < 0.75:
+            return self.rng.choice(custom)
+        return self.rng.choice(ROLE_NAMES)
+
     def permissions(self) -> list[str]:
         if self.rng.random() < 0.05:
             return []
@@ -334,6 +342,14 @@ class Transition(Operation):
     rpc = "<verb>Tenant"
     base_weight = 6.0
 
+    def weight(self, sim: Sim) -> float:
+        # A tenant that is not ACTIVE draws transitions sooner, so most checks meet an
+        # ACTIVE tenant while suspension, archival and drafts still come round often.
+        idle = sum(
+            sim.world.tenants[t].status in (Status.DRAFT, Status.SUSPENDED, Status.ARCHIVED) for t in sim.live_ids()
+        )
+        return self.base_weight + 6.0 * idle
+
     def draw(self, sim: Sim) -> tuple[str, admin_pb2.TenantTransitionRequest]:
         tenant_id = sim.target()
         tenant = sim.world.tenants.get(tenant_id)
@@ -341,7 +357,7 @@ class Transition(Operation):
         confirm = sim.rng.random() < 0.5
         if tenant is not None and tenant.status is Status.ARCHIVED and roll < 0.15:
             verb, confirm = "Delete", True
-        elif tenant is not None and tenant.status in WAY_BACK and roll < 0.6:
+        elif tenant is not None and tenant.status in WAY_BACK and roll < 0.7:
             verb = WAY_BACK[tenant.status]
         else:
             verb = sim.rng.choice(VERBS)
@@ -464,7 +480,7 @@ class UpdateRole(CreateRole):
         tenant_id = sim.target()
         return admin_pb2.UpdateRoleRequest(
             tenant_id=tenant_id,
-            name=sim.role(tenant_id, existing_bias=0.8),
+            name=sim.custom_role(tenant_id),
             permissions=sim.permissions(),
             expected_revision=sim.expected_revision(tenant_id),
         )
@@ -480,7 +496,7 @@ class DeleteRole(Operation):
 
     def draw(self, sim: Sim) -> admin_pb2.DeleteRoleRequest:
         tenant_id = sim.target()
-        return admin_pb2.DeleteRoleRequest(tenant_id=tenant_id, name=sim.role(tenant_id, existing_bias=0.8))
+        return admin_pb2.DeleteRoleRequest(tenant_id=tenant_id, name=sim.custom_role(tenant_id))
 
     def expect(self, world: World, request: admin_pb2.DeleteRoleRequest, response: Any) -> Outcome:
         return world.delete_role(request.tenant_id, request.name)
