@@ -299,10 +299,14 @@ class World:
     def check(self, tenant_id: str, subject: str, permission: str, scope: str) -> Answer:
         return decide(self.view(tenant_id), subject, permission, scope)
 
-    def config(self, tenant_id: str) -> Outcome:
+    def config(self, tenant_id: str, *, if_revision_newer_than: int = 0) -> Outcome:
+        """GetTenantConfig: the effective config, or `not_modified` for a caller that
+        already holds the current revision."""
         tenant = self.tenants.get(tenant_id)
         if tenant is None:
             return Outcome("NOT_FOUND", "GATEHOUSE_TENANT_NOT_FOUND")
+        if if_revision_newer_than and tenant.revision <= if_revision_newer_than:
+            return Outcome(revision=tenant.revision, facts={"id": tenant.id, "not_modified": True})
         return Outcome(
             revision=tenant.revision,
             facts={

@@ -221,7 +221,7 @@ class Operation:
         None; only CreateTenant reads it, for the id the server chose."""
         raise NotImplementedError
 
-    def observe(self, response: Any) -> Outcome:
+    def observe(self, request: Any, response: Any) -> Outcome:
         return Outcome(revision=response.revision)
 
     def committed(self, sim: Sim, request: Any, response: Any) -> None:
@@ -291,7 +291,7 @@ class CreateTenant(Operation):
     def expect(self, world: World, request: admin_pb2.CreateTenantRequest, response: Any) -> Outcome:
         return world.create_tenant(request.slug, request.plan, response.id if response is not None else "")
 
-    def observe(self, response: admin_pb2.Tenant) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.Tenant) -> Outcome:
         return _tenant_outcome(response)
 
     def committed(self, sim: Sim, request: admin_pb2.CreateTenantRequest, response: admin_pb2.Tenant) -> None:
@@ -314,7 +314,7 @@ class GetTenant(Operation):
     def expect(self, world: World, request: admin_pb2.GetTenantRequest, response: Any) -> Outcome:
         return world.get_tenant(request.tenant_id)
 
-    def observe(self, response: admin_pb2.Tenant) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.Tenant) -> Outcome:
         return _tenant_outcome(response)
 
 
@@ -332,7 +332,7 @@ class UpdateTenantPlan(Operation):
     def expect(self, world: World, request: admin_pb2.UpdateTenantRequest, response: Any) -> Outcome:
         return world.update_tenant_plan(request.tenant_id, request.plan, request.expected_revision)
 
-    def observe(self, response: admin_pb2.Tenant) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.Tenant) -> Outcome:
         return _tenant_outcome(response)
 
 
@@ -390,7 +390,7 @@ class Transition(Operation):
         verb, message = request
         return verb, super().retarget(message, tenant_id)
 
-    def observe(self, response: admin_pb2.Tenant) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.Tenant) -> Outcome:
         return _tenant_outcome(response)
 
 
@@ -418,7 +418,7 @@ class PatchFlags(Operation):
             request.expected_revision,
         )
 
-    def observe(self, response: admin_pb2.Tenant) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.Tenant) -> Outcome:
         return _tenant_outcome(response)
 
 
@@ -443,7 +443,7 @@ class UpsertPlan(Operation):
         }
         return world.upsert_plan(request.plan.name, features)
 
-    def observe(self, response: admin_pb2.UpsertPlanResponse) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.UpsertPlanResponse) -> Outcome:
         return Outcome(facts={"tenants_affected": response.tenants_affected})
 
 
@@ -459,7 +459,7 @@ class CreateRole(Operation):
         outcome = world.create_role(request.tenant_id, request.name, tuple(request.permissions))
         return _with(outcome, tenant_id=request.tenant_id)
 
-    def observe(self, response: admin_pb2.RoleResponse) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.RoleResponse) -> Outcome:
         role = response.role
         return Outcome(
             revision=response.revision,
@@ -514,7 +514,7 @@ class ListRoles(Operation):
         outcome = world.list_roles(request.tenant_id)
         return _with(outcome, tenant_ids=[request.tenant_id])
 
-    def observe(self, response: admin_pb2.ListRolesResponse) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.ListRolesResponse) -> Outcome:
         return Outcome(
             revision=response.revision,
             facts={
@@ -536,7 +536,7 @@ class AddMember(Operation):
         outcome = world.add_member(request.tenant_id, subject_key(request.subject))
         return _with(outcome, tenant_id=request.tenant_id)
 
-    def observe(self, response: admin_pb2.MemberResponse) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.MemberResponse) -> Outcome:
         return Outcome(
             revision=response.revision,
             facts={"subject": subject_key(response.member.subject), "tenant_id": response.member.tenant_id},
@@ -572,7 +572,7 @@ class ListMembers(Operation):
         members = outcome.facts.get("members")
         return _with(outcome, tenant_ids=[request.tenant_id] if members else [])
 
-    def observe(self, response: admin_pb2.ListMembersResponse) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.ListMembersResponse) -> Outcome:
         return Outcome(
             facts={
                 "members": sorted(subject_key(m.subject) for m in response.members),
@@ -600,7 +600,7 @@ class AssignRole(Operation):
         outcome = world.assign_role(request.tenant_id, subject_key(request.subject), request.role, request.scope)
         return _with(outcome, tenant_id=request.tenant_id)
 
-    def observe(self, response: admin_pb2.RoleAssignmentResponse) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.RoleAssignmentResponse) -> Outcome:
         a = response.assignment
         return Outcome(
             revision=response.revision,
@@ -644,9 +644,27 @@ class ListRoleAssignments(Operation):
         rows = outcome.facts.get("assignments")
         return _with(outcome, tenant_ids=[request.tenant_id] if rows else [])
 
-    def observe(self, response: admin_pb2.ListRoleAssignmentsResponse) -> Outcome:
+    def observe(self, request: Any, response: admin_pb2.ListRoleAssignmentsResponse) -> Outcome:
         rows = sorted((subject_key(a.subject), a.role, a.scope) for a in response.assignments)
         return Outcome(facts={"assignments": rows, "tenant_ids": sorted({a.tenant_id for a in response.assignments})})
+
+
+class ListAuditEvents(Operation):
+    """A tenant's audit trail holds its own events only (whatever ids the two share)."""
+
+    rpc = "ListAuditEvents"
+    base_weight = 1.0
+    mutation = False
+
+    def draw(self, sim: Sim) -> admin_pb2.ListAuditEventsRequest:
+        return admin_pb2.ListAuditEventsRequest(tenant_id=sim.target(), page_size=50)
+
+    def expect(self, world: World, request: admin_pb2.ListAuditEventsRequest, response: Any) -> Outcome:
+        return Outcome(facts={"foreign_tenant_ids": []})
+
+    def observe(self, request: admin_pb2.ListAuditEventsRequest, response: admin_pb2.ListAuditEventsResponse) -> Outcome:
+        foreign = sorted({event.tenant_id for event in response.events} - {request.tenant_id})
+        return Outcome(facts={"foreign_tenant_ids": foreign})
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -666,4 +684,5 @@ OPERATIONS: tuple[Operation, ...] = (
     AssignRole(),
     RevokeRole(),
     ListRoleAssignments(),
+    ListAuditEvents(),
 )

@@ -144,7 +144,7 @@ class Simulation:
         before = self.world.clone() if op.mutation else self.world
         try:
             response = await op.call(self.writer.admin, request, self.writer.auth)
-            got = op.observe(response)
+            got = op.observe(request, response)
         except grpc.aio.AioRpcError as exc:
             response, got = None, error_outcome(exc)
         expected = op.expect(self.world, request, response)
@@ -186,6 +186,9 @@ class Simulation:
         listed = got.facts.get("tenant_ids")
         if listed and listed != [tenant_id]:
             return f"the response lists rows of tenants {listed}"
+        foreign = got.facts.get("foreign_tenant_ids")
+        if foreign:
+            return f"the response lists rows of tenants {foreign}"
         for other in before.tenants:
             if other == tenant_id:
                 continue
@@ -334,28 +337,37 @@ class Simulation:
         return False, note
 
     async def config_check(self, client: Client, tenant_id: str, via: str) -> None:
-        request = config_pb2.GetTenantConfigRequest(tenant_id=tenant_id, min_revision=self.sim.revision(tenant_id))
+        revision = self.sim.revision(tenant_id)
+        # Now and then as a caller that holds the current revision (not_modified) or the one before.
+        held = self.rng.choice((0, 0, 0, revision, max(0, revision - 1)))
+        request = config_pb2.GetTenantConfigRequest(
+            tenant_id=tenant_id, min_revision=revision, if_revision_newer_than=held
+        )
         try:
             config = await client.config.GetTenantConfig(request)
-            got = Outcome(
-                revision=config.revision,
-                facts={
-                    "id": config.id,
-                    "slug": config.slug,
-                    "status": status_name(config.status),
-                    "plan": config.plan,
-                    "feature_flags": dict(config.feature_flags),
-                },
-            )
+            got = Outcome(revision=config.revision, facts={"id": config.id, "not_modified": True})
+            if not config.not_modified:
+                got = Outcome(
+                    revision=config.revision,
+                    facts={
+                        "id": config.id,
+                        "slug": config.slug,
+                        "status": status_name(config.status),
+                        "plan": config.plan,
+                        "feature_flags": dict(config.feature_flags),
+                    },
+                )
         except grpc.aio.AioRpcError as exc:
             got = error_outcome(exc)
         self.tally.config_checks += 1
-        expected = self.world.config(tenant_id)
+        expected = self.world.config(tenant_id, if_revision_newer_than=held)
         if got != expected and self._known_deleted_flags_bug(tenant_id, got, expected):
             self.tally.known_bug += 1
             return
         if got != expected:
-            other = [t for t in self.world.tenants if t != tenant_id and self.world.config(t) == got]
+            other = [
+                t for t in self.world.tenants if t != tenant_id and self.world.config(t, if_revision_newer_than=held) == got
+            ]
             self._fail(
                 "cross-tenant config" if other else "config disagreement",
                 f"via:     GetTenantConfig@{via}\nrequest: {one_line(request)}\nserver:  {got}\nmodel:   {expected}",
