@@ -13,6 +13,11 @@ answers onto the model's vocabulary, never the other way round.
 
 Where DESIGN.md is silent the model follows what a caller can observe of the server and
 says so in a comment (`# SERVER:`), so a reader can tell the contract from the choices.
+
+Not modelled yet, because the server has no surface for them at the time of writing:
+API keys (`api_key/<id>` subjects, KEY_REVOKED, a key's own pattern limit), tenant-admin
+keys with the escalation guard, idempotency keys. Each is a few lines here plus one
+operation class in `operations.py`.
 """
 
 from __future__ import annotations

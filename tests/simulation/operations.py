@@ -147,13 +147,6 @@ class Sim:
             return self.unknown_id()
         return self.rng.choice(self.live_ids())
 
-    def other(self, tenant_id: str) -> str | None:
-        """The other slot's tenant, for recognising answers that came from it."""
-        for slot in self.slots:
-            if slot.tenant_id and slot.tenant_id != tenant_id:
-                return slot.tenant_id
-        return None
-
     def revision(self, tenant_id: str) -> int:
         tenant = self.world.tenants.get(tenant_id)
         return tenant.revision if tenant else 0
