@@ -1,0 +1,568 @@
+"""A small, pure reference model of DESIGN.md, for the randomized two-tenant simulation.
+
+Written from DESIGN.md ("Decision semantics", "Lifecycle") and nothing of
+`gatehouse.engine`: its own pattern matcher (a plain recursion over segments, where the
+engine uses a greedy glob and a compiled prefix index), its own scope test (segment lists,
+where the engine compares strings), its own lifecycle table. Two independent readings of
+the same page agreeing over thousands of random steps is the point; sharing code would
+make them agree by construction.
+
+No I/O, no gRPC: outcomes are plain strings (gRPC status code names, `GATEHOUSE_*` error
+reasons, DecisionReason names without their prefix), so the test maps the server's
+answers onto the model's vocabulary, never the other way round.
+
+Where DESIGN.md is silent the model follows what a caller can observe of the server and
+says so in a comment (`# SERVER:`), so a reader can tell the contract from the choices.
+
+Not modelled yet, because the server has no surface for them at the time of writing:
+API keys (`api_key/<id>` subjects, KEY_REVOKED, a key's own pattern limit), tenant-admin
+keys with the escalation guard, idempotency keys. Each is a few lines here plus one
+operation class in `operations.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+# --- permission patterns and scopes ------------------------------------------------------
+
+READ_ACTIONS = frozenset({"read", "list", "get"})
+
+
+def pattern_matches(pattern: str, permission: str) -> bool:
+    """`*` stands for one or more whole dot-separated segments; anything else is literal.
+
+    `invoice.*` matches `invoice.read` and `invoice.line.edit` but not `invoice`;
+    `*.read` matches `a.b.read`; `*` matches everything.
+    """
+    return _segments_match(tuple(pattern.split(".")), tuple(permission.split(".")))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _segments_match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not segments
+    head, rest = pattern[0], pattern[1:]
+    if head == "*":
+        return any(_segments_match(rest, segments[taken:]) for taken in range(1, len(segments) + 1))
+    return bool(segments) and segments[0] == head and _segments_match(rest, segments[1:])
+
+
+def any_matches(patterns: Iterable[str], permission: str) -> bool:
+    return any(pattern_matches(pattern, permission) for pattern in patterns)
+
+
+def scope_segments(scope: str) -> tuple[str, ...]:
+    """The empty scope is the tenant root: no segments."""
+    return tuple(scope.split("/")) if scope else ()
+
+
+def scope_covers(granted: str, requested: str) -> bool:
+    """A grant at `a/b` applies to `a/b` and below (`a/b/c`), never to `a/bc`."""
+    granted_segments = scope_segments(granted)
+    return scope_segments(requested)[: len(granted_segments)] == granted_segments
+
+
+def is_read_action(permission: str) -> bool:
+    return permission.split(".")[-1] in READ_ACTIONS
+
+
+# --- the lifecycle ------------------------------------------------------------------------
+
+
+class Status(enum.Enum):
+    DRAFT = "DRAFT"
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    ARCHIVED = "ARCHIVED"
+    DELETED = "DELETED"
+
+
+# DRAFT → ACTIVE → SUSPENDED ⇄ ACTIVE; ACTIVE/SUSPENDED → ARCHIVED; ARCHIVED → ACTIVE;
+# DRAFT/ARCHIVED → DELETED (confirm; terminal). Keyed by the AdminService RPC's verb.
+LIFECYCLE: dict[str, dict[Status, Status]] = {
+    "Activate": {Status.DRAFT: Status.ACTIVE},
+    "Suspend": {Status.ACTIVE: Status.SUSPENDED},
+    "Resume": {Status.SUSPENDED: Status.ACTIVE},
+    "Archive": {Status.ACTIVE: Status.ARCHIVED, Status.SUSPENDED: Status.ARCHIVED},
+    "Restore": {Status.ARCHIVED: Status.ACTIVE},
+    "Delete": {Status.DRAFT: Status.DELETED, Status.ARCHIVED: Status.DELETED},
+}
+NEEDS_CONFIRM = frozenset({"Delete"})
+
+# --- tenants, plans, roles ----------------------------------------------------------------
+
+# Mirrors SYSTEM_ROLES in store/api.py: seeded in every tenant, neither changeable nor
+# deletable. (Read from there by hand, not imported: a change to it should show up here
+# as a disagreement to look at, not silently.)
+SYSTEM_ROLES: dict[str, tuple[str, ...]] = {
+    "owner": ("*",),
+    "admin": ("*",),
+    "member": (),
+    "viewer": ("*.read", "*.list", "*.get"),
+}
+OWNER = "owner"
+DEFAULT_PLAN = "default"
+
+
+@dataclass(frozen=True)
+class Feature:
+    default_enabled: bool
+    gates: tuple[str, ...] = ()
+
+
+Plan = Mapping[str, Feature]
+Assignment = tuple[str, str, str]  # (subject key, role, scope)
+
+
+@dataclass
+class Tenant:
+    id: str
+    slug: str
+    plan: str
+    status: Status = Status.DRAFT
+    revision: int = 1
+    flag_overrides: dict[str, bool] = field(default_factory=dict)
+    roles: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(SYSTEM_ROLES))
+    members: set[str] = field(default_factory=set)
+    assignments: set[Assignment] = field(default_factory=set)
+
+    def root_owners(self) -> set[str]:
+        return {subject for subject, role, scope in self.assignments if role == OWNER and scope == ""}
+
+
+# --- outcomes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an admin call answers: OK with the tenant's new revision (and facts a response
+    carries), or a gRPC status code name with the ErrorInfo reason."""
+
+    code: str = "OK"
+    reason: str = ""
+    revision: int | None = None
+    facts: Mapping[str, object] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if self.code != "OK":
+            return f"{self.code}({self.reason})"
+        parts = [f"revision={self.revision}"] if self.revision is not None else []
+        parts += [f"{key}={value!r}" for key, value in sorted(self.facts.items())]
+        return f"OK({', '.join(parts)})"
+
+
+class Refused(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.outcome = Outcome(code, reason)
+
+
+def _refuse(code: str, reason: str) -> Refused:
+    return Refused(code, f"GATEHOUSE_{reason}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A CheckAccess answer, with every (role, scope) that would justify an allow and
+    every feature that would justify FEATURE_DISABLED: which one the server names is its
+    choice, DESIGN.md only asks that it name one that did."""
+
+    allowed: bool
+    reason: str
+    revision: int
+    grants: frozenset[tuple[str, str]] = frozenset()
+    features: frozenset[str] = frozenset()
+
+    def __str__(self) -> str:
+        extra = ""
+        if self.grants:
+            extra = " by any of " + ", ".join(f"{role}@{scope!r}" for role, scope in sorted(self.grants))
+        if self.features:
+            extra = " feature any of " + ", ".join(sorted(self.features))
+        return f"{'allow' if self.allowed else 'deny'} {self.reason} rev={self.revision}{extra}"
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """What one decision reads of a tenant. Built from one tenant normally; the test
+    builds mixed views (parts from the other tenant) to recognise a cross-tenant answer."""
+
+    status: Status
+    revision: int
+    members: frozenset[str]
+    assignments: frozenset[Assignment]
+    roles: Mapping[str, tuple[str, ...]]
+    disabled: tuple[tuple[str, tuple[str, ...]], ...]  # (feature, gates) of features that are off
+
+
+# The parts of a view a leak could come from, for `World.mixed_view`.
+VIEW_PARTS = ("status", "subjects", "roles", "features")
+
+
+def decide(view: TenantView | None, subject: str, permission: str, scope: str) -> Answer:
+    """DESIGN.md "Decision semantics", steps 2–6, first that applies decides."""
+    if view is None:
+        return Answer(False, "TENANT_NOT_FOUND", 0)
+    revision = view.revision
+    if view.status is Status.SUSPENDED and not is_read_action(permission):
+        return Answer(False, "TENANT_SUSPENDED", revision)
+    if view.status in (Status.DRAFT, Status.ARCHIVED, Status.DELETED):
+        return Answer(False, "TENANT_INACTIVE", revision)
+    if subject not in view.members:
+        return Answer(False, "NOT_A_MEMBER", revision)
+    blocking = frozenset(name for name, gates in view.disabled if any_matches(gates, permission))
+    if blocking:
+        return Answer(False, "FEATURE_DISABLED", revision, features=blocking)
+    grants = frozenset(
+        (role, granted)
+        for holder, role, granted in view.assignments
+        if holder == subject and scope_covers(granted, scope) and any_matches(view.roles.get(role, ()), permission)
+    )
+    if grants:
+        return Answer(True, "ALLOWED", revision, grants=grants)
+    return Answer(False, "NO_GRANT", revision)
+
+
+# --- the world ----------------------------------------------------------------------------
+
+
+class World:
+    """Every plan and tenant the simulation made, and what each admin call does to them.
+
+    Each admin method returns an Outcome and changes the world only when it is OK.
+    """
+
+    def __init__(self) -> None:
+        self.plans: dict[str, dict[str, Feature]] = {DEFAULT_PLAN: {}}
+        self.tenants: dict[str, Tenant] = {}
+
+    def clone(self) -> "World":
+        """An independent copy (every value inside is immutable, so one level deep is enough)."""
+        other = World()
+        other.plans = {name: dict(features) for name, features in self.plans.items()}
+        other.tenants = {
+            tenant_id: dataclasses.replace(
+                tenant,
+                flag_overrides=dict(tenant.flag_overrides),
+                roles=dict(tenant.roles),
+                members=set(tenant.members),
+                assignments=set(tenant.assignments),
+            )
+            for tenant_id, tenant in self.tenants.items()
+        }
+        return other
+
+    # --- reads ---
+
+    def effective_flags(self, tenant: Tenant) -> dict[str, bool]:
+        """Plan defaults with the tenant's overrides on top (overrides of features the plan
+        does not have are kept: they are what the tenant asked for)."""
+        flags = {name: feature.default_enabled for name, feature in self.plans[tenant.plan].items()}
+        flags.update(tenant.flag_overrides)
+        return flags
+
+    def view(self, tenant_id: str) -> TenantView | None:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            return None
+        flags = self.effective_flags(tenant)
+        disabled = tuple(
+            (name, feature.gates)
+            for name, feature in sorted(self.plans[tenant.plan].items())
+            if feature.gates and not flags[name]
+        )
+        return TenantView(
+            status=tenant.status,
+            revision=tenant.revision,
+            members=frozenset(tenant.members),
+            assignments=frozenset(tenant.assignments),
+            roles=dict(tenant.roles),
+            disabled=disabled,
+        )
+
+    def mixed_view(self, own: str, other: str, parts: Iterable[str]) -> TenantView | None:
+        """`own`'s view with `parts` read from `other` instead: what a server that confused
+        the two tenants somewhere would decide from."""
+        mine, theirs = self.view(own), self.view(other)
+        if mine is None or theirs is None:
+            return None
+        taken = set(parts)
+        return TenantView(
+            status=(theirs if "status" in taken else mine).status,
+            revision=mine.revision,
+            members=(theirs if "subjects" in taken else mine).members,
+            assignments=(theirs if "subjects" in taken else mine).assignments,
+            roles=(theirs if "roles" in taken else mine).roles,
+            disabled=(theirs if "features" in taken else mine).disabled,
+        )
+
+    def check(self, tenant_id: str, subject: str, permission: str, scope: str) -> Answer:
+        return decide(self.view(tenant_id), subject, permission, scope)
+
+    def config(self, tenant_id: str, *, if_revision_newer_than: int = 0) -> Outcome:
+        """GetTenantConfig: the effective config, or `not_modified` for a caller that
+        already holds the current revision."""
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            return Outcome("NOT_FOUND", "GATEHOUSE_TENANT_NOT_FOUND")
+        if if_revision_newer_than and tenant.revision <= if_revision_newer_than:
+            return Outcome(revision=tenant.revision, facts={"id": tenant.id, "not_modified": True})
+        return Outcome(
+            revision=tenant.revision,
+            facts={
+                "id": tenant.id,
+                "slug": tenant.slug,
+                "status": tenant.status.value,
+                "plan": tenant.plan,
+                "feature_flags": self.effective_flags(tenant),
+            },
+        )
+
+    def tenant_facts(self, tenant: Tenant) -> dict[str, object]:
+        return {
+            "id": tenant.id,
+            "slug": tenant.slug,
+            "status": tenant.status.value,
+            "plan": tenant.plan,
+            "flag_overrides": dict(tenant.flag_overrides),
+        }
+
+    def _tenant(self, tenant_id: str) -> Tenant:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            raise _refuse("NOT_FOUND", "TENANT_NOT_FOUND")
+        return tenant
+
+    def _writable(self, tenant_id: str, expected_revision: int = 0) -> Tenant:
+        """The tenant a mutation may change. DESIGN: DELETED is terminal."""
+        tenant = self._tenant(tenant_id)
+        if tenant.status is Status.DELETED:
+            raise _refuse("FAILED_PRECONDITION", "TENANT_DELETED")
+        # Optimistic concurrency: 0 means "don't check".
+        if expected_revision and expected_revision != tenant.revision:
+            raise _refuse("ABORTED", "REVISION_CONFLICT")
+        return tenant
+
+    @staticmethod
+    def _bump(tenant: Tenant, **facts: object) -> Outcome:
+        tenant.revision += 1
+        return Outcome(revision=tenant.revision, facts=facts)
+
+    def get_tenant(self, tenant_id: str) -> Outcome:
+        try:
+            tenant = self._tenant(tenant_id)
+        except Refused as refused:
+            return refused.outcome
+        return Outcome(revision=tenant.revision, facts=self.tenant_facts(tenant))
+
+    def list_roles(self, tenant_id: str) -> Outcome:
+        try:
+            tenant = self._tenant(tenant_id)
+        except Refused as refused:
+            return refused.outcome
+        roles = {name: tuple(sorted(perms)) for name, perms in tenant.roles.items()}
+        return Outcome(revision=tenant.revision, facts={"roles": roles})
+
+    def list_members(self, tenant_id: str) -> Outcome:
+        try:
+            tenant = self._tenant(tenant_id)
+        except Refused as refused:
+            return refused.outcome
+        return Outcome(facts={"members": sorted(tenant.members)})
+
+    def list_assignments(self, tenant_id: str, subject: str | None = None) -> Outcome:
+        try:
+            tenant = self._tenant(tenant_id)
+        except Refused as refused:
+            return refused.outcome
+        rows = sorted(a for a in tenant.assignments if subject is None or a[0] == subject)
+        return Outcome(facts={"assignments": rows})
+
+    # --- plans (platform-wide) ---
+
+    def upsert_plan(self, name: str, features: Mapping[str, Feature]) -> Outcome:
+        """Replace the plan; every tenant on it that is not deleted moves to a new revision
+        (its effective flags may have changed)."""
+        self.plans[name] = dict(features)
+        affected = 0
+        for tenant in self.tenants.values():
+            # SERVER: a DELETED tenant is terminal and keeps its revision.
+            if tenant.plan == name and tenant.status is not Status.DELETED:
+                tenant.revision += 1
+                affected += 1
+        return Outcome(facts={"tenants_affected": affected})
+
+    # --- tenants ---
+
+    def create_tenant(self, slug: str, plan: str, new_id: str) -> Outcome:
+        """A new DRAFT tenant at revision 1 with the system roles. `new_id` is the id the
+        server chose (ids are the server's to pick; nothing else is taken from it)."""
+        plan = plan or DEFAULT_PLAN
+        # SERVER: an unknown plan is checked before the slug.
+        if plan not in self.plans:
+            return Outcome("INVALID_ARGUMENT", "GATEHOUSE_INVALID_ARGUMENT")
+        if any(t.slug == slug for t in self.tenants.values()):
+            return Outcome("ALREADY_EXISTS", "GATEHOUSE_ALREADY_EXISTS")
+        tenant = Tenant(id=new_id, slug=slug, plan=plan)
+        self.tenants[new_id] = tenant
+        return Outcome(revision=tenant.revision, facts=self.tenant_facts(tenant))
+
+    def update_tenant_plan(self, tenant_id: str, plan: str, expected_revision: int = 0) -> Outcome:
+        try:
+            tenant = self._writable(tenant_id, expected_revision)
+            if plan not in self.plans:
+                raise _refuse("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        except Refused as refused:
+            return refused.outcome
+        tenant.plan = plan
+        outcome = self._bump(tenant)
+        return Outcome(revision=outcome.revision, facts=self.tenant_facts(tenant))
+
+    def transition(self, tenant_id: str, verb: str, *, confirm: bool, expected_revision: int = 0) -> Outcome:
+        try:
+            tenant = self._writable(tenant_id, expected_revision)
+            target = LIFECYCLE[verb].get(tenant.status)
+            if target is None:
+                raise _refuse("FAILED_PRECONDITION", "ILLEGAL_TRANSITION")
+            if verb in NEEDS_CONFIRM and not confirm:
+                raise _refuse("FAILED_PRECONDITION", "CONFIRMATION_REQUIRED")
+        except Refused as refused:
+            return refused.outcome
+        tenant.status = target
+        outcome = self._bump(tenant)
+        return Outcome(revision=outcome.revision, facts=self.tenant_facts(tenant))
+
+    def patch_flags(
+        self, tenant_id: str, set_flags: Mapping[str, bool], clear_flags: Iterable[str], expected_revision: int = 0
+    ) -> Outcome:
+        try:
+            tenant = self._writable(tenant_id, expected_revision)
+        except Refused as refused:
+            return refused.outcome
+        # A key both set and cleared in one patch ends up set.
+        for name in clear_flags:
+            tenant.flag_overrides.pop(name, None)
+        tenant.flag_overrides.update(set_flags)
+        outcome = self._bump(tenant)
+        return Outcome(revision=outcome.revision, facts=self.tenant_facts(tenant))
+
+    # --- roles ---
+
+    def create_role(self, tenant_id: str, name: str, permissions: tuple[str, ...]) -> Outcome:
+        try:
+            tenant = self._writable(tenant_id)
+            if name in tenant.roles:
+                raise _refuse("ALREADY_EXISTS", "ALREADY_EXISTS")
+        except Refused as refused:
+            return refused.outcome
+        tenant.roles[name] = tuple(permissions)
+        return self._bump(tenant, role=name, permissions=tuple(sorted(permissions)), system=False)
+
+    def _custom_role(self, tenant: Tenant, name: str) -> None:
+        if name not in tenant.roles:
+            raise _refuse("NOT_FOUND", "NOT_FOUND")
+        if name in SYSTEM_ROLES:
+            raise _refuse("FAILED_PRECONDITION", "SYSTEM_ROLE")
+
+    def update_role(
+        self, tenant_id: str, name: str, permissions: tuple[str, ...], expected_revision: int = 0
+    ) -> Outcome:
+        try:
+            tenant = self._writable(tenant_id, expected_revision)
+            self._custom_role(tenant, name)
+        except Refused as refused:
+            return refused.outcome
+        tenant.roles[name] = tuple(permissions)
+        return self._bump(tenant, role=name, permissions=tuple(sorted(permissions)), system=False)
+
+    def delete_role(self, tenant_id: str, name: str) -> Outcome:
+        try:
+            tenant = self._writable(tenant_id)
+            self._custom_role(tenant, name)
+            if any(role == name for _, role, _ in tenant.assignments):
+                raise _refuse("FAILED_PRECONDITION", "ROLE_IN_USE")
+        except Refused as refused:
+            return refused.outcome
+        del tenant.roles[name]
+        return self._bump(tenant)
+
+    # --- members ---
+
+    def add_member(self, tenant_id: str, subject: str) -> Outcome:
+        try:
+            tenant = self._writable(tenant_id)
+            if subject in tenant.members:
+                raise _refuse("ALREADY_EXISTS", "ALREADY_EXISTS")
+        except Refused as refused:
+            return refused.outcome
+        tenant.members.add(subject)
+        return self._bump(tenant, subject=subject)
+
+    def remove_member(self, tenant_id: str, subject: str) -> Outcome:
+        """Removing a member takes its role assignments with it; never the last owner."""
+        try:
+            tenant = self._writable(tenant_id)
+            # SERVER: the last-owner rule is checked before membership (a non-member holds
+            # nothing, so the order cannot change an answer).
+            if tenant.root_owners() == {subject}:
+                raise _refuse("FAILED_PRECONDITION", "LAST_OWNER")
+            if subject not in tenant.members:
+                raise _refuse("NOT_FOUND", "NOT_FOUND")
+        except Refused as refused:
+            return refused.outcome
+        tenant.members.discard(subject)
+        tenant.assignments = {a for a in tenant.assignments if a[0] != subject}
+        return self._bump(tenant)
+
+    # --- role assignments ---
+
+    def assign_role(self, tenant_id: str, subject: str, role: str, scope: str) -> Outcome:
+        try:
+            tenant = self._writable(tenant_id)
+            # SERVER: membership is checked before the role exists (DESIGN is silent).
+            if subject not in tenant.members:
+                raise _refuse("FAILED_PRECONDITION", "NOT_A_MEMBER")
+            if role not in tenant.roles:
+                raise _refuse("NOT_FOUND", "NOT_FOUND")
+            if (subject, role, scope) in tenant.assignments:
+                raise _refuse("ALREADY_EXISTS", "ALREADY_EXISTS")
+        except Refused as refused:
+            return refused.outcome
+        tenant.assignments.add((subject, role, scope))
+        return self._bump(tenant, subject=subject, role=role, scope=scope)
+
+    def revoke_role(self, tenant_id: str, subject: str, role: str, scope: str) -> Outcome:
+        """Take back one grant; `owner` at the root is never taken from the last owner."""
+        try:
+            tenant = self._writable(tenant_id)
+            if role == OWNER and scope == "" and tenant.root_owners() == {subject}:
+                raise _refuse("FAILED_PRECONDITION", "LAST_OWNER")
+            if (subject, role, scope) not in tenant.assignments:
+                raise _refuse("NOT_FOUND", "NOT_FOUND")
+        except Refused as refused:
+            return refused.outcome
+        tenant.assignments.discard((subject, role, scope))
+        return self._bump(tenant)
+
+    # --- for failure reports ---
+
+    def describe(self, tenant_id: str, subject: str | None = None) -> str:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            return f"tenant {tenant_id}: (none)"
+        lines = [
+            f"tenant {tenant.slug} ({tenant.id}) {tenant.status.value} rev={tenant.revision} plan={tenant.plan}",
+            f"  flags={self.effective_flags(tenant)} overrides={tenant.flag_overrides}",
+            f"  plan features={ {n: (f.default_enabled, f.gates) for n, f in self.plans[tenant.plan].items()} }",
+            "  roles="
+            + ", ".join(f"{n}:{list(p)}" for n, p in sorted(tenant.roles.items()) if n not in SYSTEM_ROLES),
+            f"  members={sorted(tenant.members)}",
+        ]
+        rows = sorted(a for a in tenant.assignments if subject is None or a[0] == subject)
+        lines.append(f"  assignments{'' if subject is None else ' of ' + subject}=" + str(rows))
+        return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""The reference model on its own: if it were wrong, the simulation would prove nothing.
+
+Examples straight from DESIGN.md, plus a cross-check of the model's pattern matcher and
+scope test against a brute-force reading of their definitions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from tests.simulation.model import (
+    LIFECYCLE,
+    Feature,
+    Status,
+    World,
+    is_read_action,
+    pattern_matches,
+    scope_covers,
+)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "permission", "matches"),
+    [
+        ("invoice.*", "invoice.read", True),
+        ("invoice.*", "invoice.line.edit", True),
+        ("invoice.*", "invoice", False),  # `*` takes at least one segment
+        ("invoice.*", "invoices.read", False),
+        ("*", "anything.at.all", True),
+        ("*", "x", True),
+        ("*.read", "a.b.read", True),
+        ("*.read", "read", False),
+        ("*.read", "a.reader", False),
+        ("*.line.*", "invoice.line.edit", True),
+        ("*.line.*", "line.edit", False),
+        ("a.*.c", "a.b.x.c", True),
+        ("a.*.c", "a.c", False),
+        ("invoice.read", "invoice.read", True),
+        ("invoice.read", "invoice.read.all", False),
+    ],
+)
+def test_pattern_examples(pattern: str, permission: str, matches: bool) -> None:
+    assert pattern_matches(pattern, permission) is matches
+
+
+def _pattern_by_regex(pattern: str, permission: str) -> bool:
+    """The definition spelled as a regular expression over whole segments."""
+    seg = r"[a-z0-9_-]+"
+    regex = r"\.".join(rf"{seg}(?:\.{seg})*" if part == "*" else re.escape(part) for part in pattern.split("."))
+    return re.fullmatch(regex, permission) is not None
+
+
+def test_pattern_matcher_agrees_with_a_regex_on_every_small_case() -> None:
+    alphabet = ("a", "b", "*")
+    permissions = [".".join(p) for n in range(1, 5) for p in itertools.product("ab", repeat=n)]
+    patterns = [".".join(p) for n in range(1, 4) for p in itertools.product(alphabet, repeat=n)]
+    for pattern, permission in itertools.product(patterns, permissions):
+        assert pattern_matches(pattern, permission) is _pattern_by_regex(pattern, permission), (pattern, permission)
+
+
+@pytest.mark.parametrize(
+    ("granted", "requested", "covers"),
+    [
+        ("a/b", "a/b", True),
+        ("a/b", "a/b/c", True),
+        ("a/b", "a/bc", False),  # segment boundary, not string prefix
+        ("a/b", "a", False),
+        ("a/b", "", False),
+        ("", "", True),  # the tenant root covers everything
+        ("", "emea/de/berlin", True),
+        ("emea/de", "emea/de/berlin", True),
+        ("emea/de", "emea/dex", False),
+    ],
+)
+def test_scope_examples(granted: str, requested: str, covers: bool) -> None:
+    assert scope_covers(granted, requested) is covers
+
+
+def test_read_actions_are_the_last_segment() -> None:
+    assert all(is_read_action(p) for p in ("invoice.read", "a.b.list", "doc.get", "read"))
+    assert not any(is_read_action(p) for p in ("invoice.write", "read.invoice", "invoice.reader"))
+
+
+def test_lifecycle_table_is_design_md() -> None:
+    edges = {(source, verb, target) for verb, moves in LIFECYCLE.items() for source, target in moves.items()}
+    S = Status
+    assert edges == {
+        (S.DRAFT, "Activate", S.ACTIVE),
+        (S.ACTIVE, "Suspend", S.SUSPENDED),
+        (S.SUSPENDED, "Resume", S.ACTIVE),
+        (S.ACTIVE, "Archive", S.ARCHIVED),
+        (S.SUSPENDED, "Archive", S.ARCHIVED),
+        (S.ARCHIVED, "Restore", S.ACTIVE),
+        (S.DRAFT, "Delete", S.DELETED),
+        (S.ARCHIVED, "Delete", S.DELETED),
+    }
+
+
+def _world() -> tuple[World, str, str]:
+    world = World()
+    world.upsert_plan("p", {"reports": Feature(False, ("report.*",))})
+    for tenant_id in ("t1", "t2"):
+        assert world.create_tenant(f"slug-{tenant_id}", "p", tenant_id).code == "OK"
+        assert world.transition(tenant_id, "Activate", confirm=False).code == "OK"
+    return world, "t1", "t2"
+
+
+def test_decision_order_and_tenant_isolation() -> None:
+    world, t1, t2 = _world()
+    world.create_role(t1, "editor", ("invoice.*",))
+    world.create_role(t2, "editor", ("doc.*",))  # same name, other permissions
+    for tenant_id in (t1, t2):
+        world.add_member(tenant_id, "user/alice")
+        world.assign_role(tenant_id, "user/alice", "editor", "emea")
+
+    assert world.check(t1, "user/alice", "invoice.edit", "emea/de").reason == "ALLOWED"
+    assert world.check(t2, "user/alice", "invoice.edit", "emea/de").reason == "NO_GRANT"
+    assert world.check(t2, "user/alice", "doc.edit", "emea/de").grants == {("editor", "emea")}
+    assert world.check(t1, "user/alice", "invoice.edit", "emeax").reason == "NO_GRANT"
+    assert world.check(t1, "user/bob", "invoice.edit", "emea").reason == "NOT_A_MEMBER"
+    assert world.check("nope", "user/alice", "invoice.edit", "emea").reason == "TENANT_NOT_FOUND"
+
+    world.assign_role(t1, "user/alice", "owner", "")
+    assert world.check(t1, "user/alice", "report.read", "").reason == "FEATURE_DISABLED"
+    world.patch_flags(t1, {"reports": True}, [])
+    assert world.check(t1, "user/alice", "report.read", "").reason == "ALLOWED"
+    assert world.check(t2, "user/alice", "report.read", "").reason == "FEATURE_DISABLED"
+
+    world.transition(t1, "Suspend", confirm=False)
+    assert world.check(t1, "user/alice", "invoice.edit", "emea").reason == "TENANT_SUSPENDED"
+    assert world.check(t1, "user/bob", "invoice.edit", "emea").reason == "TENANT_SUSPENDED"  # before membership
+    assert world.check(t1, "user/alice", "invoice.list", "emea").reason == "ALLOWED"
+    world.transition(t1, "Archive", confirm=False)
+    assert world.check(t1, "user/alice", "invoice.list", "emea").reason == "TENANT_INACTIVE"
+
+
+def test_admin_outcomes_and_revisions() -> None:
+    world, t1, t2 = _world()
+    revision = world.tenants[t1].revision
+    assert world.add_member(t1, "user/alice").revision == revision + 1
+    assert world.add_member(t1, "user/alice").code == "ALREADY_EXISTS"
+    assert world.tenants[t1].revision == revision + 1  # a refusal writes nothing
+    assert world.assign_role(t1, "user/bob", "owner", "").reason == "GATEHOUSE_NOT_A_MEMBER"
+    assert world.assign_role(t1, "user/alice", "ghost", "").code == "NOT_FOUND"
+    assert world.assign_role(t1, "user/alice", "owner", "").code == "OK"
+    assert world.remove_member(t1, "user/alice").reason == "GATEHOUSE_LAST_OWNER"
+    assert world.revoke_role(t1, "user/alice", "owner", "").reason == "GATEHOUSE_LAST_OWNER"
+    assert world.update_role(t1, "viewer", ("*",)).reason == "GATEHOUSE_SYSTEM_ROLE"
+    assert world.create_role(t1, "viewer", ()).code == "ALREADY_EXISTS"
+    world.create_role(t1, "editor", ("doc.*",))
+    world.assign_role(t1, "user/alice", "editor", "emea")
+    assert world.delete_role(t1, "editor").reason == "GATEHOUSE_ROLE_IN_USE"
+    assert world.transition(t1, "Restore", confirm=False).reason == "GATEHOUSE_ILLEGAL_TRANSITION"
+    assert world.update_tenant_plan(t1, "p", expected_revision=1).code == "ABORTED"
+
+    # A second owner frees the first; removing a member takes its grants with it.
+    world.add_member(t1, "user/bob")
+    world.assign_role(t1, "user/bob", "owner", "")
+    assert world.remove_member(t1, "user/alice").code == "OK"
+    world.add_member(t1, "user/alice")
+    assert world.check(t1, "user/alice", "doc.edit", "emea").reason == "NO_GRANT"
+    assert world.tenants[t2].members == set()  # nothing of this touched the other tenant
+
+    world.transition(t2, "Archive", confirm=False)
+    assert world.transition(t2, "Delete", confirm=False).reason == "GATEHOUSE_CONFIRMATION_REQUIRED"
+    assert world.transition(t2, "Delete", confirm=True).code == "OK"
+    assert world.add_member(t2, "user/alice").reason == "GATEHOUSE_TENANT_DELETED"
+    assert world.upsert_plan("p", {}).facts == {"tenants_affected": 1}  # t1 only: t2 is deleted
