@@ -28,7 +28,7 @@ SidecarFactory = Callable[..., Awaitable[Client]]
 
 @pytest.fixture
 async def sidecar_factory(
-    database_url: str, redis_url: str, redis_prefix: str, sim_operator_key: str
+    database_url: str, redis_url: str, redis_prefix: str, sim_operator_key: str, operator_token: str
 ) -> AsyncIterator[SidecarFactory]:
     """Start sidecars on this run's database (`**overrides` of their Settings, e.g. a
     `redis_prefix` of their own for a cold L2); all are stopped at the end."""
@@ -47,7 +47,7 @@ async def sidecar_factory(
         )
         sidecar = Sidecar(dataclasses.replace(settings, **overrides))
         await sidecar.start()
-        client = make_client(sidecar.addresses[0], sim_operator_key)
+        client = make_client(sidecar.addresses[0], operator_token)
         started.append((sidecar, client))
         return client
 

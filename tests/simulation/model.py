@@ -386,13 +386,12 @@ class World:
     # --- plans (platform-wide) ---
 
     def upsert_plan(self, name: str, features: Mapping[str, Feature]) -> Outcome:
-        """Replace the plan; every tenant on it that is not deleted moves to a new revision
-        (its effective flags may have changed)."""
+        """Replace the plan; every tenant on it moves to a new revision, deleted ones too
+        (its effective flags may have changed, and one revision means one config)."""
         self.plans[name] = dict(features)
         affected = 0
         for tenant in self.tenants.values():
-            # SERVER: a DELETED tenant is terminal and keeps its revision.
-            if tenant.plan == name and tenant.status is not Status.DELETED:
+            if tenant.plan == name:
                 tenant.revision += 1
                 affected += 1
         return Outcome(facts={"tenants_affected": affected})

@@ -1,16 +1,11 @@
 """Server bugs the two-tenant simulation found, each as a small deterministic repro.
 
-Each is marked `xfail(strict=True)`: it fails today (the bug), and once the product is
-fixed it XPASSes, which strict mode turns into a failure so the marker is removed and the
-test stays as a regression test. The simulation skips exactly these cases (see `# BUG:`
-in test_two_tenant_simulation.py) and counts them in its summary as `known_bug`.
+Each stays as a regression test once fixed.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-import pytest
 
 from gatehouse.v1 import admin_pb2, config_pb2
 
@@ -18,11 +13,6 @@ if TYPE_CHECKING:
     from tests.simulation.conftest import SidecarFactory
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UpsertPlan changes a DELETED tenant's effective feature flags without bumping its revision, "
-    "so sidecars answer different configs for the same (tenant, revision)",
-)
 async def test_deleted_tenant_config_is_one_answer_per_revision(
     sidecar_factory: SidecarFactory, redis_prefix: str, unique: str
 ) -> None:
@@ -44,12 +34,12 @@ async def test_deleted_tenant_config_is_one_answer_per_revision(
     before = await writer.config.GetTenantConfig(ask)  # the writer now holds the config at this revision
     assert dict(before.feature_flags) == {"reports": False}
 
-    await upsert(True)  # the deleted tenant's effective flags change; its revision does not
+    await upsert(True)  # the deleted tenant's effective flags change, and so does its revision
     cached = await writer.config.GetTenantConfig(ask)
     # A sidecar with a cold L1 and L2 of its own (and no relay: it must not take the
     # shared outbox's events to a stream nobody else reads).
     cold = await sidecar_factory(redis_prefix=f"{redis_prefix}:cold{unique}", relay=0)
     fresh = await cold.config.GetTenantConfig(ask)
-    assert cached.revision == fresh.revision == deleted.revision
-    # One tenant, one revision: one config. Today: {'reports': False} vs {'reports': True}.
-    assert dict(cached.feature_flags) == dict(fresh.feature_flags)
+    # One tenant, one revision: one config (it was two: {'reports': False} and {'reports': True}).
+    assert cached.revision == fresh.revision == deleted.revision + 1
+    assert dict(cached.feature_flags) == dict(fresh.feature_flags) == {"reports": True}

@@ -168,4 +168,4 @@ def test_admin_outcomes_and_revisions() -> None:
     assert world.transition(t2, "Delete", confirm=False).reason == "GATEHOUSE_CONFIRMATION_REQUIRED"
     assert world.transition(t2, "Delete", confirm=True).code == "OK"
     assert world.add_member(t2, "user/alice").reason == "GATEHOUSE_TENANT_DELETED"
-    assert world.upsert_plan("p", {}).facts == {"tenants_affected": 1}  # t1 only: t2 is deleted
+    assert world.upsert_plan("p", {}).facts == {"tenants_affected": 2}  # the deleted t2 too: one revision, one config

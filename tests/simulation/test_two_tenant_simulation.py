@@ -113,7 +113,6 @@ class Tally:
     config_checks: int = 0
     disagreements: int = 0
     cross_tenant: int = 0
-    known_bug: int = 0
     tenants_created: int = 0
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -361,9 +360,6 @@ class Simulation:
             got = error_outcome(exc)
         self.tally.config_checks += 1
         expected = self.world.config(tenant_id, if_revision_newer_than=held)
-        if got != expected and self._known_deleted_flags_bug(tenant_id, got, expected):
-            self.tally.known_bug += 1
-            return
         if got != expected:
             other = [
                 t for t in self.world.tenants if t != tenant_id and self.world.config(t, if_revision_newer_than=held) == got
@@ -374,22 +370,6 @@ class Simulation:
                 tenant_id,
                 cross=bool(other),
             )
-
-    def _known_deleted_flags_bug(self, tenant_id: str, got: Outcome, expected: Outcome) -> bool:
-        # BUG: UpsertPlan changes the effective flags of a DELETED tenant on the plan but
-        # does not bump its revision (store/postgres.py upsert_plan skips deleted tenants),
-        # so a sidecar that cached the config keeps answering the old flags at the same
-        # revision while a cold one answers the new: two configs for one (tenant,
-        # revision). Repro: test_findings.py::test_deleted_tenant_config_is_one_answer_per_revision.
-        # Only the flags of a deleted tenant are let through here, counted as known_bug.
-        tenant = self.world.tenants.get(tenant_id)
-        if tenant is None or tenant.status is not Status.DELETED or got.code != "OK":
-            return False
-
-        def without_flags(outcome: Outcome) -> tuple[str, int | None, dict[str, object]]:
-            return outcome.code, outcome.revision, {k: v for k, v in outcome.facts.items() if k != "feature_flags"}
-
-        return without_flags(got) == without_flags(expected)
 
     # --- reporting -------------------------------------------------------------------------
 
@@ -420,7 +400,6 @@ class Simulation:
             f" (refused as predicted: {t.admin_refused}, tenants created: {t.tenants_created}),"
             f" checks={t.checks} (single: {t.single_checks}, via reader: {t.reader_checks}),"
             f" config_checks={t.config_checks}, disagreements={t.disagreements}, cross_tenant={t.cross_tenant},"
-            f" known_bug={t.known_bug},"
             f" elapsed={elapsed:.1f}s"
         )
 
