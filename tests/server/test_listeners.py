@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import grpc
 import pytest
@@ -17,12 +18,12 @@ from gatehouse.server.listeners import MUTUAL_TLS, PLAINTEXT, TLS, is_loopback, 
 from gatehouse.settings import Settings
 from gatehouse.v1 import access_pb2, common_pb2
 from tests.certs import Pki
-from tests.client import Client, make_client
+from tests.client import make_client
 
 UNKNOWN_TENANT = "00000000-0000-0000-0000-00000000000f"
 
 
-def tls_settings(base: Settings, pki: Pki, *, mutual: bool = False, **changes: object) -> Settings:
+def tls_settings(base: Settings, pki: Pki, *, mutual: bool = False, **changes: Any) -> Settings:
     return dataclasses.replace(
         base,
         tls_cert_file=str(pki.server_cert_file),
@@ -32,28 +33,31 @@ def tls_settings(base: Settings, pki: Pki, *, mutual: bool = False, **changes: o
     )
 
 
+@asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Sidecar]:
     sidecar = Sidecar(settings)
     await sidecar.start()
-    yield sidecar
-    await sidecar.stop(grace=0.2)
+    try:
+        yield sidecar
+    finally:
+        await sidecar.stop(grace=0.2)
 
 
 @pytest.fixture
 async def tls_sidecar(sidecar_settings: Settings, pki: Pki) -> AsyncIterator[Sidecar]:
-    async for sidecar in running(tls_settings(sidecar_settings, pki)):
+    async with running(tls_settings(sidecar_settings, pki)) as sidecar:
         yield sidecar
 
 
 @pytest.fixture
 async def mtls_sidecar(sidecar_settings: Settings, pki: Pki) -> AsyncIterator[Sidecar]:
-    async for sidecar in running(tls_settings(sidecar_settings, pki, mutual=True)):
+    async with running(tls_settings(sidecar_settings, pki, mutual=True)) as sidecar:
         yield sidecar
 
 
-async def check(sidecar: Sidecar, credentials: grpc.ChannelCredentials | None) -> access_pb2.CheckAccessResponse:
+async def check(target: str, credentials: grpc.ChannelCredentials | None) -> access_pb2.CheckAccessResponse:
     """One real CheckAccess (an unknown tenant: the decision path, no data needed) over a new channel."""
-    client: Client = make_client(sidecar.addresses[0], "unused", credentials)
+    client = make_client(target, "unused", credentials)
     try:
         return await client.access.CheckAccess(
             access_pb2.CheckAccessRequest(
@@ -67,7 +71,7 @@ async def check(sidecar: Sidecar, credentials: grpc.ChannelCredentials | None) -
 
 async def refused(sidecar: Sidecar, credentials: grpc.ChannelCredentials | None) -> grpc.StatusCode:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await check(sidecar, credentials)
+        await check(sidecar.addresses[0], credentials)
     return failure.value.code()
 
 
@@ -75,7 +79,7 @@ async def refused(sidecar: Sidecar, credentials: grpc.ChannelCredentials | None)
 
 
 async def test_tls_answers_a_client_that_trusts_the_ca(tls_sidecar: Sidecar, pki: Pki) -> None:
-    response = await check(tls_sidecar, pki.credentials())
+    response = await check(tls_sidecar.addresses[0], pki.credentials())
     assert response.reason == access_pb2.DECISION_REASON_TENANT_NOT_FOUND
 
 
@@ -91,7 +95,7 @@ async def test_tls_without_client_ca_does_not_ask_for_a_client_certificate(
     tls_sidecar: Sidecar, pki: Pki
 ) -> None:
     # A client that presents one anyway is served the same.
-    response = await check(tls_sidecar, pki.credentials(present=pki.stranger_client))
+    response = await check(tls_sidecar.addresses[0], pki.credentials(present=pki.stranger_client))
     assert response.reason == access_pb2.DECISION_REASON_TENANT_NOT_FOUND
 
 
@@ -101,7 +105,7 @@ async def test_tls_without_client_ca_does_not_ask_for_a_client_certificate(
 async def test_mtls_answers_a_client_with_a_certificate_from_the_client_ca(
     mtls_sidecar: Sidecar, pki: Pki
 ) -> None:
-    response = await check(mtls_sidecar, pki.credentials(present=pki.client))
+    response = await check(mtls_sidecar.addresses[0], pki.credentials(present=pki.client))
     assert response.reason == access_pb2.DECISION_REASON_TENANT_NOT_FOUND
 
 
@@ -131,7 +135,7 @@ async def test_start_logs_one_line_per_listener_saying_how_it_is_secured(
         f"{pki.ca_file}",
     }[mode]
     caplog.set_level(logging.INFO, logger="gatehouse")
-    async for sidecar in running(settings):
+    async with running(settings) as sidecar:
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("listening on ")]
         assert lines == [
             f"listening on {sidecar.addresses[0]}: {expected}",
@@ -143,31 +147,24 @@ async def test_the_unix_socket_stays_plaintext_when_tcp_is_tls(
     sidecar_settings: Settings, pki: Pki, tmp_path: Path
 ) -> None:
     socket_path = tmp_path / "gatehouse.sock"
-    async for sidecar in running(tls_settings(sidecar_settings, pki, mutual=True, unix_socket=str(socket_path))):
+    async with running(tls_settings(sidecar_settings, pki, mutual=True, unix_socket=str(socket_path))) as sidecar:
         assert sidecar.addresses[1] == f"unix:{socket_path}"
-        client = make_client(sidecar.addresses[1], "unused")
-        try:
-            response = await client.access.CheckAccess(
-                access_pb2.CheckAccessRequest(
-                    tenant_id=UNKNOWN_TENANT, subject=common_pb2.Subject(type="user", id="a"), permission="doc.read"
-                ),
-                timeout=10,
-            )
-        finally:
-            await client.channel.close()
+        response = await check(sidecar.addresses[1], None)
         assert response.reason == access_pb2.DECISION_REASON_TENANT_NOT_FOUND
 
 
 # --- the plan: which listeners may start, and how ---------------------------------------
 
 
-def plan(**values: object) -> list[tuple[str, str]]:
-    return [(listener.address, listener.security) for listener in plan_listeners(Settings(**values))]  # type: ignore[arg-type]
+def plan(**values: Any) -> list[tuple[str, str]]:
+    """(address, security) of each listener these settings start."""
+    return [(listener.address, listener.security) for listener in plan_listeners(Settings(**values))]
 
 
-def refusal(**values: object) -> str:
+def refusal(**values: Any) -> str:
+    """The message these settings stop the server with."""
     with pytest.raises(SystemExit) as stopped:
-        plan_listeners(Settings(**values))  # type: ignore[arg-type]
+        plan_listeners(Settings(**values))
     message = str(stopped.value.code)
     assert message.startswith("gatehouse: ")
     return message
