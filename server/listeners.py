@@ -56,7 +56,7 @@ class Listener:
 def plan_listeners(settings: Settings) -> list[Listener]:
     """The listeners `settings` asks for; SystemExit with a clear message when it cannot start."""
     tls = _tls_listener(settings)
-    listeners = []
+    listeners: list[Listener] = []
     if settings.listen:
         listeners.append(tls or _plaintext_tcp_listener(settings))
     elif tls is not None:
