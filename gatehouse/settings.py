@@ -24,7 +24,23 @@ OWNER_DATABASE_URL = "postgresql://gatehouse@127.0.0.1:5432/gatehouse"
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = field(default="127.0.0.1:50051", metadata={"help": "host:port for gRPC over TCP ('' = none)"})
-    unix_socket: str = field(default="", metadata={"help": "also listen on this unix socket path"})
+    unix_socket: str = field(
+        default="", metadata={"help": "also listen on this unix socket path (plaintext: file permissions guard it)"}
+    )
+    tls_cert_file: str = field(
+        default="", metadata={"help": "PEM certificate chain (server certificate first); turns on TLS for --listen"}
+    )
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key of --tls-cert-file (unencrypted)"})
+    tls_client_ca_file: str = field(
+        default="", metadata={"help": "PEM CA bundle; when set, clients must present a certificate it issued (mTLS)"}
+    )
+    allow_plaintext: int = field(
+        default=0,
+        metadata={
+            "help": "1 = allow plaintext on a non-loopback --listen (without TLS); loopback never needs it",
+            "switch": True,
+        },
+    )
     database_url: str = field(
         default=RUNTIME_DATABASE_URL,
         metadata={"help": "Postgres DSN (asyncpg) of the runtime role: not the tables' owner, never a superuser"},
@@ -65,13 +81,19 @@ class Settings:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One `--flag` per setting; unset flags fall back to the environment, then defaults."""
+        """One `--flag` per setting; unset flags fall back to the environment, then defaults.
+
+        A setting marked as a switch also takes its flag alone: `--allow-plaintext` means
+        `--allow-plaintext 1`.
+        """
         for f in fields(cls):
+            switch: dict[str, Any] = {"nargs": "?", "const": 1} if f.metadata.get("switch") else {}
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",
                 dest=f.name,
                 type=_PARSERS[str(f.type)],
                 default=None,
+                **switch,
                 help=f"{f.metadata.get('help', '')} [env GATEHOUSE_{f.name.upper()}, default {f.default!r}]"
                 if not f.metadata.get("secret")
                 else f"{f.metadata.get('help', '')} [env GATEHOUSE_{f.name.upper()}]",

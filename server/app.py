@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 
 import grpc
@@ -20,6 +19,7 @@ from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.health import Readiness
+from gatehouse.server.listeners import bind, plan_listeners
 from gatehouse.settings import Settings
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
@@ -54,6 +54,9 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
+        # First, before any connection opens: a listener that may not start (plaintext on
+        # a public address, broken TLS files) stops the process with the reason.
+        listeners = plan_listeners(s)
         # min_size=0: the pool opens connections on demand, so the server comes up (and
         # reports NOT_SERVING) even while Postgres is still starting.
         self.store = await connect(s.database_url, min_size=0, max_size=s.db_pool_max)
@@ -90,22 +93,7 @@ class Sidecar:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
-        if s.listen:
-            try:
-                port = server.add_insecure_port(s.listen)
-            except RuntimeError:
-                port = 0
-            if port == 0:
-                raise SystemExit(f"gatehouse: cannot listen on {s.listen} (is another server there?)")
-            host = s.listen.rsplit(":", 1)[0]
-            self.addresses.append(f"{host}:{port}")
-        if s.unix_socket:
-            if os.path.exists(s.unix_socket):
-                os.unlink(s.unix_socket)
-            server.add_insecure_port(f"unix:{s.unix_socket}")
-            self.addresses.append(f"unix:{s.unix_socket}")
-        if not self.addresses:
-            raise RuntimeError("nothing to listen on: set --listen or --unix-socket")
+        self.addresses = [bind(server, listener) for listener in listeners]
         await server.start()
         self.server = server
         await self.readiness.probe()
@@ -115,7 +103,8 @@ class Sidecar:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         if not s.operator_key:
             log.warning("GATEHOUSE_OPERATOR_KEY is not set: every AdminService call will be UNAUTHENTICATED")
-        log.info("gatehouse serving on %s (plaintext)", ", ".join(self.addresses))
+        for address, listener in zip(self.addresses, listeners):
+            log.log(listener.log_level, "listening on %s: %s; %s", address, listener.security, listener.reason)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""

@@ -13,6 +13,7 @@ import logging
 from grpc_health.v1 import health, health_pb2
 
 from gatehouse.cache.l2 import RedisL2
+from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.store.api import Store
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class Readiness:
     async def run(self) -> None:
         while True:
             await self.probe()
+            # Python 3.11's asyncio.wait_for drops a cancellation that lands just as its
+            # inner call finishes, so a stop() during a probe could leave this loop
+            # running forever (and `serve` never exiting on SIGTERM). The request is
+            # still counted on the task: honour it.
+            stop_if_cancelled()
             await asyncio.sleep(self._interval)
 
     async def shutdown(self) -> None:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 
+from gatehouse.server.listeners import plan_listeners
 from gatehouse.settings import Settings
 
 
@@ -41,6 +42,10 @@ def claim_port(listen: str) -> str:
 def run_workers(settings: Settings) -> int:
     """Start the workers, relay their first line, forward signals, exit 0 when all did."""
     count = settings.workers or os.cpu_count() or 1
+    # Refuse a listener that may not start (plaintext on a public address, broken TLS
+    # files) here, once, rather than in every worker. The TLS settings reach the workers
+    # through the environment below like every other setting.
+    plan_listeners(settings)
     listen = claim_port(settings.listen) if settings.listen else ""
     children = []
     for index in range(count):

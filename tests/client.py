@@ -50,8 +50,9 @@ class Client:
         return response.revision
 
 
-def make_client(target: str, operator_key: str) -> Client:
-    channel = grpc.aio.insecure_channel(target)
+def make_client(target: str, operator_key: str, credentials: grpc.ChannelCredentials | None = None) -> Client:
+    """A client for the sidecar at `target`: plaintext, or TLS with `credentials`."""
+    channel = grpc.aio.insecure_channel(target) if credentials is None else grpc.aio.secure_channel(target, credentials)
     return Client(
         channel=channel,
         access=access_pb2_grpc.AccessServiceStub(channel),

@@ -22,6 +22,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from tests.certs import Pki, issue_pki
+
 PG_ADMIN_URL = os.environ.get("GATEHOUSE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_OWNER_ROLE = os.environ.get("GATEHOUSE_TEST_PG_OWNER_ROLE", "gatehouse")
 PG_RUNTIME_ROLE = os.environ.get("GATEHOUSE_TEST_PG_RUNTIME_ROLE", "gatehouse_app")
@@ -167,3 +169,9 @@ async def redis_prefix(run_id: str) -> AsyncIterator[str]:
 def unique() -> Iterator[str]:
     """A short random suffix for slugs and ids, so tests sharing a database never collide."""
     yield secrets.token_hex(4)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """CAs and certificates made for this run; the server's files live in a temporary directory."""
+    return issue_pki(tmp_path_factory.mktemp("pki"))

@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-from typing import Mapping
+from typing import IO, Mapping
 
 
 class ServerProcess:
@@ -29,12 +29,19 @@ class ServerProcess:
             self.process.wait()
 
 
-async def start_server(env: Mapping[str, str], *args: str, command: str = "serve") -> ServerProcess:
-    """Start `gatehouse <command> --listen 127.0.0.1:0 ...` and wait for its "serving on" line."""
+async def start_server(
+    env: Mapping[str, str], *args: str, command: str = "serve", stderr: IO[str] | None = None
+) -> ServerProcess:
+    """Start `gatehouse <command> --listen 127.0.0.1:0 ...` and wait for its "serving on" line.
+
+    A later `--listen` in `args` wins. The log goes to `stderr` (a file, to read it
+    afterwards) or, by default, to the test run's own stderr.
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "gatehouse.server.cli", command, "--listen", "127.0.0.1:0", *args],
         env={**os.environ, "GATEHOUSE_LOG_LEVEL": "WARNING", **env},
         stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
     assert process.stdout is not None
