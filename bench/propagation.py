@@ -326,8 +326,30 @@ async def _visible(stub: Any, request: Any, revision: int, allowed: bool, t0: fl
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
+async def _stream_tail(redis: Any, stream: str) -> str:
+    newest = await redis.xrevrange(stream, count=1)
+    return newest[0][0].decode() if newest else "0-0"
+
+
+async def _published(redis: Any, stream: str, after: str, tenant_id: str, revision: int, t0: float,
+                     deadline: float) -> float | None:
+    """Seconds from t0 until the probe's event is in the stream (the relay's share),
+    reading only entries newer than `after` (the tail before the probe's write)."""
+    from gatehouse.events import TenantEvent
+
+    while True:
+        for entry_id, fields in await redis.xrange(stream, min=f"({after}", count=1000):
+            after = entry_id.decode()
+            event = TenantEvent.parse(fields)
+            if event is not None and event.tenant_id == tenant_id and event.revision >= revision:
+                return time.monotonic() - t0
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
 async def run_probes(store: Any, tenant_id: str, subject: Any, addresses: list[str], *, rate: float,
-                     start: float, duration: float) -> dict[str, Any]:
+                     start: float, duration: float, redis_url: str = "", stream: str = "") -> dict[str, Any]:
     import grpc
 
     from gatehouse.store.api import Actor
@@ -339,6 +361,12 @@ async def run_probes(store: Any, tenant_id: str, subject: Any, addresses: list[s
         permission=PROBE_PERMISSION, resource=common_pb2.Resource(type="invoice", id="1", scope=PROBE_RESOURCE_SCOPE),
     )
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
+    published_ms: list[float] = []
+    redis = None
+    if redis_url:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.from_url(redis_url)
     stubs = [access_pb2_grpc.AccessServiceStub(c) for c in channels]
     tallies = [Counter() for _ in addresses]
     per: list[list[float]] = [[] for _ in addresses]
@@ -361,6 +389,7 @@ async def run_probes(store: Any, tenant_id: str, subject: Any, addresses: list[s
                 break
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             n += 1
+            tail = await _stream_tail(redis, stream) if redis else ""
             t_send = time.monotonic()
             try:
                 if granted:
@@ -373,10 +402,14 @@ async def run_probes(store: Any, tenant_id: str, subject: Any, addresses: list[s
             t0 = time.monotonic()
             commit_ms.append((t0 - t_send) * 1000.0)
             granted = not granted
-            results = await asyncio.gather(*(
-                _visible(stub, request, revision, granted, t0, t0 + PROBE_BOUND_S, tally)
-                for stub, tally in zip(stubs, tallies)
-            ))
+            stages = await asyncio.gather(
+                *(_visible(stub, request, revision, granted, t0, t0 + PROBE_BOUND_S, tally)
+                  for stub, tally in zip(stubs, tallies)),
+                *([_published(redis, stream, tail, tenant_id, revision, t0, t0 + PROBE_BOUND_S)] if redis else []),
+            )
+            results = stages[:len(stubs)]
+            if redis and stages[-1] is not None:
+                published_ms.append(stages[-1] * 1000.0)
             for i, r in enumerate(results):
                 if r is None:
                     timeouts[i] += 1
@@ -389,7 +422,11 @@ async def run_probes(store: Any, tenant_id: str, subject: Any, addresses: list[s
     finally:
         for c in channels:
             await c.close()
+        if redis is not None:
+            await redis.aclose()
     return {
+        # commit → the probe's event in the stream: the relay's share of the latency
+        "published_ms": latency_summary(published_ms),
         "probes_sent": n,
         "every_ms": every,
         "every_timeouts": every_timeouts,

@@ -156,6 +156,9 @@ def propagation_markdown(points: list[dict[str, Any]]) -> str:
     rows.append(
         f"Probe commits (assign/revoke on the probe tenant): p50 {first['probe_commit_ms']['p50']:.1f} / p99 "
         f"{first['probe_commit_ms']['p99']:.1f} ms; {first['probes_sent']} probes sent."
+        + (f" Commit → probe event in the stream (the relay's share): p50 {first['probe_published_ms']['p50']:.1f} / "
+           f"p95 {first['probe_published_ms']['p95']:.1f} / p99 {first['probe_published_ms']['p99']:.1f} ms."
+           if first.get("probe_published_ms", {}).get("p50") is not None else "")
     )
     rows.append(
         f"Stream `{s['key']}`: length {s['length']:,}, entries added {s['entries_added']:,}; outbox rows "

@@ -654,6 +654,7 @@ async def propagation(h: Harness) -> list[dict[str, Any]]:
         probes_job = prop.run_probes(
             store, probe_tenant.id, probe_subject, [t.address for t in targets],
             rate=o.probe_rate, start=probe_start, duration=o.duration,
+            redis_url=h.storage.redis_url, stream=stream_key(prefix),
         )
         writes, probes = await asyncio.gather(writes_job, probes_job)
         wall = time.monotonic() - t_wall
@@ -704,6 +705,7 @@ async def propagation(h: Harness) -> list[dict[str, Any]]:
         "write_load": writes,
         "stream": stream,
         "probe_commit_ms": probes["probe_commit_ms"],
+        "probe_published_ms": probes["published_ms"],
         "probes_sent": probes["probes_sent"],
         "probe_write_errors": probes["write_errors"],
         "poll_interval_ms": prop.POLL_INTERVAL_S * 1000.0,

@@ -43,8 +43,14 @@ ORDER BY id
 LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
-_BEGIN_PUBLISH = "SELECT set_config('gatehouse.tenant_id', $1, true), set_config('synchronous_commit', 'off', true)"
-_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+# No WAL flush wait at the publishing transaction's COMMIT: losing the marking in a crash
+# only means the rows go out again (delivery is at-least-once anyway), while waiting for
+# the disk would hold the next batch, and so every event, behind it.
+_BEGIN_PUBLISH = (
+    f"BEGIN; SELECT set_config('gatehouse.tenant_id', '{PLATFORM_SCOPE}', true),"
+    " set_config('synchronous_commit', 'off', true)"
+)
+_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY('{{{ids}}}'::bigint[]); COMMIT"
 _PRUNE_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
 _PRUNE = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
 
@@ -88,13 +94,13 @@ class OutboxRelay:
                 return total
 
     async def _publish_batch(self, conn: asyncpg.Connection) -> int:
-        async with conn.transaction():
-            # No WAL flush wait at COMMIT: losing the marking in a crash only means the
-            # rows are published again (delivery is at-least-once anyway), while waiting
-            # for the disk would hold the next batch, and so every event, behind it.
-            await conn.execute(_BEGIN_PUBLISH, PLATFORM_SCOPE)
+        """One batch in three round trips to Postgres and one to Redis: BEGIN with its
+        settings, the claim, then (after Redis acknowledged) the marking with COMMIT."""
+        await conn.execute(_BEGIN_PUBLISH)
+        try:
             rows = await conn.fetch(_CLAIM, self._batch)
             if not rows:
+                await conn.execute("COMMIT")
                 return 0
             events = [
                 TenantEvent(
@@ -107,20 +113,30 @@ class OutboxRelay:
                 )
                 for row in rows
             ]
+            newest: dict[str, int] = {}
             async with self.redis.pipeline(transaction=False) as pipe:
                 for event in events:
                     pipe.xadd(self._stream, event.fields(), maxlen=self._maxlen, approximate=True)
-                    # Move the tenant's L2 pointer too: no sidecar reads L2 data older than
-                    # a published event, even one whose own write path could not reach Redis.
+                    newest[event.tenant_id] = max(newest.get(event.tenant_id, 0), event.revision)
+                # Move each tenant's L2 pointer too (once, to its newest revision): no
+                # sidecar reads L2 data older than a published event, even one whose own
+                # write path could not reach Redis.
+                for tenant_id, revision in newest.items():
                     await self._advance(
-                        keys=[pointer_key(self._prefix, event.tenant_id)],
-                        args=[event.revision, "", "", self._ttl_ms],
-                        client=pipe,
+                        keys=[pointer_key(self._prefix, tenant_id)], args=[revision, "", "", self._ttl_ms], client=pipe
                     )
                 await pipe.execute()
             if self._after_xadd is not None:
                 await self._after_xadd(events)
-            await conn.execute(_MARK, [event.id for event in events])
+            # Ids are integers read from Postgres: inlined, nothing to quote.
+            ids = ",".join(str(event.id) for event in events)
+            await conn.execute(_MARK.format(ids=ids))
+        except BaseException:
+            # Not marked: the rows stay unpublished and go out again (at-least-once). If
+            # the rollback fails too, the connection is broken and `run` reconnects.
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            raise
         self.published += len(events)
         return len(events)
 
