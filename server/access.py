@@ -27,7 +27,8 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     async def CheckAccess(
         self, request: access_pb2.CheckAccessRequest, context: grpc.aio.ServicerContext
     ) -> access_pb2.CheckAccessResponse:
-        return await self._check(request, "")
+        _validate(request, "")
+        return _response(await _Snapshots(self._cache).decide(request, time()))
 
     @grpc_errors
     async def CheckAccessBatch(
@@ -47,51 +48,49 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
             if fields not in valid:
                 _validate(check, f"checks[{index}].")
                 valid.add(fields)
-        cache = self._cache
+        snapshots = _Snapshots(self._cache)
         now = time()
-        policies: dict[tuple[str, int], TenantPolicy | None] = {}
-        subjects: dict[tuple[str, str, str, int], SubjectGrants | None] = {}
         answers: dict[Decision, access_pb2.CheckAccessResponse] = {}
         results = []
         for check in checks:
-            tenant_id, min_revision, permission = check.tenant_id, check.min_revision, check.permission
-            tenant_key = (tenant_id, min_revision)
-            if tenant_key in policies:
-                policy = policies[tenant_key]
-            else:
-                tenant = await cache.tenant(tenant_id, min_revision)
-                policy = policies[tenant_key] = tenant.policy if tenant is not None else None
-            grants = None
-            if needs_subject(policy, permission):
-                subject = check.subject
-                subject_key = (tenant_id, subject.type, subject.id, min_revision)
-                if subject_key in subjects:
-                    grants = subjects[subject_key]
-                else:
-                    ref = SubjectRef(subject.type, subject.id)
-                    grants = subjects[subject_key] = await cache.subject(tenant_id, ref, min_revision)
-            decision = decide(policy, grants, permission, check.resource.scope, now=now)
+            decision = await snapshots.decide(check, now)
             answer = answers.get(decision)
             if answer is None:
                 answer = answers[decision] = _response(decision)
             results.append(answer)
         return access_pb2.CheckAccessBatchResponse(results=results)
 
-    async def _check(self, request: access_pb2.CheckAccessRequest, prefix: str) -> access_pb2.CheckAccessResponse:
-        _validate(request, prefix)
-        return await self._decide(request)
 
-    async def _decide(self, request: access_pb2.CheckAccessRequest) -> access_pb2.CheckAccessResponse:
-        tenant_id = request.tenant_id
-        min_revision = request.min_revision
-        permission = request.permission
-        tenant = await self._cache.tenant(tenant_id, min_revision)
-        policy = tenant.policy if tenant is not None else None
+class _Snapshots:
+    """The tenants and subjects one call has looked up, so that a batch asks the cache
+    once per distinct (tenant, subject) and answers each from one snapshot."""
+
+    __slots__ = ("_cache", "_policies", "_subjects")
+
+    def __init__(self, cache: PolicyCache) -> None:
+        self._cache = cache
+        self._policies: dict[tuple[str, int], TenantPolicy | None] = {}
+        self._subjects: dict[tuple[str, str, str, int], SubjectGrants | None] = {}
+
+    async def decide(self, check: access_pb2.CheckAccessRequest, now: float) -> Decision:
+        """Steps 2-6 for one validated check."""
+        tenant_id, min_revision, permission = check.tenant_id, check.min_revision, check.permission
+        tenant_key = (tenant_id, min_revision)
+        if tenant_key in self._policies:
+            policy = self._policies[tenant_key]
+        else:
+            tenant = await self._cache.tenant(tenant_id, min_revision)
+            policy = self._policies[tenant_key] = tenant.policy if tenant is not None else None
         grants = None
         if needs_subject(policy, permission):
-            subject = SubjectRef(request.subject.type, request.subject.id)
-            grants = await self._cache.subject(tenant_id, subject, min_revision)
-        return _response(decide(policy, grants, permission, request.resource.scope, now=time()))
+            subject = check.subject
+            subject_key = (tenant_id, subject.type, subject.id, min_revision)
+            if subject_key in self._subjects:
+                grants = self._subjects[subject_key]
+            else:
+                ref = SubjectRef(subject.type, subject.id)
+                grants = self._subjects[subject_key] = await self._cache.subject(tenant_id, ref, min_revision)
+        return decide(policy, grants, permission, check.resource.scope, now=now)
 
 
 def _response(decision: Decision) -> access_pb2.CheckAccessResponse:
