@@ -855,10 +855,11 @@ class PostgresStore:
             query.add("k.id > {}", *after)
         size = _page_size(page_size)
         sql = f"""
-            SELECT k.*, coalesce(
-                (SELECT array_agg(a.role || '@' || a.scope ORDER BY a.role, a.scope) FROM role_assignments a
-                 WHERE a.tenant_id = k.tenant_id AND a.subject_type = 'api_key' AND a.subject_id = k.id),
-                '{{}}') AS grants
+            SELECT k.*,
+                   (SELECT coalesce(array_agg(ARRAY[a.role, a.scope] ORDER BY a.role, a.scope), '{{}}')
+                    FROM role_assignments a
+                    WHERE a.tenant_id = k.tenant_id AND a.subject_type = {query.param(KEY_SUBJECT_TYPE)}
+                      AND a.subject_id = k.id) AS grants
             FROM api_keys k{query.where()} ORDER BY k.id LIMIT {query.param(size + 1)}
         """
         async with self._reading(scope) as conn:

@@ -283,3 +283,15 @@ async def test_no_secret_reaches_the_audit_log_or_the_logs(
         dump = str(await conn.fetch("SELECT * FROM audit_log")) + str(await conn.fetch("SELECT * FROM idempotency_keys"))
         dump += str(await conn.fetch("SELECT name, permissions, secret_hash FROM api_keys"))
     assert secret_part not in dump and secret not in dump
+
+
+async def test_list_keys_shows_roles_and_scopes_containing_at_signs(client: Client, unique: str) -> None:
+    tenant = await client.tenant(f"at-{unique}")
+    await client.admin.CreateRole(
+        admin_pb2.CreateRoleRequest(tenant_id=tenant.id, name="ops@eu", permissions=["invoice.read"]),
+        metadata=client.auth,
+    )
+    created = await key(client, tenant.id, [("ops@eu", "team@x/a"), ("viewer", "")])
+    listed = await client.admin.ListApiKeys(admin_pb2.ListApiKeysRequest(tenant_id=tenant.id), metadata=client.auth)
+    [only] = [k for k in listed.keys if k.id == created.key.id]
+    assert [(g.role, g.scope) for g in only.roles] == [("ops@eu", "team@x/a"), ("viewer", "")]
