@@ -26,12 +26,13 @@ from redis.exceptions import RedisError, ResponseError
 
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cancellation import stop_if_cancelled
+from gatehouse.engine.model import KEY_SUBJECT_TYPE
 from gatehouse.events import CONFIG_KINDS, TenantEvent, as_text, stream_key
 
 log = logging.getLogger(__name__)
 
 
-KEY_SUBJECT_PREFIX = "api_key/"
+KEY_SUBJECT_PREFIX = f"{KEY_SUBJECT_TYPE}/"
 
 
 class KeyListener(Protocol):

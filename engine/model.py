@@ -100,6 +100,13 @@ class AssignmentRow:
     permissions: tuple[str, ...]
 
 
+KEY_SUBJECT_TYPE = "api_key"  # an API key as a subject: `api_key/<key id>`
+
+
+def key_subject(key_id: str) -> SubjectRef:
+    return SubjectRef(KEY_SUBJECT_TYPE, key_id)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyState:
     """An API key as a subject (`api_key/<id>`): its own permission patterns, which limit

@@ -18,6 +18,7 @@ import grpc
 
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.engine.lifecycle import Action
+from gatehouse.engine.model import KEY_SUBJECT_TYPE
 from gatehouse.engine.validate import (
     require_id,
     require_key_id,
@@ -27,14 +28,13 @@ from gatehouse.engine.validate import (
     require_scope,
 )
 from gatehouse.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from gatehouse.server.admin_authz import OWNER_ROLE
 from gatehouse.server import convert
 from gatehouse.server.admin_auth import AdminAuthenticator, Principal, mint_key, request_id
 from gatehouse.server.admin_authz import AdminAuthorizer
 from gatehouse.server.idempotency import REPLAY_REASON, run_idempotent
 from gatehouse.server.errors import abort, translate
-from gatehouse.store.api import Actor, ConfigPatch
-from gatehouse.store.postgres import KEY_SUBJECT_TYPE, PostgresStore
+from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch
+from gatehouse.store.postgres import PostgresStore
 from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)

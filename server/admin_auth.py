@@ -16,19 +16,21 @@ log or the audit trail: actors are `api_key/<id>` or `operator:bootstrap`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cachetools import TTLCache
 
+from gatehouse.engine.model import key_subject
 from gatehouse.engine.patterns import PermissionSet
 from gatehouse.errors import KeyRejected, Unauthenticated
 from gatehouse.store.api import Actor, Store
@@ -140,8 +142,7 @@ class AdminAuthenticator:
         if principal.expires_at is not None and time.time() >= principal.expires_at:
             self._verified.pop(digest, None)
             raise KeyRejected("key rejected", metadata={"key_id": principal.key_id})
-        return Principal(Actor(principal.actor.id, request_id), principal.key_id, principal.tenant_id,
-                         principal.permissions, principal.expires_at)
+        return replace(principal, actor=Actor(principal.actor.id, request_id))
 
     def forget(self, key_id: str) -> None:
         """A key was revoked (here or, through its event, anywhere): verify it afresh."""
@@ -177,7 +178,7 @@ class AdminAuthenticator:
         rejected = KeyRejected("key rejected", metadata={"key_id": key_id})
         if credential is None:
             async with self._hashing:  # spend the same time as a real check
-                await asyncio.to_thread(verify_secret, _DUMMY_HASH, token)
+                await asyncio.to_thread(verify_secret, _dummy_hash(), token)
             raise rejected
         async with self._hashing:
             ok = await asyncio.to_thread(verify_secret, credential.secret_hash, token)
@@ -186,7 +187,7 @@ class AdminAuthenticator:
         if credential.expires_at is not None and time.time() >= credential.expires_at:
             raise rejected
         return Principal(
-            Actor(f"api_key/{credential.id}"),
+            Actor(key_subject(credential.id).key),
             credential.id,
             credential.tenant_id,
             PermissionSet(credential.permissions),
@@ -194,7 +195,11 @@ class AdminAuthenticator:
         )
 
 
-_DUMMY_HASH = HASHER.hash("gh_0000000000000000_" + "0" * 43)
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash no token matches, for spending a real check's time on an unknown id; made
+    on first use rather than at import (an Argon2 hash is ~20 ms)."""
+    return HASHER.hash("gh_0000000000000000_" + "0" * 43)
 
 
 def _bearer(metadata: Metadata) -> str:

@@ -20,7 +20,7 @@ from typing import Iterable
 
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.engine.decision import SubjectGrants, decide, needs_subject
-from gatehouse.engine.model import Reason, SubjectRef
+from gatehouse.engine.model import Reason, SubjectRef, key_subject
 from gatehouse.engine.patterns import PermissionSet, pattern_covers, scope_covers
 from gatehouse.errors import (
     Escalation,
@@ -31,8 +31,7 @@ from gatehouse.errors import (
     PlatformOnly,
 )
 from gatehouse.server.admin_auth import Principal
-
-OWNER_ROLE = "owner"
+from gatehouse.store.api import OWNER_ROLE
 
 # Actions that act on the platform rather than inside one tenant: operators only.
 PLATFORM_ACTIONS = frozenset(
@@ -114,7 +113,7 @@ class AdminAuthorizer:
         return grants is not None and any(g.role == OWNER_ROLE for g in grants.grants)
 
     async def _grants(self, caller: Principal) -> SubjectGrants:
-        grants = await self._cache.subject(caller.tenant_id, SubjectRef("api_key", caller.key_id))
+        grants = await self._cache.subject(caller.tenant_id, key_subject(caller.key_id))
         if grants is None:
             raise KeyRejected("key rejected", metadata={"key_id": caller.key_id})
         if grants.key is not None and not grants.key.usable(time.time()):

@@ -125,6 +125,7 @@ SYSTEM_ROLES: dict[str, tuple[str, ...]] = {
     "member": (),
     "viewer": ("*.read", "*.list", "*.get"),
 }
+OWNER_ROLE = "owner"
 DEFAULT_PLAN = "default"
 
 

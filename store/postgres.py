@@ -36,6 +36,7 @@ import asyncpg
 
 from gatehouse.engine.lifecycle import Action, transition
 from gatehouse.engine.model import (
+    KEY_SUBJECT_TYPE,
     AssignmentRow,
     KeyState,
     Plan,
@@ -45,6 +46,7 @@ from gatehouse.engine.model import (
     TenantRecord,
     TenantSnapshot,
     TenantStatus,
+    key_subject,
 )
 from gatehouse.errors import (
     AlreadyExists,
@@ -61,6 +63,7 @@ from gatehouse.errors import (
 )
 from gatehouse.store.api import (
     DEFAULT_PLAN,
+    OWNER_ROLE,
     SYSTEM_ROLES,
     Actor,
     ApiKeyCredential,
@@ -83,8 +86,6 @@ PLATFORM_SCOPE = "*"  # the row-level security scope that sees every tenant
 NOTIFY_CHANNEL = "gatehouse_outbox"  # NOTIFY'd with the tenant id when an outbox row commits
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-OWNER_ROLE = "owner"
-KEY_SUBJECT_TYPE = "api_key"
 # Operator keys belong to no tenant, but their revocation must reach every sidecar like
 # any tenant event: it is published under this reserved tenant id, which no tenant has.
 PLATFORM_EVENT_TENANT = uuid.UUID(int=0)
@@ -790,7 +791,7 @@ class PostgresStore:
                     _INSERT_KEY, key_id, None, name, secret_hash, list(permissions), expires, actor.id
                 )
                 await _insert_audit(
-                    conn, actor, tenant_id=None, action="key.create", target=f"api_key/{key_id}", outcome="ok",
+                    conn, actor, tenant_id=None, action="key.create", target=key_subject(key_id).key, outcome="ok",
                     reason="", details=details,
                 )
             return _key_record(row, ()), 0
@@ -818,8 +819,8 @@ class PostgresStore:
             )
             write.record(
                 TenantChange(
-                    action="key.create", target=f"api_key/{key_id}", kind="key",
-                    subject=f"{KEY_SUBJECT_TYPE}/{key_id}", details=details,
+                    action="key.create", target=key_subject(key_id).key, kind="key",
+                    subject=key_subject(key_id).key, details=details,
                 )
             )
         return _key_record(row, tuple(roles)), write.revision
@@ -827,7 +828,7 @@ class PostgresStore:
     async def revoke_api_key(self, actor: Actor, tenant_id: str, key_id: str) -> int:
         """Stop a key working, at every sidecar (a `key` event names it). NotFound when the
         key is not in that tenant (or, with tenant_id "", not an operator key)."""
-        subject = f"{KEY_SUBJECT_TYPE}/{key_id}"
+        subject = key_subject(key_id).key
         change = TenantChange(action="key.revoke", target=subject, kind="key", subject=subject)
         if not tenant_id:
             async with self._transaction(PLATFORM_SCOPE) as conn:
@@ -867,7 +868,8 @@ class PostgresStore:
                 await _tenant_revision(conn, tid)
             rows = await conn.fetch(sql, *query.args)
         return _page(
-            rows, size, lambda row: _key_record(row, tuple(tuple(g.split("@", 1)) for g in row["grants"])),
+            # (role, scope) pairs as a two-dimensional array: no separator to collide with.
+            rows, size, lambda row: _key_record(row, tuple((role, scope) for role, scope in row["grants"])),
             key=lambda row: [row["id"]],
         )
 
