@@ -55,7 +55,9 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--sample-rate", type=float, default=20.0, help="verification calls/s beside each h2load run")
     p.add_argument("--p99-limit-ms", type=float, default=10.0, help="sweep: p99 above this breaks the point")
     p.add_argument("--targets", default="baseline,gatehouse", help="comma-separated subset of baseline,gatehouse")
-    p.add_argument("--profile", action="store_true", help="py-spy the first Gatehouse point (needs py-spy)")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the first point of each target (needs py-spy); stacks go to <name>.<target>.pyspy.txt")
+    p.add_argument("--native", action="store_true", help="with --profile: include C/Cython frames (pauses the process)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
     p.add_argument("--name", help="results file stem (default <scenarios>-<timestamp>)")
     a = p.parse_args(argv)
@@ -89,6 +91,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         sample_rate=a.sample_rate,
         p99_limit_ms=a.p99_limit_ms,
         profile=a.profile,
+        profile_native=a.native,
         targets=targets,
         probe_rate=a.probe_rate,
     )
@@ -121,11 +124,15 @@ async def main_async(options: Options, args: argparse.Namespace) -> int:
             "table_markdown": table,
         }
     name = args.name or f"{'+'.join(options.scenarios)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stacks = {prof["target"]: prof.pop("collapsed", "") for prof in document["profiles"]}
     paths = report.write(args.out, name, document)
+    for target, collapsed in stacks.items():
+        paths[f"pyspy-{target}"] = args.out / f"{name}.{target}.pyspy.txt"
+        paths[f"pyspy-{target}"].write_text(collapsed)
     print()
     print(table)
     for prof in document["profiles"]:
-        print(f"\npy-spy ({prof['tag']}, {prof['samples']} samples), self time:")
+        print(f"\npy-spy {prof['target']} ({prof['tag']}, {prof['samples']} samples), self time:")
         for frame, share in prof["self_top"][:15]:
             print(f"  {share:5.1f}%  {frame}")
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))

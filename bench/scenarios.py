@@ -71,6 +71,7 @@ class Options:
     sample_rate: float = 20.0
     p99_limit_ms: float = 10.0
     profile: bool = False
+    profile_native: bool = False
     targets: tuple[str, ...] = ("baseline", "gatehouse")
     probe_rate: float = 10.0
 
@@ -271,26 +272,33 @@ class Harness:
         return point
 
     def _maybe_profile(self, target: Target, tag: str) -> Awaitable[None] | None:
-        if not self.o.profile or target.name != "gatehouse" or self.profiles:
+        """py-spy the first point of each target (same load, so the two profiles compare)."""
+        if not self.o.profile or any(p["target"] == target.name for p in self.profiles):
             return None
         spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).parent / "py-spy")
         if not Path(spy).exists():
             self.log("bench: --profile needs py-spy (pip install py-spy); skipping the profile")
             return None
         out = self.work_dir / f"{tag}.pyspy.txt"
+        # --native walks C/Cython frames too; py-spy must pause the process to do that.
+        mode = ["--native"] if self.o.profile_native else ["--nonblocking"]
+        placeholder: dict[str, Any] = {"tag": tag, "target": target.name}
+        self.profiles.append(placeholder)
 
         async def record() -> None:
             await asyncio.sleep(self.o.warmup)
             proc = await asyncio.create_subprocess_exec(
-                spy, "record", "--pid", str(target.pid), "--subprocesses", "--nonblocking", "--rate", "250",
+                spy, "record", "--pid", str(target.pid), "--subprocesses", *mode, "--rate", "250",
                 "--duration", str(max(1, int(self.o.duration - 1))), "--format", "raw", "--output", str(out),
                 stdout=subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             )
             _, err = await proc.communicate()
             if proc.returncode != 0 or not out.exists():
                 self.log(f"bench: py-spy failed: {err.decode(errors='replace')[-500:]}")
+                self.profiles.remove(placeholder)
                 return
-            self.profiles.append({"tag": tag, "target": target.name, **summarize_profile(out.read_text())})
+            collapsed = out.read_text()
+            placeholder.update(native=self.o.profile_native, collapsed=collapsed, **summarize_profile(collapsed))
 
         return asyncio.ensure_future(record())
 
