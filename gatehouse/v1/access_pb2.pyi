@@ -57,7 +57,7 @@ class CheckAccessResponse(_message.Message):
     granted_by_role: str
     granted_at_scope: str
     feature: str
-    def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[_Union[DecisionReason, str]] = ..., revision: _Optional[int] = ..., granted_by_role: _Optional[str] = ..., granted_at_scope: _Optional[str] = ..., feature: _Optional[str] = ...) -> None: ...
+    def __init__(self, allowed: bool = ..., reason: _Optional[_Union[DecisionReason, str]] = ..., revision: _Optional[int] = ..., granted_by_role: _Optional[str] = ..., granted_at_scope: _Optional[str] = ..., feature: _Optional[str] = ...) -> None: ...
 
 class CheckAccessBatchRequest(_message.Message):
     __slots__ = ("checks",)

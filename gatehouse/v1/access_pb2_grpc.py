@@ -5,7 +5,7 @@ import warnings
 
 from gatehouse.v1 import access_pb2 as gatehouse_dot_v1_dot_access__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class AccessServiceStub:
+class AccessServiceStub(object):
     """The hot path: "may this subject do this on this resource in this tenant?"
     """
 
@@ -47,7 +47,7 @@ class AccessServiceStub:
                 _registered_method=True)
 
 
-class AccessServiceServicer:
+class AccessServiceServicer(object):
     """The hot path: "may this subject do this on this resource in this tenant?"
     """
 
@@ -85,7 +85,7 @@ def add_AccessServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class AccessService:
+class AccessService(object):
     """The hot path: "may this subject do this on this resource in this tenant?"
     """
 

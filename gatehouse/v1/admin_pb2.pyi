@@ -19,7 +19,7 @@ class Tenant(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: bool
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: bool = ...) -> None: ...
     class QuotaOverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,7 +125,7 @@ class TenantTransitionRequest(_message.Message):
     reason: str
     expected_revision: int
     confirm: bool
-    def __init__(self, tenant_id: _Optional[str] = ..., reason: _Optional[str] = ..., expected_revision: _Optional[int] = ..., confirm: _Optional[bool] = ...) -> None: ...
+    def __init__(self, tenant_id: _Optional[str] = ..., reason: _Optional[str] = ..., expected_revision: _Optional[int] = ..., confirm: bool = ...) -> None: ...
 
 class PatchTenantConfigRequest(_message.Message):
     __slots__ = ("tenant_id", "expected_revision", "settings_patch", "set_flag_overrides", "clear_flag_overrides", "set_quota_overrides", "clear_quota_overrides")
@@ -135,7 +135,7 @@ class PatchTenantConfigRequest(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: bool
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: bool = ...) -> None: ...
     class SetQuotaOverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,7 +165,7 @@ class PlanFeature(_message.Message):
     GATES_FIELD_NUMBER: _ClassVar[int]
     default_enabled: bool
     gates: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, default_enabled: _Optional[bool] = ..., gates: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, default_enabled: bool = ..., gates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Plan(_message.Message):
     __slots__ = ("name", "features", "quotas", "rate_limits")
@@ -236,7 +236,7 @@ class Role(_message.Message):
     permissions: _containers.RepeatedScalarFieldContainer[str]
     description: str
     system: bool
-    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., system: _Optional[bool] = ...) -> None: ...
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., system: bool = ...) -> None: ...
 
 class CreateRoleRequest(_message.Message):
     __slots__ = ("tenant_id", "name", "permissions", "description")

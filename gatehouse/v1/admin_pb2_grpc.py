@@ -5,7 +5,7 @@ import warnings
 
 from gatehouse.v1 import admin_pb2 as gatehouse_dot_v1_dot_admin__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class AdminServiceStub:
+class AdminServiceStub(object):
     """The thin write surface. Every call needs `authorization: Bearer <key>`, is
     audited, and every mutation bumps the tenant's revision and emits an event
     in the same transaction as the domain write.
@@ -174,7 +174,7 @@ class AdminServiceStub:
                 _registered_method=True)
 
 
-class AdminServiceServicer:
+class AdminServiceServicer(object):
     """The thin write surface. Every call needs `authorization: Bearer <key>`, is
     audited, and every mutation bumps the tenant's revision and emits an event
     in the same transaction as the domain write.
@@ -499,7 +499,7 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class AdminService:
+class AdminService(object):
     """The thin write surface. Every call needs `authorization: Bearer <key>`, is
     audited, and every mutation bumps the tenant's revision and emits an event
     in the same transaction as the domain write.

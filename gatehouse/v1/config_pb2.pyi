@@ -32,7 +32,7 @@ class TenantConfig(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: bool
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: bool = ...) -> None: ...
     class QuotasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,4 +71,4 @@ class TenantConfig(_message.Message):
     rate_limits: _containers.ScalarMap[str, int]
     revision: int
     not_modified: bool
-    def __init__(self, id: _Optional[str] = ..., slug: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.TenantStatus, str]] = ..., plan: _Optional[str] = ..., region: _Optional[str] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., feature_flags: _Optional[_Mapping[str, bool]] = ..., quotas: _Optional[_Mapping[str, int]] = ..., rate_limits: _Optional[_Mapping[str, int]] = ..., revision: _Optional[int] = ..., not_modified: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., slug: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.TenantStatus, str]] = ..., plan: _Optional[str] = ..., region: _Optional[str] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., feature_flags: _Optional[_Mapping[str, bool]] = ..., quotas: _Optional[_Mapping[str, int]] = ..., rate_limits: _Optional[_Mapping[str, int]] = ..., revision: _Optional[int] = ..., not_modified: bool = ...) -> None: ...
