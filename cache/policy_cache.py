@@ -1,6 +1,6 @@
 """The read path's cache: a decorator around the store's two hot reads.
 
-    servicer ──▶ PolicyCache ──▶ L1 (this process, cachetools, bounded, TTL)
+    servicer ──▶ PolicyCache ──▶ L1 (this process, bounded, TTL: cache.l1)
                              ──▶ L2 (Redis, keyed by tenant revision)
                              ──▶ Store (Postgres), one load per key however many wait
 
@@ -23,8 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
+from gatehouse.cache.l1 import ExpiringMap
 from gatehouse.cache.l2 import RedisL2
 from gatehouse.cache.singleflight import SingleFlight
 from gatehouse.engine.decision import SubjectGrants, TenantPolicy, compile_subject, compile_tenant
@@ -97,11 +98,11 @@ class PolicyCache:
         self._store = store
         self._l2 = l2
         # Tenants are few and small next to (tenant, subject) pairs; give them a tenth.
-        self._tenants: TTLCache[str, CachedTenant | _Absent] = TTLCache(
-            maxsize=max(16, max_entries // 10), ttl=ttl_seconds, timer=clock
+        self._tenants: ExpiringMap[str, CachedTenant | _Absent] = ExpiringMap(
+            max(16, max_entries // 10), ttl_seconds, clock
         )
-        self._subjects: TTLCache[tuple[str, str], SubjectGrants] = TTLCache(
-            maxsize=max(16, max_entries), ttl=ttl_seconds, timer=clock
+        self._subjects: ExpiringMap[tuple[str, str], SubjectGrants] = ExpiringMap(
+            max(16, max_entries), ttl_seconds, clock
         )
         # Floors: the oldest revision an entry may have and still be served. Bounded like
         # the entries; a subject floor that falls out is folded into its tenant's floor
@@ -116,31 +117,48 @@ class PolicyCache:
 
     # --- reads ---
 
+    def peek_tenant(self, tenant_id: str, min_revision: int = 0) -> CachedTenant | _Absent | None:
+        """What `tenant()` would answer from L1 without waiting: the entry, ABSENT (known
+        not to exist), or None when it would have to load. Answers remembered by their
+        request bytes (`cache.answers`) are served only while this returns their entry."""
+        entry = self._tenants.get(tenant_id)
+        if entry is None:
+            return None
+        if entry is ABSENT:
+            return ABSENT if min_revision == 0 else None
+        floor = self._tenant_floor.get(tenant_id, 0)
+        return entry if entry.revision >= (min_revision if min_revision > floor else floor) else None
+
+    def peek_subject(self, tenant_id: str, subject_key: str, min_revision: int = 0) -> SubjectGrants | None:
+        """What `subject()` would answer from L1 without waiting, or None when it would load."""
+        key = (tenant_id, subject_key)
+        entry = self._subjects.get(key)
+        if entry is None:
+            return None
+        need = max(min_revision, self._tenant_floor.get(tenant_id, 0), self._subject_floor.get(key, 0))
+        return entry if entry.revision >= need else None
+
     async def tenant(self, tenant_id: str, min_revision: int = 0) -> CachedTenant | None:
         """The tenant at a revision >= max(min_revision, its floor), or None if absent."""
-        floor = self._tenant_floor.get(tenant_id, 0)
-        need = min_revision if min_revision > floor else floor
-        entry = self._tenants.get(tenant_id)
-        if entry is ABSENT and min_revision == 0:
+        entry = self.peek_tenant(tenant_id, min_revision)
+        if entry is not None:
             self.stats.l1_hits += 1
-            return None
-        if isinstance(entry, CachedTenant):
-            if entry.revision >= need:
-                self.stats.l1_hits += 1
-                return entry
+            return None if entry is ABSENT else entry  # type: ignore[return-value]
+        if isinstance(self._tenants.get(tenant_id), CachedTenant):
             self.stats.stale_rejections += 1
+        need = max(min_revision, self._tenant_floor.get(tenant_id, 0))
         return await self._load(("t", tenant_id), need, lambda: self._fetch_tenant(tenant_id, need))
 
     async def subject(self, tenant_id: str, subject: SubjectRef, min_revision: int = 0) -> SubjectGrants | None:
         """One subject's compiled grants at a revision >= max(min_revision, its floors)."""
-        key = (tenant_id, subject.key)
-        need = max(min_revision, self._tenant_floor.get(tenant_id, 0), self._subject_floor.get(key, 0))
-        entry = self._subjects.get(key)
+        entry = self.peek_subject(tenant_id, subject.key, min_revision)
         if entry is not None:
-            if entry.revision >= need:
-                self.stats.l1_hits += 1
-                return entry
+            self.stats.l1_hits += 1
+            return entry
+        key = (tenant_id, subject.key)
+        if key in self._subjects:
             self.stats.stale_rejections += 1
+        need = max(min_revision, self._tenant_floor.get(tenant_id, 0), self._subject_floor.get(key, 0))
         return await self._load(("s", *key), need, lambda: self._fetch_subject(tenant_id, subject, need))
 
     async def _load(self, key: tuple[str, ...], need: int, fetch: Callable[[], Any]) -> Any:

@@ -7,6 +7,7 @@ Step 1 (malformed request) is `gatehouse.engine.validate`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from gatehouse.engine.model import KeyState, Reason, SubjectSnapshot, TenantSnapshot, TenantStatus
@@ -156,6 +157,16 @@ def decide(
         if scope_covers(grant.scope, scope) and grant.permissions.matches(permission):
             return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope)
     return Decision(False, Reason.NO_GRANT, revision)
+
+
+def decided_until(subject: SubjectGrants | None, now: float) -> float:
+    """Until when (unix seconds) `decide` gives the same answer at `now` and later, with
+    the same tenant and subject: an API key's expiry turns its answers into KEY_REVOKED.
+    Nothing else in a decision depends on the time."""
+    key = subject.key if subject is not None else None
+    if key is None or key.expires_at is None or now >= key.expires_at:
+        return math.inf
+    return key.expires_at
 
 
 def needs_subject(tenant: TenantPolicy | None, permission: str) -> bool:

@@ -51,6 +51,10 @@ class Settings:
     l1_ttl_seconds: float = field(
         default=60.0, metadata={"help": "life of an in-process entry (a safety net: tenant events evict)"}
     )
+    answer_cache_entries: int = field(
+        default=50_000,
+        metadata={"help": "answers remembered by request bytes, per hot method (0 = off); ~400 bytes each"},
+    )
     l2_ttl_seconds: float = field(default=300.0, metadata={"help": "life of a Redis cache entry"})
     redis_timeout_seconds: float = field(default=0.25, metadata={"help": "Redis socket timeout; slower = treated as down"})
     workers: int = field(

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gatehouse.cache.answers import Answers
 from gatehouse.cache.l2 import RedisL2
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cache.subscriber import TenantEventSubscriber
@@ -24,7 +25,7 @@ from gatehouse.settings import Settings
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
-from gatehouse.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
+from gatehouse.v1 import access_pb2, admin_pb2, admin_pb2_grpc, config_pb2
 
 log = logging.getLogger("gatehouse")
 
@@ -48,6 +49,8 @@ class Sidecar:
         self.readiness: Readiness | None = None
         self.subscriber: TenantEventSubscriber | None = None
         self.relay: OutboxRelay | None = None
+        self.check_answers: Answers | None = None
+        self.config_answers: Answers | None = None
         self._redis_clients: list[aioredis.Redis] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[str] = []
@@ -86,8 +89,11 @@ class Sidecar:
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ]
         )
-        access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(self.cache), server)
-        config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.cache), server)
+        # One set of remembered answers per method: two methods' requests can share bytes.
+        self.check_answers = Answers(self.cache, s.answer_cache_entries)
+        self.config_answers = Answers(self.cache, s.answer_cache_entries)
+        AccessServicer(self.cache, self.check_answers).add_to(server)
+        ConfigServicer(self.cache, self.config_answers).add_to(server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.store, self.cache, self.authenticator), server
         )

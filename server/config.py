@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import AsyncIterator
 
 import grpc
 
+from gatehouse.cache.answers import Answers
 from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
 from gatehouse.engine.decision import effective_flags
 from gatehouse.engine.validate import require_id, require_revision
 from gatehouse.errors import TenantNotFound
 from gatehouse.server.convert import STATUS_TO_PROTO, dict_to_struct
 from gatehouse.server.errors import abort, grpc_errors
-from gatehouse.v1 import config_pb2, config_pb2_grpc
+from gatehouse.server.wire import parse, register
+from gatehouse.v1 import config_pb2
 
 _VIEW = "config"
+_ENCODED = "config-bytes"
+SERVICE = config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
 
 
 def config_message(entry: CachedTenant) -> config_pb2.TenantConfig:
@@ -42,14 +47,38 @@ def config_message(entry: CachedTenant) -> config_pb2.TenantConfig:
     return message
 
 
-class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
-    def __init__(self, cache: PolicyCache) -> None:
+def config_bytes(entry: CachedTenant) -> bytes:
+    """The serialized TenantConfig of a cached tenant, made once per entry."""
+    encoded = entry.views.get(_ENCODED)
+    if encoded is None:
+        encoded = entry.views[_ENCODED] = config_message(entry).SerializeToString()
+    return encoded  # type: ignore[no-any-return]
+
+
+class ConfigServicer:
+    """GetTenantConfig on raw bytes, remembered like CheckAccess (`gatehouse.cache.answers`);
+    WatchTenantConfig as generated."""
+
+    def __init__(self, cache: PolicyCache, answers: Answers) -> None:
         self._cache = cache
+        self._answers = answers
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        register(server, SERVICE, {
+            "GetTenantConfig": grpc.unary_unary_rpc_method_handler(self.GetTenantConfig),
+            "WatchTenantConfig": grpc.unary_stream_rpc_method_handler(
+                self.WatchTenantConfig,
+                request_deserializer=config_pb2.WatchTenantConfigRequest.FromString,
+                response_serializer=config_pb2.TenantConfig.SerializeToString,
+            ),
+        })
 
     @grpc_errors
-    async def GetTenantConfig(
-        self, request: config_pb2.GetTenantConfigRequest, context: grpc.aio.ServicerContext
-    ) -> config_pb2.TenantConfig:
+    async def GetTenantConfig(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        known = self._answers.get(body, 0.0)
+        if known is not None:
+            return known.encoded
+        request = parse(config_pb2.GetTenantConfigRequest, body)
         tenant_id = require_id("tenant_id", request.tenant_id)
         require_revision("if_revision_newer_than", request.if_revision_newer_than)
         require_revision("min_revision", request.min_revision)
@@ -57,8 +86,11 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         if entry is None:
             raise TenantNotFound(f"tenant {tenant_id} not found")
         if request.if_revision_newer_than and entry.revision <= request.if_revision_newer_than:
-            return config_pb2.TenantConfig(id=tenant_id, revision=entry.revision, not_modified=True)
-        return config_message(entry)
+            encoded = config_pb2.TenantConfig(id=tenant_id, revision=entry.revision, not_modified=True).SerializeToString()
+        else:
+            encoded = config_bytes(entry)
+        self._answers.remember(body, tenant_id, request.min_revision, entry, None, None, math.inf, encoded)
+        return encoded
 
     async def WatchTenantConfig(
         self, request: config_pb2.WatchTenantConfigRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,62 @@
+"""The in-process entry map behind `PolicyCache`: bounded, each entry lives `ttl` seconds.
+
+A read is one dict lookup and one clock read, because it happens several times on every
+CheckAccess (cachetools' TTLCache took ~1.7 µs per read here, this ~0.2 µs). Full, it
+drops the entry written longest ago (writes move an entry to the newest end): with a
+TTL, that is the entry closest to expiring anyway. Expired entries are dropped when read
+or pushed out by newer ones, so the bound holds either way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ExpiringMap(Generic[K, V]):
+    __slots__ = ("_data", "_maxsize", "_ttl", "_clock")
+
+    def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._data: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        self._maxsize = maxsize
+        self._ttl = ttl
+        self._clock = clock
+
+    def get(self, key: K) -> V | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if self._clock() >= item[1]:
+            del self._data[key]
+            return None
+        return item[0]
+
+    def __setitem__(self, key: K, value: V) -> None:
+        data = self._data
+        data[key] = (value, self._clock() + self._ttl)
+        data.move_to_end(key)
+        while len(data) > self._maxsize:
+            data.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        item = self._data.pop(key, None)
+        return default if item is None else item[0]
+
+    def keys(self) -> list[K]:
+        return list(self._data.keys())
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.keys())
