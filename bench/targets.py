@@ -178,8 +178,8 @@ def gatehouse_target(
 ) -> Target:
     port = free_port()
     command = [sys.executable, "-m", "gatehouse.server.cli", "serve", "--listen", f"127.0.0.1:{port}"]
-    if workers is not None:
-        command += ["--workers", str(workers)]
+    # Always explicit: `serve` defaults to one worker per core, the baseline to one process.
+    command += ["--workers", str(workers or 1)]
     command += extra_args
     env = _child_env()
     env.update(

@@ -58,7 +58,7 @@ class Settings:
     l2_ttl_seconds: float = field(default=300.0, metadata={"help": "life of a Redis cache entry"})
     redis_timeout_seconds: float = field(default=0.25, metadata={"help": "Redis socket timeout; slower = treated as down"})
     workers: int = field(
-        default=1, metadata={"help": "serving processes sharing the port with SO_REUSEPORT (0 = one per core)"}
+        default=0, metadata={"help": "serving processes sharing the port with SO_REUSEPORT (0 = one per core)"}
     )
     relay: int = field(default=1, metadata={"help": "1 = run the outbox relay in this process, 0 = not"})
     event_stream_max_length: int = field(default=100_000, metadata={"help": "tenant-event stream cap (XADD MAXLEN ~)"})
@@ -71,6 +71,11 @@ class Settings:
     operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     grace_seconds: float = field(default=10.0, metadata={"help": "how long SIGTERM waits for in-flight calls"})
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, where 0 (the default) means one per core."""
+        return self.workers or os.cpu_count() or 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "relay":
             return _run(app.run_relay(settings))
-        if settings.workers != 1:
+        if settings.worker_count > 1:
             from gatehouse.server.workers import run_workers
 
             return run_workers(settings)

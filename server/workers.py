@@ -13,6 +13,7 @@ there, `serve` fails loudly instead of joining it.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import signal
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Callable
 
 from gatehouse.server.listeners import plan_listeners
 from gatehouse.settings import Settings
@@ -41,7 +43,7 @@ def claim_port(listen: str) -> str:
 
 def run_workers(settings: Settings) -> int:
     """Start the workers, relay their first line, forward signals, exit 0 when all did."""
-    count = settings.workers or os.cpu_count() or 1
+    count = settings.worker_count
     # Refuse a listener that may not start (plaintext on a public address, broken TLS
     # files) here, once, rather than in every worker. The TLS settings reach the workers
     # through the environment below like every other setting.
@@ -64,7 +66,8 @@ def run_workers(settings: Settings) -> int:
         env["GATEHOUSE_UNIX_SOCKET"] = settings.unix_socket if index == 0 else ""
         children.append(
             subprocess.Popen(
-                [sys.executable, "-m", "gatehouse.server.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True
+                [sys.executable, "-m", "gatehouse.server.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True,
+                preexec_fn=_die_with(os.getpid()),
             )
         )
 
@@ -88,6 +91,24 @@ def run_workers(settings: Settings) -> int:
     print(f"gatehouse: serving on {addresses[0]} ({count} workers, SO_REUSEPORT)", flush=True)
     codes = [child.wait() for child in children]
     return 0 if all(code == 0 for code in codes) else 1
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """For a worker, before it execs: get SIGTERM when the parent dies, however it dies
+    (even SIGKILL, which the parent cannot forward), so no worker outlives `serve`."""
+
+    def arrange() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):  # not Linux: signals are still forwarded
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return arrange
 
 
 def _drain(child: subprocess.Popen[str]) -> None:

@@ -45,3 +45,40 @@ async def test_workers_share_a_port_and_a_stranger_cannot(
     finally:
         code = await server.stop()
     assert code == 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_workers_do_not_outlive_a_killed_parent(
+    database_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """SIGKILL cannot be forwarded; the workers still go (PR_SET_PDEATHSIG)."""
+    server = await start_server(sidecar_env(database_url, redis_url, redis_prefix, KEY), "--workers", "2")
+    workers = _children(server.process.pid)
+    assert len(workers) == 2
+    server.kill()
+    for _ in range(100):
+        if not any(_alive(pid) for pid in workers):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
