@@ -54,6 +54,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--probe-rate", type=float, default=10.0, help="propagation: probe writes per second (default 10)")
     p.add_argument("--sample-rate", type=float, default=20.0, help="verification calls/s beside each h2load run")
     p.add_argument("--p99-limit-ms", type=float, default=10.0, help="sweep: p99 above this breaks the point")
+    p.add_argument("--unix", action="store_true",
+                   help="call both targets over a unix socket (Gatehouse's --unix-socket) instead of TCP")
     p.add_argument("--targets", default="baseline,gatehouse", help="comma-separated subset of baseline,gatehouse")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the first point of each target (needs py-spy); stacks go to <name>.<target>.pyspy.txt")
@@ -92,6 +94,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         p99_limit_ms=a.p99_limit_ms,
         profile=a.profile,
         profile_native=a.native,
+        unix=a.unix,
         targets=targets,
         probe_rate=a.probe_rate,
     )

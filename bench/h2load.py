@@ -123,7 +123,7 @@ async def run(
         "-H", "te: trailers",
         "-d", str(body),
         "--log-file", str(log),
-        f"http://{address}{method_path}",
+        *_target(address, method_path),
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = await asyncio.create_subprocess_exec(
@@ -144,6 +144,13 @@ async def run(
     _read_log(log, warmup, result)
     log.unlink(missing_ok=True)
     return result
+
+
+def _target(address: str, method_path: str) -> list[str]:
+    """h2load's URL for a gRPC method; a unix socket goes in `-B` (the URL's host is unused)."""
+    if address.startswith("unix:"):
+        return ["-B", address, f"http://localhost{method_path}"]
+    return [f"http://{address}{method_path}"]
 
 
 def _read_log(path: Path, warmup: float, into: H2Run) -> None:

@@ -126,6 +126,11 @@ def markdown(points: list[dict[str, Any]], ceilings: dict[str, Any] | None) -> s
             f"\n\nThroughput ceiling (check-hit, p99 ≤ limit, zero errors, ≥ 95 % of offered): baseline "
             f"{ceilings['baseline']:,.0f}/s, Gatehouse {ceilings['gatehouse']:,.0f}/s"
             + (f", ratio {ceilings['gatehouse_vs_baseline']}" if "gatehouse_vs_baseline" in ceilings else "")
+            + (
+                " (median of " + str(len(ceilings["repeats"])) + " repeats; ratios "
+                + ", ".join(str(row.get("gatehouse_vs_baseline", "–")) for row in ceilings["repeats"]) + ")"
+                if len(ceilings.get("repeats", [])) > 1 else ""
+            )
         )
     return text
 

@@ -159,12 +159,13 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def baseline_target(workers: int, log_dir: Path) -> Target:
+def baseline_target(workers: int, log_dir: Path, *, unix: bool = False) -> Target:
     port = free_port()
-    command = [sys.executable, "-m", "bench.baseline_server", "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+    address = f"unix:{log_dir / f'baseline-{port}.sock'}" if unix else f"127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bench.baseline_server", "--listen", address, "--workers", str(workers)]
     env = _child_env()
     env["PYTHONPATH"] = _repo_root() + os.pathsep + env.get("PYTHONPATH", "")
-    return Target("baseline", command, env, log_dir / f"baseline-{port}.log", address=f"127.0.0.1:{port}")
+    return Target("baseline", command, env, log_dir / f"baseline-{port}.log", address=address)
 
 
 def gatehouse_target(
@@ -175,9 +176,16 @@ def gatehouse_target(
     *,
     workers: int | None,
     extra_args: list[str],
+    unix: bool = False,
 ) -> Target:
+    """With `unix`, calls go to `--unix-socket` (worker 0's only, so one worker makes sense)."""
     port = free_port()
     command = [sys.executable, "-m", "gatehouse.server.cli", "serve", "--listen", f"127.0.0.1:{port}"]
+    address = f"127.0.0.1:{port}"
+    if unix:
+        socket_path = log_dir / f"gatehouse-{port}.sock"
+        command += ["--unix-socket", str(socket_path)]
+        address = f"unix:{socket_path}"
     # Always explicit: `serve` defaults to one worker per core, the baseline to one process.
     command += ["--workers", str(workers or 1)]
     command += extra_args
@@ -191,7 +199,7 @@ def gatehouse_target(
         GATEHOUSE_LOG_LEVEL=os.environ.get("GATEHOUSE_BENCH_LOG_LEVEL", "WARNING"),
         GATEHOUSE_GRACE_SECONDS="1",
     )
-    return Target("gatehouse", command, env, log_dir / f"gatehouse-{port}.log", address=f"127.0.0.1:{port}")
+    return Target("gatehouse", command, env, log_dir / f"gatehouse-{port}.log", address=address)
 
 
 def _repo_root() -> str:

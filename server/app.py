@@ -17,7 +17,7 @@ from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cache.subscriber import TenantEventSubscriber
 from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
-from gatehouse.server.admin_auth import AdminAuthenticator
+from gatehouse.server.admin_auth import AdminAuthenticator, return_hash_memory_to_the_os
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.health import Readiness
 from gatehouse.server.listeners import bind, plan_listeners
@@ -72,6 +72,7 @@ class Sidecar:
         # with a socket timeout longer than that block.
         events_redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=3.0, socket_connect_timeout=1.0)
         self._redis_clients.append(events_redis)
+        return_hash_memory_to_the_os()
         self.authenticator = AdminAuthenticator(self.store, s.operator_key)
         self.subscriber = TenantEventSubscriber(
             events_redis, self.cache, prefix=s.redis_prefix, blind_refresh_seconds=s.blind_refresh_seconds,

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_check_hit_smoke_writes_well_formed_results(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_check_hit_smoke_writes_well_formed_results(tmp_path: Path, transport: str) -> None:
     if shutil.which("h2load") is None and os.geteuid() != 0:
         pytest.skip("h2load missing and not root to install it (apt-get install nghttp2-client)")
     proc = subprocess.run(
@@ -29,6 +30,7 @@ def test_check_hit_smoke_writes_well_formed_results(tmp_path: Path) -> None:
             sys.executable, "-m", "bench", "check-hit",
             "--rate", "200", "--duration", "2", "--warmup", "0.5", "--tenants", "50", "--members", "5",
             "--sample-rate", "5", "--out", str(tmp_path), "--name", "smoke",
+            *(["--unix"] if transport == "unix" else []),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
@@ -38,6 +40,7 @@ def test_check_hit_smoke_writes_well_formed_results(tmp_path: Path) -> None:
     assert {"started", "command", "machine", "options", "dataset", "points", "summary", "table_markdown"} <= doc.keys()
     assert {"cores", "cpu_model", "python", "grpcio"} <= doc["machine"].keys()
     assert doc["machine"]["cores"] >= 1
+    assert doc["options"]["unix"] is (transport == "unix")
     assert (tmp_path / "smoke.md").read_text().startswith("| scenario |")
 
     by_target = {p["target"]: p for p in doc["points"]}
