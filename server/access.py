@@ -1,4 +1,8 @@
-"""AccessService: the hot path. servicer → PolicyCache → (L1 | L2 | store) → engine."""
+"""AccessService: the hot path.
+
+    request bytes → remembered answer (cache.answers)                     asked before
+                  → parse, validate → PolicyCache (L1 | L2 | store) → engine → answer bytes
+"""
 
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ class AccessServicer:
         if len(checks) > MAX_BATCH:
             raise InvalidArgument("checks", f"at most {MAX_BATCH} checks per call")
         if parts is None or len(parts) != len(checks):
-            parts = [b""] * len(checks)  # cannot happen for a well-formed split; remember nothing then
+            parts = [b""] * len(checks)  # other fields or an unusual encoding: answer, remember nothing
         valid: set[tuple[str, str, str, str, str, str, str, int]] = set()
         for index, check in enumerate(checks):
             subject, resource = check.subject, check.resource
