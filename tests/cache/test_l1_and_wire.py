@@ -32,15 +32,18 @@ def test_entries_expire_after_their_ttl_and_rewriting_renews_them() -> None:
     assert m.get("a") is None and "a" not in m and len(m) == 0
 
 
-def test_a_full_map_drops_the_entry_written_longest_ago() -> None:
+def test_a_full_map_drops_the_entry_used_longest_ago() -> None:
     m: ExpiringMap[int, int] = ExpiringMap(maxsize=3, ttl=60.0)
     for key in (1, 2, 3):
         m[key] = key
-    m[1] = 10  # rewritten: now the newest
+    m[1] = 10  # rewritten: now the most recent
     m[4] = 4
     assert len(m) == 3 and m.get(2) is None
-    assert [m.get(k) for k in (1, 3, 4)] == [10, 3, 4]
-    assert m.pop(3) == 3 and m.pop(3) is None and sorted(m.keys()) == [1, 4]
+    assert m.get(3) == 3  # read: now the most recent
+    m[5] = 5
+    assert m.get(1) is None
+    assert [m.get(k) for k in (3, 4, 5)] == [3, 4, 5]
+    assert m.pop(3) == 3 and m.pop(3) is None and sorted(m.keys()) == [4, 5]
 
 
 ids = st.text(alphabet="abcxyz019._:@-", min_size=1, max_size=300)
