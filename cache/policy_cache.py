@@ -126,8 +126,7 @@ class PolicyCache:
             return None
         if entry is ABSENT:
             return ABSENT if min_revision == 0 else None
-        floor = self._tenant_floor.get(tenant_id, 0)
-        return entry if entry.revision >= (min_revision if min_revision > floor else floor) else None
+        return entry if entry.revision >= self._tenant_need(tenant_id, min_revision) else None
 
     def peek_subject(self, tenant_id: str, subject_key: str, min_revision: int = 0) -> SubjectGrants | None:
         """What `subject()` would answer from L1 without waiting, or None when it would load."""
@@ -135,8 +134,15 @@ class PolicyCache:
         entry = self._subjects.get(key)
         if entry is None:
             return None
-        need = max(min_revision, self._tenant_floor.get(tenant_id, 0), self._subject_floor.get(key, 0))
-        return entry if entry.revision >= need else None
+        return entry if entry.revision >= self._subject_need(key, min_revision) else None
+
+    def _tenant_need(self, tenant_id: str, min_revision: int) -> int:
+        """The oldest revision a tenant entry may have and be served: the request's, or the floor."""
+        return max(min_revision, self._tenant_floor.get(tenant_id, 0))
+
+    def _subject_need(self, key: tuple[str, str], min_revision: int) -> int:
+        """The same for a subject's grants: its own floor counts as well as the tenant's."""
+        return max(self._tenant_need(key[0], min_revision), self._subject_floor.get(key, 0))
 
     async def tenant(self, tenant_id: str, min_revision: int = 0) -> CachedTenant | None:
         """The tenant at a revision >= max(min_revision, its floor), or None if absent."""
@@ -146,7 +152,7 @@ class PolicyCache:
             return None if entry is ABSENT else entry  # type: ignore[return-value]
         if isinstance(self._tenants.get(tenant_id), CachedTenant):
             self.stats.stale_rejections += 1
-        need = max(min_revision, self._tenant_floor.get(tenant_id, 0))
+        need = self._tenant_need(tenant_id, min_revision)
         return await self._load(("t", tenant_id), need, lambda: self._fetch_tenant(tenant_id, need))
 
     async def subject(self, tenant_id: str, subject: SubjectRef, min_revision: int = 0) -> SubjectGrants | None:
@@ -158,7 +164,7 @@ class PolicyCache:
         key = (tenant_id, subject.key)
         if key in self._subjects:
             self.stats.stale_rejections += 1
-        need = max(min_revision, self._tenant_floor.get(tenant_id, 0), self._subject_floor.get(key, 0))
+        need = self._subject_need(key, min_revision)
         return await self._load(("s", *key), need, lambda: self._fetch_subject(tenant_id, subject, need))
 
     async def _load(self, key: tuple[str, ...], need: int, fetch: Callable[[], Any]) -> Any:
