@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from time import time
 
 import grpc
@@ -96,16 +97,15 @@ class AccessServicer:
         return b"".join(results)
 
 
+@dataclass(slots=True)
 class _Decided:
     """One decision and what it was decided from."""
 
-    __slots__ = ("decision", "tenant", "subject_key", "grants", "now")
-
-    def __init__(
-        self, decision: Decision, tenant: CachedTenant | None, subject_key: str | None,
-        grants: SubjectGrants | None, now: float,
-    ) -> None:
-        self.decision, self.tenant, self.subject_key, self.grants, self.now = decision, tenant, subject_key, grants, now
+    decision: Decision
+    tenant: CachedTenant | None
+    subject_key: str | None  # None: the decision did not read the subject
+    grants: SubjectGrants | None
+    now: float
 
     def answer(self, answers: Answers, body: bytes, check: access_pb2.CheckAccessRequest) -> bytes:
         """The serialized answer, remembered for `body` (b"": not remembered)."""

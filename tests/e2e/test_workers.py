@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from bench.targets import process_tree
 from gatehouse.v1 import config_pb2
 from tests.client import make_client
 from tests.processes import sidecar_env, start_server
@@ -47,20 +48,6 @@ async def test_workers_share_a_port_and_a_stranger_cannot(
     assert code == 0
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -74,7 +61,7 @@ async def test_workers_do_not_outlive_a_killed_parent(
 ) -> None:
     """SIGKILL cannot be forwarded; the workers still go (PR_SET_PDEATHSIG)."""
     server = await start_server(sidecar_env(database_url, redis_url, redis_prefix, KEY), "--workers", "2")
-    workers = _children(server.process.pid)
+    workers = process_tree(server.process.pid)[1:]
     assert len(workers) == 2
     server.kill()
     for _ in range(100):
