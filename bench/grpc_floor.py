@@ -20,7 +20,7 @@ import time
 
 import grpc
 
-from bench.h2load import ensure_h2load
+from bench.h2load import GRPC_HEADERS, ensure_h2load, grpc_frame, url_args
 from bench.targets import cpu_seconds, free_port
 
 METHOD = "/bench.Floor/Empty"
@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as f:
-            f.write(b"\x00\x00\x00\x00\x00")  # an empty gRPC message
+            f.write(grpc_frame(b""))
         body = f.name
         cpu0, t0 = cpu_seconds([server.pid]), time.monotonic()
         out = subprocess.run(
             [h2load, "-D", str(args.seconds), "-c", str(args.connections), "-m", str(args.streams), "-t", "1",
-             "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", body, f"http://127.0.0.1:{port}{METHOD}"],
+             *GRPC_HEADERS, "-d", body, *url_args(f"127.0.0.1:{port}", METHOD)],
             capture_output=True, text=True, check=True,
         ).stdout
         cpu = (cpu_seconds([server.pid]) - cpu0) / (time.monotonic() - t0)

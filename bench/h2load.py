@@ -40,6 +40,7 @@ from bench.stats import latency_summary, send_lag_ms
 PER_CONNECTION_RPS = 100
 MAX_CONCURRENT_STREAMS = 64  # a request waits inside h2load only behind 64 × 10 ms = 640 ms
 MAX_SEND_LAG_MS = 5.0
+GRPC_HEADERS = ("-H", "content-type: application/grpc", "-H", "te: trailers")
 
 
 def ensure_h2load() -> str:
@@ -119,11 +120,10 @@ async def run(
         "--rps", f"{per_connection:g}",
         "-r", "1",
         "--rate-period", "1ms",
-        "-H", "content-type: application/grpc",
-        "-H", "te: trailers",
+        *GRPC_HEADERS,
         "-d", str(body),
         "--log-file", str(log),
-        *_target(address, method_path),
+        *url_args(address, method_path),
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = await asyncio.create_subprocess_exec(
@@ -146,7 +146,7 @@ async def run(
     return result
 
 
-def _target(address: str, method_path: str) -> list[str]:
+def url_args(address: str, method_path: str) -> list[str]:
     """h2load's URL for a gRPC method; a unix socket goes in `-B` (the URL's host is unused)."""
     if address.startswith("unix:"):
         return ["-B", address, f"http://localhost{method_path}"]
