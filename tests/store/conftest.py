@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from gatehouse.engine.model import TenantRecord
+from gatehouse.engine.model import SubjectRef, TenantRecord
 from gatehouse.store.api import Actor
 from gatehouse.store.postgres import PostgresStore, connect
 from tests.store.store_helpers import TenantFactory, superuser_dsn
@@ -46,3 +46,27 @@ def make_tenant(store: PostgresStore, actor: Actor, unique: str) -> TenantFactor
         )
 
     return make
+
+
+@pytest.fixture
+async def runtime(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A raw connection as the runtime role: what the server's pool and relay hold (owns
+    nothing, not a superuser), so only row-level security stands between tenants."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def two_tenants(
+    store: PostgresStore, actor: Actor, make_tenant: TenantFactory
+) -> tuple[TenantRecord, TenantRecord]:
+    """Tenants A and B with rows in every tenant-scoped table, same names on both sides,
+    written through the store (which also leaves their audit rows and outbox events)."""
+    tenants = (await make_tenant("a"), await make_tenant("b"))
+    alice = SubjectRef("user", "alice")
+    for tenant in tenants:
+        await store.create_role(actor, tenant.id, name="editor", permissions=("doc.*",), description="")
+        await store.add_member(actor, tenant.id, alice)
+        await store.assign_role(actor, tenant.id, alice, role="editor", scope="")
+    return tenants

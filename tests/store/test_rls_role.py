@@ -10,43 +10,16 @@ role can send (ALTER TABLE, DROP POLICY, replacing the predicate function, SET R
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 
-from gatehouse.engine.model import SubjectRef, TenantRecord
+from gatehouse.engine.model import TenantRecord
 from gatehouse.settings import dsn_user
-from gatehouse.store.api import Actor
-from gatehouse.store.postgres import PostgresStore, connect
+from gatehouse.store.postgres import connect
 from tests.conftest import PG_OWNER_ROLE, PG_RUNTIME_ROLE
-from tests.store.store_helpers import TenantFactory
 
 # The tables the `two_tenants` fixture writes rows to, for both tenants, through the store.
 FILLED = ("tenants", "roles", "memberships", "role_assignments", "audit_log", "outbox")
-
-
-@pytest.fixture
-async def runtime(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A raw connection as the runtime role: what the server's pool and relay hold."""
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def two_tenants(
-    store: PostgresStore, actor: Actor, make_tenant: TenantFactory
-) -> tuple[TenantRecord, TenantRecord]:
-    """Tenants A and B with rows in every tenant-scoped table, written through the store
-    (which also leaves their audit rows and outbox events)."""
-    tenants = (await make_tenant("a"), await make_tenant("b"))
-    mallory = SubjectRef("user", "mallory")
-    for tenant in tenants:
-        await store.create_role(actor, tenant.id, name="snoop", permissions=("secret.*",), description="")
-        await store.add_member(actor, tenant.id, mallory)
-        await store.assign_role(actor, tenant.id, mallory, role="snoop", scope="")
-    return tenants
 
 
 async def tenant_scoped_tables(conn: asyncpg.Connection) -> dict[str, str]:

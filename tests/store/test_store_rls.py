@@ -3,16 +3,13 @@ write only the tenant their transaction is scoped to."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 
-from gatehouse.engine.model import Plan, SubjectRef, TenantRecord
+from gatehouse.engine.model import Plan, TenantRecord
 from gatehouse.store.api import Actor
 from gatehouse.store.postgres import PLATFORM_SCOPE, PostgresStore
 
-from tests.store.store_helpers import TenantFactory
 
 # (table, the column holding the tenant id)
 TENANT_TABLES = [
@@ -25,28 +22,6 @@ TENANT_TABLES = [
 ]
 
 
-@pytest.fixture
-async def app_conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A raw connection as the runtime role the server uses (owns nothing, not a superuser)."""
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def two_tenants(
-    store: PostgresStore, actor: Actor, make_tenant: TenantFactory
-) -> tuple[TenantRecord, TenantRecord]:
-    """Tenants A and B with a row in every tenant-scoped table each, same names on both sides."""
-    tenants = (await make_tenant("a"), await make_tenant("b"))
-    alice = SubjectRef("user", "alice")
-    for tenant in tenants:
-        await store.create_role(actor, tenant.id, name="editor", permissions=("doc.*",), description="")
-        await store.add_member(actor, tenant.id, alice)
-        await store.assign_role(actor, tenant.id, alice, role="editor", scope="")
-    return tenants
-
-
 async def _tenant_ids(conn: asyncpg.Connection, table: str, column: str) -> set[str | None]:
     # Deliberately unfiltered: only row-level security stands between us and other tenants.
     rows = await conn.fetch(f"SELECT {column} AS tenant FROM {table}")
@@ -55,40 +30,40 @@ async def _tenant_ids(conn: asyncpg.Connection, table: str, column: str) -> set[
 
 @pytest.mark.parametrize(("table", "column"), TENANT_TABLES)
 async def test_a_scoped_transaction_sees_only_its_tenant(
-    app_conn: asyncpg.Connection, two_tenants: tuple[TenantRecord, TenantRecord], table: str, column: str
+    runtime: asyncpg.Connection, two_tenants: tuple[TenantRecord, TenantRecord], table: str, column: str
 ) -> None:
     a, _ = two_tenants
-    async with app_conn.transaction():
-        await app_conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", a.id)
-        assert await _tenant_ids(app_conn, table, column) == {a.id}
+    async with runtime.transaction():
+        await runtime.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", a.id)
+        assert await _tenant_ids(runtime, table, column) == {a.id}
 
 
 @pytest.mark.parametrize(("table", "column"), TENANT_TABLES)
 async def test_no_scope_sees_nothing(
-    app_conn: asyncpg.Connection, two_tenants: tuple[TenantRecord, TenantRecord], table: str, column: str
+    runtime: asyncpg.Connection, two_tenants: tuple[TenantRecord, TenantRecord], table: str, column: str
 ) -> None:
-    assert await _tenant_ids(app_conn, table, column) == set()
+    assert await _tenant_ids(runtime, table, column) == set()
     # A scope set in an earlier transaction on this connection has ended with it.
-    async with app_conn.transaction():
-        await app_conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", two_tenants[0].id)
-    assert await _tenant_ids(app_conn, table, column) == set()
+    async with runtime.transaction():
+        await runtime.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", two_tenants[0].id)
+    assert await _tenant_ids(runtime, table, column) == set()
 
 
 async def test_platform_scope_sees_every_tenant_and_platform_audit_rows(
     store: PostgresStore,
     actor: Actor,
-    app_conn: asyncpg.Connection,
+    runtime: asyncpg.Connection,
     two_tenants: tuple[TenantRecord, TenantRecord],
     unique: str,
 ) -> None:
     await store.upsert_plan(actor, Plan(name=f"plan-{unique}"))  # audited with no tenant
-    async with app_conn.transaction():
-        await app_conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
-        assert {two_tenants[0].id, two_tenants[1].id} <= await _tenant_ids(app_conn, "roles", "tenant_id")
-        assert None in await _tenant_ids(app_conn, "audit_log", "tenant_id")
-    async with app_conn.transaction():
-        await app_conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", two_tenants[0].id)
-        assert None not in await _tenant_ids(app_conn, "audit_log", "tenant_id")
+    async with runtime.transaction():
+        await runtime.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
+        assert {two_tenants[0].id, two_tenants[1].id} <= await _tenant_ids(runtime, "roles", "tenant_id")
+        assert None in await _tenant_ids(runtime, "audit_log", "tenant_id")
+    async with runtime.transaction():
+        await runtime.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", two_tenants[0].id)
+        assert None not in await _tenant_ids(runtime, "audit_log", "tenant_id")
 
 
 class _Rollback(Exception):
@@ -96,18 +71,18 @@ class _Rollback(Exception):
 
 
 async def test_a_scoped_transaction_cannot_write_another_tenants_rows(
-    app_conn: asyncpg.Connection, two_tenants: tuple[TenantRecord, TenantRecord]
+    runtime: asyncpg.Connection, two_tenants: tuple[TenantRecord, TenantRecord]
 ) -> None:
     a, b = two_tenants
     with pytest.raises(_Rollback):
-        async with app_conn.transaction():
-            await app_conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", a.id)
+        async with runtime.transaction():
+            await runtime.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", a.id)
             # Unfiltered writes touch only A's rows...
-            assert await app_conn.execute("UPDATE roles SET description = 'x' WHERE name = 'editor'") == "UPDATE 1"
-            assert await app_conn.execute("DELETE FROM role_assignments") == "DELETE 1"
+            assert await runtime.execute("UPDATE roles SET description = 'x' WHERE name = 'editor'") == "UPDATE 1"
+            assert await runtime.execute("DELETE FROM role_assignments") == "DELETE 1"
             # ...and a row for B cannot even be inserted.
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
-                await app_conn.execute(
+                await runtime.execute(
                     "INSERT INTO memberships (tenant_id, subject_type, subject_id) VALUES ($1, 'user', 'mallory')",
                     b.id,
                 )
