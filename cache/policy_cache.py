@@ -13,6 +13,13 @@ for that subject's grants only, so one user's change does not empty a tenant's c
 An entry below its floor, or below a request's `min_revision`, is never served; it is
 reloaded from L2 at the tenant's newest revision, or from the store.
 
+A `min_revision` above every revision this process has heard of (a write through
+another sidecar, not yet evented here; or one the tenant never reached) is looked up in
+the store by a `FreshRead`: one read per tenant per `revision_probe_seconds`, shared. If
+a read begun after the request arrived finds the tenant older, the request gets
+`RevisionNotReached` (never an older answer), and repeating it costs Postgres nothing
+more than that one read per interval.
+
 The store never knows the cache exists.
 """
 
@@ -25,11 +32,13 @@ from typing import Any, Callable, Generic, Hashable, TypeVar
 
 from cachetools import LRUCache
 
+from gatehouse.cache.fresh_read import FreshRead
 from gatehouse.cache.l1 import ExpiringMap
 from gatehouse.cache.l2 import RedisL2
 from gatehouse.cache.singleflight import SingleFlight
 from gatehouse.engine.decision import SubjectGrants, TenantPolicy, compile_subject, compile_tenant
 from gatehouse.engine.model import SubjectRef, SubjectSnapshot, TenantSnapshot
+from gatehouse.errors import RevisionNotReached
 from gatehouse.store.api import Store
 
 
@@ -94,6 +103,7 @@ class PolicyCache:
         max_entries: int,
         ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        revision_probe_seconds: float = 0.05,
     ) -> None:
         self._store = store
         self._l2 = l2
@@ -112,6 +122,7 @@ class PolicyCache:
         self._subject_floor: _FloorMap[tuple[str, str]] = _FloorMap(max(16, max_entries), self._subject_floor_dropped)
         self._listeners: list[Callable[[str, int], None]] = []
         self._flight: SingleFlight[Any] = SingleFlight()
+        self._probe: FreshRead[CachedTenant | _Absent] = FreshRead(revision_probe_seconds)
         self._background: set[asyncio.Task[None]] = set()
         self.stats = CacheStats()
 
@@ -150,10 +161,28 @@ class PolicyCache:
         if entry is not None:
             self.stats.l1_hits += 1
             return None if entry is ABSENT else entry  # type: ignore[return-value]
-        if isinstance(self._tenants.get(tenant_id), CachedTenant):
+        held = self._tenants.get(tenant_id)
+        if isinstance(held, CachedTenant):
             self.stats.stale_rejections += 1
         need = self._tenant_need(tenant_id, min_revision)
+        if min_revision > max(self._tenant_floor.get(tenant_id, 0), held.revision if held is not None else 0):
+            return await self._reach(tenant_id, min_revision)
         return await self._load(("t", tenant_id), need, lambda: self._fetch_tenant(tenant_id, need))
+
+    async def _reach(self, tenant_id: str, min_revision: int) -> CachedTenant:
+        """The tenant at >= `min_revision`, a revision this process has not heard of: from a
+        store read (never L2, whose pointer may lag Postgres while Redis was away) that began
+        after this call, spaced and shared per tenant; RevisionNotReached when that read
+        finds the tenant older (current revision 0: no such tenant)."""
+        entry = await self._probe.read_since(
+            tenant_id,
+            time.monotonic(),
+            lambda: self._fetch_tenant(tenant_id, min_revision, from_l2=False),
+            lambda found: found.revision >= min_revision,
+        )
+        if not isinstance(entry, CachedTenant) or entry.revision < min_revision:
+            raise RevisionNotReached(tenant_id, min_revision, entry.revision)
+        return entry
 
     async def subject(self, tenant_id: str, subject: SubjectRef, min_revision: int = 0) -> SubjectGrants | None:
         """One subject's compiled grants at a revision >= max(min_revision, its floors)."""
@@ -171,8 +200,8 @@ class PolicyCache:
         entry = await self._flight.do((*key, need), fetch)
         return None if entry is ABSENT else entry
 
-    async def _fetch_tenant(self, tenant_id: str, need: int) -> CachedTenant | _Absent:
-        snapshot = await self._l2.get_tenant(tenant_id, need) if self._l2 else None
+    async def _fetch_tenant(self, tenant_id: str, need: int, *, from_l2: bool = True) -> CachedTenant | _Absent:
+        snapshot = await self._l2.get_tenant(tenant_id, need) if self._l2 and from_l2 else None
         if snapshot is not None:
             self.stats.l2_hits += 1
         else:
@@ -198,6 +227,10 @@ class PolicyCache:
             snapshot = await self._store.load_subject(tenant_id, subject)
             if snapshot is None:
                 return ABSENT
+            if snapshot.revision < need:
+                # Callers ask for a revision only once the tenant is known to have reached
+                # it; never hand out older grants even if one does not.
+                raise RevisionNotReached(tenant_id, need, snapshot.revision)
             if self._l2 is not None:
                 self._spawn(self._l2.put_subject(snapshot))
         grants = compile_subject(snapshot)

@@ -7,7 +7,16 @@ segment is `read`; `*` alone matches everything.
 
 A scope is `/`-separated segments (`emea/de/berlin`); the empty scope is the tenant root.
 Scope `a/b` covers `a/b` and everything below it (`a/b/c`), never a sibling that merely
-shares a prefix (`a/bc`).
+shares a prefix (`a/bc`). A segment is never `.` or `..`: scopes are compared as text,
+segment by segment, so `emea/de/../fr` would sit *below* `emea/de` here while a caller
+that builds scopes from URL or file paths means `emea/fr` (RFC 3986 section 5.2.4 removes
+dot segments). Refusing them leaves one spelling per org unit.
+
+A tenant id is a uuid in the one spelling Postgres prints and the store returns
+(`str(uuid.UUID(...))`: 8-4-4-4-12 lowercase hex digits). Postgres would accept the same
+uuid upper-case, without hyphens, in braces or as `urn:uuid:`; each of those would be a
+second cache key for one tenant, which tenant events (naming the canonical form) never
+evict, so they are refused instead of canonicalised.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ from typing import Iterable
 SEGMENT = r"[a-z0-9_-]+"
 PERMISSION_RE = re.compile(rf"^{SEGMENT}(?:\.{SEGMENT})*$")
 PATTERN_RE = re.compile(rf"^(?:{SEGMENT}|\*)(?:\.(?:{SEGMENT}|\*))*$")
-SCOPE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+# A scope segment: an id that is not `.` or `..` (dot segments, see above).
+SCOPE_SEGMENT_RE = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:@-]{1,128}$")
 ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+TENANT_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_PERMISSION_LEN = 256
 MAX_SCOPE_LEN = 1024
 
@@ -27,6 +38,11 @@ MAX_SCOPE_LEN = 1024
 def is_valid_id(value: str) -> bool:
     """Ids are 1–128 chars of `[A-Za-z0-9._:@-]`."""
     return ID_RE.fullmatch(value) is not None
+
+
+def is_valid_tenant_id(value: str) -> bool:
+    """A uuid in canonical form: 36 characters, lowercase hex, hyphens at 8-4-4-4-12."""
+    return TENANT_ID_RE.fullmatch(value) is not None
 
 
 def is_valid_permission(value: str) -> bool:
@@ -38,7 +54,8 @@ def is_valid_pattern(value: str) -> bool:
 
 
 def is_valid_scope(value: str) -> bool:
-    """Empty (tenant root) or segments separated by single `/`, no leading or trailing `/`."""
+    """Empty (tenant root) or segments separated by single `/`, no leading or trailing `/`,
+    none of them `.` or `..`."""
     if value == "":
         return True
     if len(value) > MAX_SCOPE_LEN:

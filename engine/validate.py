@@ -1,27 +1,90 @@
 """Step 1 of every request: reject malformed input with INVALID_ARGUMENT naming the field.
 
 Pure functions over plain values, shared by every servicer so no validation is written
-twice.
+twice: a rule's message is the same in every method. Each `require_*(field, value)`
+returns the value or raises `InvalidArgument` naming `field`; `Violations` runs several
+of them and raises one error naming every bad field of a request (BadRequest lists each).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
-from gatehouse.engine.patterns import is_valid_id, is_valid_pattern, is_valid_permission, is_valid_scope
-from gatehouse.errors import InvalidArgument
+from gatehouse.engine.patterns import (
+    is_valid_id,
+    is_valid_pattern,
+    is_valid_permission,
+    is_valid_scope,
+    is_valid_tenant_id,
+)
+from gatehouse.errors import FieldViolation, InvalidArgument
 
+T = TypeVar("T")
+
+REQUIRED = "is required"
 ID_RULE = "must be 1-128 characters of [A-Za-z0-9._:@-]"
+TENANT_ID_RULE = "must be a tenant id as the server returns it: a uuid of lowercase hex digits, hyphenated 8-4-4-4-12"
 PERMISSION_RULE = "must be dot-separated segments of [a-z0-9_-]+"
 PATTERN_RULE = "must be dot-separated segments of [a-z0-9_-]+ or *"
-SCOPE_RULE = "must be empty or /-separated segments of [A-Za-z0-9._:@-] (no empty segment, no leading or trailing /)"
+SCOPE_RULE = (
+    "must be empty or /-separated segments of [A-Za-z0-9._:@-] "
+    "(no empty, . or .. segment, no leading or trailing /)"
+)
 NAME_RULE = "must be 1-200 printable characters"
+NEGATIVE_RULE = "must not be negative"
+
+
+class Violations:
+    """Every bad field of one request, so the error names them all, not just the first.
+
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        scope = v.check(require_scope, "scope", request.scope)
+        v.raise_if_any()   # InvalidArgument with one field violation per bad field
+
+    A failed check returns its input unchanged; nothing may use the values before
+    `raise_if_any()`.
+    """
+
+    __slots__ = ("found",)
+
+    def __init__(self) -> None:
+        self.found: list[FieldViolation] = []
+
+    def check(self, rule: Callable[..., T], field: str, value: Any, /, **options: Any) -> T:
+        try:
+            return rule(field, value, **options)
+        except InvalidArgument as error:
+            self.found.extend(error.violations)
+            return value  # type: ignore[no-any-return]
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise InvalidArgument(self.found[0].field, self.found[0].description, *self.found[1:])
 
 
 def require_id(field: str, value: str) -> str:
     if not is_valid_id(value):
-        raise InvalidArgument(field, ID_RULE if value else "is required")
+        raise InvalidArgument(field, ID_RULE if value else REQUIRED)
     return value
+
+
+def optional_id(field: str, value: str) -> str:
+    """An id that may be left empty ("" = not given)."""
+    return require_id(field, value) if value else ""
+
+
+def require_tenant_id(field: str, value: str) -> str:
+    """A tenant id in its one spelling (see `gatehouse.engine.patterns`); any other
+    spelling of a uuid, or anything that is no uuid, is refused rather than canonicalised."""
+    if not is_valid_tenant_id(value):
+        raise InvalidArgument(field, TENANT_ID_RULE if value else REQUIRED)
+    return value
+
+
+def optional_tenant_id(field: str, value: str) -> str:
+    """A tenant id that may be left empty ("" = none: platform scope, or no filter)."""
+    return require_tenant_id(field, value) if value else ""
 
 
 KEY_ID_RULE = "must be the 16 hex digits of an API key id"
@@ -29,13 +92,13 @@ KEY_ID_RULE = "must be the 16 hex digits of an API key id"
 
 def require_key_id(field: str, value: str) -> str:
     if len(value) != 16 or any(c not in "0123456789abcdef" for c in value):
-        raise InvalidArgument(field, KEY_ID_RULE if value else "is required")
+        raise InvalidArgument(field, KEY_ID_RULE if value else REQUIRED)
     return value
 
 
 def require_permission(field: str, value: str) -> str:
     if not is_valid_permission(value):
-        raise InvalidArgument(field, PERMISSION_RULE if value else "is required")
+        raise InvalidArgument(field, PERMISSION_RULE if value else REQUIRED)
     return value
 
 
@@ -58,7 +121,7 @@ def require_scope(field: str, value: str) -> str:
 def require_name(field: str, value: str, *, required: bool = True) -> str:
     if not value:
         if required:
-            raise InvalidArgument(field, "is required")
+            raise InvalidArgument(field, REQUIRED)
         return value
     if len(value) > 200 or not value.isprintable():
         raise InvalidArgument(field, NAME_RULE)
@@ -67,11 +130,11 @@ def require_name(field: str, value: str, *, required: bool = True) -> str:
 
 def require_revision(field: str, value: int) -> int:
     if value < 0:
-        raise InvalidArgument(field, "must not be negative")
+        raise InvalidArgument(field, NEGATIVE_RULE)
     return value
 
 
 def require_page_size(field: str, value: int, *, default: int = 100, maximum: int = 1000) -> int:
     if value < 0:
-        raise InvalidArgument(field, "must not be negative")
+        raise InvalidArgument(field, NEGATIVE_RULE)
     return min(value or default, maximum)

@@ -18,7 +18,8 @@ so nothing reaches a caller as UNKNOWN.
     │   ├── RoleInUse                                   GATEHOUSE_ROLE_IN_USE
     │   ├── NotAMember                                  GATEHOUSE_NOT_A_MEMBER
     │   ├── LastOwner                                   GATEHOUSE_LAST_OWNER
-    │   └── TenantNotWritable                           GATEHOUSE_TENANT_DELETED
+    │   ├── TenantNotWritable                           GATEHOUSE_TENANT_DELETED
+    │   └── RevisionNotReached                          GATEHOUSE_REVISION_NOT_REACHED
     ├── RevisionConflict           ABORTED              GATEHOUSE_REVISION_CONFLICT
     ├── Unauthenticated            UNAUTHENTICATED      GATEHOUSE_UNAUTHENTICATED
     ├── PermissionDenied           PERMISSION_DENIED    GATEHOUSE_PERMISSION_DENIED
@@ -61,9 +62,17 @@ class InvalidArgument(GatehouseError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "GATEHOUSE_INVALID_ARGUMENT"
 
+    # Status message and details travel in trailers, which clients cap (grpc's default
+    # is 8 KiB): a request with hundreds of bad fields names the first MAX_VIOLATIONS and
+    # says how many more there were.
+    MAX_VIOLATIONS = 10
+
     def __init__(self, field: str, description: str, *more: FieldViolation) -> None:
-        self.violations: tuple[FieldViolation, ...] = (FieldViolation(field, description), *more)
+        violations = (FieldViolation(field, description), *more)
+        self.violations: tuple[FieldViolation, ...] = violations[: self.MAX_VIOLATIONS]
         text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        if len(violations) > self.MAX_VIOLATIONS:
+            text += f"; and {len(violations) - self.MAX_VIOLATIONS} more"
         super().__init__(f"invalid argument: {text}", metadata={"field": field})
 
 
@@ -126,6 +135,22 @@ class TenantNotWritable(FailedPrecondition):
     """A deleted tenant is terminal: nothing about it changes any more."""
 
     reason = "GATEHOUSE_TENANT_DELETED"
+
+
+class RevisionNotReached(FailedPrecondition):
+    """A read asked for `min_revision` N, and the tenant is (by a store read made after the
+    request arrived) at an older revision: answering would break read-your-writes, so
+    nothing is answered. Metadata: `tenant_id`, `min_revision`, `current_revision` (0 when
+    no such tenant exists). Retrying helps only after a write brings the tenant to N."""
+
+    reason = "GATEHOUSE_REVISION_NOT_REACHED"
+
+    def __init__(self, tenant_id: str, min_revision: int, current: int) -> None:
+        super().__init__(
+            f"tenant {tenant_id} has not reached revision {min_revision}: it is at {current}",
+            metadata={"tenant_id": tenant_id, "min_revision": str(min_revision), "current_revision": str(current)},
+        )
+        self.current = current
 
 
 class Escalation(FailedPrecondition):

@@ -15,9 +15,17 @@ from gatehouse.cache.answers import Answers, frame, split_field1
 from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
 from gatehouse.engine.decision import Decision, SubjectGrants, decide, decided_until, needs_subject
 from gatehouse.engine.model import SubjectRef
-from gatehouse.engine.patterns import is_valid_id, is_valid_permission, is_valid_scope
-from gatehouse.engine.validate import ID_RULE, PERMISSION_RULE, SCOPE_RULE
-from gatehouse.errors import InvalidArgument
+from gatehouse.engine.patterns import is_valid_id, is_valid_permission, is_valid_scope, is_valid_tenant_id
+from gatehouse.engine.validate import (
+    Violations,
+    optional_id,
+    require_id,
+    require_permission,
+    require_revision,
+    require_scope,
+    require_tenant_id,
+)
+from gatehouse.errors import InvalidArgument, RevisionNotReached
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.wire import parse, register
 from gatehouse.v1 import access_pb2
@@ -76,20 +84,30 @@ class AccessServicer:
         if parts is None or len(parts) != len(checks):
             parts = [b""] * len(checks)  # other fields or an unusual encoding: answer, remember nothing
         valid: set[tuple[str, str, str, str, str, str, str, int]] = set()
+        violations = Violations()
         for index, check in enumerate(checks):
             subject, resource = check.subject, check.resource
             fields = (check.tenant_id, subject.type, subject.id, check.permission, resource.type, resource.id,
                       resource.scope, check.min_revision)
             if fields not in valid:
-                _validate(check, f"checks[{index}].")
+                try:
+                    _validate(check, f"checks[{index}].")
+                except InvalidArgument as error:
+                    violations.found.extend(error.violations)
+                    continue
                 valid.add(fields)
+        violations.raise_if_any()
         snapshots = _Snapshots(self._cache)
         results = []
         remembered: dict[bytes, bytes] = {}
-        for part, check in zip(parts, checks):
+        for index, (part, check) in enumerate(zip(parts, checks)):
             framed = remembered.get(part) if part else None
             if framed is None:
-                decided = await snapshots.decide(check, now)
+                try:
+                    decided = await snapshots.decide(check, now)
+                except RevisionNotReached as error:
+                    error.metadata["check"] = f"checks[{index}]"
+                    raise
                 framed = frame(decided.answer(self._answers, part, check))
                 if part:
                     remembered[part] = framed
@@ -161,22 +179,28 @@ class _Snapshots:
 
 
 def _validate(request: access_pb2.CheckAccessRequest, prefix: str) -> None:
-    """Step 1 of the decision: every field, named as the caller spelled it."""
-    if not is_valid_id(request.tenant_id):
-        raise InvalidArgument(f"{prefix}tenant_id", ID_RULE)
-    subject = request.subject
-    if not is_valid_id(subject.type):
-        raise InvalidArgument(f"{prefix}subject.type", ID_RULE)
-    if not is_valid_id(subject.id):
-        raise InvalidArgument(f"{prefix}subject.id", ID_RULE)
-    if not is_valid_permission(request.permission):
-        raise InvalidArgument(f"{prefix}permission", PERMISSION_RULE)
-    resource = request.resource
-    if resource.type and not is_valid_id(resource.type):
-        raise InvalidArgument(f"{prefix}resource.type", ID_RULE)
-    if resource.id and not is_valid_id(resource.id):
-        raise InvalidArgument(f"{prefix}resource.id", ID_RULE)
-    if not is_valid_scope(resource.scope):
-        raise InvalidArgument(f"{prefix}resource.scope", SCOPE_RULE)
-    if request.min_revision < 0:
-        raise InvalidArgument(f"{prefix}min_revision", "must not be negative")
+    """Step 1 of the decision. The usual, valid request costs one test per field; an
+    invalid one is checked again by the shared rules, so the error names every bad field
+    (as the caller spelled it) with the same words as every other method."""
+    subject, resource = request.subject, request.resource
+    if (
+        is_valid_tenant_id(request.tenant_id)
+        and is_valid_id(subject.type)
+        and is_valid_id(subject.id)
+        and is_valid_permission(request.permission)
+        and (not resource.type or is_valid_id(resource.type))
+        and (not resource.id or is_valid_id(resource.id))
+        and is_valid_scope(resource.scope)
+        and request.min_revision >= 0
+    ):
+        return
+    v = Violations()
+    v.check(require_tenant_id, f"{prefix}tenant_id", request.tenant_id)
+    v.check(require_id, f"{prefix}subject.type", subject.type)
+    v.check(require_id, f"{prefix}subject.id", subject.id)
+    v.check(require_permission, f"{prefix}permission", request.permission)
+    v.check(optional_id, f"{prefix}resource.type", resource.type)
+    v.check(optional_id, f"{prefix}resource.id", resource.id)
+    v.check(require_scope, f"{prefix}resource.scope", resource.scope)
+    v.check(require_revision, f"{prefix}min_revision", request.min_revision)
+    v.raise_if_any()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -18,16 +17,21 @@ import grpc
 
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.engine.lifecycle import Action
-from gatehouse.engine.model import KEY_SUBJECT_TYPE
+from gatehouse.engine.model import KEY_SUBJECT_TYPE, SubjectRef
+from gatehouse.engine.patterns import is_valid_tenant_id
 from gatehouse.engine.validate import (
+    Violations,
+    optional_id,
+    optional_tenant_id,
     require_id,
     require_key_id,
     require_page_size,
     require_patterns,
     require_revision,
     require_scope,
+    require_tenant_id,
 )
-from gatehouse.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from gatehouse.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
 from gatehouse.server import convert
 from gatehouse.server.admin_auth import AdminAuthenticator, Principal, mint_key, request_id
 from gatehouse.server.admin_authz import AdminAuthorizer
@@ -39,7 +43,6 @@ from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 Method = Callable[[Any, Any, Actor], Awaitable[R]]
 
 
@@ -64,7 +67,7 @@ def _target(request: Any) -> str:
 
 def _audit_tenant(request: Any) -> str | None:
     value = getattr(request, "tenant_id", "")
-    return value if isinstance(value, str) and UUID_RE.fullmatch(value) else None
+    return value if isinstance(value, str) and is_valid_tenant_id(value) else None
 
 
 def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], Callable[..., Awaitable[R]]]:
@@ -81,8 +84,8 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
             try:
                 caller = await self._auth.authenticate(metadata, actor.request_id)
                 actor = caller.actor
-                scope = request.scope if action in _SCOPED_ACTIONS else ""
-                await self._authz.require(caller, action, _request_tenant(request), scope)
+                tenant_id, scope = _authz_fields(request, action)
+                await self._authz.require(caller, action, tenant_id, scope)
                 if not mutation:
                     response = await method(self, request, caller)
                     await self._audit(actor, request, action, "ok", "")
@@ -112,9 +115,15 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
 _SCOPED_ACTIONS = frozenset({"role.assign", "role.revoke"})
 
 
-def _request_tenant(request: Any) -> str:
-    value = getattr(request, "tenant_id", "")
-    return value if isinstance(value, str) else ""
+def _authz_fields(request: Any, action: str) -> tuple[str, str]:
+    """The (tenant id, scope) that decide whether the caller may make the call, validated
+    first: authorization is decided on nothing but well-formed values. The method then
+    validates every field (these again) and names every bad one."""
+    v = Violations()
+    tenant_id = v.check(optional_tenant_id, "tenant_id", getattr(request, "tenant_id", ""))
+    scope = v.check(require_scope, "scope", request.scope) if action in _SCOPED_ACTIONS else ""
+    v.raise_if_any()
+    return tenant_id, scope
 
 
 def _transition_rpc(action: Action) -> Callable[..., Awaitable[admin_pb2.Tenant]]:
@@ -148,32 +157,39 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self._cache.tenant_changed(tenant_id, revision, config=config)
 
     # --- tenants ---
+    # Every method validates all its fields before its first await (`Violations`), so a
+    # bad request is refused whole, naming every bad field, before anything is read or
+    # written.
 
     @admin_call("tenant.create")
     async def CreateTenant(self, request: admin_pb2.CreateTenantRequest, caller: Principal) -> admin_pb2.Tenant:
+        v = Violations()
+        slug = v.check(convert.slug, "slug", request.slug)
+        name = v.check(convert.name, "name", request.name)
+        plan = v.check(optional_id, "plan", request.plan)
+        region = v.check(optional_id, "region", request.region)
+        settings = v.check(convert.struct_to_dict, "settings", request.settings)
+        v.raise_if_any()
         record = await self._store.create_tenant(
-            caller.actor,
-            slug=convert.slug("slug", request.slug),
-            name=convert.name("name", request.name),
-            plan=convert.optional_id("plan", request.plan),
-            region=convert.optional_id("region", request.region),
-            settings=convert.struct_to_dict("settings", request.settings),
+            caller.actor, slug=slug, name=name, plan=plan, region=region, settings=settings
         )
         await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
 
     @admin_call("tenant.get", mutation=False)
     async def GetTenant(self, request: admin_pb2.GetTenantRequest, caller: Principal) -> admin_pb2.Tenant:
-        return convert.tenant_message(await self._store.get_tenant(require_id("tenant_id", request.tenant_id)))
+        return convert.tenant_message(await self._store.get_tenant(require_tenant_id("tenant_id", request.tenant_id)))
 
     @admin_call("tenant.list", mutation=False)
     async def ListTenants(self, request: admin_pb2.ListTenantsRequest, caller: Principal) -> admin_pb2.ListTenantsResponse:
+        v = Violations()
+        page_size = v.check(require_page_size, "page_size", request.page_size)
+        status = v.check(convert.tenant_status, "status", request.status)
+        plan = v.check(optional_id, "plan", request.plan)
+        region = v.check(optional_id, "region", request.region)
+        v.raise_if_any()
         page = await self._store.list_tenants(
-            page_size=require_page_size("page_size", request.page_size),
-            page_token=request.page_token,
-            status=convert.tenant_status("status", request.status),
-            plan=convert.optional_id("plan", request.plan),
-            region=convert.optional_id("region", request.region),
+            page_size=page_size, page_token=request.page_token, status=status, plan=plan, region=region
         )
         return admin_pb2.ListTenantsResponse(
             tenants=[convert.tenant_message(t) for t in page.items], next_page_token=page.next_page_token
@@ -181,45 +197,46 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("tenant.update")
     async def UpdateTenant(self, request: admin_pb2.UpdateTenantRequest, caller: Principal) -> admin_pb2.Tenant:
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        expected = v.check(require_revision, "expected_revision", request.expected_revision)
+        name = v.check(convert.name, "name", request.name) if request.HasField("name") else None
+        plan = v.check(require_id, "plan", request.plan) if request.HasField("plan") else None
+        region = v.check(optional_id, "region", request.region) if request.HasField("region") else None
+        v.raise_if_any()
         record = await self._store.update_tenant(
-            caller.actor,
-            require_id("tenant_id", request.tenant_id),
-            expected_revision=require_revision("expected_revision", request.expected_revision),
-            name=convert.name("name", request.name) if request.HasField("name") else None,
-            plan=require_id("plan", request.plan) if request.HasField("plan") else None,
-            region=convert.optional_id("region", request.region) if request.HasField("region") else None,
+            caller.actor, tenant_id, expected_revision=expected, name=name, plan=plan, region=region
         )
         await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
 
     @admin_call("tenant.config.patch")
     async def PatchTenantConfig(self, request: admin_pb2.PatchTenantConfigRequest, caller: Principal) -> admin_pb2.Tenant:
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        expected = v.check(require_revision, "expected_revision", request.expected_revision)
         patch = ConfigPatch(
-            settings_patch=convert.struct_to_dict("settings_patch", request.settings_patch)
+            settings_patch=v.check(convert.struct_to_dict, "settings_patch", request.settings_patch)
             if request.HasField("settings_patch")
             else None,
-            set_flags=convert.key_map("set_flag_overrides", request.set_flag_overrides),
-            clear_flags=convert.key_list("clear_flag_overrides", request.clear_flag_overrides),
-            set_quotas=convert.key_map("set_quota_overrides", request.set_quota_overrides),
-            clear_quotas=convert.key_list("clear_quota_overrides", request.clear_quota_overrides),
+            set_flags=v.check(convert.key_map, "set_flag_overrides", request.set_flag_overrides),
+            clear_flags=v.check(convert.key_list, "clear_flag_overrides", request.clear_flag_overrides),
+            set_quotas=v.check(convert.key_map, "set_quota_overrides", request.set_quota_overrides),
+            clear_quotas=v.check(convert.key_list, "clear_quota_overrides", request.clear_quota_overrides),
         )
-        record = await self._store.patch_tenant_config(
-            caller.actor,
-            require_id("tenant_id", request.tenant_id),
-            patch,
-            expected_revision=require_revision("expected_revision", request.expected_revision),
-        )
+        v.raise_if_any()
+        record = await self._store.patch_tenant_config(caller.actor, tenant_id, patch, expected_revision=expected)
         await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
 
     async def _transition(self, request: admin_pb2.TenantTransitionRequest, actor: Actor, action: Action) -> admin_pb2.Tenant:
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        reason = v.check(convert.description, "reason", request.reason)
+        expected = v.check(require_revision, "expected_revision", request.expected_revision)
+        v.raise_if_any()
         record = await self._store.transition_tenant(
-            actor,
-            require_id("tenant_id", request.tenant_id),
-            action,
-            reason=convert.description("reason", request.reason),
-            expected_revision=require_revision("expected_revision", request.expected_revision),
-            confirm=request.confirm,
+            actor, tenant_id, action, reason=reason, expected_revision=expected, confirm=request.confirm
         )
         await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
@@ -247,55 +264,72 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     # --- roles ---
 
+    def _role_fields(
+        self, request: admin_pb2.CreateRoleRequest | admin_pb2.UpdateRoleRequest, v: Violations
+    ) -> tuple[str, str, tuple[str, ...], str]:
+        """(tenant id, name, permissions, description) of a role write."""
+        return (
+            v.check(require_tenant_id, "tenant_id", request.tenant_id),
+            v.check(require_id, "name", request.name),
+            v.check(require_patterns, "permissions", request.permissions),
+            v.check(convert.description, "description", request.description),
+        )
+
     @admin_call("role.create")
     async def CreateRole(self, request: admin_pb2.CreateRoleRequest, caller: Principal) -> admin_pb2.RoleResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id)
-        permissions = require_patterns("permissions", request.permissions)
+        v = Violations()
+        tenant_id, name, permissions, description = self._role_fields(request, v)
+        v.raise_if_any()
         await self._authz.guard_patterns(caller, permissions, "", what="the role")
         role, revision = await self._store.create_role(
-            caller.actor,
-            tenant_id,
-            name=require_id("name", request.name),
-            permissions=permissions,
-            description=convert.description("description", request.description),
+            caller.actor, tenant_id, name=name, permissions=permissions, description=description
         )
         await self._changed(tenant_id, revision, config=False)
         return admin_pb2.RoleResponse(role=convert.role_message(role), revision=revision)
 
     @admin_call("role.update")
     async def UpdateRole(self, request: admin_pb2.UpdateRoleRequest, caller: Principal) -> admin_pb2.RoleResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id)
-        permissions = require_patterns("permissions", request.permissions)
+        v = Violations()
+        tenant_id, name, permissions, description = self._role_fields(request, v)
+        expected = v.check(require_revision, "expected_revision", request.expected_revision)
+        v.raise_if_any()
         await self._authz.guard_patterns(caller, permissions, "", what="the role")
         role, revision = await self._store.update_role(
-            caller.actor,
-            tenant_id,
-            name=require_id("name", request.name),
-            permissions=permissions,
-            description=convert.description("description", request.description),
-            expected_revision=require_revision("expected_revision", request.expected_revision),
+            caller.actor, tenant_id, name=name, permissions=permissions, description=description,
+            expected_revision=expected,
         )
         await self._changed(tenant_id, revision, config=False)
         return admin_pb2.RoleResponse(role=convert.role_message(role), revision=revision)
 
     @admin_call("role.delete")
     async def DeleteRole(self, request: admin_pb2.DeleteRoleRequest, caller: Principal) -> admin_pb2.MutationResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id)
-        revision = await self._store.delete_role(caller.actor, tenant_id, name=require_id("name", request.name))
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        name = v.check(require_id, "name", request.name)
+        v.raise_if_any()
+        revision = await self._store.delete_role(caller.actor, tenant_id, name=name)
         await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("role.list", mutation=False)
     async def ListRoles(self, request: admin_pb2.ListRolesRequest, caller: Principal) -> admin_pb2.ListRolesResponse:
-        roles, revision = await self._store.list_roles(require_id("tenant_id", request.tenant_id))
+        roles, revision = await self._store.list_roles(require_tenant_id("tenant_id", request.tenant_id))
         return admin_pb2.ListRolesResponse(roles=[convert.role_message(r) for r in roles], revision=revision)
 
     # --- members ---
 
+    def _member_fields(
+        self, request: admin_pb2.AddMemberRequest | admin_pb2.RemoveMemberRequest
+    ) -> tuple[str, SubjectRef]:
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        subject = v.check(convert.subject, "subject", request.subject)
+        v.raise_if_any()
+        return tenant_id, subject
+
     @admin_call("member.add")
     async def AddMember(self, request: admin_pb2.AddMemberRequest, caller: Principal) -> admin_pb2.MemberResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id)
-        subject = convert.subject("subject", request.subject)
+        tenant_id, subject = self._member_fields(request)
         if subject.type == KEY_SUBJECT_TYPE:
             raise InvalidArgument("subject.type", "API keys join their tenant through CreateApiKey")
         member, revision = await self._store.add_member(caller.actor, tenant_id, subject)
@@ -304,8 +338,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("member.remove")
     async def RemoveMember(self, request: admin_pb2.RemoveMemberRequest, caller: Principal) -> admin_pb2.MutationResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id)
-        subject = convert.subject("subject", request.subject)
+        tenant_id, subject = self._member_fields(request)
         if await self._authz.holds_owner(tenant_id, subject):
             await self._authz.guard_owner(caller, OWNER_ROLE)
         revision = await self._store.remove_member(caller.actor, tenant_id, subject)
@@ -314,22 +347,34 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("member.list", mutation=False)
     async def ListMembers(self, request: admin_pb2.ListMembersRequest, caller: Principal) -> admin_pb2.ListMembersResponse:
-        page = await self._store.list_members(
-            require_id("tenant_id", request.tenant_id),
-            page_size=require_page_size("page_size", request.page_size),
-            page_token=request.page_token,
-        )
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        page_size = v.check(require_page_size, "page_size", request.page_size)
+        v.raise_if_any()
+        page = await self._store.list_members(tenant_id, page_size=page_size, page_token=request.page_token)
         return admin_pb2.ListMembersResponse(
             members=[convert.member_message(m) for m in page.items], next_page_token=page.next_page_token
         )
 
     # --- role assignments ---
 
+    def _assignment_fields(
+        self, request: admin_pb2.AssignRoleRequest | admin_pb2.RevokeRoleRequest
+    ) -> tuple[str, SubjectRef, str, str]:
+        """(tenant id, subject, role, scope) of an assignment write."""
+        v = Violations()
+        fields = (
+            v.check(require_tenant_id, "tenant_id", request.tenant_id),
+            v.check(convert.subject, "subject", request.subject),
+            v.check(require_id, "role", request.role),
+            v.check(require_scope, "scope", request.scope),
+        )
+        v.raise_if_any()
+        return fields
+
     @admin_call("role.assign")
     async def AssignRole(self, request: admin_pb2.AssignRoleRequest, caller: Principal) -> admin_pb2.RoleAssignmentResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id)
-        subject = convert.subject("subject", request.subject)
-        role, scope = require_id("role", request.role), require_scope("scope", request.scope)
+        tenant_id, subject, role, scope = self._assignment_fields(request)
         await self._guard_grant(caller, tenant_id, role, scope)
         assignment, revision = await self._store.assign_role(caller.actor, tenant_id, subject, role=role, scope=scope)
         await self._changed(tenant_id, revision, config=False)
@@ -337,16 +382,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("role.revoke")
     async def RevokeRole(self, request: admin_pb2.RevokeRoleRequest, caller: Principal) -> admin_pb2.MutationResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id)
-        role = require_id("role", request.role)
+        tenant_id, subject, role, scope = self._assignment_fields(request)
         await self._authz.guard_owner(caller, role)
-        revision = await self._store.revoke_role(
-            caller.actor,
-            tenant_id,
-            convert.subject("subject", request.subject),
-            role=role,
-            scope=require_scope("scope", request.scope),
-        )
+        revision = await self._store.revoke_role(caller.actor, tenant_id, subject, role=role, scope=scope)
         await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
@@ -354,11 +392,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListRoleAssignments(
         self, request: admin_pb2.ListRoleAssignmentsRequest, caller: Principal
     ) -> admin_pb2.ListRoleAssignmentsResponse:
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        subject = v.check(convert.optional_subject, "subject", request.subject)
+        page_size = v.check(require_page_size, "page_size", request.page_size)
+        v.raise_if_any()
         page = await self._store.list_role_assignments(
-            require_id("tenant_id", request.tenant_id),
-            subject=convert.optional_subject("subject", request.subject),
-            page_size=require_page_size("page_size", request.page_size),
-            page_token=request.page_token,
+            tenant_id, subject=subject, page_size=page_size, page_token=request.page_token
         )
         return admin_pb2.ListRoleAssignmentsResponse(
             assignments=[convert.assignment_message(a) for a in page.items], next_page_token=page.next_page_token
@@ -368,23 +408,26 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("key.create")
     async def CreateApiKey(self, request: admin_pb2.CreateApiKeyRequest, caller: Principal) -> admin_pb2.CreateApiKeyResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id) if request.tenant_id else ""
-        permissions = require_patterns("permissions", request.permissions)
-        if not permissions:
-            raise InvalidArgument("permissions", "at least one pattern (\"*\" = no limit beyond the key's roles)")
+        v = Violations()
+        tenant_id = v.check(optional_tenant_id, "tenant_id", request.tenant_id)
+        permissions = v.check(require_patterns, "permissions", request.permissions)
+        if not request.permissions:
+            v.found.append(FieldViolation("permissions", "at least one pattern (\"*\" = no limit beyond the key's roles)"))
         roles = [
-            (require_id(f"roles[{i}].role", grant.role), require_scope(f"roles[{i}].scope", grant.scope))
+            (v.check(require_id, f"roles[{i}].role", grant.role), v.check(require_scope, f"roles[{i}].scope", grant.scope))
             for i, grant in enumerate(request.roles)
         ]
+        if roles and not request.tenant_id:
+            v.found.append(FieldViolation("roles", "an operator key holds no roles: its permissions are its grant"))
+        name = v.check(convert.description, "name", request.name)
         expires_at = convert.seconds(request.expires_at, request.HasField("expires_at"))
         if expires_at is not None and expires_at <= time.time():
-            raise InvalidArgument("expires_at", "must be in the future")
+            v.found.append(FieldViolation("expires_at", "must be in the future"))
+        v.raise_if_any()
         if tenant_id:
             for role, scope in roles:
                 await self._guard_grant(caller, tenant_id, role, scope)
         else:
-            if roles:
-                raise InvalidArgument("roles", "an operator key holds no roles: its permissions are its grant")
             await self._authz.guard_patterns(caller, permissions, "", what="the key")
         minted = await asyncio.to_thread(mint_key)
         record, revision = await self._store.create_api_key(
@@ -392,7 +435,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             tenant_id,
             key_id=minted.key_id,
             secret_hash=minted.secret_hash,
-            name=convert.description("name", request.name),
+            name=name,
             permissions=permissions,
             expires_at=expires_at,
             roles=roles,
@@ -403,8 +446,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("key.revoke")
     async def RevokeApiKey(self, request: admin_pb2.RevokeApiKeyRequest, caller: Principal) -> admin_pb2.MutationResponse:
-        tenant_id = require_id("tenant_id", request.tenant_id) if request.tenant_id else ""
-        key_id = require_key_id("key_id", request.key_id)
+        v = Violations()
+        tenant_id = v.check(optional_tenant_id, "tenant_id", request.tenant_id)
+        key_id = v.check(require_key_id, "key_id", request.key_id)
+        v.raise_if_any()
         revision = await self._store.revoke_api_key(caller.actor, tenant_id, key_id)
         self._auth.forget(key_id)
         if tenant_id:
@@ -413,11 +458,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("key.list", mutation=False)
     async def ListApiKeys(self, request: admin_pb2.ListApiKeysRequest, caller: Principal) -> admin_pb2.ListApiKeysResponse:
-        page = await self._store.list_api_keys(
-            require_id("tenant_id", request.tenant_id) if request.tenant_id else "",
-            page_size=require_page_size("page_size", request.page_size),
-            page_token=request.page_token,
-        )
+        v = Violations()
+        tenant_id = v.check(optional_tenant_id, "tenant_id", request.tenant_id)
+        page_size = v.check(require_page_size, "page_size", request.page_size)
+        v.raise_if_any()
+        page = await self._store.list_api_keys(tenant_id, page_size=page_size, page_token=request.page_token)
         return admin_pb2.ListApiKeysResponse(
             keys=[convert.api_key_message(k) for k in page.items], next_page_token=page.next_page_token
         )
@@ -438,13 +483,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: admin_pb2.ListAuditEventsRequest, caller: Principal
     ) -> admin_pb2.ListAuditEventsResponse:
+        v = Violations()
+        tenant_id = v.check(optional_tenant_id, "tenant_id", request.tenant_id)
+        page_size = v.check(require_page_size, "page_size", request.page_size)
+        v.raise_if_any()
         page = await self._store.list_audit_events(
-            tenant_id=convert.optional_id("tenant_id", request.tenant_id),
+            tenant_id=tenant_id,
             actor=request.actor[:200],
             action=request.action[:200],
             since=convert.seconds(request.since, request.HasField("since")),
             until=convert.seconds(request.until, request.HasField("until")),
-            page_size=require_page_size("page_size", request.page_size),
+            page_size=page_size,
             page_token=request.page_token,
         )
         return admin_pb2.ListAuditEventsResponse(

@@ -11,7 +11,7 @@ import grpc
 from gatehouse.cache.answers import Answers
 from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
 from gatehouse.engine.decision import effective_flags
-from gatehouse.engine.validate import require_id, require_revision
+from gatehouse.engine.validate import Violations, require_revision, require_tenant_id
 from gatehouse.errors import TenantNotFound
 from gatehouse.server.convert import STATUS_TO_PROTO, dict_to_struct
 from gatehouse.server.errors import abort, grpc_errors
@@ -79,9 +79,11 @@ class ConfigServicer:
         if known is not None:
             return known.encoded
         request = parse(config_pb2.GetTenantConfigRequest, body)
-        tenant_id = require_id("tenant_id", request.tenant_id)
-        require_revision("if_revision_newer_than", request.if_revision_newer_than)
-        require_revision("min_revision", request.min_revision)
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        v.check(require_revision, "if_revision_newer_than", request.if_revision_newer_than)
+        v.check(require_revision, "min_revision", request.min_revision)
+        v.raise_if_any()
         entry = await self._cache.tenant(tenant_id, request.min_revision)
         if entry is None:
             raise TenantNotFound(f"tenant {tenant_id} not found")
@@ -113,7 +115,7 @@ class ConfigServicer:
 
         unsubscribe = self._cache.on_tenant_change(listener)
         try:
-            tenant_id = require_id("tenant_id", request.tenant_id)
+            tenant_id = require_tenant_id("tenant_id", request.tenant_id)
             entry = await self._cache.tenant(tenant_id)
             if entry is None:
                 raise TenantNotFound(f"tenant {tenant_id} not found")

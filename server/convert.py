@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, TenantStatus
-from gatehouse.engine.validate import require_id, require_name, require_patterns
+from gatehouse.engine.validate import REQUIRED, Violations, require_id, require_name, require_patterns
 from gatehouse.errors import InvalidArgument
 from gatehouse.store.api import ApiKeyRecord, AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
 from gatehouse.v1 import admin_pb2, common_pb2
@@ -33,7 +33,10 @@ STATUS_FROM_PROTO: dict[int, TenantStatus] = {v: k for k, v in STATUS_TO_PROTO.i
 
 
 def subject(field: str, message: common_pb2.Subject) -> SubjectRef:
-    return SubjectRef(require_id(f"{field}.type", message.type), require_id(f"{field}.id", message.id))
+    v = Violations()
+    ref = SubjectRef(v.check(require_id, f"{field}.type", message.type), v.check(require_id, f"{field}.id", message.id))
+    v.raise_if_any()
+    return ref
 
 
 def optional_subject(field: str, message: common_pb2.Subject) -> SubjectRef | None:
@@ -54,12 +57,8 @@ def tenant_status(field: str, value: int) -> TenantStatus | None:
 
 def slug(field: str, value: str) -> str:
     if not SLUG_RE.fullmatch(value):
-        raise InvalidArgument(field, "must match ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$" if value else "is required")
+        raise InvalidArgument(field, "must match ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$" if value else REQUIRED)
     return value
-
-
-def optional_id(field: str, value: str) -> str:
-    return require_id(field, value) if value else ""
 
 
 def struct_to_dict(field: str, message: struct_pb2.Struct) -> dict[str, Any]:

@@ -1207,14 +1207,18 @@ def _overridden(current: Mapping[str, T], set_: Mapping[str, T], clear: Sequence
 
 
 def _parse_tenant_id(tenant_id: str) -> uuid.UUID | None:
-    """The tenant id as a UUID, or None when it cannot be one (so no tenant has it).
+    """The tenant id as a UUID, or None when no tenant has it: when it is no uuid, or a
+    uuid spelled otherwise than `str(uuid.UUID)` spells it (upper case, no hyphens,
+    braces, `urn:uuid:`). Postgres would accept those; the caches key tenants by the
+    one canonical spelling, so the store answers for that spelling only.
 
     Checked here so a malformed id is a plain miss, never a Postgres DataError.
     """
     try:
-        return uuid.UUID(tenant_id)
+        parsed = uuid.UUID(tenant_id)
     except (ValueError, TypeError, AttributeError):
         return None
+    return parsed if str(parsed) == tenant_id else None
 
 
 def _require_tenant_id(tenant_id: str) -> uuid.UUID:
@@ -1379,6 +1383,10 @@ def _decode_token(token: str, shape: tuple[type, ...]) -> list[Any] | None:
         isinstance(key, list)
         and len(key) == len(shape)
         and all(type(value) is expected for value, expected in zip(key, shape, strict=True))
+        # One spelling per token, like every identifier: base64 decoding ignores stray
+        # characters and padding, and JSON spacing, so a token must be exactly what
+        # `_encode_token` makes of the key it holds.
+        and _encode_token(key) == token
     ):
         raise InvalidArgument("page_token", "is not a page token from this listing")
     return key

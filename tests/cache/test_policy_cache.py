@@ -11,6 +11,7 @@ from gatehouse.cache.l2 import RedisL2
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import SubjectRef
+from gatehouse.errors import RevisionNotReached
 from gatehouse.store.api import Actor
 from gatehouse.store.postgres import PostgresStore, connect
 
@@ -123,3 +124,68 @@ async def test_l1_is_bounded(store: PostgresStore, unique: str) -> None:
     for index in range(100):
         await cache.subject(tenant_id, SubjectRef("user", f"u{index}"))
     assert len(cache) <= 20 + 16
+
+
+# --- a min_revision this process has not heard of (issue 11, part 3) ---
+
+
+async def test_a_min_revision_the_tenant_has_not_reached_is_refused_not_answered_older(
+    store: PostgresStore, unique: str
+) -> None:
+    tenant_id, revision = await seeded_tenant(store, f"fut-{unique}")
+    counting = CountingStore(store)
+    cache = PolicyCache(counting, None, max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
+    assert (await cache.tenant(tenant_id)).revision == revision  # type: ignore[union-attr]
+    with pytest.raises(RevisionNotReached) as refused:
+        await cache.tenant(tenant_id, revision + 1000)
+    assert refused.value.metadata == {
+        "tenant_id": tenant_id, "min_revision": str(revision + 1000), "current_revision": str(revision),
+    }
+    # The same for a subject asked at a revision nobody has: never grants from older data.
+    with pytest.raises(RevisionNotReached):
+        await cache.subject(tenant_id, ALICE, revision + 1000)
+
+
+async def test_a_revision_written_elsewhere_is_read_from_postgres(store: PostgresStore, unique: str) -> None:
+    """Another sidecar's write that no event has announced here yet: still served, from
+    Postgres, as before; only a revision nobody has is refused."""
+    tenant_id, revision = await seeded_tenant(store, f"rw-{unique}")
+    cache = PolicyCache(store, None, max_entries=1000, ttl_seconds=60, revision_probe_seconds=0.05)
+    assert (await cache.tenant(tenant_id)).revision == revision  # type: ignore[union-attr]
+    _, written = await store.assign_role(ACTOR, tenant_id, ALICE, role="member", scope="x")
+    entry = await cache.tenant(tenant_id, written)
+    assert entry is not None and entry.revision == written
+    grants = await cache.subject(tenant_id, ALICE, written)
+    assert grants is not None and grants.revision == written
+
+
+async def test_unreachable_revisions_cost_one_store_read_per_interval(store: PostgresStore, unique: str) -> None:
+    tenant_id, revision = await seeded_tenant(store, f"flood-{unique}")
+    counting = CountingStore(store)
+    cache = PolicyCache(counting, None, max_entries=1000, ttl_seconds=60, revision_probe_seconds=0.2)  # type: ignore[arg-type]
+    await cache.tenant(tenant_id)
+    loads = counting.tenant_loads
+
+    async def ask(min_revision: int) -> BaseException | None:
+        try:
+            await cache.tenant(tenant_id, min_revision)
+        except RevisionNotReached as error:
+            return error
+        return None
+
+    # 300 at once, each asking for a different future revision: the first begins a read;
+    # the rest arrived after it began, so they share the next one.
+    answers = await asyncio.gather(*(ask(revision + 1 + i) for i in range(300)))
+    assert all(isinstance(a, RevisionNotReached) for a in answers)
+    assert counting.tenant_loads - loads == 2
+    # One after the other: each waits for the next read (one per 0.2 s), never its own.
+    loads = counting.tenant_loads
+    started = asyncio.get_running_loop().time()
+    for _ in range(5):
+        assert isinstance(await ask(revision + 7), RevisionNotReached)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert counting.tenant_loads - loads <= 1 + elapsed / 0.2
+    # An unknown tenant asked at a revision: the same (current revision 0).
+    missing = "00000000-0000-4000-8000-000000000009"
+    results = await asyncio.gather(*(cache.tenant(missing, 3) for _ in range(50)), return_exceptions=True)
+    assert all(isinstance(r, RevisionNotReached) and r.current == 0 for r in results)

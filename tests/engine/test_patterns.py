@@ -7,6 +7,8 @@ in the engine's fast paths cannot make both sides agree.
 
 from __future__ import annotations
 
+import uuid
+
 import functools
 import itertools
 import string
@@ -21,6 +23,7 @@ from gatehouse.engine.patterns import (
     is_valid_pattern,
     is_valid_permission,
     is_valid_scope,
+    is_valid_tenant_id,
     pattern_covers,
     pattern_matches,
     scope_covers,
@@ -421,3 +424,30 @@ def test_pattern_covers_agrees_with_brute_force(wider: str, narrower: str) -> No
 )
 def test_pattern_covers_examples(wider: str, narrower: str, covers: bool) -> None:
     assert pattern_covers(wider, narrower) is covers
+
+
+# --- dot segments (issue 11): `.` and `..` are no scope segment ----------------------------
+
+
+@PROPERTY
+@given(before=scope_lists, dots=st.sampled_from([".", ".."]), after=scope_lists)
+def test_a_scope_with_a_dot_segment_is_invalid(before: list[str], dots: str, after: list[str]) -> None:
+    """Wherever it stands: a caller resolving paths reads `a/b/../c` as `a/c`, while a
+    text comparison would put it below `a/b`; one org unit must have one spelling."""
+    assert not is_valid_scope("/".join([*before, dots, *after]))
+
+
+@pytest.mark.parametrize("segment", ["...", ".a", "a.", "a..b", ".hidden", "v1.2"])
+def test_dots_inside_a_segment_are_allowed(segment: str) -> None:
+    assert is_valid_scope(segment) and is_valid_scope(f"emea/{segment}/x")
+
+
+@PROPERTY
+@given(st.uuids())
+def test_a_tenant_id_has_exactly_one_valid_spelling(value: uuid.UUID) -> None:
+    canonical = str(value)
+    assert is_valid_tenant_id(canonical)
+    digits = value.hex
+    for other in (canonical.upper(), digits, "{" + canonical + "}", value.urn, digits.upper()):
+        if other != canonical:
+            assert not is_valid_tenant_id(other)

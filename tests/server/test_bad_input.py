@@ -93,3 +93,106 @@ async def test_admin_bad_input_writes_nothing(client: Client, unique: str) -> No
     assert after.revision == tenant.revision
     listed = await client.admin.ListTenants(admin_pb2.ListTenantsRequest(page_size=1000), metadata=auth)
     assert not [t for t in listed.tenants if t.slug.startswith(f"ok-{unique}")]
+
+
+async def violations(call: Any) -> list[tuple[str, str]]:
+    """(field, description) of every BadRequest violation of a refused call."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                break
+        else:
+            await call
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failure.value.details()
+    status = rpc_status.from_call(failure.value)  # type: ignore[arg-type]
+    assert status is not None
+    found = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found.extend((v.field, v.description) for v in bad.field_violations)
+    return found
+
+
+async def test_every_bad_field_of_a_request_is_named(client: Client, unique: str) -> None:
+    """Not just the first: an empty tenant_id and a bad scope are both reported."""
+    found = await violations(client.access.CheckAccess(request(tenant_id="", resource=common_pb2.Resource(scope="a//b"))))
+    assert [f for f, _ in found] == ["tenant_id", "resource.scope"]
+    everything_wrong = access_pb2.CheckAccessRequest(
+        tenant_id="T", subject=common_pb2.Subject(type="", id="a b"), permission="X",
+        resource=common_pb2.Resource(type="é", id="\n", scope="/"), min_revision=-1,
+    )
+    found = await violations(client.access.CheckAccess(everything_wrong))
+    assert [f for f, _ in found] == [
+        "tenant_id", "subject.type", "subject.id", "permission", "resource.type", "resource.id", "resource.scope",
+        "min_revision",
+    ]
+    batch = access_pb2.CheckAccessBatchRequest(checks=[request(), request(tenant_id=""), request(permission="")])
+    found = await violations(client.access.CheckAccessBatch(batch))
+    assert [f for f, _ in found] == ["checks[1].tenant_id", "checks[2].permission"]
+    tenant = await client.tenant(f"many-{unique}")
+    found = await violations(client.admin.AssignRole(
+        admin_pb2.AssignRoleRequest(tenant_id=tenant.id, subject=common_pb2.Subject(), role="", scope="a/b"),
+        metadata=client.auth,
+    ))
+    assert [f for f, _ in found] == ["subject.type", "subject.id", "role"]
+    # What authorization is decided on (tenant_id; scope for Assign/RevokeRole) is checked
+    # before the caller is authorized, and reported on its own.
+    found = await violations(client.admin.AssignRole(
+        admin_pb2.AssignRoleRequest(tenant_id="X", subject=common_pb2.Subject(), role="", scope="a/../b"),
+        metadata=client.auth,
+    ))
+    assert [f for f, _ in found] == ["tenant_id", "scope"]
+    found = await violations(client.admin.CreateRole(
+        admin_pb2.CreateRoleRequest(tenant_id=tenant.id, name="", permissions=["Bad"], description="\x00"),
+        metadata=client.auth,
+    ))
+    assert [f for f, _ in found] == ["name", "permissions[0]", "description"]
+
+
+async def test_hundreds_of_bad_fields_fit_in_the_trailers(client: Client) -> None:
+    """The status travels in trailers (8 KiB by default): the first ten are named."""
+    batch = access_pb2.CheckAccessBatchRequest(checks=[request(tenant_id="", permission="") for _ in range(500)])
+    found = await violations(client.access.CheckAccessBatch(batch))
+    assert len(found) == 10
+
+
+async def test_one_rule_one_message_in_every_method(client: Client) -> None:
+    """The same rule words its violation the same way whichever method applies it."""
+    from gatehouse.v1 import config_pb2
+
+    empty_tenant = [
+        client.access.CheckAccess(request(tenant_id="")),
+        client.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=[request(tenant_id="")])),
+        client.config.GetTenantConfig(config_pb2.GetTenantConfigRequest(tenant_id="")),
+        client.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id="")),
+        client.admin.GetTenant(admin_pb2.GetTenantRequest(tenant_id=""), metadata=client.auth),
+        client.admin.ListRoles(admin_pb2.ListRolesRequest(tenant_id=""), metadata=client.auth),
+    ]
+    messages = {tuple(d for _, d in await violations(call))[0] for call in empty_tenant}
+    assert messages == {"is required"}
+    bad_tenant = [
+        client.access.CheckAccess(request(tenant_id="acme")),
+        client.config.GetTenantConfig(config_pb2.GetTenantConfigRequest(tenant_id="acme")),
+        client.admin.ListApiKeys(admin_pb2.ListApiKeysRequest(tenant_id="acme"), metadata=client.auth),
+        client.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(tenant_id="acme"), metadata=client.auth),
+    ]
+    assert len({(await violations(call))[0][1] for call in bad_tenant}) == 1
+    bad_scope = [
+        client.access.CheckAccess(request(resource=common_pb2.Resource(scope="a//b"))),
+        client.admin.AssignRole(
+            admin_pb2.AssignRoleRequest(tenant_id=TENANT, subject=user("a"), role="r", scope="a//b"), metadata=client.auth
+        ),
+        client.admin.CreateApiKey(
+            admin_pb2.CreateApiKeyRequest(tenant_id=TENANT, permissions=["*"], roles=[admin_pb2.RoleGrant(role="r", scope="a//b")]),
+            metadata=client.auth,
+        ),
+    ]
+    descriptions = set()
+    for call in bad_scope:
+        descriptions.update(d for f, d in await violations(call) if f.endswith("scope"))
+    assert len(descriptions) == 1

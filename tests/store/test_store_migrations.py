@@ -183,3 +183,44 @@ async def test_the_default_plan_is_seeded(database_url: str) -> None:
         assert await conn.fetchval("SELECT features::text FROM plans WHERE name = 'default'") == "{}"
     finally:
         await conn.close()
+
+
+async def test_0003_removes_grants_at_dot_segment_scopes_as_an_evented_write(empty_db: str) -> None:
+    """Scopes with `.`/`..` segments are refused from version 3 on; assignments stored at
+    one before could never match again nor be revoked by name, so the migration removes
+    them the way a write would: revision + 1, an audit row, an outbox event, per tenant."""
+    await migrate_up(empty_db, 2, runtime_role=PG_RUNTIME_ROLE)
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute("SELECT set_config('gatehouse.tenant_id', '*', false)")
+        dirty = await conn.fetchval("INSERT INTO tenants (slug, name, plan) VALUES ('dirty', 'D', 'default') RETURNING id")
+        clean = await conn.fetchval("INSERT INTO tenants (slug, name, plan) VALUES ('clean', 'C', 'default') RETURNING id")
+        for tenant in (dirty, clean):
+            await conn.execute("INSERT INTO roles (tenant_id, name, permissions) VALUES ($1, 'r', '{x.read}')", tenant)
+            await conn.execute(
+                "INSERT INTO memberships (tenant_id, subject_type, subject_id) VALUES ($1, 'user', 'alice')", tenant
+            )
+        scopes = {dirty: ["emea/de/../fr", "..", "a/.", "ok", "a/.../b", ""], clean: ["emea", "v1.2"]}
+        for tenant, listed in scopes.items():
+            for scope in listed:
+                await conn.execute(
+                    "INSERT INTO role_assignments (tenant_id, subject_type, subject_id, role, scope)"
+                    " VALUES ($1, 'user', 'alice', 'r', $2)", tenant, scope,
+                )
+        revisions = dict(await conn.fetch("SELECT id, revision FROM tenants"))
+
+        assert await migrate_up(empty_db, 3, runtime_role=PG_RUNTIME_ROLE) == 3
+
+        left = await conn.fetch("SELECT tenant_id, scope FROM role_assignments ORDER BY tenant_id, scope")
+        assert sorted((r["tenant_id"], r["scope"]) for r in left) == sorted(
+            [(dirty, ""), (dirty, "a/.../b"), (dirty, "ok"), (clean, "emea"), (clean, "v1.2")]
+        )
+        after = dict(await conn.fetch("SELECT id, revision FROM tenants"))
+        assert after == {dirty: revisions[dirty] + 1, clean: revisions[clean]}
+        audit = await conn.fetch("SELECT tenant_id, actor, action, details FROM audit_log")
+        assert [(a["tenant_id"], a["actor"], a["action"]) for a in audit] == [(dirty, "migration", "role.revoke")]
+        assert '"emea/de/../fr"' in audit[0]["details"]
+        events = await conn.fetch("SELECT tenant_id, revision, kind, subject FROM outbox")
+        assert [tuple(e) for e in events] == [(dirty, revisions[dirty] + 1, "assignment", None)]
+    finally:
+        await conn.close()

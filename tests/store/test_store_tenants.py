@@ -45,7 +45,15 @@ async def test_create_and_get(store: PostgresStore, actor: Actor, unique: str) -
     assert created.settings == {"theme": {"color": "blue"}}
     assert isinstance(created.created_at, float) and created.created_at == created.updated_at
     assert await store.get_tenant(created.id) == created
-    assert await store.get_tenant(created.id.upper()) == created  # any spelling of the uuid
+    # One spelling per tenant (the caches key it): every other spelling Postgres would
+    # accept is no tenant at all, on every read and write of the store.
+    hexdigits = created.id.replace("-", "")
+    for spelling in (created.id.upper(), hexdigits, "{" + created.id + "}", f"urn:uuid:{created.id}"):
+        with pytest.raises(TenantNotFound):
+            await store.get_tenant(spelling)
+        assert await store.load_tenant(spelling) is None
+        with pytest.raises(TenantNotFound):
+            await store.add_member(actor, spelling, SubjectRef("user", "x"))
 
 
 async def test_create_rejects_a_taken_slug_a_bad_slug_and_an_unknown_plan(

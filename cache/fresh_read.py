@@ -1,0 +1,68 @@
+"""Reads that must have begun after the caller arrived, at most one per key per interval.
+
+A `min_revision` the tenant has not reached can only be refused on the word of a store
+read that began after the request arrived: a read already under way may predate the
+write the caller has just been told about. But refusing must not let a caller aim every
+request at Postgres, so reads of one key are spaced `interval` seconds apart and shared:
+a caller that arrives just after a read began waits for the next one (at most
+`interval`), and everyone who arrived before a read began shares that read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+
+T = TypeVar("T")
+
+
+class FreshRead(Generic[T]):
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[Hashable, tuple[float, asyncio.Task[T]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    async def read_since(
+        self,
+        key: Hashable,
+        arrived: float,
+        read: Callable[[], Awaitable[T]],
+        good_enough: Callable[[T], bool],
+    ) -> T:
+        """The result of a `read()` of `key` that began at or after `arrived` (a `clock()`
+        reading), or of an earlier one whose result is `good_enough`. Raises what that
+        read raised. Cancelling a caller never cancels a read others share."""
+        while True:
+            last = self._last.get(key)
+            if last is not None:
+                started, task = last
+                if started >= arrived:
+                    return await asyncio.shield(task)
+                if not task.done():
+                    await asyncio.wait((task,))
+                    continue
+                if not task.cancelled() and task.exception() is None and good_enough(task.result()):
+                    return task.result()
+                wait = started + self._interval - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue  # another waiter may have begun the next read meanwhile
+            task = asyncio.ensure_future(read())
+            self._last[key] = (self._clock(), task)
+            task.add_done_callback(lambda done, key=key: self._done(key, done))
+
+    def _done(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        if not task.cancelled():
+            task.exception()  # mark retrieved: the waiters got it, or nobody was left to care
+        # Keep it for one interval (the spacing needs it), then forget it: the map holds
+        # only keys read within the last interval.
+        asyncio.get_running_loop().call_later(self._interval, self._forget, key, task)
+
+    def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        last = self._last.get(key)
+        if last is not None and last[1] is task:
+            del self._last[key]
