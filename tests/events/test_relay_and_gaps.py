@@ -338,8 +338,9 @@ async def test_two_relays_and_bursts_of_writes_cause_no_gaps(
             await client.aclose()
 
 
-async def cached_viewer(isolated_database: str, store: PostgresStore, redis: aioredis.Redis, prefix: str, slug: str
-                        ) -> tuple[str, PolicyCache, OutboxRelay]:
+async def cached_viewer(
+    isolated_database: str, store: PostgresStore, redis: aioredis.Redis, prefix: str, slug: str
+) -> tuple[str, PolicyCache, OutboxRelay]:
     """A tenant where alice is a viewer, its events published, and a cache that holds that."""
     tenant_id = await active_tenant(store, slug)
     await store.add_member(ACTOR, tenant_id, ALICE)
