@@ -4,12 +4,25 @@ Not a consumer group: each process must see every event, so each keeps its own p
 (the last stream id it applied) and reads on with `XREAD BLOCK` from there.
 
 When it cannot prove it saw every event, it evicts conservatively (all of L1) and counts
-a gap:
-- once caught up with the stream's tail, it has read fewer entries than the stream says
-  were added since it last checked (entries were trimmed before it read them, or the
-  stream was lost and made anew);
+a gap. After reading, it asks the stream how far it got (`XINFO STREAM`, Redis >= 7.0),
+and decides from that one atomic reply whether an entry it has not read is gone:
+- XDEL removed one: the largest id XDEL ever removed (`max-deleted-entry-id`) is above
+  its position;
+- the stream was deleted, or lost and made anew: it is gone, its last id is below the
+  position, or it reports fewer entries ever added (`entries-added`) than the reader
+  already knows of;
+- trimming removed one (XTRIM, XADD MAXLEN: Redis leaves `max-deleted-entry-id` alone
+  for those): the reader knows how many entries were added up to its position (the
+  count at the tail it started from, plus those it read since); when the reply says how
+  many follow the position (none when it is the last id; `length` when trimming has
+  passed it, so the first entry left is after it), that plus those must be exactly
+  `entries-added`. Else (tail ahead, trimming behind) it waits until caught up.
 - it lost its Redis connection (Redis restarted and lost the stream, or events were
   published while it could not read): on reconnect it clears L1, then reads on.
+The first three hold only when an event was lost, however many entries were published
+between the read and the reply: an XADD raises the last id, the length and the count
+together, and removes nothing. (Comparing a count with the last id read before, as this
+module once did, took an XADD landing after an idle read for a lost entry.)
 The L2 revision pointer is moved by the relay itself, so L2 never serves data older than
 a published event either. TTLs remain as a long safety net.
 """
@@ -40,6 +53,28 @@ class KeyListener(Protocol):
 
     def forget(self, key_id: str) -> None: ...
     def clear(self) -> None: ...
+
+
+class UnsupportedRedis(RuntimeError):
+    """Redis is older than 7.0: lost events cannot be told from concurrent ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What one `XINFO STREAM` reply says, atomically, about the stream."""
+
+    last_id: str  # the last id generated: the newest entry ever added
+    max_deleted: str  # the largest id XDEL ever removed, "0-0" if none (trimming leaves it)
+    added: int  # entries ever added, including those since removed
+    first_id: str  # the first entry still in the stream, "0-0" when it is empty
+    length: int  # entries still in the stream
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream id as the (milliseconds, sequence) pair Redis orders ids by; as strings,
+    "9-0" would sort after "10-0"."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(slots=True)
@@ -75,8 +110,9 @@ class TenantEventSubscriber:
         self._checked_at = 0.0
         self.position: str | None = None
         self._lost = False
-        self._added_base = 0
-        self._read = 0
+        self._added_base = 0  # entries ever added up to the position the count starts from
+        self._read = 0  # entries read since then
+        self._added_seen = 0  # entries ever added, as the last check saw it
         self.stats = SubscriberStats()
         self.connected = asyncio.Event()
 
@@ -86,6 +122,9 @@ class TenantEventSubscriber:
             try:
                 await self._follow()
             except asyncio.CancelledError:
+                raise
+            except UnsupportedRedis as exc:
+                log.critical("%s; the event subscriber stops", exc)
                 raise
             except (RedisError, OSError) as exc:
                 stop_if_cancelled()
@@ -125,35 +164,62 @@ class TenantEventSubscriber:
             now = loop.time()
             if not reply or now - self._checked_at >= self._gap_check:
                 self._checked_at = now
-                await self._check_complete(idle=not reply)
+                await self._check_complete()
 
-    async def _stream_state(self) -> tuple[str, int]:
-        """(last generated id, entries ever added) of the stream; ("0-0", 0) when absent."""
+    async def _stream_state(self) -> StreamState:
+        """The stream as one XINFO reply describes it; an empty one when there is none."""
         try:
             info = await self._redis.xinfo_stream(self._stream)
         except ResponseError:  # no stream: none yet, or deleted, or Redis restarted empty
-            return "0-0", 0
-        return as_text(info["last-generated-id"]), int(info["entries-added"])
+            return StreamState(last_id="0-0", max_deleted="0-0", added=0, first_id="0-0", length=0)
+        try:
+            return StreamState(
+                last_id=as_text(info["last-generated-id"]),
+                max_deleted=as_text(info["max-deleted-entry-id"]),
+                added=int(info["entries-added"]),
+                first_id=as_text(info["recorded-first-entry-id"]),
+                length=int(info["length"]),
+            )
+        except KeyError:
+            raise UnsupportedRedis(
+                f"XINFO STREAM {self._stream} reports no max-deleted-entry-id, entries-added or"
+                " recorded-first-entry-id: Gatehouse needs Redis 7.0 or newer to tell lost tenant events"
+                " from concurrent ones"
+            ) from None
 
-    async def _rebase(self) -> None:
+    async def _rebase(self, state: StreamState | None = None) -> None:
         """Start counting from the stream's tail: everything before it is covered."""
-        self.position, self._added_base = await self._stream_state()
-        self._read = 0
+        if state is None:
+            state = await self._stream_state()
+        self.position, self._added_base, self._read = state.last_id, state.added, 0
+        self._added_seen = state.added
 
-    async def _check_complete(self, *, idle: bool) -> None:
-        """Once caught up with the tail, we must have read every entry added since the
-        base. Fewer means entries were trimmed (or the stream was lost) before we read
-        them: a gap. (XTRIM does not record what it deleted, so count instead.)"""
-        last_id, added = await self._stream_state()
-        behind = last_id != self.position and added >= self._added_base
-        if behind and not idle:
-            return  # not caught up yet; count when we are
-        # Idle yet behind the tail: the entries in between are gone. Otherwise, count.
-        if added != self._added_base + self._read:
-            self._gap(f"read {self._read} of {added - self._added_base} events since the last check")
-            await self._rebase()
+    async def _check_complete(self) -> None:
+        """A gap iff an entry this reader has not read is gone; see the module docstring."""
+        state = await self._stream_state()
+        position = entry_order(self.position or "0-0")
+        known = self._added_base + self._read  # added up to the position: the count it started at, plus reads
+        if entry_order(state.max_deleted) > position:
+            why = f"entries after {self.position} were deleted, up to {state.max_deleted}, before it read them"
+        elif entry_order(state.last_id) < position or state.added < max(known, self._added_seen):
+            why = f"the stream was deleted or made anew (last id {state.last_id}, {state.added} entries added)"
         else:
-            self._added_base, self._read = added, 0
+            # How many entries follow the position, where the reply tells: none when caught
+            # up; all `length` when trimming has passed the position. Otherwise (the first
+            # entry at or before the position, the tail beyond it) trimming has not reached
+            # anything unread, and an earlier hole it read past shows once caught up.
+            caught_up = entry_order(state.last_id) == position
+            trimmed_past = state.length == 0 or entry_order(state.first_id) > position
+            following = 0 if caught_up else state.length if trimmed_past else None
+            if following is None or state.added == known + following:
+                self._added_seen = state.added
+                if caught_up:
+                    self._added_base, self._read = state.added, 0
+                return
+            missing = state.added - known - following
+            why = f"{missing} events were trimmed (or the stream made anew) before it read them"
+        self._gap(why)
+        await self._rebase(state)
 
     def _apply(self, fields: dict[bytes, bytes]) -> None:
         event = TenantEvent.parse(fields)

@@ -4,18 +4,20 @@ Postgres and Redis (each test on a database and key prefix of its own)."""
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+import random
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from gatehouse.cache.policy_cache import PolicyCache
-from gatehouse.cache.subscriber import TenantEventSubscriber
+from gatehouse.cache.subscriber import TenantEventSubscriber, UnsupportedRedis, entry_order
 from gatehouse.engine.decision import decide
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import SubjectRef
-from gatehouse.events import TenantEvent, stream_key
+from gatehouse.events import TenantEvent, as_text, stream_key
 from gatehouse.store.api import Actor
 from gatehouse.store.postgres import PostgresStore
 from gatehouse.store.relay import OutboxRelay
@@ -174,3 +176,308 @@ async def test_a_subject_event_keeps_other_subjects_cached(isolated_store: Postg
     assert await cache.subject(tenant_id, bob) is bob_before
     alice_after = await cache.subject(tenant_id, ALICE)
     assert alice_after is not alice_before and alice_after is not None and alice_after.revision == revision
+
+
+# --- Gap detection is exact: no gap without a lost event, one gap for a lost one. ---------
+
+
+async def wait_until(condition: Callable[[], bool], bound: float = 5.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "not within the bound"
+        await asyncio.sleep(0.01)
+
+
+def an_event(n: int, tenant_id: str = "00000000-0000-0000-0000-0000000000aa") -> dict[str, str]:
+    return TenantEvent(id=n, tenant_id=tenant_id, revision=n, kind="tenant").fields()
+
+
+class PausedReads:
+    """Holds a subscriber's XREADs back while paused, so that the stream can move on (be
+    trimmed, deleted, made anew) behind a reader that is still running."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._xread = client.xread
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+        self.parked = asyncio.Event()
+        client.xread = self._held  # type: ignore[method-assign]
+
+    async def _held(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.resumed.is_set():
+            self.parked.set()
+            await self.resumed.wait()
+        return await self._xread(*args, **kwargs)
+
+    async def pause(self) -> None:
+        """Returns once the reader waits before its next XREAD (the one in flight done)."""
+        self.parked.clear()
+        self.resumed.clear()
+        await asyncio.wait_for(self.parked.wait(), 5)
+
+    def resume(self) -> None:
+        self.resumed.set()
+
+
+@pytest.fixture
+async def subscriber_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """The subscriber's own connection (it blocks in XREAD), as in the server."""
+    client = aioredis.from_url(redis_url, socket_timeout=3)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Callable[[TenantEventSubscriber], None]]:
+    """Runs subscribers for the test; cancels them at its end."""
+    tasks: list[asyncio.Task[None]] = []
+    yield lambda subscriber: tasks.append(asyncio.create_task(subscriber.run()))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def xadd_only(redis: aioredis.Redis, stream: str) -> None:
+    await redis.xadd(stream, an_event(2))
+
+
+async def xadd_then_trim_what_was_read(redis: aioredis.Redis, stream: str) -> None:
+    """Trimming passes the reader's position, yet takes only the entry it has read."""
+    await xadd_only(redis, stream)
+    newest = (await redis.xrevrange(stream, count=1))[0][0]
+    await redis.xtrim(stream, minid=newest, approximate=False)
+
+
+@pytest.mark.parametrize("race", [xadd_only, xadd_then_trim_what_was_read])
+async def test_an_event_published_between_an_idle_read_and_the_check_is_no_gap(
+    race: Callable[[aioredis.Redis, str], Awaitable[None]],
+    isolated_store: PostgresStore,
+    redis: aioredis.Redis,
+    subscriber_redis: aioredis.Redis,
+    fresh_prefix: str,
+    running: Callable[[TenantEventSubscriber], None],
+) -> None:
+    """The race behind the false gaps, in the order that loses it: an XREAD returns
+    nothing, an XADD lands, then the subscriber asks the stream how far it got."""
+    stream = stream_key(fresh_prefix)
+    await redis.xadd(stream, an_event(1))
+    xinfo = subscriber_redis.xinfo_stream
+    calls = 0
+
+    async def xinfo_after_the_race(name: str, full: bool = False) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # 1: where to start (the tail); 2: the check after the first, idle, read
+            await race(redis, stream)
+        return await xinfo(name, full)
+
+    subscriber_redis.xinfo_stream = xinfo_after_the_race  # type: ignore[method-assign]
+    cache = PolicyCache(isolated_store, None, max_entries=100, ttl_seconds=60)
+    subscriber = TenantEventSubscriber(subscriber_redis, cache, prefix=fresh_prefix, block_ms=20, gap_check_seconds=0)
+    running(subscriber)
+    # It reads the event and checks a few times more (unless it skipped it, as a gap).
+    await wait_until(lambda: subscriber.stats.gaps > 0 or (subscriber.stats.events == 1 and calls >= 5))
+    assert subscriber.stats.gaps == 0 and subscriber.stats.events == 1
+
+
+async def test_two_relays_and_bursts_of_writes_cause_no_gaps(
+    isolated_database: str,
+    isolated_store: PostgresStore,
+    redis: aioredis.Redis,
+    redis_url: str,
+    fresh_prefix: str,
+) -> None:
+    """The issue's setting: an untrimmed stream, two relays, several subscribers, writes in
+    bursts (so that readers go idle between them, and XADDs race their checks)."""
+    clients = [aioredis.from_url(redis_url, socket_timeout=3) for _ in range(6)]
+    subscribers = [
+        TenantEventSubscriber(
+            client, PolicyCache(isolated_store, None, max_entries=1000, ttl_seconds=60), prefix=fresh_prefix,
+            block_ms=5, gap_check_seconds=0.01,
+        )
+        for client in clients[:4]
+    ]
+    relays = [
+        OutboxRelay(isolated_database, client, prefix=fresh_prefix, batch_size=5, poll_interval=0.05)
+        for client in clients[4:]
+    ]
+    tasks = [asyncio.create_task(subscriber.run()) for subscriber in subscribers]
+    try:
+        for subscriber in subscribers:
+            await asyncio.wait_for(subscriber.connected.wait(), 5)
+        tasks += [asyncio.create_task(relay.run()) for relay in relays]
+        tenants = [await active_tenant(isolated_store, f"burst{n}") for n in range(4)]
+        rng = random.Random(11)
+        for burst in range(40):
+            await asyncio.gather(
+                *(
+                    isolated_store.add_member(ACTOR, tenants[n % len(tenants)], SubjectRef("user", f"u{burst}-{n}"))
+                    for n in range(rng.randint(1, 6))
+                )
+            )
+            await asyncio.sleep(rng.uniform(0, 0.02))
+        for _ in range(500):
+            if not await unpublished(isolated_database):
+                break
+            await asyncio.sleep(0.01)
+        assert await unpublished(isolated_database) == 0
+        published = await redis.xlen(stream_key(fresh_prefix))
+        assert published == sum(relay.published for relay in relays) and min(r.published for r in relays) > 0
+        # Each reads every event (unless it skipped some, as a gap).
+        await wait_until(lambda: all(s.stats.gaps > 0 or s.stats.events >= published for s in subscribers))
+        await asyncio.sleep(0.05)  # a few more checks, caught up
+        info = await redis.xinfo_stream(stream_key(fresh_prefix))
+        assert as_text(info["max-deleted-entry-id"]) == "0-0"  # nothing was ever trimmed ...
+        assert [s.stats.gaps for s in subscribers] == [0] * len(subscribers)  # ... so no gap
+        assert [s.stats.events for s in subscribers] == [published] * len(subscribers)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in clients:
+            await client.aclose()
+
+
+async def cached_viewer(
+    isolated_database: str, store: PostgresStore, redis: aioredis.Redis, prefix: str, slug: str
+) -> tuple[str, PolicyCache, OutboxRelay]:
+    """A tenant where alice is a viewer, its events published, and a cache that holds that."""
+    tenant_id = await active_tenant(store, slug)
+    await store.add_member(ACTOR, tenant_id, ALICE)
+    await store.assign_role(ACTOR, tenant_id, ALICE, role="viewer", scope="")
+    relay = OutboxRelay(isolated_database, redis, prefix=prefix)
+    await publish(relay, isolated_database)
+    cache = PolicyCache(store, None, max_entries=100, ttl_seconds=3600)
+    assert await alice_may_read(cache, tenant_id)
+    return tenant_id, cache, relay
+
+
+async def publish(relay: OutboxRelay, dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await relay.publish_pending(conn)
+    finally:
+        await conn.close()
+
+
+async def alice_may_read(cache: PolicyCache, tenant_id: str) -> bool:
+    policy = (await cache.tenant(tenant_id)).policy  # type: ignore[union-attr]
+    return decide(policy, await cache.subject(tenant_id, ALICE), "doc.read", "").allowed
+
+
+async def test_a_reader_that_reads_past_trimmed_entries_counts_one_gap(
+    isolated_database: str,
+    isolated_store: PostgresStore,
+    redis: aioredis.Redis,
+    subscriber_redis: aioredis.Redis,
+    fresh_prefix: str,
+    running: Callable[[TenantEventSubscriber], None],
+) -> None:
+    """The trim leaves newer entries for the reader to read: it reads on past the hole,
+    so nothing after its position is missing by the time it checks; the count is short."""
+    tenant_id, cache, relay = await cached_viewer(isolated_database, isolated_store, redis, fresh_prefix, "pasttrim")
+    paused = PausedReads(subscriber_redis)
+    subscriber = TenantEventSubscriber(subscriber_redis, cache, prefix=fresh_prefix, block_ms=20)
+    running(subscriber)
+    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    await paused.pause()
+    await isolated_store.revoke_role(ACTOR, tenant_id, ALICE, role="viewer", scope="")
+    await isolated_store.add_member(ACTOR, tenant_id, SubjectRef("user", "zed"))
+    await publish(relay, isolated_database)
+    await redis.xtrim(stream_key(fresh_prefix), maxlen=1, approximate=False)  # the revocation goes
+    paused.resume()
+    await wait_until(lambda: subscriber.stats.gaps > 0)
+    await asyncio.sleep(0.2)  # more checks: still one
+    assert subscriber.stats.gaps == 1 and subscriber.stats.events == 1
+    assert not await alice_may_read(cache, tenant_id)
+
+
+@pytest.mark.parametrize("entries_after", [0, 1, 12])
+async def test_a_stream_deleted_and_made_anew_counts_one_gap(
+    entries_after: int,
+    isolated_database: str,
+    isolated_store: PostgresStore,
+    redis: aioredis.Redis,
+    subscriber_redis: aioredis.Redis,
+    fresh_prefix: str,
+    running: Callable[[TenantEventSubscriber], None],
+) -> None:
+    """DEL (or a Redis restart the subscriber did not notice) takes the stream's history:
+    gone (0), made anew with fewer entries than seen (1), or with more (12), all newer than
+    the reader's position, so only the count tells."""
+    tenant_id, cache, relay = await cached_viewer(isolated_database, isolated_store, redis, fresh_prefix, "remade")
+    paused = PausedReads(subscriber_redis)
+    subscriber = TenantEventSubscriber(subscriber_redis, cache, prefix=fresh_prefix, block_ms=20)
+    running(subscriber)
+    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    await isolated_store.add_member(ACTOR, tenant_id, SubjectRef("user", "yan"))
+    await publish(relay, isolated_database)
+    await wait_until(lambda: subscriber.stats.events == 1)  # it has read from this stream
+    await paused.pause()
+    await isolated_store.revoke_role(ACTOR, tenant_id, ALICE, role="viewer", scope="")
+    await publish(relay, isolated_database)
+    await redis.delete(stream_key(fresh_prefix))  # the revocation goes with the stream
+    for n in range(entries_after):
+        await redis.xadd(stream_key(fresh_prefix), an_event(100 + n))
+    paused.resume()
+    await wait_until(lambda: subscriber.stats.gaps > 0)
+    await asyncio.sleep(0.2)
+    assert subscriber.stats.gaps == 1
+    assert not await alice_may_read(cache, tenant_id)
+
+
+@pytest.mark.parametrize("later_events", [0, 1])
+async def test_an_unread_entry_removed_by_xdel_counts_one_gap(
+    later_events: int,
+    isolated_database: str,
+    isolated_store: PostgresStore,
+    redis: aioredis.Redis,
+    subscriber_redis: aioredis.Redis,
+    fresh_prefix: str,
+    running: Callable[[TenantEventSubscriber], None],
+) -> None:
+    """XDEL, unlike trimming, raises max-deleted-entry-id: above the reader's position
+    (nothing after it), or read past (a later event), the revocation is gone unread."""
+    tenant_id, cache, relay = await cached_viewer(isolated_database, isolated_store, redis, fresh_prefix, "xdel")
+    paused = PausedReads(subscriber_redis)
+    subscriber = TenantEventSubscriber(subscriber_redis, cache, prefix=fresh_prefix, block_ms=20)
+    running(subscriber)
+    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    await paused.pause()
+    await isolated_store.revoke_role(ACTOR, tenant_id, ALICE, role="viewer", scope="")
+    await publish(relay, isolated_database)
+    revocation = (await redis.xrevrange(stream_key(fresh_prefix), count=1))[0][0]
+    for n in range(later_events):
+        await redis.xadd(stream_key(fresh_prefix), an_event(100 + n))
+    assert await redis.xdel(stream_key(fresh_prefix), revocation) == 1
+    paused.resume()
+    await wait_until(lambda: subscriber.stats.gaps > 0)
+    await asyncio.sleep(0.2)
+    assert subscriber.stats.gaps == 1 and subscriber.stats.events == later_events
+    assert not await alice_may_read(cache, tenant_id)
+
+
+def test_stream_ids_compare_as_numbers() -> None:
+    assert entry_order("9-0") < entry_order("10-0") and entry_order("10-2") < entry_order("10-10")
+    assert entry_order("0-0") == (0, 0) and entry_order("1796079451983-7") == (1796079451983, 7)
+
+
+async def test_a_redis_older_than_7_stops_the_subscriber_with_the_reason(
+    isolated_store: PostgresStore, redis: aioredis.Redis, subscriber_redis: aioredis.Redis, fresh_prefix: str
+) -> None:
+    """Redis 6 answers XINFO STREAM without entries-added, max-deleted-entry-id and
+    recorded-first-entry-id: without them a lost event cannot be told from a new one."""
+    await redis.xadd(stream_key(fresh_prefix), an_event(1))
+    xinfo = subscriber_redis.xinfo_stream
+
+    async def as_redis_6_answers(name: str, full: bool = False) -> Any:
+        info = dict(await xinfo(name, full))
+        for field in ("max-deleted-entry-id", "entries-added", "recorded-first-entry-id"):
+            del info[field]
+        return info
+
+    subscriber_redis.xinfo_stream = as_redis_6_answers  # type: ignore[method-assign]
+    cache = PolicyCache(isolated_store, None, max_entries=100, ttl_seconds=60)
+    subscriber = TenantEventSubscriber(subscriber_redis, cache, prefix=fresh_prefix)
+    with pytest.raises(UnsupportedRedis, match="Redis 7.0 or newer"):
+        await asyncio.wait_for(subscriber.run(), 5)
