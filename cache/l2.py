@@ -23,10 +23,10 @@ import time
 from typing import Awaitable, Callable, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gatehouse.cache import codec
 from gatehouse.engine.model import SubjectSnapshot, TenantSnapshot
+from gatehouse.redis_failures import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,7 +111,7 @@ class RedisL2:
             return fallback
         try:
             return await op()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             self.errors += 1
             if self._down_until <= self._clock():
                 log.warning("redis unavailable, skipping L2 for %.1fs: %s", self._retry_after, exc)
@@ -157,7 +157,7 @@ class RedisL2:
     async def ping(self) -> bool:
         try:
             return bool(await self._client.ping())
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_FAILURES:
             return False
 
     async def close(self) -> None:

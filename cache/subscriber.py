@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.engine.model import KEY_SUBJECT_TYPE
 from gatehouse.events import CONFIG_KINDS, TenantEvent, as_text, stream_key
+from gatehouse.redis_failures import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class TenantEventSubscriber:
             except UnsupportedRedis as exc:
                 log.critical("%s; the event subscriber stops", exc)
                 raise
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 stop_if_cancelled()
                 if self.connected.is_set():
                     log.warning("event stream lost (%s): evicting conservatively on reconnect", exc)

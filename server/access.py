@@ -27,12 +27,12 @@ from gatehouse.engine.validate import (
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
 from gatehouse.server.errors import grpc_errors
-from gatehouse.server.wire import parse, register
+from gatehouse.server.wire import parse, register_service
 from gatehouse.v1 import access_pb2
 
 MAX_BATCH = 1000
 Response = access_pb2.CheckAccessResponse
-SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
+SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"]
 
 
 class AccessServicer:
@@ -45,7 +45,7 @@ class AccessServicer:
         self._answers = answers
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        register(server, SERVICE, {
+        register_service(server, SERVICE, self, raw={
             "CheckAccess": grpc.unary_unary_rpc_method_handler(self.CheckAccess),
             "CheckAccessBatch": grpc.unary_unary_rpc_method_handler(self.CheckAccessBatch),
         })

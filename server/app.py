@@ -8,8 +8,8 @@ import signal
 
 import grpc
 import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gatehouse.cache.answers import Answers
 from gatehouse.cache.l2 import RedisL2
@@ -21,18 +21,22 @@ from gatehouse.server.admin_auth import AdminAuthenticator, return_hash_memory_t
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.health import Readiness
 from gatehouse.server.listeners import bind, plan_listeners
+from gatehouse.server.wire import register_service
 from gatehouse.settings import Settings
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
-from gatehouse.v1 import access_pb2, admin_pb2, admin_pb2_grpc, config_pb2
+from gatehouse.v1 import access_pb2, admin_pb2, config_pb2
 
 log = logging.getLogger("gatehouse")
 
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION_SERVICE = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 SERVICE_NAMES = (
     access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    ADMIN_SERVICE.full_name,
 )
 
 
@@ -95,11 +99,15 @@ class Sidecar:
         self.config_answers = Answers(self.cache, s.answer_cache_entries)
         AccessServicer(self.cache, self.check_answers).add_to(server)
         ConfigServicer(self.cache, self.config_answers).add_to(server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.store, self.cache, self.authenticator), server
+        # Every other service through the same decoding step (server/wire.py): bytes that
+        # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
+        register_service(server, ADMIN_SERVICE, AdminServicer(self.store, self.cache, self.authenticator))
+        register_service(server, HEALTH_SERVICE, self.readiness.servicer)
+        register_service(
+            server,
+            REFLECTION_SERVICE,
+            reflection.aio.ReflectionServicer((*SERVICE_NAMES, reflection.SERVICE_NAME, HEALTH_SERVICE.full_name)),
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         self.addresses = [bind(server, listener) for listener in listeners]
         await server.start()
         self.server = server

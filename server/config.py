@@ -15,12 +15,12 @@ from gatehouse.engine.validate import Violations, require_revision, require_tena
 from gatehouse.errors import TenantNotFound
 from gatehouse.server.convert import STATUS_TO_PROTO, dict_to_struct
 from gatehouse.server.errors import abort, grpc_errors
-from gatehouse.server.wire import parse, register
+from gatehouse.server.wire import parse, register_service
 from gatehouse.v1 import config_pb2
 
 _VIEW = "config"
 _ENCODED = "config-bytes"
-SERVICE = config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
+SERVICE = config_pb2.DESCRIPTOR.services_by_name["ConfigService"]
 
 
 def config_message(entry: CachedTenant) -> config_pb2.TenantConfig:
@@ -64,13 +64,8 @@ class ConfigServicer:
         self._answers = answers
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        register(server, SERVICE, {
+        register_service(server, SERVICE, self, raw={
             "GetTenantConfig": grpc.unary_unary_rpc_method_handler(self.GetTenantConfig),
-            "WatchTenantConfig": grpc.unary_stream_rpc_method_handler(
-                self.WatchTenantConfig,
-                request_deserializer=config_pb2.WatchTenantConfigRequest.FromString,
-                response_serializer=config_pb2.TenantConfig.SerializeToString,
-            ),
         })
 
     @grpc_errors

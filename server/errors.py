@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, NoReturn, TypeVar
 import asyncpg
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
@@ -33,6 +34,8 @@ def translate(exc: BaseException) -> GatehouseError:
     """Any exception as one of ours."""
     if isinstance(exc, GatehouseError):
         return exc
+    if isinstance(exc, DecodeError):
+        return InvalidArgument("request", "not a valid message")
     if isinstance(exc, RedisError):
         return Unavailable(f"cache unavailable: {type(exc).__name__}")
     if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):

@@ -1,20 +1,41 @@
-"""Registering handlers that take and return raw bytes, and parsing those bytes.
+"""One decoding step for every method: handlers take and return raw bytes, and parse here.
 
-The hot methods (CheckAccess, CheckAccessBatch, GetTenantConfig) are registered without
-grpc's (de)serializers: they look the request's bytes up in their remembered answers
-first and parse only when asked something new, and they return answers serialized once.
+Every service Gatehouse serves (its own three, health, reflection) is registered through
+`register_service`, never through grpc's generated deserializers: bytes that are no
+request are INVALID_ARGUMENT (field `request`) for everyone, authenticated or not, with
+no traceback (grpc's own deserializer failure is UNKNOWN plus an ERROR log per call),
+logged at most as one rate-limited line. Every string of a parsed request must be one
+Postgres can store (no NUL, which text and jsonb refuse; no lone surrogate), and
+`google.protobuf.Struct`/`ListValue` values nest at most `MAX_VALUE_DEPTH` levels, both
+checked before the method runs.
+
+The hot methods (CheckAccess, CheckAccessBatch, GetTenantConfig) register their own
+raw-bytes handlers (`register`): they look the request's bytes up in their remembered
+answers first and parse (`parse`) only when asked something new.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+import logging
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
+from gatehouse.server.errors import abort
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from gatehouse.errors import InvalidArgument
+from gatehouse.errors import FieldViolation, InvalidArgument
 
+log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
+
+# JSON-like values (settings, patches) nest at most this deep. protobuf refuses to parse
+# a message nested more than 100 levels, and every JSON level is two (Struct -> Value),
+# so at 50 a tenant's config would become unreadable to every default client.
+MAX_VALUE_DEPTH = 32
+_VALUE_TYPES = frozenset({"google.protobuf.Struct", "google.protobuf.ListValue"})
 
 
 def parse(message_type: type[M], body: bytes) -> M:
@@ -22,6 +43,7 @@ def parse(message_type: type[M], body: bytes) -> M:
     try:
         return message_type.FromString(body)
     except DecodeError:
+        _MALFORMED.note(message_type.DESCRIPTOR.full_name, len(body))
         raise InvalidArgument("request", f"not a valid {message_type.DESCRIPTOR.name} message") from None
 
 
@@ -29,3 +51,152 @@ def register(server: grpc.aio.Server, service: str, handlers: dict[str, grpc.Rpc
     """What generated `add_*Servicer_to_server` functions do, for hand-built handlers."""
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
+
+
+def register_service(
+    server: grpc.aio.Server,
+    service: ServiceDescriptor,
+    servicer: object,
+    *,
+    raw: dict[str, grpc.RpcMethodHandler] | None = None,
+) -> None:
+    """Register every method of `service` as implemented by `servicer`'s method of the
+    same name, behind `decode`: it gets a parsed, checked request and returns (or
+    yields) messages, as with generated code. `raw`: hand-built raw-bytes handlers for
+    some methods (the hot ones), which parse for themselves."""
+    handlers: dict[str, grpc.RpcMethodHandler] = dict(raw or {})
+    for method in service.methods:
+        if method.name in handlers:
+            continue
+        request_type: type[Message] = message_factory.GetMessageClass(method.input_type)
+        implementation = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(_bidi(implementation, request_type))
+        elif method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(_unary_stream(implementation, request_type))
+        elif method.client_streaming:
+            raise NotImplementedError(f"{method.full_name}: no Gatehouse method streams requests only")
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(implementation, request_type))
+    register(server, service.full_name, handlers)
+
+
+def decode(request_type: type[M], body: bytes) -> M:
+    """Parse `body` and check that the request holds nothing the store cannot (see module)."""
+    request = parse(request_type, body)
+    violations: list[FieldViolation] = []
+    _check_message(request, "", 0, violations)
+    if violations:
+        raise InvalidArgument(violations[0].field, violations[0].description, *violations[1:])
+    return request
+
+
+def _unary(
+    implementation: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]], request_type: type[Message]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    async def handler(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            request = decode(request_type, body)
+        except InvalidArgument as error:
+            await abort(context, error)
+        response = await implementation(request, context)
+        return response.SerializeToString()
+
+    return handler
+
+
+def _unary_stream(
+    implementation: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Message]], request_type: type[Message]
+) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+    async def handler(body: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        try:
+            request = decode(request_type, body)
+        except InvalidArgument as error:
+            await abort(context, error)
+        async for response in implementation(request, context):
+            yield response.SerializeToString()
+
+    return handler
+
+
+def _bidi(
+    implementation: Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Message]],
+    request_type: type[Message],
+) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+    async def handler(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async def requests() -> AsyncIterator[Message]:
+            async for body in bodies:
+                try:
+                    yield decode(request_type, body)
+                except InvalidArgument as error:
+                    await abort(context, error)
+
+        async for response in implementation(requests(), context):
+            yield response.SerializeToString()
+
+    return handler
+
+
+def _check_message(message: Message, path: str, depth: int, found: list[FieldViolation]) -> None:
+    """Every string in `message`, at any depth (map keys too), must be storable; JSON-like
+    values must not nest deeper than MAX_VALUE_DEPTH. Appends to `found`."""
+    if message.DESCRIPTOR.full_name in _VALUE_TYPES:
+        depth += 1
+        if depth > MAX_VALUE_DEPTH:
+            found.append(FieldViolation(path.rstrip(".") or "request", f"nests deeper than {MAX_VALUE_DEPTH} levels"))
+            return
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            key_field, value_field = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                entry = f"{name}[{key!r}]" if len(repr(key)) <= 64 else f"{name}[key]"
+                if key_field.type == FieldDescriptor.TYPE_STRING:
+                    _check_string(key, f"{name} key", found)
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    _check_message(item, f"{entry}.", depth, found)
+                elif value_field.type == FieldDescriptor.TYPE_STRING:
+                    _check_string(item, entry, found)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = value if field.is_repeated else (value,)
+            for index, item in enumerate(items):
+                _check_message(item, f"{name}[{index}]." if field.is_repeated else f"{name}.", depth, found)
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            items = value if field.is_repeated else (value,)
+            for index, item in enumerate(items):
+                _check_string(item, f"{name}[{index}]" if field.is_repeated else name, found)
+        if len(found) >= InvalidArgument.MAX_VIOLATIONS:
+            return
+
+
+def _check_string(value: str, field: str, found: list[FieldViolation]) -> None:
+    if "\x00" in value:
+        found.append(FieldViolation(field, "must not contain NUL (U+0000)"))
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        found.append(FieldViolation(field, "must be valid Unicode (no lone surrogate)"))
+
+
+class _RateLimitedLog:
+    """One log line per `every` seconds at most, saying how many were not logged."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._next = 0.0
+        self._quiet = 0
+
+    def note(self, what: str, size: int) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._quiet += 1
+            return
+        log.info(
+            "malformed request: %d bytes are no %s (%d more since the last such line)", size, what, self._quiet
+        )
+        self._quiet = 0
+        self._next = now + self._every
+
+
+_MALFORMED = _RateLimitedLog()

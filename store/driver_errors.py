@@ -76,6 +76,11 @@ def translate(error: Exception) -> GatehouseError:
         return _FOREIGN_KEY_ERRORS[constraint]()
     if isinstance(error, pg.CheckViolationError) and constraint in _CHECK_FIELDS:
         return InvalidArgument(*_CHECK_FIELDS[constraint])
+    if isinstance(error, (pg.UntranslatableCharacterError, pg.CharacterNotInRepertoireError)):
+        # Text Postgres cannot hold (NUL in text or jsonb, a character the database
+        # encoding lacks). The server refuses these at validation (server/wire.py); one
+        # that slips past is still the caller's input, not a server fault.
+        return InvalidArgument("request", f"a string the database cannot store ({type(error).__name__})")
     if isinstance(error, _UNAVAILABLE) or _is_closed_pool_or_connection(error):
         return StoreUnavailable(f"database unavailable: {type(error).__name__}")
     if isinstance(error, _SCHEMA):

@@ -24,11 +24,11 @@ from typing import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gatehouse.cache.l2 import ADVANCE_POINTER, pointer_key
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import TenantEvent, stream_key
+from gatehouse.redis_failures import REDIS_FAILURES
 from gatehouse.store.idempotency import RETENTION_SECONDS
 from gatehouse.store.postgres import NOTIFY_CHANNEL, PLATFORM_SCOPE
 
@@ -155,7 +155,7 @@ class OutboxRelay:
                 await self._run_connected()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*REDIS_FAILURES, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 stop_if_cancelled()
                 if self._connected:
                     backoff = 0.1  # it had been working: retry fast first

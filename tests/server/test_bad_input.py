@@ -148,7 +148,7 @@ async def test_every_bad_field_of_a_request_is_named(client: Client, unique: str
     ))
     assert [f for f, _ in found] == ["tenant_id", "scope"]
     found = await violations(client.admin.CreateRole(
-        admin_pb2.CreateRoleRequest(tenant_id=tenant.id, name="", permissions=["Bad"], description="\x00"),
+        admin_pb2.CreateRoleRequest(tenant_id=tenant.id, name="", permissions=["Bad"], description="\x07"),
         metadata=client.auth,
     ))
     assert [f for f, _ in found] == ["name", "permissions[0]", "description"]

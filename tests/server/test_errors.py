@@ -6,6 +6,7 @@ import asyncpg
 import grpc
 import pytest
 import redis.exceptions
+from google.protobuf.message import DecodeError
 
 from gatehouse import errors
 from gatehouse.server.app import Sidecar
@@ -26,6 +27,11 @@ LOWER_LEVEL = [
     (redis.exceptions.ConnectionError("down"), errors.Unavailable),
     (redis.exceptions.TimeoutError("slow"), errors.Unavailable),
     (TimeoutError(), errors.StoreUnavailable),
+    (asyncpg.UntranslatableCharacterError("\\u0000 cannot be converted to text"), errors.InvalidArgument),
+    (asyncpg.CharacterNotInRepertoireError("invalid byte sequence"), errors.InvalidArgument),
+    (redis.exceptions.ResponseError("WRONGTYPE"), errors.Unavailable),
+    (DecodeError("Error parsing message"), errors.InvalidArgument),
+    (ConnectionResetError(104, "reset by peer"), errors.StoreUnavailable),
     (KeyError("bug"), errors.Internal),
     (ValueError("bug"), errors.Internal),
 ]
@@ -80,3 +86,29 @@ async def test_postgres_down_is_unavailable_not_unknown(redis_url: str, redis_pr
     finally:
         await client.channel.close()
         await sidecar.stop(grace=0)
+
+
+def test_every_redis_failure_skips_l2_instead_of_failing_the_call() -> None:
+    """uvloop reports a connection reset mid-call as RuntimeError ("the handler is
+    closed"), which redis-py does not wrap: it once escaped the L2 guard as INTERNAL."""
+    import asyncio
+
+    from gatehouse.cache.l2 import RedisL2
+    from gatehouse.redis_failures import REDIS_FAILURES
+
+    reset = RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+    raised = [redis.exceptions.ConnectionError("down"), ConnectionResetError(104, "reset"), TimeoutError(), reset]
+    assert all(isinstance(e, REDIS_FAILURES) for e in raised)
+    l2 = RedisL2.from_url("redis://127.0.0.1:1/0", prefix="x", ttl_seconds=1, timeout=0.1)
+
+    async def run() -> list[object]:
+        results = []
+        for error in raised:
+            async def failing() -> object:
+                raise error
+            l2._down_until = 0.0
+            results.append(await l2._guard(failing, "fallback"))
+        await l2.close()
+        return results
+
+    assert asyncio.run(run()) == ["fallback"] * len(raised)
