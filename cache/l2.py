@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from gatehouse.cache import codec
 from gatehouse.engine.model import SubjectSnapshot, TenantSnapshot
+from gatehouse.events import ADVANCE_POINTER, tenant_tag
 from gatehouse.redis_failures import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
@@ -39,29 +40,6 @@ local data = redis.call('GET', ARGV[2] .. rev .. ARGV[3])
 if not data then return false end
 return {rev, data}
 """
-
-# Store data ARGV[3] under key ARGV[2] (when given) and move the pointer KEYS[1] forward,
-# never back, to revision ARGV[1]. The relay uses it too, with no data.
-ADVANCE_POINTER = """
-if ARGV[3] ~= '' then redis.call('SET', ARGV[2], ARGV[3], 'PX', ARGV[4]) end
-local cur = redis.call('GET', KEYS[1])
-if not cur or tonumber(cur) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
-elseif tonumber(cur) == tonumber(ARGV[1]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-return 1
-"""
-
-
-def tenant_tag(prefix: str, tenant_id: str) -> str:
-    """The start of every key of one tenant; `{…}` is the Redis Cluster hash tag."""
-    return f"{prefix}:{{{tenant_id}}}"
-
-
-def pointer_key(prefix: str, tenant_id: str) -> str:
-    return f"{tenant_tag(prefix, tenant_id)}:rev"
-
 
 class RedisL2:
     def __init__(

@@ -1,10 +1,11 @@
 """Every error Gatehouse reports, in one hierarchy.
 
-Each class carries its gRPC status code and a stable `GATEHOUSE_*` reason as class
-attributes (the way h2 errors carry their protocol code). The server maps them to a
-`google.rpc.Status` with an ErrorInfo (and BadRequest field violations) in one place:
-`gatehouse.server.errors`. Lower-level errors (asyncpg, redis) are translated there too,
-so nothing reaches a caller as UNKNOWN.
+Each class carries its status `Code` and a stable `GATEHOUSE_*` reason as class
+attributes (the way h2 errors carry codes from h2's own enum). `Code` is ours, numbered
+as gRPC numbers its status codes, so nothing below the server imports grpc; the server
+maps codes to `grpc.StatusCode` and errors to a `google.rpc.Status` with an ErrorInfo
+(and BadRequest field violations) in one place: `gatehouse.server.errors`. Lower-level
+errors (asyncpg, redis) are translated there too, so nothing reaches a caller as UNKNOWN.
 
     GatehouseError
     ├── InvalidArgument            INVALID_ARGUMENT     GATEHOUSE_INVALID_ARGUMENT
@@ -31,9 +32,31 @@ so nothing reaches a caller as UNKNOWN.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-import grpc
+
+class Code(enum.IntEnum):
+    """Status codes, numbered as gRPC numbers them (grpc/status.proto; the codes an HTTP
+    adapter maps come from the same table), so the server's mapping is one lookup."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +70,7 @@ class FieldViolation:
 class GatehouseError(Exception):
     """Base of every error Gatehouse reports to a caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: Code = Code.INTERNAL
     reason: str = "GATEHOUSE_INTERNAL"
 
     def __init__(self, message: str, *, metadata: dict[str, str] | None = None) -> None:
@@ -59,7 +82,7 @@ class GatehouseError(Exception):
 class InvalidArgument(GatehouseError):
     """The request is malformed; `violations` names every bad field."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Code.INVALID_ARGUMENT
     reason = "GATEHOUSE_INVALID_ARGUMENT"
 
     # Status message and details travel in trailers, which clients cap (grpc's default
@@ -77,7 +100,7 @@ class InvalidArgument(GatehouseError):
 
 
 class NotFound(GatehouseError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = Code.NOT_FOUND
     reason = "GATEHOUSE_NOT_FOUND"
 
 
@@ -86,12 +109,12 @@ class TenantNotFound(NotFound):
 
 
 class AlreadyExists(GatehouseError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = Code.ALREADY_EXISTS
     reason = "GATEHOUSE_ALREADY_EXISTS"
 
 
 class FailedPrecondition(GatehouseError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Code.FAILED_PRECONDITION
     reason = "GATEHOUSE_FAILED_PRECONDITION"
 
 
@@ -178,7 +201,7 @@ class IdempotencyKeyReused(FailedPrecondition):
 class RevisionConflict(GatehouseError):
     """`expected_revision` is not the tenant's current revision (optimistic concurrency)."""
 
-    code = grpc.StatusCode.ABORTED
+    code = Code.ABORTED
     reason = "GATEHOUSE_REVISION_CONFLICT"
 
     def __init__(self, expected: int, current: int) -> None:
@@ -190,7 +213,7 @@ class RevisionConflict(GatehouseError):
 
 
 class Unauthenticated(GatehouseError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = Code.UNAUTHENTICATED
     reason = "GATEHOUSE_UNAUTHENTICATED"
 
 
@@ -202,7 +225,7 @@ class KeyRejected(Unauthenticated):
 
 
 class PermissionDenied(GatehouseError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = Code.PERMISSION_DENIED
     reason = "GATEHOUSE_PERMISSION_DENIED"
 
 
@@ -220,7 +243,7 @@ class PlatformOnly(PermissionDenied):
 
 
 class Unavailable(GatehouseError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Code.UNAVAILABLE
     reason = "GATEHOUSE_UNAVAILABLE"
 
 
@@ -237,5 +260,5 @@ class SchemaMismatch(Unavailable):
 
 
 class Internal(GatehouseError):
-    code = grpc.StatusCode.INTERNAL
+    code = Code.INTERNAL
     reason = "GATEHOUSE_INTERNAL"

@@ -78,3 +78,29 @@ def as_text(value: bytes | str) -> str:
 
 def stream_key(prefix: str) -> str:
     return f"{prefix}:events"
+
+
+# --- where events and the L2 revision pointer live in Redis --------------------------------
+# Shared by the outbox relay (store/) and the cache (cache/), so defined here, below both.
+
+# Store data ARGV[3] under key ARGV[2] (when given) and move the pointer KEYS[1] forward,
+# never back, to revision ARGV[1]. The relay uses it too, with no data.
+ADVANCE_POINTER = """
+if ARGV[3] ~= '' then redis.call('SET', ARGV[2], ARGV[3], 'PX', ARGV[4]) end
+local cur = redis.call('GET', KEYS[1])
+if not cur or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+elseif tonumber(cur) == tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+
+def tenant_tag(prefix: str, tenant_id: str) -> str:
+    """The start of every key of one tenant; `{…}` is the Redis Cluster hash tag."""
+    return f"{prefix}:{{{tenant_id}}}"
+
+
+def pointer_key(prefix: str, tenant_id: str) -> str:
+    return f"{tenant_tag(prefix, tenant_id)}:rev"

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
-from gatehouse.errors import GatehouseError, Internal, InvalidArgument, Unavailable
+from gatehouse.errors import Code, GatehouseError, Internal, InvalidArgument, Unavailable
 from gatehouse.store import driver_errors
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,15 @@ def translate(exc: BaseException) -> GatehouseError:
     return error
 
 
+# Our codes are numbered as gRPC's: one table, checked entry by entry at import.
+GRPC_CODES: dict[Code, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in Code}
+assert all(GRPC_CODES[code].value[0] == code.value for code in Code)
+
+
+def grpc_code(error: GatehouseError) -> grpc.StatusCode:
+    return GRPC_CODES[error.code]
+
+
 def to_status(error: GatehouseError) -> status_pb2.Status:
     details = []
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
@@ -64,14 +73,14 @@ def to_status(error: GatehouseError) -> status_pb2.Status:
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
-    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    return status_pb2.Status(code=int(error.code), message=error.message, details=details)
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
     error = translate(exc)
     status = to_status(error)
     await context.abort(
-        error.code,
+        grpc_code(error),
         error.message,
         trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
     )

@@ -25,9 +25,8 @@ from typing import Awaitable, Callable
 import asyncpg
 import redis.asyncio as aioredis
 
-from gatehouse.cache.l2 import ADVANCE_POINTER, pointer_key
 from gatehouse.cancellation import stop_if_cancelled
-from gatehouse.events import TenantEvent, stream_key
+from gatehouse.events import ADVANCE_POINTER, TenantEvent, pointer_key, stream_key
 from gatehouse.redis_failures import REDIS_FAILURES
 from gatehouse.store.idempotency import RETENTION_SECONDS
 from gatehouse.store.postgres import NOTIFY_CHANNEL, PLATFORM_SCOPE

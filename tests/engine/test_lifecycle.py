@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 
-import grpc
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -19,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from gatehouse.engine.lifecycle import TRANSITIONS, Action, Guard, transition
 from gatehouse.engine.model import TenantStatus
-from gatehouse.errors import ConfirmationRequired, FailedPrecondition, IllegalTransition
+from gatehouse.errors import Code, ConfirmationRequired, FailedPrecondition, IllegalTransition
 
 # (from, action) -> to, as the design draws it. Only "delete" needs confirm.
 DIAGRAM: dict[tuple[str, str], str] = {
@@ -74,7 +73,7 @@ def test_every_state_action_pair(state: TenantStatus, action: Action, confirm: b
         transition(state, action, confirm=confirm)
     error = raised.value
     assert isinstance(error, FailedPrecondition)
-    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.code is Code.FAILED_PRECONDITION
     assert error.metadata == {"from": state.value, "action": action.value}
     if expected is IllegalTransition:
         assert error.reason == "GATEHOUSE_ILLEGAL_TRANSITION"
@@ -96,7 +95,7 @@ def test_deleted_is_terminal(action: Action, confirm: bool) -> None:
     with pytest.raises(IllegalTransition) as raised:
         transition(TenantStatus.DELETED, action, confirm=confirm)
     assert raised.value.reason == "GATEHOUSE_ILLEGAL_TRANSITION"
-    assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert raised.value.code is Code.FAILED_PRECONDITION
 
 
 @pytest.mark.parametrize("action", [Action.DELETE], ids=["delete"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,7 +27,7 @@ from gatehouse.engine.validate import (
     require_revision,
     require_scope,
 )
-from gatehouse.errors import InvalidArgument
+from gatehouse.errors import Code, InvalidArgument
 
 PROPERTY = settings(max_examples=100, deadline=None)
 
@@ -37,7 +36,7 @@ def assert_rejects(call: Callable[[], object], field: str, description: str | No
     with pytest.raises(InvalidArgument) as raised:
         call()
     error = raised.value
-    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.code is Code.INVALID_ARGUMENT
     assert error.reason == "GATEHOUSE_INVALID_ARGUMENT"
     assert error.violations[0].field == field
     assert error.metadata["field"] == field
