@@ -35,6 +35,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from bench.targets import process_tree
 from tests.conftest import create_migrated_database, ensure_roles
 
 PG_BIN = Path(os.environ.get("GATEHOUSE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -152,21 +153,10 @@ class PrivatePostgres:
     def processes(self) -> list[int]:
         """The postmaster and every process it forked (backends, checkpointer, walwriter, ...).
 
-        Not a process group: each child of the postmaster calls setsid() and leads its own,
-        so the family is found by parent pid.
+        Found by parent pid, not process group: each child of the postmaster calls setsid().
         """
         assert self.postmaster_pid is not None
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    # pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-                    parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-        family = [self.postmaster_pid]
-        for pid in family:
-            family.extend(child for child, parent in parents.items() if parent == pid)
-        return family
+        return process_tree(self.postmaster_pid)
 
     def freeze(self) -> None:
         """SIGSTOP the postmaster, then every process it forked: nothing of the cluster runs."""
