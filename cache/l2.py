@@ -132,11 +132,11 @@ class RedisL2:
         tag = self._tag(tenant_id)
         await self._guard(lambda: self._write(keys=[f"{tag}:rev"], args=[revision, "", "", self._ttl_ms]), None)
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._client.ping())
-        except REDIS_FAILURES:
-            return False
+    async def ping(self) -> None:
+        """Return when Redis answers PING, within the client's socket timeout (seconds);
+        raise its error (one of REDIS_FAILURES) when it does not. The breaker
+        is left alone: this is the health probe's question, not a cache read."""
+        await self._client.ping()
 
     async def close(self) -> None:
         await self._client.aclose()

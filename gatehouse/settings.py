@@ -71,11 +71,27 @@ class Settings:
     operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     grace_seconds: float = field(default=10.0, metadata={"help": "how long SIGTERM waits for in-flight calls"})
+    health_interval_seconds: float = field(
+        default=1.0, metadata={"help": "seconds between health probes of Postgres and Redis (more than 0)"}
+    )
+    health_timeout_seconds: float = field(
+        default=1.0,
+        metadata={"help": "a dependency not answering a health probe within this many seconds is down (more than 0)"},
+    )
 
     @property
     def worker_count(self) -> int:
         """`workers`, where 0 (the default) means one per core."""
         return self.workers or os.cpu_count() or 1
+
+    def check_health_probe(self) -> None:
+        """SystemExit naming the setting when the health probe's interval or timeout is not
+        more than 0 seconds."""
+        for name in ("health_interval_seconds", "health_timeout_seconds"):
+            value = getattr(self, name)
+            if not value > 0:  # NaN too
+                flag = "--" + name.replace("_", "-")
+                raise SystemExit(f"gatehouse: GATEHOUSE_{name.upper()} ({flag}) must be more than 0, got {value}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

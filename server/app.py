@@ -64,6 +64,7 @@ class Sidecar:
         # First, before any connection opens: a listener that may not start (plaintext on
         # a public address, broken TLS files) stops the process with the reason.
         listeners = plan_listeners(s)
+        s.check_health_probe()
         # min_size=0: the pool opens connections on demand, so the server comes up (and
         # reports NOT_SERVING) even while Postgres is still starting.
         self.store = await connect(s.database_url, min_size=0, max_size=s.db_pool_max)
@@ -71,7 +72,9 @@ class Sidecar:
             s.redis_url, prefix=s.redis_prefix, ttl_seconds=s.l2_ttl_seconds, timeout=s.redis_timeout_seconds
         )
         self.cache = PolicyCache(self.store, self.l2, max_entries=s.l1_max_entries, ttl_seconds=s.l1_ttl_seconds)
-        self.readiness = Readiness(self.store, self.l2, LATEST_VERSION)
+        self.readiness = Readiness(
+            self.store, self.l2, LATEST_VERSION, interval=s.health_interval_seconds, timeout=s.health_timeout_seconds
+        )
         # The subscriber blocks in XREAD for up to a second: it gets its own connection,
         # with a socket timeout longer than that block.
         events_redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=3.0, socket_connect_timeout=1.0)

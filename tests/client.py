@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gatehouse.server.health import SERVICES
 from gatehouse.v1 import access_pb2_grpc, admin_pb2, admin_pb2_grpc, common_pb2, config_pb2_grpc
 
 
@@ -64,3 +68,26 @@ def make_client(target: str, operator_key: str, credentials: grpc.ChannelCredent
 
 def user(name: str) -> common_pb2.Subject:
     return common_pb2.Subject(type="user", id=name)
+
+
+async def health(channel: grpc.aio.Channel) -> dict[str, str]:
+    """What `grpc.health.v1.Health/Check` answers for the whole server ('') and each service."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    answers = {}
+    for name in ("", *SERVICES):
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+        answers[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return answers
+
+
+async def wait_for_health(channel: grpc.aio.Channel, status: str, *, bound: float) -> float:
+    """Seconds until Health answers `status` ("SERVING", "NOT_SERVING") for the server and
+    every service; AssertionError naming the last answers if that takes more than `bound`."""
+    start = time.monotonic()
+    while True:
+        answers = await health(channel)
+        took = time.monotonic() - start
+        if set(answers.values()) == {status}:
+            return took
+        assert took <= bound, f"not all {status} after {took:.1f} s: {answers}"
+        await asyncio.sleep(0.1)

@@ -24,6 +24,9 @@ import redis.asyncio as aioredis
 
 from tests.certs import Pki, issue_pki
 
+# Private Postgres and Redis servers (to stop, freeze and cut off) for every test that asks.
+pytest_plugins = ["tests.dependencies"]
+
 PG_ADMIN_URL = os.environ.get("GATEHOUSE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_OWNER_ROLE = os.environ.get("GATEHOUSE_TEST_PG_OWNER_ROLE", "gatehouse")
 PG_RUNTIME_ROLE = os.environ.get("GATEHOUSE_TEST_PG_RUNTIME_ROLE", "gatehouse_app")
@@ -34,22 +37,23 @@ REDIS_URL = os.environ.get("GATEHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0
 _ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
 
 
-async def _admin() -> asyncpg.Connection:
-    return await asyncpg.connect(PG_ADMIN_URL)
+async def _admin(admin_url: str = PG_ADMIN_URL) -> asyncpg.Connection:
+    return await asyncpg.connect(admin_url)
 
 
-def owner_dsn(database: str) -> str:
-    return f"postgresql://{PG_OWNER_ROLE}@{PG_HOST}/{database}"
+def owner_dsn(database: str, host: str = PG_HOST) -> str:
+    return f"postgresql://{PG_OWNER_ROLE}@{host}/{database}"
 
 
-def runtime_dsn(database: str) -> str:
-    return f"postgresql://{PG_RUNTIME_ROLE}@{PG_HOST}/{database}"
+def runtime_dsn(database: str, host: str = PG_HOST) -> str:
+    return f"postgresql://{PG_RUNTIME_ROLE}@{host}/{database}"
 
 
-async def ensure_roles() -> None:
+async def ensure_roles(admin_url: str = PG_ADMIN_URL) -> None:
     """Create the owner and runtime roles when missing: a machine set up before the roles
-    were split has only the owner. Existing roles are left as they are."""
-    conn = await _admin()
+    were split has only the owner (and a private cluster has neither). Existing roles are
+    left as they are."""
+    conn = await _admin(admin_url)
     try:
         for role in (PG_OWNER_ROLE, PG_RUNTIME_ROLE):
             if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role) is None:
@@ -61,22 +65,25 @@ async def ensure_roles() -> None:
         await conn.close()
 
 
-async def create_database(name: str) -> str:
-    """An empty database owned by the owner role; returns the owner's DSN to it."""
-    conn = await _admin()
+async def create_database(name: str, *, admin_url: str = PG_ADMIN_URL, host: str = PG_HOST) -> str:
+    """An empty database owned by the owner role; returns the owner's DSN to it.
+
+    `admin_url` and `host` name another cluster than the shared one (a test's private
+    Postgres, see tests.dependencies)."""
+    conn = await _admin(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}" OWNER "{PG_OWNER_ROLE}"')
     finally:
         await conn.close()
-    return owner_dsn(name)
+    return owner_dsn(name, host)
 
 
-async def create_migrated_database(name: str) -> str:
+async def create_migrated_database(name: str, *, admin_url: str = PG_ADMIN_URL, host: str = PG_HOST) -> str:
     """A database migrated to the latest version by its owner; returns the runtime DSN."""
     from gatehouse.store.migrate import migrate_up
 
-    await migrate_up(await create_database(name), runtime_role=PG_RUNTIME_ROLE)
-    return runtime_dsn(name)
+    await migrate_up(await create_database(name, admin_url=admin_url, host=host), runtime_role=PG_RUNTIME_ROLE)
+    return runtime_dsn(name, host)
 
 
 async def drop_database(name: str) -> None:

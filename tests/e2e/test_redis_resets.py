@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from gatehouse.v1 import access_pb2
 from tests.client import make_client, user
-from tests.events.conftest import PrivateRedis, private_redis  # noqa: F401 (the fixture)
+from tests.dependencies import PrivateRedis
 from tests.processes import sidecar_env, start_server
 
 

@@ -12,9 +12,8 @@ import pytest
 
 from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import Client, make_client, user
+from tests.dependencies import PrivateRedis
 from tests.processes import ServerProcess, sidecar_env, start_server
-
-from .conftest import PrivateRedis
 
 BOUND_SECONDS = 3.0  # generous for a shared CI machine; bench/ measures the real figure
 KEY = "events-operator-key"

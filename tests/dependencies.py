@@ -1,0 +1,210 @@
+"""Private Postgres and Redis servers of a test's own, to stop, freeze and thaw.
+
+The shared servers on 127.0.0.1:5432 and :6379 serve every test (and maybe a developer's
+`./dev serve`); a fault test never touches them. It starts its own instead, on a free
+loopback port:
+
+* `PrivateRedis`: a redis-server with nothing on disk.
+* `PrivatePostgres`: a cluster `initdb`'d into a temporary directory (trust auth, as the
+  `postgres` user when the tests run as root, since Postgres refuses to run as root),
+  with the roles `gatehouse` and `gatehouse_app` and a database `gatehouse` migrated by
+  the project's own migrations.
+
+`freeze()` stops every process of the server with SIGSTOP (for Postgres, the postmaster
+and every backend and auxiliary process it forked): the kernel still accepts TCP
+connections into the listen backlog and takes the bytes sent, but nothing answers, which
+is how a hung host or a network black hole looks to a client (unlike a stopped server,
+which refuses or resets at once). `thaw()` sends SIGCONT. `stop()` thaws first, so no
+frozen process is ever left behind; call it in a `finally` (the fixtures do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import AsyncIterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from bench.targets import process_tree
+from tests.conftest import create_migrated_database, ensure_roles
+
+PG_BIN = Path(os.environ.get("GATEHOUSE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+# Postgres will not run as root; as root, the cluster belongs to this user instead.
+PG_SYSTEM_USER = os.environ.get("GATEHOUSE_TEST_PG_SYSTEM_USER", "postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_until(ready: object, what: str, timeout: float = 30.0) -> None:
+    """Call the coroutine function `ready` until it returns True; AssertionError after `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            if await ready():  # type: ignore[operator]
+                return
+        except Exception:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} did not start within {timeout:.0f} s")
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a random loopback port, to stop and restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (./dev setup installs it)"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = aioredis.from_url(self.url)
+        try:
+
+            async def pong() -> bool:
+                return bool(await client.ping())
+
+            await _wait_until(pong, "private redis", timeout=5.0)
+        finally:
+            await client.aclose()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections open, nothing answers."""
+        assert self.process is not None and self.process.poll() is None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT the server (harmless when it is not frozen)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.thaw()
+            self.process.kill()
+            self.process.wait()
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own, migrated, on a random loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.admin_url = f"postgresql://postgres@{self.host}/postgres"
+        self.directory = Path(tempfile.mkdtemp(prefix="gh-test-pg-"))
+        self.data = self.directory / "data"
+        self.log = self.directory / "postgres.log"
+        self.postmaster_pid: int | None = None
+        self.database_url = ""  # the runtime role's DSN to `gatehouse`, once started
+
+    def _run(self, *command: str) -> None:
+        """Run a Postgres program as the cluster's owner; AssertionError with its stderr if it fails."""
+        prefix = ["runuser", "-u", PG_SYSTEM_USER, "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*prefix, *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()}")
+
+    async def start(self) -> None:
+        """initdb, start the server (about a second), and make the migrated `gatehouse` database."""
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, PG_SYSTEM_USER)
+        await asyncio.to_thread(
+            self._run, str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"
+        )
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        await asyncio.to_thread(
+            self._run, str(PG_BIN / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-o", options
+        )
+        self.postmaster_pid = int((self.data / "postmaster.pid").read_text().split()[0])
+
+        async def accepting() -> bool:
+            conn = await asyncpg.connect(self.admin_url, timeout=2)
+            await conn.close()
+            return True
+
+        await _wait_until(accepting, "private postgres")
+        await ensure_roles(self.admin_url)
+        self.database_url = await create_migrated_database("gatehouse", admin_url=self.admin_url, host=self.host)
+
+    def processes(self) -> list[int]:
+        """The postmaster and every process it forked (backends, checkpointer, walwriter, ...).
+
+        Found by parent pid, not process group: each child of the postmaster calls setsid().
+        """
+        assert self.postmaster_pid is not None
+        return process_tree(self.postmaster_pid)
+
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster, then every process it forked: nothing of the cluster runs."""
+        assert self.postmaster_pid is not None
+        # The postmaster first: stopped, it forks no process the listing below would miss.
+        os.kill(self.postmaster_pid, signal.SIGSTOP)
+        for pid in self.processes()[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT every process of the cluster (harmless when it is not frozen)."""
+        if self.postmaster_pid is None:
+            return
+        for pid in reversed(self.processes()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Thaw, stop the server at once (no checkpoint) and remove its directory."""
+        self.thaw()
+        if self.postmaster_pid is not None:
+            try:
+                # pg_ctl lets the postmaster release its shared memory; SIGKILL if it cannot.
+                self._run(str(PG_BIN / "pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", "-w", "-t", "10")
+            except AssertionError:
+                for pid in self.processes():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            self.postmaster_pid = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis()
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def private_postgres() -> AsyncIterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.stop()

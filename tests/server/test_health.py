@@ -1,0 +1,123 @@
+"""Readiness against a private Redis that stops answering (SIGSTOP): what each service
+answers, what the log says, and that a probe's verdict never waits for the dependency."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2_grpc
+
+from gatehouse.cache.l2 import RedisL2
+from gatehouse.server.health import Readiness, describe
+from gatehouse.store.migrate import LATEST_VERSION
+from gatehouse.store.postgres import connect
+from tests.client import health
+from tests.dependencies import PrivateRedis
+
+
+TIMEOUT = 0.5
+# The Redis client's own timeout, far longer than a probe may take: the probe must not
+# wait for it.
+REDIS_TIMEOUT = 3.0
+SLACK = 1.0  # a shared machine
+
+
+@pytest.fixture
+async def readiness(database_url: str, private_redis: PrivateRedis) -> AsyncIterator[Readiness]:
+    """A Readiness on the shared Postgres and the private Redis (client timeout REDIS_TIMEOUT)."""
+    store = await connect(database_url, min_size=0, max_size=2)
+    l2 = RedisL2.from_url(private_redis.url, prefix="ghhealth", ttl_seconds=60, timeout=REDIS_TIMEOUT)
+    ready = Readiness(store, l2, LATEST_VERSION, interval=0.1, timeout=TIMEOUT)
+    try:
+        yield ready
+    finally:
+        private_redis.thaw()
+        for dependency in (ready.postgres, ready.redis):
+            if dependency is not None:
+                dependency.abandon()
+        await l2.close()
+        await store.close()
+
+
+@pytest.fixture
+async def channel(readiness: Readiness) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a gRPC server serving `readiness`'s Health service."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield ch
+    finally:
+        await server.stop(None)
+
+
+async def probe_within_timeout(readiness: Readiness) -> bool:
+    start = time.monotonic()
+    serving = await readiness.probe()
+    took = time.monotonic() - start
+    assert took <= TIMEOUT + SLACK, f"a probe took {took:.2f} s"
+    return serving
+
+
+def outstanding_redis_checks() -> int:
+    return sum(1 for task in asyncio.all_tasks() if task.get_name() == "health check: redis" and not task.done())
+
+
+async def test_frozen_redis_holds_back_only_the_first_readiness_and_never_the_probe(
+    readiness: Readiness, channel: grpc.aio.Channel, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gatehouse.server.health")
+
+    def lines(text: str) -> int:
+        return sum(text in record.getMessage() for record in caplog.records)
+
+    # Before the first readiness, Redis not answering keeps everything NOT_SERVING.
+    private_redis.freeze()
+    frozen = time.monotonic()
+    # Past the client's timeout: the stuck check gives up, a new one hangs in turn.
+    while time.monotonic() - frozen < REDIS_TIMEOUT + 2 * TIMEOUT:
+        assert not await probe_within_timeout(readiness)
+        assert outstanding_redis_checks() <= 1  # stuck checks do not pile up
+    assert set((await health(channel)).values()) == {"NOT_SERVING"}
+    # Logged once: the check that hung and then timed out tells nothing new.
+    assert lines("redis not ready") == 1
+    assert lines(f"redis not ready: did not answer within {TIMEOUT} s") == 1
+
+    private_redis.thaw()
+    assert await probe_within_timeout(readiness)
+    assert set((await health(channel)).values()) == {"SERVING"}
+    assert lines("redis ready again") == 1
+
+    # After it, a frozen Redis takes no service down (L1 and Postgres answer), is logged
+    # once, and still never holds a probe up.
+    private_redis.freeze()
+    for _ in range(3):
+        assert await probe_within_timeout(readiness)
+        assert outstanding_redis_checks() <= 1
+    assert set((await health(channel)).values()) == {"SERVING"}
+    assert lines("redis not ready") == 2
+    assert lines(f"redis not ready: did not answer within {TIMEOUT} s") == 2
+
+    private_redis.thaw()
+    assert await probe_within_timeout(readiness)
+    assert lines("redis ready again") == 2
+
+
+def test_describe_names_the_error_even_when_its_message_is_empty() -> None:
+    assert describe(TimeoutError()) == "TimeoutError"
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        except OSError as error:
+            raise RuntimeError("database unavailable") from error
+    except RuntimeError as error:
+        assert describe(error) == (
+            "RuntimeError: database unavailable (from ConnectionRefusedError: [Errno 111] Connect call failed)"
+        )
