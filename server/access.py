@@ -1,19 +1,16 @@
 """AccessService: the hot path.
 
     request bytes → remembered answer (cache.answers)                     asked before
-                  → parse, validate → PolicyCache (L1 | L2 | store) → engine → answer bytes
+                  → parse, validate (step 1) → DecisionService (steps 2-6) → answer bytes
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from time import time
 
 import grpc
 
 from gatehouse.cache.answers import Answers, frame, split_field1
-from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
-from gatehouse.engine.decision import Decision, SubjectGrants, decide, decided_until, needs_subject
 from gatehouse.engine.model import SubjectRef
 from gatehouse.engine.patterns import is_valid_id, is_valid_permission, is_valid_scope, is_valid_tenant_id
 from gatehouse.engine.validate import (
@@ -26,6 +23,7 @@ from gatehouse.engine.validate import (
     require_tenant_id,
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
+from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.wire import parse, register_service
 from gatehouse.v1 import access_pb2
@@ -40,8 +38,8 @@ class AccessServicer:
     from `answers` (see `gatehouse.cache.answers`) without being parsed, validated or
     decided again; any other is parsed here, so malformed bytes get INVALID_ARGUMENT."""
 
-    def __init__(self, cache: PolicyCache, answers: Answers) -> None:
-        self._cache = cache
+    def __init__(self, decisions: DecisionService, answers: Answers) -> None:
+        self._decisions = decisions
         self._answers = answers
 
     def add_to(self, server: grpc.aio.Server) -> None:
@@ -58,7 +56,7 @@ class AccessServicer:
             return known.encoded
         request = parse(access_pb2.CheckAccessRequest, body)
         _validate(request, "")
-        return (await _Snapshots(self._cache).decide(request, now)).answer(self._answers, body, request)
+        return _answer(self._answers, await _evaluate(self._decisions.session(), request, now), body, request)
 
     @grpc_errors
     async def CheckAccessBatch(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -97,85 +95,49 @@ class AccessServicer:
                     continue
                 valid.add(fields)
         violations.raise_if_any()
-        snapshots = _Snapshots(self._cache)
+        session = self._decisions.session()
         results = []
         remembered: dict[bytes, bytes] = {}
         for index, (part, check) in enumerate(zip(parts, checks)):
             framed = remembered.get(part) if part else None
             if framed is None:
                 try:
-                    decided = await snapshots.decide(check, now)
+                    evaluation = await _evaluate(session, check, now)
                 except RevisionNotReached as error:
                     error.metadata["check"] = f"checks[{index}]"
                     raise
-                framed = frame(decided.answer(self._answers, part, check))
+                framed = frame(_answer(self._answers, evaluation, part, check))
                 if part:
                     remembered[part] = framed
             results.append(framed)
         return b"".join(results)
 
 
-@dataclass(slots=True)
-class _Decided:
-    """One decision and what it was decided from."""
-
-    decision: Decision
-    tenant: CachedTenant | None
-    subject_key: str | None  # None: the decision did not read the subject
-    grants: SubjectGrants | None
-    now: float
-
-    def answer(self, answers: Answers, body: bytes, check: access_pb2.CheckAccessRequest) -> bytes:
-        """The serialized answer, remembered for `body` (b"": not remembered)."""
-        d = self.decision
-        encoded = Response(
-            allowed=d.allowed,
-            reason=d.reason,  # type: ignore[arg-type]
-            revision=d.revision,
-            granted_by_role=d.role,
-            granted_at_scope=d.scope,
-            feature=d.feature,
-        ).SerializeToString()
-        if body:
-            answers.remember(
-                body, check.tenant_id, check.min_revision, self.tenant, self.subject_key, self.grants,
-                decided_until(self.grants, self.now), encoded,
-            )
-        return encoded
+def _answer(answers: Answers, evaluation: Evaluation, body: bytes, check: access_pb2.CheckAccessRequest) -> bytes:
+    """The serialized answer to `check`, remembered for `body` (b"": not remembered)."""
+    d = evaluation.decision
+    encoded = Response(
+        allowed=d.allowed,
+        reason=d.reason,  # type: ignore[arg-type]  # engine Reason values are the proto enum's numbers
+        revision=d.revision,
+        granted_by_role=d.role,
+        granted_at_scope=d.scope,
+        feature=d.feature,
+    ).SerializeToString()
+    if body:
+        answers.remember(
+            body, check.tenant_id, check.min_revision, evaluation.tenant, evaluation.subject_key, evaluation.grants,
+            evaluation.valid_until, encoded,
+        )
+    return encoded
 
 
-class _Snapshots:
-    """The tenants and subjects one call has looked up, so that a batch asks the cache
-    once per distinct (tenant, subject) and answers each from one snapshot."""
-
-    __slots__ = ("_cache", "_tenants", "_subjects")
-
-    def __init__(self, cache: PolicyCache) -> None:
-        self._cache = cache
-        self._tenants: dict[tuple[str, int], CachedTenant | None] = {}
-        self._subjects: dict[tuple[str, str, str, int], SubjectGrants | None] = {}
-
-    async def decide(self, check: access_pb2.CheckAccessRequest, now: float) -> _Decided:
-        """Steps 2-6 for one validated check."""
-        tenant_id, min_revision, permission = check.tenant_id, check.min_revision, check.permission
-        tenant_key = (tenant_id, min_revision)
-        if tenant_key in self._tenants:
-            tenant = self._tenants[tenant_key]
-        else:
-            tenant = self._tenants[tenant_key] = await self._cache.tenant(tenant_id, min_revision)
-        policy = tenant.policy if tenant is not None else None
-        grants = subject_key = None
-        if needs_subject(policy, permission):
-            subject = check.subject
-            ref = SubjectRef(subject.type, subject.id)
-            subject_key = ref.key
-            cache_key = (tenant_id, subject.type, subject.id, min_revision)
-            if cache_key in self._subjects:
-                grants = self._subjects[cache_key]
-            else:
-                grants = self._subjects[cache_key] = await self._cache.subject(tenant_id, ref, min_revision)
-        decision = decide(policy, grants, permission, check.resource.scope, now=now)
-        return _Decided(decision, tenant, subject_key, grants, now)
+async def _evaluate(session: DecisionSession, check: access_pb2.CheckAccessRequest, now: float) -> Evaluation:
+    subject = check.subject
+    return await session.evaluate(
+        check.tenant_id, SubjectRef(subject.type, subject.id), check.permission, check.resource.scope,
+        check.min_revision, now,
+    )
 
 
 def _validate(request: access_pb2.CheckAccessRequest, prefix: str) -> None:

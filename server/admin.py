@@ -35,6 +35,7 @@ from gatehouse.errors import FieldViolation, InvalidArgument, PermissionDenied, 
 from gatehouse.server import convert
 from gatehouse.server.admin_auth import AdminAuthenticator, Principal, mint_key, request_id
 from gatehouse.server.admin_authz import AdminAuthorizer
+from gatehouse.server.decisions import DecisionService
 from gatehouse.server.idempotency import REPLAY_REASON, run_idempotent
 from gatehouse.server.errors import abort, translate
 from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch
@@ -136,11 +137,13 @@ def _transition_rpc(action: Action) -> Callable[..., Awaitable[admin_pb2.Tenant]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: PostgresStore, cache: PolicyCache, auth: AdminAuthenticator) -> None:
+    def __init__(
+        self, store: PostgresStore, cache: PolicyCache, auth: AdminAuthenticator, decisions: DecisionService
+    ) -> None:
         self._store = store
         self._cache = cache
         self._auth = auth
-        self._authz = AdminAuthorizer(cache)
+        self._authz = AdminAuthorizer(cache, decisions)
 
     async def _audit(self, actor: Actor, request: Any, action: str, outcome: str, reason: str) -> None:
         try:

@@ -4,8 +4,8 @@ Every AdminService action `a` needs the permission `gatehouse.<a>` (`gatehouse.r
 `gatehouse.tenant.get`, …). An operator key holds exactly its own patterns, on every
 tenant. A tenant-admin key is the subject `api_key/<id>` of its own tenant: the engine
 decides the permission for it (tenant status, membership, the key's limit, its roles'
-grants at the call's scope), like any CheckAccess; outside its tenant, or for a
-platform action, it is refused before the engine is asked.
+grants at the call's scope), asked through the same `DecisionService` as CheckAccess;
+outside its tenant, or for a platform action, it is refused before the engine is asked.
 
 On top of "may call", two guards on what a call hands out:
 - escalation: nobody creates, updates or assigns a role (or mints a key holding one)
@@ -19,7 +19,7 @@ import time
 from typing import Iterable
 
 from gatehouse.cache.policy_cache import PolicyCache
-from gatehouse.engine.decision import SubjectGrants, decide, needs_subject
+from gatehouse.engine.decision import SubjectGrants
 from gatehouse.engine.model import Reason, SubjectRef, key_subject
 from gatehouse.engine.patterns import PermissionSet, pattern_covers, scope_covers
 from gatehouse.errors import (
@@ -31,6 +31,7 @@ from gatehouse.errors import (
     PlatformOnly,
 )
 from gatehouse.server.admin_auth import Principal
+from gatehouse.server.decisions import DecisionService
 from gatehouse.store.api import OWNER_ROLE
 
 # Actions that act on the platform rather than inside one tenant: operators only.
@@ -55,8 +56,9 @@ def admin_permission(action: str) -> str:
 
 
 class AdminAuthorizer:
-    def __init__(self, cache: PolicyCache) -> None:
+    def __init__(self, cache: PolicyCache, decisions: DecisionService) -> None:
         self._cache = cache
+        self._decisions = decisions
 
     async def require(self, caller: Principal, action: str, tenant_id: str, scope: str = "") -> None:
         """PermissionDenied (or a subclass naming why) unless `caller` may do `action`."""
@@ -71,11 +73,15 @@ class AdminAuthorizer:
             raise PlatformOnly("operators only", metadata={"action": action})
         if tenant_id != caller.tenant_id:
             raise OtherTenant("a tenant key acts only inside its own tenant", metadata={"tenant_id": tenant_id})
-        tenant = await self._cache.tenant(tenant_id)
-        policy = tenant.policy if tenant is not None else None
-        grants = await self._grants(caller) if needs_subject(policy, permission) else None
-        decision = decide(policy, grants, permission, scope, now=time.time())
-        if decision.reason is Reason.KEY_REVOKED:
+        evaluation = await self._decisions.evaluate(
+            tenant_id, key_subject(caller.key_id), permission, scope, 0, time.time()
+        )
+        decision = evaluation.decision
+        if decision.reason is Reason.KEY_REVOKED or (
+            evaluation.subject_key is not None and evaluation.grants is None
+        ):
+            # Revoked, expired, or no longer in the store at all: one answer for all, as
+            # authentication gives (a caller cannot probe which).
             raise KeyRejected("key rejected", metadata={"key_id": caller.key_id})
         if not decision.allowed:
             raise PermissionDenied(

@@ -19,6 +19,7 @@ from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator, return_hash_memory_to_the_os
 from gatehouse.server.config import ConfigServicer
+from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
 from gatehouse.server.listeners import bind, plan_listeners
 from gatehouse.server.wire import register_service
@@ -100,11 +101,12 @@ class Sidecar:
         # One set of remembered answers per method: two methods' requests can share bytes.
         self.check_answers = Answers(self.cache, s.answer_cache_entries)
         self.config_answers = Answers(self.cache, s.answer_cache_entries)
-        AccessServicer(self.cache, self.check_answers).add_to(server)
+        decisions = DecisionService(self.cache)
+        AccessServicer(decisions, self.check_answers).add_to(server)
         ConfigServicer(self.cache, self.config_answers).add_to(server)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
-        register_service(server, ADMIN_SERVICE, AdminServicer(self.store, self.cache, self.authenticator))
+        register_service(server, ADMIN_SERVICE, AdminServicer(self.store, self.cache, self.authenticator, decisions))
         register_service(server, HEALTH_SERVICE, self.readiness.servicer)
         register_service(
             server,

@@ -1,0 +1,82 @@
+"""The one decision service: "may this subject do this here?" asked in plain values.
+
+    evaluate(tenant_id, subject, permission, scope, min_revision, now)
+      → PolicyCache.tenant (L1 | L2 | store) → engine.needs_subject?
+      → PolicyCache.subject → engine.decide → Evaluation(decision, what it read)
+
+CheckAccess and CheckAccessBatch (server/access.py), AdminService authorization
+(server/admin_authz.py) and any later adapter (ext_authz, AuthZEN) ask through it, so
+steps 2-6 of DESIGN.md "Decision semantics" are written once, in the engine, and read
+once, here. It knows nothing of gRPC: callers validate (step 1) and shape the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
+from gatehouse.engine.decision import Decision, SubjectGrants, decide, decided_until, needs_subject
+from gatehouse.engine.model import SubjectRef
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """One decision and exactly what it was decided from (the entries, and when), so an
+    answer may be remembered while those entries stay current (`cache.answers`)."""
+
+    decision: Decision
+    tenant: CachedTenant | None
+    subject_key: str | None  # None: the decision did not read the subject
+    grants: SubjectGrants | None
+    now: float  # unix seconds the question was asked at
+
+    @property
+    def valid_until(self) -> float:
+        """Unix seconds until which the same entries give the same decision (a key's expiry)."""
+        return decided_until(self.grants, self.now)
+
+
+class DecisionService:
+    def __init__(self, cache: PolicyCache) -> None:
+        self._cache = cache
+
+    def session(self) -> "DecisionSession":
+        """A memo for one call with many questions (a batch): each distinct tenant and
+        (tenant, subject) is looked up once, so every answer reads one snapshot of it."""
+        return DecisionSession(self._cache)
+
+    async def evaluate(
+        self, tenant_id: str, subject: SubjectRef, permission: str, scope: str, min_revision: int, now: float
+    ) -> Evaluation:
+        """Steps 2-6 for one validated question. Raises RevisionNotReached (min_revision
+        above the tenant's revision) and StoreUnavailable (nothing cached, Postgres down)."""
+        return await DecisionSession(self._cache).evaluate(tenant_id, subject, permission, scope, min_revision, now)
+
+
+class DecisionSession:
+    __slots__ = ("_cache", "_tenants", "_subjects")
+
+    def __init__(self, cache: PolicyCache) -> None:
+        self._cache = cache
+        self._tenants: dict[tuple[str, int], CachedTenant | None] = {}
+        self._subjects: dict[tuple[str, str, int], SubjectGrants | None] = {}
+
+    async def evaluate(
+        self, tenant_id: str, subject: SubjectRef, permission: str, scope: str, min_revision: int, now: float
+    ) -> Evaluation:
+        """`DecisionService.evaluate`, reusing what this session already looked up."""
+        tenant_key = (tenant_id, min_revision)
+        if tenant_key in self._tenants:
+            tenant = self._tenants[tenant_key]
+        else:
+            tenant = self._tenants[tenant_key] = await self._cache.tenant(tenant_id, min_revision)
+        policy = tenant.policy if tenant is not None else None
+        grants = subject_key = None
+        if needs_subject(policy, permission):
+            subject_key = subject.key
+            cache_key = (tenant_id, subject_key, min_revision)
+            if cache_key in self._subjects:
+                grants = self._subjects[cache_key]
+            else:
+                grants = self._subjects[cache_key] = await self._cache.subject(tenant_id, subject, min_revision)
+        return Evaluation(decide(policy, grants, permission, scope, now=now), tenant, subject_key, grants, now)
