@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -360,26 +361,54 @@ async def publish(relay: OutboxRelay, dsn: str) -> None:
         await conn.close()
 
 
-async def alice_may_read(cache: PolicyCache, tenant_id: str) -> bool:
-    policy = (await cache.tenant(tenant_id)).policy  # type: ignore[union-attr]
-    return decide(policy, await cache.subject(tenant_id, ALICE), "doc.read", "").allowed
+@dataclass
+class GapRig:
+    """What a gap test needs: its own database and store, Redis, a prefix, a subscriber runner."""
+
+    database: str
+    store: PostgresStore
+    redis: aioredis.Redis
+    subscriber_redis: aioredis.Redis
+    prefix: str
+    running: Callable[[TenantEventSubscriber], None]
+
+    async def start(
+        self, slug: str
+    ) -> tuple[str, PolicyCache, OutboxRelay, "PausedReads", TenantEventSubscriber]:
+        """A tenant whose viewer alice is cached, and a connected subscriber reading into
+        that cache whose reads can be paused."""
+        tenant_id, cache, relay = await cached_viewer(self.database, self.store, self.redis, self.prefix, slug)
+        paused = PausedReads(self.subscriber_redis)
+        subscriber = TenantEventSubscriber(self.subscriber_redis, cache, prefix=self.prefix, block_ms=20)
+        self.running(subscriber)
+        await asyncio.wait_for(subscriber.connected.wait(), 5)
+        return tenant_id, cache, relay, paused, subscriber
 
 
-async def test_a_reader_that_reads_past_trimmed_entries_counts_one_gap(
+@pytest.fixture
+def rig(
     isolated_database: str,
     isolated_store: PostgresStore,
     redis: aioredis.Redis,
     subscriber_redis: aioredis.Redis,
     fresh_prefix: str,
     running: Callable[[TenantEventSubscriber], None],
+) -> GapRig:
+    return GapRig(isolated_database, isolated_store, redis, subscriber_redis, fresh_prefix, running)
+
+
+async def alice_may_read(cache: PolicyCache, tenant_id: str) -> bool:
+    policy = (await cache.tenant(tenant_id)).policy  # type: ignore[union-attr]
+    return decide(policy, await cache.subject(tenant_id, ALICE), "doc.read", "").allowed
+
+
+async def test_a_reader_that_reads_past_trimmed_entries_counts_one_gap(
+    rig: GapRig,
 ) -> None:
     """The trim leaves newer entries for the reader to read: it reads on past the hole,
     so nothing after its position is missing by the time it checks; the count is short."""
-    tenant_id, cache, relay = await cached_viewer(isolated_database, isolated_store, redis, fresh_prefix, "pasttrim")
-    paused = PausedReads(subscriber_redis)
-    subscriber = TenantEventSubscriber(subscriber_redis, cache, prefix=fresh_prefix, block_ms=20)
-    running(subscriber)
-    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    tenant_id, cache, relay, paused, subscriber = await rig.start("pasttrim")
+    isolated_database, isolated_store, redis, fresh_prefix = rig.database, rig.store, rig.redis, rig.prefix
     await paused.pause()
     await isolated_store.revoke_role(ACTOR, tenant_id, ALICE, role="viewer", scope="")
     await isolated_store.add_member(ACTOR, tenant_id, SubjectRef("user", "zed"))
@@ -395,21 +424,13 @@ async def test_a_reader_that_reads_past_trimmed_entries_counts_one_gap(
 @pytest.mark.parametrize("entries_after", [0, 1, 12])
 async def test_a_stream_deleted_and_made_anew_counts_one_gap(
     entries_after: int,
-    isolated_database: str,
-    isolated_store: PostgresStore,
-    redis: aioredis.Redis,
-    subscriber_redis: aioredis.Redis,
-    fresh_prefix: str,
-    running: Callable[[TenantEventSubscriber], None],
+    rig: GapRig,
 ) -> None:
     """DEL (or a Redis restart the subscriber did not notice) takes the stream's history:
     gone (0), made anew with fewer entries than seen (1), or with more (12), all newer than
     the reader's position, so only the count tells."""
-    tenant_id, cache, relay = await cached_viewer(isolated_database, isolated_store, redis, fresh_prefix, "remade")
-    paused = PausedReads(subscriber_redis)
-    subscriber = TenantEventSubscriber(subscriber_redis, cache, prefix=fresh_prefix, block_ms=20)
-    running(subscriber)
-    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    tenant_id, cache, relay, paused, subscriber = await rig.start("remade")
+    isolated_database, isolated_store, redis, fresh_prefix = rig.database, rig.store, rig.redis, rig.prefix
     await isolated_store.add_member(ACTOR, tenant_id, SubjectRef("user", "yan"))
     await publish(relay, isolated_database)
     await wait_until(lambda: subscriber.stats.events == 1)  # it has read from this stream
@@ -429,20 +450,12 @@ async def test_a_stream_deleted_and_made_anew_counts_one_gap(
 @pytest.mark.parametrize("later_events", [0, 1])
 async def test_an_unread_entry_removed_by_xdel_counts_one_gap(
     later_events: int,
-    isolated_database: str,
-    isolated_store: PostgresStore,
-    redis: aioredis.Redis,
-    subscriber_redis: aioredis.Redis,
-    fresh_prefix: str,
-    running: Callable[[TenantEventSubscriber], None],
+    rig: GapRig,
 ) -> None:
     """XDEL, unlike trimming, raises max-deleted-entry-id: above the reader's position
     (nothing after it), or read past (a later event), the revocation is gone unread."""
-    tenant_id, cache, relay = await cached_viewer(isolated_database, isolated_store, redis, fresh_prefix, "xdel")
-    paused = PausedReads(subscriber_redis)
-    subscriber = TenantEventSubscriber(subscriber_redis, cache, prefix=fresh_prefix, block_ms=20)
-    running(subscriber)
-    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    tenant_id, cache, relay, paused, subscriber = await rig.start("xdel")
+    isolated_database, isolated_store, redis, fresh_prefix = rig.database, rig.store, rig.redis, rig.prefix
     await paused.pause()
     await isolated_store.revoke_role(ACTOR, tenant_id, ALICE, role="viewer", scope="")
     await publish(relay, isolated_database)
