@@ -6,8 +6,9 @@ request are INVALID_ARGUMENT (field `request`) for everyone, authenticated or no
 no traceback (grpc's own deserializer failure is UNKNOWN plus an ERROR log per call),
 logged at most as one rate-limited line. Every string of a parsed request must be one
 Postgres can store (no NUL, which text and jsonb refuse; no lone surrogate), and
-`google.protobuf.Struct`/`ListValue` values nest at most `MAX_VALUE_DEPTH` levels, both
-checked before the method runs.
+`google.protobuf.Struct`/`ListValue` values nest at most `MAX_VALUE_DEPTH` levels, and
+every `google.protobuf.Timestamp` is one protobuf can convert, all checked before the
+method runs.
 
 The hot methods (CheckAccess, CheckAccessBatch, GetTenantConfig) register their own
 raw-bytes handlers (`register`): they look the request's bytes up in their remembered
@@ -16,6 +17,7 @@ answers first and parse (`parse`) only when asked something new.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
@@ -36,6 +38,10 @@ M = TypeVar("M", bound=Message)
 # so at 50 a tenant's config would become unreadable to every default client.
 MAX_VALUE_DEPTH = 32
 _VALUE_TYPES = frozenset({"google.protobuf.Struct", "google.protobuf.ListValue"})
+# protobuf's own range for a Timestamp (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z):
+# outside it (or with nanos outside [0, 1e9)) its conversions raise ValueError.
+_TIMESTAMP = "google.protobuf.Timestamp"
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 def parse(message_type: type[M], body: bytes) -> M:
@@ -72,6 +78,12 @@ def register_service(
         implementation = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(_bidi(implementation, request_type))
+        elif method.server_streaming and not inspect.isasyncgenfunction(implementation):
+            # grpc's own servicers (health's Watch) write with `context.write` instead of
+            # yielding: their messages are serialized by grpc, on the way out.
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _unary_writing(implementation, request_type), response_serializer=_serialize
+            )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(_unary_stream(implementation, request_type))
         elif method.client_streaming:
@@ -103,6 +115,23 @@ def _unary(
         return response.SerializeToString()
 
     return handler
+
+
+def _unary_writing(
+    implementation: Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]], request_type: type[Message]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[None]]:
+    async def handler(body: bytes, context: grpc.aio.ServicerContext) -> None:
+        try:
+            request = decode(request_type, body)
+        except InvalidArgument as error:
+            await abort(context, error)
+        await implementation(request, context)
+
+    return handler
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 def _unary_stream(
@@ -139,7 +168,13 @@ def _bidi(
 
 def _check_message(message: Message, path: str, depth: int, found: list[FieldViolation]) -> None:
     """Every string in `message`, at any depth (map keys too), must be storable; JSON-like
-    values must not nest deeper than MAX_VALUE_DEPTH. Appends to `found`."""
+    values must not nest deeper than MAX_VALUE_DEPTH; timestamps must be valid ones.
+    Appends to `found`."""
+    if message.DESCRIPTOR.full_name == _TIMESTAMP:
+        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+            found.append(FieldViolation(path.rstrip(".") or "request", "must be a time from 0001-01-01 to 9999-12-31"))
+        return
     if message.DESCRIPTOR.full_name in _VALUE_TYPES:
         depth += 1
         if depth > MAX_VALUE_DEPTH:
