@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 # JSON-like values (settings, patches) nest at most this deep. protobuf refuses to parse
-# a message nested more than 100 levels, and every JSON level is two (Struct -> Value),
-# so at 50 a tenant's config would become unreadable to every default client.
+# a message nested more than 100 levels, and every JSON level is three (Struct -> map
+# entry -> Value): at 33 levels a tenant's config (TenantConfig -> settings -> ...) would
+# already be unreadable to every default client.
 MAX_VALUE_DEPTH = 32
 _VALUE_TYPES = frozenset({"google.protobuf.Struct", "google.protobuf.ListValue"})
 # protobuf's own range for a Timestamp (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z):
