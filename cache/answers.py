@@ -13,38 +13,41 @@ every event, eviction, TTL expiry or reload that changes an entry ends it.
 
 Bounded: at most `max_entries` answers (oldest remembered dropped first), and only for
 requests of at most `max_body` bytes. One `Answers` per method, since requests of two
-methods can have the same bytes.
+methods can have the same bytes. What an answer is (`A`: its bytes, or its bytes and
+its batch framing) is the server's business: the cache only keeps and checks it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
-from gatehouse.cache.policy_cache import ABSENT, PolicyCache
+from gatehouse.cache.policy_cache import ABSENT, CachedTenant, PolicyCache, Absent
+from gatehouse.engine.decision import SubjectGrants
+
+A = TypeVar("A")
 
 
 @dataclass(slots=True)
-class Remembered:
+class Remembered(Generic[A]):
     tenant_id: str
     min_revision: int
-    tenant: Any  # the CachedTenant (or ABSENT) decided from: compared by identity
+    tenant: CachedTenant | Absent  # the entry decided from: compared by identity
     subject_key: str | None  # None: the answer did not depend on a subject
-    grants: Any  # the SubjectGrants decided from
+    grants: SubjectGrants | None  # the subject's entry decided from (identity too)
     until: float  # unix seconds; the answer may change from then on
-    encoded: bytes  # the serialized answer
-    framed: bytes  # the same as a length-delimited field 1 (a CheckAccessBatchResponse result)
+    answer: A
 
 
-class Answers:
+class Answers(Generic[A]):
     def __init__(self, cache: PolicyCache, max_entries: int, *, max_body: int = 2048) -> None:
         self._cache = cache
         self._max_entries = max_entries
         self._max_body = max_body
-        self._entries: dict[bytes, Remembered] = {}
+        self._entries: dict[bytes, Remembered[A]] = {}
         self.hits = 0
 
-    def get(self, body: bytes, now: float) -> Remembered | None:
+    def get(self, body: bytes, now: float) -> A | None:
         """The remembered answer to `body`, if it is still exactly what deciding would give."""
         known = self._entries.get(body)
         if known is None:
@@ -61,20 +64,20 @@ class Answers:
             del self._entries[body]
             return None
         self.hits += 1
-        return known
+        return known.answer
 
     def remember(
         self,
         body: bytes,
         tenant_id: str,
         min_revision: int,
-        tenant: Any,
+        tenant: CachedTenant | None,
         subject_key: str | None,
-        grants: Any,
+        grants: SubjectGrants | None,
         until: float,
-        encoded: bytes,
+        answer: A,
     ) -> None:
-        """Remember `encoded` as the answer to `body`, decided from `tenant` (None: absent)
+        """Remember `answer` as the answer to `body`, decided from `tenant` (None: absent)
         and, when `subject_key` is given, `grants`. Only when those are the entries L1
         serves right now: an answer decided from anything else is not remembered."""
         if len(body) > self._max_body or self._max_entries <= 0:
@@ -88,8 +91,7 @@ class Answers:
             return
         entries = self._entries
         entries[body] = Remembered(
-            tenant_id, min_revision, ABSENT if tenant is None else tenant, subject_key, grants, until,
-            encoded, frame(encoded),
+            tenant_id, min_revision, ABSENT if tenant is None else tenant, subject_key, grants, until, answer
         )
         if len(entries) > self._max_entries:
             del entries[next(iter(entries))]
@@ -99,48 +101,3 @@ class Answers:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-# --- the protobuf wire format, as far as CheckAccessBatch needs it ------------------------
-
-
-def frame(encoded: bytes) -> bytes:
-    """`encoded` as field 1, wire type 2 (length-delimited): tag, varint length, bytes."""
-    return b"\x0a" + varint(len(encoded)) + encoded
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def split_field1(body: bytes) -> list[bytes] | None:
-    """The payloads of a message made only of length-delimited field-1 entries (a
-    CheckAccessBatchRequest's `checks`), in order; None for anything else (another field,
-    a non-minimal tag, a truncated length), which the caller leaves to the protobuf parser."""
-    parts = []
-    i, n = 0, len(body)
-    while i < n:
-        if body[i] != 0x0A:
-            return None
-        i += 1
-        length = shift = 0
-        while True:
-            if i >= n or shift > 28:
-                return None
-            b = body[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        end = i + length
-        if end > n:
-            return None
-        parts.append(body[i:end])
-        i = end
-    return parts

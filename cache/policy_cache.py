@@ -85,13 +85,13 @@ class _FloorMap(LRUCache, Generic[K]):  # type: ignore[type-arg]
         return key, value
 
 
-class _Absent:
+class Absent:
     """A remembered "no such tenant", so unknown ids do not each cost a query."""
 
     revision = 0
 
 
-ABSENT = _Absent()
+ABSENT = Absent()
 
 
 class PolicyCache:
@@ -108,7 +108,7 @@ class PolicyCache:
         self._store = store
         self._l2 = l2
         # Tenants are few and small next to (tenant, subject) pairs; give them a tenth.
-        self._tenants: ExpiringMap[str, CachedTenant | _Absent] = ExpiringMap(
+        self._tenants: ExpiringMap[str, CachedTenant | Absent] = ExpiringMap(
             max(16, max_entries // 10), ttl_seconds, clock
         )
         self._subjects: ExpiringMap[tuple[str, str], SubjectGrants] = ExpiringMap(
@@ -122,13 +122,13 @@ class PolicyCache:
         self._subject_floor: _FloorMap[tuple[str, str]] = _FloorMap(max(16, max_entries), self._subject_floor_dropped)
         self._listeners: list[Callable[[str, int], None]] = []
         self._flight: SingleFlight[Any] = SingleFlight()
-        self._probe: FreshRead[CachedTenant | _Absent] = FreshRead(revision_probe_seconds)
+        self._probe: FreshRead[CachedTenant | Absent] = FreshRead(revision_probe_seconds)
         self._background: set[asyncio.Task[None]] = set()
         self.stats = CacheStats()
 
     # --- reads ---
 
-    def peek_tenant(self, tenant_id: str, min_revision: int = 0) -> CachedTenant | _Absent | None:
+    def peek_tenant(self, tenant_id: str, min_revision: int = 0) -> CachedTenant | Absent | None:
         """What `tenant()` would answer from L1 without waiting: the entry, ABSENT (known
         not to exist), or None when it would have to load. Answers remembered by their
         request bytes (`cache.answers`) are served only while this returns their entry."""
@@ -200,7 +200,7 @@ class PolicyCache:
         entry = await self._flight.do((*key, need), fetch)
         return None if entry is ABSENT else entry
 
-    async def _fetch_tenant(self, tenant_id: str, need: int, *, from_l2: bool = True) -> CachedTenant | _Absent:
+    async def _fetch_tenant(self, tenant_id: str, need: int, *, from_l2: bool = True) -> CachedTenant | Absent:
         snapshot = await self._l2.get_tenant(tenant_id, need) if self._l2 and from_l2 else None
         if snapshot is not None:
             self.stats.l2_hits += 1
@@ -216,7 +216,7 @@ class PolicyCache:
         self._tenants[tenant_id] = entry
         return entry
 
-    async def _fetch_subject(self, tenant_id: str, subject: SubjectRef, need: int) -> SubjectGrants | _Absent:
+    async def _fetch_subject(self, tenant_id: str, subject: SubjectRef, need: int) -> SubjectGrants | Absent:
         snapshot: SubjectSnapshot | None = (
             await self._l2.get_subject(tenant_id, subject.key, need) if self._l2 else None
         )

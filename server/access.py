@@ -10,7 +10,7 @@ from time import time
 
 import grpc
 
-from gatehouse.cache.answers import Answers, frame, split_field1
+from gatehouse.cache.answers import Answers
 from gatehouse.engine.model import SubjectRef
 from gatehouse.engine.patterns import is_valid_id, is_valid_permission, is_valid_scope, is_valid_tenant_id
 from gatehouse.engine.validate import (
@@ -25,7 +25,7 @@ from gatehouse.engine.validate import (
 from gatehouse.errors import InvalidArgument, RevisionNotReached
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
-from gatehouse.server.wire import parse, register_service
+from gatehouse.server.wire import EncodedAnswer, parse, register_service, split_field1
 from gatehouse.v1 import access_pb2
 
 MAX_BATCH = 1000
@@ -38,7 +38,7 @@ class AccessServicer:
     from `answers` (see `gatehouse.cache.answers`) without being parsed, validated or
     decided again; any other is parsed here, so malformed bytes get INVALID_ARGUMENT."""
 
-    def __init__(self, decisions: DecisionService, answers: Answers) -> None:
+    def __init__(self, decisions: DecisionService, answers: Answers[EncodedAnswer]) -> None:
         self._decisions = decisions
         self._answers = answers
 
@@ -56,7 +56,7 @@ class AccessServicer:
             return known.encoded
         request = parse(access_pb2.CheckAccessRequest, body)
         _validate(request, "")
-        return _answer(self._answers, await _evaluate(self._decisions.session(), request, now), body, request)
+        return _answer(self._answers, await _evaluate(self._decisions.session(), request, now), body, request).encoded
 
     @grpc_errors
     async def CheckAccessBatch(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -106,30 +106,32 @@ class AccessServicer:
                 except RevisionNotReached as error:
                     error.metadata["check"] = f"checks[{index}]"
                     raise
-                framed = frame(_answer(self._answers, evaluation, part, check))
+                framed = _answer(self._answers, evaluation, part, check).framed
                 if part:
                     remembered[part] = framed
             results.append(framed)
         return b"".join(results)
 
 
-def _answer(answers: Answers, evaluation: Evaluation, body: bytes, check: access_pb2.CheckAccessRequest) -> bytes:
+def _answer(
+    answers: Answers[EncodedAnswer], evaluation: Evaluation, body: bytes, check: access_pb2.CheckAccessRequest
+) -> EncodedAnswer:
     """The serialized answer to `check`, remembered for `body` (b"": not remembered)."""
     d = evaluation.decision
-    encoded = Response(
+    answer = EncodedAnswer.of(Response(
         allowed=d.allowed,
         reason=d.reason,  # type: ignore[arg-type]  # engine Reason values are the proto enum's numbers
         revision=d.revision,
         granted_by_role=d.role,
         granted_at_scope=d.scope,
         feature=d.feature,
-    ).SerializeToString()
+    ).SerializeToString())
     if body:
         answers.remember(
             body, check.tenant_id, check.min_revision, evaluation.tenant, evaluation.subject_key, evaluation.grants,
-            evaluation.valid_until, encoded,
+            evaluation.valid_until, answer,
         )
-    return encoded
+    return answer
 
 
 async def _evaluate(session: DecisionSession, check: access_pb2.CheckAccessRequest, now: float) -> Evaluation:

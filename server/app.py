@@ -22,7 +22,7 @@ from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
 from gatehouse.server.listeners import bind, plan_listeners
-from gatehouse.server.wire import register_service
+from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.settings import Settings
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
@@ -54,8 +54,8 @@ class Sidecar:
         self.readiness: Readiness | None = None
         self.subscriber: TenantEventSubscriber | None = None
         self.relay: OutboxRelay | None = None
-        self.check_answers: Answers | None = None
-        self.config_answers: Answers | None = None
+        self.check_answers: Answers[EncodedAnswer] | None = None
+        self.config_answers: Answers[bytes] | None = None
         self._redis_clients: list[aioredis.Redis] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[str] = []

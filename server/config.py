@@ -59,7 +59,7 @@ class ConfigServicer:
     """GetTenantConfig on raw bytes, remembered like CheckAccess (`gatehouse.cache.answers`);
     WatchTenantConfig as generated."""
 
-    def __init__(self, cache: PolicyCache, answers: Answers) -> None:
+    def __init__(self, cache: PolicyCache, answers: Answers[bytes]) -> None:
         self._cache = cache
         self._answers = answers
 
@@ -72,7 +72,7 @@ class ConfigServicer:
     async def GetTenantConfig(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         known = self._answers.get(body, 0.0)
         if known is not None:
-            return known.encoded
+            return known
         request = parse(config_pb2.GetTenantConfigRequest, body)
         v = Violations()
         tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)

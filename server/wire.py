@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
@@ -236,3 +237,61 @@ class _RateLimitedLog:
 
 
 _MALFORMED = _RateLimitedLog()
+
+
+# --- the protobuf wire format, as far as CheckAccessBatch needs it ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedAnswer:
+    """One CheckAccessResponse, serialized once, and the same framed as a batch result."""
+
+    encoded: bytes
+    framed: bytes
+
+    @classmethod
+    def of(cls, encoded: bytes) -> "EncodedAnswer":
+        return cls(encoded, frame(encoded))
+
+
+
+def frame(encoded: bytes) -> bytes:
+    """`encoded` as field 1, wire type 2 (length-delimited): tag, varint length, bytes."""
+    return b"\x0a" + varint(len(encoded)) + encoded
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def split_field1(body: bytes) -> list[bytes] | None:
+    """The payloads of a message made only of length-delimited field-1 entries (a
+    CheckAccessBatchRequest's `checks`), in order; None for anything else (another field,
+    a non-minimal tag, a truncated length), which the caller leaves to the protobuf parser."""
+    parts = []
+    i, n = 0, len(body)
+    while i < n:
+        if body[i] != 0x0A:
+            return None
+        i += 1
+        length = shift = 0
+        while True:
+            if i >= n or shift > 28:
+                return None
+            b = body[i]
+            i += 1
+            length |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        end = i + length
+        if end > n:
+            return None
+        parts.append(body[i:end])
+        i = end
+    return parts

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatehouse.cache.answers import frame, split_field1, varint
+from gatehouse.server.wire import frame, split_field1, varint
 from gatehouse.cache.l1 import ExpiringMap
 from gatehouse.v1 import access_pb2, common_pb2
 

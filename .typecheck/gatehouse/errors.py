@@ -1,0 +1,1 @@
+/work/main/gatehouse/errors.py

@@ -1,0 +1,1 @@
+/work/main/gatehouse/events.py
