@@ -77,10 +77,6 @@ class RedisL2:
     def client(self) -> aioredis.Redis:
         return self._client
 
-    @property
-    def available(self) -> bool:
-        return self._clock() >= self._down_until
-
     def _tag(self, tenant_id: str) -> str:
         return tenant_tag(self._prefix, tenant_id)
 

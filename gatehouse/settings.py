@@ -66,7 +66,6 @@ class Settings:
     blind_refresh_seconds: float = field(
         default=2.0, metadata={"help": "while the event stream is unreachable, clear L1 this often"}
     )
-    db_pool_min: int = field(default=2, metadata={"help": "Postgres pool: connections kept open"})
     db_pool_max: int = field(default=10, metadata={"help": "Postgres pool: most connections"})
     operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
@@ -105,13 +104,16 @@ class Settings:
         return cls(**values)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One `--flag` per setting; unset flags fall back to the environment, then defaults.
+    def add_arguments(cls, parser: argparse.ArgumentParser, names: frozenset[str] | None = None) -> None:
+        """One `--flag` per setting (of `names` only, when given: `gatehouse relay` takes
+        just `RELAY_SETTINGS`); unset flags fall back to the environment, then defaults.
 
         A setting marked as a switch also takes its flag alone: `--allow-plaintext` means
         `--allow-plaintext 1`.
         """
         for f in fields(cls):
+            if names is not None and f.name not in names:
+                continue
             switch: dict[str, Any] = {"nargs": "?", "const": 1} if f.metadata.get("switch") else {}
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",
@@ -127,6 +129,20 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":
         return cls.from_env(**{f.name: getattr(args, f.name, None) for f in fields(cls)})
+
+
+# What `gatehouse relay` (the outbox relay alone) reads; its --help lists only these.
+RELAY_SETTINGS = frozenset(
+    {
+        "database_url",
+        "redis_url",
+        "redis_prefix",
+        "event_stream_max_length",
+        "outbox_retention_seconds",
+        "l2_ttl_seconds",
+        "log_level",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

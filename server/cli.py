@@ -3,6 +3,8 @@
     gatehouse serve [--listen HOST:PORT] [--unix-socket PATH] [...]
     gatehouse relay [...]
     gatehouse migrate up [--to N] | down [--to N] | version  [--database-url OWNER_DSN] [--runtime-role ROLE]
+
+`migrate down` without `--to` undoes one step, never the whole schema by accident.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import os
 import sys
 
-from gatehouse.settings import OWNER_DATABASE_URL, MigrateSettings, Settings
+from gatehouse.settings import OWNER_DATABASE_URL, RELAY_SETTINGS, MigrateSettings, Settings
 
 
 def _run(coro: object) -> int:
@@ -30,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the sidecar")
     Settings.add_arguments(serve)
     relay = commands.add_parser("relay", help="run only the outbox relay (serve runs one too unless --relay 0)")
-    Settings.add_arguments(relay)
+    Settings.add_arguments(relay, RELAY_SETTINGS)
     migrate = commands.add_parser("migrate", help="apply or roll back schema migrations")
     migrate.add_argument("direction", choices=("up", "down", "version"))
-    migrate.add_argument("--to", type=int, default=None, help="target version (down defaults to 0)")
+    migrate.add_argument(
+        "--to", type=int, default=None, help="target version (up: the latest; down: one step back, --to 0 undoes all)"
+    )
     migrate.add_argument(
         "--database-url",
         default=None,
@@ -82,7 +86,7 @@ def _migrate(args: argparse.Namespace) -> int:
                 )
             version = _run(migrations.migrate_up(dsn, args.to, runtime_role=settings.runtime_role))
         elif args.direction == "down":
-            version = _run(migrations.migrate_down(dsn, args.to or 0))
+            version = _run(migrations.migrate_down_to(dsn, args.to))
         else:
             version = _run(migrations.current_version(dsn))
     except ValueError as error:  # RuntimeRoleError, or a --to out of range

@@ -106,6 +106,14 @@ async def migrate_up(dsn: str, target: int | None = None, *, runtime_role: str =
     return await _migrate(dsn, goal, up=True, runtime_role=runtime_role)
 
 
+async def migrate_down_to(dsn: str, target: int | None) -> int:
+    """`gatehouse migrate down [--to N]`: to `target`, or (None) one step back from the
+    database's current version; returns the version reached."""
+    if target is None:
+        target = max(await current_version(dsn) - 1, 0)
+    return await migrate_down(dsn, target)
+
+
 async def migrate_down(dsn: str, target: int = 0) -> int:
     """Undo migrations down to `target` (default: no schema at all); returns the version reached.
 

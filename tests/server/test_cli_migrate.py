@@ -83,3 +83,31 @@ async def test_migrate_up_as_the_runtime_role_cannot_create_the_schema(empty_db:
     assert done.returncode == 1
     assert "permission denied for schema public" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_migrate_down_without_to_undoes_one_step_only(empty_db: str) -> None:
+    """It used to undo every migration, dropping every table, when `--to` was forgotten."""
+    from gatehouse.store.migrate import LATEST_VERSION
+
+    runtime = _as(PG_RUNTIME_ROLE, empty_db)
+    env = {"GATEHOUSE_MIGRATE_DATABASE_URL": empty_db, "GATEHOUSE_DATABASE_URL": runtime}
+    assert (await gatehouse_migrate(env, "up")).returncode == 0
+    done = await gatehouse_migrate(env, "down")
+    assert done.returncode == 0, done.stderr
+    assert f"schema version {LATEST_VERSION - 1} " in done.stdout
+    done = await gatehouse_migrate(env, "down", "--to", "0")
+    assert done.returncode == 0 and "schema version 0 " in done.stdout
+
+
+def test_relay_help_lists_only_what_the_relay_reads() -> None:
+    from gatehouse.settings import RELAY_SETTINGS, Settings
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "gatehouse.server.cli", "relay", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in RELAY_SETTINGS:
+        assert f"--{name.replace('_', '-')}" in shown
+    for serve_only in ("--listen", "--workers", "--tls-cert-file", "--answer-cache-entries", "--health-interval-seconds"):
+        assert serve_only not in shown
+    # every relay setting is one the relay really reads (no stale names)
+    assert RELAY_SETTINGS <= {f for f in Settings.__dataclass_fields__}
