@@ -25,6 +25,7 @@ from gatehouse.engine.validate import (
 from gatehouse.errors import InvalidArgument, RevisionNotReached
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
+from gatehouse.server.interceptors import Chain
 from gatehouse.server.wire import EncodedAnswer, parse, register_service, split_field1
 from gatehouse.v1 import access_pb2
 
@@ -42,8 +43,8 @@ class AccessServicer:
         self._decisions = decisions
         self._answers = answers
 
-    def add_to(self, server: grpc.aio.Server) -> None:
-        register_service(server, SERVICE, self, raw={
+    def add_to(self, server: grpc.aio.Server, chain: Chain) -> None:
+        register_service(server, SERVICE, self, chain=chain, raw={
             "CheckAccess": grpc.unary_unary_rpc_method_handler(self.CheckAccess),
             "CheckAccessBatch": grpc.unary_unary_rpc_method_handler(self.CheckAccessBatch),
         })

@@ -21,9 +21,11 @@ from gatehouse.server.admin_auth import AdminAuthenticator, return_hash_memory_t
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
+from gatehouse.server.interceptors import CallCounter, Chain
 from gatehouse.server.listeners import bind, plan_listeners
 from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.settings import Settings
+from gatehouse.stats import StatsRegistry
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
@@ -59,6 +61,7 @@ class Sidecar:
         self._redis_clients: list[aioredis.Redis] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[str] = []
+        self.stats = StatsRegistry()
 
     async def start(self) -> None:
         s = self.settings
@@ -101,17 +104,24 @@ class Sidecar:
         # One set of remembered answers per method: two methods' requests can share bytes.
         self.check_answers = Answers(self.cache, s.answer_cache_entries)
         self.config_answers = Answers(self.cache, s.answer_cache_entries)
+        # The one interceptor chain, around every handler of every service (first = outermost).
+        calls = CallCounter()
+        chain = Chain([calls])
+        self._report_stats(calls)
         decisions = DecisionService(self.cache)
-        AccessServicer(decisions, self.check_answers).add_to(server)
-        ConfigServicer(self.cache, self.config_answers).add_to(server)
+        AccessServicer(decisions, self.check_answers).add_to(server, chain)
+        ConfigServicer(self.cache, self.config_answers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
-        register_service(server, ADMIN_SERVICE, AdminServicer(self.store, self.cache, self.authenticator, decisions))
-        register_service(server, HEALTH_SERVICE, self.readiness.servicer)
+        register_service(
+            server, ADMIN_SERVICE, AdminServicer(self.store, self.cache, self.authenticator, decisions), chain=chain
+        )
+        register_service(server, HEALTH_SERVICE, self.readiness.servicer, chain=chain)
         register_service(
             server,
             REFLECTION_SERVICE,
             reflection.aio.ReflectionServicer((*SERVICE_NAMES, reflection.SERVICE_NAME, HEALTH_SERVICE.full_name)),
+            chain=chain,
         )
         self.addresses = [bind(server, listener) for listener in listeners]
         await server.start()
@@ -125,6 +135,20 @@ class Sidecar:
             log.warning("GATEHOUSE_OPERATOR_KEY is not set: every AdminService call will be UNAUTHENTICATED")
         for address, listener in zip(self.addresses, listeners):
             log.log(listener.log_level, "listening on %s: %s; %s", address, listener.security, listener.reason)
+
+    def _report_stats(self, calls: CallCounter) -> None:
+        """Every counter of this process into one registry (`self.stats.snapshot()`)."""
+        assert self.cache is not None and self.subscriber is not None and self.l2 is not None
+        assert self.check_answers is not None and self.config_answers is not None
+        l2, check_answers, config_answers = self.l2, self.check_answers, self.config_answers
+        self.stats.register("grpc", calls.values)
+        self.stats.register("cache", self.cache.stats)
+        self.stats.register("l2", lambda: {"errors": l2.errors})
+        self.stats.register("answers", lambda: {"check_hits": check_answers.hits, "config_hits": config_answers.hits})
+        self.stats.register("events", self.subscriber.stats)
+        if self.relay is not None:
+            relay = self.relay
+            self.stats.register("relay", lambda: {"published": relay.published})
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""

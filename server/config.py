@@ -15,6 +15,7 @@ from gatehouse.engine.validate import Violations, require_revision, require_tena
 from gatehouse.errors import TenantNotFound
 from gatehouse.server.convert import STATUS_TO_PROTO, dict_to_struct
 from gatehouse.server.errors import abort, grpc_errors
+from gatehouse.server.interceptors import Chain
 from gatehouse.server.wire import parse, register_service
 from gatehouse.v1 import config_pb2
 
@@ -63,8 +64,8 @@ class ConfigServicer:
         self._cache = cache
         self._answers = answers
 
-    def add_to(self, server: grpc.aio.Server) -> None:
-        register_service(server, SERVICE, self, raw={
+    def add_to(self, server: grpc.aio.Server, chain: Chain) -> None:
+        register_service(server, SERVICE, self, chain=chain, raw={
             "GetTenantConfig": grpc.unary_unary_rpc_method_handler(self.GetTenantConfig),
         })
 

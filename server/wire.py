@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from gatehouse.server.errors import abort
+from gatehouse.server.interceptors import Chain
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -66,12 +67,14 @@ def register_service(
     service: ServiceDescriptor,
     servicer: object,
     *,
+    chain: Chain,
     raw: dict[str, grpc.RpcMethodHandler] | None = None,
 ) -> None:
     """Register every method of `service` as implemented by `servicer`'s method of the
     same name, behind `decode`: it gets a parsed, checked request and returns (or
     yields) messages, as with generated code. `raw`: hand-built raw-bytes handlers for
-    some methods (the hot ones), which parse for themselves."""
+    some methods (the hot ones), which parse for themselves. Every handler is wrapped in
+    `chain` (server/interceptors.py)."""
     handlers: dict[str, grpc.RpcMethodHandler] = dict(raw or {})
     for method in service.methods:
         if method.name in handlers:
@@ -92,7 +95,8 @@ def register_service(
             raise NotImplementedError(f"{method.full_name}: no Gatehouse method streams requests only")
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(implementation, request_type))
-    register(server, service.full_name, handlers)
+    prefix = f"/{service.full_name}/"
+    register(server, service.full_name, {name: chain.wrap(prefix + name, h) for name, h in handlers.items()})
 
 
 def decode(request_type: type[M], body: bytes) -> M:
