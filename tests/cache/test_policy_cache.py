@@ -114,7 +114,7 @@ async def test_redis_down_still_answers_from_postgres(store: PostgresStore, redi
     assert grants is not None and grants.revision == revision
     assert (await cache.tenant(tenant_id)) is not None
     await cache.drain()
-    assert dead.errors >= 1 and not dead.available
+    assert dead.errors >= 1  # counted, and L2 skipped for a moment (the next read does not wait on it)
     await dead.close()
 
 
