@@ -8,8 +8,9 @@ nothing per call. This is where authentication, metrics and tracing plug in.
 
 `CallCounter`, the first link, counts calls by method and final status code into the
 stats registry (the "R" and "E" of RED). Cost on the hot path: one extra coroutine frame,
-a try/except and a dict increment, measured at ~0.7 µs per CheckAccess in-process
-(bench: same-run ratio against the empty server unchanged within noise).
+a try/except and a Counter increment, 0.12-0.18 µs per call in-process (a bare coroutine
+against the same wrapped, 200,000 awaits, 3 runs), next to ~16 µs for a remembered
+CheckAccess.
 """
 
 from __future__ import annotations
