@@ -8,7 +8,7 @@ and one outbox row in ONE transaction, and returns the tenant's new revision.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
 
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import (
@@ -103,6 +103,33 @@ class ConfigPatch:
     clear_flags: Sequence[str] = ()
     set_quotas: Mapping[str, int] = field(default_factory=dict)
     clear_quotas: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantChange:
+    """A committed write, as the store tells its subscribers: the tenant it changed, the
+    revision it committed, and its outbox event's kind and subject. One per tenant the
+    write changed (a plan change: one per tenant on the plan)."""
+
+    tenant_id: str
+    revision: int
+    kind: str  # tenant | config | plan | role | membership | assignment | key
+    subject: str = ""  # "user/alice" when only that subject is concerned
+    config: bool = True  # False when the write cannot change what GetTenantConfig answers
+
+
+class ChangeListener(Protocol):
+    """Called with each committed write, after its commit, before the write returns."""
+
+    async def __call__(self, change: TenantChange, /) -> None: ...
+
+
+class Subscribable(Protocol):
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Hear of every write this store commits from now on; returns an unsubscribe function.
+        Listeners are awaited in order, after the commit; one that raises is logged and
+        does not fail the write."""
+        ...
 
 
 T = TypeVar("T")

@@ -70,11 +70,13 @@ from gatehouse.store.api import (
     ApiKeyRecord,
     AssignmentRecord,
     AuditRecord,
+    ChangeListener,
     ConfigPatch,
     MemberRecord,
     Page,
     RoleRecord,
 )
+from gatehouse.store.changes import ChangeFeed, tenant_change
 from gatehouse.store.driver_errors import translated
 from gatehouse.store.idempotency import IdempotencyKeys
 from gatehouse.store.merge_patch import merge_patch
@@ -144,7 +146,7 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class TenantChange:
+class AuditedChange:
     """What a mutation did, as its audit row and outbox event tell it."""
 
     action: str  # audit action: "tenant.create", "role.assign", ...
@@ -168,7 +170,7 @@ class TenantWrite:
     def __init__(self, conn: asyncpg.Connection, before: asyncpg.Record) -> None:
         self.conn = conn
         self.before = before
-        self.change: TenantChange | None = None
+        self.change: AuditedChange | None = None
         self.after: asyncpg.Record | None = None
 
     @property
@@ -176,7 +178,7 @@ class TenantWrite:
         tenant_id: uuid.UUID = self.before["id"]
         return tenant_id
 
-    def record(self, change: TenantChange) -> None:
+    def record(self, change: AuditedChange) -> None:
         """Say what this mutation did; required before the transaction commits."""
         self.change = change
 
@@ -288,6 +290,11 @@ class PostgresStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self.idempotency = IdempotencyKeys(pool)
+        self._changes = ChangeFeed()
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Hear of every write this store commits (`Subscribable`)."""
+        return self._changes.subscribe(listener)
 
     # --- lifecycle of the driver ---------------------------------------------------------
 
@@ -383,13 +390,14 @@ class PostgresStore:
                     for role, permissions in SYSTEM_ROLES.items()
                 ],
             )
-            change = TenantChange(
+            change = AuditedChange(
                 action="tenant.create",
                 target=_tenant_target(row["id"]),
                 kind="tenant",
                 details={"slug": slug, "plan": plan, "region": region},
             )
             await _append_events(conn, actor, change, audit_tenant=row["id"], revisions=[(row["id"], row["revision"])])
+        await self._changes.publish([tenant_change(row["id"], row["revision"], change.kind, change.subject)])
         return _tenant_record(row)
 
     async def get_tenant(self, tenant_id: str) -> TenantRecord:
@@ -439,7 +447,7 @@ class PostgresStore:
             if plan is not None:
                 await _require_plan(write.conn, plan)
             write.record(
-                TenantChange(
+                AuditedChange(
                     action="tenant.update",
                     target=_tenant_target(write.tenant_id),
                     kind="tenant",
@@ -458,7 +466,7 @@ class PostgresStore:
             before = TenantStatus(write.before["status"])
             after = transition(before, action, confirm=confirm)
             write.record(
-                TenantChange(
+                AuditedChange(
                     action=f"tenant.{action.value}",
                     target=_tenant_target(write.tenant_id),
                     kind="tenant",
@@ -489,7 +497,7 @@ class PostgresStore:
                     write.before["quota_overrides"], patch.set_quotas, patch.clear_quotas
                 )
             write.record(
-                TenantChange(
+                AuditedChange(
                     action="tenant.config.patch",
                     target=_tenant_target(write.tenant_id),
                     kind="config",
@@ -533,12 +541,13 @@ class PostgresStore:
                 """,
                 plan.name,
             )
-            change = TenantChange(
+            change = AuditedChange(
                 action="plan.upsert", target=f"plan/{plan.name}", kind="plan", details={"plan": plan.name}
             )
             # One audit row for the plan (platform-wide: no tenant), one event per tenant.
             revisions = [(str(r["id"]), int(r["revision"])) for r in bumped]
             await _append_events(conn, actor, change, audit_tenant=None, revisions=revisions)
+        await self._changes.publish(tenant_change(t, r, change.kind, change.subject) for t, r in revisions)
         return _plan(row["name"], row["features"], row["quotas"], row["rate_limits"]), revisions
 
     async def list_plans(self) -> list[Plan]:
@@ -635,7 +644,7 @@ class PostgresStore:
             if created_at is None:
                 raise AlreadyExists("the subject is already a member", metadata={"subject": subject.key})
             write.record(
-                TenantChange(
+                AuditedChange(
                     action="member.add", target=f"member/{subject.key}", kind="membership", subject=subject.key
                 )
             )
@@ -654,7 +663,7 @@ class PostgresStore:
             if removed is None:
                 raise NotFound("the subject is not a member", metadata={"subject": subject.key})
             write.record(
-                TenantChange(
+                AuditedChange(
                     action="member.remove", target=f"member/{subject.key}", kind="membership", subject=subject.key
                 )
             )
@@ -818,7 +827,7 @@ class PostgresStore:
                 [(tid, KEY_SUBJECT_TYPE, key_id, role, scope) for role, scope in roles],
             )
             write.record(
-                TenantChange(
+                AuditedChange(
                     action="key.create", target=key_subject(key_id).key, kind="key",
                     subject=key_subject(key_id).key, details=details,
                 )
@@ -829,7 +838,7 @@ class PostgresStore:
         """Stop a key working, at every sidecar (a `key` event names it). NotFound when the
         key is not in that tenant (or, with tenant_id "", not an operator key)."""
         subject = key_subject(key_id).key
-        change = TenantChange(action="key.revoke", target=subject, kind="key", subject=subject)
+        change = AuditedChange(action="key.revoke", target=subject, kind="key", subject=subject)
         if not tenant_id:
             async with self._transaction(PLATFORM_SCOPE) as conn:
                 await _revoke_key(conn, actor, None, key_id)
@@ -1018,6 +1027,8 @@ class PostgresStore:
             if write.change is None:
                 raise RuntimeError("a tenant write must record() its change before it commits")
             write.after = await _complete_write(conn, actor, tid, write.change)
+        # Committed: now, and only now, the subscribers hear of it.
+        await self._changes.publish([tenant_change(tid, write.revision, write.change.kind, write.change.subject)])
 
 
 # --- transactions ---------------------------------------------------------------------------------
@@ -1048,7 +1059,7 @@ async def _rollback(conn: asyncpg.Connection) -> None:
 
 
 async def _complete_write(
-    conn: asyncpg.Connection, actor: Actor, tenant_id: uuid.UUID, change: TenantChange
+    conn: asyncpg.Connection, actor: Actor, tenant_id: uuid.UUID, change: AuditedChange
 ) -> asyncpg.Record:
     """Bump the tenant's revision (setting `change.columns` in the same UPDATE), write the
     audit row and the outbox event, and NOTIFY the relay; the tenant row as updated.
@@ -1085,7 +1096,7 @@ async def _complete_write(
 async def _append_events(
     conn: asyncpg.Connection,
     actor: Actor,
-    change: TenantChange,
+    change: AuditedChange,
     *,
     audit_tenant: uuid.UUID | None,
     revisions: Sequence[tuple[uuid.UUID, int]],
@@ -1179,15 +1190,15 @@ def _completed(write: TenantWrite) -> asyncpg.Record:
     return write.after
 
 
-def _role_change(action: str, name: str, permissions: Sequence[str]) -> TenantChange:
+def _role_change(action: str, name: str, permissions: Sequence[str]) -> AuditedChange:
     details: dict[str, Any] = {"role": name}
     if permissions:
         details["permissions"] = list(permissions)
-    return TenantChange(action=action, target=f"role/{name}", kind="role", details=details)
+    return AuditedChange(action=action, target=f"role/{name}", kind="role", details=details)
 
 
-def _assignment_change(action: str, subject: SubjectRef, role: str, scope: str) -> TenantChange:
-    return TenantChange(
+def _assignment_change(action: str, subject: SubjectRef, role: str, scope: str) -> AuditedChange:
+    return AuditedChange(
         action=action,
         target=f"{subject.key}#{role}@{scope}",
         kind="assignment",
