@@ -40,7 +40,7 @@ from gatehouse.cache.singleflight import SingleFlight
 from gatehouse.engine.decision import SubjectGrants, TenantPolicy, compile_subject, compile_tenant
 from gatehouse.engine.model import SubjectRef, SubjectSnapshot, TenantSnapshot
 from gatehouse.errors import RevisionNotReached
-from gatehouse.store.api import Store, TenantChange
+from gatehouse.store.api import StoreReader, TenantChange
 
 
 @dataclass(slots=True)
@@ -98,7 +98,7 @@ ABSENT = _Absent()
 class PolicyCache:
     def __init__(
         self,
-        store: Store,
+        store: StoreReader,
         l2: RedisL2 | None,
         *,
         max_entries: int,

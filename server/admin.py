@@ -38,8 +38,7 @@ from gatehouse.server.admin_auth import AdminAuthenticator, Principal, mint_key,
 from gatehouse.server.admin_authz import AdminAuthorizer
 from gatehouse.server.idempotency import REPLAY_REASON, run_idempotent
 from gatehouse.server.errors import abort, translate
-from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch
-from gatehouse.store.postgres import PostgresStore
+from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch, StoreMutator
 from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ def _transition_rpc(action: Action) -> Callable[..., Awaitable[admin_pb2.Tenant]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: PostgresStore, cache: PolicyCache, auth: AdminAuthenticator) -> None:
+    def __init__(self, store: StoreMutator, cache: PolicyCache, auth: AdminAuthenticator) -> None:
         self._store = store
         self._auth = auth
         self._authz = AdminAuthorizer(cache)
