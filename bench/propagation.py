@@ -192,43 +192,41 @@ async def run_writers(
 # --- background writes from pgbench --------------------------------------------------------
 
 # pgbench's script: one event-producing write per transaction. It runs the store's own
-# write tail, `_COMPLETE_WRITE` (revision bump, audit row, outbox event, NOTIFY: the part
+# write tail, `COMPLETE_WRITE` (revision bump, audit row, outbox event, NOTIFY: the part
 # of every admin mutation that makes the event), under the same row-level-security scope
 # the store sets, for a uniformly chosen tenant and member, as an `assignment` event for
 # that member, so each is one stream event and one subject eviction in every sidecar.
 # What it leaves out is the domain row (a real assign_role also inserts the assignment):
-# that row changes nothing the relay or the subscribers do.
+# that row changes nothing the relay or the subscribers do. Its parameters, by the names
+# `COMPLETE_WRITE_PARAMETERS` gives them (tenant_id and subject come from `\gset`):
 _PGBENCH_PARAMS = {
-    "p2": "bench-writer",  # actor
-    "p3": "role.assign",  # audit action
-    "p4": "member/pgbench",  # audit target
-    "p5": "",  # request id (pgbench refuses an empty -D: inlined as '')
-    "p6": "",  # reason
-    "p7": json.dumps({"role": CHURN_ROLE}),  # audit details
-    "p8": "assignment",  # outbox kind
-    "p10": json.dumps({"action": "role.assign", "role": CHURN_ROLE}),  # outbox payload
+    "actor": "bench-writer",
+    "action": "role.assign",  # audit action
+    "target": "member/pgbench",  # audit target
+    "request_id": "",  # pgbench refuses an empty -D: inlined as ''
+    "reason": "",
+    "details": json.dumps({"role": CHURN_ROLE}),  # audit details
+    "kind": "assignment",  # outbox kind
+    "payload": json.dumps({"action": "role.assign", "role": CHURN_ROLE}),  # outbox payload
 }
 
 
 def pgbench_script(tenant_ids: list[str], member_ids: list[str]) -> str:
-    import re
+    from gatehouse.store.write_tail import complete_write_statement
 
-    from gatehouse.store import postgres
-
-    def variable(m: re.Match[str]) -> str:
-        name = f"p{m.group(1)}"
+    def variable(number: int, name: str) -> str:
         return "''" if _PGBENCH_PARAMS.get(name) == "" else f":{name}"
 
-    complete = re.sub(r"\$(\d+)", variable, postgres._COMPLETE_WRITE.format(assignments=""))
+    complete = complete_write_statement(placeholder=variable)
     complete = " ".join(complete.split())  # pgbench: one SQL command per line
     tenants = ",".join(tenant_ids)
     members = ",".join(f"user/{m}" for m in member_ids)
     return "\n".join([
         f"\\set n random(1, {len(tenant_ids)})",
         f"\\set m random(1, {len(member_ids)})",
-        f"SELECT ('{{{tenants}}}'::uuid[])[:n] AS p1, ('{{{members}}}'::text[])[:m] AS p9 \\gset",
+        f"SELECT ('{{{tenants}}}'::uuid[])[:n] AS tenant_id, ('{{{members}}}'::text[])[:m] AS subject \\gset",
         "BEGIN;",
-        "SELECT set_config('gatehouse.tenant_id', :p1, true);",
+        "SELECT set_config('gatehouse.tenant_id', :tenant_id, true);",
         complete + ";",
         "COMMIT;",
         "",
@@ -243,13 +241,13 @@ async def run_pgbench_writers(
     from each transaction's scheduled start); the same summary as `run_writers`."""
     import shutil
 
-    from gatehouse.store.postgres import NOTIFY_CHANNEL
+    from gatehouse.store.write_tail import NOTIFY_CHANNEL
 
     pgbench = shutil.which("pgbench") or "/usr/bin/pgbench"
     script = work_dir / "pgbench-writes.sql"
     script.write_text(pgbench_script(tenant_ids, member_ids))
     log_prefix = work_dir / "prop-pgbench"
-    defines = [f"{k}={v}" for k, v in {**_PGBENCH_PARAMS, "p11": NOTIFY_CHANNEL}.items() if v]
+    defines = [f"{k}={v}" for k, v in {**_PGBENCH_PARAMS, "channel": NOTIFY_CHANNEL}.items() if v]
     await asyncio.sleep(max(0.0, start_at - time.time()))
     began = time.time()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -7,7 +7,7 @@
 What it holds, per tenant: the tenant + plan snapshot compiled into a `TenantPolicy`;
 per (tenant, subject): the subject's compiled `SubjectGrants`. Every entry is stamped
 with the tenant revision it was read at. Tenant events (and this process's own admin
-writes) raise *floors*: a tenant-wide event at revision R makes every entry of that
+writes, which the store publishes) raise *floors*: a tenant-wide event at revision R makes every entry of that
 tenant older than R unservable; a subject event (membership, assignment, key) does so
 for that subject's grants only, so one user's change does not empty a tenant's cache.
 An entry below its floor, or below a request's `min_revision`, is never served; it is
@@ -20,7 +20,8 @@ a read begun after the request arrived finds the tenant older, the request gets
 `RevisionNotReached` (never an older answer), and repeating it costs Postgres nothing
 more than that one read per interval.
 
-The store never knows the cache exists.
+The store never knows the cache exists: it publishes every committed write to its
+subscribers (`store.api.Subscribable`), and `store_changed` is one of them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from gatehouse.cache.singleflight import SingleFlight
 from gatehouse.engine.decision import SubjectGrants, TenantPolicy, compile_subject, compile_tenant
 from gatehouse.engine.model import SubjectRef, SubjectSnapshot, TenantSnapshot
 from gatehouse.errors import RevisionNotReached
-from gatehouse.store.api import Store
+from gatehouse.store.api import StoreReader, TenantChange
 
 
 @dataclass(slots=True)
@@ -97,7 +98,7 @@ ABSENT = Absent()
 class PolicyCache:
     def __init__(
         self,
-        store: Store,
+        store: StoreReader,
         l2: RedisL2 | None,
         *,
         max_entries: int,
@@ -272,6 +273,10 @@ class PolicyCache:
         self.tenant_event(tenant_id, revision, notify=config)
         if self._l2 is not None:
             await self._l2.advance(tenant_id, revision)
+
+    async def store_changed(self, change: TenantChange) -> None:
+        """The store's listener (`Subscribable.subscribe`): a write this process committed."""
+        await self.tenant_changed(change.tenant_id, change.revision, config=change.config)
 
     def evict_tenant(self, tenant_id: str) -> None:
         self._tenants.pop(tenant_id, None)

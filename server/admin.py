@@ -1,5 +1,6 @@
 """AdminService: the thin write surface. servicer → store transaction (row + revision
-bump + audit + outbox) → cache told of the new revision.
+bump + audit + outbox) → the store tells its subscribers (the cache) of the new revision
+before the call returns; no method here invalidates anything by hand.
 
 Authentication, auditing of denied and failed calls, and error mapping live in one
 decorator, `admin_call`, used by every method; the methods only validate and delegate.
@@ -38,8 +39,7 @@ from gatehouse.server.admin_authz import AdminAuthorizer
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.idempotency import REPLAY_REASON, run_idempotent
 from gatehouse.server.errors import abort, translate
-from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch
-from gatehouse.store.postgres import PostgresStore
+from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch, StoreMutator
 from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,9 @@ def _transition_rpc(action: Action) -> Callable[..., Awaitable[admin_pb2.Tenant]
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, store: PostgresStore, cache: PolicyCache, auth: AdminAuthenticator, decisions: DecisionService
+        self, store: StoreMutator, cache: PolicyCache, auth: AdminAuthenticator, decisions: DecisionService
     ) -> None:
         self._store = store
-        self._cache = cache
         self._auth = auth
         self._authz = AdminAuthorizer(cache, decisions)
 
@@ -153,11 +152,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         except Exception:  # the call's own outcome matters more than its audit row
             log.exception("could not write audit row for %s (%s)", action, outcome)
-
-    async def _changed(self, tenant_id: str, revision: int, *, config: bool = True) -> None:
-        """This process committed `revision`; `config=False` when the write cannot change
-        the tenant's config (roles, members, assignments), so config watchers sleep on."""
-        await self._cache.tenant_changed(tenant_id, revision, config=config)
 
     # --- tenants ---
     # Every method validates all its fields before its first await (`Violations`), so a
@@ -176,7 +170,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         record = await self._store.create_tenant(
             caller.actor, slug=slug, name=name, plan=plan, region=region, settings=settings
         )
-        await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
 
     @admin_call("tenant.get", mutation=False)
@@ -210,7 +203,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         record = await self._store.update_tenant(
             caller.actor, tenant_id, expected_revision=expected, name=name, plan=plan, region=region
         )
-        await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
 
     @admin_call("tenant.config.patch")
@@ -229,7 +221,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         v.raise_if_any()
         record = await self._store.patch_tenant_config(caller.actor, tenant_id, patch, expected_revision=expected)
-        await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
 
     async def _transition(self, request: admin_pb2.TenantTransitionRequest, actor: Actor, action: Action) -> admin_pb2.Tenant:
@@ -241,7 +232,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         record = await self._store.transition_tenant(
             actor, tenant_id, action, reason=reason, expected_revision=expected, confirm=request.confirm
         )
-        await self._changed(record.id, record.revision)
         return convert.tenant_message(record)
 
     # One RPC per lifecycle action, all through the transition table.
@@ -257,8 +247,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @admin_call("plan.upsert")
     async def UpsertPlan(self, request: admin_pb2.UpsertPlanRequest, caller: Principal) -> admin_pb2.UpsertPlanResponse:
         plan, affected = await self._store.upsert_plan(caller.actor, convert.plan("plan", request.plan))
-        for tenant_id, revision in affected:
-            await self._changed(tenant_id, revision)
         return admin_pb2.UpsertPlanResponse(plan=convert.plan_message(plan), tenants_affected=len(affected))
 
     @admin_call("plan.list", mutation=False)
@@ -287,7 +275,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         role, revision = await self._store.create_role(
             caller.actor, tenant_id, name=name, permissions=permissions, description=description
         )
-        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.RoleResponse(role=convert.role_message(role), revision=revision)
 
     @admin_call("role.update")
@@ -301,7 +288,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             caller.actor, tenant_id, name=name, permissions=permissions, description=description,
             expected_revision=expected,
         )
-        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.RoleResponse(role=convert.role_message(role), revision=revision)
 
     @admin_call("role.delete")
@@ -311,7 +297,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         name = v.check(require_id, "name", request.name)
         v.raise_if_any()
         revision = await self._store.delete_role(caller.actor, tenant_id, name=name)
-        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("role.list", mutation=False)
@@ -336,7 +321,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if subject.type == KEY_SUBJECT_TYPE:
             raise InvalidArgument("subject.type", "API keys join their tenant through CreateApiKey")
         member, revision = await self._store.add_member(caller.actor, tenant_id, subject)
-        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MemberResponse(member=convert.member_message(member), revision=revision)
 
     @admin_call("member.remove")
@@ -345,7 +329,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if await self._authz.holds_owner(tenant_id, subject):
             await self._authz.guard_owner(caller, OWNER_ROLE)
         revision = await self._store.remove_member(caller.actor, tenant_id, subject)
-        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("member.list", mutation=False)
@@ -380,7 +363,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         tenant_id, subject, role, scope = self._assignment_fields(request)
         await self._guard_grant(caller, tenant_id, role, scope)
         assignment, revision = await self._store.assign_role(caller.actor, tenant_id, subject, role=role, scope=scope)
-        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.RoleAssignmentResponse(assignment=convert.assignment_message(assignment), revision=revision)
 
     @admin_call("role.revoke")
@@ -388,7 +370,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         tenant_id, subject, role, scope = self._assignment_fields(request)
         await self._authz.guard_owner(caller, role)
         revision = await self._store.revoke_role(caller.actor, tenant_id, subject, role=role, scope=scope)
-        await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("role.assignments.list", mutation=False)
@@ -443,8 +424,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             expires_at=expires_at,
             roles=roles,
         )
-        if tenant_id:
-            await self._changed(tenant_id, revision, config=False)
         return admin_pb2.CreateApiKeyResponse(key=convert.api_key_message(record), secret=minted.token, revision=revision)
 
     @admin_call("key.revoke")
@@ -455,8 +434,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         v.raise_if_any()
         revision = await self._store.revoke_api_key(caller.actor, tenant_id, key_id)
         self._auth.forget(key_id)
-        if tenant_id:
-            await self._changed(tenant_id, revision, config=False)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("key.list", mutation=False)

@@ -34,7 +34,7 @@ from cachetools import TTLCache
 from gatehouse.engine.model import key_subject
 from gatehouse.engine.patterns import PermissionSet
 from gatehouse.errors import KeyRejected, Unauthenticated
-from gatehouse.store.api import Actor, Store
+from gatehouse.store.api import Actor, StoreMutator
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -100,7 +100,7 @@ def mint_key() -> MintedKey:
     return MintedKey(key_id, token, HASHER.hash(token))
 
 
-async def create_operator_key(store: Store, actor: Actor, *, name: str, permissions: Sequence[str] = ("*",)) -> str:
+async def create_operator_key(store: StoreMutator, actor: Actor, *, name: str, permissions: Sequence[str] = ("*",)) -> str:
     """Mint an operator key straight into the store (set-up tooling, tests, bench); the
     token, shown once."""
     minted = await asyncio.to_thread(mint_key)
@@ -137,7 +137,7 @@ def key_fingerprint(key: str) -> str:
 
 
 class AdminAuthenticator:
-    def __init__(self, store: Store, operator_key: str, *, max_entries: int = 10_000) -> None:
+    def __init__(self, store: StoreMutator, operator_key: str, *, max_entries: int = 10_000) -> None:
         self._store = store
         self._bootstrap = operator_key.encode()
         self._verified: TTLCache[bytes, Principal] = TTLCache(maxsize=max_entries, ttl=VERIFIED_TTL_SECONDS)

@@ -76,6 +76,9 @@ class Sidecar:
             s.redis_url, prefix=s.redis_prefix, ttl_seconds=s.l2_ttl_seconds, timeout=s.redis_timeout_seconds
         )
         self.cache = PolicyCache(self.store, self.l2, max_entries=s.l1_max_entries, ttl_seconds=s.l1_ttl_seconds)
+        # Every write this process commits reaches its cache (and the L2 pointer) before
+        # the admin call answers: read-your-writes here, without waiting for the relay.
+        self.store.subscribe(self.cache.store_changed)
         self.readiness = Readiness(
             self.store, self.l2, LATEST_VERSION, interval=s.health_interval_seconds, timeout=s.health_timeout_seconds
         )

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from grpc_health.v1 import health, health_pb2
 
 from gatehouse.cache.l2 import RedisL2
-from gatehouse.store.api import Store
+from gatehouse.store.api import StoreReader
 
 log = logging.getLogger(__name__)
 SERVICES = ("gatehouse.v1.AccessService", "gatehouse.v1.ConfigService", "gatehouse.v1.AdminService")
@@ -140,7 +140,7 @@ class Readiness:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreReader,
         l2: RedisL2 | None,
         expected_schema: int,
         *,

@@ -19,7 +19,8 @@ from typing import Any, Awaitable, Callable, Sequence
 from google.protobuf import message_factory
 
 from gatehouse.errors import IdempotencyKeyReused, InvalidArgument, Unavailable
-from gatehouse.store.idempotency import ClaimState, IdempotencyKeys
+from gatehouse.store.api import IdempotencyLog
+from gatehouse.store.idempotency import ClaimState
 from gatehouse.v1 import admin_pb2
 
 HEADER = "idempotency-key"
@@ -49,7 +50,7 @@ def _stored(response: Any) -> bytes:
 
 
 async def run_idempotent(
-    keys: IdempotencyKeys,
+    keys: IdempotencyLog,
     principal: str,
     rpc: str,
     request: Any,

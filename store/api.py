@@ -1,14 +1,16 @@
-"""The one interface every storage driver implements, and the records it returns.
+"""The interfaces of the store, and the records it returns.
 
-The server and cache depend on this interface only; `gatehouse.store.postgres` is the
-driver. Every mutation commits its domain rows, the tenant's revision bump, one audit row
+`StoreReader` is the hot path (the cache's misses, health), `StoreMutator` the admin
+surface (with `IdempotencyLog`), `Subscribable` the feed of committed writes
+(`TenantChange`), and `Store` all of them: what a driver implements. The server and
+cache depend on these protocols only; `gatehouse.store.postgres` is the driver. Every mutation commits its domain rows, the tenant's revision bump, one audit row
 and one outbox row in ONE transaction, and returns the tenant's new revision.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
 
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import (
@@ -19,6 +21,9 @@ from gatehouse.engine.model import (
     TenantSnapshot,
     TenantStatus,
 )
+
+if TYPE_CHECKING:
+    from gatehouse.store.idempotency import Claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,33 @@ class ConfigPatch:
     clear_quotas: Sequence[str] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class TenantChange:
+    """A committed write, as the store tells its subscribers: the tenant it changed, the
+    revision it committed, and its outbox event's kind and subject. One per tenant the
+    write changed (a plan change: one per tenant on the plan)."""
+
+    tenant_id: str
+    revision: int
+    kind: str  # tenant | config | plan | role | membership | assignment | key
+    subject: str = ""  # "user/alice" when only that subject is concerned
+    config: bool = True  # False when the write cannot change what GetTenantConfig answers
+
+
+class ChangeListener(Protocol):
+    """Called with each committed write, after its commit, before the write returns."""
+
+    async def __call__(self, change: TenantChange, /) -> None: ...
+
+
+class Subscribable(Protocol):
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Hear of every write this store commits from now on; returns an unsubscribe function.
+        Listeners are awaited in order, after the commit; one that raises is logged and
+        does not fail the write."""
+        ...
+
+
 T = TypeVar("T")
 
 
@@ -129,9 +161,9 @@ OWNER_ROLE = "owner"
 DEFAULT_PLAN = "default"
 
 
-class Store(Protocol):
-    # --- lifecycle of the driver ---
-    async def close(self) -> None: ...
+class StoreReader(Protocol):
+    """The hot path: what the cache loads on a miss, and what health asks."""
+
     async def ping(self) -> None: ...
     async def schema_version(self) -> int: ...
 
@@ -141,6 +173,22 @@ class Store(Protocol):
         """None when the tenant does not exist; otherwise membership and assignments,
         stamped with the tenant revision read in the same transaction."""
         ...
+
+
+class IdempotencyLog(Protocol):
+    """What makes an admin mutation idempotent: claim a key, then complete or release it
+    (`gatehouse.store.idempotency.IdempotencyKeys`)."""
+
+    async def claim(self, principal: str, key: str, method: str, request_hash: bytes) -> Claim: ...
+    async def complete(self, principal: str, key: str, response: bytes) -> None: ...
+    async def release(self, principal: str, key: str) -> None: ...
+
+
+class StoreMutator(Protocol):
+    """Every AdminService write and read, and the idempotency keys of its mutations."""
+
+    @property
+    def idempotency(self) -> IdempotencyLog: ...
 
     # --- tenants ---
     async def create_tenant(
@@ -245,3 +293,9 @@ class Store(Protocol):
         page_size: int,
         page_token: str,
     ) -> Page[AuditRecord]: ...
+
+
+class Store(StoreReader, StoreMutator, Subscribable, Protocol):
+    """Everything a driver implements: reads, mutations, and the feed of committed writes."""
+
+    async def close(self) -> None: ...

@@ -29,7 +29,8 @@ from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import ADVANCE_POINTER, TenantEvent, pointer_key, stream_key
 from gatehouse.redis_failures import REDIS_FAILURES
 from gatehouse.store.idempotency import RETENTION_SECONDS
-from gatehouse.store.postgres import NOTIFY_CHANNEL, PLATFORM_SCOPE
+from gatehouse.store.transactions import PLATFORM_SCOPE
+from gatehouse.store.write_tail import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 

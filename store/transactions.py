@@ -1,0 +1,186 @@
+"""Transactions and row-level security: the pool, and the one way every store module
+reads or writes.
+
+Tenant isolation is enforced by Postgres, not only by our WHERE clauses: each
+transaction starts with `set_config('gatehouse.tenant_id', <tenant id or '*'>, true)`
+(sent with its BEGIN, in one round trip) and row-level security hides every other
+tenant's rows. The setting is transaction-local, so a pooled connection never carries
+one tenant's scope into the next caller's transaction.
+
+The read path (`load_tenant`, `load_subject`) is one query in a read-only transaction:
+three round trips (BEGIN with the scope, the query, COMMIT), no reset query on release.
+Driver errors are translated to Gatehouse errors by `translated()` around every pool
+use; see `gatehouse.store.driver_errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import asyncpg
+
+from gatehouse.errors import TenantNotFound
+from gatehouse.store.driver_errors import translated
+from gatehouse.store.migrate import read_version
+
+PLATFORM_SCOPE = "*"  # the row-level security scope that sees every tenant
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns come back as Python values and take Python values as arguments.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def reset_connection(conn: asyncpg.Connection) -> None:
+    # asyncpg's default reset sends `RESET ALL; UNLISTEN *; CLOSE ALL; ...` on every
+    # release: one more round trip on the hot path for nothing, because the store never
+    # leaves session state behind (its tenant scope is transaction-local, it never
+    # LISTENs or takes session locks on pooled connections). asyncpg still rolls back an
+    # open transaction before calling this.
+    return None
+
+
+# Errors of a connection that was dead before we used it (see PostgresStore._begin).
+_DEAD_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,  # reset, broken pipe
+    asyncpg.PostgresConnectionError,  # connection does not exist
+    asyncpg.AdminShutdownError,  # the backend was terminated: its FATAL is our reply
+    asyncpg.InterfaceError,  # "connection is closed"
+    asyncpg.InternalClientError,  # or that FATAL arrived unasked and upset the protocol
+)
+
+
+# A transaction's scope is '*' or a tenant id exactly as str(uuid.UUID) spells it.
+_SCOPE_RE = re.compile(r"\*|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+
+
+class Transactions:
+    """The pool, and transactions scoped to one tenant (or the platform) on it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    # --- lifecycle of the driver ---------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the pool, waiting for borrowed connections to come back."""
+        with translated():
+            await self._pool.close()
+
+    async def ping(self) -> None:
+        """Return when Postgres answers; StoreUnavailable when it does not."""
+        async with self._reading(PLATFORM_SCOPE):
+            pass  # beginning and committing a transaction is the round trip we want
+
+    async def schema_version(self) -> int:
+        """The schema version of the database (compare with migrate.LATEST_VERSION)."""
+        async with self._reading(PLATFORM_SCOPE) as conn:
+            return await read_version(conn)
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _transaction(self, scope: str, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction that sees only `scope`'s rows (a tenant id, or PLATFORM_SCOPE)."""
+        with translated():
+            conn = await self._begin(_begin_statement(scope, readonly=readonly))
+            try:
+                try:
+                    yield conn
+                except BaseException:
+                    await _rollback(conn)
+                    raise
+                await conn.execute("COMMIT")
+            finally:
+                await self._pool.release(conn)
+
+    async def _begin(self, begin: str) -> asyncpg.Connection:
+        """A pooled connection with a transaction begun on it.
+
+        A pooled connection can be dead without knowing it yet: Postgres restarted, the
+        backend was terminated, a proxy dropped it while idle. BEGIN is the first thing
+        sent on it, so such a connection fails right there, having done nothing (safe to
+        retry even for a write), and is dropped for the next. After every pooled
+        connection has had its chance the pool dials a fresh one, whose failure is real.
+        """
+        stale_left = self._pool.get_max_size()
+        while True:
+            conn = await self._pool.acquire()
+            try:
+                await conn.execute(begin)
+                return conn
+            except BaseException as error:
+                stale = isinstance(error, _DEAD_CONNECTION_ERRORS)
+                if stale:
+                    # Unless the pool already noticed the loss and took the connection back.
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
+                await self._pool.release(conn)
+                if not stale or stale_left == 0:
+                    raise
+                stale_left -= 1
+
+    def _reading(self, scope: str) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """A read-only REPEATABLE READ transaction: every read in it sees one snapshot."""
+        return self._transaction(scope, readonly=True)
+
+
+def _begin_statement(scope: str, *, readonly: bool) -> str:
+    """BEGIN and the row-level security scope, as one message and so one round trip.
+
+    A simple-protocol message takes no parameters, so the scope is inlined: it must be
+    exactly '*' or a canonical uuid (the only values this module builds), which leaves
+    nothing to quote or inject. `is_local=true` ends the scope with the transaction, so
+    the next borrower of this pooled connection starts with none.
+    """
+    if _SCOPE_RE.fullmatch(scope) is None:
+        raise ValueError(f"not a tenant scope: {scope!r}")
+    mode = " ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else ""
+    return f"BEGIN{mode}; SELECT set_config('gatehouse.tenant_id', '{scope}', true)"
+
+
+async def _rollback(conn: asyncpg.Connection) -> None:
+    # The body's error is the one the caller must see. If the rollback fails as well the
+    # connection is broken, and the pool discards it on release.
+    with contextlib.suppress(Exception):
+        await conn.execute("ROLLBACK")
+
+
+
+# --- tenant ids ----------------------------------------------------------------------------------
+
+
+def parse_tenant_id(tenant_id: str) -> uuid.UUID | None:
+    """The tenant id as a UUID, or None when no tenant has it: when it is no uuid, or a
+    uuid spelled otherwise than `str(uuid.UUID)` spells it (upper case, no hyphens,
+    braces, `urn:uuid:`). Postgres would accept those; the caches key tenants by the
+    one canonical spelling, so the store answers for that spelling only.
+
+    Checked here so a malformed id is a plain miss, never a Postgres DataError.
+    """
+    try:
+        parsed = uuid.UUID(tenant_id)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return parsed if str(parsed) == tenant_id else None
+
+
+def require_tenant_id(tenant_id: str) -> uuid.UUID:
+    tid = parse_tenant_id(tenant_id)
+    if tid is None:
+        raise TenantNotFound("tenant not found", metadata={"tenant_id": tenant_id})
+    return tid
+
+
+async def tenant_revision(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> int:
+    """The tenant's revision; TenantNotFound when there is no such tenant."""
+    revision: int | None = await conn.fetchval("SELECT revision FROM tenants WHERE id = $1", tenant_id)
+    if revision is None:
+        raise TenantNotFound("tenant not found", metadata={"tenant_id": str(tenant_id)})
+    return revision
