@@ -1,8 +1,9 @@
 """Two real sidecars on this run's Postgres and Redis, for the two-tenant simulation.
 
-The writer takes every admin call (and checks); the reader shares only the database and
-Redis with it, so its answers are right only through `min_revision`, the tenant-event
-stream and the revision-keyed L2, as any other sidecar of a deployment would be.
+The writer takes most admin calls (and checks); the reader takes a quarter of the tenant
+writes (and checks). They share only the database and Redis, so each answers for the
+other's writes only through `min_revision`, the tenant-event stream and the
+revision-keyed L2, as any two sidecars of a deployment would.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """A small, pure reference model of DESIGN.md, for the randomized two-tenant simulation.
 
-Written from DESIGN.md ("Decision semantics", "Lifecycle") and nothing of
-`gatehouse.engine`: its own pattern matcher (a plain recursion over segments, where the
-engine uses a greedy glob and a compiled prefix index), its own scope test (segment lists,
-where the engine compares strings), its own lifecycle table. Two independent readings of
-the same page agreeing over thousands of random steps is the point; sharing code would
-make them agree by construction.
+Written from DESIGN.md ("Decision semantics", "Lifecycle", `min_revision` under
+"Consistency and caching") and nothing of `gatehouse.engine`: its own pattern matcher (a
+plain recursion over segments, where the engine uses a greedy glob and a compiled prefix
+index), its own scope test (segment lists, where the engine compares strings), its own
+lifecycle table, its own step-1 rules for the fields the simulation spoils. Two
+independent readings of the same page agreeing over thousands of random steps is the
+point; sharing code would make them agree by construction.
 
 No I/O, no gRPC: outcomes are plain strings (gRPC status code names, `GATEHOUSE_*` error
 reasons, DecisionReason names without their prefix), so the test maps the server's
@@ -25,8 +26,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 # --- permission patterns and scopes ------------------------------------------------------
 
@@ -69,6 +71,38 @@ def scope_covers(granted: str, requested: str) -> bool:
 
 def is_read_action(permission: str) -> bool:
     return permission.split(".")[-1] in READ_ACTIONS
+
+
+# --- step 1: malformed requests ---------------------------------------------------------
+
+# DESIGN: "Identifiers have one canonical form (a tenant uuid in any spelling the store
+# accepts is canonicalised before it keys a cache, or refused)". SERVER: refused, in every
+# field of every method; the canonical form is the one it returns (lowercase, 8-4-4-4-12).
+CANONICAL_TENANT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_canonical_tenant_id(value: str) -> bool:
+    return CANONICAL_TENANT_ID.fullmatch(value) is not None
+
+
+def is_valid_scope(scope: str) -> bool:
+    """DESIGN: `/`-separated segments, none empty, `.` or `..` (the empty scope is the root)."""
+    return all(segment not in ("", ".", "..") for segment in scope_segments(scope))
+
+
+# A field's rule, by the last part of its path (`checks[2].resource.scope` → `scope`).
+FIELD_RULES = {"tenant_id": is_canonical_tenant_id, "scope": is_valid_scope}
+
+
+def malformed(fields: Mapping[str, str], prefix: str = "") -> list[str]:
+    """The paths (as the server names them, `prefix` first) of the fields that break their rule."""
+    return [f"{prefix}{path}" for path, value in fields.items() if not FIELD_RULES[path.rsplit(".", 1)[-1]](value)]
+
+
+def invalid_argument(fields: Iterable[str]) -> Outcome:
+    """INVALID_ARGUMENT naming every bad field. SERVER: BadRequest lists them all (at most
+    10, more than the simulation ever sends at once), in an order of its own: compared sorted."""
+    return Outcome("INVALID_ARGUMENT", "GATEHOUSE_INVALID_ARGUMENT", facts={"fields": tuple(sorted(fields))})
 
 
 # --- the lifecycle ------------------------------------------------------------------------
@@ -150,20 +184,28 @@ class Outcome:
 
     def __str__(self) -> str:
         if self.code != "OK":
-            return f"{self.code}({self.reason})"
+            facts = "".join(f", {key}={value!r}" for key, value in sorted(self.facts.items()))
+            return f"{self.code}({self.reason}{facts})"
         parts = [f"revision={self.revision}"] if self.revision is not None else []
         parts += [f"{key}={value!r}" for key, value in sorted(self.facts.items())]
         return f"OK({', '.join(parts)})"
 
 
 class Refused(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"{code} {reason}")
-        self.outcome = Outcome(code, reason)
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(str(outcome))
+        self.outcome = outcome
 
 
 def _refuse(code: str, reason: str) -> Refused:
-    return Refused(code, f"GATEHOUSE_{reason}")
+    return Refused(Outcome(code, f"GATEHOUSE_{reason}"))
+
+
+def _well_formed(fields: Mapping[str, str]) -> None:
+    """Step 1 of every admin call: before anything is read, so a refusal writes nothing."""
+    bad = malformed(fields)
+    if bad:
+        raise Refused(invalid_argument(bad))
 
 
 @dataclass(frozen=True)
@@ -185,6 +227,17 @@ class Answer:
         if self.features:
             extra = " feature any of " + ", ".join(sorted(self.features))
         return f"{'allow' if self.allowed else 'deny'} {self.reason} rev={self.revision}{extra}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One CheckAccess request in the model's vocabulary (subject as `type/id`)."""
+
+    tenant_id: str
+    subject: str
+    permission: str
+    scope: str
+    min_revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -304,6 +357,61 @@ class World:
     def check(self, tenant_id: str, subject: str, permission: str, scope: str) -> Answer:
         return decide(self.view(tenant_id), subject, permission, scope)
 
+    # --- whole read calls: step 1, then min_revision, then the answer ---
+
+    def not_reached(self, tenant_id: str, min_revision: int) -> Outcome | None:
+        """DESIGN: "A revision the tenant has not reached is an error with a stable reason
+        and the current revision, never an older answer". SERVER: FAILED_PRECONDITION,
+        metadata as below; an unknown tenant is at revision 0 (so min_revision 0 asks
+        nothing of it, and anything above is not reached)."""
+        tenant = self.tenants.get(tenant_id)
+        current = tenant.revision if tenant is not None else 0
+        if min_revision <= current:
+            return None
+        return Outcome(
+            "FAILED_PRECONDITION",
+            "GATEHOUSE_REVISION_NOT_REACHED",
+            facts={"tenant_id": tenant_id, "min_revision": str(min_revision), "current_revision": str(current)},
+        )
+
+    def check_call(self, request: Check) -> Outcome | Answer:
+        """CheckAccess: INVALID_ARGUMENT, or not reached, or the decision."""
+        bad = malformed({"tenant_id": request.tenant_id, "resource.scope": request.scope})
+        if bad:
+            return invalid_argument(bad)
+        return self.not_reached(request.tenant_id, request.min_revision) or self.check(
+            request.tenant_id, request.subject, request.permission, request.scope
+        )
+
+    def batch_call(self, requests: Sequence[Check]) -> Outcome | list[Answer]:
+        """CheckAccessBatch. SERVER (DESIGN is silent): one bad check fails the whole call,
+        naming every bad field of every check (`checks[i].…`), before anything is read; then
+        the first check (in request order) whose revision is not reached fails it, named
+        in the metadata (`check: checks[i]`); else every answer, in request order."""
+        bad = [
+            path
+            for index, request in enumerate(requests)
+            for path in malformed(
+                {"tenant_id": request.tenant_id, "resource.scope": request.scope}, prefix=f"checks[{index}]."
+            )
+        ]
+        if bad:
+            return invalid_argument(bad)
+        for index, request in enumerate(requests):
+            refusal = self.not_reached(request.tenant_id, request.min_revision)
+            if refusal is not None:
+                return dataclasses.replace(refusal, facts={**refusal.facts, "check": f"checks[{index}]"})
+        return [self.check(r.tenant_id, r.subject, r.permission, r.scope) for r in requests]
+
+    def config_call(self, tenant_id: str, min_revision: int, *, if_revision_newer_than: int = 0) -> Outcome:
+        """GetTenantConfig: INVALID_ARGUMENT, or not reached, or `config()`."""
+        bad = malformed({"tenant_id": tenant_id})
+        if bad:
+            return invalid_argument(bad)
+        return self.not_reached(tenant_id, min_revision) or self.config(
+            tenant_id, if_revision_newer_than=if_revision_newer_than
+        )
+
     def config(self, tenant_id: str, *, if_revision_newer_than: int = 0) -> Outcome:
         """GetTenantConfig: the effective config, or `not_modified` for a caller that
         already holds the current revision."""
@@ -333,6 +441,7 @@ class World:
         }
 
     def _tenant(self, tenant_id: str) -> Tenant:
+        _well_formed({"tenant_id": tenant_id})
         tenant = self.tenants.get(tenant_id)
         if tenant is None:
             raise _refuse("NOT_FOUND", "TENANT_NOT_FOUND")
@@ -383,6 +492,15 @@ class World:
         rows = sorted(a for a in tenant.assignments if subject is None or a[0] == subject)
         return Outcome(facts={"assignments": rows})
 
+    def list_audit_events(self, tenant_id: str) -> Outcome:
+        """A tenant's audit trail holds its own events only. SERVER: an unknown or deleted
+        tenant has an (empty or closed) trail, not NOT_FOUND."""
+        try:
+            _well_formed({"tenant_id": tenant_id})
+        except Refused as refused:
+            return refused.outcome
+        return Outcome(facts={"foreign_tenant_ids": []})
+
     # --- plans (platform-wide) ---
 
     def upsert_plan(self, name: str, features: Mapping[str, Feature]) -> Outcome:
@@ -404,7 +522,7 @@ class World:
         plan = plan or DEFAULT_PLAN
         # SERVER: an unknown plan is checked before the slug.
         if plan not in self.plans:
-            return Outcome("INVALID_ARGUMENT", "GATEHOUSE_INVALID_ARGUMENT")
+            return invalid_argument(["plan"])
         if any(t.slug == slug for t in self.tenants.values()):
             return Outcome("ALREADY_EXISTS", "GATEHOUSE_ALREADY_EXISTS")
         tenant = Tenant(id=new_id, slug=slug, plan=plan)
@@ -415,7 +533,7 @@ class World:
         try:
             tenant = self._writable(tenant_id, expected_revision)
             if plan not in self.plans:
-                raise _refuse("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+                raise Refused(invalid_argument(["plan"]))
         except Refused as refused:
             return refused.outcome
         tenant.plan = plan
@@ -522,6 +640,7 @@ class World:
 
     def assign_role(self, tenant_id: str, subject: str, role: str, scope: str) -> Outcome:
         try:
+            _well_formed({"tenant_id": tenant_id, "scope": scope})
             tenant = self._writable(tenant_id)
             # SERVER: membership is checked before the role exists (DESIGN is silent).
             if subject not in tenant.members:
@@ -538,6 +657,7 @@ class World:
     def revoke_role(self, tenant_id: str, subject: str, role: str, scope: str) -> Outcome:
         """Take back one grant; `owner` at the root is never taken from the last owner."""
         try:
+            _well_formed({"tenant_id": tenant_id, "scope": scope})
             tenant = self._writable(tenant_id)
             if role == OWNER and scope == "" and tenant.root_owners() == {subject}:
                 raise _refuse("FAILED_PRECONDITION", "LAST_OWNER")

@@ -6,6 +6,12 @@ the reference model says the call does (`expect`, which applies it to the model)
 how to read the server's response in the model's vocabulary (`observe`). Adding an
 operation (API keys, say, with `api_key/<id>` subjects) is one more class in
 `OPERATIONS`; the loop in the test does not change.
+
+Now and then a request is malformed on purpose: a tenant id in another spelling of the
+same uuid (`Misspelled` wraps any tenant-scoped operation), an assignment at a scope with
+a `.` or `..` segment. The model refuses those (INVALID_ARGUMENT naming the fields) and
+changes nothing, so a server that wrote anyway shows up at the next check as a revision
+the model does not have.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ PATTERNS = (
 )
 GRANT_SCOPES = ("", "emea", "emea/de", "emea/de/berlin", "emea/dex", "amer", "amer/us", "amer/us/nyc")
 CHECK_SCOPES = (*GRANT_SCOPES, "emea/de/berlin/mitte", "emea/dex/x", "emea/d", "amer/usa", "apac")
+# Scopes with `.` or `..` segments: each names (or would, resolved) a scope of the trees above.
+DOT_SCOPES = (".", "..", "emea/..", "../emea", "emea/./de", "emea/de/..", "emea/de/berlin/.", "amer/../emea/de")
+DOT_SCOPE_RATE = 0.04  # of the assignments drawn (checks: the test's probes)
 PERMISSIONS = (
     "invoice.read",
     "invoice.write",
@@ -90,6 +99,23 @@ def initial_plans(unique: str) -> dict[str, dict[str, Feature]]:
         },
         f"sim-{unique}-spare": {},
     }
+
+
+def misspellings(tenant_id: str) -> dict[str, str]:
+    """Other spellings of a canonical tenant uuid that Postgres' uuid input reads as the
+    same uuid (the server must refuse every one); none equals `tenant_id` itself."""
+    digits = tenant_id.replace("-", "")
+    spellings = {
+        "upper": tenant_id.upper(),
+        "mixed case": tenant_id[:19] + tenant_id[19:].upper(),
+        "no hyphens": digits,
+        "no hyphens, upper": digits.upper(),
+        "braces": "{" + tenant_id + "}",
+        "braces, no hyphens": "{" + digits + "}",
+        "urn": f"urn:uuid:{tenant_id}",
+        "hyphen every 4": "-".join(digits[i : i + 4] for i in range(0, 32, 4)),
+    }
+    return {name: spelling for name, spelling in spellings.items() if spelling != tenant_id}
 
 
 def subject_message(key: str) -> common_pb2.Subject:
@@ -146,6 +172,14 @@ class Sim:
         if roll < 0.05:
             return self.unknown_id()
         return self.rng.choice(self.live_ids())
+
+    def misspell(self, tenant_id: str) -> str:
+        return self.rng.choice(sorted(misspellings(tenant_id).values()))
+
+    def grant_scope(self) -> str:
+        if self.rng.random() < DOT_SCOPE_RATE:
+            return self.rng.choice(DOT_SCOPES)
+        return self.rng.choice(GRANT_SCOPES)
 
     def revision(self, tenant_id: str) -> int:
         tenant = self.world.tenants.get(tenant_id)
@@ -228,6 +262,10 @@ class Operation:
 
     def tenant_of(self, request: Any) -> str | None:
         return getattr(request, "tenant_id", None) or None
+
+    def message(self, request: Any) -> Any:
+        """The protobuf message that is sent."""
+        return request
 
     def retarget(self, request: Any, tenant_id: str) -> Any:
         """The same request, sent to another tenant (to recognise a cross-tenant answer)."""
@@ -378,6 +416,9 @@ class Transition(Operation):
 
     def tenant_of(self, request: tuple[str, admin_pb2.TenantTransitionRequest]) -> str | None:
         return request[1].tenant_id
+
+    def message(self, request: tuple[str, admin_pb2.TenantTransitionRequest]) -> admin_pb2.TenantTransitionRequest:
+        return request[1]
 
     def retarget(self, request: tuple[str, admin_pb2.TenantTransitionRequest], tenant_id: str) -> Any:
         verb, message = request
@@ -586,7 +627,7 @@ class AssignRole(Operation):
             tenant_id=tenant_id,
             subject=subject_message(sim.subject(tenant_id, 0.85)),
             role=sim.role(tenant_id, existing_bias=0.9),
-            scope=sim.rng.choice(GRANT_SCOPES),
+            scope=sim.grant_scope(),
         )
 
     def expect(self, world: World, request: admin_pb2.AssignRoleRequest, response: Any) -> Outcome:
@@ -611,10 +652,12 @@ class RevokeRole(Operation):
         held = sorted(tenant.assignments) if tenant else []
         if held and sim.rng.random() < 0.75:
             key, role, scope = sim.rng.choice(held)
+            if sim.rng.random() < DOT_SCOPE_RATE:  # a held grant, at a scope spelled with dots
+                scope = sim.rng.choice(DOT_SCOPES)
         else:
             key = sim.subject(tenant_id, 0.8)
             role = sim.role(tenant_id, existing_bias=0.8)
-            scope = sim.rng.choice(GRANT_SCOPES)
+            scope = sim.grant_scope()
         return admin_pb2.RevokeRoleRequest(tenant_id=tenant_id, subject=subject_message(key), role=role, scope=scope)
 
     def expect(self, world: World, request: admin_pb2.RevokeRoleRequest, response: Any) -> Outcome:
@@ -653,20 +696,63 @@ class ListAuditEvents(Operation):
         return admin_pb2.ListAuditEventsRequest(tenant_id=sim.target(), page_size=50)
 
     def expect(self, world: World, request: admin_pb2.ListAuditEventsRequest, response: Any) -> Outcome:
-        return Outcome(facts={"foreign_tenant_ids": []})
+        return world.list_audit_events(request.tenant_id)
 
     def observe(self, request: admin_pb2.ListAuditEventsRequest, response: admin_pb2.ListAuditEventsResponse) -> Outcome:
         foreign = sorted({event.tenant_id for event in response.events} - {request.tenant_id})
         return Outcome(facts={"foreign_tenant_ids": foreign})
 
 
-OPERATIONS: tuple[Operation, ...] = (
-    CreateTenant(),
+class Misspelled(Operation):
+    """Any tenant-scoped operation, its tenant id spelled another way (upper case, no
+    hyphens, braces, `urn:uuid:` …): the model refuses it (INVALID_ARGUMENT naming
+    `tenant_id`, and any other bad field of the request) and changes nothing."""
+
+    rpc = "<misspelled>"
+    base_weight = 4.0
+
+    def __init__(self, inner: tuple[Operation, ...]) -> None:
+        self.inner = inner
+
+    def draw(self, sim: Sim) -> tuple[Operation, Any]:
+        op = sim.rng.choices(self.inner, weights=[op.weight(sim) for op in self.inner])[0]
+        request = op.draw(sim)
+        return op, op.retarget(request, sim.misspell(op.tenant_of(request) or sim.unknown_id()))
+
+    def expect(self, world: World, request: tuple[Operation, Any], response: Any) -> Outcome:
+        op, message = request
+        return op.expect(world, message, response)
+
+    def observe(self, request: tuple[Operation, Any], response: Any) -> Outcome:
+        op, message = request
+        return op.observe(message, response)
+
+    async def call(self, admin: admin_pb2_grpc.AdminServiceStub, request: Any, metadata: Any) -> Any:
+        op, message = request
+        return await op.call(admin, message, metadata)
+
+    def describe(self, request: tuple[Operation, Any]) -> str:
+        op, message = request
+        return op.describe(message)
+
+    def tenant_of(self, request: tuple[Operation, Any]) -> str | None:
+        op, message = request
+        return op.tenant_of(message)
+
+    def message(self, request: tuple[Operation, Any]) -> Any:
+        op, message = request
+        return op.message(message)
+
+    def retarget(self, request: tuple[Operation, Any], tenant_id: str) -> Any:
+        op, message = request
+        return op, op.retarget(message, tenant_id)
+
+
+TENANT_SCOPED: tuple[Operation, ...] = (
     GetTenant(),
     UpdateTenantPlan(),
     Transition(),
     PatchFlags(),
-    UpsertPlan(),
     CreateRole(),
     UpdateRole(),
     DeleteRole(),
@@ -679,3 +765,4 @@ OPERATIONS: tuple[Operation, ...] = (
     ListRoleAssignments(),
     ListAuditEvents(),
 )
+OPERATIONS: tuple[Operation, ...] = (CreateTenant(), UpsertPlan(), *TENANT_SCOPED, Misspelled(TENANT_SCOPED))

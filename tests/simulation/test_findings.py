@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gatehouse.v1 import admin_pb2, config_pb2
+import pytest
+
+from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from tests.client import user
 
 if TYPE_CHECKING:
     from tests.simulation.conftest import SidecarFactory
@@ -43,3 +46,53 @@ async def test_deleted_tenant_config_is_one_answer_per_revision(
     # One tenant, one revision: one config (it was two: {'reports': False} and {'reports': True}).
     assert cached.revision == fresh.revision == deleted.revision + 1
     assert dict(cached.feature_flags) == dict(fresh.feature_flags) == {"reports": True}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a store read for a min_revision not yet heard of (PolicyCache._reach) puts the tenant "
+        "at revision N in L1 without raising the tenant's floor, so a subject's grants cached "
+        "at N-1 are still served to a request without min_revision, and decide() stamps the "
+        "answer with max(tenant, subject) = N: revision N, the decision of N-1"
+    ),
+)
+async def test_an_answer_is_the_decision_at_the_revision_it_names(
+    sidecar_factory: SidecarFactory, redis_prefix: str, unique: str
+) -> None:
+    """An answer without min_revision may be stale, but its `revision` is "the tenant
+    revision the answer was computed at" (DESIGN): a caller comparing it with the revision
+    its write returned must not be told a revoked grant still holds *at* that revision.
+
+    Found while extending the simulation to reads across sidecars (by reading the path,
+    not by a disagreement): the simulation asks a sidecar without min_revision only for
+    tenants whose latest write it took itself, so it cannot meet this window.
+    """
+    writer = await sidecar_factory()
+    # A sidecar no tenant event reaches (a Redis prefix of its own, no relay): what every
+    # sidecar is between a write through another one and that write's event.
+    other = await sidecar_factory(redis_prefix=f"{redis_prefix}:deaf{unique}", relay=0)
+    tenant = await writer.tenant(f"finding-stamp-{unique}")
+    granted = await writer.grant(tenant.id, user("alice"), "acct", "", ["invoice.*"])
+
+    def check(min_revision: int) -> access_pb2.CheckAccessRequest:
+        return access_pb2.CheckAccessRequest(
+            tenant_id=tenant.id, subject=user("alice"), permission="invoice.read",
+            resource=common_pb2.Resource(type="invoice", id="1", scope="emea"), min_revision=min_revision,
+        )
+
+    assert (await other.access.CheckAccess(check(granted))).allowed  # alice's grants cached at `granted`
+    revoked = await writer.admin.RevokeRole(
+        admin_pb2.RevokeRoleRequest(tenant_id=tenant.id, subject=user("alice"), role="acct", scope=""),
+        metadata=writer.auth,
+    )
+    # Any read at the new revision (here the tenant's config) takes the tenant there.
+    await other.config.GetTenantConfig(
+        config_pb2.GetTenantConfigRequest(tenant_id=tenant.id, min_revision=revoked.revision)
+    )
+    unbound = await other.access.CheckAccess(check(0))  # no min_revision: may be stale, must say so
+    bound = await other.access.CheckAccess(check(revoked.revision))
+    assert not bound.allowed and bound.revision == revoked.revision
+    # It was ALLOWED "at" the revision that revoked it: one revision, two answers.
+    if unbound.revision >= revoked.revision:
+        assert (unbound.allowed, unbound.reason) == (bound.allowed, bound.reason), unbound

@@ -6,20 +6,27 @@ scope test against a brute-force reading of their definitions.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
+import uuid
 
 import pytest
 
 from tests.simulation.model import (
     LIFECYCLE,
+    Answer,
+    Check,
     Feature,
     Status,
     World,
+    is_canonical_tenant_id,
     is_read_action,
+    is_valid_scope,
     pattern_matches,
     scope_covers,
 )
+from tests.simulation.operations import DOT_SCOPES, GRANT_SCOPES, misspellings
 
 
 @pytest.mark.parametrize(
@@ -99,13 +106,16 @@ def test_lifecycle_table_is_design_md() -> None:
     }
 
 
+T1, T2 = "7d3f6c1e-0b2a-4e9d-8c5f-a1b2c3d4e5f6", "e0c1a2b3-4d5e-4f60-9a7b-8c9d0e1f2a3b"
+
+
 def _world() -> tuple[World, str, str]:
     world = World()
     world.upsert_plan("p", {"reports": Feature(False, ("report.*",))})
-    for tenant_id in ("t1", "t2"):
-        assert world.create_tenant(f"slug-{tenant_id}", "p", tenant_id).code == "OK"
+    for index, tenant_id in enumerate((T1, T2)):
+        assert world.create_tenant(f"slug-{index}", "p", tenant_id).code == "OK"
         assert world.transition(tenant_id, "Activate", confirm=False).code == "OK"
-    return world, "t1", "t2"
+    return world, T1, T2
 
 
 def test_decision_order_and_tenant_isolation() -> None:
@@ -169,3 +179,61 @@ def test_admin_outcomes_and_revisions() -> None:
     assert world.transition(t2, "Delete", confirm=True).code == "OK"
     assert world.add_member(t2, "user/alice").reason == "GATEHOUSE_TENANT_DELETED"
     assert world.upsert_plan("p", {}).facts == {"tenants_affected": 2}  # the deleted t2 too: one revision, one config
+
+
+def test_every_misspelling_is_the_same_uuid_and_refused() -> None:
+    for tenant_id in (T1, str(uuid.uuid4()), "abcdef01-2345-4678-9abc-def012345678"):
+        spellings = misspellings(tenant_id)
+        assert len(spellings) >= 7, spellings
+        for spelling in spellings.values():
+            assert spelling != tenant_id and uuid.UUID(spelling) == uuid.UUID(tenant_id)
+            assert not is_canonical_tenant_id(spelling)
+        assert is_canonical_tenant_id(tenant_id)
+
+
+def test_dot_segments_are_refused_and_the_vocabulary_is_not() -> None:
+    assert all(not is_valid_scope(scope) for scope in DOT_SCOPES)
+    assert all(is_valid_scope(scope) for scope in GRANT_SCOPES)
+    assert is_valid_scope("a.b/..c/d.")  # dots inside a segment are fine
+
+
+def test_malformed_admin_calls_change_nothing() -> None:
+    world, t1, _ = _world()
+    world.add_member(t1, "user/alice")
+    revision = world.tenants[t1].revision
+    upper = t1.upper()
+    assert world.add_member(upper, "user/bob").facts == {"fields": ("tenant_id",)}
+    assert world.get_tenant("{" + t1 + "}").code == "INVALID_ARGUMENT"
+    refused = world.assign_role(upper, "user/alice", "admin", "emea/..")
+    assert (refused.code, refused.facts) == ("INVALID_ARGUMENT", {"fields": ("scope", "tenant_id")})
+    assert world.assign_role(t1, "user/alice", "admin", "./emea").facts == {"fields": ("scope",)}
+    assert world.revoke_role(t1, "user/alice", "admin", "..").code == "INVALID_ARGUMENT"
+    assert world.list_audit_events(t1.replace("-", "")).code == "INVALID_ARGUMENT"
+    assert world.tenants[t1].revision == revision and world.tenants[t1].assignments == set()
+
+
+def test_reads_refuse_step_one_before_min_revision_before_deciding() -> None:
+    world, t1, t2 = _world()
+    current = world.tenants[t1].revision
+    ok = Check(t1, "user/alice", "invoice.read", "emea", current)
+    assert isinstance(world.check_call(ok), Answer)
+    future = Check(t1, "user/alice", "invoice.read", "emea", current + 1)
+    refused = world.check_call(future)
+    assert (refused.code, refused.reason) == ("FAILED_PRECONDITION", "GATEHOUSE_REVISION_NOT_REACHED")
+    assert refused.facts == {"tenant_id": t1, "min_revision": str(current + 1), "current_revision": str(current)}
+    unknown = world.check_call(Check(str(uuid.UUID(int=3)), "user/alice", "invoice.read", "", 1))
+    assert unknown.facts["current_revision"] == "0"
+    both = world.check_call(Check(t1.upper(), "user/alice", "invoice.read", "a/./b", current + 1))
+    assert both.facts == {"fields": ("resource.scope", "tenant_id")}  # step 1 first
+
+    # A batch: any bad field of any check fails it whole; then the first check not reached.
+    fine = Check(t2, "user/bob", "doc.edit", "", 0)
+    batch = world.batch_call([fine, future, Check(t2.upper(), "user/bob", "doc.edit", "..", 0)])
+    assert batch.facts == {"fields": ("checks[2].resource.scope", "checks[2].tenant_id")}
+    batch = world.batch_call([fine, ok, future, dataclasses.replace(future, tenant_id=t2)])
+    assert batch.facts["check"] == "checks[2]" and batch.facts["tenant_id"] == t1
+    assert [answer.reason for answer in world.batch_call([fine, ok])] == ["NOT_A_MEMBER", "NOT_A_MEMBER"]
+
+    assert world.config_call(t1, current + 5).facts["current_revision"] == str(current)
+    assert world.config_call(t1.upper(), 0).facts == {"fields": ("tenant_id",)}
+    assert world.config_call(t1, current).revision == current

@@ -13,6 +13,16 @@ the pure reference model in `model.py`:
 * a *cross-tenant answer* is a disagreement that the other tenant's data explains (its
   members, grants, roles, flags or status, or its revision), counted separately.
 
+Now and then a request must be refused, and the model says how: a real tenant's id in
+another spelling of its uuid (upper case, no hyphens, braces, `urn:uuid:`, …) in a check,
+a batch, a config read or an admin call, and a scope with a `.` or `..` segment in a
+check or an assignment (INVALID_ARGUMENT naming each bad field, nothing written); a
+`min_revision` above the tenant's revision (FAILED_PRECONDITION,
+GATEHOUSE_REVISION_NOT_REACHED, with the current revision). Tenant writes go now and then
+through the second sidecar, so both sidecars are asked for a revision just written
+through the other (read-your-writes across sidecars); a sidecar is asked without
+`min_revision` only for tenants whose latest write it took itself.
+
 Both must be zero. The seed is printed and can be replayed with GATEHOUSE_SIM_SEED; the
 number of steps is GATEHOUSE_SIM_STEPS. An admin call that goes otherwise than the model
 says stops the walk (from there on the two states differ); wrong checks are counted and
@@ -29,6 +39,7 @@ import os
 import random
 import secrets
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +51,21 @@ from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 
 from tests.client import Client
 from tests.server.status import details
-from tests.simulation.model import VIEW_PARTS, Answer, Outcome, Status, World, decide
+from tests.simulation.model import (
+    VIEW_PARTS,
+    Answer,
+    Check,
+    Outcome,
+    Status,
+    World,
+    decide,
+    is_canonical_tenant_id,
+    is_valid_scope,
+)
 from tests.simulation.operations import (
     CHECK_SCOPES,
     CUSTOM_ROLES,
+    DOT_SCOPES,
     OPERATIONS,
     PERMISSIONS,
     STRANGERS,
@@ -63,8 +85,14 @@ from tests.simulation.operations import (
     subject_message,
 )
 
-DEFAULT_STEPS = 1200  # ~15 s on a quiet 2-core machine: ~1,250 admin calls and ~6,300 checks
+# ~15 s on a quiet 2-core machine: ~1,250 admin calls, ~6,300 checks, ~360 calls to refuse
+DEFAULT_STEPS = 1200
 CHECK_TRIPLES_PER_STEP = 2  # each asked in both tenants
+READER_WRITES = 0.25  # of tenant-scoped admin calls, sent to the reader instead of the writer
+PROBE_RATE = 0.3  # of steps: one more call carrying a request the server must refuse
+PROBE_KINDS = ("misspelled tenant id", "dot scope", "future min_revision")
+FUTURE = (1, 1, 1, 2, 3, 10, 1 << 40)  # k in min_revision = the tenant's revision + k
+UNHEARD_SPACING = 0.06  # s: a little over the server's spacing of such store reads (50 ms)
 TRACE_LENGTH = 15
 MAX_FAILING_STEPS = 20  # after this many steps with wrong answers, stop walking
 MAX_REPORTS = 3  # failures reported in full
@@ -90,11 +118,48 @@ def one_line(message: Any) -> str:
 
 
 def error_outcome(exc: grpc.aio.AioRpcError) -> Outcome:
+    """The code and reason, with the fields an INVALID_ARGUMENT names (sorted) and the
+    metadata of GATEHOUSE_REVISION_NOT_REACHED, as the model states them."""
     try:
-        reason = details(exc)[0].reason
+        info, fields = details(exc)
     except AssertionError:  # no google.rpc.Status at all: itself a disagreement
-        reason = f"<no status details: {exc.details()}>"
-    return Outcome(exc.code().name, reason)
+        return Outcome(exc.code().name, f"<no status details: {exc.details()}>")
+    facts: dict[str, object] = {}
+    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        facts = {"fields": tuple(sorted(fields))}
+    elif info.reason == "GATEHOUSE_REVISION_NOT_REACHED":
+        facts = dict(info.metadata)
+    return Outcome(exc.code().name, info.reason, facts=facts)
+
+
+def model_check(request: access_pb2.CheckAccessRequest) -> Check:
+    return Check(
+        request.tenant_id, subject_key(request.subject), request.permission, request.resource.scope, request.min_revision
+    )
+
+
+def as_outcome(value: Any) -> Outcome:
+    """An answer (the server's, or the model's answers) as an Outcome, to be compared with a
+    refusal: OK with the answer's text."""
+    if isinstance(value, Outcome):
+        return value
+    if isinstance(value, list):
+        return Outcome(facts={"answers": [str(answer) for answer in value]})
+    return Outcome(facts={"answer": str(value) if isinstance(value, Answer) else one_line(value)})
+
+
+def canonical(tenant_id: str) -> str:
+    """The uuid's own spelling of a tenant id in any spelling (or the text itself, if none)."""
+    try:
+        return str(uuid.UUID(tenant_id))
+    except ValueError:
+        return tenant_id
+
+
+def copy_of(request: access_pb2.CheckAccessRequest) -> access_pb2.CheckAccessRequest:
+    copy = access_pb2.CheckAccessRequest()
+    copy.CopyFrom(request)
+    return copy
 
 
 def _without_tenant(outcome: Outcome) -> tuple[str, str, dict[str, object]]:
@@ -114,6 +179,15 @@ class Tally:
     disagreements: int = 0
     cross_tenant: int = 0
     tenants_created: int = 0
+    admin_via_reader: int = 0
+    # Requests the server must refuse, by PROBE_KINDS (reads: checks in a single call or a
+    # batch, config reads) and admin calls carrying them.
+    refusal_reads: collections.Counter[str] = field(default_factory=collections.Counter)
+    refusal_admin: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Reads with min_revision = a revision written this step through the other sidecar,
+    # by the sidecar that took the write.
+    read_your_writes: collections.Counter[str] = field(default_factory=collections.Counter)
+    probe_calls: collections.Counter[str] = field(default_factory=collections.Counter)
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -132,6 +206,10 @@ class Simulation:
         self.diverged = False  # an admin call went otherwise than the model said
         self._last_failing_step = -1
         self.step = 0
+        # tenant id → (the sidecar that took its latest write, that revision, the step)
+        self.last_write: dict[str, tuple[str, int, int]] = {}
+        # (sidecar, tenant id) → when it was last asked for a revision it may not have heard of
+        self.unheard: dict[tuple[str, str], float] = {}
 
     @property
     def world(self) -> World:
@@ -141,19 +219,32 @@ class Simulation:
 
     async def admin(self, op: Operation, request: Any) -> Outcome:
         before = self.world.clone() if op.mutation else self.world
+        # A tenant's writes go now and then through the reader: then the writer is the
+        # sidecar that has not heard of them yet, right only at min_revision.
+        via, client = "writer", self.writer
+        if op.mutation and op.tenant_of(request) and self.rng.random() < READER_WRITES:
+            via, client = "reader", self.reader
+            self.tally.admin_via_reader += 1
+        self._count_refusals(op.message(request))
         try:
-            response = await op.call(self.writer.admin, request, self.writer.auth)
+            response = await op.call(client.admin, request, client.auth)
             got = op.observe(request, response)
         except grpc.aio.AioRpcError as exc:
             response, got = None, error_outcome(exc)
         expected = op.expect(self.world, request, response)
         self.tally.admin_ops += 1
         self.tally.outcomes[f"{op.describe(request).split('(')[0]} {got.code} {got.reason}".rstrip()] += 1
-        self.trace.append(f"#{self.step} {op.describe(request)}\n      server {got}\n      model  {expected}")
+        self.trace.append(
+            f"#{self.step} {op.describe(request)}{' via reader' if via == 'reader' else ''}\n"
+            f"      server {got}\n      model  {expected}"
+        )
         if got == expected:
             if got.code == "OK":
                 op.committed(self.sim, request, response)
                 self.tally.tenants_created += isinstance(op, CreateTenant)
+                for tenant_id, tenant in self.world.tenants.items():
+                    if tenant_id not in before.tenants or before.tenants[tenant_id].revision != tenant.revision:
+                        self.last_write[tenant_id] = (via, tenant.revision, self.step)
             else:
                 self.tally.admin_refused += 1
             return got
@@ -166,6 +257,13 @@ class Simulation:
             cross=bool(cross),
         )
         return got
+
+    def _count_refusals(self, message: Any) -> None:
+        fields = message.DESCRIPTOR.fields_by_name
+        if "tenant_id" in fields and message.tenant_id and not is_canonical_tenant_id(message.tenant_id):
+            self.tally.refusal_admin["misspelled tenant id"] += 1
+        if "scope" in fields and not is_valid_scope(message.scope):
+            self.tally.refusal_admin["dot scope"] += 1
 
     def _admin_cross_tenant(
         self, op: Operation, request: Any, response: Any, got: Outcome, expected: Outcome, before: World
@@ -202,16 +300,29 @@ class Simulation:
 
     # --- checks ----------------------------------------------------------------------------
 
-    def check_request(self, tenant_id: str, triple: tuple[str, str, str], *, fresh: bool) -> access_pb2.CheckAccessRequest:
+    def min_revision(self, tenant_id: str, via: str) -> int:
+        """Read-your-writes: the revision of the tenant's latest write. Always when `via` is
+        not the sidecar that took it (its event may not have reached `via` yet: right
+        only at min_revision), mostly when it is; 0 for a tenant that never existed."""
+        if tenant_id not in self.world.tenants:
+            return 0
+        written_via, _, step = self.last_write.get(tenant_id, ("writer", 0, -1))
+        if written_via == via and self.rng.random() < 0.2:
+            return 0
+        if written_via != via:
+            self.unheard[(via, tenant_id)] = time.monotonic()
+            if step == self.step:
+                self.tally.read_your_writes[written_via] += 1
+        return self.sim.revision(tenant_id)
+
+    def check_request(self, tenant_id: str, triple: tuple[str, str, str], *, via: str) -> access_pb2.CheckAccessRequest:
         subject, permission, scope = triple
-        known = tenant_id in self.world.tenants
         return access_pb2.CheckAccessRequest(
             tenant_id=tenant_id,
             subject=subject_message(subject),
             permission=permission,
             resource=common_pb2.Resource(type="doc", id="d-1", scope=scope),
-            # Read-your-writes: the revision of the last admin write to this tenant.
-            min_revision=self.sim.revision(tenant_id) if known and (fresh or self.rng.random() < 0.8) else 0,
+            min_revision=self.min_revision(tenant_id, via),
         )
 
     def draw_triple(self) -> tuple[str, str, str]:
@@ -230,31 +341,24 @@ class Simulation:
 
     async def checks(self) -> None:
         sim, rng = self.sim, self.rng
-        # The reader did not take the writes: it is right only at min_revision.
         to_reader = rng.random() < 0.5
         client, via = (self.reader, "reader") if to_reader else (self.writer, "writer")
         requests = [
-            self.check_request(tenant_id, triple, fresh=to_reader)
+            self.check_request(tenant_id, triple, via=via)
             for triple in (self.draw_triple() for _ in range(CHECK_TRIPLES_PER_STEP))
             for tenant_id in sim.live_ids()
         ]
         if sim.graveyard and rng.random() < 0.2:
-            requests.append(self.check_request(rng.choice(sim.graveyard), self.draw_triple(), fresh=to_reader))
+            requests.append(self.check_request(rng.choice(sim.graveyard), self.draw_triple(), via=via))
         if rng.random() < 0.1:
-            requests.append(self.check_request(sim.unknown_id(), self.draw_triple(), fresh=to_reader))
+            requests.append(self.check_request(sim.unknown_id(), self.draw_triple(), via=via))
         rng.shuffle(requests)
-        batch = await client.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=requests))
-        if len(batch.results) != len(requests):
-            self._fail("batch disagreement", f"{len(requests)} checks, {len(batch.results)} answers", None, cross=False)
-            return
-        for request, answer in zip(requests, batch.results, strict=True):
-            self.judge(request, answer, f"CheckAccessBatch@{via}")
+        await self.batch_check(client, via, requests)
         self.tally.checks += len(requests)
         self.tally.reader_checks += len(requests) if to_reader else 0
 
         tenant_id = rng.choice(sim.live_ids())
-        single = self.check_request(tenant_id, self.draw_triple(), fresh=to_reader)
-        self.judge(single, await client.access.CheckAccess(single), f"CheckAccess@{via}")
+        await self.single_check(client, via, self.check_request(tenant_id, self.draw_triple(), via=via))
         self.tally.checks += 1
         self.tally.single_checks += 1
         self.tally.reader_checks += 1 if to_reader else 0
@@ -262,7 +366,124 @@ class Simulation:
         if rng.random() < 0.3:
             targets = sim.live_ids() + ([rng.choice(sim.graveyard)] if sim.graveyard and rng.random() < 0.3 else [])
             for tenant_id in targets:
-                await self.config_check(client, tenant_id, via)
+                # Now and then as a caller that holds the current revision (not_modified) or the one before.
+                revision = sim.revision(tenant_id)
+                held = rng.choice((0, 0, 0, revision, max(0, revision - 1)))
+                request = config_pb2.GetTenantConfigRequest(
+                    tenant_id=tenant_id, min_revision=self.min_revision(tenant_id, via), if_revision_newer_than=held
+                )
+                await self.config_check(client, via, request)
+                self.tally.config_checks += 1
+
+        if rng.random() < PROBE_RATE:
+            await self.probe(client, via, requests)
+
+    # --- requests the server must refuse ---------------------------------------------------
+
+    def spoil(self, requests: list[access_pb2.CheckAccessRequest], kind: str, via: str) -> access_pb2.CheckAccessRequest:
+        """A copy of one of this step's checks (asked of `via`) that the server must refuse for `kind`."""
+        rng = self.rng
+        self.tally.refusal_reads[kind] += 1
+        if kind == "misspelled tenant id":  # of a tenant that exists (or did)
+            real = [r for r in requests if r.tenant_id in self.world.tenants]
+            spoiled = copy_of(rng.choice(real))
+            spoiled.tenant_id = self.sim.misspell(spoiled.tenant_id)
+        elif kind == "dot scope":
+            spoiled = copy_of(rng.choice(requests))
+            spoiled.resource.scope = rng.choice(DOT_SCOPES)
+        else:  # future min_revision; an unknown tenant is at 0
+            # A sidecar reads the store for a revision it has not heard of at most once per
+            # tenant per 50 ms (cache/fresh_read.py): a probe just after such a read waits
+            # for the next one. Mostly, then, a tenant `via` has not been asked so of lately.
+            now = time.monotonic()
+            quiet = [r for r in requests if now - self.unheard.get((via, r.tenant_id), -1.0) > UNHEARD_SPACING]
+            spoiled = copy_of(rng.choice(quiet if quiet and rng.random() < 0.8 else requests))
+            spoiled.min_revision = self.sim.revision(spoiled.tenant_id) + rng.choice(FUTURE)
+            self.unheard[(via, spoiled.tenant_id)] = now
+        return spoiled
+
+    async def probe(self, client: Client, via: str, requests: list[access_pb2.CheckAccessRequest]) -> None:
+        """One call carrying a request the server must refuse, built from this step's checks:
+        a CheckAccess; a CheckAccessBatch of a few of them (answered before, so remembered)
+        with one, now and then two, bad checks among them; or a GetTenantConfig (there is
+        no scope in one)."""
+        rng = self.rng
+        kind = rng.choice(PROBE_KINDS)
+        methods = ("CheckAccess", "CheckAccessBatch") + (("GetTenantConfig",) if kind != "dot scope" else ())
+        method = rng.choice(methods)
+        self.tally.probe_calls[f"{method}: {kind}"] += 1
+        if method == "CheckAccess":
+            await self.single_check(client, via, self.spoil(requests, kind, via))
+        elif method == "CheckAccessBatch":
+            batch = [copy_of(r) for r in rng.sample(requests, rng.randint(1, min(3, len(requests))))]
+            batch.insert(rng.randint(0, len(batch)), self.spoil(requests, kind, via))
+            if rng.random() < 0.3:
+                batch.insert(rng.randint(0, len(batch)), self.spoil(requests, rng.choice(PROBE_KINDS), via))
+            await self.batch_check(client, via, batch)
+        else:
+            spoiled = self.spoil(requests, kind, via)
+            request = config_pb2.GetTenantConfigRequest(tenant_id=spoiled.tenant_id, min_revision=spoiled.min_revision)
+            await self.config_check(client, via, request)
+
+    def _refusal_cross_tenant(self, got: Outcome, tenant_id: str) -> str:
+        """Whether a wrong GATEHOUSE_REVISION_NOT_REACHED carries another tenant's id or
+        revision (`tenant_id` as the request spelled it)."""
+        if got.reason != "GATEHOUSE_REVISION_NOT_REACHED":
+            return ""
+        own = canonical(tenant_id)
+        named = got.facts.get("tenant_id")
+        if named in self.world.tenants and named != own:
+            return f"it names tenant {named}"
+        current = got.facts.get("current_revision")
+        for other in self.world.tenants:
+            if other != own and current == str(self.sim.revision(other)) != str(self.sim.revision(own)):
+                return f"its current_revision is tenant {other}'s"
+        return ""
+
+    def _judge_outcome(self, what: str, request: Any, got: Outcome, expected: Outcome, tenant_id: str) -> None:
+        """A call the model refuses, or the server did: the same code, reason and facts."""
+        if got == expected:
+            return
+        cross = self._refusal_cross_tenant(got, tenant_id)
+        self._fail(
+            "cross-tenant refusal" if cross else "refusal disagreement",
+            f"via:     {what}\nrequest: {one_line(request)}\nserver:  {got}\nmodel:   {expected}"
+            + (f"\n{cross}" if cross else ""),
+            tenant_id,
+            cross=bool(cross),
+        )
+
+    async def single_check(self, client: Client, via: str, request: access_pb2.CheckAccessRequest) -> None:
+        expected = self.world.check_call(model_check(request))
+        what = f"CheckAccess@{via}"
+        try:
+            answer = await client.access.CheckAccess(request)
+        except grpc.aio.AioRpcError as exc:
+            self._judge_outcome(what, request, error_outcome(exc), as_outcome(expected), request.tenant_id)
+            return
+        if isinstance(expected, Answer):
+            self.judge(request, answer, what)
+        else:
+            self._judge_outcome(what, request, as_outcome(answer), expected, request.tenant_id)
+
+    async def batch_check(self, client: Client, via: str, requests: list[access_pb2.CheckAccessRequest]) -> None:
+        message = access_pb2.CheckAccessBatchRequest(checks=requests)
+        expected = self.world.batch_call([model_check(r) for r in requests])
+        what = f"CheckAccessBatch@{via}"
+        # The tenant a refusal is about: the one its metadata names, else the first check's.
+        tenant_id = str(as_outcome(expected).facts.get("tenant_id", requests[0].tenant_id))
+        try:
+            batch = await client.access.CheckAccessBatch(message)
+        except grpc.aio.AioRpcError as exc:
+            self._judge_outcome(what, message, error_outcome(exc), as_outcome(expected), tenant_id)
+            return
+        if isinstance(expected, Outcome):
+            self._judge_outcome(what, message, as_outcome(batch), expected, tenant_id)
+        elif len(batch.results) != len(requests):
+            self._fail("batch disagreement", f"{len(requests)} checks, {len(batch.results)} answers", None, cross=False)
+        else:
+            for request, answer in zip(requests, batch.results, strict=True):
+                self.judge(request, answer, what)
 
     def judge(self, request: access_pb2.CheckAccessRequest, answer: access_pb2.CheckAccessResponse, via: str) -> None:
         tenant_id = request.tenant_id
@@ -335,13 +556,8 @@ class Simulation:
                     return True, note
         return False, note
 
-    async def config_check(self, client: Client, tenant_id: str, via: str) -> None:
-        revision = self.sim.revision(tenant_id)
-        # Now and then as a caller that holds the current revision (not_modified) or the one before.
-        held = self.rng.choice((0, 0, 0, revision, max(0, revision - 1)))
-        request = config_pb2.GetTenantConfigRequest(
-            tenant_id=tenant_id, min_revision=revision, if_revision_newer_than=held
-        )
+    async def config_check(self, client: Client, via: str, request: config_pb2.GetTenantConfigRequest) -> None:
+        tenant_id, held = request.tenant_id, request.if_revision_newer_than
         try:
             config = await client.config.GetTenantConfig(request)
             got = Outcome(revision=config.revision, facts={"id": config.id, "not_modified": True})
@@ -358,18 +574,22 @@ class Simulation:
                 )
         except grpc.aio.AioRpcError as exc:
             got = error_outcome(exc)
-        self.tally.config_checks += 1
-        expected = self.world.config(tenant_id, if_revision_newer_than=held)
-        if got != expected:
+        expected = self.world.config_call(tenant_id, request.min_revision, if_revision_newer_than=held)
+        if got == expected:
+            return
+        cross = self._refusal_cross_tenant(got, tenant_id)
+        if got.code == "OK":
             other = [
                 t for t in self.world.tenants if t != tenant_id and self.world.config(t, if_revision_newer_than=held) == got
             ]
-            self._fail(
-                "cross-tenant config" if other else "config disagreement",
-                f"via:     GetTenantConfig@{via}\nrequest: {one_line(request)}\nserver:  {got}\nmodel:   {expected}",
-                tenant_id,
-                cross=bool(other),
-            )
+            cross = f"the config is tenant {other[0]}'s" if other else ""
+        self._fail(
+            "cross-tenant config" if cross else "config disagreement",
+            f"via:     GetTenantConfig@{via}\nrequest: {one_line(request)}\nserver:  {got}\nmodel:   {expected}"
+            + (f"\n{cross}" if cross else ""),
+            tenant_id,
+            cross=bool(cross),
+        )
 
     # --- reporting -------------------------------------------------------------------------
 
@@ -395,18 +615,29 @@ class Simulation:
 
     def summary(self, elapsed: float) -> str:
         t = self.tally
+        reads, admin, ryw = t.refusal_reads, t.refusal_admin, t.read_your_writes
+        misspelled, dots = "misspelled tenant id", "dot scope"
         return (
             f"simulation: seed={self.seed}, steps={t.steps}, admin_ops={t.admin_ops}"
-            f" (refused as predicted: {t.admin_refused}, tenants created: {t.tenants_created}),"
+            f" (refused as predicted: {t.admin_refused}, tenants created: {t.tenants_created},"
+            f" via reader: {t.admin_via_reader}),"
             f" checks={t.checks} (single: {t.single_checks}, via reader: {t.reader_checks}),"
-            f" config_checks={t.config_checks}, disagreements={t.disagreements}, cross_tenant={t.cross_tenant},"
+            f" config_checks={t.config_checks},"
+            f" misspelled_tenant_ids={reads[misspelled] + admin[misspelled]}"
+            f" (reads: {reads[misspelled]}, admin: {admin[misspelled]}),"
+            f" dot_scopes={reads[dots] + admin[dots]} (checks: {reads[dots]}, assign/revoke: {admin[dots]}),"
+            f" future_min_revision={reads['future min_revision']},"
+            f" read_your_writes_across_sidecars={ryw.total()}"
+            f" (written via writer: {ryw['writer']}, via reader: {ryw['reader']}),"
+            f" disagreements={t.disagreements}, cross_tenant={t.cross_tenant},"
             f" elapsed={elapsed:.1f}s"
         )
 
     def coverage(self) -> str:
         reasons = ", ".join(f"{name}={count}" for name, count in sorted(self.tally.reasons.items()))
         outcomes = ", ".join(f"{name}: {count}" for name, count in sorted(self.tally.outcomes.items()))
-        return f"decisions: {reasons}\nadmin outcomes: {outcomes}"
+        probes = ", ".join(f"{name}: {count}" for name, count in sorted(self.tally.probe_calls.items()))
+        return f"decisions: {reasons}\nadmin outcomes: {outcomes}\nprobe calls: {probes}"
 
     # --- the run ---------------------------------------------------------------------------
 
