@@ -8,6 +8,7 @@ from typing import Any
 
 from gatehouse.engine.model import (
     AssignmentRow,
+    KeyState,
     Plan,
     PlanFeature,
     SubjectRef,
@@ -17,7 +18,10 @@ from gatehouse.engine.model import (
     TenantStatus,
 )
 
-FORMAT = 1  # bump when the layout changes; older entries are then ignored
+# Bump when the layout changes; entries of another format are then ignored (a miss).
+# 2: subjects carry their API key's state (limit, expiry, revocation). Format 1 dropped
+# it, so a key read back from L2 was an unlimited, unrevocable member: never read one.
+FORMAT = 2
 
 
 def dump_tenant(snapshot: TenantSnapshot) -> bytes:
@@ -78,6 +82,9 @@ def dump_subject(snapshot: SubjectSnapshot) -> bytes:
             "revision": snapshot.revision,
             "is_member": snapshot.is_member,
             "assignments": [[a.role, a.scope, list(a.permissions)] for a in snapshot.assignments],
+            "key": None
+            if snapshot.key is None
+            else [list(snapshot.key.permissions), snapshot.key.expires_at, snapshot.key.revoked],
         },
         separators=(",", ":"),
     ).encode()
@@ -93,4 +100,5 @@ def load_subject(raw: bytes) -> SubjectSnapshot | None:
         revision=int(data["revision"]),
         is_member=bool(data["is_member"]),
         assignments=tuple(AssignmentRow(a[0], a[1], tuple(a[2])) for a in data["assignments"]),
+        key=None if data["key"] is None else KeyState(tuple(data["key"][0]), data["key"][1], bool(data["key"][2])),
     )
