@@ -248,12 +248,16 @@ class PolicyCache:
 
     def tenant_event(self, tenant_id: str, revision: int, *, notify: bool = True) -> None:
         """Everything of the tenant older than `revision` is stale (duplicates and
-        out-of-order events are harmless: floors only rise)."""
-        if not self._tenant_floor.raise_to(tenant_id, revision):
-            return
-        entry = self._tenants.get(tenant_id)
-        if entry is ABSENT or (entry is not None and entry.revision < revision):
-            self._tenants.pop(tenant_id, None)
+        out-of-order events are harmless: floors only rise). `notify`: the change may
+        have touched the tenant's config, so config listeners hear of it."""
+        if self._tenant_floor.raise_to(tenant_id, revision):
+            entry = self._tenants.get(tenant_id)
+            if entry is ABSENT or (entry is not None and entry.revision < revision):
+                self._tenants.pop(tenant_id, None)
+        # Listeners hear of a config change even when the floor is already past it: this
+        # process's own non-config write (which raises the floor, telling nobody) may land
+        # before another sidecar's config event; skipping that event left watchers on
+        # the old config for good. They drop revisions they have seen.
         if notify:
             for listener in list(self._listeners):
                 listener(tenant_id, revision)

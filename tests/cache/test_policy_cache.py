@@ -189,3 +189,15 @@ async def test_unreachable_revisions_cost_one_store_read_per_interval(store: Pos
     missing = "00000000-0000-4000-8000-000000000009"
     results = await asyncio.gather(*(cache.tenant(missing, 3) for _ in range(50)), return_exceptions=True)
     assert all(isinstance(r, RevisionNotReached) and r.current == 0 for r in results)
+
+
+def test_a_config_event_older_than_this_processs_own_write_still_wakes_watchers() -> None:
+    """Found by the breaker session: sidecar B committed AddMember at N+1 (floor raised,
+    config listeners not woken) before A's config event N reached it; event N was then
+    dropped as old, and B's WatchTenantConfig streams never sent the new config."""
+    cache = PolicyCache(None, None, max_entries=100, ttl_seconds=60)  # type: ignore[arg-type]  # no reads here
+    heard: list[tuple[str, int]] = []
+    cache.on_tenant_change(lambda tenant_id, revision: heard.append((tenant_id, revision)))
+    cache.tenant_event("t", 7, notify=False)  # this process's own AddMember
+    cache.tenant_event("t", 6)  # another sidecar's PatchTenantConfig, arriving late
+    assert heard == [("t", 6)]
