@@ -214,8 +214,17 @@ class PolicyCache:
             if self._l2 is not None:
                 self._spawn(self._l2.put_tenant(snapshot))
         entry = CachedTenant(snapshot, compile_tenant(snapshot), snapshot.revision)
+        # Read at revision N, the tenant proves N committed: whatever this process holds
+        # of it from before N may be stale (events can lag, or never come), so the floor
+        # rises to N. Otherwise grants read at R < N would be decided with this entry and
+        # the answer would name revision N without having been computed at it.
+        self._raise_floor(tenant_id, snapshot.revision)
         self._tenants[tenant_id] = entry
         return entry
+
+    def _raise_floor(self, tenant_id: str, revision: int) -> None:
+        if revision > self._tenant_floor.get(tenant_id, 0):
+            self.tenant_event(tenant_id, revision)
 
     async def _fetch_subject(self, tenant_id: str, subject: SubjectRef, need: int) -> SubjectGrants | Absent:
         snapshot: SubjectSnapshot | None = (
@@ -235,6 +244,7 @@ class PolicyCache:
             if self._l2 is not None:
                 self._spawn(self._l2.put_subject(snapshot))
         grants = compile_subject(snapshot)
+        self._raise_floor(tenant_id, snapshot.revision)  # the same proof, from the other side
         self._subjects[(tenant_id, subject.key)] = grants
         return grants
 

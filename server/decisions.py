@@ -65,18 +65,30 @@ class DecisionSession:
         self, tenant_id: str, subject: SubjectRef, permission: str, scope: str, min_revision: int, now: float
     ) -> Evaluation:
         """`DecisionService.evaluate`, reusing what this session already looked up."""
-        tenant_key = (tenant_id, min_revision)
-        if tenant_key in self._tenants:
-            tenant = self._tenants[tenant_key]
-        else:
-            tenant = self._tenants[tenant_key] = await self._cache.tenant(tenant_id, min_revision)
+        tenant = await self._tenant(tenant_id, min_revision)
         policy = tenant.policy if tenant is not None else None
         grants = subject_key = None
         if needs_subject(policy, permission):
             subject_key = subject.key
-            cache_key = (tenant_id, subject_key, min_revision)
-            if cache_key in self._subjects:
-                grants = self._subjects[cache_key]
-            else:
-                grants = self._subjects[cache_key] = await self._cache.subject(tenant_id, subject, min_revision)
+            grants = await self._subject(tenant_id, subject, min_revision)
+            if tenant is not None and grants is not None and grants.revision > tenant.revision:
+                # The subject was read at a later revision than the tenant (a write landed
+                # in between, or the tenant entry predates it): read the tenant again, at
+                # least there, so the answer is computed at the revision it names.
+                tenant = await self._tenant(tenant_id, grants.revision)
+                policy = tenant.policy if tenant is not None else None
+                if not needs_subject(policy, permission):
+                    grants = subject_key = None
         return Evaluation(decide(policy, grants, permission, scope, now=now), tenant, subject_key, grants, now)
+
+    async def _tenant(self, tenant_id: str, min_revision: int) -> CachedTenant | None:
+        key = (tenant_id, min_revision)
+        if key not in self._tenants:
+            self._tenants[key] = await self._cache.tenant(tenant_id, min_revision)
+        return self._tenants[key]
+
+    async def _subject(self, tenant_id: str, subject: SubjectRef, min_revision: int) -> SubjectGrants | None:
+        key = (tenant_id, subject.key, min_revision)
+        if key not in self._subjects:
+            self._subjects[key] = await self._cache.subject(tenant_id, subject, min_revision)
+        return self._subjects[key]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pytest
 
 from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import user
@@ -48,15 +47,6 @@ async def test_deleted_tenant_config_is_one_answer_per_revision(
     assert dict(cached.feature_flags) == dict(fresh.feature_flags) == {"reports": True}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a store read for a min_revision not yet heard of (PolicyCache._reach) puts the tenant "
-        "at revision N in L1 without raising the tenant's floor, so a subject's grants cached "
-        "at N-1 are still served to a request without min_revision, and decide() stamps the "
-        "answer with max(tenant, subject) = N: revision N, the decision of N-1"
-    ),
-)
 async def test_an_answer_is_the_decision_at_the_revision_it_names(
     sidecar_factory: SidecarFactory, redis_prefix: str, unique: str
 ) -> None:
@@ -66,7 +56,10 @@ async def test_an_answer_is_the_decision_at_the_revision_it_names(
 
     Found while extending the simulation to reads across sidecars (by reading the path,
     not by a disagreement): the simulation asks a sidecar without min_revision only for
-    tenants whose latest write it took itself, so it cannot meet this window.
+    tenants whose latest write it took itself, so it cannot meet this window. Fixed: a
+    tenant or subject read at revision N raises the tenant's floor to N
+    (PolicyCache._raise_floor), and a decision whose subject was read later than its
+    tenant reads the tenant again (DecisionSession.evaluate).
     """
     writer = await sidecar_factory()
     # A sidecar no tenant event reaches (a Redis prefix of its own, no relay): what every
