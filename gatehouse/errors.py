@@ -24,6 +24,8 @@ errors (asyncpg, redis) are translated there too, so nothing reaches a caller as
     ├── RevisionConflict           ABORTED              GATEHOUSE_REVISION_CONFLICT
     ├── Unauthenticated            UNAUTHENTICATED      GATEHOUSE_UNAUTHENTICATED
     ├── PermissionDenied           PERMISSION_DENIED    GATEHOUSE_PERMISSION_DENIED
+    ├── ResourceExhausted          RESOURCE_EXHAUSTED   GATEHOUSE_RESOURCE_EXHAUSTED
+    │   └── SettingsTooLarge                            GATEHOUSE_SETTINGS_TOO_LARGE
     ├── Unavailable                UNAVAILABLE          GATEHOUSE_UNAVAILABLE
     │   ├── StoreUnavailable                            GATEHOUSE_STORE_UNAVAILABLE
     │   └── SchemaMismatch                              GATEHOUSE_SCHEMA_MISMATCH
@@ -90,13 +92,28 @@ class InvalidArgument(GatehouseError):
     # says how many more there were.
     MAX_VIOLATIONS = 10
 
+    # A field path built from the request (map keys at depth 32) is cut to this length,
+    # keeping its head and tail, for the same reason.
+    MAX_FIELD_PATH = 160
+
     def __init__(self, field: str, description: str, *more: FieldViolation) -> None:
-        violations = (FieldViolation(field, description), *more)
+        violations = tuple(
+            FieldViolation(_shorten(v.field, self.MAX_FIELD_PATH), v.description)
+            for v in (FieldViolation(field, description), *more)
+        )
+        field = violations[0].field
         self.violations: tuple[FieldViolation, ...] = violations[: self.MAX_VIOLATIONS]
         text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
         if len(violations) > self.MAX_VIOLATIONS:
             text += f"; and {len(violations) - self.MAX_VIOLATIONS} more"
         super().__init__(f"invalid argument: {text}", metadata={"field": field})
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    keep = (limit - 1) // 2
+    return f"{text[:keep]}…{text[-keep:]}"
 
 
 class NotFound(GatehouseError):
@@ -240,6 +257,17 @@ class PlatformOnly(PermissionDenied):
     keys are for operator keys only."""
 
     reason = "GATEHOUSE_PLATFORM_ONLY"
+
+
+class ResourceExhausted(GatehouseError):
+    code = Code.RESOURCE_EXHAUSTED
+    reason = "GATEHOUSE_RESOURCE_EXHAUSTED"
+
+
+class SettingsTooLarge(ResourceExhausted):
+    """A tenant's settings would grow past their total cap (`metadata.limit`, bytes of JSON)."""
+
+    reason = "GATEHOUSE_SETTINGS_TOO_LARGE"
 
 
 class Unavailable(GatehouseError):

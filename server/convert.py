@@ -126,8 +126,15 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return message
 
 
+# The last second a Timestamp may name (9999-12-31T23:59:59Z). Seconds are floats here,
+# and 253402300799.999999999 rounds to 253402300800.0: the year 10000, which datetime
+# (and so the store) cannot hold. A time in that last second counts as its start.
+MAX_UNIX_SECONDS = 253_402_300_799.0
+
+
 def seconds(message: timestamp_pb2.Timestamp, present: bool) -> float | None:
-    return message.ToNanoseconds() / 1e9 if present else None
+    """A checked Timestamp (server/wire.py) as unix seconds; None when absent."""
+    return min(message.ToNanoseconds() / 1e9, MAX_UNIX_SECONDS) if present else None
 
 
 def api_key_message(record: ApiKeyRecord) -> admin_pb2.ApiKey:

@@ -31,7 +31,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def translate(exc: BaseException) -> GatehouseError:
-    """Any exception as one of ours."""
+    """Any exception as one of ours. An INTERNAL made from another exception keeps it as
+    its `__cause__` (logged, once, by `abort`)."""
     if isinstance(exc, GatehouseError):
         return exc
     if isinstance(exc, DecodeError):
@@ -44,7 +45,7 @@ def translate(exc: BaseException) -> GatehouseError:
     else:
         error = Internal("internal error")
     if isinstance(error, Internal):
-        log.error("unexpected error", exc_info=exc)
+        error.__cause__ = exc
     return error
 
 
@@ -77,7 +78,12 @@ def to_status(error: GatehouseError) -> status_pb2.Status:
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with `exc` as its status. Every error leaves through here, so an
+    INTERNAL (a bug: made here, or by a lower layer such as the store's driver-error
+    table) is logged here, once, with the exception behind it."""
     error = translate(exc)
+    if isinstance(error, Internal):
+        log.error("internal error: %s", error.message, exc_info=error.__cause__ or error)
     status = to_status(error)
     await context.abort(
         grpc_code(error),

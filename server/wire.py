@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
@@ -206,6 +207,10 @@ def _check_message(message: Message, path: str, depth: int, found: list[FieldVio
             items = value if field.is_repeated else (value,)
             for index, item in enumerate(items):
                 _check_string(item, f"{name}[{index}]" if field.is_repeated else name, found)
+        elif field.type == FieldDescriptor.TYPE_DOUBLE and not math.isfinite(value) and not field.is_repeated:
+            # A Struct's number_value (the only double any request has): JSON has no NaN
+            # or Infinity, so such a value could be neither stored in jsonb nor answered.
+            found.append(FieldViolation(name, "must be a finite number"))
         if len(found) >= InvalidArgument.MAX_VIOLATIONS:
             return
 

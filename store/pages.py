@@ -78,7 +78,7 @@ def decode_token(token: str, shape: tuple[type, ...]) -> list[Any] | None:
     if not (
         isinstance(key, list)
         and len(key) == len(shape)
-        and all(type(value) is expected for value, expected in zip(key, shape, strict=True))
+        and all(type(value) is expected and _storable(value) for value, expected in zip(key, shape, strict=True))
         # One spelling per token, like every identifier: base64 decoding ignores stray
         # characters and padding, and JSON spacing, so a token must be exactly what
         # `encode_token` makes of the key it holds.
@@ -86,3 +86,19 @@ def decode_token(token: str, shape: tuple[type, ...]) -> list[Any] | None:
     ):
         raise InvalidArgument("page_token", "is not a page token from this listing")
     return key
+
+
+def _storable(value: Any) -> bool:
+    """A sort-key value Postgres can compare with: a bigint, or text without NUL or lone
+    surrogates. A token is opaque, but not trusted: one made by hand (`[10**30]`,
+    `["\\ud800"]`) must not reach the database as a query argument it refuses."""
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, str):
+        if "\x00" in value:
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True

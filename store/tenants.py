@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from gatehouse.engine.lifecycle import Action, transition
 from gatehouse.engine.model import TenantRecord, TenantStatus
-from gatehouse.errors import AlreadyExists, TenantNotFound
+from gatehouse.errors import AlreadyExists, SettingsTooLarge, TenantNotFound
 from gatehouse.store.api import DEFAULT_PLAN, SYSTEM_ROLES, Actor, ConfigPatch, Page
 from gatehouse.store.changes import tenant_change
 from gatehouse.store.merge_patch import merge_patch
@@ -16,6 +17,11 @@ from gatehouse.store.plans import require_plan
 from gatehouse.store.rows import tenant_record
 from gatehouse.store.transactions import PLATFORM_SCOPE, require_tenant_id
 from gatehouse.store.write_tail import AuditedChange, TenantWrites, append_events, completed, tenant_target
+
+# A tenant's settings in all, after every merge-patch (each patch is capped at 64 KiB by
+# the server): every GetTenantConfig answer, WatchTenantConfig message and cached copy
+# carries them, so they stay far below gRPC's 4 MiB default message size.
+MAX_TENANT_SETTINGS_BYTES = 256 * 1024
 
 T = TypeVar("T")
 
@@ -158,7 +164,14 @@ class Tenants(TenantWrites):
         async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             columns: dict[str, Any] = {}
             if patch.settings_patch is not None:
-                columns["settings"] = merge_patch(write.before["settings"], patch.settings_patch)
+                settings = merge_patch(write.before["settings"], patch.settings_patch)
+                size = len(json.dumps(settings, separators=(",", ":")))
+                if size > MAX_TENANT_SETTINGS_BYTES and size > len(json.dumps(write.before["settings"], separators=(",", ":"))):
+                    raise SettingsTooLarge(
+                        f"the tenant's settings would be {size} bytes of JSON, over {MAX_TENANT_SETTINGS_BYTES}",
+                        metadata={"limit": str(MAX_TENANT_SETTINGS_BYTES), "size": str(size)},
+                    )
+                columns["settings"] = settings
             if patch.set_flags or patch.clear_flags:
                 columns["flag_overrides"] = _overridden(
                     write.before["flag_overrides"], patch.set_flags, patch.clear_flags

@@ -451,3 +451,80 @@ async def test_found_invalid_timestamps(client: Client, error_log: ErrorRecords,
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
     _, fields = details(error)
     assert fields == [field], fields
+
+
+# --- found by the breaker session (each failed before its fix) ------------------------------
+
+
+async def test_found_hostile_values_inside_the_documented_ranges(client: Client, unique: str) -> None:
+    """The last nanosecond of 9999 (inside the Timestamp range) rounded up to the year
+    10000 as float seconds; NaN and Infinity have no JSON, so a settings value holding
+    one failed to convert. Both were INTERNAL with a traceback."""
+    from google.protobuf import struct_pb2, timestamp_pb2
+
+    from gatehouse.v1 import admin_pb2
+
+    tenant = await client.tenant(f"hostile-{unique}")
+    last = timestamp_pb2.Timestamp(seconds=253402300799, nanos=999999999)
+    listed = await client.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(tenant_id=tenant.id, since=last, until=last), metadata=client.auth
+    )
+    assert list(listed.events) == []
+    key = await client.admin.CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(tenant_id=tenant.id, name="far", permissions=["*"], expires_at=last),
+        metadata=client.auth,
+    )
+    assert key.key.expires_at.seconds >= 253402300798  # float seconds: within a second of the end of 9999
+    for number in (float("nan"), float("inf"), float("-inf")):
+        patch = struct_pb2.Struct()
+        patch.update({"a": {"b": [1, number]}})
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.admin.PatchTenantConfig(
+                admin_pb2.PatchTenantConfigRequest(tenant_id=tenant.id, settings_patch=patch), metadata=client.auth
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "must be a finite number" in refused.value.details()
+
+
+async def test_found_page_tokens_with_values_the_database_refuses(client: Client) -> None:
+    """A page token is opaque but not trusted: one made by hand holding a number beyond
+    bigint or a lone surrogate reached Postgres and came back INTERNAL, unlogged."""
+    import base64
+    import json
+
+    from gatehouse.v1 import admin_pb2
+
+    def token(key: list[object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
+
+    calls = [
+        client.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(page_token=token([10**30])), metadata=client.auth),
+        client.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(page_token=token([-(2**63) - 1])), metadata=client.auth),
+        client.admin.ListTenants(admin_pb2.ListTenantsRequest(page_token=token(["\ud800"])), metadata=client.auth),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+
+
+async def test_found_deep_field_paths_keep_the_status_within_the_trailer_limit(client: Client, unique: str) -> None:
+    """Ten violations with ~1.4 KB paths (long keys, deep) made a status bigger than the
+    client accepts: it saw RESOURCE_EXHAUSTED and no details at all."""
+    from google.protobuf import struct_pb2
+
+    from gatehouse.v1 import admin_pb2
+
+    tenant = await client.tenant(f"deep-paths-{unique}")
+    value: dict[str, object] = {"leaf": "a\x00b"}  # a NUL: one violation per copy, deep down
+    for level in range(24):
+        value = {f"level-{level:02d}-" + "k" * 30: value}
+    patch = struct_pb2.Struct()
+    patch.update({f"top-{i}-" + "x" * 60: value for i in range(10)})
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.admin.PatchTenantConfig(
+            admin_pb2.PatchTenantConfigRequest(tenant_id=tenant.id, settings_patch=patch), metadata=client.auth
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, fields = details(refused.value)
+    assert fields and all(len(f) <= 160 for f in fields)

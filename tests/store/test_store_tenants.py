@@ -350,3 +350,32 @@ async def test_a_foreign_page_token_is_invalid_argument(
     with pytest.raises(InvalidArgument) as raised:
         await store.list_members(tenant.id, page_size=10, page_token=token)
     assert raised.value.violations[0].field == "page_token"
+
+
+async def test_settings_are_capped_in_all_not_only_per_patch(
+    store: PostgresStore, actor: Actor, make_tenant: TenantFactory
+) -> None:
+    """Found by the breaker session: 72 patches of 60 KB made a 4.3 MB config that no
+    default client could read any more (GetTenantConfig: RESOURCE_EXHAUSTED)."""
+    from gatehouse.errors import SettingsTooLarge
+    from gatehouse.store.tenants import MAX_TENANT_SETTINGS_BYTES
+
+    tenant = await make_tenant("big")
+    chunk = "x" * 60_000
+    revision = tenant.revision
+    refused = None
+    for i in range(10):
+        try:
+            record = await store.patch_tenant_config(
+                actor, tenant.id, ConfigPatch(settings_patch={f"k{i}": chunk}), expected_revision=0
+            )
+            revision = record.revision
+        except SettingsTooLarge as error:
+            refused = error
+            break
+    assert refused is not None and refused.metadata["limit"] == str(MAX_TENANT_SETTINGS_BYTES)
+    after = await store.get_tenant(tenant.id)
+    assert after.revision == revision  # the refused patch changed nothing
+    assert len(after.settings) == i
+    shrunk = await store.patch_tenant_config(actor, tenant.id, ConfigPatch(settings_patch={"k0": None}), expected_revision=0)
+    assert "k0" not in shrunk.settings
