@@ -76,7 +76,7 @@ def to_status(error: GatehouseError) -> status_pb2.Status:
     return status_pb2.Status(code=int(error.code), message=error.message, details=details)
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     error = translate(exc)
     status = to_status(error)
     await context.abort(
@@ -91,7 +91,7 @@ def grpc_errors(method: F) -> F:
     """Wrap a unary servicer method: every exception leaves as a proper gRPC status."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:
@@ -101,7 +101,7 @@ def grpc_errors(method: F) -> F:
                 raise
             await abort(context, exc)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # F's own signature: wraps passes (self, request, context) through
 
 
 def _is_abort(exc: BaseException) -> bool:
