@@ -11,6 +11,7 @@ a caller that arrives just after a read began waits for the next one (at most
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
@@ -53,7 +54,7 @@ class FreshRead(Generic[T]):
                     continue  # another waiter may have begun the next read meanwhile
             task = asyncio.ensure_future(read())
             self._last[key] = (self._clock(), task)
-            task.add_done_callback(lambda done, key=key: self._done(key, done))
+            task.add_done_callback(functools.partial(self._done, key))
 
     def _done(self, key: Hashable, task: asyncio.Task[T]) -> None:
         if not task.cancelled():

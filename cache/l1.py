@@ -43,8 +43,8 @@ class ExpiringMap(Generic[K, V]):
         while len(data) > self._maxsize:
             data.popitem(last=False)
 
-    def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None  # type: ignore[arg-type]
+    def __contains__(self, key: K) -> bool:
+        return self.get(key) is not None
 
     def pop(self, key: K, default: V | None = None) -> V | None:
         item = self._data.pop(key, None)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Hashable, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from cachetools import LRUCache
 
@@ -64,9 +64,10 @@ class CacheStats:
 
 
 K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
 
-class _FloorMap(LRUCache, Generic[K]):  # type: ignore[type-arg]
+class _FloorMap(LRUCache[K, int], Generic[K]):
     """An LRU map of floors that reports what it drops, so nothing is forgotten silently."""
 
     def __init__(self, maxsize: int, dropped: Callable[[K, int], None]) -> None:
@@ -161,7 +162,7 @@ class PolicyCache:
         entry = self.peek_tenant(tenant_id, min_revision)
         if entry is not None:
             self.stats.l1_hits += 1
-            return None if entry is ABSENT else entry  # type: ignore[return-value]
+            return None if isinstance(entry, Absent) else entry
         held = self._tenants.get(tenant_id)
         if isinstance(held, CachedTenant):
             self.stats.stale_rejections += 1
@@ -197,9 +198,9 @@ class PolicyCache:
         need = self._subject_need(key, min_revision)
         return await self._load(("s", *key), need, lambda: self._fetch_subject(tenant_id, subject, need))
 
-    async def _load(self, key: tuple[str, ...], need: int, fetch: Callable[[], Any]) -> Any:
-        entry = await self._flight.do((*key, need), fetch)
-        return None if entry is ABSENT else entry
+    async def _load(self, key: tuple[str, ...], need: int, fetch: Callable[[], Awaitable[T | Absent]]) -> T | None:
+        entry: T | Absent = await self._flight.do((*key, need), fetch)
+        return None if isinstance(entry, Absent) else entry
 
     async def _fetch_tenant(self, tenant_id: str, need: int, *, from_l2: bool = True) -> CachedTenant | Absent:
         snapshot = await self._l2.get_tenant(tenant_id, need) if self._l2 and from_l2 else None

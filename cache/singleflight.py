@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 T = TypeVar("T")
@@ -27,7 +28,7 @@ class SingleFlight(Generic[T]):
         if task is None:
             task = asyncio.ensure_future(load())
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, key=key: self._forget(key, _t))
+            task.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(task)
 
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -150,7 +150,12 @@ class TenantEventSubscriber:
         self.connected.set()
         loop = asyncio.get_running_loop()
         while True:
-            reply = await self._redis.xread({self._stream: self.position}, block=self._block_ms, count=self._batch)
+            assert self.position is not None  # set by _rebase, then by each entry read
+            # RESP2, which our clients speak: [[stream, [(id, fields), ...]]], or None when idle.
+            reply = cast(
+                "list[list[Any]] | None",
+                await self._redis.xread({self._stream: self.position}, block=self._block_ms, count=self._batch),
+            )
             stop_if_cancelled()  # redis-py may have swallowed a cancellation mid-read
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:

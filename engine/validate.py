@@ -56,7 +56,7 @@ class Violations:
             return rule(field, value, **options)
         except InvalidArgument as error:
             self.found.extend(error.violations)
-            return value  # type: ignore[no-any-return]
+            return value  # type: ignore[no-any-return]  # stands in for T until raise_if_any() fails the call
 
     def raise_if_any(self) -> None:
         if self.found:

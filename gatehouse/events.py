@@ -53,7 +53,7 @@ class TenantEvent:
         }
 
     @classmethod
-    def parse(cls, fields: Mapping[bytes | str, bytes | str]) -> "TenantEvent | None":
+    def parse(cls, fields: Mapping[bytes, bytes] | Mapping[str, str]) -> "TenantEvent | None":
         """The event in a stream entry, or None for an entry this build cannot read."""
         data = {as_text(k): as_text(v) for k, v in fields.items()}
         if data.get("v", "").split(".")[0] != FORMAT_VERSION:

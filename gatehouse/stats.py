@@ -29,7 +29,7 @@ class StatsRegistry:
         if is_dataclass(source) and not isinstance(source, type):
             counters = source
             self._sources[name] = lambda: asdict(counters)
-        elif callable(source):
+        elif callable(source) and not is_dataclass(source):  # a dataclass *class* is neither
             self._sources[name] = source
         else:
             raise TypeError(f"stats source {name!r} is neither a function nor a dataclass instance")

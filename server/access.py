@@ -50,7 +50,7 @@ class AccessServicer:
         })
 
     @grpc_errors
-    async def CheckAccess(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def CheckAccess(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         now = time()
         known = self._answers.get(body, now)
         if known is not None:
@@ -60,7 +60,7 @@ class AccessServicer:
         return _answer(self._answers, await _evaluate(self._decisions.session(), request, now), body, request).encoded
 
     @grpc_errors
-    async def CheckAccessBatch(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def CheckAccessBatch(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         """All remembered: the answers, framed, joined (no await, so one snapshot). Else one
         pass: validate every entry (a malformed one fails the call before any work), then
         look each distinct tenant and (tenant, subject) up once and decide every check
@@ -69,14 +69,14 @@ class AccessServicer:
         parts = split_field1(body)
         if parts is not None and len(parts) <= MAX_BATCH:
             answers = self._answers
-            framed = []
+            all_framed = []
             for part in parts:
                 known = answers.get(part, now)
                 if known is None:
                     break
-                framed.append(known.framed)
+                all_framed.append(known.framed)
             else:
-                return b"".join(framed)
+                return b"".join(all_framed)
         checks = parse(access_pb2.CheckAccessBatchRequest, body).checks
         if len(checks) > MAX_BATCH:
             raise InvalidArgument("checks", f"at most {MAX_BATCH} checks per call")

@@ -44,7 +44,7 @@ from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-Method = Callable[[Any, Any, Actor], Awaitable[R]]
+Method = Callable[[Any, Any, Principal], Awaitable[R]]
 
 
 def _target(request: Any) -> str:
@@ -79,7 +79,7 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
         rpc = method.__name__
 
         @functools.wraps(method)
-        async def wrapper(self: "AdminServicer", request: Any, context: grpc.aio.ServicerContext) -> R:
+        async def wrapper(self: "AdminServicer", request: Any, context: grpc.aio.ServicerContext[bytes, bytes]) -> R:
             metadata = tuple(context.invocation_metadata() or ())
             actor = Actor("anonymous", request_id(metadata))
             try:

@@ -14,16 +14,17 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Any, Coroutine
 
 from gatehouse.settings import OWNER_DATABASE_URL, RELAY_SETTINGS, MigrateSettings, Settings
 
 
-def _run(coro: object) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    return uvloop.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:

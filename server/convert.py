@@ -22,7 +22,7 @@ SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 MAX_SETTINGS_BYTES = 64 * 1024
 MAX_MAP_ENTRIES = 256
 
-STATUS_TO_PROTO: dict[TenantStatus, int] = {
+STATUS_TO_PROTO: dict[TenantStatus, common_pb2.TenantStatus] = {
     TenantStatus.DRAFT: common_pb2.TENANT_STATUS_DRAFT,
     TenantStatus.ACTIVE: common_pb2.TENANT_STATUS_ACTIVE,
     TenantStatus.SUSPENDED: common_pb2.TENANT_STATUS_SUSPENDED,
@@ -158,7 +158,7 @@ def tenant_message(record: TenantRecord) -> admin_pb2.Tenant:
         id=record.id,
         slug=record.slug,
         name=record.name,
-        status=STATUS_TO_PROTO[record.status],  # type: ignore[arg-type]
+        status=STATUS_TO_PROTO[record.status],
         plan=record.plan,
         region=record.region,
         settings=dict_to_struct(record.settings),

@@ -77,7 +77,7 @@ def to_status(error: GatehouseError) -> status_pb2.Status:
     return status_pb2.Status(code=int(error.code), message=error.message, details=details)
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     """End the call with `exc` as its status. Every error leaves through here, so an
     INTERNAL (a bug: made here, or by a lower layer such as the store's driver-error
     table) is logged here, once, with the exception behind it."""
@@ -97,7 +97,7 @@ def grpc_errors(method: F) -> F:
     """Wrap a unary servicer method: every exception leaves as a proper gRPC status."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:
@@ -107,7 +107,7 @@ def grpc_errors(method: F) -> F:
                 raise
             await abort(context, exc)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # F's own signature: wraps passes (self, request, context) through
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
@@ -43,7 +44,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # What a check returns: None when the dependency is fit to serve, else why it is not.
-Check = Callable[[], Awaitable[str | None]]
+Check = Callable[[], Coroutine[Any, Any, str | None]]
 
 
 def describe(error: BaseException) -> str:

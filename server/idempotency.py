@@ -17,6 +17,7 @@ import hashlib
 from typing import Any, Awaitable, Callable, Sequence
 
 from google.protobuf import message_factory
+from google.protobuf.message import Message
 
 from gatehouse.errors import IdempotencyKeyReused, InvalidArgument, Unavailable
 from gatehouse.store.api import IdempotencyLog
@@ -40,13 +41,13 @@ def _header(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
     return value
 
 
-def _stored(response: Any) -> bytes:
+def _stored(response: Message) -> bytes:
     if isinstance(response, admin_pb2.CreateApiKeyResponse):
         redacted = admin_pb2.CreateApiKeyResponse()
         redacted.CopyFrom(response)
         redacted.secret = ""
         return redacted.SerializeToString(deterministic=True)
-    return response.SerializeToString(deterministic=True)  # type: ignore[no-any-return]
+    return response.SerializeToString(deterministic=True)
 
 
 async def run_idempotent(

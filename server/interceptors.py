@@ -17,17 +17,30 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, cast
 
 import grpc
 
-UnaryHandler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamHandler = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
 class Interceptor(Protocol):
     def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler: ...
     def stream(self, method: str, handler: StreamHandler) -> StreamHandler: ...
+
+
+class _AioMethodHandler(Protocol):
+    """A `grpc.RpcMethodHandler` as grpc.aio uses it. grpc's stubs type the sync server's
+    (no `_replace`, plain functions); at run time it is a namedtuple of async functions."""
+
+    unary_unary: UnaryHandler | None
+    # An async generator function, or (grpc's own servicers) a coroutine function that
+    # writes with context.write: `wrap` tells them apart.
+    unary_stream: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any] | None
+    stream_stream: StreamHandler | None
+
+    def _replace(self, **behaviour: Any) -> grpc.RpcMethodHandler[Any, Any]: ...
 
 
 class Chain:
@@ -36,21 +49,22 @@ class Chain:
     def __init__(self, interceptors: Sequence[Interceptor] = ()) -> None:
         self._interceptors = tuple(interceptors)
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """`handler` (for the full `method` name) inside every interceptor of the chain."""
         for interceptor in reversed(self._interceptors):
-            if handler.unary_unary is not None:
-                handler = handler._replace(unary_unary=interceptor.unary(method, handler.unary_unary))
-            elif handler.unary_stream is not None:
-                inner = handler.unary_stream
+            aio = cast(_AioMethodHandler, handler)
+            if aio.unary_unary is not None:
+                handler = aio._replace(unary_unary=interceptor.unary(method, aio.unary_unary))
+            elif aio.unary_stream is not None:
+                inner = aio.unary_stream
                 # A streaming method either yields its messages or (grpc's own servicers)
                 # writes them with context.write and returns: wrap each as what it is.
                 wrapped = interceptor.stream(method, inner) if inspect.isasyncgenfunction(inner) else interceptor.unary(
                     method, inner
                 )
-                handler = handler._replace(unary_stream=wrapped)
-            elif handler.stream_stream is not None:
-                handler = handler._replace(stream_stream=interceptor.stream(method, handler.stream_stream))
+                handler = aio._replace(unary_stream=wrapped)
+            elif aio.stream_stream is not None:
+                handler = aio._replace(stream_stream=interceptor.stream(method, aio.stream_stream))
         return handler
 
 
@@ -64,7 +78,7 @@ class CallCounter:
         calls = self.calls
         ok = (method, "OK")
 
-        async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 response = await handler(request, context)
             except BaseException:
@@ -78,7 +92,7 @@ class CallCounter:
     def stream(self, method: str, handler: StreamHandler) -> StreamHandler:
         calls = self.calls
 
-        async def counted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             try:
                 async for response in handler(request, context):
                     yield response
@@ -97,13 +111,14 @@ class CallCounter:
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
-def _code(context: grpc.aio.ServicerContext) -> str:
+def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     # After context.abort() the context holds the code sent; an exception that escaped
     # with none set leaves as UNKNOWN (which server/errors.py is there to prevent), and a
-    # cancelled call has no code of its own.
-    code = context.code()
+    # cancelled call has no code of its own. (grpc's stubs say it is always a StatusCode:
+    # it is whatever was set, a StatusCode or cygrpc's int, or None.)
+    code: object = context.code()
     if code is None:
         return "CANCELLED" if context.cancelled() else "UNKNOWN"
     if isinstance(code, grpc.StatusCode):
         return code.name
-    return _CODE_NAMES.get(code, str(code))
+    return _CODE_NAMES.get(code, str(code)) if isinstance(code, int) else str(code)

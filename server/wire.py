@@ -57,10 +57,10 @@ def parse(message_type: type[M], body: bytes) -> M:
         raise InvalidArgument("request", f"not a valid {message_type.DESCRIPTOR.name} message") from None
 
 
-def register(server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+def register(server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
     """What generated `add_*Servicer_to_server` functions do, for hand-built handlers."""
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]  # grpcio has it; types-grpcio only from 1.85
 
 
 def register_service(
@@ -69,14 +69,14 @@ def register_service(
     servicer: object,
     *,
     chain: Chain,
-    raw: dict[str, grpc.RpcMethodHandler] | None = None,
+    raw: dict[str, grpc.RpcMethodHandler[Any, Any]] | None = None,
 ) -> None:
     """Register every method of `service` as implemented by `servicer`'s method of the
     same name, behind `decode`: it gets a parsed, checked request and returns (or
     yields) messages, as with generated code. `raw`: hand-built raw-bytes handlers for
     some methods (the hot ones), which parse for themselves. Every handler is wrapped in
     `chain` (server/interceptors.py)."""
-    handlers: dict[str, grpc.RpcMethodHandler] = dict(raw or {})
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = dict(raw or {})
     for method in service.methods:
         if method.name in handlers:
             continue
@@ -111,9 +111,10 @@ def decode(request_type: type[M], body: bytes) -> M:
 
 
 def _unary(
-    implementation: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]], request_type: type[Message]
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-    async def handler(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    implementation: Callable[[Any, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[Message]],
+    request_type: type[Message],
+) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]:
+    async def handler(body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
             request = decode(request_type, body)
         except InvalidArgument as error:
@@ -125,9 +126,10 @@ def _unary(
 
 
 def _unary_writing(
-    implementation: Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]], request_type: type[Message]
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[None]]:
-    async def handler(body: bytes, context: grpc.aio.ServicerContext) -> None:
+    implementation: Callable[[Any, grpc.aio.ServicerContext[bytes, Message]], Awaitable[None]],
+    request_type: type[Message],
+) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, Message]], Awaitable[None]]:
+    async def handler(body: bytes, context: grpc.aio.ServicerContext[bytes, Message]) -> None:
         try:
             request = decode(request_type, body)
         except InvalidArgument as error:
@@ -142,9 +144,10 @@ def _serialize(message: Message) -> bytes:
 
 
 def _unary_stream(
-    implementation: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Message]], request_type: type[Message]
-) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
-    async def handler(body: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    implementation: Callable[[Any, grpc.aio.ServicerContext[bytes, bytes]], AsyncIterator[Message]],
+    request_type: type[Message],
+) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], AsyncIterator[bytes]]:
+    async def handler(body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
         try:
             request = decode(request_type, body)
         except InvalidArgument as error:
@@ -156,10 +159,12 @@ def _unary_stream(
 
 
 def _bidi(
-    implementation: Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Message]],
+    implementation: Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[bytes, bytes]], AsyncIterator[Message]],
     request_type: type[Message],
-) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]:
-    async def handler(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], AsyncIterator[bytes]]:
+    async def handler(
+        bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
         async def requests() -> AsyncIterator[Message]:
             async for body in bodies:
                 try:
@@ -178,7 +183,7 @@ def _check_message(message: Message, path: str, depth: int, found: list[FieldVio
     values must not nest deeper than MAX_VALUE_DEPTH; timestamps must be valid ones.
     Appends to `found`."""
     if message.DESCRIPTOR.full_name == _TIMESTAMP:
-        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]  # a Timestamp, by its full name
         if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
             found.append(FieldViolation(path.rstrip(".") or "request", "must be a time from 0001-01-01 to 9999-12-31"))
         return

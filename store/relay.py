@@ -116,7 +116,12 @@ class OutboxRelay:
             newest: dict[str, int] = {}
             async with self.redis.pipeline(transaction=False) as pipe:
                 for event in events:
-                    pipe.xadd(self._stream, event.fields(), maxlen=self._maxlen, approximate=True)
+                    pipe.xadd(
+                        self._stream,
+                        event.fields(),  # type: ignore[arg-type]  # redis-py types it as an invariant Dict[FieldT, EncodableT]
+                        maxlen=self._maxlen,
+                        approximate=True,
+                    )
                     newest[event.tenant_id] = max(newest.get(event.tenant_id, 0), event.revision)
                 # Move each tenant's L2 pointer too (once, to its newest revision): no
                 # sidecar reads L2 data older than a published event, even one whose own

@@ -243,9 +243,10 @@ async def append_events(
     change: AuditedChange,
     *,
     audit_tenant: uuid.UUID | None,
-    revisions: Sequence[tuple[uuid.UUID, int]],
+    revisions: Sequence[tuple[uuid.UUID | str, int]],
 ) -> None:
-    """The audit row of a successful change and one outbox event per (tenant, new revision)."""
+    """The audit row of a successful change and one outbox event per (tenant, new revision);
+    a tenant id may be a UUID or its text (asyncpg encodes either)."""
     await insert_audit(
         conn,
         actor,

@@ -1,1 +1,0 @@
-/work/main/gatehouse/errors.py

@@ -1,1 +1,0 @@
-/work/main/gatehouse/redis_failures.py
