@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatehouse.cache import codec
-from gatehouse.engine.decision import compile_subject, decide, compile_tenant
+from gatehouse.engine.decision import compile_subject, compile_tenant, decide
 from gatehouse.engine.model import (
     AssignmentRow,
     KeyState,

@@ -23,28 +23,13 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import Client, user
 from tests.server.status import details
+from tests.spellings import uuid_spellings
 
 SERVICES = [
     access_pb2.DESCRIPTOR.services_by_name["AccessService"],
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"],
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
 ]
-
-
-def spellings_of_uuid(canonical: str) -> dict[str, str]:
-    """Every spelling Postgres' uuid input accepts for `canonical`, but the canonical one."""
-    digits = canonical.replace("-", "")
-    return {
-        "upper": canonical.upper(),
-        "mixed": canonical[:9] + canonical[9:].upper(),
-        "no hyphens": digits,
-        "no hyphens, upper": digits.upper(),
-        "braces": "{" + canonical + "}",
-        "braces, no hyphens": "{" + digits + "}",
-        "urn": f"urn:uuid:{canonical}",
-        "hyphen every 4": "-".join(digits[i : i + 4] for i in range(0, 32, 4)),
-        "braces, hyphen every 8": "{" + "-".join(digits[i : i + 8] for i in range(0, 32, 8)) + "}",
-    }
 
 
 DOT_SCOPES = {
@@ -140,7 +125,7 @@ async def test_every_tenant_id_field_refuses_every_other_spelling(client: Client
     tenant = await client.tenant(f"ids-{unique}")
     await client.grant(tenant.id, user("alice"), "acct", "emea", ["invoice.*"])
     before = await client.admin.GetTenant(admin_pb2.GetTenantRequest(tenant_id=tenant.id), metadata=client.auth)
-    for spelling_name, spelling in spellings_of_uuid(tenant.id).items():
+    for spelling_name, spelling in uuid_spellings(tenant.id).items():
         for service, method, streaming, request_class, path in TENANT_FIELDS:
             request = request_class()
             set_path(request, path, spelling)
@@ -162,7 +147,7 @@ async def test_a_revocation_reaches_every_spelling(client: Client, unique: str) 
         )
 
     assert (await client.access.CheckAccess(check(tenant.id))).allowed
-    for spelling in spellings_of_uuid(tenant.id).values():
+    for spelling in uuid_spellings(tenant.id).values():
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await client.access.CheckAccess(check(spelling))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

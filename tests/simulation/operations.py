@@ -26,6 +26,7 @@ from google.protobuf import text_format
 from gatehouse.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 from tests.simulation.model import LIFECYCLE, SYSTEM_ROLES, Feature, Outcome, Status, World
+from tests.spellings import uuid_spellings as misspellings
 
 # --- the shared vocabulary: the same ids, role names and scopes in both tenants ----------
 
@@ -99,23 +100,6 @@ def initial_plans(unique: str) -> dict[str, dict[str, Feature]]:
         },
         f"sim-{unique}-spare": {},
     }
-
-
-def misspellings(tenant_id: str) -> dict[str, str]:
-    """Other spellings of a canonical tenant uuid that Postgres' uuid input reads as the
-    same uuid (the server must refuse every one); none equals `tenant_id` itself."""
-    digits = tenant_id.replace("-", "")
-    spellings = {
-        "upper": tenant_id.upper(),
-        "mixed case": tenant_id[:19] + tenant_id[19:].upper(),
-        "no hyphens": digits,
-        "no hyphens, upper": digits.upper(),
-        "braces": "{" + tenant_id + "}",
-        "braces, no hyphens": "{" + digits + "}",
-        "urn": f"urn:uuid:{tenant_id}",
-        "hyphen every 4": "-".join(digits[i : i + 4] for i in range(0, 32, 4)),
-    }
-    return {name: spelling for name, spelling in spellings.items() if spelling != tenant_id}
 
 
 def subject_message(key: str) -> common_pb2.Subject:
