@@ -528,3 +528,27 @@ async def test_found_deep_field_paths_keep_the_status_within_the_trailer_limit(c
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, fields = details(refused.value)
     assert fields and all(len(f) <= 160 for f in fields)
+
+
+def test_the_hot_requests_hold_only_fields_their_own_validation_covers() -> None:
+    """CheckAccess, CheckAccessBatch and GetTenantConfig parse for themselves (remembered
+    answers come first) and skip the shared checks of `server/wire.decode` (storable
+    strings, nesting, timestamps); their own rules cover every field they have today. A
+    field added to one of them fails here until its validation is added too."""
+
+    def leaves(descriptor: Descriptor, prefix: str = "") -> set[str]:
+        found: set[str] = set()
+        for field in descriptor.fields:
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                found |= leaves(field.message_type, f"{prefix}{field.name}{'[]' if field.is_repeated else ''}.")
+            else:
+                found.add(f"{prefix}{field.name}")
+        return found
+
+    check = {
+        "tenant_id", "subject.type", "subject.id", "permission", "resource.type", "resource.id", "resource.scope",
+        "min_revision",
+    }
+    assert leaves(access_pb2.CheckAccessRequest.DESCRIPTOR) == check
+    assert leaves(access_pb2.CheckAccessBatchRequest.DESCRIPTOR) == {f"checks[].{name}" for name in check}
+    assert leaves(config_pb2.GetTenantConfigRequest.DESCRIPTOR) == {"tenant_id", "if_revision_newer_than", "min_revision"}
