@@ -199,7 +199,11 @@ class PolicyCache:
             return await self._reach(tenant_id, min_revision)
         confirmed = self.confirmed()
         return await self._load(
-            ("t", tenant_id), need, confirmed, lambda: self._fetch_tenant(tenant_id, need, from_l2=confirmed)
+            ("t", tenant_id),
+            need,
+            confirmed,
+            held is not None,
+            lambda: self._fetch_tenant(tenant_id, need, from_l2=confirmed),
         )
 
     async def _reach(self, tenant_id: str, min_revision: int) -> CachedTenant:
@@ -224,17 +228,26 @@ class PolicyCache:
             self.stats.l1_hits += 1
             return entry
         key = (tenant_id, subject.key)
-        if key in self._subjects:
+        held = key in self._subjects
+        if held:
             self.stats.stale_rejections += 1
         need = self._subject_need(key, min_revision)
         confirmed = self.confirmed()
         return await self._load(
-            ("s", *key), need, confirmed, lambda: self._fetch_subject(tenant_id, subject, need, from_l2=confirmed)
+            ("s", *key), need, confirmed, held, lambda: self._fetch_subject(tenant_id, subject, need, from_l2=confirmed)
         )
 
     async def _load(
-        self, key: tuple[str, ...], need: int, confirmed: bool, fetch: Callable[[], Awaitable[T | Absent]]
+        self,
+        key: tuple[str, ...],
+        need: int,
+        confirmed: bool,
+        held: bool,
+        fetch: Callable[[], Awaitable[T | Absent]],
     ) -> T | None:
+        """Load through the single-flight. Unconfirmed, with an entry held that may not be
+        served any more, a store failure is `Stale` (the cache refused its answer); with
+        nothing held, it is the store's own error (there was no answer to refuse)."""
         # `confirmed` is part of the flight's key: a read that may not use L2 never waits
         # for (and takes the answer of) one that may.
         if not confirmed:
@@ -242,7 +255,7 @@ class PolicyCache:
         try:
             entry: T | Absent = await self._flight.do((*key, need, confirmed), fetch)
         except StoreUnavailable as exc:
-            if confirmed:
+            if confirmed or not held:
                 raise
             self.stats.stale_refused += 1
             raise Stale(self.confirmation_age(), self._max_staleness) from exc
