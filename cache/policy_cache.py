@@ -20,6 +20,21 @@ a read begun after the request arrived finds the tenant older, the request gets
 `RevisionNotReached` (never an older answer), and repeating it costs Postgres nothing
 more than that one read per interval.
 
+**Bounded staleness** (`max_staleness_seconds`, `GATEHOUSE_MAX_STALENESS_SECONDS`). Events
+only prove an entry stale; nothing in an entry proves it current. So the cache keeps one
+moment, `confirmed_until`: the subscriber calls `confirm(T)` once it has applied every
+stream entry up to a relay heartbeat saying "every write committed before T is published"
+(`store.relay`), and the cache is then current as of T until T + max staleness. Past
+that (relay stalled, crashed or cut off; stream unreadable; Redis frozen), an L1 entry is
+served only if it was itself read from Postgres within max staleness; anything else is
+re-read from Postgres (L2 is skipped: its data is current only as of the same
+confirmation), and when Postgres cannot answer the read fails with `Stale` (UNAVAILABLE,
+`GATEHOUSE_STALE`), never an older answer. A hit while confirmed costs one comparison
+more (`cache.l1`); `peek_*`, and so remembered answers (`cache.answers`), obey the same
+rule. The bound is measured on this process's monotonic clock from T, which is the
+database's wall clock: it holds up to the skew between this host's clock and Postgres'
+(NTP keeps it to milliseconds).
+
 The store never knows the cache exists: it publishes every committed write to its
 subscribers (`store.api.Subscribable`), and `store_changed` is one of them.
 """
@@ -27,6 +42,7 @@ subscribers (`store.api.Subscribable`), and `store_changed` is one of them.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
@@ -39,7 +55,7 @@ from gatehouse.cache.l2 import RedisL2
 from gatehouse.cache.singleflight import SingleFlight
 from gatehouse.engine.decision import SubjectGrants, TenantPolicy, compile_subject, compile_tenant
 from gatehouse.engine.model import SubjectRef, SubjectSnapshot, TenantSnapshot
-from gatehouse.errors import RevisionNotReached
+from gatehouse.errors import RevisionNotReached, Stale, StoreUnavailable
 from gatehouse.store.api import StoreReader, TenantChange
 
 
@@ -61,6 +77,8 @@ class CacheStats:
     l2_hits: int = 0
     store_loads: int = 0
     stale_rejections: int = 0
+    unconfirmed_loads: int = 0  # Postgres reads made because confirmation had lapsed (L2 skipped)
+    stale_refused: int = 0  # reads failed with Stale: not confirmed, and Postgres did not answer
 
 
 K = TypeVar("K", bound=Hashable)
@@ -106,9 +124,19 @@ class PolicyCache:
         ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         revision_probe_seconds: float = 0.05,
+        max_staleness_seconds: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """`max_staleness_seconds` None: no bound (entries are trusted until an event, a
+        gap or their TTL says otherwise), for tests of other things and tools."""
         self._store = store
         self._l2 = l2
+        self._clock = clock
+        self._wall = wall_clock
+        self._max_staleness = math.inf if max_staleness_seconds is None else max_staleness_seconds
+        # Until when (on `clock`) the whole cache is confirmed current; not before the
+        # first heartbeat, unless there is no bound.
+        self._confirmed_until = math.inf if max_staleness_seconds is None else -math.inf
         # Tenants are few and small next to (tenant, subject) pairs; give them a tenth.
         self._tenants: ExpiringMap[str, CachedTenant | Absent] = ExpiringMap(
             max(16, max_entries // 10), ttl_seconds, clock
@@ -134,7 +162,7 @@ class PolicyCache:
         """What `tenant()` would answer from L1 without waiting: the entry, ABSENT (known
         not to exist), or None when it would have to load. Answers remembered by their
         request bytes (`cache.answers`) are served only while this returns their entry."""
-        entry = self._tenants.get(tenant_id)
+        entry = self._tenants.get(tenant_id, self._confirmed_until)
         if entry is None:
             return None
         if entry is ABSENT:
@@ -144,7 +172,7 @@ class PolicyCache:
     def peek_subject(self, tenant_id: str, subject_key: str, min_revision: int = 0) -> SubjectGrants | None:
         """What `subject()` would answer from L1 without waiting, or None when it would load."""
         key = (tenant_id, subject_key)
-        entry = self._subjects.get(key)
+        entry = self._subjects.get(key, self._confirmed_until)
         if entry is None:
             return None
         return entry if entry.revision >= self._subject_need(key, min_revision) else None
@@ -163,13 +191,20 @@ class PolicyCache:
         if entry is not None:
             self.stats.l1_hits += 1
             return None if isinstance(entry, Absent) else entry
-        held = self._tenants.get(tenant_id)
+        held = self._tenants.held(tenant_id)
         if isinstance(held, CachedTenant):
             self.stats.stale_rejections += 1
         need = self._tenant_need(tenant_id, min_revision)
         if min_revision > max(self._tenant_floor.get(tenant_id, 0), held.revision if held is not None else 0):
             return await self._reach(tenant_id, min_revision)
-        return await self._load(("t", tenant_id), need, lambda: self._fetch_tenant(tenant_id, need))
+        confirmed = self.confirmed()
+        return await self._load(
+            ("t", tenant_id),
+            need,
+            confirmed,
+            held is not None,
+            lambda: self._fetch_tenant(tenant_id, need, from_l2=confirmed),
+        )
 
     async def _reach(self, tenant_id: str, min_revision: int) -> CachedTenant:
         """The tenant at >= `min_revision`, a revision this process has not heard of: from a
@@ -193,24 +228,73 @@ class PolicyCache:
             self.stats.l1_hits += 1
             return entry
         key = (tenant_id, subject.key)
-        if key in self._subjects:
+        held = key in self._subjects
+        if held:
             self.stats.stale_rejections += 1
         need = self._subject_need(key, min_revision)
-        return await self._load(("s", *key), need, lambda: self._fetch_subject(tenant_id, subject, need))
+        confirmed = self.confirmed()
+        return await self._load(
+            ("s", *key), need, confirmed, held, lambda: self._fetch_subject(tenant_id, subject, need, from_l2=confirmed)
+        )
 
-    async def _load(self, key: tuple[str, ...], need: int, fetch: Callable[[], Awaitable[T | Absent]]) -> T | None:
-        entry: T | Absent = await self._flight.do((*key, need), fetch)
+    async def _load(
+        self,
+        key: tuple[str, ...],
+        need: int,
+        confirmed: bool,
+        held: bool,
+        fetch: Callable[[], Awaitable[T | Absent]],
+    ) -> T | None:
+        """Load through the single-flight. Unconfirmed, with an entry held that may not be
+        served any more, a store failure is `Stale` (the cache refused its answer); with
+        nothing held, it is the store's own error (there was no answer to refuse)."""
+        # `confirmed` is part of the flight's key: a read that may not use L2 never waits
+        # for (and takes the answer of) one that may.
+        if not confirmed:
+            self.stats.unconfirmed_loads += 1
+        try:
+            entry: T | Absent = await self._flight.do((*key, need, confirmed), fetch)
+        except StoreUnavailable as exc:
+            if confirmed or not held:
+                raise
+            self.stats.stale_refused += 1
+            raise Stale(self.confirmation_age(), self._max_staleness) from exc
         return None if isinstance(entry, Absent) else entry
+
+    # --- bounded staleness ---
+
+    def confirm(self, through_unix: float) -> None:
+        """Every write committed before `through_unix` (unix seconds, the database's clock)
+        has been applied here: the cache is current as of then, for max staleness more.
+        Never moves confirmation back (heartbeats of several relays arrive in any order)."""
+        as_of = self._clock() - max(0.0, self._wall() - through_unix)
+        until = as_of + self._max_staleness
+        if until > self._confirmed_until:
+            self._confirmed_until = until
+
+    def confirmed(self) -> bool:
+        """True while the cache as a whole is confirmed current within max staleness."""
+        return self._clock() < self._confirmed_until
+
+    def confirmation_age(self) -> float:
+        """Seconds since the data was last confirmed current (inf: never; 0 with no bound)."""
+        if self._max_staleness == math.inf:
+            return 0.0
+        return max(0.0, self._clock() - (self._confirmed_until - self._max_staleness))
 
     async def _fetch_tenant(self, tenant_id: str, need: int, *, from_l2: bool = True) -> CachedTenant | Absent:
         snapshot = await self._l2.get_tenant(tenant_id, need) if self._l2 and from_l2 else None
+        # From L2: current only as far as the cache is confirmed. From Postgres: current
+        # on its own until max staleness after the read began.
+        current_until = -math.inf
         if snapshot is not None:
             self.stats.l2_hits += 1
         else:
             self.stats.store_loads += 1
+            current_until = self._clock() + self._max_staleness
             snapshot = await self._store.load_tenant(tenant_id)
             if snapshot is None:
-                self._tenants[tenant_id] = ABSENT
+                self._tenants.put(tenant_id, ABSENT, current_until)
                 return ABSENT
             if self._l2 is not None:
                 self._spawn(self._l2.put_tenant(snapshot))
@@ -220,21 +304,25 @@ class PolicyCache:
         # rises to N. Otherwise grants read at R < N would be decided with this entry and
         # the answer would name revision N without having been computed at it.
         self._raise_floor(tenant_id, snapshot.revision)
-        self._tenants[tenant_id] = entry
+        self._tenants.put(tenant_id, entry, current_until)
         return entry
 
     def _raise_floor(self, tenant_id: str, revision: int) -> None:
         if revision > self._tenant_floor.get(tenant_id, 0):
             self.tenant_event(tenant_id, revision)
 
-    async def _fetch_subject(self, tenant_id: str, subject: SubjectRef, need: int) -> SubjectGrants | Absent:
+    async def _fetch_subject(
+        self, tenant_id: str, subject: SubjectRef, need: int, *, from_l2: bool = True
+    ) -> SubjectGrants | Absent:
         snapshot: SubjectSnapshot | None = (
-            await self._l2.get_subject(tenant_id, subject.key, need) if self._l2 else None
+            await self._l2.get_subject(tenant_id, subject.key, need) if self._l2 and from_l2 else None
         )
+        current_until = -math.inf  # as in _fetch_tenant
         if snapshot is not None:
             self.stats.l2_hits += 1
         else:
             self.stats.store_loads += 1
+            current_until = self._clock() + self._max_staleness
             snapshot = await self._store.load_subject(tenant_id, subject)
             if snapshot is None:
                 return ABSENT
@@ -246,7 +334,7 @@ class PolicyCache:
                 self._spawn(self._l2.put_subject(snapshot))
         grants = compile_subject(snapshot)
         self._raise_floor(tenant_id, snapshot.revision)  # the same proof, from the other side
-        self._subjects[(tenant_id, subject.key)] = grants
+        self._subjects.put((tenant_id, subject.key), grants, current_until)
         return grants
 
     # --- what writes and events tell the cache ---

@@ -25,6 +25,19 @@ together, and removes nothing. (Comparing a count with the last id read before, 
 module once did, took an XADD landing after an idle read for a lost entry.)
 The L2 revision pointer is moved by the relay itself, so L2 never serves data older than
 a published event either. TTLs remain as a long safety net.
+
+Relay heartbeats (`store.relay`) turn "no event arrived" into "nothing was written": a
+heartbeat at T says every write committed before T has its event earlier in the stream.
+Once the reader has read up to a heartbeat and the check above proves it lost nothing
+before it, it tells the cache `confirm(T)` (`cache.policy_cache`, bounded staleness). A
+reply holding a heartbeat is checked at once, so confirmation lags a heartbeat by one
+round trip. No heartbeats (the relay stalled, crashed or cut off), an unreadable stream or
+an unproven position confirm nothing, and the cache's max staleness takes over.
+
+While the stream cannot be read, it reconnects with exponential backoff and jitter (capped
+at 2 s), logging the outage once and the recovery once (`gatehouse.retry`); and, on a timer
+of its own (so a reconnect attempt that hangs for its socket timeout does not stretch the
+period), it clears L1 every `blind_refresh_seconds`.
 """
 
 from __future__ import annotations
@@ -40,8 +53,9 @@ from redis.exceptions import ResponseError
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.engine.model import KEY_SUBJECT_TYPE
-from gatehouse.events import CONFIG_KINDS, TenantEvent, as_text, stream_key
+from gatehouse.events import CONFIG_KINDS, Heartbeat, as_text, parse_entry, stream_key
 from gatehouse.redis_failures import REDIS_FAILURES
+from gatehouse.retry import Backoff, Outage
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +98,9 @@ class SubscriberStats:
     gaps: int = 0
     reconnects: int = 0
     unreadable: int = 0
+    heartbeats: int = 0
+    confirmations: int = 0
+    blind_refreshes: int = 0
 
 
 class TenantEventSubscriber:
@@ -105,7 +122,11 @@ class TenantEventSubscriber:
         self._block_ms = block_ms
         self._batch = batch
         self._blind_refresh = blind_refresh_seconds
-        self._blind_since = 0.0
+        self._blind_since: float | None = None  # when the stream became unreadable; None while it is read
+        self._blinded = asyncio.Event()
+        self._through_ms = 0  # the newest heartbeat read but not yet proven complete up to
+        self._backoff = Backoff(first=0.05, cap=2.0)
+        self.outage = Outage(log, "event stream")
         self._gap_check = gap_check_seconds
         self._keys = keys
         self._checked_at = 0.0
@@ -118,25 +139,31 @@ class TenantEventSubscriber:
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except UnsupportedRedis as exc:
-                log.critical("%s; the event subscriber stops", exc)
-                raise
-            except REDIS_FAILURES as exc:
-                stop_if_cancelled()
-                if self.connected.is_set():
-                    log.warning("event stream lost (%s): evicting conservatively on reconnect", exc)
-                    backoff = 0.05  # it had been working: retry fast first
-                self._lost = True
-                self._blind()
-                self.stats.reconnects += 1
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+        refresher = asyncio.create_task(self._refresh_while_blind(), name="blind-refresh")
+        try:
+            while True:
+                try:
+                    await self._follow()
+                except asyncio.CancelledError:
+                    raise
+                except UnsupportedRedis as exc:
+                    log.critical("%s; the event subscriber stops", exc)
+                    raise
+                except REDIS_FAILURES as exc:
+                    stop_if_cancelled()
+                    if self.connected.is_set():
+                        self.connected.clear()
+                        self._backoff.reset()  # it had been working: retry fast first
+                    self._lost = True
+                    if self._blind_since is None:
+                        self._blind_since = asyncio.get_running_loop().time()
+                        self._blinded.set()
+                    self.outage.failed("redis", f"{type(exc).__name__}: {exc}; evicting conservatively on reconnect")
+                    self.stats.reconnects += 1
+                    await asyncio.sleep(self._backoff.next())
+        finally:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
 
     async def _follow(self) -> None:
         if self.position is None:
@@ -147,7 +174,10 @@ class TenantEventSubscriber:
             self._gap("reconnected after losing the stream")
             await self._rebase()
         self._lost = False
+        self._blind_since = None
+        self._blinded.clear()
         self.connected.set()
+        self.outage.recovered()
         loop = asyncio.get_running_loop()
         while True:
             assert self.position is not None  # set by _rebase, then by each entry read
@@ -157,9 +187,10 @@ class TenantEventSubscriber:
                 await self._redis.xread({self._stream: self.position}, block=self._block_ms, count=self._batch),
             )
             stop_if_cancelled()  # redis-py may have swallowed a cancellation mid-read
+            heartbeat = False
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
-                    self._apply(fields)
+                    heartbeat |= self._apply(fields)
                     self._read += 1
                     self.position = as_text(entry_id)
             # After an idle read (at most once per block timeout: a trim that overtook us
@@ -167,10 +198,15 @@ class TenantEventSubscriber:
             # most every `gap_check_seconds`: the check is a round trip of its own, and
             # entries are counted across reads, so checking less often only delays noticing
             # a gap (which needs the reader a whole stream cap behind) by that much.
+            # A heartbeat is checked at once: it confirms the cache only once the check
+            # proves nothing before it was lost.
             now = loop.time()
-            if not reply or now - self._checked_at >= self._gap_check:
+            if not reply or heartbeat or now - self._checked_at >= self._gap_check:
                 self._checked_at = now
-                await self._check_complete()
+                if await self._check_complete() and self._through_ms:
+                    self._cache.confirm(self._through_ms / 1000)
+                    self._through_ms = 0
+                    self.stats.confirmations += 1
 
     async def _stream_state(self) -> StreamState:
         """The stream as one XINFO reply describes it; an empty one when there is none."""
@@ -199,9 +235,12 @@ class TenantEventSubscriber:
             state = await self._stream_state()
         self.position, self._added_base, self._read = state.last_id, state.added, 0
         self._added_seen = state.added
+        self._through_ms = 0  # a heartbeat read before a gap or a lost connection proves nothing
 
-    async def _check_complete(self) -> None:
-        """A gap iff an entry this reader has not read is gone; see the module docstring."""
+    async def _check_complete(self) -> bool:
+        """A gap iff an entry this reader has not read is gone; see the module docstring.
+        True when the reply proves that nothing up to the position was lost (caught up,
+        or the count of what follows adds up); False when it cannot tell yet, or on a gap."""
         state = await self._stream_state()
         position = entry_order(self.position or "0-0")
         known = self._added_base + self._read  # added up to the position: the count it started at, plus reads
@@ -221,17 +260,23 @@ class TenantEventSubscriber:
                 self._added_seen = state.added
                 if caught_up:
                     self._added_base, self._read = state.added, 0
-                return
+                return following is not None
             missing = state.added - known - following
             why = f"{missing} events were trimmed (or the stream made anew) before it read them"
         self._gap(why)
         await self._rebase(state)
+        return False
 
-    def _apply(self, fields: dict[bytes, bytes]) -> None:
-        event = TenantEvent.parse(fields)
+    def _apply(self, fields: dict[bytes, bytes]) -> bool:
+        """Apply one stream entry; True when it was a relay heartbeat."""
+        event = parse_entry(fields)
+        if isinstance(event, Heartbeat):
+            self.stats.heartbeats += 1
+            self._through_ms = max(self._through_ms, event.through_ms)
+            return True
         if event is None:
             self.stats.unreadable += 1
-            return
+            return False
         self.stats.events += 1
         if event.kind == "key" and self._keys is not None and event.subject.startswith(KEY_SUBJECT_PREFIX):
             self._keys.forget(event.subject[len(KEY_SUBJECT_PREFIX):])
@@ -239,18 +284,26 @@ class TenantEventSubscriber:
             self._cache.tenant_event(event.tenant_id, event.revision, notify=event.kind in CONFIG_KINDS)
         else:
             self._cache.subject_event(event.tenant_id, event.subject, event.revision)
+        return False
 
-    def _blind(self) -> None:
+    async def _refresh_while_blind(self) -> None:
         """While no events can be read, other sidecars' writes go unseen: clear L1 every
-        `blind_refresh_seconds` so staleness stays bounded (answers then come from
-        Postgres), instead of trusting entries until their TTL."""
-        now = asyncio.get_running_loop().time()
-        if self.connected.is_set():
-            self.connected.clear()
-            self._blind_since = now
-        elif now - self._blind_since >= self._blind_refresh:
+        `blind_refresh_seconds` (the first time that long after the stream was lost), so
+        answers come from Postgres instead of entries trusted until their TTL. A timer of
+        its own: reconnect attempts can each hang for the socket timeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            since = self._blind_since
+            if since is None:
+                await self._blinded.wait()
+                continue
+            delay = since + self._blind_refresh - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue  # the stream may be back, or lost anew, meanwhile
             self._clear()
-            self._blind_since = now
+            self.stats.blind_refreshes += 1
+            self._blind_since = loop.time()
 
     def _gap(self, why: str) -> None:
         self.stats.gaps += 1

@@ -28,6 +28,7 @@ errors (asyncpg, redis) are translated there too, so nothing reaches a caller as
     │   └── SettingsTooLarge                            GATEHOUSE_SETTINGS_TOO_LARGE
     ├── Unavailable                UNAVAILABLE          GATEHOUSE_UNAVAILABLE
     │   ├── StoreUnavailable                            GATEHOUSE_STORE_UNAVAILABLE
+    │   ├── Stale                                       GATEHOUSE_STALE
     │   └── SchemaMismatch                              GATEHOUSE_SCHEMA_MISMATCH
     └── Internal                   INTERNAL             GATEHOUSE_INTERNAL
 """
@@ -279,6 +280,23 @@ class StoreUnavailable(Unavailable):
     """Postgres cannot be reached and the caches cannot answer."""
 
     reason = "GATEHOUSE_STORE_UNAVAILABLE"
+
+
+class Stale(Unavailable):
+    """The cached data has not been confirmed current (tenant events flowing, relay
+    heartbeats arriving) within the max-staleness bound, and Postgres could not answer
+    the re-read: failing closed instead of answering from data possibly older than the
+    bound. Metadata: `confirmed_seconds_ago` ("inf": never since start),
+    `max_staleness_seconds`. Retrying helps once Postgres or the event stream is back."""
+
+    reason = "GATEHOUSE_STALE"
+
+    def __init__(self, age: float, bound: float) -> None:
+        super().__init__(
+            f"cached data not confirmed current for {age:.1f} s (max staleness {bound:g} s)"
+            " and the database cannot answer",
+            metadata={"confirmed_seconds_ago": f"{age:.1f}", "max_staleness_seconds": f"{bound:g}"},
+        )
 
 
 class SchemaMismatch(Unavailable):

@@ -14,6 +14,18 @@ One stream entry per committed change, format version 1, plain fields so that
 `kind` and `subject` decide what a sidecar evicts: an event with a subject (membership,
 assignment, key) evicts that subject's grants only; any other evicts the whole tenant.
 A plan change arrives as one `plan` event per tenant on the plan.
+
+Relay heartbeats share the stream and the format (a reader of version 1 that does not
+know them sees an event of no tenant at revision 0, which raises nothing):
+
+    v        "1"
+    kind     heartbeat
+    id       "0"; tenant ""; rev "0"; subject ""
+    at       published-through time, unix milliseconds (the database's clock): every
+             write committed before it has its event earlier in the stream than this entry
+    relay    the publishing relay's id (host:pid:random), for operators
+
+`store.relay` explains why `at` means that with several relays running.
 """
 
 from __future__ import annotations
@@ -25,6 +37,28 @@ FORMAT_VERSION = "1"
 KINDS = frozenset({"tenant", "config", "plan", "role", "membership", "assignment", "key"})
 # Changes that alter what GetTenantConfig answers (watchers wake on these).
 CONFIG_KINDS = frozenset({"tenant", "config", "plan"})
+HEARTBEAT_KIND = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A relay's statement: every write committed before `through_ms` (unix ms, database
+    clock) has its event in the stream before this entry."""
+
+    through_ms: int
+    relay: str = ""
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "v": FORMAT_VERSION,
+            "id": "0",
+            "tenant": "",
+            "rev": "0",
+            "kind": HEARTBEAT_KIND,
+            "subject": "",
+            "at": str(self.through_ms),
+            "relay": self.relay,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +88,12 @@ class TenantEvent:
 
     @classmethod
     def parse(cls, fields: Mapping[bytes, bytes] | Mapping[str, str]) -> "TenantEvent | None":
-        """The event in a stream entry, or None for an entry this build cannot read."""
-        data = {as_text(k): as_text(v) for k, v in fields.items()}
-        if data.get("v", "").split(".")[0] != FORMAT_VERSION:
-            return None
+        """The event in a stream entry, or None for an entry this build cannot read (or a heartbeat)."""
+        entry = parse_entry(fields)
+        return entry if isinstance(entry, TenantEvent) else None
+
+    @classmethod
+    def _from(cls, data: Mapping[str, str]) -> "TenantEvent | None":
         try:
             return cls(
                 id=int(data["id"]),
@@ -69,6 +105,19 @@ class TenantEvent:
             )
         except (KeyError, ValueError):
             return None
+
+
+def parse_entry(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> "TenantEvent | Heartbeat | None":
+    """A stream entry as a tenant event or a relay heartbeat; None when this build cannot read it."""
+    data = {as_text(k): as_text(v) for k, v in fields.items()}
+    if data.get("v", "").split(".")[0] != FORMAT_VERSION:
+        return None
+    if data.get("kind") == HEARTBEAT_KIND:
+        try:
+            return Heartbeat(through_ms=int(data["at"]), relay=data.get("relay", ""))
+        except (KeyError, ValueError):
+            return None
+    return TenantEvent._from(data)
 
 
 def as_text(value: bytes | str) -> str:

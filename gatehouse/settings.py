@@ -66,6 +66,17 @@ class Settings:
     blind_refresh_seconds: float = field(
         default=2.0, metadata={"help": "while the event stream is unreachable, clear L1 this often"}
     )
+    max_staleness_seconds: float = field(
+        default=5.0,
+        metadata={
+            "help": "answer only from data confirmed current (event stream live, relay heartbeats arriving)"
+            " at most this long ago; else re-read Postgres, else UNAVAILABLE GATEHOUSE_STALE (more than 0)"
+        },
+    )
+    relay_heartbeat_seconds: float = field(
+        default=1.0,
+        metadata={"help": "the relay appends a heartbeat to the event stream this often (more than 0)"},
+    )
     db_pool_max: int = field(default=10, metadata={"help": "Postgres pool: most connections"})
     operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
@@ -83,10 +94,11 @@ class Settings:
         """`workers`, where 0 (the default) means one per core."""
         return self.workers or os.cpu_count() or 1
 
-    def check_health_probe(self) -> None:
-        """SystemExit naming the setting when the health probe's interval or timeout is not
-        more than 0 seconds."""
-        for name in ("health_interval_seconds", "health_timeout_seconds"):
+    def check_durations(self) -> None:
+        """SystemExit naming the setting when one of `DURATIONS` (the health probe's
+        interval and timeout, the max staleness, the relay heartbeat) is not more than 0
+        seconds."""
+        for name in DURATIONS:
             value = getattr(self, name)
             if not value > 0:  # NaN too
                 flag = "--" + name.replace("_", "-")
@@ -131,6 +143,9 @@ class Settings:
         return cls.from_env(**{f.name: getattr(args, f.name, None) for f in fields(cls)})
 
 
+# Settings that must be more than 0 seconds (`Settings.check_durations`).
+DURATIONS = ("health_interval_seconds", "health_timeout_seconds", "max_staleness_seconds", "relay_heartbeat_seconds")
+
 # What `gatehouse relay` (the outbox relay alone) reads; its --help lists only these.
 RELAY_SETTINGS = frozenset(
     {
@@ -140,6 +155,7 @@ RELAY_SETTINGS = frozenset(
         "event_stream_max_length",
         "outbox_retention_seconds",
         "l2_ttl_seconds",
+        "relay_heartbeat_seconds",
         "log_level",
     }
 )

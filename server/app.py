@@ -68,14 +68,20 @@ class Sidecar:
         # First, before any connection opens: a listener that may not start (plaintext on
         # a public address, broken TLS files) stops the process with the reason.
         listeners = plan_listeners(s)
-        s.check_health_probe()
+        s.check_durations()
         # min_size=0: the pool opens connections on demand, so the server comes up (and
         # reports NOT_SERVING) even while Postgres is still starting.
         self.store = await connect(s.database_url, min_size=0, max_size=s.db_pool_max)
         self.l2 = RedisL2.from_url(
             s.redis_url, prefix=s.redis_prefix, ttl_seconds=s.l2_ttl_seconds, timeout=s.redis_timeout_seconds
         )
-        self.cache = PolicyCache(self.store, self.l2, max_entries=s.l1_max_entries, ttl_seconds=s.l1_ttl_seconds)
+        self.cache = PolicyCache(
+            self.store,
+            self.l2,
+            max_entries=s.l1_max_entries,
+            ttl_seconds=s.l1_ttl_seconds,
+            max_staleness_seconds=s.max_staleness_seconds,
+        )
         # Every write this process commits reaches its cache (and the L2 pointer) before
         # the admin call answers: read-your-writes here, without waiting for the relay.
         self.store.subscribe(self.cache.store_changed)
@@ -146,12 +152,14 @@ class Sidecar:
         l2, check_answers, config_answers = self.l2, self.check_answers, self.config_answers
         self.stats.register("grpc", calls.values)
         self.stats.register("cache", self.cache.stats)
+        cache = self.cache
+        self.stats.register("staleness", lambda: {"confirmed_seconds_ago": cache.confirmation_age()})
         self.stats.register("l2", lambda: {"errors": l2.errors})
         self.stats.register("answers", lambda: {"check_hits": check_answers.hits, "config_hits": config_answers.hits})
         self.stats.register("events", self.subscriber.stats)
         if self.relay is not None:
             relay = self.relay
-            self.stats.register("relay", lambda: {"published": relay.published})
+            self.stats.register("relay", lambda: {"published": relay.published, "heartbeats": relay.heartbeats})
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""
@@ -181,11 +189,13 @@ def relay_for(s: Settings) -> OutboxRelay:
         max_stream_length=s.event_stream_max_length,
         retention_seconds=s.outbox_retention_seconds,
         l2_ttl_seconds=s.l2_ttl_seconds,
+        heartbeat_seconds=s.relay_heartbeat_seconds,
     )
 
 
 async def run_relay(settings: Settings) -> int:
     """`gatehouse relay`: only the outbox relay, until SIGTERM or SIGINT."""
+    settings.check_durations()
     relay = relay_for(settings)
     task = asyncio.create_task(relay.run())
     loop = asyncio.get_running_loop()

@@ -48,7 +48,7 @@ def run_workers(settings: Settings) -> int:
     # files) here, once, rather than in every worker. The TLS settings reach the workers
     # through the environment below like every other setting.
     plan_listeners(settings)
-    settings.check_health_probe()
+    settings.check_durations()
     listen = claim_port(settings.listen) if settings.listen else ""
     children = []
     for index in range(count):

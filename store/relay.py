@@ -12,6 +12,31 @@ by the next run: delivery is at-least-once, and readers treat duplicates as harm
 Rows of one tenant get their ids in commit order (each mutation holds the tenant's row
 lock while it inserts), so one relay publishes a tenant's events in revision order.
 Published rows are pruned after a retention period.
+
+**Heartbeats.** Every `heartbeat_seconds` a connected relay also appends a heartbeat entry
+(`gatehouse.events.Heartbeat`) saying "every write committed before T has its event
+earlier in this stream", where T is computed by one statement in Postgres:
+
+    T = least(statement_timestamp(), min(created_at) of the outbox rows not yet published)
+
+Why that is true, with any number of relays claiming rows with SKIP LOCKED: the statement
+reads a snapshot taken after `statement_timestamp()`, so every write committed before T
+is in it. Its outbox row is either marked published there, and the marking commits only
+after Redis acknowledged the row's XADD (which therefore precedes this heartbeat's XADD,
+sent after the statement), or it is still unpublished, and then T ≤ its `created_at`
+(the writer's `now()`, earlier than its commit) — so it did not commit before T after
+all. The read takes no locks and does not skip locked rows: a row another relay has
+claimed but not yet marked (in flight, or that relay stalled while holding it) counts as
+unpublished, so it holds T back for every relay until it is published. A stalled, crashed
+or cut-off relay publishes no heartbeats; one that keeps running next to it cannot vouch
+for rows it cannot see published. A sidecar that has applied every entry up to a
+heartbeat therefore knows its caches are current as of T (`cache.subscriber`), and
+`GATEHOUSE_MAX_STALENESS_SECONDS` bounds how long it trusts them after that. Outbox ids
+are no such position: they are taken at insert, not at commit, so an id below the
+highest published one may still commit later.
+
+While Redis or Postgres is down the relay retries with exponential backoff and jitter
+(`gatehouse.retry`), logging the outage once and the recovery once.
 """
 
 from __future__ import annotations
@@ -19,6 +44,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from typing import Awaitable, Callable
 
@@ -26,8 +54,9 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from gatehouse.cancellation import stop_if_cancelled
-from gatehouse.events import ADVANCE_POINTER, TenantEvent, pointer_key, stream_key
+from gatehouse.events import ADVANCE_POINTER, Heartbeat, TenantEvent, pointer_key, stream_key
 from gatehouse.redis_failures import REDIS_FAILURES
+from gatehouse.retry import Backoff, Outage
 from gatehouse.store.idempotency import RETENTION_SECONDS
 from gatehouse.store.transactions import PLATFORM_SCOPE
 from gatehouse.store.write_tail import NOTIFY_CHANNEL
@@ -51,6 +80,14 @@ _BEGIN_PUBLISH = (
     " set_config('synchronous_commit', 'off', true)"
 )
 _MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY('{{{ids}}}'::bigint[]); COMMIT"
+# One statement, so one snapshot taken after its statement_timestamp(); no FOR UPDATE and
+# no SKIP LOCKED: rows other relays hold count as unpublished (see the module docstring).
+# floor(): a millisecond early is safe, a millisecond late is not.
+_PUBLISHED_THROUGH = """
+SELECT floor(extract(epoch FROM least(
+           statement_timestamp(),
+           (SELECT min(created_at) FROM outbox WHERE published_at IS NULL))) * 1000)::bigint
+"""
 _PRUNE_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
 _PRUNE = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
 
@@ -67,6 +104,7 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         retention_seconds: float = 24 * 3600,
         l2_ttl_seconds: float = 300.0,
+        heartbeat_seconds: float = 1.0,
         after_xadd: Callable[[list[TenantEvent]], Awaitable[None]] | None = None,
     ) -> None:
         self._dsn = dsn
@@ -80,9 +118,13 @@ class OutboxRelay:
         self._ttl_ms = int(l2_ttl_seconds * 1000)
         self._after_xadd = after_xadd  # a fault-injection point for tests: "crash here"
         self._advance = redis.register_script(ADVANCE_POINTER)
+        self._heartbeat = heartbeat_seconds
+        self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._wake = asyncio.Event()
-        self._connected = False
+        self._backoff = Backoff(first=0.1, cap=2.0)
+        self.outage = Outage(log, "relay")
         self.published = 0
+        self.heartbeats = 0
 
     async def publish_pending(self, conn: asyncpg.Connection) -> int:
         """Publish every unpublished row, batch by batch; the number published."""
@@ -145,6 +187,21 @@ class OutboxRelay:
         self.published += len(events)
         return len(events)
 
+    async def heartbeat(self, conn: asyncpg.Connection) -> Heartbeat:
+        """Append a heartbeat: every write committed before its time is in the stream before it."""
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
+            through_ms = int(await conn.fetchval(_PUBLISHED_THROUGH))
+        beat = Heartbeat(through_ms=through_ms, relay=self.relay_id)
+        await self.redis.xadd(
+            self._stream,
+            beat.fields(),  # type: ignore[arg-type]  # redis-py types it as an invariant Dict[FieldT, EncodableT]
+            maxlen=self._maxlen,
+            approximate=True,
+        )
+        self.heartbeats += 1
+        return beat
+
     async def prune(self, conn: asyncpg.Connection) -> int:
         async with conn.transaction():
             await conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
@@ -153,8 +210,8 @@ class OutboxRelay:
         return int(status.split()[-1])
 
     async def run(self) -> None:
-        """Relay until cancelled, reconnecting to Postgres and Redis as they come and go."""
-        backoff = 0.1
+        """Relay until cancelled, reconnecting to Postgres and Redis as they come and go:
+        exponential backoff with jitter, one warning per outage, one line at recovery."""
         while True:
             try:
                 await self._run_connected()
@@ -162,29 +219,33 @@ class OutboxRelay:
                 raise
             except (*REDIS_FAILURES, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 stop_if_cancelled()
-                if self._connected:
-                    backoff = 0.1  # it had been working: retry fast first
-                    self._connected = False
-                log.warning("relay: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                cause = "postgres" if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)) else "redis"
+                self.outage.failed(cause, f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(self._backoff.next())
 
     async def _run_connected(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=5)
         try:
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-            self._connected = True
-            last_prune = 0.0
+            last_prune = next_beat = 0.0
             while True:
                 self._wake.clear()
                 await self.publish_pending(conn)
+                if time.monotonic() >= next_beat:
+                    # Right after publishing, so only rows committed since hold it back.
+                    next_beat = time.monotonic() + self._heartbeat
+                    await self.heartbeat(conn)
+                    # Both Postgres and Redis answered: any outage is over.
+                    self.outage.recovered()
+                    self._backoff.reset()
                 if time.monotonic() - last_prune > 60:
                     await self.prune(conn)
                     last_prune = time.monotonic()
                 # NOTIFY is the fast path; the poll catches anything a lost notification
                 # (a reconnect, a relay that started after the commit) would leave behind.
+                wait = max(0.0, min(self._poll, next_beat - time.monotonic()))
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
