@@ -205,9 +205,9 @@ def summarize(run_: H2Run, rate: float, frame_bytes: int | None) -> dict[str, ob
 
 async def saturate(
     h2load: str, address: str, method_path: str, message: bytes, *, seconds: float, work_dir: Path, tag: str,
-    connections: int = 16, streams: int = 8,
+    connections: int = 32, streams: int = 1,
 ) -> float:
-    """Closed loop (`-c 16 -m 8`, BENCH-NOTES' saturated setting) for `seconds` after a 1 s
+    """Closed loop (`-c 32 -m 1`: no client-side batching of streams) for `seconds` after a 1 s
     warm-up: the achieved rate, requests/s, i.e. the throughput ceiling of this call."""
     body = work_dir / f"{tag}.body"
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Overload scenarios (issue 14 items 3 and 4; DESIGN.md "Faults it must survive").
 
-    overload    the check-hit ceiling (h2load closed loop, c16 m8, 5 s), an unloaded point at
+    overload    the check-hit ceiling (h2load closed loop, c32 m1, 5 s), an unloaded point at
                 a quarter of it, then --duration (30 s when the only scenario) at 2x it
                 (--rate overrides the offered rate): admitted p99 against the unloaded p99,
                 shed fraction, RSS growth, UNKNOWN count
@@ -64,7 +64,7 @@ async def overload(h: Harness) -> list[dict[str, Any]]:
         ceiling = await h2load.saturate(
             h.h2load_path, target.address, CHECK, top.body, seconds=5, work_dir=h.work_dir, tag="overload-ceiling"
         )
-        h.log(f"  ceiling (closed loop c16 m8): {ceiling:,.0f}/s")
+        h.log(f"  ceiling (closed loop c32 m1): {ceiling:,.0f}/s")
         low = round(ceiling / 4, -2)
         unloaded = await h.h2_point(
             target, CHECK, top.body, verifier, low, "overload-unloaded", duration=10.0, sample_rate=SAMPLE_RATE

@@ -162,7 +162,8 @@ def peer_address(peer: str) -> str:
 
 class FailedAuthLimit:
     """Failed authentications per client address: a token bucket of `burst`, refilled at
-    `per_second`. At most `max_addresses` are remembered (least recently failed dropped
+    `per_second`. A verification spends a token up front and gets it back unless the key
+    is rejected. At most `max_addresses` are remembered (least recently failed dropped
     first), so a flood from many addresses costs bounded memory. `burst` 0 turns it off."""
 
     def __init__(
@@ -181,20 +182,24 @@ class FailedAuthLimit:
         tokens, at = bucket
         return min(float(self.burst), tokens + (now - at) * self.per_second)
 
-    def wait_seconds(self, address: str) -> float:
-        """0 when `address` may try (and maybe fail) now; else how long until it may."""
+    def spend(self, address: str) -> float:
+        """Take one try from `address`'s budget before verifying (so concurrent tries
+        cannot all pass on one token) and return 0; or, with none left, take nothing
+        and return the seconds until one is back."""
         if self.burst <= 0:
             return 0.0
-        tokens = self._tokens(address, self._clock())
+        now = self._clock()
+        tokens = self._tokens(address, now)
         if tokens >= 1.0:
+            self._buckets[address] = (tokens - 1.0, now)
             return 0.0
         return (1.0 - tokens) / self.per_second if self.per_second > 0 else 3600.0
 
-    def failed(self, address: str) -> None:
-        if self.burst <= 0:
-            return
-        now = self._clock()
-        self._buckets[address] = (max(0.0, self._tokens(address, now) - 1.0), now)
+    def refund(self, address: str) -> None:
+        """The try succeeded: it costs nothing."""
+        bucket = self._buckets.get(address)
+        if bucket is not None:
+            self._buckets[address] = (min(float(self.burst), bucket[0] + 1.0), bucket[1])
 
 
 class AdminAuthenticator:
@@ -243,7 +248,7 @@ class AdminAuthenticator:
         principal = self._verified.get(digest)
         if principal is None:
             address = peer_address(peer)
-            wait = self._failures.wait_seconds(address)
+            wait = self._failures.spend(address)
             if wait > 0:
                 self.refused_address += 1
                 raise Overloaded(
@@ -254,8 +259,11 @@ class AdminAuthenticator:
                 principal = await self._verify_once(digest, match["id"], token)
             except KeyRejected:
                 self.rejected += 1
-                self._failures.failed(address)
                 raise
+            except BaseException:
+                self._failures.refund(address)  # refused unhashed, or not the key's fault
+                raise
+            self._failures.refund(address)
         if principal.expires_at is not None and time.time() >= principal.expires_at:
             self._verified.pop(digest, None)
             raise KeyRejected("key rejected", metadata={"key_id": principal.key_id})

@@ -1,20 +1,29 @@
 """Admission control: a bound on in-flight calls per method class, beyond which a call is
 refused at once with RESOURCE_EXHAUSTED (`GATEHOUSE_OVERLOADED`, `grpc-retry-pushback-ms`).
 
-Two layers, because grpc.aio queues work before any handler runs:
+Two layers:
 
 * grpc's own `maximum_concurrent_rpcs` (`--max-concurrent-rpcs`, set in server/app.py)
-  counts every call from the moment grpc.aio creates its task until it ends, queued or
-  running, and refuses the rest with RESOURCE_EXHAUSTED ("Concurrent RPC limit
-  exceeded!") before any of our code runs. A cache hit never awaits, so in a handler
-  it is never "in flight" next to another: only this task-level bound keeps the
-  event loop's queue (and so the latency of what is admitted) short under a flood of them.
-* `Admission` (this module, one link of the interceptor chain) counts calls that are
-  inside a handler, per class: hot (AccessService), config (GetTenantConfig), watch
+  counts every call from the moment grpc.aio creates its task until it ends, waiting or
+  running, watch streams included, and refuses the rest with RESOURCE_EXHAUSTED
+  ("Concurrent RPC limit exceeded!", no ErrorInfo) before any of our code runs: the
+  process-wide bound on calls parked in Python (awaiting Postgres, Redis, Argon2).
+* `Admission` (this module, one link of the interceptor chain) counts calls inside a
+  handler, per class: hot (AccessService), config (GetTenantConfig), watch
   (WatchTenantConfig streams: the cap on concurrent watches), admin (AdminService).
-  These are the calls that wait on something (Postgres, Redis, Argon2, a change), so one
-  slow class cannot take every slot of the process and starve the others. Health and
-  reflection are exempt: a probe must get through an overloaded process.
+  Those are the calls that wait on something, so one slow class cannot take every slot
+  of the process and starve the others. Health and reflection are exempt: a probe must
+  get through an overloaded process.
+
+What neither can do (measured, bench/results/overload-*.md): bound a flood of *cache
+hits*. A remembered answer never awaits, so such calls are never in flight next to each
+other in Python; the backlog builds inside grpc's C core, before grpc.aio hands the call
+to Python (core's `grpc.server.max_pending_requests*` arguments had no effect on 1.78's
+aio server), and refusing costs as much as answering: an empty grpc.aio handler serves
+11.6k calls/s on this machine, refuses 9.0k/s with `context.abort` and 16.0k/s through
+`maximum_concurrent_rpcs`, so past ~1.4x its ceiling a process cannot even refuse what
+arrives. Shedding a hit flood belongs in front of Python (a proxy's overload manager,
+more workers); here it stays the caller's deadline that bounds its wait.
 
 Cost on the hot path: one more coroutine frame, a comparison, an increment and a
 decrement around the handler: 0.12-0.14 µs per call in-process (200,000 awaits of a bare
