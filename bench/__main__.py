@@ -64,7 +64,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--name", help="results file stem (default <scenarios>-<timestamp>)")
     a = p.parse_args(argv)
     if a.duration is None:
-        a.duration = 30.0 if set(a.scenarios) == {"propagation"} else 10.0
+        a.duration = 30.0 if len(set(a.scenarios)) == 1 and a.scenarios[0] in ("propagation", "overload") else 10.0
     if not 0 < a.duration <= MAX_DURATION or not 0 <= a.warmup <= 30:
         p.error(f"--duration must be in (0, {MAX_DURATION:g}] and --warmup in [0, 30]")
     if a.rate is not None and a.rate <= 0:

@@ -201,3 +201,27 @@ def summarize(run_: H2Run, rate: float, frame_bytes: int | None) -> dict[str, ob
         "send_lag_ms": lag,
         "pacing_ok": pacing_ok(lag, rate),
     }
+
+
+async def saturate(
+    h2load: str, address: str, method_path: str, message: bytes, *, seconds: float, work_dir: Path, tag: str,
+    connections: int = 32, streams: int = 1,
+) -> float:
+    """Closed loop (`-c 32 -m 1`: no client-side batching of streams) for `seconds` after a 1 s
+    warm-up: the achieved rate, requests/s, i.e. the throughput ceiling of this call."""
+    body = work_dir / f"{tag}.body"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    body.write_bytes(grpc_frame(message))
+    command = [
+        h2load, "-c", str(connections), "-m", str(streams), "-t", "1", "-D", f"{seconds:g}", "--warm-up-time", "1",
+        *GRPC_HEADERS, "-d", str(body), *url_args(address, method_path),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", text)
+    if proc.returncode != 0 or m is None:
+        raise RuntimeError(f"h2load (saturate) exited with {proc.returncode}:\n{text}")
+    return float(m.group(1))

@@ -16,6 +16,8 @@ the other at the same offered rate, so each report can give Gatehouse ÷ baselin
                  achieved rate falls under 95 % of offered: the throughput ceiling
     propagation  write committed → every sidecar answers the new data: 2 sidecars (one relay),
                  background writes at --rate (1,000/s) via the store, probes at --probe-rate
+    overload     check-hit at 2x its measured ceiling: admitted p99 vs unloaded, shed, RSS
+    auth-flood   wrong admin keys at --rate (300/s) beside legitimate admin calls (bench/overload.py)
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ CONFIG = "/gatehouse.v1.ConfigService/GetTenantConfig"
 
 DEFAULT_RATES = {"check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch": 50, "config": 2000, "mixed": 5000, "propagation": 1000}
 DEFAULT_SWEEP = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 14000, 16000]
-SCENARIOS = ("check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation")
+SCENARIOS = (
+    "check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation", "overload", "auth-flood",
+)
 
 
 @dataclass
@@ -97,17 +101,21 @@ async def sample(
 ) -> dict[str, Any]:
     """Send `message` `rate_hz` times a second until `stop`, then `post` more; count outcomes."""
     codes: Counter[str] = Counter()
+    ok_ms: list[float] = []  # latency of the calls answered, while `stop` is unset
     frame_bytes = 0
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary(method)
 
         async def one() -> None:
             nonlocal frame_bytes
+            t0 = time.monotonic()
             try:
                 answer = await call(message, timeout=5.0)
             except grpc.aio.AioRpcError as exc:
                 codes[exc.code().name] += 1
                 return
+            if not stop.is_set():
+                ok_ms.append((time.monotonic() - t0) * 1000.0)
             frame_bytes = 5 + len(answer)
             codes["OK" if verifier.ok(answer) else "WRONG_ANSWER"] += 1
 
@@ -119,7 +127,10 @@ async def sample(
                 pass
         for _ in range(post):
             await one()
-    return {"sampled": sum(codes.values()), "codes": dict(codes), "frame_bytes": frame_bytes}
+    return {
+        "sampled": sum(codes.values()), "codes": dict(codes), "frame_bytes": frame_bytes,
+        "ok_latency_ms": latency_summary(ok_ms),
+    }
 
 
 async def warm(address: str, method: str, bodies: list[bytes], concurrency: int = 32) -> None:
@@ -157,7 +168,7 @@ class Harness:
         self.cold_by_repeat: dict[int, list[Any]] = {}
 
     def uses_h2load(self) -> bool:
-        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep"}
+        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload"}
         if self.o.generator == "python":
             h2_scenarios -= {"check-hit"}
         return bool(h2_scenarios & set(self.o.scenarios))
@@ -208,17 +219,21 @@ class Harness:
     # --- one measured point ---
 
     async def h2_point(
-        self, target: Target, method: str, message: bytes, verifier: Verifier, rate: float, tag: str
+        self, target: Target, method: str, message: bytes, verifier: Verifier, rate: float, tag: str,
+        *, duration: float | None = None, sample_rate: float | None = None,
     ) -> dict[str, Any]:
         stop = asyncio.Event()
         sampler = asyncio.create_task(
-            sample(target.address, method, message, verifier, self.o.sample_rate, stop, post=50)
+            sample(
+                target.address, method, message, verifier,
+                self.o.sample_rate if sample_rate is None else sample_rate, stop, post=50,
+            )
         )
         cpu0, t0 = target.cpu_seconds(), time.monotonic()
         profile = self._maybe_profile(target, tag)
         run = await h2load.run(
             self.h2load_path, target.address, method, message,
-            rate=rate, duration=self.o.duration, warmup=self.o.warmup, work_dir=self.work_dir, tag=tag,
+            rate=rate, duration=duration or self.o.duration, warmup=self.o.warmup, work_dir=self.work_dir, tag=tag,
         )
         wall, cpu = time.monotonic() - t0, target.cpu_seconds() - cpu0
         stop.set()
@@ -785,6 +800,10 @@ async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
         points = await sweep(h)
     elif scenario == "propagation":
         points = await propagation(h)
+    elif scenario in ("overload", "auth-flood"):
+        from bench import overload  # it builds on this module
+
+        points = await (overload.overload(h) if scenario == "overload" else overload.auth_flood(h))
     else:
         raise SystemExit(f"bench: unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
     _ratio(points)

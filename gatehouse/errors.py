@@ -25,7 +25,8 @@ errors (asyncpg, redis) are translated there too, so nothing reaches a caller as
     ├── Unauthenticated            UNAUTHENTICATED      GATEHOUSE_UNAUTHENTICATED
     ├── PermissionDenied           PERMISSION_DENIED    GATEHOUSE_PERMISSION_DENIED
     ├── ResourceExhausted          RESOURCE_EXHAUSTED   GATEHOUSE_RESOURCE_EXHAUSTED
-    │   └── SettingsTooLarge                            GATEHOUSE_SETTINGS_TOO_LARGE
+    │   ├── SettingsTooLarge                            GATEHOUSE_SETTINGS_TOO_LARGE
+    │   └── Overloaded                                  GATEHOUSE_OVERLOADED
     ├── Unavailable                UNAVAILABLE          GATEHOUSE_UNAVAILABLE
     │   ├── StoreUnavailable                            GATEHOUSE_STORE_UNAVAILABLE
     │   ├── Stale                                       GATEHOUSE_STALE
@@ -269,6 +270,22 @@ class SettingsTooLarge(ResourceExhausted):
     """A tenant's settings would grow past their total cap (`metadata.limit`, bytes of JSON)."""
 
     reason = "GATEHOUSE_SETTINGS_TOO_LARGE"
+
+
+class Overloaded(ResourceExhausted):
+    """The process is at its bound of in-flight calls of this kind (`metadata.class`:
+    hot, config, watch, admin, auth) and refused the call at once, without doing its work.
+    Retry after `metadata.retry_after_ms` (also sent as `grpc-retry-pushback-ms`), with
+    backoff; nothing happened."""
+
+    reason = "GATEHOUSE_OVERLOADED"
+
+    def __init__(self, kind: str, limit: int, retry_after_ms: int, message: str = "") -> None:
+        super().__init__(
+            message or f"overloaded: {kind} calls are at their limit of {limit} in flight; retry later",
+            metadata={"class": kind, "limit": str(limit), "retry_after_ms": str(retry_after_ms)},
+        )
+        self.retry_after_ms = retry_after_ms
 
 
 class Unavailable(GatehouseError):

@@ -134,12 +134,23 @@ def stream_key(prefix: str) -> str:
 
 # Store data ARGV[3] under key ARGV[2] (when given) and move the pointer KEYS[1] forward,
 # never back, to revision ARGV[1]. The relay uses it too, with no data.
+#
+# Superseded revisions do not pile up (each tenant entry is a whole compiled snapshot):
+# data for a revision older than the pointer is not written at all (no reader ever reads
+# below the pointer), and moving the pointer deletes the tenant entry of the revision it
+# leaves, `<tag>:t:<old>` (KEYS[1] is `<tag>:rev`; same hash tag, same slot). Readers are
+# unaffected: `_READ_AT_POINTER` reads the pointer and the data at it in one script, so
+# none can be between the two when the old entry goes. Subject entries of an old revision
+# (`<tag>:s:<old>:…`, too many to name here) are orphaned and expire with their TTL.
 ADVANCE_POINTER = """
-if ARGV[3] ~= '' then redis.call('SET', ARGV[2], ARGV[3], 'PX', ARGV[4]) end
 local cur = redis.call('GET', KEYS[1])
-if not cur or tonumber(cur) < tonumber(ARGV[1]) then
+local rev = tonumber(ARGV[1])
+if cur and tonumber(cur) > rev then return 0 end
+if ARGV[3] ~= '' then redis.call('SET', ARGV[2], ARGV[3], 'PX', ARGV[4]) end
+if not cur or tonumber(cur) < rev then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
-elseif tonumber(cur) == tonumber(ARGV[1]) then
+  if cur then redis.call('DEL', string.sub(KEYS[1], 1, -4) .. 't:' .. cur) end
+else
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return 1

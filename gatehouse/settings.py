@@ -78,6 +78,35 @@ class Settings:
         metadata={"help": "the relay appends a heartbeat to the event stream this often (more than 0)"},
     )
     db_pool_max: int = field(default=10, metadata={"help": "Postgres pool: most connections"})
+    max_concurrent_rpcs: int = field(
+        default=1024,
+        metadata={
+            "help": "calls per process, queued or running, watch streams included; beyond: RESOURCE_EXHAUSTED "
+            "at once (grpc's maximum_concurrent_rpcs; 0 = unbounded)"
+        },
+    )
+    max_in_flight_hot: int = field(
+        default=256, metadata={"help": "AccessService calls inside their handlers at once, per process (0 = unbounded)"}
+    )
+    max_in_flight_config: int = field(
+        default=128, metadata={"help": "GetTenantConfig calls inside their handler at once, per process (0 = unbounded)"}
+    )
+    max_in_flight_admin: int = field(
+        default=32, metadata={"help": "AdminService calls inside their handlers at once, per process (0 = unbounded)"}
+    )
+    max_watch_streams: int = field(
+        default=256, metadata={"help": "open WatchTenantConfig streams per process (0 = unbounded)"}
+    )
+    auth_max_pending: int = field(
+        default=8,
+        metadata={"help": "admin-key verifications (Argon2) waiting or running at once; beyond: refused unhashed"},
+    )
+    auth_failures_burst: int = field(
+        default=10, metadata={"help": "failed admin authentications one client address may make in a burst"}
+    )
+    auth_failures_per_second: float = field(
+        default=1.0, metadata={"help": "... and per second after it; beyond: refused at once, unhashed"}
+    )
     operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     grace_seconds: float = field(default=10.0, metadata={"help": "how long SIGTERM waits for in-flight calls"})

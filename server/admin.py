@@ -32,7 +32,7 @@ from gatehouse.engine.validate import (
     require_scope,
     require_tenant_id,
 )
-from gatehouse.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
+from gatehouse.errors import FieldViolation, InvalidArgument, Overloaded, PermissionDenied, Unauthenticated
 from gatehouse.server import convert
 from gatehouse.server.admin_auth import AdminAuthenticator, Principal, mint_key, request_id
 from gatehouse.server.admin_authz import AdminAuthorizer
@@ -83,7 +83,7 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
             metadata = tuple(context.invocation_metadata() or ())
             actor = Actor("anonymous", request_id(metadata))
             try:
-                caller = await self._auth.authenticate(metadata, actor.request_id)
+                caller = await self._auth.authenticate(metadata, actor.request_id, context.peer())
                 actor = caller.actor
                 tenant_id, scope = _authz_fields(request, action)
                 await self._authz.require(caller, action, tenant_id, scope)
@@ -103,7 +103,11 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
             except Exception as exc:
                 error = translate(exc)
                 outcome = "denied" if isinstance(error, (Unauthenticated, PermissionDenied)) else "error"
-                await self._audit(actor, request, action, outcome, error.reason)
+                # A call refused unchecked (a flood being shed) leaves no audit row, or
+                # the flood would become one Postgres write per call: the refusals are
+                # counted (stats `auth.refused_*`, `admission.shed{class=admin}`) instead.
+                if not isinstance(error, Overloaded):
+                    await self._audit(actor, request, action, outcome, error.reason)
                 await abort(context, error)
                 raise  # unreachable: abort raises
 

@@ -7,6 +7,17 @@ a verified token is remembered in memory by its SHA-256 digest (never the token 
 until its key is revoked (a `key` tenant event, seen by every sidecar), it expires, or
 `VERIFIED_TTL_SECONDS` pass.
 
+Failed authentications are bounded apart from everything else, so a flood of made-up
+keys (each would cost an Argon2 hash) cannot starve anyone: at most `max_pending`
+verifications wait for or run Argon2 at once (beyond that a call is refused at once,
+RESOURCE_EXHAUSTED `GATEHOUSE_OVERLOADED` class `auth`, without a lookup or a hash), and
+each client address may fail only `FailedAuthLimit`'s budget (a token bucket; beyond it,
+refused the same way until the bucket refills). A token verified before is remembered,
+so it passes both bounds untouched: a legitimate admin keeps working through a flood.
+Unknown key ids and wrong secrets still cost the same (a real Argon2 check each) whenever
+a verification runs; the fast refusals are decided before the key id is looked up, so
+they say nothing about which ids exist either.
+
 `GATEHOUSE_OPERATOR_KEY` is a bootstrap credential, compared in constant time: it may
 only create, list and revoke operator keys, so that the first real operator key can be
 minted; everything else needs a key from the database. No key or secret ever reaches a
@@ -25,15 +36,17 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cachetools import TTLCache
+from urllib.parse import unquote
+
+from cachetools import LRUCache, TTLCache
 
 from gatehouse.engine.model import key_subject
 from gatehouse.engine.patterns import PermissionSet
-from gatehouse.errors import KeyRejected, Unauthenticated
+from gatehouse.errors import KeyRejected, Overloaded, Unauthenticated
 from gatehouse.store.api import Actor, StoreMutator
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -136,8 +149,69 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def peer_address(peer: str) -> str:
+    """The client address of a grpc peer string, without the port (a flood opens new
+    connections from new ports): `ipv4:10.0.0.7:51234` -> `10.0.0.7`, `ipv6:%5B::1%5D:5`
+    -> `::1`; every unix-socket client is one address, `unix`."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host = unquote(rest).rpartition(":")[0]
+        return host.strip("[]") or rest
+    return kind
+
+
+class FailedAuthLimit:
+    """Failed authentications per client address: a token bucket of `burst`, refilled at
+    `per_second`. A verification spends a token up front and gets it back unless the key
+    is rejected. At most `max_addresses` are remembered (least recently failed dropped
+    first), so a flood from many addresses costs bounded memory. `burst` 0 turns it off."""
+
+    def __init__(
+        self, *, burst: int, per_second: float, max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = burst
+        self.per_second = per_second
+        self._clock = clock
+        self._buckets: LRUCache[str, tuple[float, float]] = LRUCache(maxsize=max_addresses)
+
+    def _tokens(self, address: str, now: float) -> float:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            return float(self.burst)
+        tokens, at = bucket
+        return min(float(self.burst), tokens + (now - at) * self.per_second)
+
+    def spend(self, address: str) -> float:
+        """Take one try from `address`'s budget before verifying (so concurrent tries
+        cannot all pass on one token) and return 0; or, with none left, take nothing
+        and return the seconds until one is back."""
+        if self.burst <= 0:
+            return 0.0
+        now = self._clock()
+        tokens = self._tokens(address, now)
+        if tokens >= 1.0:
+            self._buckets[address] = (tokens - 1.0, now)
+            return 0.0
+        return (1.0 - tokens) / self.per_second if self.per_second > 0 else 3600.0
+
+    def refund(self, address: str) -> None:
+        """The try succeeded: it costs nothing."""
+        bucket = self._buckets.get(address)
+        if bucket is not None:
+            self._buckets[address] = (min(float(self.burst), bucket[0] + 1.0), bucket[1])
+
+
 class AdminAuthenticator:
-    def __init__(self, store: StoreMutator, operator_key: str, *, max_entries: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: StoreMutator,
+        operator_key: str,
+        *,
+        max_entries: int = 10_000,
+        max_pending: int = 8,
+        failures: FailedAuthLimit | None = None,
+    ) -> None:
         self._store = store
         self._bootstrap = operator_key.encode()
         self._verified: TTLCache[bytes, Principal] = TTLCache(maxsize=max_entries, ttl=VERIFIED_TTL_SECONDS)
@@ -145,8 +219,24 @@ class AdminAuthenticator:
         # Argon2 runs in threads; bound how many at once, so a flood of bad keys costs
         # at most this many cores' worth of hashing, never the event loop.
         self._hashing = asyncio.Semaphore(2)
+        # Verifications waiting for or running Argon2 (or their key's lookup); the bound.
+        self._pending = 0
+        self._max_pending = max_pending
+        self._failures = failures or FailedAuthLimit(burst=0, per_second=0.0)
+        self.refused_pending = 0
+        self.refused_address = 0
+        self.rejected = 0
 
-    async def authenticate(self, metadata: Metadata, request_id: str) -> Principal:
+    def stats(self) -> dict[str, float]:
+        """For the stats registry: verifications pending, refusals by cause, keys rejected."""
+        return {
+            "pending": self._pending,
+            "refused_pending": self.refused_pending,
+            "refused_address": self.refused_address,
+            "rejected": self.rejected,
+        }
+
+    async def authenticate(self, metadata: Metadata, request_id: str, peer: str = "") -> Principal:
         token = _bearer(metadata)
         # compare_digest takes time independent of where the strings differ.
         if self._bootstrap and hmac.compare_digest(token.encode(), self._bootstrap):
@@ -157,7 +247,23 @@ class AdminAuthenticator:
         digest = hashlib.sha256(token.encode()).digest()
         principal = self._verified.get(digest)
         if principal is None:
-            principal = await self._verify_once(digest, match["id"], token)
+            address = peer_address(peer)
+            wait = self._failures.spend(address)
+            if wait > 0:
+                self.refused_address += 1
+                raise Overloaded(
+                    "auth", self._failures.burst, max(1, int(wait * 1000)),
+                    "too many failed authentications from this address; retry later",
+                )
+            try:
+                principal = await self._verify_once(digest, match["id"], token)
+            except KeyRejected:
+                self.rejected += 1
+                raise
+            except BaseException:
+                self._failures.refund(address)  # refused unhashed, or not the key's fault
+                raise
+            self._failures.refund(address)
         if principal.expires_at is not None and time.time() >= principal.expires_at:
             self._verified.pop(digest, None)
             raise KeyRejected("key rejected", metadata={"key_id": principal.key_id})
@@ -177,8 +283,15 @@ class AdminAuthenticator:
         pending = self._inflight.get(digest)
         if pending is not None:
             return await asyncio.shield(pending)
+        if self._pending >= self._max_pending:
+            # Decided before the key id is looked up: says nothing about which ids exist.
+            self.refused_pending += 1
+            raise Overloaded(
+                "auth", self._max_pending, 1000, "too many key verifications waiting; retry later"
+            )
         future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
         self._inflight[digest] = future
+        self._pending += 1
         try:
             principal = await self._verify(key_id, token)
         except BaseException as exc:
@@ -186,6 +299,7 @@ class AdminAuthenticator:
             future.exception()  # retrieved: no "never retrieved" warning when nobody waits
             raise
         finally:
+            self._pending -= 1
             self._inflight.pop(digest, None)
         future.set_result(principal)
         self._verified[digest] = principal

@@ -17,7 +17,8 @@ from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cache.subscriber import TenantEventSubscriber
 from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
-from gatehouse.server.admin_auth import AdminAuthenticator, return_hash_memory_to_the_os
+from gatehouse.server.admin_auth import AdminAuthenticator, FailedAuthLimit, return_hash_memory_to_the_os
+from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
@@ -93,7 +94,12 @@ class Sidecar:
         events_redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=3.0, socket_connect_timeout=1.0)
         self._redis_clients.append(events_redis)
         return_hash_memory_to_the_os()
-        self.authenticator = AdminAuthenticator(self.store, s.operator_key)
+        self.authenticator = AdminAuthenticator(
+            self.store,
+            s.operator_key,
+            max_pending=s.auth_max_pending,
+            failures=FailedAuthLimit(burst=s.auth_failures_burst, per_second=s.auth_failures_per_second),
+        )
         self.subscriber = TenantEventSubscriber(
             events_redis, self.cache, prefix=s.redis_prefix, blind_refresh_seconds=s.blind_refresh_seconds,
             keys=self.authenticator,
@@ -108,14 +114,25 @@ class Sidecar:
                 # silently share a port. Only the workers of one `serve --workers N` may.
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ]
+            ],
+            # The bound on calls queued or running in this process (server/admission.py).
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         # One set of remembered answers per method: two methods' requests can share bytes.
         self.check_answers = Answers(self.cache, s.answer_cache_entries)
         self.config_answers = Answers(self.cache, s.answer_cache_entries)
         # The one interceptor chain, around every handler of every service (first = outermost).
         calls = CallCounter()
-        chain = Chain([calls])
+        self.admission = Admission(
+            {
+                HOT: s.max_in_flight_hot,
+                CONFIG: s.max_in_flight_config,
+                WATCH: s.max_watch_streams,
+                ADMIN: s.max_in_flight_admin,
+            }
+        )
+        # Counted first, so a refused call is counted too (as RESOURCE_EXHAUSTED).
+        chain = Chain([calls, self.admission])
         self._report_stats(calls)
         decisions = DecisionService(self.cache)
         AccessServicer(decisions, self.check_answers).add_to(server, chain)
@@ -151,6 +168,8 @@ class Sidecar:
         assert self.check_answers is not None and self.config_answers is not None
         l2, check_answers, config_answers = self.l2, self.check_answers, self.config_answers
         self.stats.register("grpc", calls.values)
+        self.stats.register("admission", self.admission.values)
+        self.stats.register("auth", self.authenticator.stats)
         self.stats.register("cache", self.cache.stats)
         cache = self.cache
         self.stats.register("staleness", lambda: {"confirmed_seconds_ago": cache.confirmation_age()})

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
-from gatehouse.errors import Code, GatehouseError, Internal, InvalidArgument, Unavailable
+from gatehouse.errors import Code, GatehouseError, Internal, InvalidArgument, Overloaded, Unavailable
 from gatehouse.store import driver_errors
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,19 @@ def to_status(error: GatehouseError) -> status_pb2.Status:
     return status_pb2.Status(code=int(error.code), message=error.message, details=details)
 
 
+Trailers = tuple[tuple[str, str | bytes], ...]
+
+
+def trailers_of(error: GatehouseError) -> Trailers:
+    """The trailing metadata that carries `error`: its `google.rpc.Status`, and for an
+    `Overloaded` the pushback (gRFC A6: a client with a retry policy waits this long
+    before its retry; any client can read it)."""
+    trailers: Trailers = (("grpc-status-details-bin", to_status(error).SerializeToString()),)
+    if isinstance(error, Overloaded):
+        trailers += (("grpc-retry-pushback-ms", str(error.retry_after_ms)),)
+    return trailers
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     """End the call with `exc` as its status. Every error leaves through here, so an
     INTERNAL (a bug: made here, or by a lower layer such as the store's driver-error
@@ -84,12 +97,7 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException)
     error = translate(exc)
     if isinstance(error, Internal):
         log.error("internal error: %s", error.message, exc_info=error.__cause__ or error)
-    status = to_status(error)
-    await context.abort(
-        grpc_code(error),
-        error.message,
-        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-    )
+    await context.abort(grpc_code(error), error.message, trailing_metadata=trailers_of(error))
     raise AssertionError("unreachable")  # context.abort always raises
 
 
