@@ -1,7 +1,7 @@
 """L2: compiled-entry snapshots in Redis, keyed by tenant and revision.
 
 Keys (one tenant's keys share the hash tag `{<tenant id>}`, so Redis Cluster keeps a
-tenant on one shard and the scripts below touch a single slot):
+tenant on one slot, and so on one master; the scripts below touch that slot only):
 
     <prefix>:{<tenant>}:rev                     newest revision known for the tenant
     <prefix>:{<tenant>}:t:<rev>                 tenant + plan snapshot at <rev>
@@ -22,29 +22,32 @@ import logging
 import time
 from typing import Awaitable, Callable, TypeVar
 
-import redis.asyncio as aioredis
-
 from gatehouse.cache import codec
 from gatehouse.engine.model import SubjectSnapshot, TenantSnapshot
-from gatehouse.events import ADVANCE_POINTER, tenant_tag
+from gatehouse.events import ADVANCE_POINTER, POINTER_SUFFIX, pointer_key, tenant_tag
+from gatehouse.redis_client import RedisClient, redis_client
 from gatehouse.redis_failures import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Return [rev, data] for the pointer's revision when it is >= ARGV[1], else false.
+# Return [rev, data] for the pointer's revision when it is >= ARGV[1], else false. The data
+# key cannot be declared (its revision is read here), so it is built from KEYS[1] itself:
+# the pointer key without ":rev", then ARGV[2] .. rev .. ARGV[3]. It starts with the same
+# `<prefix>:{<tenant>}`, so it has KEYS[1]'s hash tag: the same slot, whatever ARGV holds
+# (Redis Cluster would otherwise read an undeclared key of another slot as missing, or fail).
 _READ_AT_POINTER = """
 local rev = redis.call('GET', KEYS[1])
 if not rev or tonumber(rev) < tonumber(ARGV[1]) then return false end
-local data = redis.call('GET', ARGV[2] .. rev .. ARGV[3])
+local data = redis.call('GET', string.sub(KEYS[1], 1, -%d) .. ARGV[2] .. rev .. ARGV[3])
 if not data then return false end
 return {rev, data}
-"""
+""" % (len(POINTER_SUFFIX) + 1)
 
 class RedisL2:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         ttl_seconds: float,
@@ -62,19 +65,16 @@ class RedisL2:
         self.errors = 0
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str, ttl_seconds: float, timeout: float) -> "RedisL2":
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            retry=None,
-            health_check_interval=0,
-        )
+    def from_url(
+        cls, url: str, *, prefix: str, ttl_seconds: float, timeout: float, cluster: bool = False
+    ) -> "RedisL2":
+        """`cluster`: `url` names a node of a Redis Cluster (gatehouse.redis_client)."""
+        # No retries: one timeout, then the breaker skips L2 for a while.
+        client = redis_client(url, cluster=cluster, socket_timeout=timeout, socket_connect_timeout=timeout, retry=False)
         return cls(client, prefix=prefix, ttl_seconds=ttl_seconds)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         return self._client
 
     def _tag(self, tenant_id: str) -> str:
@@ -93,14 +93,14 @@ class RedisL2:
             return fallback
 
     async def get_tenant(self, tenant_id: str, min_revision: int) -> TenantSnapshot | None:
-        tag = self._tag(tenant_id)
-        found = await self._guard(lambda: self._read(keys=[f"{tag}:rev"], args=[min_revision, f"{tag}:t:", ""]), None)
+        pointer = pointer_key(self._prefix, tenant_id)
+        found = await self._guard(lambda: self._read(keys=[pointer], args=[min_revision, ":t:", ""]), None)
         return codec.load_tenant(found[1]) if found else None
 
     async def get_subject(self, tenant_id: str, subject_key: str, min_revision: int) -> SubjectSnapshot | None:
-        tag = self._tag(tenant_id)
+        pointer = pointer_key(self._prefix, tenant_id)
         found = await self._guard(
-            lambda: self._read(keys=[f"{tag}:rev"], args=[min_revision, f"{tag}:s:", f":{subject_key}"]), None
+            lambda: self._read(keys=[pointer], args=[min_revision, ":s:", f":{subject_key}"]), None
         )
         return codec.load_subject(found[1]) if found else None
 
@@ -109,7 +109,7 @@ class RedisL2:
         rev = snapshot.revision
         await self._guard(
             lambda: self._write(
-                keys=[f"{tag}:rev"], args=[rev, f"{tag}:t:{rev}", codec.dump_tenant(snapshot), self._ttl_ms]
+                keys=[f"{tag}{POINTER_SUFFIX}", f"{tag}:t:{rev}"], args=[rev, codec.dump_tenant(snapshot), self._ttl_ms]
             ),
             None,
         )
@@ -119,14 +119,14 @@ class RedisL2:
         rev = snapshot.revision
         key = f"{tag}:s:{rev}:{snapshot.subject.key}"
         await self._guard(
-            lambda: self._write(keys=[f"{tag}:rev"], args=[rev, key, codec.dump_subject(snapshot), self._ttl_ms]),
+            lambda: self._write(keys=[f"{tag}{POINTER_SUFFIX}", key], args=[rev, codec.dump_subject(snapshot), self._ttl_ms]),
             None,
         )
 
     async def advance(self, tenant_id: str, revision: int) -> None:
         """Move the tenant's pointer to `revision` (after a write): older data is never read again."""
-        tag = self._tag(tenant_id)
-        await self._guard(lambda: self._write(keys=[f"{tag}:rev"], args=[revision, "", "", self._ttl_ms]), None)
+        pointer = pointer_key(self._prefix, tenant_id)
+        await self._guard(lambda: self._write(keys=[pointer], args=[revision, "", self._ttl_ms]), None)
 
     async def ping(self) -> None:
         """Return when Redis answers PING, within the client's socket timeout (seconds);

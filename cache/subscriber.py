@@ -47,13 +47,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.engine.model import KEY_SUBJECT_TYPE
 from gatehouse.events import CONFIG_KINDS, Heartbeat, as_text, parse_entry, stream_key
+from gatehouse.redis_client import RedisClient
 from gatehouse.redis_failures import REDIS_FAILURES
 from gatehouse.retry import Backoff, Outage
 
@@ -106,7 +106,7 @@ class SubscriberStats:
 class TenantEventSubscriber:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         cache: PolicyCache,
         *,
         prefix: str,

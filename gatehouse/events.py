@@ -132,35 +132,42 @@ def stream_key(prefix: str) -> str:
 # --- where events and the L2 revision pointer live in Redis --------------------------------
 # Shared by the outbox relay (store/) and the cache (cache/), so defined here, below both.
 
-# Store data ARGV[3] under key ARGV[2] (when given) and move the pointer KEYS[1] forward,
-# never back, to revision ARGV[1]. The relay uses it too, with no data.
+# Store data ARGV[2] under key KEYS[2] (when given) and move the pointer KEYS[1] forward,
+# never back, to revision ARGV[1]; both live ARGV[3] milliseconds. The relay uses it too,
+# with KEYS[1] alone. Every key it is given is declared, and all are one tenant's (one
+# hash tag, one slot): Redis Cluster runs it on the master owning that slot.
 #
 # Superseded revisions do not pile up (each tenant entry is a whole compiled snapshot):
 # data for a revision older than the pointer is not written at all (no reader ever reads
 # below the pointer), and moving the pointer deletes the tenant entry of the revision it
-# leaves, `<tag>:t:<old>` (KEYS[1] is `<tag>:rev`; same hash tag, same slot). Readers are
-# unaffected: `_READ_AT_POINTER` reads the pointer and the data at it in one script, so
-# none can be between the two when the old entry goes. Subject entries of an old revision
-# (`<tag>:s:<old>:…`, too many to name here) are orphaned and expire with their TTL.
+# leaves, `<tag>:t:<old>` (built from KEYS[1] = `<tag>:rev`: same hash tag, same slot).
+# Readers are unaffected: `_READ_AT_POINTER` reads the pointer and the data at it in one
+# script, so none can be between the two when the old entry goes. Subject entries of an
+# old revision (`<tag>:s:<old>:…`, too many to name here) are orphaned and expire with
+# their TTL.
 ADVANCE_POINTER = """
 local cur = redis.call('GET', KEYS[1])
 local rev = tonumber(ARGV[1])
 if cur and tonumber(cur) > rev then return 0 end
-if ARGV[3] ~= '' then redis.call('SET', ARGV[2], ARGV[3], 'PX', ARGV[4]) end
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
 if not cur or tonumber(cur) < rev then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
   if cur then redis.call('DEL', string.sub(KEYS[1], 1, -4) .. 't:' .. cur) end
 else
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 return 1
 """
 
 
 def tenant_tag(prefix: str, tenant_id: str) -> str:
-    """The start of every key of one tenant; `{…}` is the Redis Cluster hash tag."""
+    """The start of every key of one tenant; `{…}` is the Redis Cluster hash tag (the
+    prefix holds no brace, see Settings.check_redis_prefix, so this is the key's tag)."""
     return f"{prefix}:{{{tenant_id}}}"
 
 
+POINTER_SUFFIX = ":rev"
+
+
 def pointer_key(prefix: str, tenant_id: str) -> str:
-    return f"{tenant_tag(prefix, tenant_id)}:rev"
+    return f"{tenant_tag(prefix, tenant_id)}{POINTER_SUFFIX}"

@@ -12,6 +12,12 @@ or ends a background task.
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, RuntimeError)
+REDIS_FAILURES: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+    RuntimeError,
+)

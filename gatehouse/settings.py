@@ -45,7 +45,17 @@ class Settings:
         default=RUNTIME_DATABASE_URL,
         metadata={"help": "Postgres DSN (asyncpg) of the runtime role: not the tables' owner, never a superuser"},
     )
-    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Redis URL"})
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata={"help": "Redis URL (with --redis-cluster: any one node of the cluster, database 0)"},
+    )
+    redis_cluster: int = field(
+        default=0,
+        metadata={
+            "help": "1 = the Redis at --redis-url is a Redis Cluster node: use a cluster-aware client",
+            "switch": True,
+        },
+    )
     redis_prefix: str = field(default="gh", metadata={"help": "prefix of every Redis key this sidecar writes"})
     l1_max_entries: int = field(default=100_000, metadata={"help": "bound of the in-process cache (entries)"})
     l1_ttl_seconds: float = field(
@@ -133,6 +143,14 @@ class Settings:
                 flag = "--" + name.replace("_", "-")
                 raise SystemExit(f"gatehouse: GATEHOUSE_{name.upper()} ({flag}) must be more than 0, got {value}")
 
+    def check_redis_prefix(self) -> None:
+        """SystemExit when the Redis key prefix holds a brace: the tenant's `{<id>}` must be
+        the first hash tag in every key, or Redis Cluster spreads one tenant over slots."""
+        if "{" in self.redis_prefix or "}" in self.redis_prefix:
+            raise SystemExit(
+                f"gatehouse: GATEHOUSE_REDIS_PREFIX (--redis-prefix) must not contain '{{' or '}}', got {self.redis_prefix!r}"
+            )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         env = os.environ if env is None else env
@@ -180,6 +198,7 @@ RELAY_SETTINGS = frozenset(
     {
         "database_url",
         "redis_url",
+        "redis_cluster",
         "redis_prefix",
         "event_stream_max_length",
         "outbox_retention_seconds",

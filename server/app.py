@@ -7,7 +7,6 @@ import logging
 import signal
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
@@ -25,6 +24,7 @@ from gatehouse.server.health import Readiness
 from gatehouse.server.interceptors import CallCounter, Chain
 from gatehouse.server.listeners import bind, plan_listeners
 from gatehouse.server.wire import EncodedAnswer, register_service
+from gatehouse.redis_client import RedisClient, check_mode, redis_client
 from gatehouse.settings import Settings
 from gatehouse.stats import StatsRegistry
 from gatehouse.store.migrate import LATEST_VERSION
@@ -59,7 +59,7 @@ class Sidecar:
         self.relay: OutboxRelay | None = None
         self.check_answers: Answers[EncodedAnswer] | None = None
         self.config_answers: Answers[bytes] | None = None
-        self._redis_clients: list[aioredis.Redis] = []
+        self._redis_clients: list[RedisClient] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[str] = []
         self.stats = StatsRegistry()
@@ -70,11 +70,18 @@ class Sidecar:
         # a public address, broken TLS files) stops the process with the reason.
         listeners = plan_listeners(s)
         s.check_durations()
+        s.check_redis_prefix()
+        # A Redis that answers must be in the mode the settings say (cluster or not).
+        await check_mode(s.redis_url, cluster=bool(s.redis_cluster), timeout=s.health_timeout_seconds)
         # min_size=0: the pool opens connections on demand, so the server comes up (and
         # reports NOT_SERVING) even while Postgres is still starting.
         self.store = await connect(s.database_url, min_size=0, max_size=s.db_pool_max)
         self.l2 = RedisL2.from_url(
-            s.redis_url, prefix=s.redis_prefix, ttl_seconds=s.l2_ttl_seconds, timeout=s.redis_timeout_seconds
+            s.redis_url,
+            prefix=s.redis_prefix,
+            ttl_seconds=s.l2_ttl_seconds,
+            timeout=s.redis_timeout_seconds,
+            cluster=bool(s.redis_cluster),
         )
         self.cache = PolicyCache(
             self.store,
@@ -91,7 +98,9 @@ class Sidecar:
         )
         # The subscriber blocks in XREAD for up to a second: it gets its own connection,
         # with a socket timeout longer than that block.
-        events_redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=3.0, socket_connect_timeout=1.0)
+        events_redis = redis_client(
+            s.redis_url, cluster=bool(s.redis_cluster), socket_timeout=3.0, socket_connect_timeout=1.0
+        )
         self._redis_clients.append(events_redis)
         return_hash_memory_to_the_os()
         self.authenticator = AdminAuthenticator(
@@ -200,7 +209,7 @@ class Sidecar:
 
 
 def relay_for(s: Settings) -> OutboxRelay:
-    redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
+    redis = redis_client(s.redis_url, cluster=bool(s.redis_cluster), socket_timeout=5.0, socket_connect_timeout=1.0)
     return OutboxRelay(
         s.database_url,
         redis,
@@ -215,6 +224,8 @@ def relay_for(s: Settings) -> OutboxRelay:
 async def run_relay(settings: Settings) -> int:
     """`gatehouse relay`: only the outbox relay, until SIGTERM or SIGINT."""
     settings.check_durations()
+    settings.check_redis_prefix()
+    await check_mode(settings.redis_url, cluster=bool(settings.redis_cluster), timeout=1.0)
     relay = relay_for(settings)
     task = asyncio.create_task(relay.run())
     loop = asyncio.get_running_loop()

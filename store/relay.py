@@ -51,10 +51,10 @@ import time
 from typing import Awaitable, Callable
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import ADVANCE_POINTER, Heartbeat, TenantEvent, pointer_key, stream_key
+from gatehouse.redis_client import RedisClient
 from gatehouse.redis_failures import REDIS_FAILURES
 from gatehouse.retry import Backoff, Outage
 from gatehouse.store.idempotency import RETENTION_SECONDS
@@ -96,7 +96,7 @@ class OutboxRelay:
     def __init__(
         self,
         dsn: str,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         prefix: str,
         max_stream_length: int = 100_000,
@@ -117,7 +117,6 @@ class OutboxRelay:
         self._retention = retention_seconds
         self._ttl_ms = int(l2_ttl_seconds * 1000)
         self._after_xadd = after_xadd  # a fault-injection point for tests: "crash here"
-        self._advance = redis.register_script(ADVANCE_POINTER)
         self._heartbeat = heartbeat_seconds
         self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._wake = asyncio.Event()
@@ -167,11 +166,11 @@ class OutboxRelay:
                     newest[event.tenant_id] = max(newest.get(event.tenant_id, 0), event.revision)
                 # Move each tenant's L2 pointer too (once, to its newest revision): no
                 # sidecar reads L2 data older than a published event, even one whose own
-                # write path could not reach Redis.
+                # write path could not reach Redis. EVAL, not a registered script's EVALSHA:
+                # a cluster pipeline cannot load a script a master lacks (NOSCRIPT after a
+                # failover), and a plain one would ask SCRIPT EXISTS first, every batch.
                 for tenant_id, revision in newest.items():
-                    await self._advance(
-                        keys=[pointer_key(self._prefix, tenant_id)], args=[revision, "", "", self._ttl_ms], client=pipe
-                    )
+                    pipe.eval(ADVANCE_POINTER, 1, pointer_key(self._prefix, tenant_id), revision, "", self._ttl_ms)
                 await pipe.execute()
             if self._after_xadd is not None:
                 await self._after_xadd(events)

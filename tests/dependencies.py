@@ -28,8 +28,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -208,3 +209,88 @@ async def private_postgres() -> AsyncIterator[PrivatePostgres]:
         yield server
     finally:
         server.stop()
+
+
+class PrivateRedisCluster:
+    """A real Redis Cluster of three masters (no replicas) on free loopback ports.
+
+    Each node is a `redis-server --cluster-enabled yes` with nothing on disk but its
+    cluster config file, in a temporary directory; `redis-cli --cluster create` assigns
+    the 16384 slots. `stop()` kills every node and removes the directory.
+    """
+
+    MASTERS = 3
+
+    def __init__(self) -> None:
+        self.ports = [free_port() for _ in range(self.MASTERS)]
+        # The cluster bus defaults to port + 10000, which may be taken or past 65535.
+        self.bus_ports = [free_port() for _ in range(self.MASTERS)]
+        self.directory = Path(tempfile.mkdtemp(prefix="gh-test-cluster-"))
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """Any one node is enough for a cluster-aware client to find the others."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self, timeout: float = 30.0) -> None:
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        assert server and cli, "redis-server and redis-cli are not installed (./dev setup installs them)"
+        for port, bus_port in zip(self.ports, self.bus_ports):
+            node = self.directory / str(port)
+            node.mkdir()
+            self.processes.append(
+                subprocess.Popen(
+                    [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                     "--cluster-port", str(bus_port),
+                     "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "2000",
+                     "--dir", str(node), "--save", "", "--appendonly", "no", "--logfile", str(node / "redis.log")],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while self._cli(cli, port, "ping") != "PONG":
+                self._check(deadline, f"redis cluster node on port {port}")
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        created = subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        )
+        assert created.returncode == 0, f"redis-cli --cluster create failed: {created.stdout}"
+        # Every node must agree the cluster is whole (all slots served) before a test uses it.
+        for port in self.ports:
+            while "cluster_state:ok" not in self._cli(cli, port, "cluster", "info"):
+                self._check(deadline, f"cluster_state:ok on port {port}")
+
+    @staticmethod
+    def _cli(cli: str, port: int, *command: str) -> str:
+        done = subprocess.run(
+            [cli, "-h", "127.0.0.1", "-p", str(port), *command], capture_output=True, text=True, timeout=5
+        )
+        return done.stdout.strip()
+
+    def _check(self, deadline: float, what: str) -> None:
+        for process in self.processes:
+            assert process.poll() is None, f"a redis cluster node exited ({process.returncode}); logs in {self.directory}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not ready in time; logs in {self.directory}")
+        time.sleep(0.05)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[PrivateRedisCluster]:
+    """One real 3-master Redis Cluster for the whole run (about a second to start)."""
+    cluster = PrivateRedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -18,21 +18,21 @@ async def test_moving_the_pointer_deletes_the_old_tenant_entry_and_stale_writes_
     pointer, ttl = f"{tag}:rev", "60000"
     try:
         for rev in (1, 2, 3):
-            assert await write(keys=[pointer], args=[rev, f"{tag}:t:{rev}", f"tenant@{rev}", ttl]) == 1
-            await write(keys=[pointer], args=[rev, f"{tag}:s:{rev}:user/a", f"subject@{rev}", ttl])
+            assert await write(keys=[pointer, f"{tag}:t:{rev}"], args=[rev, f"tenant@{rev}", ttl]) == 1
+            await write(keys=[pointer, f"{tag}:s:{rev}:user/a"], args=[rev, f"subject@{rev}", ttl])
         assert await client.get(pointer) == b"3"
         assert await client.exists(f"{tag}:t:1", f"{tag}:t:2") == 0  # superseded tenant entries: gone
         assert await client.get(f"{tag}:t:3") == b"tenant@3"
         # A writer that loaded revision 2 late: nothing written, pointer unmoved.
-        assert await write(keys=[pointer], args=[2, f"{tag}:t:2", "tenant@2", ttl]) == 0
+        assert await write(keys=[pointer, f"{tag}:t:2"], args=[2, "tenant@2", ttl]) == 0
         assert await client.exists(f"{tag}:t:2") == 0 and await client.get(pointer) == b"3"
         # The relay moves the pointer without data: the entry it leaves goes too.
-        await write(keys=[pointer], args=[4, "", "", ttl])
+        await write(keys=[pointer], args=[4, "", ttl])
         assert await client.exists(f"{tag}:t:3") == 0
-        assert await read(keys=[pointer], args=[4, f"{tag}:t:", ""]) is None  # a miss, not old data
-        await write(keys=[pointer], args=[4, f"{tag}:t:4", "tenant@4", ttl])
-        assert await read(keys=[pointer], args=[3, f"{tag}:t:", ""]) == [b"4", b"tenant@4"]
-        assert await read(keys=[pointer], args=[4, f"{tag}:s:", ":user/a"]) is None
+        assert await read(keys=[pointer], args=[4, ":t:", ""]) is None  # a miss, not old data
+        await write(keys=[pointer, f"{tag}:t:4"], args=[4, "tenant@4", ttl])
+        assert await read(keys=[pointer], args=[3, ":t:", ""]) == [b"4", b"tenant@4"]
+        assert await read(keys=[pointer], args=[4, ":s:", ":user/a"]) is None
     finally:
         keys = [k async for k in client.scan_iter(match=f"{tag}:*")]
         if keys:

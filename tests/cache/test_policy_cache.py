@@ -43,8 +43,16 @@ async def store(database_url: str) -> AsyncIterator[PostgresStore]:
     await s.close()
 
 
-def l2(redis_url: str, prefix: str) -> RedisL2:
-    return RedisL2.from_url(redis_url, prefix=prefix, ttl_seconds=60, timeout=0.5)
+def l2(redis_url: str, prefix: str, *, cluster: bool = False) -> RedisL2:
+    return RedisL2.from_url(redis_url, prefix=prefix, ttl_seconds=60, timeout=0.5, cluster=cluster)
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def l2_redis(request: pytest.FixtureRequest, redis_url: str) -> tuple[str, bool]:
+    """The shared standalone Redis, or the run's real 3-master Redis Cluster: (url, cluster)."""
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster").url, True
+    return redis_url, False
 
 
 async def seeded_tenant(store: PostgresStore, slug: str) -> tuple[str, int]:
@@ -83,11 +91,14 @@ async def test_min_revision_forces_a_fresh_read(store: PostgresStore, unique: st
     assert {g.role for g in fresh.grants} == {"viewer", "admin"}
 
 
-async def test_second_process_warms_from_redis(store: PostgresStore, redis_url: str, redis_prefix: str, unique: str) -> None:
+async def test_second_process_warms_from_redis(
+    store: PostgresStore, l2_redis: tuple[str, bool], redis_prefix: str, unique: str
+) -> None:
     tenant_id, revision = await seeded_tenant(store, f"l2-{unique}")
     first_store, second_store = CountingStore(store), CountingStore(store)
-    first = PolicyCache(first_store, l2(redis_url, redis_prefix), max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
-    second = PolicyCache(second_store, l2(redis_url, redis_prefix), max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
+    url, cluster = l2_redis
+    first = PolicyCache(first_store, l2(url, redis_prefix, cluster=cluster), max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
+    second = PolicyCache(second_store, l2(url, redis_prefix, cluster=cluster), max_entries=1000, ttl_seconds=60)  # type: ignore[arg-type]
     assert await first.tenant(tenant_id) is not None
     assert await first.subject(tenant_id, ALICE) is not None
     await first.drain()
@@ -106,9 +117,13 @@ async def test_second_process_warms_from_redis(store: PostgresStore, redis_url: 
     assert grants is not None and grants.revision == newer and second_store.subject_loads == 1
 
 
-async def test_redis_down_still_answers_from_postgres(store: PostgresStore, redis_prefix: str, unique: str) -> None:
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+async def test_redis_down_still_answers_from_postgres(
+    store: PostgresStore, redis_prefix: str, unique: str, cluster: bool
+) -> None:
     tenant_id, revision = await seeded_tenant(store, f"rd-{unique}")
-    dead = RedisL2.from_url("redis://127.0.0.1:1/0", prefix=redis_prefix, ttl_seconds=60, timeout=0.2)
+    # The cluster client fails differently (RedisClusterException: no node answers).
+    dead = RedisL2.from_url("redis://127.0.0.1:1/0", prefix=redis_prefix, ttl_seconds=60, timeout=0.2, cluster=cluster)
     cache = PolicyCache(store, dead, max_entries=1000, ttl_seconds=60)
     grants = await cache.subject(tenant_id, ALICE)
     assert grants is not None and grants.revision == revision

@@ -97,7 +97,9 @@ def test_every_redis_failure_skips_l2_instead_of_failing_the_call() -> None:
     from gatehouse.redis_failures import REDIS_FAILURES
 
     reset = RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
-    raised = [redis.exceptions.ConnectionError("down"), ConnectionResetError(104, "reset"), TimeoutError(), reset]
+    # The cluster client's "no node answers" and "slot has no master" are no RedisError.
+    cluster_down = [redis.exceptions.RedisClusterException("cannot be connected"), redis.exceptions.SlotNotCoveredError("7")]
+    raised = [redis.exceptions.ConnectionError("down"), ConnectionResetError(104, "reset"), TimeoutError(), reset, *cluster_down]
     assert all(isinstance(e, REDIS_FAILURES) for e in raised)
     l2 = RedisL2.from_url("redis://127.0.0.1:1/0", prefix="x", ttl_seconds=1, timeout=0.1)
 

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import pytest
 from google.protobuf import text_format
 
 from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
