@@ -23,6 +23,7 @@ from gatehouse.engine.validate import (
     require_tenant_id,
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
+from gatehouse.server.decision_log import DecisionRecord
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.interceptors import Chain
@@ -42,6 +43,8 @@ class AccessServicer:
     def __init__(self, decisions: DecisionService, answers: Answers[EncodedAnswer]) -> None:
         self._decisions = decisions
         self._answers = answers
+        # The decision log (None: off) also records answers given from memory.
+        self._log = decisions.log
 
     def add_to(self, server: grpc.aio.Server, chain: Chain) -> None:
         register_service(server, SERVICE, self, chain=chain, raw={
@@ -54,6 +57,8 @@ class AccessServicer:
         now = time()
         known = self._answers.get(body, now)
         if known is not None:
+            if self._log is not None and known.record is not None:
+                self._log.offer(known.record, remembered=True)
             return known.encoded
         request = parse(access_pb2.CheckAccessRequest, body)
         _validate(request, "")
@@ -68,14 +73,20 @@ class AccessServicer:
         now = time()
         parts = split_field1(body)
         if parts is not None and len(parts) <= MAX_BATCH:
-            answers = self._answers
+            answers, log = self._answers, self._log
             all_framed = []
+            records: list[DecisionRecord] | None = [] if log is not None else None
             for part in parts:
                 known = answers.get(part, now)
                 if known is None:
                     break
                 all_framed.append(known.framed)
+                if records is not None and known.record is not None:
+                    records.append(known.record)
             else:
+                if log is not None and records:
+                    for record in records:
+                        log.offer(record, remembered=True)
                 return b"".join(all_framed)
         checks = parse(access_pb2.CheckAccessBatchRequest, body).checks
         if len(checks) > MAX_BATCH:
@@ -126,7 +137,7 @@ def _answer(
         granted_by_role=d.role,
         granted_at_scope=d.scope,
         feature=d.feature,
-    ).SerializeToString())
+    ).SerializeToString(), evaluation.record)
     if body:
         answers.remember(
             body, check.tenant_id, check.min_revision, evaluation.tenant, evaluation.subject_key, evaluation.grants,

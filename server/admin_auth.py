@@ -34,7 +34,6 @@ import hmac
 import re
 import secrets
 import time
-import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -47,6 +46,7 @@ from cachetools import LRUCache, TTLCache
 from gatehouse.engine.model import key_subject
 from gatehouse.engine.patterns import PermissionSet
 from gatehouse.errors import KeyRejected, Overloaded, Unauthenticated
+from gatehouse.logs import request_id as request_id  # the one rule: logs and the audit trail agree
 from gatehouse.store.api import Actor, StoreMutator
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -129,19 +129,6 @@ def verify_secret(secret_hash: str, token: str) -> bool:
         return HASHER.verify(secret_hash, token)
     except (VerificationError, InvalidHashError):
         return False
-
-
-def request_id(metadata: Metadata) -> str:
-    """`x-request-id`, else the trace id of a W3C `traceparent`, else a fresh one."""
-    traceparent = ""
-    for key, value in metadata:
-        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
-            return value
-        if key == "traceparent" and isinstance(value, str):
-            parts = value.split("-")
-            if len(parts) == 4 and len(parts[1]) == 32:
-                traceparent = parts[1]
-    return traceparent or uuid.uuid4().hex
 
 
 def key_fingerprint(key: str) -> str:

@@ -18,7 +18,9 @@ from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator, FailedAuthLimit, return_hash_memory_to_the_os
 from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
+from gatehouse.server.call_log import CallLog
 from gatehouse.server.config import ConfigServicer
+from gatehouse.server.decision_log import DecisionLog
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
 from gatehouse.server.interceptors import CallCounter, Chain
@@ -63,6 +65,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[str] = []
         self.stats = StatsRegistry()
+        self.decision_log: DecisionLog | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -140,10 +143,18 @@ class Sidecar:
                 ADMIN: s.max_in_flight_admin,
             }
         )
-        # Counted first, so a refused call is counted too (as RESOURCE_EXHAUSTED).
-        chain = Chain([calls, self.admission])
+        if s.decision_log != "off":
+            self.decision_log = DecisionLog(
+                s.decision_log, sample_rate=s.decision_log_sample_rate, path=s.decision_log_path,
+                max_queue=s.decision_log_queue,
+            )
+            self.decision_log.start()
+        # The call's log scope and access line outermost (server/call_log.py), so both
+        # see every call; then counted, so a refused call is counted too (as RESOURCE_EXHAUSTED).
+        call_log = CallLog(hot=bool(s.access_log_hot), scope_hot=self.decision_log is not None)
+        chain = Chain([call_log, calls, self.admission])
         self._report_stats(calls)
-        decisions = DecisionService(self.cache)
+        decisions = DecisionService(self.cache, self.decision_log)
         AccessServicer(decisions, self.check_answers).add_to(server, chain)
         ConfigServicer(self.cache, self.config_answers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
@@ -188,6 +199,8 @@ class Sidecar:
         if self.relay is not None:
             relay = self.relay
             self.stats.register("relay", lambda: {"published": relay.published, "heartbeats": relay.heartbeats})
+        if self.decision_log is not None:
+            self.stats.register("decision_log", self.decision_log.stats)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""
@@ -206,6 +219,8 @@ class Sidecar:
             await client.aclose()
         if self.store is not None:
             await self.store.close()
+        if self.decision_log is not None:
+            await asyncio.to_thread(self.decision_log.stop)
 
 
 def relay_for(s: Settings) -> OutboxRelay:

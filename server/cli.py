@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from typing import Any, Coroutine
 
+from gatehouse import logs
 from gatehouse.settings import OWNER_DATABASE_URL, RELAY_SETTINGS, MigrateSettings, Settings
 
 
@@ -54,10 +54,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("serve", "relay"):
         settings = Settings.from_args(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        worker = os.environ.get("GATEHOUSE_WORKER_INDEX")
+        logs.configure(
+            settings.log_format, settings.log_level, worker=int(worker) if worker and worker.isdigit() else None,
+            secrets=[settings.operator_key],
         )
         from gatehouse.server import app
+
+        if args.command == "serve" and settings.decision_log != "off":
+            from gatehouse.server.decision_log import check
+
+            check(settings.decision_log, settings.decision_log_sample_rate, settings.decision_log_queue)
 
         if args.command == "relay":
             return _run(app.run_relay(settings))

@@ -32,6 +32,7 @@ from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from gatehouse.errors import FieldViolation, InvalidArgument
+from gatehouse.server.decision_log import DecisionRecord
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -258,14 +259,16 @@ _MALFORMED = _RateLimitedLog()
 
 @dataclass(frozen=True, slots=True)
 class EncodedAnswer:
-    """One CheckAccessResponse, serialized once, and the same framed as a batch result."""
+    """One CheckAccessResponse, serialized once, and the same framed as a batch result;
+    with the decision log on, also the decision's record, logged when it is given again."""
 
     encoded: bytes
     framed: bytes
+    record: DecisionRecord | None = None
 
     @classmethod
-    def of(cls, encoded: bytes) -> "EncodedAnswer":
-        return cls(encoded, frame(encoded))
+    def of(cls, encoded: bytes, record: DecisionRecord | None = None) -> "EncodedAnswer":
+        return cls(encoded, frame(encoded), record)
 
 
 

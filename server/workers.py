@@ -58,6 +58,7 @@ def run_workers(settings: Settings) -> int:
             "GATEHOUSE_WORKERS": "1",
             "GATEHOUSE_RELAY": str(settings.relay if index == 0 else 0),
             "GATEHOUSE_WORKER_REUSE_PORT": "1",
+            "GATEHOUSE_WORKER_INDEX": str(index),  # each worker's log lines say which it is
         }
         overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
         for name, value in overrides.items():
