@@ -57,6 +57,9 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--unix", action="store_true",
                    help="call both targets over a unix socket (Gatehouse's --unix-socket) instead of TCP")
     p.add_argument("--targets", default="baseline,gatehouse", help="comma-separated subset of baseline,gatehouse")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS",
+                   help="also run target gatehouse-LABEL: Gatehouse with these extra serve arguments (space-separated), "
+                   "e.g. --variant 'dlog1=--decision-log sampled --decision-log-sample-rate 0.01'; fixed-rate scenarios")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the first point of each target (needs py-spy); stacks go to <name>.<target>.pyspy.txt")
     p.add_argument("--native", action="store_true", help="with --profile: include C/Cython frames (pauses the process)")
@@ -72,6 +75,13 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     if not targets or set(targets) - {"baseline", "gatehouse"}:
         p.error("--targets: baseline and/or gatehouse")
+    variants: dict[str, list[str]] = {}
+    for spec in a.variant:
+        label, _, args = spec.partition("=")
+        if not label or not args or not label.replace("-", "").isalnum():
+            p.error(f"--variant {spec!r}: want LABEL=ARGS")
+        variants[label] = args.split()
+    targets += tuple(f"gatehouse-{label}" for label in variants)
     options = Options(
         scenarios=list(dict.fromkeys(a.scenarios)),
         rate=a.rate,
@@ -96,6 +106,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         profile_native=a.native,
         unix=a.unix,
         targets=targets,
+        variants=variants,
         probe_rate=a.probe_rate,
     )
     return options, a

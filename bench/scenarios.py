@@ -78,6 +78,9 @@ class Options:
     profile_native: bool = False
     unix: bool = False
     targets: tuple[str, ...] = ("baseline", "gatehouse")
+    # `--variant LABEL=ARGS`: target `gatehouse-LABEL` is Gatehouse started with ARGS too
+    # (the same scenario and rates, in the same run: a setting's cost against it off).
+    variants: dict[str, list[str]] = field(default_factory=dict)
     probe_rate: float = 10.0
 
 
@@ -209,9 +212,11 @@ class Harness:
             target = baseline_target(workers or 1, self.work_dir, unix=self.o.unix)
         else:
             self._starts += 1
+            variant = self.o.variants.get(name.removeprefix("gatehouse-"), []) if name != "gatehouse" else []
             target = gatehouse_target(
                 self.storage, self.operator_key, self._starts, self.work_dir,
-                workers=workers, extra_args=[*self.o.gh_args, *(extra_args or [])], unix=self.o.unix,
+                workers=workers, extra_args=[*self.o.gh_args, *variant, *(extra_args or [])], unix=self.o.unix,
+                name=name,
             )
         await target.start()
         return target
@@ -353,7 +358,7 @@ def _ratio(points: list[dict[str, Any]]) -> None:
     base = {(p["scenario"], p["offered_rps"], p.get("repeat", 0)): p for p in points if p["target"] == "baseline"}
     for p in points:
         b = base.get((p["scenario"], p["offered_rps"], p.get("repeat", 0)))
-        if p["target"] != "gatehouse" or b is None:
+        if not p["target"].startswith("gatehouse") or b is None:
             continue
         p["vs_baseline"] = {
             "throughput": round(p["achieved_rps"] / b["achieved_rps"], 3) if b["achieved_rps"] else None,
@@ -370,8 +375,8 @@ async def fixed_rate(
     rate = o.rate or DEFAULT_RATES[scenario]
     points: list[dict[str, Any]] = []
     for name in o.targets:
-        target = await h.start(name, extra_args if name == "gatehouse" else None)
-        gh = name == "gatehouse"
+        gh = name.startswith("gatehouse")
+        target = await h.start(name, extra_args if gh else None)
         try:
             for r in range(o.repeat):
                 tag = f"{scenario}-{name}-{r}"
@@ -427,7 +432,7 @@ async def mixed(h: Harness) -> list[dict[str, Any]]:
     cfg = data.top_config()
     for name in o.targets:
         target = await h.start(name)
-        gh = name == "gatehouse"
+        gh = name.startswith("gatehouse")
         try:
             for r in range(o.repeat):
                 tag = f"mixed-{name}-{r}"
@@ -599,7 +604,7 @@ async def sweep(h: Harness) -> list[dict[str, Any]]:
                 for target in targets:
                     if target.name in broken:
                         continue
-                    gh = target.name == "gatehouse"
+                    gh = target.name.startswith("gatehouse")
                     point = await h.h2_point(
                         target, CHECK, top.body, Verifier("check", top.allowed if gh else None), rate,
                         f"sweep-{target.name}-{rate:g}-{r}",

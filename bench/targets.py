@@ -177,6 +177,7 @@ def gatehouse_target(
     workers: int | None,
     extra_args: list[str],
     unix: bool = False,
+    name: str = "gatehouse",
 ) -> Target:
     """With `unix`, calls go to `--unix-socket` (worker 0's only, so one worker makes sense)."""
     port = free_port()
@@ -199,7 +200,7 @@ def gatehouse_target(
         GATEHOUSE_LOG_LEVEL=os.environ.get("GATEHOUSE_BENCH_LOG_LEVEL", "WARNING"),
         GATEHOUSE_GRACE_SECONDS="1",
     )
-    return Target("gatehouse", command, env, log_dir / f"gatehouse-{port}.log", address=address)
+    return Target(name, command, env, log_dir / f"{name}-{port}.log", address=address)
 
 
 def _repo_root() -> str:

@@ -234,14 +234,16 @@ class JsonLines(JsonFormatter):
 
 
 class TextLines(logging.Formatter):
-    def __init__(self, redactor: Redactor, prefix: str) -> None:
-        super().__init__(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
+    def __init__(self, redactor: Redactor, worker: int | None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._redact = redactor
+        self._worker = [f"worker={worker}"] if worker is not None else []
 
     def format(self, record: logging.LogRecord) -> str:
         Redactor.fields(record)
         line = super().format(record)
         extra = [f"{name}={getattr(record, name)}" for name in TEXT_FIELDS if getattr(record, name, None) not in (None, "")]
+        extra += self._worker
         if extra:
             head, newline, rest = line.partition("\n")  # after the message, before a traceback
             line = f"{head} [{' '.join(extra)}]{newline}{rest}"
@@ -277,7 +279,7 @@ def configure(
             static["worker"] = worker
         handler.setFormatter(JsonLines(redactor, static))
     else:
-        handler.setFormatter(TextLines(redactor, f"[worker {worker}] " if worker is not None else ""))
+        handler.setFormatter(TextLines(redactor, worker))
     handler.addFilter(CallFields())
     root = logging.getLogger()
     for old in list(root.handlers):
