@@ -68,12 +68,24 @@ class CallScope:
             self._request_id, self._traceparent = _request_ids(tuple(self.metadata() or ()))
         return self._request_id
 
+    def close(self) -> None:
+        """The call ended: drop the reference to its metadata (and so to grpc's call
+        object), which tasks started during the call would otherwise keep alive in their
+        copy of the context. Ids not read by then are not read afterwards."""
+        if self._request_id is None:
+            self._request_id, self._traceparent = "", ""
+        self.metadata = _no_metadata
+
     @property
     def traceparent_trace_id(self) -> str:
         """The trace id of the call's incoming W3C `traceparent` ('' when it has none)."""
         if self._traceparent is None:
             self._request_id, self._traceparent = _request_ids(tuple(self.metadata() or ()))
         return self._traceparent
+
+
+def _no_metadata() -> None:
+    return None
 
 
 _call: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar("gatehouse_call", default=None)
@@ -84,6 +96,9 @@ def enter_call(scope: CallScope) -> contextvars.Token[CallScope | None]:
 
 
 def leave_call(token: contextvars.Token[CallScope | None]) -> None:
+    scope = _call.get()
+    if scope is not None:
+        scope.close()
     _call.reset(token)
 
 

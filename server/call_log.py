@@ -127,7 +127,7 @@ class CallLog:
                 try:
                     logs.leave_call(token)
                 except ValueError:  # closed from another context (garbage collection): nothing to undo
-                    pass
+                    scope.close()
 
         return streamed
 
