@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from pythonjsonlogger.json import JsonFormatter
@@ -58,7 +58,7 @@ class CallScope:
 
     method: str
     metadata: Callable[[], Iterable[tuple[str, Any]] | None]  # grpc's invocation_metadata
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] | None = None
     _request_id: str | None = None
     _traceparent: str | None = None
 
@@ -115,6 +115,8 @@ def annotate(**fields: str) -> None:
     """Add fields (the authenticated actor, ...) to the current call's access line."""
     call = _call.get()
     if call is not None:
+        if call.fields is None:
+            call.fields = {}
         call.fields.update(fields)
 
 

@@ -157,7 +157,8 @@ def _access_line(
     tenant = _tenant(request, request_type)
     if tenant:
         fields["tenant"] = tenant
-    fields.update(scope.fields)
+    if scope.fields:
+        fields.update(scope.fields)
     if sent is not None:
         fields["messages"] = sent
     access_log.info("%s %s", scope.method.rpartition("/")[2], code, extra=fields)
