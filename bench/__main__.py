@@ -60,6 +60,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS",
                    help="also run target gatehouse-LABEL: Gatehouse with these extra serve arguments (space-separated), "
                    "e.g. --variant 'dlog1=--decision-log sampled --decision-log-sample-rate 0.01'; fixed-rate scenarios")
+    p.add_argument("--interleave", action="store_true",
+                   help="fixed-rate scenarios: start every target first and let them take turns at each repeat")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the first point of each target (needs py-spy); stacks go to <name>.<target>.pyspy.txt")
     p.add_argument("--native", action="store_true", help="with --profile: include C/Cython frames (pauses the process)")
@@ -107,6 +109,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         unix=a.unix,
         targets=targets,
         variants=variants,
+        interleave=a.interleave,
         probe_rate=a.probe_rate,
     )
     return options, a

@@ -81,6 +81,7 @@ class Options:
     # `--variant LABEL=ARGS`: target `gatehouse-LABEL` is Gatehouse started with ARGS too
     # (the same scenario and rates, in the same run: a setting's cost against it off).
     variants: dict[str, list[str]] = field(default_factory=dict)
+    interleave: bool = False  # fixed-rate scenarios: all targets up, taking turns per repeat
     probe_rate: float = 10.0
 
 
@@ -374,49 +375,67 @@ async def fixed_rate(
     o, data = h.o, h.data
     rate = o.rate or DEFAULT_RATES[scenario]
     points: list[dict[str, Any]] = []
-    for name in o.targets:
+
+    async def one(name: str, target: Target, r: int) -> dict[str, Any]:
         gh = name.startswith("gatehouse")
-        target = await h.start(name, extra_args if gh else None)
+        tag = f"{scenario}-{name}-{r}"
+        if scenario == "check-miss":
+            # The same never-seen keys for both targets: they are different servers.
+            if r not in h.cold_by_repeat:
+                h.cold_by_repeat[r] = data.cold_checks(int(rate * (o.warmup + o.duration)) + 1, seed=r)
+            checks = h.cold_by_repeat[r]
+            point = await h.py_point(
+                target, CHECK, [c.body for c in checks], [c.allowed for c in checks] if gh else None,
+                "check", rate, tag,
+            )
+        elif scenario == "check-l2" or (scenario == "check-hit" and o.generator == "python"):
+            checks = data.hot_checks(o.distinct_keys)
+            if r == 0:
+                await warm(target.address, CHECK, [c.body for c in checks])
+            point = await h.py_point(
+                target, CHECK, [c.body for c in checks], [c.allowed for c in checks] if gh else None,
+                "check", rate, tag,
+            )
+        elif scenario == "check-hit":
+            top = data.top_check()
+            await warm(target.address, CHECK, [top.body])
+            point = await h.h2_point(target, CHECK, top.body, Verifier("check", top.allowed if gh else None), rate, tag)
+        elif scenario == "batch":
+            body, expected = data.batch_body(o.batch_size)
+            await warm(target.address, BATCH, [body])
+            point = await h.h2_point(target, BATCH, body, Verifier("batch", expected if gh else None), rate, tag)
+            point["checks_per_call"] = o.batch_size
+            point["decisions_per_s"] = round(point["achieved_rps"] * o.batch_size, 1)
+        elif scenario == "config":
+            body = data.top_config()
+            await warm(target.address, CONFIG, [body])
+            point = await h.h2_point(
+                target, CONFIG, body, Verifier("config", data.tenants[0].id if gh else None), rate, tag
+            )
+        else:
+            raise ValueError(scenario)
+        point.update(scenario=scenario, repeat=r)
+        return point
+
+    if o.interleave:
+        # Every target up at once (an idle one costs nothing), taking turns at each repeat:
+        # drift in the machine's load (other work) spreads over all of them alike.
+        started: list[Target] = []
+        try:
+            for name in o.targets:
+                started.append(await h.start(name, extra_args if name.startswith("gatehouse") else None))
+            for r in range(o.repeat):
+                for name, target in zip(o.targets, started):
+                    points.append(await one(name, target, r))
+        finally:
+            for target in started:
+                await target.stop()
+        return points
+    for name in o.targets:
+        target = await h.start(name, extra_args if name.startswith("gatehouse") else None)
         try:
             for r in range(o.repeat):
-                tag = f"{scenario}-{name}-{r}"
-                if scenario == "check-miss":
-                    # The same never-seen keys for both targets: they are different servers.
-                    if r not in h.cold_by_repeat:
-                        h.cold_by_repeat[r] = data.cold_checks(int(rate * (o.warmup + o.duration)) + 1, seed=r)
-                    checks = h.cold_by_repeat[r]
-                    point = await h.py_point(
-                        target, CHECK, [c.body for c in checks], [c.allowed for c in checks] if gh else None,
-                        "check", rate, tag,
-                    )
-                elif scenario == "check-l2" or (scenario == "check-hit" and o.generator == "python"):
-                    checks = data.hot_checks(o.distinct_keys)
-                    if r == 0:
-                        await warm(target.address, CHECK, [c.body for c in checks])
-                    point = await h.py_point(
-                        target, CHECK, [c.body for c in checks], [c.allowed for c in checks] if gh else None,
-                        "check", rate, tag,
-                    )
-                elif scenario == "check-hit":
-                    top = data.top_check()
-                    await warm(target.address, CHECK, [top.body])
-                    point = await h.h2_point(target, CHECK, top.body, Verifier("check", top.allowed if gh else None), rate, tag)
-                elif scenario == "batch":
-                    body, expected = data.batch_body(o.batch_size)
-                    await warm(target.address, BATCH, [body])
-                    point = await h.h2_point(target, BATCH, body, Verifier("batch", expected if gh else None), rate, tag)
-                    point["checks_per_call"] = o.batch_size
-                    point["decisions_per_s"] = round(point["achieved_rps"] * o.batch_size, 1)
-                elif scenario == "config":
-                    body = data.top_config()
-                    await warm(target.address, CONFIG, [body])
-                    point = await h.h2_point(
-                        target, CONFIG, body, Verifier("config", data.tenants[0].id if gh else None), rate, tag
-                    )
-                else:
-                    raise ValueError(scenario)
-                point.update(scenario=scenario, repeat=r)
-                points.append(point)
+                points.append(await one(name, target, r))
         finally:
             await target.stop()
     return points
