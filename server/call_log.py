@@ -20,6 +20,7 @@ interceptor's entry to its exit, so admission and every later link included), `p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -118,6 +119,10 @@ class CallLog:
                 async for response in handler(request, context):
                     sent += 1
                     yield response
+            except (GeneratorExit, asyncio.CancelledError):
+                # The client went away: grpc closes the stream before its context says so.
+                code = "CANCELLED" if context.code() is None else _code(context)
+                raise
             except BaseException:
                 code = _code(context)
                 raise

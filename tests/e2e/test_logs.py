@@ -154,6 +154,10 @@ async def test_logs(run: Run, remote: Client, operator_token: str, unique: str) 
     batch = await remote.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=[ask, denied]))
     assert [a.allowed for a in batch.results] == [True, False]
     await remote.config.GetTenantConfig(config_pb2.GetTenantConfigRequest(tenant_id=tenant.id))
+    watch = remote.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id=tenant.id))
+    assert (await watch.read()).id == tenant.id
+    watch.cancel()
+    await asyncio.sleep(0.5)  # the server sees the cancellation and ends the stream
     await run.stop()
 
     # --- no secret anywhere: stderr, stdout, the decision log. A key's id is no secret
@@ -189,6 +193,8 @@ async def test_logs(run: Run, remote: Client, operator_token: str, unique: str) 
     assert len(checks) == 6
     assert all(line["request_id"] == f"req-{unique}" and line["trace_id"] == trace for line in checks)
     assert all(line["tenant"] == tenant.id for line in checks)
+    (watched,) = [line for line in access if line["method"].endswith("/WatchTenantConfig")]
+    assert (watched["code"], watched["messages"], watched["tenant"]) == ("CANCELLED", 1, tenant.id)
 
     # --- the decision log: every answer (all), remembered ones too, with its request id.
     decisions = [json.loads(line) for line in run.decisions.splitlines()]
