@@ -21,12 +21,14 @@ from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
-from gatehouse.server.interceptors import CallCounter, Chain
+from gatehouse.server.interceptors import CallCounter, Chain, Interceptor
 from gatehouse.server.listeners import bind, plan_listeners
+from gatehouse.server.tracing import TraceInterceptor
 from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.redis_client import RedisClient, check_mode, redis_client
 from gatehouse.settings import Settings
 from gatehouse.stats import StatsRegistry
+from gatehouse import tracing
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
@@ -63,6 +65,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[str] = []
         self.stats = StatsRegistry()
+        self.tracing: tracing.Tracing | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -71,6 +74,9 @@ class Sidecar:
         listeners = plan_listeners(s)
         s.check_durations()
         s.check_redis_prefix()
+        # OpenTelemetry's SDK, once per process, when OTEL_TRACES_EXPORTER asks for it
+        # (gatehouse/tracing.py); None, and nothing of it anywhere, when it does not.
+        self.tracing = tracing.start()
         # A Redis that answers must be in the mode the settings say (cluster or not).
         await check_mode(s.redis_url, cluster=bool(s.redis_cluster), timeout=s.health_timeout_seconds)
         # min_size=0: the pool opens connections on demand, so the server comes up (and
@@ -141,7 +147,10 @@ class Sidecar:
             }
         )
         # Counted first, so a refused call is counted too (as RESOURCE_EXHAUSTED).
-        chain = Chain([calls, self.admission])
+        # Traced outermost when tracing is on (the span covers everything, refusals too);
+        # off, the link is not there at all.
+        traced: list[Interceptor] = [TraceInterceptor()] if self.tracing is not None else []
+        chain = self.chain = Chain([*traced, calls, self.admission])
         self._report_stats(calls)
         decisions = DecisionService(self.cache)
         AccessServicer(decisions, self.check_answers).add_to(server, chain)
@@ -206,6 +215,9 @@ class Sidecar:
             await client.aclose()
         if self.store is not None:
             await self.store.close()
+        if self.tracing is not None:
+            # Spans wait in the batch processor: export them before the process goes.
+            await asyncio.to_thread(self.tracing.flush)
 
 
 def relay_for(s: Settings) -> OutboxRelay:
@@ -225,6 +237,7 @@ async def run_relay(settings: Settings) -> int:
     """`gatehouse relay`: only the outbox relay, until SIGTERM or SIGINT."""
     settings.check_durations()
     settings.check_redis_prefix()
+    traces = tracing.start()
     await check_mode(settings.redis_url, cluster=bool(settings.redis_cluster), timeout=1.0)
     relay = relay_for(settings)
     task = asyncio.create_task(relay.run())
@@ -237,6 +250,8 @@ async def run_relay(settings: Settings) -> int:
     except asyncio.CancelledError:
         pass
     await relay.redis.aclose()
+    if traces is not None:
+        traces.flush()
     return 0
 
 
