@@ -85,7 +85,7 @@ class RedisL2:
     def _tag(self, tenant_id: str) -> str:
         return tenant_tag(self._prefix, tenant_id)
 
-    async def _guard(self, what: str, op: Callable[[], Awaitable[T]], fallback: T) -> T:
+    async def _guard(self, op: Callable[[], Awaitable[T]], fallback: T, what: str = "call") -> T:
         if self._clock() < self._down_until:
             return fallback
         try:
@@ -100,13 +100,13 @@ class RedisL2:
 
     async def get_tenant(self, tenant_id: str, min_revision: int) -> TenantSnapshot | None:
         pointer = pointer_key(self._prefix, tenant_id)
-        found = await self._guard("read tenant", lambda: self._read(keys=[pointer], args=[min_revision, ":t:", ""]), None)
+        found = await self._guard(lambda: self._read(keys=[pointer], args=[min_revision, ":t:", ""]), None, "read tenant")
         return codec.load_tenant(found[1]) if found else None
 
     async def get_subject(self, tenant_id: str, subject_key: str, min_revision: int) -> SubjectSnapshot | None:
         pointer = pointer_key(self._prefix, tenant_id)
         found = await self._guard(
-            "read subject", lambda: self._read(keys=[pointer], args=[min_revision, ":s:", f":{subject_key}"]), None
+            lambda: self._read(keys=[pointer], args=[min_revision, ":s:", f":{subject_key}"]), None, "read subject"
         )
         return codec.load_subject(found[1]) if found else None
 
@@ -114,11 +114,11 @@ class RedisL2:
         tag = self._tag(snapshot.tenant.id)
         rev = snapshot.revision
         await self._guard(
-            "write tenant",
             lambda: self._write(
                 keys=[f"{tag}{POINTER_SUFFIX}", f"{tag}:t:{rev}"], args=[rev, codec.dump_tenant(snapshot), self._ttl_ms]
             ),
             None,
+            "write tenant",
         )
 
     async def put_subject(self, snapshot: SubjectSnapshot) -> None:
@@ -126,15 +126,15 @@ class RedisL2:
         rev = snapshot.revision
         key = f"{tag}:s:{rev}:{snapshot.subject.key}"
         await self._guard(
-            "write subject",
             lambda: self._write(keys=[f"{tag}{POINTER_SUFFIX}", key], args=[rev, codec.dump_subject(snapshot), self._ttl_ms]),
             None,
+            "write subject",
         )
 
     async def advance(self, tenant_id: str, revision: int) -> None:
         """Move the tenant's pointer to `revision` (after a write): older data is never read again."""
         pointer = pointer_key(self._prefix, tenant_id)
-        await self._guard("advance", lambda: self._write(keys=[pointer], args=[revision, "", self._ttl_ms]), None)
+        await self._guard(lambda: self._write(keys=[pointer], args=[revision, "", self._ttl_ms]), None, "advance")
 
     async def ping(self) -> None:
         """Return when Redis answers PING, within the client's socket timeout (seconds);

@@ -244,6 +244,10 @@ class OutboxRelay:
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
             last_prune = next_beat = 0.0
             while True:
+                # redis-py can drop a cancellation that lands mid-command (see
+                # gatehouse.cancellation): without this, a relay being stopped could go on
+                # polling forever, and Sidecar.stop() with it.
+                stop_if_cancelled()
                 self._wake.clear()
                 await self.publish_pending(conn)
                 if time.monotonic() >= next_beat:
