@@ -88,7 +88,8 @@ class TraceInterceptor:
         tracer, name, attributes, hot = self._describe(method)
 
         # start_span and attach by hand rather than `start_as_current_span`: the same span
-        # and context, for half the cost per call (3 µs less, most calls being unsampled).
+        # and context for less per call (in-process 5.4 against 7.7 µs with the context
+        # manager, at 1 %; most calls being unsampled, that cost is all they pay).
         async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             parent = _extract(context)
             span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
