@@ -26,6 +26,7 @@ told here, after it returned.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator, Sequence
 
 import grpc
@@ -96,8 +97,8 @@ class TraceInterceptor:
             token = attach(trace.set_span_in_context(span, parent))
             try:
                 response = await handler(request, context)
-            except BaseException:
-                _finish(span, context, hot, failed=True)
+            except BaseException as error:
+                _finish(span, context, hot, failed=error)
                 raise
             else:
                 _finish(span, context, hot)
@@ -121,8 +122,8 @@ class TraceInterceptor:
                 try:
                     async for response in handler(request, context):
                         yield response
-                except BaseException:
-                    _finish(span, context, False, failed=True)
+                except BaseException as error:
+                    _finish(span, context, False, failed=error)
                     raise
                 _finish(span, context, False)
 
@@ -149,12 +150,17 @@ def _extract(context: grpc.aio.ServicerContext[Any, Any], fields: frozenset[str]
     return None
 
 
-def _finish(span: Span, context: grpc.aio.ServicerContext[Any, Any], hot: bool, *, failed: bool = False) -> None:
+def _finish(
+    span: Span, context: grpc.aio.ServicerContext[Any, Any], hot: bool, *, failed: BaseException | None = None
+) -> None:
     if not span.is_recording():
         return
     code = status_code(context)
-    if failed and code == 0:
-        code = grpc.StatusCode.UNKNOWN.value[0]  # escaped with no code set: grpc sends UNKNOWN
+    if failed is not None and code == 0:
+        # No code set: the call was cancelled under the handler (the client went away, the
+        # deadline passed), or an exception escaped and grpc sends UNKNOWN.
+        cancelled = isinstance(failed, (asyncio.CancelledError, GeneratorExit))
+        code = (grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.UNKNOWN).value[0]
     span.set_attribute("rpc.grpc.status_code", code)
     if code in _SERVER_ERRORS:
         span.set_status(Status(StatusCode.ERROR))

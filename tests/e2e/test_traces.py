@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2
+from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import Client, make_client, user
 from tests.conftest import create_migrated_database, drop_database
 from tests.processes import ServerProcess, sidecar_env, start_server
@@ -229,6 +229,24 @@ async def test_an_admin_write_is_linked_to_its_relay_publish_and_event(traced: T
     assert applied.span.kind == Span.SPAN_KIND_CONSUMER
     assert [link.span_id for link in applied.span.links] == [write.span.span_id]
     assert applied.attribute("gatehouse.event.kind") == "membership"
+
+
+async def test_a_watch_stream_is_one_server_span_ended_by_its_cancellation(traced: Traced, unique: str) -> None:
+    client, receiver = traced.client, traced.receiver
+    tenant = await client.tenant(f"traces-s-{unique}")
+    watch_trace, watch_parent, metadata = _caller()
+    stream = client.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id=tenant.id), metadata=metadata)
+    first = await stream.read()
+    assert isinstance(first, config_pb2.TenantConfig) and first.id == tenant.id
+    stream.cancel()
+
+    spans = await receiver.wait_for(
+        lambda spans: any(r.span.name.endswith("/WatchTenantConfig") for r in _in(watch_trace, spans))
+    )
+    watch = _one(_in(watch_trace, spans), "gatehouse.v1.ConfigService/WatchTenantConfig")
+    assert watch.span.kind == Span.SPAN_KIND_SERVER
+    assert watch.span.parent_span_id.hex() == watch_parent
+    assert watch.attribute("rpc.grpc.status_code") == grpc.StatusCode.CANCELLED.value[0]
 
 
 def test_tracing_off_loads_no_sdk_and_adds_no_interceptor() -> None:
