@@ -46,6 +46,10 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--gh-workers", type=int, help="pass --workers N to gatehouse serve (and run N baseline processes)")
     p.add_argument("--gh-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for gatehouse serve, repeatable (e.g. --gh-arg=--l1-ttl-seconds=30)")
+    p.add_argument("--gh-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment variable for gatehouse serve, repeatable (e.g. --gh-env OTEL_TRACES_EXPORTER=console)")
+    p.add_argument("--traces-sampler-arg", type=float, default=0.01,
+                   help="traces: the traced variant's OTEL_TRACES_SAMPLER_ARG (parentbased_traceidratio; default 0.01)")
     p.add_argument("--generator", choices=("auto", "h2load", "python"), default="auto",
                    help="auto: h2load where one repeated body suffices, Python where bodies must differ")
     p.add_argument("--py-workers", type=int, default=2, help="Python generator processes")
@@ -74,6 +78,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         p.error(f"--duration must be in (0, {MAX_DURATION:g}] and --warmup in [0, 30]")
     if a.rate is not None and a.rate <= 0:
         p.error("--rate must be positive")
+    if any("=" not in item for item in a.gh_env):
+        p.error("--gh-env: NAME=VALUE")
     targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     if not targets or set(targets) - {"baseline", "gatehouse"}:
         p.error("--targets: baseline and/or gatehouse")
@@ -99,6 +105,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         distinct_keys=a.distinct_keys,
         gh_workers=a.gh_workers,
         gh_args=a.gh_arg,
+        gh_env=dict(item.split("=", 1) for item in a.gh_env),
+        traces_sampler_arg=a.traces_sampler_arg,
         generator=a.generator,
         py_workers=a.py_workers,
         writer=a.writer,

@@ -50,6 +50,7 @@ DEFAULT_RATES = {"check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch
 DEFAULT_SWEEP = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 14000, 16000]
 SCENARIOS = (
     "check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation", "overload", "auth-flood",
+    "traces",
 )
 
 
@@ -69,6 +70,8 @@ class Options:
     distinct_keys: int = 5000
     gh_workers: int | None = None
     gh_args: list[str] = field(default_factory=list)
+    gh_env: dict[str, str] = field(default_factory=dict)  # extra environment of every gatehouse serve
+    traces_sampler_arg: float = 0.01  # `traces`: the traced variant's sampling ratio
     generator: str = "auto"
     py_workers: int = 2
     writer: str = "pgbench"
@@ -172,7 +175,7 @@ class Harness:
         self.cold_by_repeat: dict[int, list[Any]] = {}
 
     def uses_h2load(self) -> bool:
-        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload"}
+        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload", "traces"}
         if self.o.generator == "python":
             h2_scenarios -= {"check-hit"}
         return bool(h2_scenarios & set(self.o.scenarios))
@@ -207,7 +210,10 @@ class Harness:
 
     # --- targets ---
 
-    async def start(self, name: str, extra_args: list[str] | None = None) -> Target:
+    async def start(
+        self, name: str, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> Target:
+        """`env`: added to a gatehouse target's environment after `--gh-env` (e.g. OTEL_*)."""
         workers = self.o.gh_workers
         if name == "baseline":
             target = baseline_target(workers or 1, self.work_dir, unix=self.o.unix)
@@ -219,6 +225,7 @@ class Harness:
                 workers=workers, extra_args=[*self.o.gh_args, *variant, *(extra_args or [])], unix=self.o.unix,
                 name=name,
             )
+            target.env.update({**self.o.gh_env, **(env or {})})
         await target.start()
         return target
 
@@ -824,6 +831,10 @@ async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
         points = await sweep(h)
     elif scenario == "propagation":
         points = await propagation(h)
+    elif scenario == "traces":
+        from bench import traces  # it builds on this module
+
+        points = await traces.traces(h)
     elif scenario in ("overload", "auth-flood"):
         from bench import overload  # it builds on this module
 

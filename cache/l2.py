@@ -14,6 +14,9 @@ bumping the pointer (on every admin write) orphans the old keys, and TTLs reclai
 Redis is a cache, never a dependency: any Redis error opens a breaker for
 `retry_after` seconds during which L2 is skipped (reads miss, writes are dropped), so a
 dead Redis costs one timeout, not one per request.
+
+Traces: each call inside a sampled RPC is a `redis L2 <what>` client span (`tracing.child_span`;
+none while the breaker skips Redis, nothing when tracing is off).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import time
 from typing import Awaitable, Callable, TypeVar
 
+from gatehouse import tracing
 from gatehouse.cache import codec
 from gatehouse.engine.model import SubjectSnapshot, TenantSnapshot
 from gatehouse.events import ADVANCE_POINTER, POINTER_SUFFIX, pointer_key, tenant_tag
@@ -30,6 +34,7 @@ from gatehouse.redis_failures import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_tracer = tracing.tracer(__name__)
 
 # Return [rev, data] for the pointer's revision when it is >= ARGV[1], else false. The data
 # key cannot be declared (its revision is read here), so it is built from KEYS[1] itself:
@@ -80,11 +85,12 @@ class RedisL2:
     def _tag(self, tenant_id: str) -> str:
         return tenant_tag(self._prefix, tenant_id)
 
-    async def _guard(self, op: Callable[[], Awaitable[T]], fallback: T) -> T:
+    async def _guard(self, op: Callable[[], Awaitable[T]], fallback: T, what: str = "call") -> T:
         if self._clock() < self._down_until:
             return fallback
         try:
-            return await op()
+            with tracing.child_span(_tracer, f"redis L2 {what}", {"db.system.name": "redis", "db.operation.name": "EVALSHA"}):
+                return await op()
         except REDIS_FAILURES as exc:
             self.errors += 1
             if self._down_until <= self._clock():
@@ -94,13 +100,13 @@ class RedisL2:
 
     async def get_tenant(self, tenant_id: str, min_revision: int) -> TenantSnapshot | None:
         pointer = pointer_key(self._prefix, tenant_id)
-        found = await self._guard(lambda: self._read(keys=[pointer], args=[min_revision, ":t:", ""]), None)
+        found = await self._guard(lambda: self._read(keys=[pointer], args=[min_revision, ":t:", ""]), None, "read tenant")
         return codec.load_tenant(found[1]) if found else None
 
     async def get_subject(self, tenant_id: str, subject_key: str, min_revision: int) -> SubjectSnapshot | None:
         pointer = pointer_key(self._prefix, tenant_id)
         found = await self._guard(
-            lambda: self._read(keys=[pointer], args=[min_revision, ":s:", f":{subject_key}"]), None
+            lambda: self._read(keys=[pointer], args=[min_revision, ":s:", f":{subject_key}"]), None, "read subject"
         )
         return codec.load_subject(found[1]) if found else None
 
@@ -112,6 +118,7 @@ class RedisL2:
                 keys=[f"{tag}{POINTER_SUFFIX}", f"{tag}:t:{rev}"], args=[rev, codec.dump_tenant(snapshot), self._ttl_ms]
             ),
             None,
+            "write tenant",
         )
 
     async def put_subject(self, snapshot: SubjectSnapshot) -> None:
@@ -121,12 +128,13 @@ class RedisL2:
         await self._guard(
             lambda: self._write(keys=[f"{tag}{POINTER_SUFFIX}", key], args=[rev, codec.dump_subject(snapshot), self._ttl_ms]),
             None,
+            "write subject",
         )
 
     async def advance(self, tenant_id: str, revision: int) -> None:
         """Move the tenant's pointer to `revision` (after a write): older data is never read again."""
         pointer = pointer_key(self._prefix, tenant_id)
-        await self._guard(lambda: self._write(keys=[pointer], args=[revision, "", self._ttl_ms]), None)
+        await self._guard(lambda: self._write(keys=[pointer], args=[revision, "", self._ttl_ms]), None, "advance")
 
     async def ping(self) -> None:
         """Return when Redis answers PING, within the client's socket timeout (seconds);

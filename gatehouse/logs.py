@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from pythonjsonlogger.json import JsonFormatter
 
+from gatehouse import tracing
+
 Metadata = Sequence[tuple[str, "str | bytes"]]
 
 FORMATS = ("text", "json")
@@ -150,30 +152,13 @@ def parse_traceparent(value: str) -> str:
     return match[1]
 
 
-def _otel_trace_id() -> Callable[[], str] | None:
-    """A reader of the active OpenTelemetry span's trace id, when opentelemetry is installed."""
-    try:
-        from opentelemetry import trace  # type: ignore[import-not-found, unused-ignore]  # optional
-    except ImportError:
-        return None
-
-    def read() -> str:
-        context = trace.get_current_span().get_span_context()
-        return format(context.trace_id, "032x") if context.is_valid else ""
-
-    return read
-
-
-_otel = _otel_trace_id()
-
-
 def current_trace_id() -> str:
-    """The W3C trace id of the active OpenTelemetry span, if opentelemetry is installed and
-    a span is active; else the trace id of the current call's incoming `traceparent`; else ''."""
-    if _otel is not None:
-        found = _otel()
-        if found:
-            return found
+    """The W3C trace id of the active OpenTelemetry span (gatehouse/tracing.py), when one
+    is active; else the trace id of the current call's incoming `traceparent` (tracing
+    off); else ''."""
+    found = tracing.current_trace_id()
+    if found:
+        return found
     call = _call.get()
     return call.traceparent_trace_id if call is not None else ""
 

@@ -23,12 +23,14 @@ from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decision_log import DecisionLog
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
-from gatehouse.server.interceptors import CallCounter, Chain
+from gatehouse.server.interceptors import CallCounter, Chain, Interceptor
 from gatehouse.server.listeners import bind, plan_listeners
+from gatehouse.server.tracing import TraceInterceptor
 from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.redis_client import RedisClient, check_mode, redis_client
 from gatehouse.settings import Settings
 from gatehouse.stats import StatsRegistry
+from gatehouse import tracing
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
@@ -44,6 +46,10 @@ SERVICE_NAMES = (
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     ADMIN_SERVICE.full_name,
 )
+
+
+# How many times (1 s apart) stop() cancels a background loop that has not ended.
+STOP_TASKS_ROUNDS = 5
 
 
 class Sidecar:
@@ -66,6 +72,7 @@ class Sidecar:
         self.addresses: list[str] = []
         self.stats = StatsRegistry()
         self.decision_log: DecisionLog | None = None
+        self.tracing: tracing.Tracing | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -74,6 +81,9 @@ class Sidecar:
         listeners = plan_listeners(s)
         s.check_durations()
         s.check_redis_prefix()
+        # OpenTelemetry's SDK, once per process, when OTEL_TRACES_EXPORTER asks for it
+        # (gatehouse/tracing.py); None, and nothing of it anywhere, when it does not.
+        self.tracing = tracing.start()
         # A Redis that answers must be in the mode the settings say (cluster or not).
         await check_mode(s.redis_url, cluster=bool(s.redis_cluster), timeout=s.health_timeout_seconds)
         # min_size=0: the pool opens connections on demand, so the server comes up (and
@@ -149,10 +159,13 @@ class Sidecar:
                 max_queue=s.decision_log_queue,
             )
             self.decision_log.start()
-        # The call's log scope and access line outermost (server/call_log.py), so both
-        # see every call; then counted, so a refused call is counted too (as RESOURCE_EXHAUSTED).
+        # Traced outermost when tracing is on (the span covers everything, refusals too;
+        # off, the link is not there at all); then the call's log scope and access line
+        # (server/call_log.py), inside the span so its lines carry the trace id; then
+        # counted, so a refused call is counted too (as RESOURCE_EXHAUSTED).
+        traced: list[Interceptor] = [TraceInterceptor()] if self.tracing is not None else []
         call_log = CallLog(hot=bool(s.access_log_hot), scope_hot=self.decision_log is not None)
-        chain = Chain([call_log, calls, self.admission])
+        chain = self.chain = Chain([*traced, call_log, calls, self.admission])
         self._report_stats(calls)
         decisions = DecisionService(self.cache, self.decision_log)
         AccessServicer(decisions, self.check_answers).add_to(server, chain)
@@ -208,9 +221,21 @@ class Sidecar:
             await self.readiness.shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        # A library can swallow a cancellation (gatehouse/cancellation.py): the loops check
+        # for that, and cancelling again, a few times, keeps a missed case from hanging
+        # the exit (asyncio.run would wait for the task forever).
+        pending = set(self._tasks)
+        for _ in range(STOP_TASKS_ROUNDS):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a loop that failed has logged why already
+        for task in pending:
+            log.error("background task %s did not stop after %d cancellations", task.get_name(), STOP_TASKS_ROUNDS)
         if self.cache is not None:
             await self.cache.drain()
         if self.l2 is not None:
@@ -221,6 +246,9 @@ class Sidecar:
             await self.store.close()
         if self.decision_log is not None:
             await asyncio.to_thread(self.decision_log.stop)
+        if self.tracing is not None:
+            # Spans wait in the batch processor: export them before the process goes.
+            await asyncio.to_thread(self.tracing.flush)
 
 
 def relay_for(s: Settings) -> OutboxRelay:
@@ -240,6 +268,7 @@ async def run_relay(settings: Settings) -> int:
     """`gatehouse relay`: only the outbox relay, until SIGTERM or SIGINT."""
     settings.check_durations()
     settings.check_redis_prefix()
+    traces = tracing.start()
     await check_mode(settings.redis_url, cluster=bool(settings.redis_cluster), timeout=1.0)
     relay = relay_for(settings)
     task = asyncio.create_task(relay.run())
@@ -252,6 +281,8 @@ async def run_relay(settings: Settings) -> int:
     except asyncio.CancelledError:
         pass
     await relay.redis.aclose()
+    if traces is not None:
+        traces.flush()
     return 0
 
 

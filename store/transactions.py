@@ -11,6 +11,11 @@ The read path (`load_tenant`, `load_subject`) is one query in a read-only transa
 three round trips (BEGIN with the scope, the query, COMMIT), no reset query on release.
 Driver errors are translated to Gatehouse errors by `translated()` around every pool
 use; see `gatehouse.store.driver_errors`.
+
+Traces (README "Traces"): every transaction inside a sampled call is a `postgres
+transaction` client span (`tracing.child_span`: none outside one, nothing when off). A write transaction begun under a sampled span also sets the
+transaction-local `gatehouse.traceparent` with its BEGIN, which the outbox row's
+`traceparent` column defaults to (migration 4): the relay links its publish span to it.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import asyncpg
 
+from gatehouse import tracing
 from gatehouse.errors import TenantNotFound
 from gatehouse.store.driver_errors import translated
 from gatehouse.store.migrate import read_version
 
 PLATFORM_SCOPE = "*"  # the row-level security scope that sees every tenant
+
+_tracer = tracing.tracer(__name__)
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     # jsonb columns come back as Python values and take Python values as arguments.
@@ -88,17 +96,20 @@ class Transactions:
     @asynccontextmanager
     async def _transaction(self, scope: str, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that sees only `scope`'s rows (a tenant id, or PLATFORM_SCOPE)."""
-        with translated():
-            conn = await self._begin(_begin_statement(scope, readonly=readonly))
-            try:
+        attributes = {"db.system.name": "postgresql", "db.transaction.read_only": readonly, "gatehouse.scope": scope}
+        with tracing.child_span(_tracer, "postgres transaction", attributes):
+            begin = _begin_statement(scope, readonly=readonly, traceparent="" if readonly else tracing.traceparent())
+            with translated():
+                conn = await self._begin(begin)
                 try:
-                    yield conn
-                except BaseException:
-                    await _rollback(conn)
-                    raise
-                await conn.execute("COMMIT")
-            finally:
-                await self._pool.release(conn)
+                    try:
+                        yield conn
+                    except BaseException:
+                        await _rollback(conn)
+                        raise
+                    await conn.execute("COMMIT")
+                finally:
+                    await self._pool.release(conn)
 
     async def _begin(self, begin: str) -> asyncpg.Connection:
         """A pooled connection with a transaction begun on it.
@@ -131,18 +142,20 @@ class Transactions:
         return self._transaction(scope, readonly=True)
 
 
-def _begin_statement(scope: str, *, readonly: bool) -> str:
+def _begin_statement(scope: str, *, readonly: bool, traceparent: str = "") -> str:
     """BEGIN and the row-level security scope, as one message and so one round trip.
 
     A simple-protocol message takes no parameters, so the scope is inlined: it must be
     exactly '*' or a canonical uuid (the only values this module builds), which leaves
     nothing to quote or inject. `is_local=true` ends the scope with the transaction, so
-    the next borrower of this pooled connection starts with none.
+    the next borrower of this pooled connection starts with none. `traceparent` (a write
+    under a sampled span) is inlined the same way: only a well-formed one, hex and dashes.
     """
     if _SCOPE_RE.fullmatch(scope) is None:
         raise ValueError(f"not a tenant scope: {scope!r}")
     mode = " ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else ""
-    return f"BEGIN{mode}; SELECT set_config('gatehouse.tenant_id', '{scope}', true)"
+    traced = f", set_config('gatehouse.traceparent', '{traceparent}', true)" if tracing.is_traceparent(traceparent) else ""
+    return f"BEGIN{mode}; SELECT set_config('gatehouse.tenant_id', '{scope}', true){traced}"
 
 
 async def _rollback(conn: asyncpg.Connection) -> None:
