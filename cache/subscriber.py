@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Callable, Protocol, cast
 
 from redis.exceptions import ResponseError
 
@@ -136,6 +137,9 @@ class TenantEventSubscriber:
         self._read = 0  # entries read since then
         self._added_seen = 0  # entries ever added, as the last check saw it
         self.stats = SubscriberStats()
+        # Called with each applied event's lag in seconds (its commit time, from the
+        # event's `at`, to now: the writer's database clock against this host's).
+        self.on_event_lag: Callable[[float], None] | None = None
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -278,6 +282,8 @@ class TenantEventSubscriber:
             self.stats.unreadable += 1
             return False
         self.stats.events += 1
+        if self.on_event_lag is not None and event.at_ms > 0:
+            self.on_event_lag(max(0.0, time.time() - event.at_ms / 1000.0))
         if event.kind == "key" and self._keys is not None and event.subject.startswith(KEY_SUBJECT_PREFIX):
             self._keys.forget(event.subject[len(KEY_SUBJECT_PREFIX):])
         if event.tenant_wide:

@@ -23,6 +23,7 @@ from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
 from gatehouse.server.interceptors import CallCounter, Chain
 from gatehouse.server.listeners import bind, plan_listeners
+from gatehouse.server.metrics import Metrics, RpcMetrics, StatsExporter, report_sources
 from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.redis_client import RedisClient, check_mode, redis_client
 from gatehouse.settings import Settings
@@ -47,8 +48,9 @@ SERVICE_NAMES = (
 class Sidecar:
     """One running Gatehouse process."""
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics  # None: no Prometheus metrics (the stats registry still counts)
         self._reuse_port = reuse_port
         self.server: grpc.aio.Server | None = None
         self.store: PostgresStore | None = None
@@ -141,10 +143,14 @@ class Sidecar:
             }
         )
         # Counted first, so a refused call is counted too (as RESOURCE_EXHAUSTED).
-        chain = Chain([calls, self.admission])
-        self._report_stats(calls)
+        chain = Chain([calls, RpcMetrics(self.metrics), self.admission] if self.metrics else [calls, self.admission])
         decisions = DecisionService(self.cache)
-        AccessServicer(decisions, self.check_answers).add_to(server, chain)
+        self.access = AccessServicer(decisions, self.check_answers)
+        self._report_stats(calls)
+        report_sources(self.stats, self)
+        if self.metrics is not None:
+            self._export_metrics(self.metrics)
+        self.access.add_to(server, chain)
         ConfigServicer(self.cache, self.config_answers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
@@ -188,6 +194,16 @@ class Sidecar:
         if self.relay is not None:
             relay = self.relay
             self.stats.register("relay", lambda: {"published": relay.published, "heartbeats": relay.heartbeats})
+
+    def _export_metrics(self, metrics: Metrics) -> None:
+        """Feed the histograms the cache and store layers observe, and copy the stats
+        registry into the metrics every second (server/metrics.py)."""
+        assert self.subscriber is not None
+        self.subscriber.on_event_lag = metrics.event_lag.observe
+        if self.relay is not None:
+            self.relay.on_published = metrics.publish_latency.observe
+        exporter = StatsExporter(self.stats, metrics)
+        self._tasks.append(asyncio.create_task(exporter.run(), name="metrics-exporter"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""
@@ -240,15 +256,18 @@ async def run_relay(settings: Settings) -> int:
     return 0
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+async def serve(
+    settings: Settings, *, reuse_port: bool = False, metrics: Metrics | None = None, metrics_url: str = ""
+) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and return 0."""
-    sidecar = Sidecar(settings, reuse_port=reuse_port)
+    sidecar = Sidecar(settings, reuse_port=reuse_port, metrics=metrics)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await sidecar.start()
-    print(f"gatehouse: serving on {', '.join(sidecar.addresses)}", flush=True)
+    shown = f" (metrics: {metrics_url})" if metrics_url else ""
+    print(f"gatehouse: serving on {', '.join(sidecar.addresses)}{shown}", flush=True)
     await stopping.wait()
     log.info("signal received: draining (grace %.1fs)", settings.grace_seconds)
     await sidecar.stop()

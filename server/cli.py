@@ -57,19 +57,46 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        from gatehouse.server import app
-
         if args.command == "relay":
-            return _run(app.run_relay(settings))
-        if settings.worker_count > 1:
-            from gatehouse.server.workers import run_workers
+            from gatehouse.server import app
 
-            return run_workers(settings)
-        reuse_port = os.environ.get("GATEHOUSE_WORKER_REUSE_PORT") == "1"
-        return _run(app.serve(settings, reuse_port=reuse_port))
+            return _run(app.run_relay(settings))
+        return _serve(settings)
 
     return _migrate(args)
 
+
+def _serve(settings: Settings) -> int:
+    """`gatehouse serve`: one process, N workers under this one, or (from the workers'
+    parent) one worker. Metrics (server/metrics.py): the top process makes the
+    multiprocess directory *before* prometheus_client is imported (it picks its value
+    store at import) and serves /metrics; a worker only writes its values there."""
+    from gatehouse.server.metrics_setup import make_dir_env, parse_listen
+
+    worker = os.environ.get("GATEHOUSE_WORKER_REUSE_PORT") == "1"
+    listen = None if worker else parse_listen(settings.metrics_listen)
+    directory = make_dir_env() if listen is not None else None
+    from gatehouse.server import app
+    from gatehouse.server.metrics import Metrics, MetricsEndpoint
+
+    if settings.worker_count > 1 and not worker:
+        from gatehouse.server.workers import run_workers
+
+        return run_workers(settings, metrics=listen, metrics_dir=directory)
+    endpoint = MetricsEndpoint(*listen, directory=directory) if listen is not None else None
+    try:
+        recording = endpoint is not None or (worker and os.environ.get("GATEHOUSE_WORKER_METRICS") == "1")
+        return _run(
+            app.serve(
+                settings,
+                reuse_port=worker,
+                metrics=Metrics() if recording else None,
+                metrics_url=endpoint.url if endpoint is not None else "",
+            )
+        )
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 def _migrate(args: argparse.Namespace) -> int:
     """`gatehouse migrate`: as the owner; `up` then grants the runtime role its privileges."""

@@ -262,10 +262,11 @@ class EncodedAnswer:
 
     encoded: bytes
     framed: bytes
+    reason: int = 0  # the DecisionReason number, counted per answer (`decisions` in the stats)
 
     @classmethod
-    def of(cls, encoded: bytes) -> "EncodedAnswer":
-        return cls(encoded, frame(encoded))
+    def of(cls, encoded: bytes, reason: int = 0) -> "EncodedAnswer":
+        return cls(encoded, frame(encoded), reason)
 
 
 
