@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
 from typing import Any, Coroutine
 
@@ -76,27 +77,31 @@ def _serve(settings: Settings) -> int:
     worker = os.environ.get("GATEHOUSE_WORKER_REUSE_PORT") == "1"
     listen = None if worker else parse_listen(settings.metrics_listen)
     directory = make_dir_env() if listen is not None else None
-    from gatehouse.server import app
-    from gatehouse.server.metrics import Metrics, MetricsEndpoint
-
-    if settings.worker_count > 1 and not worker:
-        from gatehouse.server.workers import run_workers
-
-        return run_workers(settings, metrics=listen, metrics_dir=directory)
-    endpoint = MetricsEndpoint(*listen, directory=directory) if listen is not None else None
     try:
-        recording = endpoint is not None or (worker and os.environ.get("GATEHOUSE_WORKER_METRICS") == "1")
-        return _run(
-            app.serve(
-                settings,
-                reuse_port=worker,
-                metrics=Metrics() if recording else None,
-                metrics_url=endpoint.url if endpoint is not None else "",
+        from gatehouse.server import app
+        from gatehouse.server.metrics import Metrics, MetricsEndpoint
+
+        if settings.worker_count > 1 and not worker:
+            from gatehouse.server.workers import run_workers
+
+            return run_workers(settings, metrics=listen, metrics_dir=directory)
+        endpoint = MetricsEndpoint(*listen, directory=directory) if listen is not None else None
+        try:
+            recording = endpoint is not None or (worker and os.environ.get("GATEHOUSE_WORKER_METRICS") == "1")
+            return _run(
+                app.serve(
+                    settings,
+                    reuse_port=worker,
+                    metrics=Metrics() if recording else None,
+                    metrics_url=endpoint.url if endpoint is not None else "",
+                )
             )
-        )
+        finally:
+            if endpoint is not None:
+                endpoint.close()
     finally:
-        if endpoint is not None:
-            endpoint.close()
+        if directory is not None:  # every process writing there has exited
+            shutil.rmtree(directory, ignore_errors=True)
 
 def _migrate(args: argparse.Namespace) -> int:
     """`gatehouse migrate`: as the owner; `up` then grants the runtime role its privileges."""

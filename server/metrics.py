@@ -42,7 +42,6 @@ import logging
 import os
 import platform
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Literal, Mapping
@@ -135,8 +134,8 @@ SERIES: dict[str, Series | None] = {
     "events.blind_refreshes": _c("gatehouse_blind_refreshes", "L1 cleared because the event stream was unreadable."),
     "relay.published": _c("gatehouse_relay_published", "Outbox events the relay published to the stream."),
     "relay.heartbeats": _c("gatehouse_relay_heartbeats", "Heartbeats the relay appended to the stream."),
-    "relay.backlog_rows": _g("gatehouse_relay_backlog_rows", "Unpublished outbox rows (at the last heartbeat).", "livemax"),
-    "relay.backlog_oldest_seconds": _g(
+    "relay_backlog.rows": _g("gatehouse_relay_backlog_rows", "Unpublished outbox rows (at the last heartbeat).", "livemax"),
+    "relay_backlog.oldest_seconds": _g(
         "gatehouse_relay_backlog_oldest_seconds", "Age of the oldest unpublished outbox row (0: none).", "livemax"
     ),
     "postgres.in_use": _g("gatehouse_postgres_pool_connections", "Pool connections, by state.", state="in_use"),
@@ -286,6 +285,11 @@ def report_sources(stats: StatsRegistry, sidecar: Any) -> None:
     l2 = sidecar.l2
     stats.register("l2breaker", lambda: {"circuit_open": float(l2.circuit_open)})
     stats.register("idempotency", lambda: {"replays": idempotency.replays})
+    relay = sidecar.relay
+    if relay is not None:
+        stats.register(
+            "relay_backlog", lambda: {"rows": relay.backlog_rows, "oldest_seconds": relay.backlog_oldest_seconds}
+        )
     readiness = sidecar.readiness
     from gatehouse.server.health import SERVICES
 
@@ -303,9 +307,10 @@ class RpcMetrics:
 
     def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
         service, name = split_method(method)
+        kind = STREAMING.get(method, "unary")  # grpc's own servicers stream through context.write
         handled = self._metrics.handled
-        ok = handled.labels("unary", service, name, "OK").inc
-        observe = self._metrics.handling.labels("unary", service, name).observe
+        ok = handled.labels(kind, service, name, "OK").inc
+        observe = self._metrics.handling.labels(kind, service, name).observe
         clock = time.perf_counter
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -314,7 +319,7 @@ class RpcMetrics:
                 response = await handler(request, context)
             except BaseException:
                 observe(clock() - start)
-                handled.labels("unary", service, name, _code(context)).inc()
+                handled.labels(kind, service, name, _code(context)).inc()
                 raise
             observe(clock() - start)
             ok()
@@ -324,8 +329,9 @@ class RpcMetrics:
 
     def stream(self, method: str, handler: StreamHandler) -> StreamHandler:
         service, name = split_method(method)
+        kind = STREAMING.get(method, "server_stream")
         handled = self._metrics.handled
-        observe = self._metrics.handling.labels("server_stream", service, name).observe
+        observe = self._metrics.handling.labels(kind, service, name).observe
         clock = time.perf_counter
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -335,12 +341,21 @@ class RpcMetrics:
                     yield response
             except BaseException:
                 observe(clock() - start)
-                handled.labels("server_stream", service, name, _code(context)).inc()
+                handled.labels(kind, service, name, _code(context)).inc()
                 raise
             observe(clock() - start)
-            handled.labels("server_stream", service, name, "OK").inc()
+            handled.labels(kind, service, name, "OK").inc()
 
         return measured
+
+
+# `grpc_type` of the methods that are not unary (the chain cannot tell a handler that
+# writes with context.write from a unary one, nor a bidirectional stream from a server one).
+STREAMING = {
+    "/grpc.health.v1.Health/Watch": "server_stream",
+    "/gatehouse.v1.ConfigService/WatchTenantConfig": "server_stream",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": "bidi_stream",
+}
 
 
 def split_method(method: str) -> tuple[str, str]:
@@ -407,8 +422,6 @@ class MetricsEndpoint:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _version() -> str:
