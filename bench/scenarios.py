@@ -50,6 +50,7 @@ DEFAULT_RATES = {"check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch
 DEFAULT_SWEEP = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 14000, 16000]
 SCENARIOS = (
     "check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation", "overload", "auth-flood",
+    "metrics-cost",
 )
 
 
@@ -800,6 +801,10 @@ async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
         points = await sweep(h)
     elif scenario == "propagation":
         points = await propagation(h)
+    elif scenario == "metrics-cost":
+        from bench import metrics_cost  # it builds on this module
+
+        points = await metrics_cost.metrics_cost(h)
     elif scenario in ("overload", "auth-flood"):
         from bench import overload  # it builds on this module
 
