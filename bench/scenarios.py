@@ -169,7 +169,7 @@ class Harness:
         self.cold_by_repeat: dict[int, list[Any]] = {}
 
     def uses_h2load(self) -> bool:
-        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload"}
+        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload", "metrics-cost"}
         if self.o.generator == "python":
             h2_scenarios -= {"check-hit"}
         return bool(h2_scenarios & set(self.o.scenarios))
