@@ -25,7 +25,7 @@ from typing import Any
 from bench.scenarios import CHECK, Harness, Verifier, warm
 
 DEFAULT_RATE = 2000.0
-DEFAULT_CEILING_RATES = [2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 4500.0, 5000.0]
+DEFAULT_CEILING_RATES = [2000.0, 3000.0, 4000.0, 5000.0, 5500.0, 6000.0, 6500.0, 7000.0]
 
 
 async def _scraper(url: str, stop: asyncio.Event) -> int:

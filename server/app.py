@@ -256,9 +256,7 @@ async def run_relay(settings: Settings) -> int:
     return 0
 
 
-async def serve(
-    settings: Settings, *, reuse_port: bool = False, metrics: Metrics | None = None, metrics_url: str = ""
-) -> int:
+async def serve(settings: Settings, *, reuse_port: bool = False, metrics: Metrics | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and return 0."""
     sidecar = Sidecar(settings, reuse_port=reuse_port, metrics=metrics)
     stopping = asyncio.Event()
@@ -266,8 +264,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await sidecar.start()
-    shown = f" (metrics: {metrics_url})" if metrics_url else ""
-    print(f"gatehouse: serving on {', '.join(sidecar.addresses)}{shown}", flush=True)
+    print(f"gatehouse: serving on {', '.join(sidecar.addresses)}", flush=True)
     await stopping.wait()
     log.info("signal received: draining (grace %.1fs)", settings.grace_seconds)
     await sidecar.stop()

@@ -14,8 +14,9 @@ What is measured where:
 Workers (`serve --workers N`): prometheus_client's multiprocess mode. The top `serve`
 process makes a fresh directory (`PROMETHEUS_MULTIPROC_DIR`, removed when it exits)
 before any worker starts; every process writes its values to its own mmap'd files
-there; the one process that serves `/metrics` (the workers' parent, or the single
-process) reads them all with `MultiProcessCollector` and sums them. So one scrape sees
+there; the one process that serves `/metrics`, the workers' parent (with metrics on,
+`serve` runs even one worker under a parent), reads them all with
+`MultiProcessCollector` and sums them. So one scrape sees
 every worker. Counters of a worker that exited stay in the sum (its files remain), and
 a worker started later counts from 0 in files of its own: a restart never makes a total
 go down. Gauges say per gauge how workers combine (`GAUGE_MODES`: `livesum`, `livemax`,
@@ -308,9 +309,22 @@ class RpcMetrics:
     def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
         service, name = split_method(method)
         kind = STREAMING.get(method, "unary")  # grpc's own servicers stream through context.write
-        handled = self._metrics.handled
-        ok = handled.labels(kind, service, name, "OK").inc
-        observe = self._metrics.handling.labels(kind, service, name).observe
+        handled, handling = self._metrics.handled, self._metrics.handling
+        ok: Callable[[], None]
+        observe: Callable[[float], None]
+        if service in PREBOUND:
+            # Bound now: the series exist (at 0) from the start, and a call costs no lookup.
+            ok = handled.labels(kind, service, name, "OK").inc
+            observe = handling.labels(kind, service, name).observe
+        else:
+            # Bound at the first call: the ~40 admin, health and reflection methods add
+            # no series (18 per histogram) to every scrape until they are called.
+            def ok() -> None:
+                handled.labels(kind, service, name, "OK").inc()
+
+            def observe(seconds: float) -> None:
+                handling.labels(kind, service, name).observe(seconds)
+
         clock = time.perf_counter
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -330,9 +344,11 @@ class RpcMetrics:
     def stream(self, method: str, handler: StreamHandler) -> StreamHandler:
         service, name = split_method(method)
         kind = STREAMING.get(method, "server_stream")
-        handled = self._metrics.handled
-        observe = self._metrics.handling.labels(kind, service, name).observe
+        handled, handling = self._metrics.handled, self._metrics.handling
         clock = time.perf_counter
+
+        def observe(seconds: float) -> None:
+            handling.labels(kind, service, name).observe(seconds)
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             start = clock()
@@ -348,6 +364,9 @@ class RpcMetrics:
 
         return measured
 
+
+# Services whose RPC series are made at registration (every method at 0 from the start).
+PREBOUND = frozenset({"gatehouse.v1.AccessService", "gatehouse.v1.ConfigService"})
 
 # `grpc_type` of the methods that are not unary (the chain cannot tell a handler that
 # writes with context.write from a unary one, nor a bidirectional stream from a server one).
@@ -392,14 +411,12 @@ class StatsExporter:
 
 
 class MetricsEndpoint:
-    """`/metrics` over HTTP on `host:port`, in a thread of this process: every
-    process's values in the multiprocess directory, summed (or `registry`'s, in memory)."""
+    """`/metrics` over HTTP on `host:port`, in a thread of the workers' parent (which
+    answers no calls): every process's values in the multiprocess `directory`, summed."""
 
-    def __init__(self, host: str, port: int, *, directory: str | None, registry: CollectorRegistry | None = None) -> None:
-        if directory is not None:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
-        assert registry is not None
+    def __init__(self, host: str, port: int, *, directory: str) -> None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         self.directory = directory
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=registry)
@@ -416,8 +433,7 @@ class MetricsEndpoint:
 
     def worker_exited(self, pid: int) -> None:
         """Drop a dead worker's live gauges; its counters stay in the sums."""
-        if self.directory is not None:
-            multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
+        multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
     def close(self) -> None:
         self._server.shutdown()

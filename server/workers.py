@@ -45,7 +45,7 @@ def claim_port(listen: str) -> str:
 
 
 def run_workers(
-    settings: Settings, *, metrics: tuple[str, int] | None = None, metrics_dir: str | None = None
+    settings: Settings, *, metrics: tuple[str, int] | None = None, metrics_dir: str = ""
 ) -> int:
     """Start the workers, relay their first line, forward signals, exit 0 when all did.
 
@@ -116,7 +116,8 @@ def _run_children(settings: Settings, count: int, listen: str, endpoint: "Metric
         # Keep draining each worker's stdout so it never blocks on a full pipe.
         threading.Thread(target=_drain, args=(child,), daemon=True).start()
     shown = f" (metrics: {endpoint.url})" if endpoint is not None else ""
-    print(f"gatehouse: serving on {addresses[0]} ({count} workers, SO_REUSEPORT){shown}", flush=True)
+    workers = f"{count} workers, SO_REUSEPORT" if count > 1 else "1 worker"
+    print(f"gatehouse: serving on {addresses[0]} ({workers}){shown}", flush=True)
     codes = []
     for child in children:
         codes.append(child.wait())
