@@ -119,11 +119,18 @@ def _run_children(settings: Settings, count: int, listen: str, endpoint: "Metric
     workers = f"{count} workers, SO_REUSEPORT" if count > 1 else "1 worker"
     print(f"gatehouse: serving on {addresses[0]} ({workers}){shown}", flush=True)
     codes = []
-    for child in children:
-        codes.append(child.wait())
+    waiting: dict[int, subprocess.Popen[str]] = {child.pid: child for child in children}
+    while waiting:
+        # In the order they exit, so a worker that dies early is accounted at once.
+        pid, status = os.waitpid(-1, 0)
+        if pid not in waiting:
+            continue
+        child = waiting.pop(pid)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        codes.append(child.returncode)
         if endpoint is not None:
             # Its live gauges go; its counters stay in every sum (no total goes down).
-            endpoint.worker_exited(child.pid)
+            endpoint.worker_exited(pid)
     return 0 if all(code == 0 for code in codes) else 1
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.targets import process_tree
 from gatehouse.v1 import access_pb2, common_pb2
 from tests.client import make_client, user
 from tests.processes import ServerProcess, sidecar_env, start_server
@@ -98,6 +100,20 @@ async def test_one_scrape_sums_every_worker_and_prometheus_sees_it(
         assert summed(text, "gatehouse_build_info") == 1
         assert "# TYPE grpc_server_handled_total counter" in text or "# TYPE grpc_server_handled counter" in text
 
+        # A worker that dies: its counts stay in every sum (no total goes down, so no
+        # counter reset for Prometheus), its live gauges go (one pool left).
+        workers = process_tree(server.process.pid)[1:]
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)
+        for _ in range(100):
+            text = await asyncio.to_thread(fetch, url)
+            if summed(text, "gatehouse_postgres_pool_max_connections") == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert summed(text, "gatehouse_postgres_pool_max_connections") == 3
+        assert summed(text, "grpc_server_handled_total", grpc_code="OK", **method) == CALLS
+        assert summed(text, "gatehouse_decisions_total") == CALLS
+
         # A real Prometheus scraping it every second, queried over its HTTP API.
         port = free_port()
         config = tmp_path / "prometheus.yml"
@@ -140,7 +156,7 @@ async def test_one_scrape_sums_every_worker_and_prometheus_sees_it(
             prom.terminate()
             prom.wait(timeout=10)
         code = await server.stop()
-    assert code == 0
+    assert code == 1  # one worker was killed
 
 
 async def test_metrics_off_and_a_taken_port(
