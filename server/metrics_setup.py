@@ -4,13 +4,16 @@ prometheus_client, which picks where its values live (memory, or mmap'd files in
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import os
+import shutil
 import socket
 import tempfile
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OFF = ("", "off", "none")
+PREFIX = "gatehouse-metrics-"
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:
@@ -36,9 +39,26 @@ def is_loopback(host: str) -> bool:
 
 def make_dir_env() -> str:
     """A fresh multiprocess directory, named in the environment for this process and
-    the workers it starts. Call before anything imports prometheus_client's values."""
-    path = tempfile.mkdtemp(prefix="gatehouse-metrics-")
+    the workers it starts. Call before anything imports prometheus_client's values.
+
+    The directory carries this process's pid (`gatehouse-metrics-<pid>-<random>`); it is
+    removed when `serve` returns, and a `serve` killed outright (SIGKILL) leaves it
+    behind, so each start first removes those of processes that no longer exist."""
+    base = tempfile.gettempdir()
+    for stale in glob.glob(os.path.join(base, f"{PREFIX}*-*")):
+        owner = os.path.basename(stale)[len(PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)
     os.environ[MULTIPROC_ENV] = path
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

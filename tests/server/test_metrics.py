@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
@@ -16,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gatehouse.server.app import Sidecar
 from gatehouse.server.metrics import SERIES, Metrics, split_key, split_method
-from gatehouse.server.metrics_setup import is_loopback, parse_listen
+from gatehouse.server.metrics_setup import MULTIPROC_ENV, is_loopback, make_dir_env, parse_listen
 from gatehouse.settings import Settings
 from gatehouse.v1 import access_pb2, common_pb2
 from tests.client import Client, make_client, user
@@ -173,3 +178,21 @@ def test_split_helpers() -> None:
     assert split_method("/gatehouse.v1.AccessService/CheckAccess") == ("gatehouse.v1.AccessService", "CheckAccess")
     assert split_key("admission.shed{class=hot}") == ("admission.shed", {"class": "hot"})
     assert split_key("events.gaps") == ("events.gaps", {})
+
+
+def test_a_killed_serve_leaves_no_directory_behind_for_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `serve` killed outright cannot remove its multiprocess directory: the next
+    start removes those whose process is gone, and never a live one's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv(MULTIPROC_ENV, "")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"gatehouse-metrics-{dead.pid}-abc").mkdir()
+    (tmp_path / f"gatehouse-metrics-{os.getpid()}-live").mkdir()
+    (tmp_path / "gatehouse-metrics-unrelated").mkdir()
+    made = make_dir_env()
+    assert os.environ[MULTIPROC_ENV] == made
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert f"gatehouse-metrics-{dead.pid}-abc" not in left
+    assert f"gatehouse-metrics-{os.getpid()}-live" in left and "gatehouse-metrics-unrelated" in left
+    assert Path(made).name.startswith(f"gatehouse-metrics-{os.getpid()}-")
