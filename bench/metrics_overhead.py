@@ -1,10 +1,10 @@
 """python -m bench.metrics_overhead: what the RPC metrics link costs per call, in-process.
 
 A bare coroutine handler awaited N times (200,000) directly, through `CallCounter`, and
-through `CallCounter` + `RpcMetrics`, with prometheus_client's values in memory and in
-multiprocess mode (mmap'd files, what `serve` uses); 3 runs each, the median. Also the
-same for a plain dict-of-counters + bisect histogram, the alternative the metrics module
-would fall back to if the library's cost were too high. Each mode runs in a fresh
+through `CallCounter` + `RpcMetrics` (plain numbers per call, flushed to the library
+once a second), + the library's values written per call (the first design), and + a
+minimal plain link, with prometheus_client's values in memory and in multiprocess mode
+(mmap'd files, what `serve` uses); 3 runs each, the median. Each mode runs in a fresh
 interpreter (prometheus_client picks its value store at import).
 """
 
@@ -60,13 +60,31 @@ def _measure(mode: str) -> dict[str, float]:
 
         return measured
 
+    def library_link(handler: Any) -> Any:
+        """The first design: the library's values written per call."""
+        from gatehouse.server.metrics import Metrics
+
+        m = Metrics()
+        ok = m.handled.labels("unary", "gatehouse.v1.AccessService", "CheckAccess", "OK").inc
+        observe = m.handling.labels("unary", "gatehouse.v1.AccessService", "CheckAccess").observe
+        clock = time.perf_counter
+
+        async def measured(request: Any, context: Any) -> Any:
+            start = clock()
+            response = await handler(request, context)
+            observe(clock() - start)
+            ok()
+            return response
+
+        return measured
+
+    from gatehouse.server.metrics import Metrics, RpcMetrics
+
     handlers: dict[str, Any] = {"bare": bare, "CallCounter": CallCounter().unary(method, bare)}
     if mode != "plain":
-        from gatehouse.server.metrics import Metrics, RpcMetrics
-
-        handlers["CallCounter+RpcMetrics"] = CallCounter().unary(method, RpcMetrics(Metrics()).unary(method, bare))
-    else:
-        handlers["CallCounter+plain link"] = CallCounter().unary(method, plain_link(bare))
+        handlers["CallCounter+library per call"] = CallCounter().unary(method, library_link(bare))
+    handlers["CallCounter+RpcMetrics"] = CallCounter().unary(method, RpcMetrics(Metrics()).unary(method, bare))
+    handlers["CallCounter+plain link"] = CallCounter().unary(method, plain_link(bare))
 
     async def run(handler: Any) -> float:
         context = Context()

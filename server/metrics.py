@@ -3,8 +3,8 @@
 What is measured where:
 
 * RPCs (`grpc_server_handled_total`, `grpc_server_handling_seconds`, the
-  go-grpc-prometheus convention): `RpcMetrics`, a link of the interceptor chain, writes
-  them directly, per call.
+  go-grpc-prometheus convention): `RpcMetrics`, a link of the interceptor chain, counts
+  them in plain numbers per method and adds them to the metrics once a second.
 * Everything else is a plain counter where it is kept (`gatehouse/stats.py`: the cache's,
   subscriber's, relay's, admission's, ...), which `StatsExporter` copies into Prometheus
   metrics once a second (`PUBLISH_SECONDS`) and when the process stops. The layers below
@@ -24,15 +24,14 @@ go down. Gauges say per gauge how workers combine (`Series.mode`: `livesum`, `li
 its live gauges.
 
 Cost, measured (`python -m bench.metrics_overhead`: a bare coroutine awaited 200,000
-times through the chain links, median of 3 runs, fresh interpreter per mode): the RPC
-link adds 2.6 µs per call with multiprocess values (one counter `inc` and one histogram
-`observe` on pre-bound children, each a lock and an mmap write, plus two
-`perf_counter` calls; 1.3 µs with in-memory values), where a plain dict counter plus a
-bisect histogram would add 0.4 µs. Next to the ~160 µs of server CPU a remembered
-CheckAccess costs end to end (bench `metrics-cost`, 2,000/s), 2.6 µs is ~1.6 %: within
-the goal (≤ 5 % more server CPU per call), so the library's own values are used on the
-hot path rather than plain counters copied later. The whole-server comparison, same
-run, is in `bench/results/metrics-cost-3x.*` and the README's Performance section.
+times through the chain's links, median of 3 runs, fresh interpreter per mode): writing
+the RPC metrics per call into prometheus-client's multiprocess values (a counter `inc`
+and a histogram `observe` on pre-bound children: three locked mmap writes) added 2.6 µs
+per call, and the whole server ran 3.5 % and 7.3 % (medians of two runs of 3 repeats)
+more CPU per hit than with metrics off (`bench/results/metrics-cost-3x`,
+`metrics-cost-3x-b`): too close to the 5 % goal. So the RPC link keeps plain numbers
+per call (~0.4 µs) and adds them to the library's values once a second (`RpcMetrics`),
+like every other counter here. The final comparison is in the README's Performance.
 
 No label holds a tenant, subject or request value: every label set is bounded by the
 code (methods, codes, reasons, tiers, classes). To find a noisy tenant, use the opt-in
@@ -47,7 +46,9 @@ import os
 import platform
 import re
 import time
-from dataclasses import dataclass
+from bisect import bisect_left as _bucket
+from collections import Counter as Counter_
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Literal, Mapping
 
 import grpc
@@ -205,13 +206,17 @@ class Metrics:
             registry=r,
         )
         build.labels(_version(), platform.python_version(), grpc.__version__).set(1)
+        self.flushers: list[Callable[[], None]] = []  # run first by `publish`
         self._mirrored: dict[str, Counter | Gauge] = {}
         self._children: dict[str, Any] = {}
         self._last: dict[str, float] = {}
 
     def publish(self, snapshot: Mapping[str, float]) -> None:
         """Copy a stats snapshot into the metrics: counters by their increase since the
-        last call, gauges by value. Keys without a `SERIES` entry are skipped."""
+        last call, gauges by value. Keys without a `SERIES` entry are skipped. Runs
+        the flushers first (the RPC counts)."""
+        for flush in self.flushers:
+            flush()
         for key, value in snapshot.items():
             child = self._children.get(key)
             if child is None:
@@ -302,56 +307,80 @@ def report_sources(stats: StatsRegistry, sidecar: Any) -> None:
     )
 
 
+@dataclass(slots=True)
+class _MethodCounts:
+    """One method's calls since the start, kept as plain numbers on the hot path, and
+    what `RpcMetrics.flush` has already added to the metrics."""
+
+    labels: tuple[str, str, str]  # grpc_type, grpc_service, grpc_method
+    ok: int = 0
+    failed: Counter_[str] = field(default_factory=Counter_)  # by code name
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(RPC_BUCKETS) + 1))
+    seconds: float = 0.0
+    flushed_ok: int = 0
+    flushed_failed: Counter_[str] = field(default_factory=Counter_)
+    flushed_buckets: list[int] = field(default_factory=lambda: [0] * (len(RPC_BUCKETS) + 1))
+    flushed_seconds: float = 0.0
+
+
 class RpcMetrics:
-    """The interceptor: `grpc_server_handled_total` and `grpc_server_handling_seconds`
-    per call, children bound once per method at registration."""
+    """The interceptor behind `grpc_server_handled_total` and `grpc_server_handling_seconds`.
+
+    Per call it keeps plain numbers (an int and a bucket `+= 1` found by bisect, a float
+    sum: ~0.4 µs), and `flush` (run by `Metrics.publish`, every second and at stop) adds
+    what grew to the prometheus-client metrics. Writing the library's multiprocess values
+    per call cost 2.6 µs (three locked mmap writes) and the whole server 3.5–7 % more CPU
+    per hit (bench/results/metrics-cost-3x*), too close to the 5 % goal.
+
+    The histogram's buckets are added through the child's `_buckets` and `_sum` values,
+    which is what its own `observe` does one observation at a time; prometheus-client is
+    pinned, and tests/server/test_metrics.py checks the exposition against the calls made.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._methods: list[_MethodCounts] = []
+        metrics.flushers.append(self.flush)
+
+    def _counts(self, method: str, default_kind: str) -> _MethodCounts:
+        service, name = split_method(method)
+        counts = _MethodCounts((STREAMING.get(method, default_kind), service, name))
+        self._methods.append(counts)
+        if service in PREBOUND:
+            # Made now: the series exist (at 0) from the start. The other ~40 methods
+            # (admin, health, reflection) appear at their first call, so they add no
+            # series (18 per histogram) to every scrape until then.
+            self._metrics.handled.labels(*counts.labels, "OK")
+            self._metrics.handling.labels(*counts.labels)
+        return counts
 
     def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
-        service, name = split_method(method)
-        kind = STREAMING.get(method, "unary")  # grpc's own servicers stream through context.write
-        handled, handling = self._metrics.handled, self._metrics.handling
-        ok: Callable[[], None]
-        observe: Callable[[float], None]
-        if service in PREBOUND:
-            # Bound now: the series exist (at 0) from the start, and a call costs no lookup.
-            ok = handled.labels(kind, service, name, "OK").inc
-            observe = handling.labels(kind, service, name).observe
-        else:
-            # Bound at the first call: the ~40 admin, health and reflection methods add
-            # no series (18 per histogram) to every scrape until they are called.
-            def ok() -> None:
-                handled.labels(kind, service, name, "OK").inc()
-
-            def observe(seconds: float) -> None:
-                handling.labels(kind, service, name).observe(seconds)
-
-        clock = time.perf_counter
+        counts = self._counts(method, "unary")  # grpc's own servicers stream through context.write
+        buckets, failed = counts.buckets, counts.failed
+        clock, bucket = time.perf_counter, _bucket
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = clock()
             try:
                 response = await handler(request, context)
             except BaseException:
-                observe(clock() - start)
-                handled.labels(kind, service, name, _code(context)).inc()
+                elapsed = clock() - start
+                buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+                counts.seconds += elapsed
+                failed[_code(context)] += 1
                 raise
-            observe(clock() - start)
-            ok()
+            elapsed = clock() - start
+            buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+            counts.seconds += elapsed
+            counts.ok += 1
             return response
 
         return measured
 
     def stream(self, method: str, handler: StreamHandler) -> StreamHandler:
-        service, name = split_method(method)
-        kind = STREAMING.get(method, "server_stream")
-        handled, handling = self._metrics.handled, self._metrics.handling
-        clock = time.perf_counter
-
-        def observe(seconds: float) -> None:
-            handling.labels(kind, service, name).observe(seconds)
+        counts = self._counts(method, "server_stream")
+        buckets, failed = counts.buckets, counts.failed
+        clock, bucket = time.perf_counter, _bucket
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             start = clock()
@@ -359,13 +388,39 @@ class RpcMetrics:
                 async for response in handler(request, context):
                     yield response
             except BaseException:
-                observe(clock() - start)
-                handled.labels(kind, service, name, _code(context)).inc()
+                elapsed = clock() - start
+                buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+                counts.seconds += elapsed
+                failed[_code(context)] += 1
                 raise
-            observe(clock() - start)
-            handled.labels(kind, service, name, "OK").inc()
+            elapsed = clock() - start
+            buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+            counts.seconds += elapsed
+            counts.ok += 1
 
         return measured
+
+    def flush(self) -> None:
+        """Add every count that grew since the last flush to the metrics. Runs on the
+        event loop, like the handlers, so it never sees a count half-updated."""
+        handled, handling = self._metrics.handled, self._metrics.handling
+        for c in self._methods:
+            if c.ok > c.flushed_ok:
+                handled.labels(*c.labels, "OK").inc(c.ok - c.flushed_ok)
+                c.flushed_ok = c.ok
+            for code, n in list(c.failed.items()):
+                grown = n - c.flushed_failed[code]
+                if grown > 0:
+                    handled.labels(*c.labels, code).inc(grown)
+                    c.flushed_failed[code] = n
+            if c.buckets != c.flushed_buckets:
+                child = handling.labels(*c.labels)
+                for i, (n, was) in enumerate(zip(c.buckets, c.flushed_buckets)):
+                    if n > was:
+                        child._buckets[i].inc(n - was)
+                child._sum.inc(c.seconds - c.flushed_seconds)
+                c.flushed_buckets = list(c.buckets)
+                c.flushed_seconds = c.seconds
 
 
 # Services whose RPC series are made at registration (every method at 0 from the start).
