@@ -218,12 +218,11 @@ class Metrics:
         for flush in self.flushers:
             flush()
         for key, value in snapshot.items():
-            child = self._children.get(key)
+            child = self._children.get(key, _UNSEEN)
+            if child is _UNSEEN:
+                child = self._children[key] = self._child(key)  # None: not exported
             if child is None:
-                child = self._child(key)
-                if child is None:
-                    continue
-                self._children[key] = child
+                continue
             if isinstance(child, _CounterChild):
                 increase = value - self._last.get(key, 0.0)
                 self._last[key] = value
@@ -245,11 +244,14 @@ class Metrics:
             else:
                 metric = Gauge(series.name, series.help, names, multiprocess_mode=series.mode, registry=self.registry)
             self._mirrored[series.name] = metric
-        values = {**dict(series.labels), **labels}
+        label_values = {**dict(series.labels), **labels}
         if base == "decisions.answers":
-            values["reason"] = _reason_name(int(values["reason"]))
-        child = metric.labels(**values) if names else metric
+            label_values["reason"] = _reason_name(int(label_values["reason"]))
+        child = metric.labels(**label_values) if names else metric
         return _CounterChild(child) if series.kind == "counter" else child
+
+
+_UNSEEN = object()
 
 
 @dataclass(slots=True)
