@@ -131,6 +131,12 @@ async def main_async(options: Options, args: argparse.Namespace) -> int:
             points += await scenarios.run(h, scenario)
         ceilings = scenarios.sweep_ceilings(points) if "sweep" in options.scenarios else None
         table = report.markdown(points, ceilings)
+        cost = None
+        if "metrics-cost" in options.scenarios:
+            from bench import metrics_cost
+
+            cost = metrics_cost.summary(points)
+            table += "\n\nmetrics on vs off (same run, alternating):\n\n" + metrics_cost.markdown(cost)
         document = {
             "started": started,
             "command": "python -m bench " + " ".join(sys.argv[1:]),
@@ -145,6 +151,7 @@ async def main_async(options: Options, args: argparse.Namespace) -> int:
             "points": points,
             "summary": report.folded(points),
             "sweep_ceilings": ceilings,
+            "metrics_cost": cost,
             "profiles": h.profiles,
             "table_markdown": table,
         }

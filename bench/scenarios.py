@@ -51,6 +51,7 @@ DEFAULT_SWEEP = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11
 SCENARIOS = (
     "check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation", "overload", "auth-flood",
     "traces",
+    "metrics-cost",
 )
 
 
@@ -175,7 +176,7 @@ class Harness:
         self.cold_by_repeat: dict[int, list[Any]] = {}
 
     def uses_h2load(self) -> bool:
-        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload", "traces"}
+        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload", "traces", "metrics-cost"}
         if self.o.generator == "python":
             h2_scenarios -= {"check-hit"}
         return bool(h2_scenarios & set(self.o.scenarios))
@@ -835,6 +836,10 @@ async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
         from bench import traces  # it builds on this module
 
         points = await traces.traces(h)
+    elif scenario == "metrics-cost":
+        from bench import metrics_cost  # it builds on this module
+
+        points = await metrics_cost.metrics_cost(h)
     elif scenario in ("overload", "auth-flood"):
         from bench import overload  # it builds on this module
 

@@ -156,6 +156,8 @@ class Target:
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("GRPC_ENABLE_FORK_SUPPORT", None)  # the harness's own setting, not the servers'
+    # /metrics on a free port (on by default, as for users): two servers never collide on 9464.
+    env["GATEHOUSE_METRICS_LISTEN"] = "127.0.0.1:0"
     return env
 
 

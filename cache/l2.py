@@ -79,6 +79,11 @@ class RedisL2:
         return cls(client, prefix=prefix, ttl_seconds=ttl_seconds)
 
     @property
+    def circuit_open(self) -> bool:
+        """True while the breaker skips Redis (within `retry_after` seconds of an error)."""
+        return self._clock() < self._down_until
+
+    @property
     def client(self) -> RedisClient:
         return self._client
 

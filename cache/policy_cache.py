@@ -85,6 +85,9 @@ class CacheStats:
     stale_rejections: int = 0
     unconfirmed_loads: int = 0  # Postgres reads made because confirmation had lapsed (L2 skipped)
     stale_refused: int = 0  # reads failed with Stale: not confirmed, and Postgres did not answer
+    l1_misses: int = 0  # lookups L1 could not serve (absent, expired, or below a floor)
+    l2_misses: int = 0  # L2 lookups that found nothing current (then Postgres)
+    store_absent: int = 0  # Postgres loads that found no such tenant or subject
 
 
 K = TypeVar("K", bound=Hashable)
@@ -199,6 +202,7 @@ class PolicyCache:
             if tracing.on:
                 tracing.note_tier("l1")
             return None if isinstance(entry, Absent) else entry
+        self.stats.l1_misses += 1
         held = self._tenants.held(tenant_id)
         if isinstance(held, CachedTenant):
             self.stats.stale_rejections += 1
@@ -239,6 +243,7 @@ class PolicyCache:
             if tracing.on:
                 tracing.note_tier("l1")
             return entry
+        self.stats.l1_misses += 1
         key = (tenant_id, subject.key)
         held = key in self._subjects
         if held:
@@ -275,6 +280,11 @@ class PolicyCache:
             tracing.note_tier(tier)
         return None if isinstance(entry, Absent) else entry
 
+    @property
+    def single_flight_merges(self) -> int:
+        """Loads a caller did not start because the same key's load was running (a count)."""
+        return self._flight.merged
+
     # --- bounded staleness ---
 
     def confirm(self, through_unix: float) -> None:
@@ -307,10 +317,13 @@ class PolicyCache:
         if snapshot is not None:
             self.stats.l2_hits += 1
         else:
+            if self._l2 and from_l2:
+                self.stats.l2_misses += 1
             self.stats.store_loads += 1
             current_until = self._clock() + self._max_staleness
             snapshot = await self._store.load_tenant(tenant_id)
             if snapshot is None:
+                self.stats.store_absent += 1
                 self._tenants.put(tenant_id, ABSENT, current_until)
                 return ABSENT, "postgres"
             if self._l2 is not None:
@@ -339,10 +352,13 @@ class PolicyCache:
         if snapshot is not None:
             self.stats.l2_hits += 1
         else:
+            if self._l2 and from_l2:
+                self.stats.l2_misses += 1
             self.stats.store_loads += 1
             current_until = self._clock() + self._max_staleness
             snapshot = await self._store.load_subject(tenant_id, subject)
             if snapshot is None:
+                self.stats.store_absent += 1
                 return ABSENT, "postgres"
             if snapshot.revision < need:
                 # Callers ask for a revision only once the tenant is known to have reached

@@ -19,6 +19,7 @@ class SingleFlight(Generic[T]):
 
     def __init__(self) -> None:
         self._inflight: dict[Hashable, asyncio.Task[T]] = {}
+        self.merged = 0  # callers that waited for a load another caller started
 
     def __len__(self) -> int:
         return len(self._inflight)
@@ -29,6 +30,8 @@ class SingleFlight(Generic[T]):
             task = asyncio.ensure_future(load())
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
+        else:
+            self.merged += 1
         return await asyncio.shield(task)
 
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:

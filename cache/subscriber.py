@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Callable, Protocol, cast
 
 from redis.exceptions import ResponseError
 
@@ -140,6 +141,9 @@ class TenantEventSubscriber:
         self._read = 0  # entries read since then
         self._added_seen = 0  # entries ever added, as the last check saw it
         self.stats = SubscriberStats()
+        # Called with each applied event's lag in seconds (its commit time, from the
+        # event's `at`, to now: the writer's database clock against this host's).
+        self.on_event_lag: Callable[[float], None] | None = None
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -311,6 +315,9 @@ class TenantEventSubscriber:
             self._cache.tenant_event(event.tenant_id, event.revision, notify=event.kind in CONFIG_KINDS)
         else:
             self._cache.subject_event(event.tenant_id, event.subject, event.revision)
+        if self.on_event_lag is not None and event.at_ms > 0:
+            # Commit (Postgres' clock) → applied here (this host's clock): skew included.
+            self.on_event_lag(max(0.0, time.time() - event.at_ms / 1000.0))
 
     async def _refresh_while_blind(self) -> None:
         """While no events can be read, other sidecars' writes go unseen: clear L1 every

@@ -143,6 +143,13 @@ class Settings:
         default=1.0,
         metadata={"help": "a dependency not answering a health probe within this many seconds is down (more than 0)"},
     )
+    metrics_listen: str = field(
+        default="127.0.0.1:9464",
+        metadata={
+            "help": "host:port of the Prometheus /metrics listener, one for all workers ('' or 'off' = no metrics; "
+            "port 0 = any free port)"
+        },
+    )
 
     @property
     def worker_count(self) -> int:

@@ -26,6 +26,7 @@ from gatehouse.server.health import Readiness
 from gatehouse.server.interceptors import CallCounter, Chain, Interceptor
 from gatehouse.server.listeners import bind, plan_listeners
 from gatehouse.server.tracing import TraceInterceptor
+from gatehouse.server.metrics import Metrics, RpcMetrics, StatsExporter, report_sources
 from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.redis_client import RedisClient, check_mode, redis_client
 from gatehouse.settings import Settings
@@ -55,8 +56,9 @@ STOP_TASKS_ROUNDS = 5
 class Sidecar:
     """One running Gatehouse process."""
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics  # None: no Prometheus metrics (the stats registry still counts)
         self._reuse_port = reuse_port
         self.server: grpc.aio.Server | None = None
         self.store: PostgresStore | None = None
@@ -162,13 +164,18 @@ class Sidecar:
         # Traced outermost when tracing is on (the span covers everything, refusals too;
         # off, the link is not there at all); then the call's log scope and access line
         # (server/call_log.py), inside the span so its lines carry the trace id; then
-        # counted, so a refused call is counted too (as RESOURCE_EXHAUSTED).
+        # counted and measured, so a refused call is counted too (as RESOURCE_EXHAUSTED).
         traced: list[Interceptor] = [TraceInterceptor()] if self.tracing is not None else []
         call_log = CallLog(hot=bool(s.access_log_hot), scope_hot=self.decision_log is not None)
-        chain = self.chain = Chain([*traced, call_log, calls, self.admission])
-        self._report_stats(calls)
+        measured: list[Interceptor] = [RpcMetrics(self.metrics)] if self.metrics is not None else []
+        chain = self.chain = Chain([*traced, call_log, calls, *measured, self.admission])
         decisions = DecisionService(self.cache, self.decision_log)
-        AccessServicer(decisions, self.check_answers).add_to(server, chain)
+        self.access = AccessServicer(decisions, self.check_answers)
+        self._report_stats(calls)
+        report_sources(self.stats, self)
+        if self.metrics is not None:
+            self._export_metrics(self.metrics)
+        self.access.add_to(server, chain)
         ConfigServicer(self.cache, self.config_answers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
@@ -214,6 +221,16 @@ class Sidecar:
             self.stats.register("relay", lambda: {"published": relay.published, "heartbeats": relay.heartbeats})
         if self.decision_log is not None:
             self.stats.register("decision_log", self.decision_log.stats)
+
+    def _export_metrics(self, metrics: Metrics) -> None:
+        """Feed the histograms the cache and store layers observe, and copy the stats
+        registry into the metrics every second (server/metrics.py)."""
+        assert self.subscriber is not None
+        self.subscriber.on_event_lag = metrics.event_lag.observe
+        if self.relay is not None:
+            self.relay.on_published = metrics.publish_latency.observe
+        exporter = StatsExporter(self.stats, metrics)
+        self._tasks.append(asyncio.create_task(exporter.run(), name="metrics-exporter"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""
@@ -286,9 +303,9 @@ async def run_relay(settings: Settings) -> int:
     return 0
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+async def serve(settings: Settings, *, reuse_port: bool = False, metrics: Metrics | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and return 0."""
-    sidecar = Sidecar(settings, reuse_port=reuse_port)
+    sidecar = Sidecar(settings, reuse_port=reuse_port, metrics=metrics)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -260,15 +260,17 @@ _MALFORMED = _RateLimitedLog()
 @dataclass(frozen=True, slots=True)
 class EncodedAnswer:
     """One CheckAccessResponse, serialized once, and the same framed as a batch result;
-    with the decision log on, also the decision's record, logged when it is given again."""
+    its reason (counted again when it is given again), and with the decision log on the
+    decision's record, logged when it is given again."""
 
     encoded: bytes
     framed: bytes
+    reason: int = 0  # the DecisionReason number, counted per answer (`decisions` in the stats)
     record: DecisionRecord | None = None
 
     @classmethod
-    def of(cls, encoded: bytes, record: DecisionRecord | None = None) -> "EncodedAnswer":
-        return cls(encoded, frame(encoded), record)
+    def of(cls, encoded: bytes, reason: int = 0, record: DecisionRecord | None = None) -> "EncodedAnswer":
+        return cls(encoded, frame(encoded), reason, record)
 
 
 

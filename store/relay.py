@@ -98,6 +98,11 @@ SELECT floor(extract(epoch FROM least(
            statement_timestamp(),
            (SELECT min(created_at) FROM outbox WHERE published_at IS NULL))) * 1000)::bigint
 """
+# The backlog, read with each heartbeat: rows not yet published and the oldest one's age.
+_BACKLOG = """
+SELECT count(*) AS rows, coalesce(extract(epoch FROM statement_timestamp() - min(created_at)), 0)::float8 AS oldest
+FROM outbox WHERE published_at IS NULL
+"""
 _PRUNE_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
 _PRUNE = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
 
@@ -134,6 +139,13 @@ class OutboxRelay:
         self.outage = Outage(log, "relay")
         self.published = 0
         self.heartbeats = 0
+        # As of the last heartbeat: unpublished outbox rows (those other relays hold
+        # included) and the age of the oldest, in seconds.
+        self.backlog_rows = 0
+        self.backlog_oldest_seconds = 0.0
+        # Called with each published event's latency in seconds: its commit time (`at`,
+        # the database's clock) to Redis acknowledging the batch (this host's clock).
+        self.on_published: Callable[[float], None] | None = None
 
     async def publish_pending(self, conn: asyncpg.Connection) -> int:
         """Publish every unpublished row, batch by batch; the number published."""
@@ -196,6 +208,10 @@ class OutboxRelay:
             for tenant_id, revision in newest.items():
                 pipe.eval(ADVANCE_POINTER, 1, pointer_key(self._prefix, tenant_id), revision, "", self._ttl_ms)
             await pipe.execute()
+        if self.on_published is not None:
+            now = time.time()
+            for event in events:
+                self.on_published(max(0.0, now - event.at_ms / 1000.0))
         if self._after_xadd is not None:
             await self._after_xadd(events)
         # Ids are integers read from Postgres: inlined, nothing to quote.
@@ -207,6 +223,8 @@ class OutboxRelay:
         async with conn.transaction():
             await conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
             through_ms = int(await conn.fetchval(_PUBLISHED_THROUGH))
+            backlog = await conn.fetchrow(_BACKLOG)
+        self.backlog_rows, self.backlog_oldest_seconds = int(backlog["rows"]), float(backlog["oldest"])
         beat = Heartbeat(through_ms=through_ms, relay=self.relay_id)
         await self.redis.xadd(
             self._stream,

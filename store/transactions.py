@@ -74,6 +74,11 @@ class Transactions:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    def pool_stats(self) -> dict[str, float]:
+        """Connections of the pool now: `in_use` (borrowed), `idle`, `max` (its bound)."""
+        size, idle = self._pool.get_size(), self._pool.get_idle_size()
+        return {"in_use": size - idle, "idle": idle, "max": self._pool.get_max_size()}
+
     # --- lifecycle of the driver ---------------------------------------------------------
 
     async def close(self) -> None:
