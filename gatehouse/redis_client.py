@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from typing import Union
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -32,6 +33,37 @@ from redis.backoff import NoBackoff
 from gatehouse.redis_failures import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
+
+
+def shown_url(url: str) -> str:
+    """`url` as a log line or an error may show it: a password in it (`redis://:pw@host`,
+    `?password=pw`) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can read: show nothing of it
+        return "<redis url>"
+    if password:
+        user, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}")
+    if "password" in parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        parts = parts._replace(query=urlencode([(k, "***" if k == "password" else v) for k, v in query], safe="*"))
+    shown = urlunsplit(parts)
+    if "://" in url and "://" not in shown:  # urlunsplit drops the `//` of an empty host (unix://)
+        shown = shown.replace(":", "://", 1)
+    return shown
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password a URL carries, as written and decoded ([] when none), for the log redactor."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if k == "password"]
+    except ValueError:
+        return []
+    return [p for password in found if password for p in {password, unquote(password)}]
+
 
 # What every Redis user holds; both speak the commands Gatehouse sends.
 RedisClient = Union[aioredis.Redis, RedisCluster]
@@ -82,19 +114,19 @@ async def check_mode(url: str, *, cluster: bool, timeout: float) -> bool | None:
     try:
         info = await client.info("cluster")
     except REDIS_FAILURES as exc:
-        log.warning("redis at %s did not answer INFO cluster (%s): its cluster mode is not checked", url, exc)
+        log.warning("redis at %s did not answer INFO cluster (%s): its cluster mode is not checked", shown_url(url), exc)
         return None
     finally:
         await client.aclose()
     enabled = str(info.get("cluster_enabled", 0)) == "1"
     if enabled and not cluster:
         raise WrongRedisMode(
-            f"gatehouse: the Redis at {url} is a Redis Cluster node (cluster_enabled:1) but cluster mode is off:"
+            f"gatehouse: the Redis at {shown_url(url)} is a Redis Cluster node (cluster_enabled:1) but cluster mode is off:"
             " set GATEHOUSE_REDIS_CLUSTER=1 (--redis-cluster) to use it as a cluster"
         )
     if cluster and not enabled:
         raise WrongRedisMode(
-            f"gatehouse: GATEHOUSE_REDIS_CLUSTER=1 (--redis-cluster) but the Redis at {url} is not a cluster node"
+            f"gatehouse: GATEHOUSE_REDIS_CLUSTER=1 (--redis-cluster) but the Redis at {shown_url(url)} is not a cluster node"
             " (cluster_enabled:0): unset it to use this standalone Redis, or point GATEHOUSE_REDIS_URL at a"
             " cluster node"
         )

@@ -17,6 +17,7 @@ import sys
 from typing import Any, Coroutine
 
 from gatehouse import logs
+from gatehouse.redis_client import url_passwords
 from gatehouse.settings import OWNER_DATABASE_URL, RELAY_SETTINGS, MigrateSettings, Settings
 
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = os.environ.get("GATEHOUSE_WORKER_INDEX")
         logs.configure(
             settings.log_format, settings.log_level, worker=int(worker) if worker and worker.isdigit() else None,
-            secrets=[settings.operator_key],
+            secrets=[settings.operator_key, *url_passwords(settings.redis_url), *url_passwords(settings.database_url)],
         )
         if args.command == "serve" and settings.decision_log != "off":
             from gatehouse.server.decision_log import check
