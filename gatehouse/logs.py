@@ -200,6 +200,11 @@ class Redactor:
             setattr(record, name, REDACTED)
 
 
+# The redactor `configure` set up last (no process secrets until then): for lines written
+# outside logging, such as the decision log's (server/decision_log.py).
+redact: Redactor = Redactor()
+
+
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -272,8 +277,9 @@ def configure(
 ) -> logging.Handler:
     """Route every logger's records to one handler on `stream` (stderr) in `log_format`,
     at `log_level`, redacted; replaces the root logger's handlers. Returns the handler."""
+    global redact
     check(log_format, log_level)
-    redactor = Redactor(secrets)
+    redactor = redact = Redactor(secrets)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     if log_format == "json":
         static: dict[str, Any] = {"pid": os.getpid()}

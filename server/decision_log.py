@@ -195,7 +195,9 @@ class DecisionLog:
 def format_line(entry: _Entry) -> str:
     at, r, remembered, method, request_id, trace_id = entry
     stamp = datetime.fromtimestamp(at, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return json.dumps(
+    # Redacted as every log line is (gatehouse/logs.py): the request id is the caller's own
+    # text, and a key pasted into `x-request-id` must not reach the decision log either.
+    return logs.redact(json.dumps(
         {
             "time": stamp,
             "tenant": r.tenant,
@@ -213,4 +215,4 @@ def format_line(entry: _Entry) -> str:
             "trace_id": trace_id or None,
         },
         ensure_ascii=False,
-    ) + "\n"
+    )) + "\n"

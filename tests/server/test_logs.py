@@ -241,3 +241,13 @@ async def test_every_admin_call_gets_an_access_line_even_when_it_fails(captured:
         await wrapped(b"\xff\xff", _Context(()))
     (line,) = _lines(captured)
     assert line["code"] == "PERMISSION_DENIED" and "tenant" not in line and line["duration_ms"] >= 0
+
+
+def test_decision_lines_are_redacted_like_log_lines(captured: io.StringIO) -> None:
+    """A key the caller put into `x-request-id` reaches the decision log redacted, as it
+    reaches the JSON log (its id kept, its secret not); so does the bootstrap secret."""
+    key = "gh_0123456789abcdef_" + "S3cretPart" * 4
+    record = DecisionRecord(TENANT, "user/alice", "invoice.read", "", False, "NO_GRANT", 1, "", "")
+    line = format_line((0.0, record, False, "m", f"req-{key} operator-bootstrap-secret", ""))
+    assert "S3cretPart" not in line and "operator-bootstrap-secret" not in line
+    assert json.loads(line)["request_id"] == f"req-gh_0123456789abcdef_{logs.REDACTED} {logs.REDACTED}"
