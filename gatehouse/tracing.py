@@ -88,6 +88,7 @@ def start(env: Mapping[str, str] | None = None) -> Tracing | None:
     if unknown:
         raise SystemExit(f"gatehouse: OTEL_TRACES_EXPORTER: unsupported exporter {', '.join(unknown)} (otlp, console, none)")
     env = os.environ if env is None else env
+    propagation()  # a bad OTEL_PROPAGATORS: refused here, in words
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
     if "otlp" in names and protocol != "grpc":
         raise SystemExit(f"gatehouse: OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: only grpc is supported")
@@ -96,25 +97,44 @@ def start(env: Mapping[str, str] | None = None) -> Tracing | None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: "gatehouse"}))
-    # No sampler given: the SDK reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.
-    provider = TracerProvider(resource=resource)
-    for name in names:
-        exporter: SpanExporter
-        if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    # The SDK reads the rest of OTEL_* itself and raises on some values it cannot use
+    # (ValueError for OTEL_BSP_MAX_QUEUE_SIZE=0 or OTEL_EXPORTER_OTLP_TIMEOUT=abc, its own
+    # exception for OTEL_EXPORTER_OTLP_COMPRESSION=zstd): refuse to start, in words.
+    try:
+        resource = Resource.create()
+        if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({SERVICE_NAME: "gatehouse"}))
+        # No sampler given: the SDK reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.
+        provider = TracerProvider(resource=resource)
+        for name in names:
+            exporter: SpanExporter
+            if name == "otlp":
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            exporter = OTLPSpanExporter()
-        else:
-            exporter = ConsoleSpanExporter()
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+                exporter = OTLPSpanExporter()
+            else:
+                exporter = ConsoleSpanExporter()
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+    except Exception as exc:
+        raise SystemExit(f"gatehouse: tracing cannot start with these OTEL_* settings: {exc}") from None
     trace.set_tracer_provider(provider)
     tracing = Tracing(provider, names)
     _PROCESS = (os.getpid(), tracing)
     on = True
     return tracing
+
+
+def propagation() -> Any:
+    """`opentelemetry.propagate`, imported on first use and only with tracing on: it reads
+    `OTEL_PROPAGATORS` when imported and raises ValueError for a propagator it cannot load
+    (`b3multi` without its package, a typo), which must neither stop a sidecar whose
+    tracing is off (the variable may be set for the pod's other containers) nor show as
+    a traceback when it is on."""
+    try:
+        from opentelemetry import propagate
+    except ValueError as exc:
+        raise SystemExit(f"gatehouse: OTEL_PROPAGATORS: {exc}") from None
+    return propagate
 
 
 def tracer(name: str) -> trace.Tracer:

@@ -30,7 +30,7 @@ import asyncio
 from typing import Any, AsyncIterator, Sequence
 
 import grpc
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -73,16 +73,23 @@ class _MetadataGetter(Getter[Metadata]):
 
 
 _GETTER = _MetadataGetter()
-# The metadata keys the configured propagators read (OTEL_PROPAGATORS, set at import: by
-# default traceparent, tracestate, baggage). The composite builds this set anew on every
-# access, so it is taken once.
-_FIELDS = frozenset(propagate.get_global_textmap().fields)
+# `opentelemetry.propagate` and the metadata keys the configured propagators read
+# (OTEL_PROPAGATORS: by default traceparent, tracestate, baggage), set when the first
+# TraceInterceptor is made: importing `propagate` reads OTEL_PROPAGATORS and fails on a
+# name it cannot load, which must not matter while tracing is off. The composite builds
+# the field set anew on every access, so it is taken once.
+_propagate: Any = None
+_FIELDS: frozenset[str] = frozenset()
 
 
 class TraceInterceptor:
     """One SERVER span per call, continuing the caller's trace."""
 
     def __init__(self, tracer: trace.Tracer | None = None) -> None:
+        global _propagate, _FIELDS
+        if _propagate is None:
+            _propagate = tracing.propagation()
+            _FIELDS = frozenset(_propagate.get_global_textmap().fields)
         self._tracer = tracer or tracing.tracer("gatehouse.server")
 
     def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
@@ -146,7 +153,7 @@ def _extract(context: grpc.aio.ServicerContext[Any, Any], fields: frozenset[str]
     for key, _ in metadata:
         if key in fields:
             carrier: Metadata = tuple(metadata)
-            return propagate.extract(carrier, getter=_GETTER)
+            return _propagate.extract(carrier, getter=_GETTER)  # type: ignore[no-any-return]
     return None
 
 

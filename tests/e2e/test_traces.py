@@ -281,3 +281,45 @@ def test_the_rule_for_on_and_off() -> None:
     assert tracing.exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}) == []
     # An endpoint alone does not turn tracing on: the exporter variable is the switch.
     assert tracing.exporters({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}) == []
+
+
+def _probe(env_extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_propagator_it_cannot_load_does_not_stop_a_sidecar_whose_tracing_is_off() -> None:
+    """OTEL_PROPAGATORS set for the pod's other containers (`b3multi` without its package)
+    must not matter while tracing is off: loading the server used to raise ValueError."""
+    out = _probe(
+        {"OTEL_PROPAGATORS": "b3multi"},
+        "from gatehouse import tracing\nfrom gatehouse.server import app\nassert tracing.start() is None\nprint('ok')\n",
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out
+
+
+@pytest.mark.parametrize(
+    "settings, named",
+    [
+        ({"OTEL_PROPAGATORS": "bogus"}, "OTEL_PROPAGATORS"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "max_queue_size"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "64"}, "max_queue_size"),  # below the default batch size, 512
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TIMEOUT": "abc"}, "abc"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
+    ],
+)
+def test_otel_settings_the_sdk_cannot_use_are_refused_in_words(settings: dict[str, str], named: str) -> None:
+    """With tracing on, a value the SDK raises on is a one-line refusal, not a traceback."""
+    code = (
+        "from gatehouse import tracing\n"
+        "from gatehouse.server import app\n"
+        "try:\n"
+        "    tracing.start()\n"
+        "except SystemExit as exc:\n"
+        "    print(exc)\n"
+    )
+    out = _probe({"OTEL_TRACES_EXPORTER": "console", **settings}, code)
+    assert out.returncode == 0, out
+    assert out.stdout.startswith("gatehouse: ") and named in out.stdout, out
+    assert "Traceback" not in out.stderr, out
