@@ -90,6 +90,7 @@ def _g(name: str, help: str, mode: GaugeMode = "livesum", **labels: str) -> Seri
     return Series(name, "gauge", help, tuple(labels.items()), mode)
 
 
+_DL_HELP = "Decision-log lines: written, dropped (queue full) or failed (write error)."
 _REQ = "gatehouse_cache_requests"
 _REQ_HELP = "Lookups per cache tier (answers = remembered answers, l1, l2, postgres) and result (hit, miss)."
 
@@ -148,6 +149,10 @@ SERIES: dict[str, Series | None] = {
     "postgres.max": _g("gatehouse_postgres_pool_max_connections", "Pool bound, summed over workers."),
     "postgres.errors": _c("gatehouse_postgres_errors", "Postgres errors by kind (unavailable, schema, internal)."),
     "idempotency.replays": _c("gatehouse_idempotency_replays", "Admin mutations answered from a stored response."),
+    "decision_log.written": _c("gatehouse_decision_log_lines", _DL_HELP, outcome="written"),
+    "decision_log.dropped": _c("gatehouse_decision_log_lines", _DL_HELP, outcome="dropped"),
+    "decision_log.failed": _c("gatehouse_decision_log_lines", _DL_HELP, outcome="failed"),
+    "decision_log.queued": _g("gatehouse_decision_log_queued", "Decision-log lines waiting for the writer thread."),
     "health.serving": _g("gatehouse_health_serving", "1 while every worker answers SERVING for the service.", "livemin"),
 }
 

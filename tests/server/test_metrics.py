@@ -31,8 +31,12 @@ UNBOUNDED = {"tenant", "tenant_id", "subject", "subject_id", "key", "key_id", "r
 
 
 @pytest.fixture(scope="module")
-async def measured(sidecar_settings: Settings) -> AsyncIterator[Sidecar]:
-    running = Sidecar(dataclasses.replace(sidecar_settings), metrics=Metrics())
+async def measured(sidecar_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sidecar]:
+    # The decision log on, so that its counters are held to SERIES too (they were not exported).
+    decisions = str(tmp_path_factory.mktemp("decision-log") / "decisions.jsonl")
+    running = Sidecar(
+        dataclasses.replace(sidecar_settings, decision_log="denials", decision_log_path=decisions), metrics=Metrics()
+    )
     await running.start()
     yield running
     await running.stop(grace=0.5)
@@ -114,6 +118,8 @@ async def test_names_units_and_labels_follow_prometheus_conventions(
         "gatehouse_argon2_verifications",
         "gatehouse_idempotency_replays",
         "gatehouse_health_serving",
+        "gatehouse_decision_log_lines",
+        "gatehouse_decision_log_queued",
         "gatehouse_build_info",
     ):
         assert required in names, required
