@@ -22,9 +22,11 @@ What the layers use from here is API only (`opentelemetry-api`): `tracer()`,
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, ContextManager, Mapping
 
@@ -66,9 +68,23 @@ class Tracing:
     provider: Any  # opentelemetry.sdk.trace.TracerProvider (the SDK is imported only when on)
     exporters: list[str]
 
-    def flush(self, timeout_seconds: float = 5.0) -> None:
-        """Export every span ended so far (at shutdown: nothing is lost with the process)."""
-        self.provider.force_flush(int(timeout_seconds * 1000))
+    def flush(self, timeout_seconds: float = 5.0) -> bool:
+        """Export every span ended so far (at shutdown: nothing is lost with the process),
+        waiting `timeout_seconds` at most; False when that was not enough. The SDK's
+        `force_flush` ignores its timeout (each batch waits for its export, up to
+        OTEL_EXPORTER_OTLP_TIMEOUT, 10 s, with retries): with a collector that accepts and
+        never answers, SIGTERM took ~30 s. So it runs in a daemon thread, waited for here;
+        what it has not sent when the process exits is dropped (`_close_at_exit`)."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self.provider.force_flush(int(timeout_seconds * 1000))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="trace-flush", daemon=True).start()
+        return done.wait(timeout_seconds)
 
 
 _PROCESS: tuple[int, Tracing] | None = None
@@ -106,6 +122,7 @@ def start(env: Mapping[str, str] | None = None) -> Tracing | None:
             resource = resource.merge(Resource({SERVICE_NAME: "gatehouse"}))
         # No sampler given: the SDK reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.
         provider = TracerProvider(resource=resource)
+        made: list[SpanExporter] = []
         for name in names:
             exporter: SpanExporter
             if name == "otlp":
@@ -114,7 +131,10 @@ def start(env: Mapping[str, str] | None = None) -> Tracing | None:
                 exporter = OTLPSpanExporter()
             else:
                 exporter = ConsoleSpanExporter()
+            made.append(exporter)
             provider.add_span_processor(BatchSpanProcessor(exporter))
+        # Registered after the provider's own exit hook, so run before it (atexit is LIFO).
+        atexit.register(_close_at_exit, made)
     except Exception as exc:
         raise SystemExit(f"gatehouse: tracing cannot start with these OTEL_* settings: {exc}") from None
     trace.set_tracer_provider(provider)
@@ -122,6 +142,18 @@ def start(env: Mapping[str, str] | None = None) -> Tracing | None:
     _PROCESS = (os.getpid(), tracing)
     on = True
     return tracing
+
+
+def _close_at_exit(exporters: list[Any]) -> None:
+    """At exit, before the provider's own shutdown: close the exporters, so an export still
+    waiting on a collector that does not answer ends now, and the provider's shutdown
+    (which joins its worker thread for up to 30 s) does not wait for it. `Sidecar.stop`
+    has flushed, for as long as it allows, already."""
+    for exporter in exporters:
+        try:
+            exporter.shutdown()
+        except Exception:  # exiting: nothing to do about it
+            pass
 
 
 def propagation() -> Any:

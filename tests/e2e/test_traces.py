@@ -323,3 +323,39 @@ def test_otel_settings_the_sdk_cannot_use_are_refused_in_words(settings: dict[st
     assert out.returncode == 0, out
     assert out.stdout.startswith("gatehouse: ") and named in out.stdout, out
     assert "Traceback" not in out.stderr, out
+
+
+def test_sigterm_is_not_held_by_a_collector_that_never_answers() -> None:
+    """A collector that accepts connections and never answers (a blackholed endpoint):
+    `Tracing.flush` returns within its timeout (the SDK's force_flush ignores it) and the
+    process exits without waiting for the export (it took ~30 s with the SDK's defaults)."""
+    import socket
+
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        probe = (
+            "import time\n"
+            "from gatehouse import tracing\n"
+            "traces = tracing.start()\n"
+            "tracer = tracing.tracer('probe')\n"
+            "for _ in range(1500):\n"
+            "    tracer.start_span('s').end()\n"
+            "time.sleep(0.3)\n"  # the worker thread's export is under way, and stuck
+            "started = time.monotonic()\n"
+            "print(traces.flush(1.0), round(time.monotonic() - started, 1))\n"
+        )
+        started = time.monotonic()
+        out = _probe(
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{hole.getsockname()[1]}",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+            probe,
+        )
+        took = time.monotonic() - started
+    assert out.returncode == 0, out
+    flushed, flush_seconds = out.stdout.split()
+    assert flushed == "False" and float(flush_seconds) < 2.0, out
+    assert took < 8.0, (took, out)
