@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -28,6 +29,8 @@ from gatehouse.settings import Settings
 
 if TYPE_CHECKING:
     from gatehouse.server.metrics import MetricsEndpoint
+
+log = logging.getLogger("gatehouse")
 
 
 def claim_port(listen: str) -> str:
@@ -99,7 +102,11 @@ def _run_children(settings: Settings, count: int, listen: str, endpoint: "Metric
             )
         )
 
+    stopping = False
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -129,6 +136,16 @@ def _run_children(settings: Settings, count: int, listen: str, endpoint: "Metric
         child = waiting.pop(pid)
         child.returncode = os.waitstatus_to_exitcode(status)
         codes.append(child.returncode)
+        if not stopping:
+            # Not restarted: the others go on serving. Say so, loudly: worker 0 also ran
+            # the outbox relay (and the unix socket), which stop with it.
+            index = children.index(child)
+            why = f"signal {-child.returncode}" if child.returncode < 0 else f"status {child.returncode}"
+            also = "; it ran the outbox relay, which has stopped" if index == 0 and settings.relay else ""
+            log.error(
+                "worker %d (pid %d) exited with %s while serving; %d of %d workers left, it is not restarted%s",
+                index, pid, why, len(waiting), count, also,
+            )
         if endpoint is not None:
             # Its live gauges go; its counters stay in every sum (no total goes down).
             endpoint.worker_exited(pid)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.targets import process_tree
 from gatehouse.v1 import config_pb2
@@ -69,3 +71,37 @@ async def test_workers_do_not_outlive_a_killed_parent(
             break
         await asyncio.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
+
+
+def _worker_index(pid: int) -> str:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        for item in f.read().split(b"\0"):
+            if item.startswith(b"GATEHOUSE_WORKER_INDEX="):
+                return item.split(b"=", 1)[1].decode()
+    return ""
+
+
+async def test_a_worker_that_dies_while_serving_is_reported(
+    database_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """A worker killed outright (OOM killer, a crash) is not restarted and the others go on
+    serving; the parent says so at once, at ERROR, and that worker 0's relay went with it
+    (it said nothing: capacity halved and events unpublished, silently)."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        server = await start_server(sidecar_env(database_url, redis_url, redis_prefix, KEY), "--workers", "2", stderr=log)
+        try:
+            workers = process_tree(server.process.pid)[1:]
+            assert len(workers) == 2
+            os.kill(next(pid for pid in workers if _worker_index(pid) == "0"), signal.SIGKILL)
+            for _ in range(100):
+                if "exited with signal 9 while serving" in log_path.read_text():
+                    break
+                await asyncio.sleep(0.1)
+            assert server.process.poll() is None, "the other worker goes on serving"
+        finally:
+            code = await server.stop()
+    text = log_path.read_text()
+    assert "worker 0 (pid" in text and "exited with signal 9 while serving" in text, text[-2000:]
+    assert "outbox relay" in text, text[-2000:]
+    assert code == 1
