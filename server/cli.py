@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             secrets=[settings.operator_key, *url_passwords(settings.redis_url), *url_passwords(settings.database_url)],
         )
         if args.command == "serve" and settings.decision_log != "off":
-            from gatehouse.server.decision_log import check
+            from gatehouse.server.decision_log import check, check_path
 
             check(settings.decision_log, settings.decision_log_sample_rate, settings.decision_log_queue)
+            check_path(settings.decision_log_path)
         # gatehouse.server.app is imported only after the metrics directory is made (below):
         # prometheus_client picks its value store when it is first imported.
         if args.command == "relay":

@@ -87,6 +87,20 @@ def check(mode: str, sample_rate: float, queue: int) -> None:
         raise SystemExit(f"gatehouse: GATEHOUSE_DECISION_LOG_QUEUE (--decision-log-queue) must be at least 1, got {queue}")
 
 
+def check_path(path: str) -> None:
+    """SystemExit naming the setting when the decision-log file cannot be opened for
+    appending: at start, not as one ERROR line once serving (the log was then off, silently
+    for whoever asked for it)."""
+    if path == "-":
+        return
+    try:
+        open(path, "a", encoding="utf-8").close()
+    except OSError as exc:
+        raise SystemExit(
+            f"gatehouse: GATEHOUSE_DECISION_LOG_PATH (--decision-log-path): cannot append to {path!r}: {exc.strerror}"
+        ) from None
+
+
 class DecisionLog:
     """A bounded queue of decision lines and the thread that writes them."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import logging
 import secrets
 import threading
@@ -251,3 +252,24 @@ def test_decision_lines_are_redacted_like_log_lines(captured: io.StringIO) -> No
     line = format_line((0.0, record, False, "m", f"req-{key} operator-bootstrap-secret", ""))
     assert "S3cretPart" not in line and "operator-bootstrap-secret" not in line
     assert json.loads(line)["request_id"] == f"req-gh_0123456789abcdef_{logs.REDACTED} {logs.REDACTED}"
+
+
+def test_a_decision_log_file_that_cannot_be_opened_is_refused_at_start(tmp_path: Path) -> None:
+    """`serve` with a decision-log path it cannot append to refuses to start, naming the
+    setting (it used to serve, log one ERROR line, and log no decision at all)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEHOUSE_", "OTEL_"))}
+    command = [
+        sys.executable, "-m", "gatehouse.server.cli", "serve", "--listen", "127.0.0.1:0", "--workers", "1",
+        "--metrics-listen", "off", "--decision-log", "all", "--decision-log-path", str(tmp_path / "absent" / "d.jsonl"),
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+    assert process.returncode not in (0, None) and "serving on" not in out, (out, err[-1000:])
+    assert "GATEHOUSE_DECISION_LOG_PATH" in err and "Traceback" not in err, err[-1000:]
