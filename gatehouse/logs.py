@@ -123,9 +123,14 @@ def annotate(**fields: str) -> None:
 
 
 def request_id(metadata: Metadata) -> str:
-    """`x-request-id` when sane (1-128 printable characters), else the trace id of a W3C
-    `traceparent`, else a fresh random id."""
+    """`x-request-id` when sane (1-128 characters of `A-Za-z0-9._:/+=@-`, the characters of
+    uuids, ULIDs and the usual `svc-1234/...` forms; with any Gatehouse key in it redacted),
+    else the trace id of a W3C `traceparent`, else a fresh random id. No space, bracket or
+    quote: a caller cannot forge fields in a text line or the audit trail with it."""
     return _request_ids(metadata)[0]
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,%d}" % MAX_REQUEST_ID)
 
 
 def _request_ids(metadata: Metadata) -> tuple[str, str]:
@@ -133,23 +138,29 @@ def _request_ids(metadata: Metadata) -> tuple[str, str]:
     given = traceparent = ""
     for key, value in metadata:
         if key == "x-request-id" and not given and isinstance(value, str):
-            if 0 < len(value) <= MAX_REQUEST_ID and value.isprintable():
-                given = value
+            if _REQUEST_ID.fullmatch(value):
+                given = Redactor.keys(value)
         elif key == "traceparent" and isinstance(value, str):
             traceparent = parse_traceparent(value)
     return given or traceparent or uuid.uuid4().hex, traceparent
 
 
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+# W3C Trace Context, section 3.2 (https://www.w3.org/TR/trace-context/#traceparent-header):
+# version 00 is exactly four fields; a later version may append `-...` fields; ff is invalid.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?")
 
 
 def parse_traceparent(value: str) -> str:
-    """The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), '' for
-    anything else (and for the all-zero id the spec calls invalid)."""
-    match = _TRACEPARENT.match(value.strip())
-    if match is None or match[1] == "0" * 32:
+    """The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`),
+    '' for anything the spec calls invalid (version ff, version 00 with more fields, an
+    all-zero trace or parent id): the same headers OpenTelemetry's propagator refuses, so a
+    log line never names a trace that was not continued."""
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None or match[1] == "ff" or (match[1] == "00" and match[4] is not None):
         return ""
-    return match[1]
+    if match[2] == "0" * 32 or match[3] == "0" * 16:
+        return ""
+    return match[2]
 
 
 def current_trace_id() -> str:
@@ -188,10 +199,15 @@ class Redactor:
     def __call__(self, line: str) -> str:
         for secret in self._literal:
             line = line.replace(secret, REDACTED)
-        if "gh_" in line:
-            line = _API_KEY.sub(r"gh_\1_" + REDACTED, line)
-            line = _OTHER_KEY.sub("gh_" + REDACTED, line)
-        return _BEARER.sub(r"\1 " + REDACTED, line)
+        return _BEARER.sub(r"\1 " + REDACTED, Redactor.keys(line))
+
+    @staticmethod
+    def keys(text: str) -> str:
+        """`text` with every Gatehouse key in it redacted (the id part kept)."""
+        if "gh_" in text:
+            text = _API_KEY.sub(r"gh_\1_" + REDACTED, text)
+            text = _OTHER_KEY.sub("gh_" + REDACTED, text)
+        return text
 
     @staticmethod
     def fields(record: logging.LogRecord) -> None:

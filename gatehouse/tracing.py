@@ -90,6 +90,31 @@ class Tracing:
 _PROCESS: tuple[int, Tracing] | None = None
 
 
+# The samplers of the OpenTelemetry specification's environment variables
+# (https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/);
+# the ratio ones take OTEL_TRACES_SAMPLER_ARG, a probability in [0, 1].
+SAMPLERS = frozenset({
+    "always_on", "always_off", "traceidratio",
+    "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
+})
+
+
+def check_sampler(env: Mapping[str, str]) -> None:
+    """SystemExit, in words, for a sampler the SDK would only warn about: it falls back to
+    sampling every trace, so a typo would turn 1 % into 100 % of the hot path's calls."""
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler and sampler not in SAMPLERS:
+        raise SystemExit(f"gatehouse: OTEL_TRACES_SAMPLER={sampler}: one of {', '.join(sorted(SAMPLERS))}")
+    arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if arg and sampler.endswith("traceidratio"):
+        try:
+            ratio = float(arg)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise SystemExit(f"gatehouse: OTEL_TRACES_SAMPLER_ARG={arg}: a probability from 0 to 1 (0.01 = 1 %)")
+
+
 def start(env: Mapping[str, str] | None = None) -> Tracing | None:
     """Set the SDK up for this process when the rule says tracing is on; None when off.
     Idempotent per process (several sidecars in one test process share it); a forked
@@ -108,6 +133,7 @@ def start(env: Mapping[str, str] | None = None) -> Tracing | None:
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
     if "otlp" in names and protocol != "grpc":
         raise SystemExit(f"gatehouse: OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: only grpc is supported")
+    check_sampler(env)
 
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider

@@ -307,6 +307,10 @@ def test_a_propagator_it_cannot_load_does_not_stop_a_sidecar_whose_tracing_is_of
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "64"}, "max_queue_size"),  # below the default batch size, 512
         ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TIMEOUT": "abc"}, "abc"),
         ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
+        # The SDK only warns about these, and samples every trace instead: 1 % would become 100 %.
+        ({"OTEL_TRACES_SAMPLER": "bogus"}, "OTEL_TRACES_SAMPLER"),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1%"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "5"}, "OTEL_TRACES_SAMPLER_ARG"),
     ],
 )
 def test_otel_settings_the_sdk_cannot_use_are_refused_in_words(settings: dict[str, str], named: str) -> None:

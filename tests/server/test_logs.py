@@ -101,6 +101,17 @@ def test_lines_in_a_call_carry_its_request_and_trace_ids(captured: io.StringIO) 
         ((("x-request-id", "bad\nid"),), None),
         ((("traceparent", "00-" + "0" * 32 + "-" + "b" * 16 + "-01"),), None),  # the invalid all-zero id
         ((("traceparent", "nonsense"),), None),
+        # Characters that would forge fields in a text line or the audit trail: refused.
+        ((("x-request-id", "fake] code=OK tenant=evil"),), None),
+        ((("x-request-id", 'a"b'),), None),
+        # A key in it is redacted before it goes anywhere (log, decision log, audit row).
+        ((("x-request-id", "req-gh_0123456789abcdef_s3cretS3cretS3cret"),), "req-gh_0123456789abcdef_[REDACTED]"),
+        # W3C Trace Context: version ff, version 00 with more fields, an all-zero parent id
+        # are invalid (OpenTelemetry's propagator refuses them too); a later version may add fields.
+        ((("traceparent", "ff-" + "a" * 32 + "-" + "b" * 16 + "-01"),), None),
+        ((("traceparent", "00-" + "a" * 32 + "-" + "b" * 16 + "-01-extra"),), None),
+        ((("traceparent", "00-" + "a" * 32 + "-" + "0" * 16 + "-01"),), None),
+        ((("traceparent", "01-" + "a" * 32 + "-" + "b" * 16 + "-01-extra"),), "a" * 32),
     ],
 )
 def test_request_id_rule(metadata: tuple[tuple[str, str], ...], expected: str | None) -> None:
