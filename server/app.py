@@ -21,7 +21,7 @@ from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
-from gatehouse.server.interceptors import CallCounter, Chain
+from gatehouse.server.interceptors import CallCounter, Chain, Deadline
 from gatehouse.server.listeners import bind, plan_listeners
 from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.redis_client import RedisClient, check_mode, redis_client
@@ -140,8 +140,9 @@ class Sidecar:
                 ADMIN: s.max_in_flight_admin,
             }
         )
-        # Counted first, so a refused call is counted too (as RESOURCE_EXHAUSTED).
-        chain = Chain([calls, self.admission])
+        # Counted first, so a refused call is counted too (as RESOURCE_EXHAUSTED); the
+        # deadline last, so a refused call does not pay for it.
+        chain = Chain([calls, self.admission, Deadline(s.default_deadline_seconds or None)])
         self._report_stats(calls)
         decisions = DecisionService(self.cache)
         AccessServicer(decisions, self.check_answers).add_to(server, chain)
@@ -182,7 +183,18 @@ class Sidecar:
         self.stats.register("cache", self.cache.stats)
         cache = self.cache
         self.stats.register("staleness", lambda: {"confirmed_seconds_ago": cache.confirmation_age()})
-        self.stats.register("l2", lambda: {"errors": l2.errors})
+        self.stats.register(
+            "l2", lambda: {"errors": l2.errors, "deadline_cuts": l2.deadline_cuts, "deadline_skips": l2.deadline_skips}
+        )
+        assert self.store is not None
+        store = self.store
+        self.stats.register(
+            "store",
+            lambda: {
+                "transactions_begun": store.transactions_begun,
+                "transactions_cancelled": store.transactions_cancelled,
+            },
+        )
         self.stats.register("answers", lambda: {"check_hits": check_answers.hits, "config_hits": config_answers.hits})
         self.stats.register("events", self.subscriber.stats)
         if self.relay is not None:

@@ -11,6 +11,9 @@ stats registry (the "R" and "E" of RED). Cost on the hot path: one extra corouti
 a try/except and a Counter increment, 0.12-0.18 µs per call in-process (a bare coroutine
 against the same wrapped, 200,000 awaits, 3 runs), next to ~16 µs for a remembered
 CheckAccess.
+
+`Deadline`, the last link, hands the call's deadline to the work it causes
+(`gatehouse.deadlines`); its cost is in its docstring.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections import Counter
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, cast
 
 import grpc
+
+from gatehouse import deadlines
 
 UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
@@ -106,6 +111,36 @@ class CallCounter:
     def values(self) -> dict[str, float]:
         """For the stats registry: `calls{method=...,code=...}`."""
         return {f"calls{{method={m},code={c}}}": n for (m, c), n in self.calls.items()}
+
+
+class Deadline:
+    """Puts each unary call's deadline where the store, L2 and the single-flight read it.
+
+    The deadline is the client's (`context.time_remaining()`), or `default_seconds` from
+    the call's start when the client sent none (None: such calls have no deadline and
+    wait as long as the drivers' own timeouts let them). It is set for the handler's task
+    only (`gatehouse.deadlines.bounded`); nothing is armed here, so a call answered from
+    memory pays only for reading it: +0.2 µs per call in-process (a wrapped handler
+    against the bare one, 200,000 awaits of an in-process grpc.aio context, 3 runs;
+    `tests/server/test_deadlines.py::test_deadline_interceptor_cost` prints it).
+    Streams (WatchTenantConfig, reflection) are left alone: they are meant to last.
+    """
+
+    def __init__(self, default_seconds: float | None = None) -> None:
+        self._default = default_seconds
+
+    def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
+        default = self._default
+
+        async def bounded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            left = context.time_remaining()
+            with deadlines.bounded(default if left is None else left):
+                return await handler(request, context)
+
+        return bounded
+
+    def stream(self, method: str, handler: StreamHandler) -> StreamHandler:
+        return handler
 
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}

@@ -11,6 +11,19 @@ The read path (`load_tenant`, `load_subject`) is one query in a read-only transa
 three round trips (BEGIN with the scope, the query, COMMIT), no reset query on release.
 Driver errors are translated to Gatehouse errors by `translated()` around every pool
 use; see `gatehouse.store.driver_errors`.
+
+Deadlines: every transaction, from the wait for a pooled connection to COMMIT, runs
+inside the calling call's deadline (`gatehouse.deadlines.within`). Past it the
+transaction is cancelled and `DeadlineExceeded` raised: a saturated pool does not queue
+a call beyond its deadline, and a running statement is cancelled on the server
+(asyncpg sends a CancelRequest when the awaiting task is cancelled, and on any other
+cancellation too: a gRPC call its client abandoned). The connection then needs the
+server's acknowledgement of the cancel and a ROLLBACK before it can be reused; that is
+waited for in the background (`_abandon`, at most `ABANDON_SECONDS`, else the connection
+is closed), not by the caller, whose deadline has passed. A write's COMMIT is never
+cut by the deadline (its outcome must be known); the statements before it are. The
+idempotency-key bookkeeping (`idempotency.py`) is not bounded: a claim or its release
+cut short would make a retry wait or run twice.
 """
 
 from __future__ import annotations
@@ -22,13 +35,20 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import asyncio
+
 import asyncpg
 
+from gatehouse import deadlines
 from gatehouse.errors import TenantNotFound
 from gatehouse.store.driver_errors import translated
 from gatehouse.store.migrate import read_version
 
 PLATFORM_SCOPE = "*"  # the row-level security scope that sees every tenant
+
+# How long a connection whose statement was cancelled may take to acknowledge the cancel
+# and roll back before it is closed instead of returned to the pool (seconds).
+ABANDON_SECONDS = 5.0
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     # jsonb columns come back as Python values and take Python values as arguments.
@@ -65,11 +85,16 @@ class Transactions:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._abandoned: set[asyncio.Task[None]] = set()
+        self.transactions_begun = 0  # BEGINs sent (stats: store.transactions_begun)
+        self.transactions_cancelled = 0  # cancelled by a deadline or an abandoned call
 
     # --- lifecycle of the driver ---------------------------------------------------------
 
     async def close(self) -> None:
         """Close the pool, waiting for borrowed connections to come back."""
+        while self._abandoned:
+            await asyncio.gather(*list(self._abandoned), return_exceptions=True)
         with translated():
             await self._pool.close()
 
@@ -87,18 +112,43 @@ class Transactions:
 
     @asynccontextmanager
     async def _transaction(self, scope: str, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction that sees only `scope`'s rows (a tenant id, or PLATFORM_SCOPE)."""
-        with translated():
-            conn = await self._begin(_begin_statement(scope, readonly=readonly))
-            try:
+        """A transaction that sees only `scope`'s rows (a tenant id, or PLATFORM_SCOPE),
+        within the caller's deadline: DeadlineExceeded past it (before anything is
+        begun, if it has passed already). A write's COMMIT, once sent, runs to its end."""
+        begin = _begin_statement(scope, readonly=readonly)
+        async with deadlines.within() as bound:
+            with translated():
+                conn = await self._begin(begin)
                 try:
                     yield conn
+                    if not readonly:
+                        # A write's COMMIT is not cut by the deadline: cancelled, its
+                        # outcome would be unknown, and a retry (its idempotency claim
+                        # released by the failure) could write twice.
+                        bound.disarm()
+                    await conn.execute("COMMIT")
+                except asyncio.CancelledError:
+                    self._abandon(conn)
+                    raise
                 except BaseException:
                     await _rollback(conn)
+                    await self._pool.release(conn)
                     raise
-                await conn.execute("COMMIT")
-            finally:
                 await self._pool.release(conn)
+
+    def _abandon(self, conn: asyncpg.Connection) -> None:
+        """Give back a connection whose statement was cancelled, without waiting for it.
+
+        asyncpg's release waits for the server to acknowledge the cancel, then rolls back;
+        over a slow or dead network that can take long, and the caller has gone already.
+        So it happens in a task of its own, bounded by ABANDON_SECONDS (past it asyncpg
+        closes the connection). The connection stays out of the pool until then, which
+        is right: until the server has acknowledged, it is still busy."""
+        self.transactions_cancelled += 1
+        task = asyncio.ensure_future(self._pool.release(conn, timeout=ABANDON_SECONDS))
+        self._abandoned.add(task)
+        task.add_done_callback(_release_done)
+        task.add_done_callback(self._abandoned.discard)
 
     async def _begin(self, begin: str) -> asyncpg.Connection:
         """A pooled connection with a transaction begun on it.
@@ -113,8 +163,12 @@ class Transactions:
         while True:
             conn = await self._pool.acquire()
             try:
+                self.transactions_begun += 1
                 await conn.execute(begin)
                 return conn
+            except asyncio.CancelledError:
+                self._abandon(conn)
+                raise
             except BaseException as error:
                 stale = isinstance(error, _DEAD_CONNECTION_ERRORS)
                 if stale:
@@ -143,6 +197,12 @@ def _begin_statement(scope: str, *, readonly: bool) -> str:
         raise ValueError(f"not a tenant scope: {scope!r}")
     mode = " ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else ""
     return f"BEGIN{mode}; SELECT set_config('gatehouse.tenant_id', '{scope}', true)"
+
+
+def _release_done(task: asyncio.Task[None]) -> None:
+    # A failed release has already closed the connection; nobody awaits this task.
+    if not task.cancelled():
+        task.exception()
 
 
 async def _rollback(conn: asyncpg.Connection) -> None:
