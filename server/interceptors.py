@@ -19,6 +19,7 @@ CheckAccess.
 from __future__ import annotations
 
 import inspect
+import time
 from collections import Counter
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, cast
 
@@ -131,11 +132,22 @@ class Deadline:
 
     def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
         default = self._default
+        current, monotonic = deadlines.CURRENT, time.monotonic
 
         async def bounded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            left = context.time_remaining()
-            with deadlines.bounded(default if left is None else left):
+            # None when the client sent no deadline (grpc's stubs say float; it is not).
+            left: float | None = context.time_remaining()
+            if left is None:
+                if default is None:
+                    return await handler(request, context)
+                left = default
+            # Not `deadlines.bounded` (a generator-based context manager, +1 µs): there
+            # is no enclosing deadline to respect here, so set and reset the variable.
+            token = current.set(monotonic() + left)
+            try:
                 return await handler(request, context)
+            finally:
+                current.reset(token)
 
         return bounded
 
