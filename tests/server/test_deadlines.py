@@ -21,12 +21,15 @@ import asyncpg
 import grpc
 import pytest
 
+from gatehouse.server.admin_auth import create_operator_key
 from gatehouse.server.app import Sidecar
 from gatehouse.server.interceptors import Deadline
 from gatehouse.settings import Settings
+from gatehouse.store.api import Actor
+from gatehouse.store.postgres import connect
 from gatehouse.v1 import access_pb2, admin_pb2, common_pb2
 from tests.client import Client, make_client, user
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, create_migrated_database, drop_database
 from tests.faults import FaultProxy
 from tests.server.status import details
 
@@ -340,3 +343,199 @@ async def test_redis_blackholed_answers_come_from_postgres_and_none_is_stale(
     )
     assert set(codes) == {"OK"} and stale == 0
     assert recovered < 5.0
+
+
+# --- private servers paused (SIGSTOP), sidecar restarted -----------------------------------
+
+
+@contextlib.asynccontextmanager
+async def isolated(database_url: str) -> AsyncIterator[tuple[str, str]]:
+    """A migrated database of its own on the cluster of `database_url` (no other relay
+    publishes its outbox) and an operator token in it: (runtime DSN, token). Only for
+    the shared cluster; a private one is removed whole."""
+    name = f"gh_test_dl_{secrets.token_hex(4)}"
+    dsn = await create_migrated_database(name)
+    try:
+        yield dsn, await operator_in(dsn)
+    finally:
+        await drop_database(name)
+
+
+async def operator_in(dsn: str) -> str:
+    """A new operator key (`*`) in the database at `dsn`: its token."""
+    store = await connect(dsn, min_size=1, max_size=1)
+    try:
+        return await create_operator_key(store, Actor("tests"), name="tests")
+    finally:
+        await store.close()
+
+
+BOUND = 1.0  # max staleness in the tests below
+FAST = dict(max_staleness_seconds=BOUND, relay_heartbeat_seconds=0.2, blind_refresh_seconds=0.5)
+
+
+async def test_redis_paused_answers_come_from_postgres_and_none_is_stale(
+    sidecar_settings: Settings, private_redis: Any, database_roles: None, unique: str
+) -> None:
+    """A private Redis frozen (SIGSTOP) for 2 s under two sidecars (one relaying, one
+    writing): checks all answer from L1 and Postgres, a revoke made meanwhile ends old
+    allows within max staleness, and the checked sidecar is confirmed again once Redis
+    thaws."""
+    async with isolated(sidecar_settings.database_url) as (dsn, token):
+        base = dataclasses.replace(
+            sidecar_settings, database_url=dsn, redis_url=private_redis.url, redis_prefix=f"ghdl{unique}", **FAST
+        )
+        async with running(base, token) as (checked, own), running(
+            dataclasses.replace(base, relay=0), token
+        ) as (_, writer):
+            tenant = await writer.tenant(f"dl-pause-{unique}")
+            await writer.grant(tenant.id, user("alice"), "reader", "", ["doc.read"])
+            assert checked.cache is not None
+            cache = checked.cache
+
+            async def current() -> bool:
+                return cache.confirmed()
+
+            await until(current, timeout=5.0)
+            assert (await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)).allowed
+            private_redis.freeze()
+            try:
+                await writer.admin.RevokeRole(
+                    admin_pb2.RevokeRoleRequest(tenant_id=tenant.id, subject=user("alice"), role="reader", scope=""),
+                    metadata=writer.auth,
+                )
+                revoked = time.monotonic()
+                codes, stale = await _probe(own, tenant.id, since=revoked, seconds=2.0)
+            finally:
+                private_redis.thaw()
+            thawed = time.monotonic()
+            await until(current, timeout=5.0)
+            recovered = time.monotonic() - thawed
+    print(
+        f"FAULT redis paused (SIGSTOP) 2 s: checks {dict(codes)}; stale answers beyond max staleness ({BOUND:g} s):"
+        f" {stale}; confirmed current again {recovered * 1000:.0f} ms after SIGCONT"
+    )
+    assert set(codes) == {"OK"} and stale == 0
+    assert recovered < 5.0
+
+
+async def _probe(own: Client, tenant_id: str, *, since: float, seconds: float) -> tuple[Counter[str], int]:
+    """Check alice (whose role was revoked at `since`) and a new subject every 50 ms for
+    `seconds`: the status codes, and alice's allows later than max staleness after `since`."""
+    codes: Counter[str] = Counter()
+    stale = 0
+    i = 0
+    while time.monotonic() - since < seconds:
+        for who in ("alice", f"new{i}"):
+            try:
+                answer = await own.access.CheckAccess(check(tenant_id, who), timeout=1)
+                codes["OK"] += 1
+                if who == "alice" and answer.allowed and time.monotonic() - since > BOUND + 0.05:
+                    stale += 1
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+        i += 1
+        await asyncio.sleep(0.05)
+    return codes, stale
+
+
+async def test_postgres_paused_cached_answers_end_at_max_staleness_uncached_at_their_deadline(
+    sidecar_settings: Settings, private_postgres: Any, unique: str
+) -> None:
+    """A private Postgres frozen (SIGSTOP on every process) for 2.5 s: a cached answer is
+    served up to max staleness, then UNAVAILABLE (never older); an uncached check fails
+    at its 300 ms deadline instead of waiting for the driver's 30 s timeout; checks
+    answer again soon after SIGCONT."""
+    token = await operator_in(private_postgres.database_url)
+    settings = dataclasses.replace(
+        sidecar_settings, database_url=private_postgres.database_url, redis_prefix=f"ghdl{unique}", **FAST
+    )
+    async with running(settings, token) as (sidecar, own):
+        tenant = await own.tenant(f"dl-pgpause-{unique}")
+        await own.grant(tenant.id, user("alice"), "reader", "", ["doc.read"])
+        assert sidecar.cache is not None
+        cache = sidecar.cache
+
+        async def current() -> bool:
+            return cache.confirmed()
+
+        await until(current, timeout=5.0)
+        assert (await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)).allowed
+        private_postgres.freeze()
+        frozen = time.monotonic()
+        cached: Counter[str] = Counter()
+        uncached: Counter[str] = Counter()
+        stale = 0
+        slowest = 0.0
+        try:
+            i = 0
+            while time.monotonic() - frozen < 2.5:
+                try:
+                    answer = await own.access.CheckAccess(check(tenant.id, "alice"), timeout=0.3)
+                    cached["OK"] += 1
+                    stale += answer.allowed and time.monotonic() - frozen > BOUND + 0.05
+                except grpc.aio.AioRpcError as exc:
+                    cached[f"{exc.code().name}"] += 1
+                started = time.monotonic()
+                try:
+                    await own.access.CheckAccess(check(tenant.id, f"new{i}"), timeout=0.3)
+                    uncached["OK"] += 1
+                except grpc.aio.AioRpcError as exc:
+                    uncached[exc.code().name] += 1
+                slowest = max(slowest, time.monotonic() - started)
+                i += 1
+                await asyncio.sleep(0.05)
+        finally:
+            private_postgres.thaw()
+        thawed = time.monotonic()
+
+        async def answers() -> bool:
+            try:
+                await own.access.CheckAccess(check(tenant.id, f"up{secrets.token_hex(4)}"), timeout=0.5)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
+
+        await until(answers, timeout=10.0)
+        recovered = time.monotonic() - thawed
+    print(
+        f"FAULT postgres paused (SIGSTOP) 2.5 s: cached checks {dict(cached)}, uncached checks {dict(uncached)}"
+        f" (slowest {slowest * 1000:.0f} ms); stale answers beyond max staleness ({BOUND:g} s): {stale};"
+        f" uncached checks answer again {recovered * 1000:.0f} ms after SIGCONT"
+    )
+    assert stale == 0
+    assert set(cached) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"} and cached["OK"] > 0
+    assert set(uncached) == {"DEADLINE_EXCEEDED"}
+    assert recovered < 10.0
+
+
+async def test_a_restarted_sidecar_answers_warm_from_redis(
+    sidecar_settings: Settings, operator_token: str, client: Client, unique: str
+) -> None:
+    """Sidecar restarted: the new process answers a key the old one loaded from L2, once
+    a relay heartbeat has confirmed it (the session sidecar's relay beats every 1 s)."""
+    settings = dataclasses.replace(sidecar_settings, relay=0)
+    tenant = await client.tenant(f"dl-restart-{unique}")
+    await client.grant(tenant.id, user("alice"), "reader", "", ["doc.read"])
+    async with running(settings, operator_token) as (_, first):
+        assert (await first.access.CheckAccess(check(tenant.id, "alice"), timeout=2)).allowed
+    restarted = time.monotonic()
+    codes: Counter[str] = Counter()
+    async with running(settings, operator_token) as (second, own):
+        assert second.cache is not None
+        cache = second.cache
+
+        async def current() -> bool:
+            return cache.confirmed()
+
+        await until(current, timeout=5.0)
+        answer = await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)
+        codes["OK"] += 1
+        answered = time.monotonic() - restarted
+        stats = second.stats.snapshot()
+    print(
+        f"FAULT sidecar restarted: first check {dict(codes)} {answered * 1000:.0f} ms after the restart began;"
+        f" L2 hits {stats['cache.l2_hits']:.0f}, Postgres loads {stats['cache.store_loads']:.0f}"
+    )
+    assert answer.allowed
+    assert stats["cache.l2_hits"] >= 2 and stats["cache.store_loads"] == 0
