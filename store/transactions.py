@@ -139,16 +139,28 @@ class Transactions:
     def _abandon(self, conn: asyncpg.Connection) -> None:
         """Give back a connection whose statement was cancelled, without waiting for it.
 
-        asyncpg's release waits for the server to acknowledge the cancel, then rolls back;
+        The connection must first hear the server acknowledge the cancel, then roll back;
         over a slow or dead network that can take long, and the caller has gone already.
-        So it happens in a task of its own, bounded by ABANDON_SECONDS (past it asyncpg
-        closes the connection). The connection stays out of the pool until then, which
-        is right: until the server has acknowledged, it is still busy."""
+        So it happens in a task of its own, bounded by ABANDON_SECONDS (past it the
+        connection is closed). It stays out of the pool until then, which is right: until
+        the server has acknowledged, it is still busy."""
         self.transactions_cancelled += 1
-        task = asyncio.ensure_future(self._pool.release(conn, timeout=ABANDON_SECONDS))
+        task = asyncio.ensure_future(self._give_back(conn))
         self._abandoned.add(task)
-        task.add_done_callback(_release_done)
         task.add_done_callback(self._abandoned.discard)
+
+    async def _give_back(self, conn: asyncpg.Connection) -> None:
+        try:
+            async with asyncio.timeout(ABANDON_SECONDS):
+                # asyncpg sends this once the cancel is acknowledged. Rolling back here, not
+                # in the pool's reset, keeps asyncpg from logging an ERROR for a connection
+                # released inside a transaction. Outside one, ROLLBACK only warns.
+                await conn.execute("ROLLBACK")
+        except (Exception, asyncio.CancelledError):
+            with contextlib.suppress(Exception):
+                conn.terminate()
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)
 
     async def _begin(self, begin: str) -> asyncpg.Connection:
         """A pooled connection with a transaction begun on it.
@@ -197,12 +209,6 @@ def _begin_statement(scope: str, *, readonly: bool) -> str:
         raise ValueError(f"not a tenant scope: {scope!r}")
     mode = " ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else ""
     return f"BEGIN{mode}; SELECT set_config('gatehouse.tenant_id', '{scope}', true)"
-
-
-def _release_done(task: asyncio.Task[None]) -> None:
-    # A failed release has already closed the connection; nobody awaits this task.
-    if not task.cancelled():
-        task.exception()
 
 
 async def _rollback(conn: asyncpg.Connection) -> None:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -539,3 +543,238 @@ async def test_a_restarted_sidecar_answers_warm_from_redis(
     )
     assert answer.allowed
     assert stats["cache.l2_hits"] >= 2 and stats["cache.store_loads"] == 0
+
+
+# --- the fault matrix: one harness, one row each ---------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    """What one fault did to checks on the checked sidecar."""
+
+    codes: Counter[str]
+    stale: int
+    recovered: float
+
+    def line(self, fault: str) -> str:
+        return (
+            f"FAULT {fault}: checks {dict(self.codes)}; stale answers beyond max staleness ({BOUND:g} s): {self.stale};"
+            f" recovered (confirmed current, alice answered as of now, a new subject answered) {self.recovered * 1000:.0f} ms"
+            " after the fault ended"
+        )
+
+
+async def fault_row(
+    checked: Sidecar,
+    own: Client,
+    writer: Client,
+    begin: Callable[[], Awaitable[None]],
+    end: Callable[[], Awaitable[None]],
+    *,
+    seconds: float = 2.0,
+    revoke: bool = True,
+) -> Row:
+    """alice may read; the fault begins; (if `revoke`) her role is revoked through
+    `writer`; `checked` is probed for `seconds`; the fault ends; then how long until the
+    checked sidecar is confirmed current again, denies alice, and answers a new subject.
+
+    A stale answer is an allow for alice later than max staleness after the revoke
+    (`revoke`), or any OK answer later than that after the fault began (without it:
+    nothing could confirm the data current meanwhile)."""
+    unique = secrets.token_hex(4)
+    tenant = await writer.tenant(f"row-{unique}")
+    await writer.grant(tenant.id, user("alice"), "reader", "", ["doc.read"])
+    assert checked.cache is not None
+    cache = checked.cache
+
+    async def current() -> bool:
+        return cache.confirmed()
+
+    await until(current, timeout=5.0)
+    assert (await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)).allowed
+    await begin()
+    ended = False
+    try:
+        since = time.monotonic()
+        if revoke:
+            await writer.admin.RevokeRole(
+                admin_pb2.RevokeRoleRequest(tenant_id=tenant.id, subject=user("alice"), role="reader", scope=""),
+                metadata=writer.auth,
+                timeout=5,
+            )
+            since = time.monotonic()
+        codes: Counter[str] = Counter()
+        stale = 0
+        i = 0
+        while time.monotonic() - since < seconds:
+            for who in ("alice", f"new{i}"):
+                try:
+                    answer = await own.access.CheckAccess(check(tenant.id, who), timeout=0.5)
+                    codes["OK"] += 1
+                    late = time.monotonic() - since > BOUND + 0.05
+                    stale += late and (answer.allowed if revoke else who == "alice")
+                except grpc.aio.AioRpcError as exc:
+                    codes[exc.code().name] += 1
+            i += 1
+            await asyncio.sleep(0.05)
+        await end()
+        ended = True
+    finally:
+        if not ended:
+            await end()
+    back = time.monotonic()
+
+    async def recovered() -> bool:
+        if not cache.confirmed():
+            return False
+        try:
+            alice = await own.access.CheckAccess(check(tenant.id, "alice"), timeout=0.5)
+            await own.access.CheckAccess(check(tenant.id, f"up{secrets.token_hex(4)}"), timeout=0.5)
+        except grpc.aio.AioRpcError:
+            return False
+        return not alice.allowed if revoke else alice.allowed
+
+    await until(recovered, timeout=10.0, step=0.05)
+    return Row(codes, stale, time.monotonic() - back)
+
+
+@contextlib.asynccontextmanager
+async def pair(
+    settings: Settings, token: str, **writer: Any
+) -> AsyncIterator[tuple[Sidecar, Client, Client]]:
+    """The checked sidecar (with `settings`) and a writer sidecar (no relay; `writer`
+    overrides settings) beside it."""
+    async with running(settings, token) as (checked, own), running(
+        dataclasses.replace(settings, **{"relay": 0, **writer}), token
+    ) as (_, writer_client):
+        yield checked, own, writer_client
+
+
+async def test_redis_killed_and_restarted_empty(
+    sidecar_settings: Settings, private_redis: Any, database_roles: None, unique: str
+) -> None:
+    async with isolated(sidecar_settings.database_url) as (dsn, token):
+        settings = dataclasses.replace(
+            sidecar_settings, database_url=dsn, redis_url=private_redis.url, redis_prefix=f"ghdl{unique}", **FAST
+        )
+        async with pair(settings, token) as (checked, own, writer):
+
+            async def kill() -> None:
+                private_redis.stop()
+
+            row = await fault_row(checked, own, writer, kill, private_redis.start)
+    print(row.line("redis killed (SIGKILL) 2 s, restarted empty"))
+    assert set(row.codes) == {"OK"} and row.stale == 0 and row.recovered < 10.0
+
+
+@pytest.mark.parametrize("how", ["killed", "paused"])
+async def test_relay_process_killed_or_paused(
+    sidecar_settings: Settings, redis_url: str, database_roles: None, unique: str, how: str
+) -> None:
+    """`gatehouse relay` as a process of its own, SIGKILLed (then a new one started) or
+    SIGSTOPped (then SIGCONT): the checked sidecar answers from Postgres once its data
+    is older than max staleness, so a revoke made meanwhile is honoured within it, and
+    no event is lost (the outbox is empty once a relay runs again)."""
+    async with isolated(sidecar_settings.database_url) as (dsn, token):
+        prefix = f"ghdl{unique}"
+        settings = dataclasses.replace(sidecar_settings, database_url=dsn, redis_prefix=prefix, relay=0, **FAST)
+        env = {
+            **os.environ,
+            "GATEHOUSE_DATABASE_URL": dsn,
+            "GATEHOUSE_REDIS_URL": redis_url,
+            "GATEHOUSE_REDIS_PREFIX": prefix,
+            "GATEHOUSE_RELAY_HEARTBEAT_SECONDS": "0.2",
+            "GATEHOUSE_LOG_LEVEL": "WARNING",
+        }
+        relays: list[subprocess.Popen[str]] = []
+
+        async def start_relay() -> None:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gatehouse.server.cli", "relay"], env=env, stdout=subprocess.PIPE, text=True
+            )
+            relays.append(process)
+            assert process.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout=30)
+            assert "relaying" in line, line
+
+        async def begin() -> None:
+            relays[-1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+
+        async def end() -> None:
+            if how == "killed":
+                await start_relay()
+            else:
+                relays[-1].send_signal(signal.SIGCONT)
+
+        try:
+            await start_relay()
+            async with pair(settings, token) as (checked, own, writer):
+                row = await fault_row(checked, own, writer, begin, end)
+            unpublished = await _unpublished(dsn)
+        finally:
+            for process in relays:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGCONT)
+                    process.kill()
+                process.wait()
+    print(row.line(f"relay {how} 2 s") + f"; outbox rows left unpublished: {unpublished}")
+    assert set(row.codes) == {"OK"} and row.stale == 0 and row.recovered < 10.0
+    assert unpublished == 0
+
+
+async def _unpublished(dsn: str) -> int:
+    name = urlsplit(dsn).path.lstrip("/")
+    conn = await asyncpg.connect(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+    finally:
+        await conn.close()
+
+
+async def test_postgres_stopped_then_started(sidecar_settings: Settings, private_postgres: Any, unique: str) -> None:
+    """A private Postgres stopped (`pg_ctl stop -m fast`: connections refused) for 2 s
+    and started again: cached answers up to max staleness, then UNAVAILABLE; uncached
+    UNAVAILABLE at once; answers again once it is back."""
+    token = await operator_in(private_postgres.database_url)
+    settings = dataclasses.replace(
+        sidecar_settings, database_url=private_postgres.database_url, redis_prefix=f"ghdl{unique}", **FAST
+    )
+    async with pair(settings, token) as (checked, own, writer):
+
+        async def stop() -> None:
+            await asyncio.to_thread(private_postgres.halt)
+
+        async def start() -> None:
+            await asyncio.to_thread(private_postgres.resume)
+
+        row = await fault_row(checked, own, writer, stop, start, revoke=False)
+    print(row.line("postgres stopped 2 s, started"))
+    assert row.stale == 0 and set(row.codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    assert row.codes["UNAVAILABLE"] > 0 and row.recovered < 10.0
+
+
+async def test_postgres_blackholed(
+    sidecar_settings: Settings, database_roles: None, fault_proxy: MakeProxy, unique: str
+) -> None:
+    """Postgres blackholed (the proxy holds every byte; connections open, nothing comes
+    back) for the checked sidecar and its relay, while writes and another relay go on
+    beside it: the revoke's event reaches the checked sidecar, which refuses alice's
+    cached grants and cannot re-read them (nor load new subjects): DEADLINE_EXCEEDED at
+    each call's deadline, never an older answer; recovery once the hole closes."""
+    async with isolated(sidecar_settings.database_url) as (dsn, token):
+        proxy = await fault_proxy(port_of(dsn))
+        settings = dataclasses.replace(
+            sidecar_settings, database_url=through(dsn, proxy), redis_prefix=f"ghdl{unique}", **FAST
+        )
+        async with pair(settings, token, database_url=dsn, relay=1) as (checked, own, writer):
+
+            async def begin() -> None:
+                proxy.blackhole()
+
+            async def end() -> None:
+                proxy.pass_through()
+
+            row = await fault_row(checked, own, writer, begin, end)
+    print(row.line("postgres blackholed 2 s"))
+    assert row.stale == 0 and set(row.codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    assert row.recovered < 10.0
