@@ -91,12 +91,20 @@ class Transactions:
 
     # --- lifecycle of the driver ---------------------------------------------------------
 
-    async def close(self) -> None:
-        """Close the pool, waiting for borrowed connections to come back."""
-        while self._abandoned:
-            await asyncio.gather(*list(self._abandoned), return_exceptions=True)
-        with translated():
-            await self._pool.close()
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool, waiting up to `timeout` seconds for borrowed connections to come
+        back (abandoned ones included); then close what is left at once. A statement
+        whose reply never comes (a half-open connection, a frozen server) would
+        otherwise hold shutdown for the driver's timeouts (30 s, then 30 s more for the
+        cancel)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._abandoned:
+                    await asyncio.gather(*list(self._abandoned), return_exceptions=True)
+                with translated():
+                    await self._pool.close()
+        except TimeoutError:
+            self._pool.terminate()
 
     async def ping(self) -> None:
         """Return when Postgres answers; StoreUnavailable when it does not."""

@@ -34,7 +34,7 @@ from gatehouse.store.postgres import connect
 from gatehouse.v1 import access_pb2, admin_pb2, common_pb2
 from tests.client import Client, make_client, user
 from tests.conftest import PG_ADMIN_URL, create_migrated_database, drop_database
-from tests.faults import FaultProxy
+from tests.faults import Direction, FaultProxy
 from tests.server.status import details
 
 MakeProxy = Callable[[int], Awaitable[FaultProxy]]
@@ -295,13 +295,15 @@ async def test_postgres_connections_reset_and_refused_give_unavailable_then_reco
     assert recovered < 5.0
 
 
+@pytest.mark.parametrize("mode", ["blackhole", "half_open"])
 async def test_redis_blackholed_answers_come_from_postgres_and_none_is_stale(
     sidecar_settings: Settings, operator_token: str, client: Client, redis_url: str, fault_proxy: MakeProxy,
-    unique: str,
+    unique: str, mode: str,
 ) -> None:
-    """Redis (L2 and the event stream) blackholed: every check answers from L1 and
-    Postgres, a revoke made meanwhile is honoured within max staleness (1 s here), and
-    once Redis is back the sidecar is confirmed current again."""
+    """Redis (L2 and the event stream) blackholed, or half-open (commands reach Redis,
+    its replies vanish): every check answers from L1 and Postgres, a revoke made
+    meanwhile is honoured within max staleness (1 s here), and once Redis is back the
+    sidecar is confirmed current again."""
     proxy = await fault_proxy(port_of(redis_url))
     settings = dataclasses.replace(
         sidecar_settings, redis_url=through(redis_url, proxy), relay=0, max_staleness_seconds=1.0,
@@ -314,7 +316,7 @@ async def test_redis_blackholed_answers_come_from_postgres_and_none_is_stale(
     async with running(settings, operator_token) as (sidecar, own):
         assert sidecar.cache is not None
         assert (await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)).allowed
-        proxy.blackhole()
+        proxy.blackhole() if mode == "blackhole" else proxy.half_open(Direction.TO_CLIENT)
         await client.admin.RevokeRole(
             admin_pb2.RevokeRoleRequest(tenant_id=tenant.id, subject=user("alice"), role="reader", scope=""),
             metadata=client.auth,
@@ -342,7 +344,7 @@ async def test_redis_blackholed_answers_come_from_postgres_and_none_is_stale(
         await until(confirmed, timeout=5.0)
         recovered = time.monotonic() - back
     print(
-        f"FAULT redis blackholed 2 s: checks {dict(codes)}; stale answers beyond max staleness (1 s): {stale};"
+        f"FAULT redis {mode} 2 s: checks {dict(codes)}; stale answers beyond max staleness (1 s): {stale};"
         f" confirmed current again {recovered * 1000:.0f} ms after Redis came back"
     )
     assert set(codes) == {"OK"} and stale == 0
@@ -753,8 +755,9 @@ async def test_postgres_stopped_then_started(sidecar_settings: Settings, private
     assert row.codes["UNAVAILABLE"] > 0 and row.recovered < 10.0
 
 
+@pytest.mark.parametrize("mode", ["blackhole", "half_open"])
 async def test_postgres_blackholed(
-    sidecar_settings: Settings, database_roles: None, fault_proxy: MakeProxy, unique: str
+    sidecar_settings: Settings, database_roles: None, fault_proxy: MakeProxy, unique: str, mode: str
 ) -> None:
     """Postgres blackholed (the proxy holds every byte; connections open, nothing comes
     back) for the checked sidecar and its relay, while writes and another relay go on
@@ -769,12 +772,12 @@ async def test_postgres_blackholed(
         async with pair(settings, token, database_url=dsn, relay=1) as (checked, own, writer):
 
             async def begin() -> None:
-                proxy.blackhole()
+                proxy.blackhole() if mode == "blackhole" else proxy.half_open(Direction.TO_CLIENT)
 
             async def end() -> None:
                 proxy.pass_through()
 
             row = await fault_row(checked, own, writer, begin, end)
-    print(row.line("postgres blackholed 2 s"))
+    print(row.line(f"postgres {mode} 2 s"))
     assert row.stale == 0 and set(row.codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
     assert row.recovered < 10.0
