@@ -120,11 +120,17 @@ class Deadline:
     The deadline is the client's (`context.time_remaining()`), or `default_seconds` from
     the call's start when the client sent none (None: such calls have no deadline and
     wait as long as the drivers' own timeouts let them). It is set for the handler's task
-    only (`gatehouse.deadlines.bounded`); nothing is armed here, so a call answered from
-    memory pays only for reading it: +0.2 µs per call in-process (a wrapped handler
-    against the bare one, 200,000 awaits of an in-process grpc.aio context, 3 runs;
-    `tests/server/test_deadlines.py::test_deadline_interceptor_cost` prints it).
-    Streams (WatchTenantConfig, reflection) are left alone: they are meant to last.
+    only (`gatehouse.deadlines.CURRENT`, reset when the handler returns). No timer is
+    armed here: the store, L2 and the single-flight arm theirs only when they wait, so a
+    call answered from memory pays only for reading and setting the deadline: +0.3-0.55
+    µs per call in-process (a wrapped handler against the bare one inside a real grpc.aio
+    handler, 100,000 awaits, best of 3, with and without a client deadline; of it
+    `context.time_remaining()` is 0.11 µs and the context variable's set and reset 0.1
+    µs), next to ~16 µs for a remembered CheckAccess.
+    `tests/server/test_deadlines.py::test_deadline_interceptor_cost` prints it.
+    Async-generator streams (WatchTenantConfig, reflection) are left alone: they are
+    meant to last. (grpc's own health Watch, a coroutine that writes, gets a deadline in
+    its context, which nothing it awaits reads.)
     """
 
     def __init__(self, default_seconds: float | None = None) -> None:

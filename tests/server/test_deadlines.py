@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -193,12 +194,27 @@ async def test_a_call_without_a_deadline_gets_the_default_and_the_stable_reason(
                 with pytest.raises(grpc.aio.AioRpcError) as failed:
                     await own.access.CheckAccess(check(tenant.id, f"nodeadline-{unique}"), timeout=None)
                 took = time.monotonic() - started
+                with pytest.raises(grpc.aio.AioRpcError) as admin_failed:
+                    await own.admin.GetTenant(admin_pb2.GetTenantRequest(tenant_id=tenant.id), metadata=own.auth)
         finally:
             await locker.close()
         assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert details(failed.value)[0].reason == "GATEHOUSE_DEADLINE_EXCEEDED"
         assert took < 5.0
         assert sidecar.stats.snapshot()["store.transactions_cancelled"] >= 1
+        # An admin call that failed on its deadline is audited all the same.
+        assert admin_failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        owner = await asyncpg.connect(owner_database_url)
+        try:
+            await owner.execute("SELECT set_config('gatehouse.tenant_id', '*', false)")  # row-level security
+            audited = await owner.fetchval(
+                "SELECT count(*) FROM audit_log WHERE action = 'tenant.get' AND reason = 'GATEHOUSE_DEADLINE_EXCEEDED'"
+                " AND outcome = 'error' AND tenant_id = $1",
+                uuid.UUID(tenant.id),
+            )
+        finally:
+            await owner.close()
+        assert audited == 1
 
 
 # --- Postgres slow, reset; Redis blackholed ------------------------------------------------
