@@ -49,6 +49,8 @@ PLATFORM_SCOPE = "*"  # the row-level security scope that sees every tenant
 # How long a connection whose statement was cancelled may take to acknowledge the cancel
 # and roll back before it is closed instead of returned to the pool (seconds).
 ABANDON_SECONDS = 5.0
+# How long closing the pool waits for borrowed connections before closing them at once.
+CLOSE_SECONDS = 5.0
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     # jsonb columns come back as Python values and take Python values as arguments.
@@ -91,14 +93,14 @@ class Transactions:
 
     # --- lifecycle of the driver ---------------------------------------------------------
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Close the pool, waiting up to `timeout` seconds for borrowed connections to come
+    async def close(self) -> None:
+        """Close the pool, waiting up to CLOSE_SECONDS for borrowed connections to come
         back (abandoned ones included); then close what is left at once. A statement
         whose reply never comes (a half-open connection, a frozen server) would
         otherwise hold shutdown for the driver's timeouts (30 s, then 30 s more for the
         cancel)."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(CLOSE_SECONDS):
                 while self._abandoned:
                     await asyncio.gather(*list(self._abandoned), return_exceptions=True)
                 with translated():
