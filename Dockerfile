@@ -45,7 +45,10 @@ RUN groupadd --system --gid 10001 gatehouse \
 COPY --from=build /opt/gatehouse /opt/gatehouse
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 50051
+EXPOSE 50051 9464
+# Prometheus scrapes a pod's address, not the container's loopback: /metrics listens on
+# every address here (its series hold no tenant, subject or secret; README "Metrics").
+ENV GATEHOUSE_METRICS_LISTEN=0.0.0.0:9464
 # The health check asks over this unix socket, which is always plaintext (only processes
 # in this container that may open the file can connect), so it works whether port 50051
 # serves plaintext, TLS or mutual TLS. With a read-only root filesystem, mount a writable

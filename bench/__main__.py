@@ -46,6 +46,10 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--gh-workers", type=int, help="pass --workers N to gatehouse serve (and run N baseline processes)")
     p.add_argument("--gh-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for gatehouse serve, repeatable (e.g. --gh-arg=--l1-ttl-seconds=30)")
+    p.add_argument("--gh-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment variable for gatehouse serve, repeatable (e.g. --gh-env OTEL_TRACES_EXPORTER=console)")
+    p.add_argument("--traces-sampler-arg", type=float, default=0.01,
+                   help="traces: the traced variant's OTEL_TRACES_SAMPLER_ARG (parentbased_traceidratio; default 0.01)")
     p.add_argument("--generator", choices=("auto", "h2load", "python"), default="auto",
                    help="auto: h2load where one repeated body suffices, Python where bodies must differ")
     p.add_argument("--py-workers", type=int, default=2, help="Python generator processes")
@@ -57,6 +61,11 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--unix", action="store_true",
                    help="call both targets over a unix socket (Gatehouse's --unix-socket) instead of TCP")
     p.add_argument("--targets", default="baseline,gatehouse", help="comma-separated subset of baseline,gatehouse")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS",
+                   help="also run target gatehouse-LABEL: Gatehouse with these extra serve arguments (space-separated), "
+                   "e.g. --variant 'dlog1=--decision-log sampled --decision-log-sample-rate 0.01'; fixed-rate scenarios")
+    p.add_argument("--interleave", action="store_true",
+                   help="fixed-rate scenarios: start every target first and let them take turns at each repeat")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the first point of each target (needs py-spy); stacks go to <name>.<target>.pyspy.txt")
     p.add_argument("--native", action="store_true", help="with --profile: include C/Cython frames (pauses the process)")
@@ -69,9 +78,18 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         p.error(f"--duration must be in (0, {MAX_DURATION:g}] and --warmup in [0, 30]")
     if a.rate is not None and a.rate <= 0:
         p.error("--rate must be positive")
+    if any("=" not in item for item in a.gh_env):
+        p.error("--gh-env: NAME=VALUE")
     targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     if not targets or set(targets) - {"baseline", "gatehouse"}:
         p.error("--targets: baseline and/or gatehouse")
+    variants: dict[str, list[str]] = {}
+    for spec in a.variant:
+        label, _, args = spec.partition("=")
+        if not label or not args or not label.replace("-", "").isalnum():
+            p.error(f"--variant {spec!r}: want LABEL=ARGS")
+        variants[label] = args.split()
+    targets += tuple(f"gatehouse-{label}" for label in variants)
     options = Options(
         scenarios=list(dict.fromkeys(a.scenarios)),
         rate=a.rate,
@@ -87,6 +105,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         distinct_keys=a.distinct_keys,
         gh_workers=a.gh_workers,
         gh_args=a.gh_arg,
+        gh_env=dict(item.split("=", 1) for item in a.gh_env),
+        traces_sampler_arg=a.traces_sampler_arg,
         generator=a.generator,
         py_workers=a.py_workers,
         writer=a.writer,
@@ -96,6 +116,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         profile_native=a.native,
         unix=a.unix,
         targets=targets,
+        variants=variants,
+        interleave=a.interleave,
         probe_rate=a.probe_rate,
     )
     return options, a
@@ -109,6 +131,12 @@ async def main_async(options: Options, args: argparse.Namespace) -> int:
             points += await scenarios.run(h, scenario)
         ceilings = scenarios.sweep_ceilings(points) if "sweep" in options.scenarios else None
         table = report.markdown(points, ceilings)
+        cost = None
+        if "metrics-cost" in options.scenarios:
+            from bench import metrics_cost
+
+            cost = metrics_cost.summary(points)
+            table += "\n\nmetrics on vs off (same run, alternating):\n\n" + metrics_cost.markdown(cost)
         document = {
             "started": started,
             "command": "python -m bench " + " ".join(sys.argv[1:]),
@@ -123,6 +151,7 @@ async def main_async(options: Options, args: argparse.Namespace) -> int:
             "points": points,
             "summary": report.folded(points),
             "sweep_ceilings": ceilings,
+            "metrics_cost": cost,
             "profiles": h.profiles,
             "table_markdown": table,
         }

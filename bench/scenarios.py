@@ -50,6 +50,8 @@ DEFAULT_RATES = {"check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch
 DEFAULT_SWEEP = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 14000, 16000]
 SCENARIOS = (
     "check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation", "overload", "auth-flood",
+    "traces",
+    "metrics-cost",
 )
 
 
@@ -69,6 +71,8 @@ class Options:
     distinct_keys: int = 5000
     gh_workers: int | None = None
     gh_args: list[str] = field(default_factory=list)
+    gh_env: dict[str, str] = field(default_factory=dict)  # extra environment of every gatehouse serve
+    traces_sampler_arg: float = 0.01  # `traces`: the traced variant's sampling ratio
     generator: str = "auto"
     py_workers: int = 2
     writer: str = "pgbench"
@@ -78,6 +82,10 @@ class Options:
     profile_native: bool = False
     unix: bool = False
     targets: tuple[str, ...] = ("baseline", "gatehouse")
+    # `--variant LABEL=ARGS`: target `gatehouse-LABEL` is Gatehouse started with ARGS too
+    # (the same scenario and rates, in the same run: a setting's cost against it off).
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    interleave: bool = False  # fixed-rate scenarios: all targets up, taking turns per repeat
     probe_rate: float = 10.0
 
 
@@ -168,7 +176,7 @@ class Harness:
         self.cold_by_repeat: dict[int, list[Any]] = {}
 
     def uses_h2load(self) -> bool:
-        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload"}
+        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload", "traces", "metrics-cost"}
         if self.o.generator == "python":
             h2_scenarios -= {"check-hit"}
         return bool(h2_scenarios & set(self.o.scenarios))
@@ -203,16 +211,22 @@ class Harness:
 
     # --- targets ---
 
-    async def start(self, name: str, extra_args: list[str] | None = None) -> Target:
+    async def start(
+        self, name: str, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> Target:
+        """`env`: added to a gatehouse target's environment after `--gh-env` (e.g. OTEL_*)."""
         workers = self.o.gh_workers
         if name == "baseline":
             target = baseline_target(workers or 1, self.work_dir, unix=self.o.unix)
         else:
             self._starts += 1
+            variant = self.o.variants.get(name.removeprefix("gatehouse-"), []) if name != "gatehouse" else []
             target = gatehouse_target(
                 self.storage, self.operator_key, self._starts, self.work_dir,
-                workers=workers, extra_args=[*self.o.gh_args, *(extra_args or [])], unix=self.o.unix,
+                workers=workers, extra_args=[*self.o.gh_args, *variant, *(extra_args or [])], unix=self.o.unix,
+                name=name,
             )
+            target.env.update({**self.o.gh_env, **(env or {})})
         await target.start()
         return target
 
@@ -353,7 +367,7 @@ def _ratio(points: list[dict[str, Any]]) -> None:
     base = {(p["scenario"], p["offered_rps"], p.get("repeat", 0)): p for p in points if p["target"] == "baseline"}
     for p in points:
         b = base.get((p["scenario"], p["offered_rps"], p.get("repeat", 0)))
-        if p["target"] != "gatehouse" or b is None:
+        if not p["target"].startswith("gatehouse") or b is None:
             continue
         p["vs_baseline"] = {
             "throughput": round(p["achieved_rps"] / b["achieved_rps"], 3) if b["achieved_rps"] else None,
@@ -369,49 +383,67 @@ async def fixed_rate(
     o, data = h.o, h.data
     rate = o.rate or DEFAULT_RATES[scenario]
     points: list[dict[str, Any]] = []
+
+    async def one(name: str, target: Target, r: int) -> dict[str, Any]:
+        gh = name.startswith("gatehouse")
+        tag = f"{scenario}-{name}-{r}"
+        if scenario == "check-miss":
+            # The same never-seen keys for both targets: they are different servers.
+            if r not in h.cold_by_repeat:
+                h.cold_by_repeat[r] = data.cold_checks(int(rate * (o.warmup + o.duration)) + 1, seed=r)
+            checks = h.cold_by_repeat[r]
+            point = await h.py_point(
+                target, CHECK, [c.body for c in checks], [c.allowed for c in checks] if gh else None,
+                "check", rate, tag,
+            )
+        elif scenario == "check-l2" or (scenario == "check-hit" and o.generator == "python"):
+            checks = data.hot_checks(o.distinct_keys)
+            if r == 0:
+                await warm(target.address, CHECK, [c.body for c in checks])
+            point = await h.py_point(
+                target, CHECK, [c.body for c in checks], [c.allowed for c in checks] if gh else None,
+                "check", rate, tag,
+            )
+        elif scenario == "check-hit":
+            top = data.top_check()
+            await warm(target.address, CHECK, [top.body])
+            point = await h.h2_point(target, CHECK, top.body, Verifier("check", top.allowed if gh else None), rate, tag)
+        elif scenario == "batch":
+            body, expected = data.batch_body(o.batch_size)
+            await warm(target.address, BATCH, [body])
+            point = await h.h2_point(target, BATCH, body, Verifier("batch", expected if gh else None), rate, tag)
+            point["checks_per_call"] = o.batch_size
+            point["decisions_per_s"] = round(point["achieved_rps"] * o.batch_size, 1)
+        elif scenario == "config":
+            body = data.top_config()
+            await warm(target.address, CONFIG, [body])
+            point = await h.h2_point(
+                target, CONFIG, body, Verifier("config", data.tenants[0].id if gh else None), rate, tag
+            )
+        else:
+            raise ValueError(scenario)
+        point.update(scenario=scenario, repeat=r)
+        return point
+
+    if o.interleave:
+        # Every target up at once (an idle one costs nothing), taking turns at each repeat:
+        # drift in the machine's load (other work) spreads over all of them alike.
+        started: list[Target] = []
+        try:
+            for name in o.targets:
+                started.append(await h.start(name, extra_args if name.startswith("gatehouse") else None))
+            for r in range(o.repeat):
+                for name, target in zip(o.targets, started):
+                    points.append(await one(name, target, r))
+        finally:
+            for target in started:
+                await target.stop()
+        return points
     for name in o.targets:
-        target = await h.start(name, extra_args if name == "gatehouse" else None)
-        gh = name == "gatehouse"
+        target = await h.start(name, extra_args if name.startswith("gatehouse") else None)
         try:
             for r in range(o.repeat):
-                tag = f"{scenario}-{name}-{r}"
-                if scenario == "check-miss":
-                    # The same never-seen keys for both targets: they are different servers.
-                    if r not in h.cold_by_repeat:
-                        h.cold_by_repeat[r] = data.cold_checks(int(rate * (o.warmup + o.duration)) + 1, seed=r)
-                    checks = h.cold_by_repeat[r]
-                    point = await h.py_point(
-                        target, CHECK, [c.body for c in checks], [c.allowed for c in checks] if gh else None,
-                        "check", rate, tag,
-                    )
-                elif scenario == "check-l2" or (scenario == "check-hit" and o.generator == "python"):
-                    checks = data.hot_checks(o.distinct_keys)
-                    if r == 0:
-                        await warm(target.address, CHECK, [c.body for c in checks])
-                    point = await h.py_point(
-                        target, CHECK, [c.body for c in checks], [c.allowed for c in checks] if gh else None,
-                        "check", rate, tag,
-                    )
-                elif scenario == "check-hit":
-                    top = data.top_check()
-                    await warm(target.address, CHECK, [top.body])
-                    point = await h.h2_point(target, CHECK, top.body, Verifier("check", top.allowed if gh else None), rate, tag)
-                elif scenario == "batch":
-                    body, expected = data.batch_body(o.batch_size)
-                    await warm(target.address, BATCH, [body])
-                    point = await h.h2_point(target, BATCH, body, Verifier("batch", expected if gh else None), rate, tag)
-                    point["checks_per_call"] = o.batch_size
-                    point["decisions_per_s"] = round(point["achieved_rps"] * o.batch_size, 1)
-                elif scenario == "config":
-                    body = data.top_config()
-                    await warm(target.address, CONFIG, [body])
-                    point = await h.h2_point(
-                        target, CONFIG, body, Verifier("config", data.tenants[0].id if gh else None), rate, tag
-                    )
-                else:
-                    raise ValueError(scenario)
-                point.update(scenario=scenario, repeat=r)
-                points.append(point)
+                points.append(await one(name, target, r))
         finally:
             await target.stop()
     return points
@@ -427,7 +459,7 @@ async def mixed(h: Harness) -> list[dict[str, Any]]:
     cfg = data.top_config()
     for name in o.targets:
         target = await h.start(name)
-        gh = name == "gatehouse"
+        gh = name.startswith("gatehouse")
         try:
             for r in range(o.repeat):
                 tag = f"mixed-{name}-{r}"
@@ -599,7 +631,7 @@ async def sweep(h: Harness) -> list[dict[str, Any]]:
                 for target in targets:
                     if target.name in broken:
                         continue
-                    gh = target.name == "gatehouse"
+                    gh = target.name.startswith("gatehouse")
                     point = await h.h2_point(
                         target, CHECK, top.body, Verifier("check", top.allowed if gh else None), rate,
                         f"sweep-{target.name}-{rate:g}-{r}",
@@ -800,6 +832,14 @@ async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
         points = await sweep(h)
     elif scenario == "propagation":
         points = await propagation(h)
+    elif scenario == "traces":
+        from bench import traces  # it builds on this module
+
+        points = await traces.traces(h)
+    elif scenario == "metrics-cost":
+        from bench import metrics_cost  # it builds on this module
+
+        points = await metrics_cost.metrics_cost(h)
     elif scenario in ("overload", "auth-flood"):
         from bench import overload  # it builds on this module
 

@@ -156,6 +156,8 @@ class Target:
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("GRPC_ENABLE_FORK_SUPPORT", None)  # the harness's own setting, not the servers'
+    # /metrics on a free port (on by default, as for users): two servers never collide on 9464.
+    env["GATEHOUSE_METRICS_LISTEN"] = "127.0.0.1:0"
     return env
 
 
@@ -177,6 +179,7 @@ def gatehouse_target(
     workers: int | None,
     extra_args: list[str],
     unix: bool = False,
+    name: str = "gatehouse",
 ) -> Target:
     """With `unix`, calls go to `--unix-socket` (worker 0's only, so one worker makes sense)."""
     port = free_port()
@@ -199,7 +202,7 @@ def gatehouse_target(
         GATEHOUSE_LOG_LEVEL=os.environ.get("GATEHOUSE_BENCH_LOG_LEVEL", "WARNING"),
         GATEHOUSE_GRACE_SECONDS="1",
     )
-    return Target("gatehouse", command, env, log_dir / f"gatehouse-{port}.log", address=address)
+    return Target(name, command, env, log_dir / f"{name}-{port}.log", address=address)
 
 
 def _repo_root() -> str:

@@ -46,11 +46,13 @@ class Answers(Generic[A]):
         self._max_body = max_body
         self._entries: dict[bytes, Remembered[A]] = {}
         self.hits = 0
+        self.misses = 0
 
     def get(self, body: bytes, now: float) -> A | None:
         """The remembered answer to `body`, if it is still exactly what deciding would give."""
         known = self._entries.get(body)
         if known is None:
+            self.misses += 1
             return None
         cache = self._cache
         if (
@@ -62,6 +64,7 @@ class Answers(Generic[A]):
             )
         ):
             del self._entries[body]
+            self.misses += 1
             return None
         self.hits += 1
         return known.answer

@@ -21,6 +21,9 @@ deadline comes sooner bounds its own operation by what is left of it (an
 operation was cut on). Cut short that way, a read is a miss and a write is dropped, and
 the breaker stays shut: a short deadline says nothing about Redis. With the deadline
 already passed, L2 is not asked at all (`deadline_skips`).
+
+Traces: each call inside a sampled RPC is a `redis L2 <what>` client span (`tracing.child_span`;
+none while the breaker skips Redis, nothing when tracing is off).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import logging
 import time
 from typing import Awaitable, Callable, TypeVar
 
-from gatehouse import deadlines
+from gatehouse import deadlines, tracing
 from gatehouse.cache import codec
 from gatehouse.engine.model import SubjectSnapshot, TenantSnapshot
 from gatehouse.events import ADVANCE_POINTER, POINTER_SUFFIX, pointer_key, tenant_tag
@@ -39,6 +42,7 @@ from gatehouse.redis_failures import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_tracer = tracing.tracer(__name__)
 
 # Return [rev, data] for the pointer's revision when it is >= ARGV[1], else false. The data
 # key cannot be declared (its revision is read here), so it is built from KEYS[1] itself:
@@ -89,32 +93,38 @@ class RedisL2:
         return cls(client, prefix=prefix, ttl_seconds=ttl_seconds, timeout=timeout)
 
     @property
+    def circuit_open(self) -> bool:
+        """True while the breaker skips Redis (within `retry_after` seconds of an error)."""
+        return self._clock() < self._down_until
+
+    @property
     def client(self) -> RedisClient:
         return self._client
 
     def _tag(self, tenant_id: str) -> str:
         return tenant_tag(self._prefix, tenant_id)
 
-    async def _guard(self, op: Callable[[], Awaitable[T]], fallback: T) -> T:
+    async def _guard(self, op: Callable[[], Awaitable[T]], fallback: T, what: str = "call") -> T:
         if self._clock() < self._down_until:
             return fallback
         left = deadlines.remaining()
         try:
-            if left is None or (self._timeout is not None and left >= self._timeout):
-                return await op()
-            if left <= 0:
-                self.deadline_skips += 1
-                return fallback
-            cut = asyncio.timeout(left)
-            try:
-                async with cut:
+            with tracing.child_span(_tracer, f"redis L2 {what}", {"db.system.name": "redis", "db.operation.name": "EVALSHA"}):
+                if left is None or (self._timeout is not None and left >= self._timeout):
                     return await op()
-            except TimeoutError:
-                if not cut.expired():
-                    raise  # Redis's own timeout: a failure like any other
-                # The call's deadline, not Redis's fault: the breaker stays shut.
-                self.deadline_cuts += 1
-                return fallback
+                if left <= 0:
+                    self.deadline_skips += 1
+                    return fallback
+                cut = asyncio.timeout(left)
+                try:
+                    async with cut:
+                        return await op()
+                except TimeoutError:
+                    if not cut.expired():
+                        raise  # Redis's own timeout: a failure like any other
+                    # The call's deadline, not Redis's fault: the breaker stays shut.
+                    self.deadline_cuts += 1
+                    return fallback
         except REDIS_FAILURES as exc:
             self.errors += 1
             if self._down_until <= self._clock():
@@ -124,13 +134,13 @@ class RedisL2:
 
     async def get_tenant(self, tenant_id: str, min_revision: int) -> TenantSnapshot | None:
         pointer = pointer_key(self._prefix, tenant_id)
-        found = await self._guard(lambda: self._read(keys=[pointer], args=[min_revision, ":t:", ""]), None)
+        found = await self._guard(lambda: self._read(keys=[pointer], args=[min_revision, ":t:", ""]), None, "read tenant")
         return codec.load_tenant(found[1]) if found else None
 
     async def get_subject(self, tenant_id: str, subject_key: str, min_revision: int) -> SubjectSnapshot | None:
         pointer = pointer_key(self._prefix, tenant_id)
         found = await self._guard(
-            lambda: self._read(keys=[pointer], args=[min_revision, ":s:", f":{subject_key}"]), None
+            lambda: self._read(keys=[pointer], args=[min_revision, ":s:", f":{subject_key}"]), None, "read subject"
         )
         return codec.load_subject(found[1]) if found else None
 
@@ -142,6 +152,7 @@ class RedisL2:
                 keys=[f"{tag}{POINTER_SUFFIX}", f"{tag}:t:{rev}"], args=[rev, codec.dump_tenant(snapshot), self._ttl_ms]
             ),
             None,
+            "write tenant",
         )
 
     async def put_subject(self, snapshot: SubjectSnapshot) -> None:
@@ -151,12 +162,13 @@ class RedisL2:
         await self._guard(
             lambda: self._write(keys=[f"{tag}{POINTER_SUFFIX}", key], args=[rev, codec.dump_subject(snapshot), self._ttl_ms]),
             None,
+            "write subject",
         )
 
     async def advance(self, tenant_id: str, revision: int) -> None:
         """Move the tenant's pointer to `revision` (after a write): older data is never read again."""
         pointer = pointer_key(self._prefix, tenant_id)
-        await self._guard(lambda: self._write(keys=[pointer], args=[revision, "", self._ttl_ms]), None)
+        await self._guard(lambda: self._write(keys=[pointer], args=[revision, "", self._ttl_ms]), None, "advance")
 
     async def ping(self) -> None:
         """Return when Redis answers PING, within the client's socket timeout (seconds);

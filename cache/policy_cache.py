@@ -35,6 +35,11 @@ rule. The bound is measured on this process's monotonic clock from T, which is t
 database's wall clock: it holds up to the skew between this host's clock and Postgres'
 (NTP keeps it to milliseconds).
 
+Traces: the RPC's span says which tier answered (`gatehouse.cache.tier`, the deepest one
+a call needed: l1, l2 or postgres; `tracing.note_tier`). An L1 hit notes it only while
+tracing is on (one module-flag test); a load notes where it came from for every caller
+sharing it through the single-flight, not only the one whose task ran it.
+
 The store never knows the cache exists: it publishes every committed write to its
 subscribers (`store.api.Subscribable`), and `store_changed` is one of them.
 """
@@ -49,7 +54,7 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from cachetools import LRUCache
 
-from gatehouse import deadlines
+from gatehouse import deadlines, tracing
 from gatehouse.cache.fresh_read import FreshRead
 from gatehouse.cache.l1 import ExpiringMap
 from gatehouse.cache.l2 import RedisL2
@@ -80,6 +85,9 @@ class CacheStats:
     stale_rejections: int = 0
     unconfirmed_loads: int = 0  # Postgres reads made because confirmation had lapsed (L2 skipped)
     stale_refused: int = 0  # reads failed with Stale: not confirmed, and Postgres did not answer
+    l1_misses: int = 0  # lookups L1 could not serve (absent, expired, or below a floor)
+    l2_misses: int = 0  # L2 lookups that found nothing current (then Postgres)
+    store_absent: int = 0  # Postgres loads that found no such tenant or subject
 
 
 K = TypeVar("K", bound=Hashable)
@@ -191,7 +199,10 @@ class PolicyCache:
         entry = self.peek_tenant(tenant_id, min_revision)
         if entry is not None:
             self.stats.l1_hits += 1
+            if tracing.on:
+                tracing.note_tier("l1")
             return None if isinstance(entry, Absent) else entry
+        self.stats.l1_misses += 1
         held = self._tenants.held(tenant_id)
         if isinstance(held, CachedTenant):
             self.stats.stale_rejections += 1
@@ -212,12 +223,14 @@ class PolicyCache:
         store read (never L2, whose pointer may lag Postgres while Redis was away) that began
         after this call, spaced and shared per tenant; RevisionNotReached when that read
         finds the tenant older (current revision 0: no such tenant)."""
+        async def read() -> CachedTenant | Absent:
+            return (await self._fetch_tenant(tenant_id, min_revision, from_l2=False))[0]
+
         entry = await self._probe.read_since(
-            tenant_id,
-            time.monotonic(),
-            lambda: self._fetch_tenant(tenant_id, min_revision, from_l2=False),
-            lambda found: found.revision >= min_revision,
+            tenant_id, time.monotonic(), read, lambda found: found.revision >= min_revision
         )
+        if tracing.on:
+            tracing.note_tier("postgres")
         if not isinstance(entry, CachedTenant) or entry.revision < min_revision:
             raise RevisionNotReached(tenant_id, min_revision, entry.revision)
         return entry
@@ -227,7 +240,10 @@ class PolicyCache:
         entry = self.peek_subject(tenant_id, subject.key, min_revision)
         if entry is not None:
             self.stats.l1_hits += 1
+            if tracing.on:
+                tracing.note_tier("l1")
             return entry
+        self.stats.l1_misses += 1
         key = (tenant_id, subject.key)
         held = key in self._subjects
         if held:
@@ -244,7 +260,7 @@ class PolicyCache:
         need: int,
         confirmed: bool,
         held: bool,
-        fetch: Callable[[], Awaitable[T | Absent]],
+        fetch: Callable[[], Awaitable[tuple[T | Absent, str]]],
     ) -> T | None:
         """Load through the single-flight. Unconfirmed, with an entry held that may not be
         served any more, a store failure is `Stale` (the cache refused its answer); with
@@ -254,13 +270,20 @@ class PolicyCache:
         if not confirmed:
             self.stats.unconfirmed_loads += 1
         try:
-            entry: T | Absent = await self._flight.do((*key, need, confirmed), fetch)
+            entry, tier = await self._flight.do((*key, need, confirmed), fetch)
         except StoreUnavailable as exc:
             if confirmed or not held:
                 raise
             self.stats.stale_refused += 1
             raise Stale(self.confirmation_age(), self._max_staleness) from exc
+        if tracing.on:
+            tracing.note_tier(tier)
         return None if isinstance(entry, Absent) else entry
+
+    @property
+    def single_flight_merges(self) -> int:
+        """Loads a caller did not start because the same key's load was running (a count)."""
+        return self._flight.merged
 
     # --- bounded staleness ---
 
@@ -283,7 +306,10 @@ class PolicyCache:
             return 0.0
         return max(0.0, self._clock() - (self._confirmed_until - self._max_staleness))
 
-    async def _fetch_tenant(self, tenant_id: str, need: int, *, from_l2: bool = True) -> CachedTenant | Absent:
+    async def _fetch_tenant(
+        self, tenant_id: str, need: int, *, from_l2: bool = True
+    ) -> tuple[CachedTenant | Absent, str]:
+        """The tenant from L2 or the store, and which of them ("l2", "postgres") answered."""
         snapshot = await self._l2.get_tenant(tenant_id, need) if self._l2 and from_l2 else None
         # From L2: current only as far as the cache is confirmed. From Postgres: current
         # on its own until max staleness after the read began.
@@ -291,12 +317,15 @@ class PolicyCache:
         if snapshot is not None:
             self.stats.l2_hits += 1
         else:
+            if self._l2 and from_l2:
+                self.stats.l2_misses += 1
             self.stats.store_loads += 1
             current_until = self._clock() + self._max_staleness
             snapshot = await self._store.load_tenant(tenant_id)
             if snapshot is None:
+                self.stats.store_absent += 1
                 self._tenants.put(tenant_id, ABSENT, current_until)
-                return ABSENT
+                return ABSENT, "postgres"
             if self._l2 is not None:
                 self._spawn(self._l2.put_tenant(snapshot))
         entry = CachedTenant(snapshot, compile_tenant(snapshot), snapshot.revision)
@@ -306,7 +335,7 @@ class PolicyCache:
         # the answer would name revision N without having been computed at it.
         self._raise_floor(tenant_id, snapshot.revision)
         self._tenants.put(tenant_id, entry, current_until)
-        return entry
+        return entry, "postgres" if current_until > -math.inf else "l2"
 
     def _raise_floor(self, tenant_id: str, revision: int) -> None:
         if revision > self._tenant_floor.get(tenant_id, 0):
@@ -314,7 +343,8 @@ class PolicyCache:
 
     async def _fetch_subject(
         self, tenant_id: str, subject: SubjectRef, need: int, *, from_l2: bool = True
-    ) -> SubjectGrants | Absent:
+    ) -> tuple[SubjectGrants | Absent, str]:
+        """The subject's grants from L2 or the store, and which of them answered."""
         snapshot: SubjectSnapshot | None = (
             await self._l2.get_subject(tenant_id, subject.key, need) if self._l2 and from_l2 else None
         )
@@ -322,11 +352,14 @@ class PolicyCache:
         if snapshot is not None:
             self.stats.l2_hits += 1
         else:
+            if self._l2 and from_l2:
+                self.stats.l2_misses += 1
             self.stats.store_loads += 1
             current_until = self._clock() + self._max_staleness
             snapshot = await self._store.load_subject(tenant_id, subject)
             if snapshot is None:
-                return ABSENT
+                self.stats.store_absent += 1
+                return ABSENT, "postgres"
             if snapshot.revision < need:
                 # Callers ask for a revision only once the tenant is known to have reached
                 # it; never hand out older grants even if one does not.
@@ -336,7 +369,7 @@ class PolicyCache:
         grants = compile_subject(snapshot)
         self._raise_floor(tenant_id, snapshot.revision)  # the same proof, from the other side
         self._subjects.put((tenant_id, subject.key), grants, current_until)
-        return grants
+        return grants, "postgres" if current_until > -math.inf else "l2"
 
     # --- what writes and events tell the cache ---
 

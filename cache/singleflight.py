@@ -32,6 +32,7 @@ class SingleFlight(Generic[T]):
 
     def __init__(self) -> None:
         self._inflight: dict[Hashable, _Flight[T]] = {}
+        self.merged = 0  # callers that waited for a load another caller started
 
     def __len__(self) -> int:
         return len(self._inflight)
@@ -45,6 +46,8 @@ class SingleFlight(Generic[T]):
                 task: asyncio.Task[T] = asyncio.ensure_future(load())
             flight = self._inflight[key] = _Flight(task)
             task.add_done_callback(functools.partial(self._forget, key))
+        else:
+            self.merged += 1
         flight.waiters += 1
         try:
             async with deadlines.within():

@@ -44,20 +44,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Callable, Protocol, cast
 
 from redis.exceptions import ResponseError
 
+from opentelemetry import trace
+
+from gatehouse import tracing
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.engine.model import KEY_SUBJECT_TYPE
-from gatehouse.events import CONFIG_KINDS, Heartbeat, as_text, parse_entry, stream_key
+from gatehouse.events import CONFIG_KINDS, Heartbeat, TenantEvent, as_text, parse_entry, stream_key
 from gatehouse.redis_client import RedisClient
 from gatehouse.redis_failures import REDIS_FAILURES
 from gatehouse.retry import Backoff, Outage
 
 log = logging.getLogger(__name__)
+_tracer = tracing.tracer(__name__)
 
 
 KEY_SUBJECT_PREFIX = f"{KEY_SUBJECT_TYPE}/"
@@ -136,6 +141,9 @@ class TenantEventSubscriber:
         self._read = 0  # entries read since then
         self._added_seen = 0  # entries ever added, as the last check saw it
         self.stats = SubscriberStats()
+        # Called with each applied event's lag in seconds (its commit time, from the
+        # event's `at`, to now: the writer's database clock against this host's).
+        self.on_event_lag: Callable[[float], None] | None = None
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -278,13 +286,38 @@ class TenantEventSubscriber:
             self.stats.unreadable += 1
             return False
         self.stats.events += 1
+        if event.traceparent and tracing.on:
+            # The event of a traced (sampled) admin write: its eviction here is a span in
+            # that write's trace, beside the relay's publish (gatehouse.events `tp`).
+            link = tracing.link_to(event.traceparent)
+            if link is not None:
+                with _tracer.start_as_current_span(
+                    "tenant event apply",
+                    context=trace.set_span_in_context(trace.NonRecordingSpan(link.context)),
+                    kind=trace.SpanKind.CONSUMER,
+                    links=[link],
+                    attributes={
+                        "messaging.system": "redis",
+                        "messaging.operation.type": "process",
+                        "gatehouse.event.kind": event.kind,
+                        "gatehouse.event.revision": event.revision,
+                    },
+                ):
+                    self._evict(event)
+                return False
+        self._evict(event)
+        return False
+
+    def _evict(self, event: TenantEvent) -> None:
         if event.kind == "key" and self._keys is not None and event.subject.startswith(KEY_SUBJECT_PREFIX):
             self._keys.forget(event.subject[len(KEY_SUBJECT_PREFIX):])
         if event.tenant_wide:
             self._cache.tenant_event(event.tenant_id, event.revision, notify=event.kind in CONFIG_KINDS)
         else:
             self._cache.subject_event(event.tenant_id, event.subject, event.revision)
-        return False
+        if self.on_event_lag is not None and event.at_ms > 0:
+            # Commit (Postgres' clock) → applied here (this host's clock): skew included.
+            self.on_event_lag(max(0.0, time.time() - event.at_ms / 1000.0))
 
     async def _refresh_while_blind(self) -> None:
         """While no events can be read, other sidecars' writes go unseen: clear L1 every

@@ -10,6 +10,9 @@ One stream entry per committed change, format version 1, plain fields so that
     kind     tenant | config | plan | role | membership | assignment | key
     subject  "user/alice" when the change concerns only that subject, else ""
     at       commit time, unix milliseconds
+    tp       optional: the W3C traceparent of the (sampled) admin write that made the
+             change, when tracing is on; absent otherwise. Readers that do not know it
+             ignore it (every reader picks the fields it knows), so the format stays 1.
 
 `kind` and `subject` decide what a sidecar evicts: an event with a subject (membership,
 assignment, key) evicts that subject's grants only; any other evicts the whole tenant.
@@ -69,6 +72,7 @@ class TenantEvent:
     kind: str
     subject: str = ""
     at_ms: int = 0
+    traceparent: str = ""  # the write's W3C traceparent (tracing on and sampled), else ""
 
     @property
     def tenant_wide(self) -> bool:
@@ -76,7 +80,7 @@ class TenantEvent:
         return not self.subject or self.kind not in ("membership", "assignment", "key")
 
     def fields(self) -> dict[str, str]:
-        return {
+        fields = {
             "v": FORMAT_VERSION,
             "id": str(self.id),
             "tenant": self.tenant_id,
@@ -85,6 +89,9 @@ class TenantEvent:
             "subject": self.subject,
             "at": str(self.at_ms),
         }
+        if self.traceparent:
+            fields["tp"] = self.traceparent
+        return fields
 
     @classmethod
     def parse(cls, fields: Mapping[bytes, bytes] | Mapping[str, str]) -> "TenantEvent | None":
@@ -102,6 +109,7 @@ class TenantEvent:
                 kind=data.get("kind", "tenant"),
                 subject=data.get("subject", ""),
                 at_ms=int(data.get("at", "0") or 0),
+                traceparent=data.get("tp", ""),
             )
         except (KeyError, ValueError):
             return None

@@ -126,6 +126,22 @@ class Settings:
     )
     operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+    # Logs (README "Logs"; gatehouse/logs.py, server/call_log.py, server/decision_log.py).
+    log_format: str = field(default="text", metadata={"help": "text, or json: one JSON object per line"})
+    access_log_hot: int = field(
+        default=0,
+        metadata={"help": "1 = access-log AccessService and ConfigService calls too (AdminService: always)", "switch": True},
+    )
+    decision_log: str = field(
+        default="off", metadata={"help": "off, denials, sampled or all: one JSON line per decision"}
+    )
+    decision_log_sample_rate: float = field(
+        default=0.01, metadata={"help": "with --decision-log sampled: the share of decisions logged, 0..1"}
+    )
+    decision_log_path: str = field(default="-", metadata={"help": "where decision lines go: - (stdout) or a file"})
+    decision_log_queue: int = field(
+        default=10_000, metadata={"help": "decision lines waiting for the writer, at most; beyond: dropped, counted"}
+    )
     grace_seconds: float = field(default=10.0, metadata={"help": "how long SIGTERM waits for in-flight calls"})
     health_interval_seconds: float = field(
         default=1.0, metadata={"help": "seconds between health probes of Postgres and Redis (more than 0)"}
@@ -133,6 +149,13 @@ class Settings:
     health_timeout_seconds: float = field(
         default=1.0,
         metadata={"help": "a dependency not answering a health probe within this many seconds is down (more than 0)"},
+    )
+    metrics_listen: str = field(
+        default="127.0.0.1:9464",
+        metadata={
+            "help": "host:port of the Prometheus /metrics listener, one for all workers ('' or 'off' = no metrics; "
+            "port 0 = any free port)"
+        },
     )
 
     @property
@@ -212,6 +235,7 @@ RELAY_SETTINGS = frozenset(
         "l2_ttl_seconds",
         "relay_heartbeat_seconds",
         "log_level",
+        "log_format",
     }
 )
 

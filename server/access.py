@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from time import time
 
 import grpc
@@ -23,6 +24,7 @@ from gatehouse.engine.validate import (
     require_tenant_id,
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
+from gatehouse.server.decision_log import DecisionRecord
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.interceptors import Chain
@@ -42,6 +44,11 @@ class AccessServicer:
     def __init__(self, decisions: DecisionService, answers: Answers[EncodedAnswer]) -> None:
         self._decisions = decisions
         self._answers = answers
+        # The decision log (None: off) also records answers given from memory.
+        self._log = decisions.log
+        # Answers by DecisionReason number, remembered or decided: a plain increment per
+        # answer (no tenant or subject in the key: bounded by the enum).
+        self.reasons: Counter[int] = Counter()
 
     def add_to(self, server: grpc.aio.Server, chain: Chain) -> None:
         register_service(server, SERVICE, self, chain=chain, raw={
@@ -54,10 +61,15 @@ class AccessServicer:
         now = time()
         known = self._answers.get(body, now)
         if known is not None:
+            self.reasons[known.reason] += 1
+            if self._log is not None and known.record is not None:
+                self._log.offer(known.record, remembered=True)
             return known.encoded
         request = parse(access_pb2.CheckAccessRequest, body)
         _validate(request, "")
-        return _answer(self._answers, await _evaluate(self._decisions.session(), request, now), body, request).encoded
+        answer = _answer(self._answers, await _evaluate(self._decisions.session(), request, now), body, request)
+        self.reasons[answer.reason] += 1
+        return answer.encoded
 
     @grpc_errors
     async def CheckAccessBatch(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
@@ -68,15 +80,20 @@ class AccessServicer:
         now = time()
         parts = split_field1(body)
         if parts is not None and len(parts) <= MAX_BATCH:
-            answers = self._answers
-            all_framed = []
+            answers, log = self._answers, self._log
+            all_known = []
             for part in parts:
                 known = answers.get(part, now)
                 if known is None:
                     break
-                all_framed.append(known.framed)
+                all_known.append(known)
             else:
-                return b"".join(all_framed)
+                reasons = self.reasons
+                for known in all_known:
+                    reasons[known.reason] += 1
+                    if log is not None and known.record is not None:
+                        log.offer(known.record, remembered=True)
+                return b"".join([known.framed for known in all_known])
         checks = parse(access_pb2.CheckAccessBatchRequest, body).checks
         if len(checks) > MAX_BATCH:
             raise InvalidArgument("checks", f"at most {MAX_BATCH} checks per call")
@@ -98,20 +115,23 @@ class AccessServicer:
         violations.raise_if_any()
         session = self._decisions.session()
         results = []
-        remembered: dict[bytes, bytes] = {}
+        remembered: dict[bytes, EncodedAnswer] = {}
         for index, (part, check) in enumerate(zip(parts, checks)):
-            framed = remembered.get(part) if part else None
-            if framed is None:
+            answer = remembered.get(part) if part else None
+            if answer is None:
                 try:
                     evaluation = await _evaluate(session, check, now)
                 except RevisionNotReached as error:
                     error.metadata["check"] = f"checks[{index}]"
                     raise
-                framed = _answer(self._answers, evaluation, part, check).framed
+                answer = _answer(self._answers, evaluation, part, check)
                 if part:
-                    remembered[part] = framed
-            results.append(framed)
-        return b"".join(results)
+                    remembered[part] = answer
+            results.append(answer)
+        reasons = self.reasons
+        for answer in results:
+            reasons[answer.reason] += 1
+        return b"".join([answer.framed for answer in results])
 
 
 def _answer(
@@ -126,7 +146,7 @@ def _answer(
         granted_by_role=d.role,
         granted_at_scope=d.scope,
         feature=d.feature,
-    ).SerializeToString())
+    ).SerializeToString(), int(d.reason), evaluation.record)
     if body:
         answers.remember(
             body, check.tenant_id, check.min_revision, evaluation.tenant, evaluation.subject_key, evaluation.grants,

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
+from gatehouse import logs
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import KEY_SUBJECT_TYPE, SubjectRef
@@ -82,10 +83,13 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
         @functools.wraps(method)
         async def wrapper(self: "AdminServicer", request: Any, context: grpc.aio.ServicerContext[bytes, bytes]) -> R:
             metadata = tuple(context.invocation_metadata() or ())
-            actor = Actor("anonymous", request_id(metadata))
+            # The call's log scope holds its request id (server/call_log.py): the audit row
+            # and every log line of the call name the same one.
+            actor = Actor("anonymous", logs.current_request_id() or request_id(metadata))
             try:
                 caller = await self._auth.authenticate(metadata, actor.request_id, context.peer())
                 actor = caller.actor
+                logs.annotate(actor=actor.id)
                 tenant_id, scope = _authz_fields(request, action)
                 await self._authz.require(caller, action, tenant_id, scope)
                 if not mutation:

@@ -18,15 +18,20 @@ from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator, FailedAuthLimit, return_hash_memory_to_the_os
 from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
+from gatehouse.server.call_log import CallLog
 from gatehouse.server.config import ConfigServicer
+from gatehouse.server.decision_log import DecisionLog
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
-from gatehouse.server.interceptors import CallCounter, Chain, Deadline
+from gatehouse.server.interceptors import CallCounter, Chain, Deadline, Interceptor
 from gatehouse.server.listeners import bind, plan_listeners
+from gatehouse.server.tracing import TraceInterceptor
+from gatehouse.server.metrics import Metrics, RpcMetrics, StatsExporter, report_sources
 from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.redis_client import RedisClient, check_mode, redis_client
 from gatehouse.settings import Settings
 from gatehouse.stats import StatsRegistry
+from gatehouse import tracing
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
@@ -44,11 +49,16 @@ SERVICE_NAMES = (
 )
 
 
+# How many times (1 s apart) stop() cancels a background loop that has not ended.
+STOP_TASKS_ROUNDS = 5
+
+
 class Sidecar:
     """One running Gatehouse process."""
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics  # None: no Prometheus metrics (the stats registry still counts)
         self._reuse_port = reuse_port
         self.server: grpc.aio.Server | None = None
         self.store: PostgresStore | None = None
@@ -63,6 +73,8 @@ class Sidecar:
         self._tasks: list[asyncio.Task[None]] = []
         self.addresses: list[str] = []
         self.stats = StatsRegistry()
+        self.decision_log: DecisionLog | None = None
+        self.tracing: tracing.Tracing | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -71,6 +83,9 @@ class Sidecar:
         listeners = plan_listeners(s)
         s.check_durations()
         s.check_redis_prefix()
+        # OpenTelemetry's SDK, once per process, when OTEL_TRACES_EXPORTER asks for it
+        # (gatehouse/tracing.py); None, and nothing of it anywhere, when it does not.
+        self.tracing = tracing.start()
         # A Redis that answers must be in the mode the settings say (cluster or not).
         await check_mode(s.redis_url, cluster=bool(s.redis_cluster), timeout=s.health_timeout_seconds)
         # min_size=0: the pool opens connections on demand, so the server comes up (and
@@ -140,12 +155,30 @@ class Sidecar:
                 ADMIN: s.max_in_flight_admin,
             }
         )
-        # Counted first, so a refused call is counted too (as RESOURCE_EXHAUSTED); the
-        # deadline last, so a refused call does not pay for it.
-        chain = Chain([calls, self.admission, Deadline(s.default_deadline_seconds or None)])
+        if s.decision_log != "off":
+            self.decision_log = DecisionLog(
+                s.decision_log, sample_rate=s.decision_log_sample_rate, path=s.decision_log_path,
+                max_queue=s.decision_log_queue,
+            )
+            self.decision_log.start()
+        # Traced outermost when tracing is on (the span covers everything, refusals too;
+        # off, the link is not there at all); then the call's log scope and access line
+        # (server/call_log.py), inside the span so its lines carry the trace id; then
+        # counted and measured, so a refused call is counted too (as RESOURCE_EXHAUSTED).
+        traced: list[Interceptor] = [TraceInterceptor()] if self.tracing is not None else []
+        call_log = CallLog(hot=bool(s.access_log_hot), scope_hot=self.decision_log is not None)
+        measured: list[Interceptor] = [RpcMetrics(self.metrics)] if self.metrics is not None else []
+        # The deadline last, so a refused call does not pay for it.
+        chain = self.chain = Chain(
+            [*traced, call_log, calls, *measured, self.admission, Deadline(s.default_deadline_seconds or None)]
+        )
+        decisions = DecisionService(self.cache, self.decision_log)
+        self.access = AccessServicer(decisions, self.check_answers)
         self._report_stats(calls)
-        decisions = DecisionService(self.cache)
-        AccessServicer(decisions, self.check_answers).add_to(server, chain)
+        report_sources(self.stats, self)
+        if self.metrics is not None:
+            self._export_metrics(self.metrics)
+        self.access.add_to(server, chain)
         ConfigServicer(self.cache, self.config_answers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
@@ -200,6 +233,18 @@ class Sidecar:
         if self.relay is not None:
             relay = self.relay
             self.stats.register("relay", lambda: {"published": relay.published, "heartbeats": relay.heartbeats})
+        if self.decision_log is not None:
+            self.stats.register("decision_log", self.decision_log.stats)
+
+    def _export_metrics(self, metrics: Metrics) -> None:
+        """Feed the histograms the cache and store layers observe, and copy the stats
+        registry into the metrics every second (server/metrics.py)."""
+        assert self.subscriber is not None
+        self.subscriber.on_event_lag = metrics.event_lag.observe
+        if self.relay is not None:
+            self.relay.on_published = metrics.publish_latency.observe
+        exporter = StatsExporter(self.stats, metrics)
+        self._tasks.append(asyncio.create_task(exporter.run(), name="metrics-exporter"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""
@@ -207,9 +252,21 @@ class Sidecar:
             await self.readiness.shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        # A library can swallow a cancellation (gatehouse/cancellation.py): the loops check
+        # for that, and cancelling again, a few times, keeps a missed case from hanging
+        # the exit (asyncio.run would wait for the task forever).
+        pending = set(self._tasks)
+        for _ in range(STOP_TASKS_ROUNDS):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a loop that failed has logged why already
+        for task in pending:
+            log.error("background task %s did not stop after %d cancellations", task.get_name(), STOP_TASKS_ROUNDS)
         if self.cache is not None:
             await self.cache.drain()
         if self.l2 is not None:
@@ -218,6 +275,11 @@ class Sidecar:
             await client.aclose()
         if self.store is not None:
             await self.store.close()
+        if self.decision_log is not None:
+            await asyncio.to_thread(self.decision_log.stop)
+        if self.tracing is not None:
+            # Spans wait in the batch processor: export them before the process goes.
+            await asyncio.to_thread(self.tracing.flush)
 
 
 def relay_for(s: Settings) -> OutboxRelay:
@@ -237,6 +299,7 @@ async def run_relay(settings: Settings) -> int:
     """`gatehouse relay`: only the outbox relay, until SIGTERM or SIGINT."""
     settings.check_durations()
     settings.check_redis_prefix()
+    traces = tracing.start()
     await check_mode(settings.redis_url, cluster=bool(settings.redis_cluster), timeout=1.0)
     relay = relay_for(settings)
     task = asyncio.create_task(relay.run())
@@ -249,12 +312,14 @@ async def run_relay(settings: Settings) -> int:
     except asyncio.CancelledError:
         pass
     await relay.redis.aclose()
+    if traces is not None:
+        traces.flush()
     return 0
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+async def serve(settings: Settings, *, reuse_port: bool = False, metrics: Metrics | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and return 0."""
-    sidecar = Sidecar(settings, reuse_port=reuse_port)
+    sidecar = Sidecar(settings, reuse_port=reuse_port, metrics=metrics)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

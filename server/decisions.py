@@ -8,6 +8,10 @@ CheckAccess and CheckAccessBatch (server/access.py), AdminService authorization
 (server/admin_authz.py) and any later adapter (ext_authz, AuthZEN) ask through it, so
 steps 2-6 of DESIGN.md "Decision semantics" are written once, in the engine, and read
 once, here. It knows nothing of gRPC: callers validate (step 1) and shape the answer.
+
+With the decision log on (server/decision_log.py), each decision also gets its
+`DecisionRecord`, offered to the log here and kept on the Evaluation, so an answer
+remembered from it is logged with the same fields when it is given again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
 from gatehouse.engine.decision import Decision, SubjectGrants, decide, decided_until, needs_subject
 from gatehouse.engine.model import SubjectRef
+from gatehouse.server.decision_log import DecisionLog, DecisionRecord
 
 
 @dataclass(slots=True)
@@ -29,6 +34,7 @@ class Evaluation:
     subject_key: str | None  # None: the decision did not read the subject
     grants: SubjectGrants | None
     now: float  # unix seconds the question was asked at
+    record: DecisionRecord | None = None  # set while the decision log is on
 
     @property
     def valid_until(self) -> float:
@@ -37,27 +43,30 @@ class Evaluation:
 
 
 class DecisionService:
-    def __init__(self, cache: PolicyCache) -> None:
+    def __init__(self, cache: PolicyCache, log: DecisionLog | None = None) -> None:
         self._cache = cache
+        # None when the decision log is off: then deciding costs nothing more.
+        self.log = log if log is not None and log.mode != "off" else None
 
     def session(self) -> "DecisionSession":
         """A memo for one call with many questions (a batch): each distinct tenant and
         (tenant, subject) is looked up once, so every answer reads one snapshot of it."""
-        return DecisionSession(self._cache)
+        return DecisionSession(self._cache, self.log)
 
     async def evaluate(
         self, tenant_id: str, subject: SubjectRef, permission: str, scope: str, min_revision: int, now: float
     ) -> Evaluation:
         """Steps 2-6 for one validated question. Raises RevisionNotReached (min_revision
         above the tenant's revision) and StoreUnavailable (nothing cached, Postgres down)."""
-        return await DecisionSession(self._cache).evaluate(tenant_id, subject, permission, scope, min_revision, now)
+        return await self.session().evaluate(tenant_id, subject, permission, scope, min_revision, now)
 
 
 class DecisionSession:
-    __slots__ = ("_cache", "_tenants", "_subjects")
+    __slots__ = ("_cache", "_log", "_tenants", "_subjects")
 
-    def __init__(self, cache: PolicyCache) -> None:
+    def __init__(self, cache: PolicyCache, log: DecisionLog | None = None) -> None:
         self._cache = cache
+        self._log = log
         self._tenants: dict[tuple[str, int], CachedTenant | None] = {}
         self._subjects: dict[tuple[str, str, int], SubjectGrants | None] = {}
 
@@ -79,7 +88,11 @@ class DecisionSession:
                 policy = tenant.policy if tenant is not None else None
                 if not needs_subject(policy, permission):
                     grants = subject_key = None
-        return Evaluation(decide(policy, grants, permission, scope, now=now), tenant, subject_key, grants, now)
+        evaluation = Evaluation(decide(policy, grants, permission, scope, now=now), tenant, subject_key, grants, now)
+        if self._log is not None:
+            evaluation.record = DecisionRecord.of(tenant_id, subject.key, permission, scope, evaluation.decision)
+            self._log.offer(evaluation.record, remembered=False)
+        return evaluation
 
     async def _tenant(self, tenant_id: str, min_revision: int) -> CachedTenant | None:
         key = (tenant_id, min_revision)

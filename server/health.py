@@ -160,6 +160,7 @@ class Readiness:
         self.redis = Dependency("redis", self._check_redis) if l2 is not None else None
         self._was_ready = False
         self.ready = asyncio.Event()
+        self.serving = False  # what the last probe published for every service (False once stopping)
 
     def _dependencies(self) -> list[Dependency]:
         return [self.postgres] if self.redis is None else [self.postgres, self.redis]
@@ -189,6 +190,7 @@ class Readiness:
         # Redis only holds the first readiness back: after it, L1 and Postgres answer alone.
         serving = store_ok and (redis_ok or self._was_ready)
         status = SERVING if serving else NOT_SERVING
+        self.serving = serving
         for name in ("", *SERVICES):
             await self.servicer.set(name, status)
         if serving:
@@ -209,4 +211,5 @@ class Readiness:
 
     async def shutdown(self) -> None:
         """Answer NOT_SERVING for everything from now on (the server is stopping)."""
+        self.serving = False
         await self.servicer.enter_graceful_shutdown()

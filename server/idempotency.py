@@ -29,6 +29,8 @@ REPLAY_REASON = "GATEHOUSE_IDEMPOTENT_REPLAY"
 WAIT_SECONDS = 10.0
 _POLL_SECONDS = 0.02
 _SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+# Mutations of this process answered with a stored response (a count; the stats registry reads it).
+replays = 0
 
 
 def _header(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
@@ -72,6 +74,8 @@ async def run_idempotent(
                 "this idempotency key was used for a different request", metadata={"idempotency_key": key}
             )
         if claim.state is ClaimState.DONE:
+            global replays
+            replays += 1
             output = message_factory.GetMessageClass(_SERVICE.methods_by_name[rpc].output_type)
             return True, output.FromString(claim.response or b"")
         if claim.state is ClaimState.CLAIMED:

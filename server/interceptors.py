@@ -55,6 +55,11 @@ class Chain:
     def __init__(self, interceptors: Sequence[Interceptor] = ()) -> None:
         self._interceptors = tuple(interceptors)
 
+    @property
+    def interceptors(self) -> tuple[Interceptor, ...]:
+        """The links, outermost first."""
+        return self._interceptors
+
     def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """`handler` (for the full `method` name) inside every interceptor of the chain."""
         for interceptor in reversed(self._interceptors):

@@ -32,6 +32,7 @@ from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from gatehouse.errors import FieldViolation, InvalidArgument
+from gatehouse.server.decision_log import DecisionRecord
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -258,14 +259,18 @@ _MALFORMED = _RateLimitedLog()
 
 @dataclass(frozen=True, slots=True)
 class EncodedAnswer:
-    """One CheckAccessResponse, serialized once, and the same framed as a batch result."""
+    """One CheckAccessResponse, serialized once, and the same framed as a batch result;
+    its reason (counted again when it is given again), and with the decision log on the
+    decision's record, logged when it is given again."""
 
     encoded: bytes
     framed: bytes
+    reason: int = 0  # the DecisionReason number, counted per answer (`decisions` in the stats)
+    record: DecisionRecord | None = None
 
     @classmethod
-    def of(cls, encoded: bytes) -> "EncodedAnswer":
-        return cls(encoded, frame(encoded))
+    def of(cls, encoded: bytes, reason: int = 0, record: DecisionRecord | None = None) -> "EncodedAnswer":
+        return cls(encoded, frame(encoded), reason, record)
 
 
 

@@ -21,10 +21,13 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from gatehouse.server.listeners import plan_listeners
 from gatehouse.settings import Settings
+
+if TYPE_CHECKING:
+    from gatehouse.server.metrics import MetricsEndpoint
 
 
 def claim_port(listen: str) -> str:
@@ -41,8 +44,14 @@ def claim_port(listen: str) -> str:
     return f"{listen.rpartition(':')[0]}:{chosen}"
 
 
-def run_workers(settings: Settings) -> int:
-    """Start the workers, relay their first line, forward signals, exit 0 when all did."""
+def run_workers(
+    settings: Settings, *, metrics: tuple[str, int] | None = None, metrics_dir: str = ""
+) -> int:
+    """Start the workers, relay their first line, forward signals, exit 0 when all did.
+
+    With `metrics` (host, port), this process serves /metrics for all of them, from the
+    multiprocess directory `metrics_dir` (made, and named in the environment, by the
+    caller before prometheus_client was imported): see server/metrics.py."""
     count = settings.worker_count
     # Refuse a listener that may not start (plaintext on a public address, broken TLS
     # files) here, once, rather than in every worker. The TLS settings reach the workers
@@ -50,6 +59,19 @@ def run_workers(settings: Settings) -> int:
     plan_listeners(settings)
     settings.check_durations()
     listen = claim_port(settings.listen) if settings.listen else ""
+    endpoint = None
+    if metrics is not None:
+        from gatehouse.server.metrics import MetricsEndpoint
+
+        endpoint = MetricsEndpoint(*metrics, directory=metrics_dir)
+    try:
+        return _run_children(settings, count, listen, endpoint)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _run_children(settings: Settings, count: int, listen: str, endpoint: "MetricsEndpoint | None") -> int:
     children = []
     for index in range(count):
         env = {
@@ -58,10 +80,15 @@ def run_workers(settings: Settings) -> int:
             "GATEHOUSE_WORKERS": "1",
             "GATEHOUSE_RELAY": str(settings.relay if index == 0 else 0),
             "GATEHOUSE_WORKER_REUSE_PORT": "1",
+            "GATEHOUSE_WORKER_INDEX": str(index),  # each worker's log lines say which it is
+            # Only this process listens for metrics; the workers write theirs to the
+            # multiprocess directory (PROMETHEUS_MULTIPROC_DIR, in os.environ) it reads.
+            "GATEHOUSE_METRICS_LISTEN": "",
+            "GATEHOUSE_WORKER_METRICS": "1" if endpoint is not None else "0",
         }
         overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
         for name, value in overrides.items():
-            if name not in ("listen", "workers", "relay", "unix_socket"):
+            if name not in ("listen", "workers", "relay", "unix_socket", "metrics_listen"):
                 env[f"GATEHOUSE_{name.upper()}"] = str(value)
         # Unix sockets cannot be shared by port reuse: only worker 0 takes it.
         env["GATEHOUSE_UNIX_SOCKET"] = settings.unix_socket if index == 0 else ""
@@ -89,8 +116,22 @@ def run_workers(settings: Settings) -> int:
         addresses.append(line.split("serving on", 1)[1].strip())
         # Keep draining each worker's stdout so it never blocks on a full pipe.
         threading.Thread(target=_drain, args=(child,), daemon=True).start()
-    print(f"gatehouse: serving on {addresses[0]} ({count} workers, SO_REUSEPORT)", flush=True)
-    codes = [child.wait() for child in children]
+    shown = f" (metrics: {endpoint.url})" if endpoint is not None else ""
+    workers = f"{count} workers, SO_REUSEPORT" if count > 1 else "1 worker"
+    print(f"gatehouse: serving on {addresses[0]} ({workers}){shown}", flush=True)
+    codes = []
+    waiting: dict[int, subprocess.Popen[str]] = {child.pid: child for child in children}
+    while waiting:
+        # In the order they exit, so a worker that dies early is accounted at once.
+        pid, status = os.waitpid(-1, 0)
+        if pid not in waiting:
+            continue
+        child = waiting.pop(pid)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        codes.append(child.returncode)
+        if endpoint is not None:
+            # Its live gauges go; its counters stay in every sum (no total goes down).
+            endpoint.worker_exited(pid)
     return 0 if all(code == 0 for code in codes) else 1
 
 

@@ -9,6 +9,7 @@ stay generic so SQL and row data never travel to a gRPC caller.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -65,10 +66,26 @@ _SCHEMA: tuple[type[BaseException], ...] = (
 )
 
 
+# Driver errors of this process that were no answer about the caller's input, by kind
+# ("unavailable", "schema", "internal"): the "Postgres errors" of the metrics.
+failures: Counter[str] = Counter()
+
+
 def translate(error: Exception) -> GatehouseError:
     """The Gatehouse error that stands for `error` (a driver or network error)."""
     if isinstance(error, GatehouseError):
         return error
+    translated = _translate(error)
+    if isinstance(translated, StoreUnavailable):
+        failures["unavailable"] += 1
+    elif isinstance(translated, SchemaMismatch):
+        failures["schema"] += 1
+    elif isinstance(translated, Internal):
+        failures["internal"] += 1
+    return translated
+
+
+def _translate(error: Exception) -> GatehouseError:
     constraint = getattr(error, "constraint_name", None) or ""
     if isinstance(error, pg.UniqueViolationError):
         return AlreadyExists(_UNIQUE_MESSAGES.get(constraint, "already exists"))

@@ -35,6 +35,13 @@ heartbeat therefore knows its caches are current as of T (`cache.subscriber`), a
 are no such position: they are taken at insert, not at commit, so an id below the
 highest published one may still commit later.
 
+**Traces.** Each published batch is an `outbox publish` PRODUCER span around its XADDs
+and marking. An outbox row written under a sampled span carries that span's W3C
+traceparent (`store.transactions`, migration 4): the publish span links to every such
+write of its batch, takes the first as its parent (so it is sampled with it and shows in
+the admin write's trace), and the event carries it on (`tp`, `gatehouse.events`) for the
+subscribers' `tenant event apply` spans. Heartbeats and idle polls make no spans.
+
 While Redis or Postgres is down the relay retries with exponential backoff and jitter
 (`gatehouse.retry`), logging the outage once and the recovery once.
 """
@@ -48,10 +55,12 @@ import os
 import secrets
 import socket
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, ContextManager
 
 import asyncpg
+from opentelemetry import trace
 
+from gatehouse import tracing
 from gatehouse.cancellation import stop_if_cancelled
 from gatehouse.events import ADVANCE_POINTER, Heartbeat, TenantEvent, pointer_key, stream_key
 from gatehouse.redis_client import RedisClient
@@ -62,10 +71,11 @@ from gatehouse.store.transactions import PLATFORM_SCOPE
 from gatehouse.store.write_tail import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
+_tracer = tracing.tracer(__name__)
 
 _CLAIM = """
 SELECT id, tenant_id, revision, kind, coalesce(subject, '') AS subject,
-       (extract(epoch FROM created_at) * 1000)::bigint AS at_ms
+       (extract(epoch FROM created_at) * 1000)::bigint AS at_ms, coalesce(traceparent, '') AS traceparent
 FROM outbox
 WHERE published_at IS NULL
 ORDER BY id
@@ -87,6 +97,11 @@ _PUBLISHED_THROUGH = """
 SELECT floor(extract(epoch FROM least(
            statement_timestamp(),
            (SELECT min(created_at) FROM outbox WHERE published_at IS NULL))) * 1000)::bigint
+"""
+# The backlog, read with each heartbeat: rows not yet published and the oldest one's age.
+_BACKLOG = """
+SELECT count(*) AS rows, coalesce(extract(epoch FROM statement_timestamp() - min(created_at)), 0)::float8 AS oldest
+FROM outbox WHERE published_at IS NULL
 """
 _PRUNE_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
 _PRUNE = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
@@ -124,6 +139,13 @@ class OutboxRelay:
         self.outage = Outage(log, "relay")
         self.published = 0
         self.heartbeats = 0
+        # As of the last heartbeat: unpublished outbox rows (those other relays hold
+        # included) and the age of the oldest, in seconds.
+        self.backlog_rows = 0
+        self.backlog_oldest_seconds = 0.0
+        # Called with each published event's latency in seconds: its commit time (`at`,
+        # the database's clock) to Redis acknowledging the batch (this host's clock).
+        self.on_published: Callable[[float], None] | None = None
 
     async def publish_pending(self, conn: asyncpg.Connection) -> int:
         """Publish every unpublished row, batch by batch; the number published."""
@@ -151,32 +173,12 @@ class OutboxRelay:
                     kind=row["kind"],
                     subject=row["subject"],
                     at_ms=row["at_ms"],
+                    traceparent=row["traceparent"],
                 )
                 for row in rows
             ]
-            newest: dict[str, int] = {}
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    pipe.xadd(
-                        self._stream,
-                        event.fields(),  # type: ignore[arg-type]  # redis-py types it as an invariant Dict[FieldT, EncodableT]
-                        maxlen=self._maxlen,
-                        approximate=True,
-                    )
-                    newest[event.tenant_id] = max(newest.get(event.tenant_id, 0), event.revision)
-                # Move each tenant's L2 pointer too (once, to its newest revision): no
-                # sidecar reads L2 data older than a published event, even one whose own
-                # write path could not reach Redis. EVAL, not a registered script's EVALSHA:
-                # a cluster pipeline cannot load a script a master lacks (NOSCRIPT after a
-                # failover), and a plain one would ask SCRIPT EXISTS first, every batch.
-                for tenant_id, revision in newest.items():
-                    pipe.eval(ADVANCE_POINTER, 1, pointer_key(self._prefix, tenant_id), revision, "", self._ttl_ms)
-                await pipe.execute()
-            if self._after_xadd is not None:
-                await self._after_xadd(events)
-            # Ids are integers read from Postgres: inlined, nothing to quote.
-            ids = ",".join(str(event.id) for event in events)
-            await conn.execute(_MARK.format(ids=ids))
+            with _publish_span(self._stream, events):
+                await self._publish(conn, events)
         except BaseException:
             # Not marked: the rows stay unpublished and go out again (at-least-once). If
             # the rollback fails too, the connection is broken and `run` reconnects.
@@ -186,11 +188,43 @@ class OutboxRelay:
         self.published += len(events)
         return len(events)
 
+    async def _publish(self, conn: asyncpg.Connection, events: list[TenantEvent]) -> None:
+        """XADD `events` (and move their tenants' L2 pointers), then mark them and COMMIT."""
+        newest: dict[str, int] = {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(
+                    self._stream,
+                    event.fields(),  # type: ignore[arg-type]  # redis-py types it as an invariant Dict[FieldT, EncodableT]
+                    maxlen=self._maxlen,
+                    approximate=True,
+                )
+                newest[event.tenant_id] = max(newest.get(event.tenant_id, 0), event.revision)
+            # Move each tenant's L2 pointer too (once, to its newest revision): no
+            # sidecar reads L2 data older than a published event, even one whose own
+            # write path could not reach Redis. EVAL, not a registered script's EVALSHA:
+            # a cluster pipeline cannot load a script a master lacks (NOSCRIPT after a
+            # failover), and a plain one would ask SCRIPT EXISTS first, every batch.
+            for tenant_id, revision in newest.items():
+                pipe.eval(ADVANCE_POINTER, 1, pointer_key(self._prefix, tenant_id), revision, "", self._ttl_ms)
+            await pipe.execute()
+        if self.on_published is not None:
+            now = time.time()
+            for event in events:
+                self.on_published(max(0.0, now - event.at_ms / 1000.0))
+        if self._after_xadd is not None:
+            await self._after_xadd(events)
+        # Ids are integers read from Postgres: inlined, nothing to quote.
+        ids = ",".join(str(event.id) for event in events)
+        await conn.execute(_MARK.format(ids=ids))
+
     async def heartbeat(self, conn: asyncpg.Connection) -> Heartbeat:
         """Append a heartbeat: every write committed before its time is in the stream before it."""
         async with conn.transaction():
             await conn.execute("SELECT set_config('gatehouse.tenant_id', $1, true)", PLATFORM_SCOPE)
             through_ms = int(await conn.fetchval(_PUBLISHED_THROUGH))
+            backlog = await conn.fetchrow(_BACKLOG)
+        self.backlog_rows, self.backlog_oldest_seconds = int(backlog["rows"]), float(backlog["oldest"])
         beat = Heartbeat(through_ms=through_ms, relay=self.relay_id)
         await self.redis.xadd(
             self._stream,
@@ -228,6 +262,10 @@ class OutboxRelay:
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
             last_prune = next_beat = 0.0
             while True:
+                # redis-py can drop a cancellation that lands mid-command (see
+                # gatehouse.cancellation): without this, a relay being stopped could go on
+                # polling forever, and Sidecar.stop() with it.
+                stop_if_cancelled()
                 self._wake.clear()
                 await self.publish_pending(conn)
                 if time.monotonic() >= next_beat:
@@ -256,3 +294,23 @@ class OutboxRelay:
 
     def _notified(self, *_: object) -> None:
         self._wake.set()
+
+
+# A span has at most 128 links by default (OTEL_SPAN_LINK_COUNT_LIMIT); more are dropped.
+def _publish_span(stream: str, events: list[TenantEvent]) -> ContextManager[object]:
+    """The `outbox publish` span of one batch: linked to every traced write in it, child of
+    the first (see the module docstring)."""
+    links = [link for link in (tracing.link_to(event.traceparent) for event in events) if link is not None]
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(links[0].context)) if links else None
+    return _tracer.start_as_current_span(
+        "outbox publish",
+        context=parent,
+        kind=trace.SpanKind.PRODUCER,
+        links=links,
+        attributes={
+            "messaging.system": "redis",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": stream,
+            "messaging.batch.message_count": len(events),
+        },
+    )

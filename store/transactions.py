@@ -24,6 +24,11 @@ is closed), not by the caller, whose deadline has passed. A write's COMMIT is ne
 cut by the deadline (its outcome must be known); the statements before it are. The
 idempotency-key bookkeeping (`idempotency.py`) is not bounded: a claim or its release
 cut short would make a retry wait or run twice.
+
+Traces (README "Traces"): every transaction inside a sampled call is a `postgres
+transaction` client span (`tracing.child_span`: none outside one, nothing when off). A write transaction begun under a sampled span also sets the
+transaction-local `gatehouse.traceparent` with its BEGIN, which the outbox row's
+`traceparent` column defaults to (migration 4): the relay links its publish span to it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import asyncio
 import asyncpg
 
 from gatehouse import deadlines
+from gatehouse import tracing
 from gatehouse.errors import TenantNotFound
 from gatehouse.store.driver_errors import translated
 from gatehouse.store.migrate import read_version
@@ -51,6 +57,7 @@ PLATFORM_SCOPE = "*"  # the row-level security scope that sees every tenant
 ABANDON_SECONDS = 5.0
 # How long closing the pool waits for borrowed connections before closing them at once.
 CLOSE_SECONDS = 5.0
+_tracer = tracing.tracer(__name__)
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     # jsonb columns come back as Python values and take Python values as arguments.
@@ -91,6 +98,11 @@ class Transactions:
         self.transactions_begun = 0  # BEGINs sent (stats: store.transactions_begun)
         self.transactions_cancelled = 0  # cancelled by a deadline or an abandoned call
 
+    def pool_stats(self) -> dict[str, float]:
+        """Connections of the pool now: `in_use` (borrowed), `idle`, `max` (its bound)."""
+        size, idle = self._pool.get_size(), self._pool.get_idle_size()
+        return {"in_use": size - idle, "idle": idle, "max": self._pool.get_max_size()}
+
     # --- lifecycle of the driver ---------------------------------------------------------
 
     async def close(self) -> None:
@@ -125,26 +137,28 @@ class Transactions:
         """A transaction that sees only `scope`'s rows (a tenant id, or PLATFORM_SCOPE),
         within the caller's deadline: DeadlineExceeded past it (before anything is
         begun, if it has passed already). A write's COMMIT, once sent, runs to its end."""
-        begin = _begin_statement(scope, readonly=readonly)
-        async with deadlines.within() as bound:
-            with translated():
-                conn = await self._begin(begin)
-                try:
-                    yield conn
-                    if not readonly:
-                        # A write's COMMIT is not cut by the deadline: cancelled, its
-                        # outcome would be unknown, and a retry (its idempotency claim
-                        # released by the failure) could write twice.
-                        bound.disarm()
-                    await conn.execute("COMMIT")
-                except asyncio.CancelledError:
-                    self._abandon(conn)
-                    raise
-                except BaseException:
-                    await _rollback(conn)
+        attributes = {"db.system.name": "postgresql", "db.transaction.read_only": readonly, "gatehouse.scope": scope}
+        with tracing.child_span(_tracer, "postgres transaction", attributes):
+            begin = _begin_statement(scope, readonly=readonly, traceparent="" if readonly else tracing.traceparent())
+            async with deadlines.within() as bound:
+                with translated():
+                    conn = await self._begin(begin)
+                    try:
+                        yield conn
+                        if not readonly:
+                            # A write's COMMIT is not cut by the deadline: cancelled, its
+                            # outcome would be unknown, and a retry (its idempotency claim
+                            # released by the failure) could write twice.
+                            bound.disarm()
+                        await conn.execute("COMMIT")
+                    except asyncio.CancelledError:
+                        self._abandon(conn)
+                        raise
+                    except BaseException:
+                        await _rollback(conn)
+                        await self._pool.release(conn)
+                        raise
                     await self._pool.release(conn)
-                    raise
-                await self._pool.release(conn)
 
     def _abandon(self, conn: asyncpg.Connection) -> None:
         """Give back a connection whose statement was cancelled, without waiting for it.
@@ -207,18 +221,20 @@ class Transactions:
         return self._transaction(scope, readonly=True)
 
 
-def _begin_statement(scope: str, *, readonly: bool) -> str:
+def _begin_statement(scope: str, *, readonly: bool, traceparent: str = "") -> str:
     """BEGIN and the row-level security scope, as one message and so one round trip.
 
     A simple-protocol message takes no parameters, so the scope is inlined: it must be
     exactly '*' or a canonical uuid (the only values this module builds), which leaves
     nothing to quote or inject. `is_local=true` ends the scope with the transaction, so
-    the next borrower of this pooled connection starts with none.
+    the next borrower of this pooled connection starts with none. `traceparent` (a write
+    under a sampled span) is inlined the same way: only a well-formed one, hex and dashes.
     """
     if _SCOPE_RE.fullmatch(scope) is None:
         raise ValueError(f"not a tenant scope: {scope!r}")
     mode = " ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else ""
-    return f"BEGIN{mode}; SELECT set_config('gatehouse.tenant_id', '{scope}', true)"
+    traced = f", set_config('gatehouse.traceparent', '{traceparent}', true)" if tracing.is_traceparent(traceparent) else ""
+    return f"BEGIN{mode}; SELECT set_config('gatehouse.tenant_id', '{scope}', true){traced}"
 
 
 async def _rollback(conn: asyncpg.Connection) -> None:

@@ -33,6 +33,10 @@ PG_RUNTIME_ROLE = os.environ.get("GATEHOUSE_TEST_PG_RUNTIME_ROLE", "gatehouse_ap
 PG_HOST = os.environ.get("GATEHOUSE_TEST_PG_HOST", "127.0.0.1:5432")
 REDIS_URL = os.environ.get("GATEHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
+# Every `gatehouse serve` a test starts serves /metrics on a free port of its own, never
+# the default 127.0.0.1:9464 (a `./dev serve` of the developer's, or another test's server).
+os.environ["GATEHOUSE_METRICS_LISTEN"] = "127.0.0.1:0"
+
 # What `./dev setup` gives both roles; the runtime role additionally owns nothing.
 _ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
 

@@ -14,9 +14,10 @@ from typing import IO, Mapping
 class ServerProcess:
     """One sidecar subprocess; `address` is where it listens."""
 
-    def __init__(self, process: subprocess.Popen[str], address: str) -> None:
+    def __init__(self, process: subprocess.Popen[str], address: str, line: str = "") -> None:
         self.process = process
         self.address = address
+        self.line = line  # the "serving on" line (it names the metrics URL too)
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.process.poll() is None:
@@ -50,7 +51,7 @@ async def start_server(
     if not match:
         process.kill()
         raise AssertionError(f"unexpected first line from server: {line!r}")
-    return ServerProcess(process, match.group(1).rstrip(","))
+    return ServerProcess(process, match.group(1).rstrip(","), line)
 
 
 def sidecar_env(database_url: str, redis_url: str, redis_prefix: str, operator_key: str) -> dict[str, str]:

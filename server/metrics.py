@@ -1,0 +1,521 @@
+"""Prometheus metrics: `/metrics` on a listener of its own, every worker in one scrape.
+
+What is measured where:
+
+* RPCs (`grpc_server_handled_total`, `grpc_server_handling_seconds`, the
+  go-grpc-prometheus convention): `RpcMetrics`, a link of the interceptor chain, counts
+  them in plain numbers per method and adds them to the metrics once a second.
+* Everything else is a plain counter where it is kept (`gatehouse/stats.py`: the cache's,
+  subscriber's, relay's, admission's, ...), which `StatsExporter` copies into Prometheus
+  metrics once a second (`PUBLISH_SECONDS`) and when the process stops. The layers below
+  `server/` (store, cache) never import prometheus_client; the two histograms they feed
+  (event lag, relay publish latency) get a plain `observe` callable handed to them.
+
+Workers (`serve --workers N`): prometheus_client's multiprocess mode. The top `serve`
+process makes a fresh directory (`PROMETHEUS_MULTIPROC_DIR`, removed when it exits)
+before any worker starts; every process writes its values to its own mmap'd files
+there; the one process that serves `/metrics`, the workers' parent (with metrics on,
+`serve` runs even one worker under a parent), reads them all with
+`MultiProcessCollector` and sums them. So one scrape sees
+every worker. Counters of a worker that exited stay in the sum (its files remain), and
+a worker started later counts from 0 in files of its own: a restart never makes a total
+go down. Gauges say per gauge how workers combine (`Series.mode`: `livesum`, `livemax`,
+`livemin`); the parent calls `mark_process_dead` for each worker that exits, which drops
+its live gauges.
+
+Cost, measured (`python -m bench.metrics_overhead`: a bare coroutine awaited 200,000
+times through the chain's links, median of 3 runs, fresh interpreter per mode): writing
+the RPC metrics per call into prometheus-client's multiprocess values (a counter `inc`
+and a histogram `observe` on pre-bound children: three locked mmap writes) added 2.6 µs
+per call, and the whole server ran 3.5 % and 7.3 % (medians of two runs of 3 repeats)
+more CPU per hit than with metrics off (`bench/results/metrics-cost-3x`,
+`metrics-cost-3x-b`): too close to the 5 % goal. So the RPC link keeps plain numbers
+per call (~0.4 µs) and adds them to the library's values once a second (`RpcMetrics`),
+like every other counter here. The final comparison is in the README's Performance.
+
+No label holds a tenant, subject or request value: every label set is bounded by the
+code (methods, codes, reasons, tiers, classes). To find a noisy tenant, use the opt-in
+decision log (tenant and subject per sampled decision), not the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import re
+import time
+from bisect import bisect_left as _bucket
+from collections import Counter as Counter_
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Literal, Mapping
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+
+from gatehouse.server.interceptors import StreamHandler, UnaryHandler, _code
+from gatehouse.server.metrics_setup import MULTIPROC_ENV, is_loopback
+from gatehouse.stats import StatsRegistry
+
+log = logging.getLogger(__name__)
+
+PUBLISH_SECONDS = 1.0
+
+# Seconds. A remembered answer takes ~20 µs of handler time, a Postgres miss a few ms.
+RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Seconds from a write's commit to an event applied / published (target p99 ≤ 100 ms).
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+GaugeMode = Literal["livesum", "livemax", "livemin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Where one stats-registry counter goes: metric name (counters without `_total`:
+    prometheus_client adds it), type, help, fixed labels, and for gauges how workers combine."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    labels: tuple[tuple[str, str], ...] = ()
+    mode: GaugeMode = "livesum"
+
+
+def _c(name: str, help: str, **labels: str) -> Series:
+    return Series(name, "counter", help, tuple(labels.items()))
+
+
+def _g(name: str, help: str, mode: GaugeMode = "livesum", **labels: str) -> Series:
+    return Series(name, "gauge", help, tuple(labels.items()), mode)
+
+
+_REQ = "gatehouse_cache_requests"
+_REQ_HELP = "Lookups per cache tier (answers = remembered answers, l1, l2, postgres) and result (hit, miss)."
+
+# Every key of `Sidecar.stats.snapshot()` (without its `{labels}`), and where it goes.
+# None: not exported (said why). A test holds every key of a real sidecar to this table.
+SERIES: dict[str, Series | None] = {
+    "grpc.calls": None,  # grpc_server_handled_total (RpcMetrics) counts the same calls
+    "decisions.answers": _c("gatehouse_decisions", "CheckAccess answers (each check of a batch) by reason."),
+    "admission.in_flight": _g("gatehouse_admission_in_flight", "Calls inside their handlers, by method class."),
+    "admission.shed": _c("gatehouse_admission_shed", "Calls refused with GATEHOUSE_OVERLOADED, by method class."),
+    "admission.limit": _g("gatehouse_admission_limit", "Bound on calls in handlers per process, by class.", "livemax"),
+    "auth.pending": _g("gatehouse_auth_pending", "Admin-key verifications waiting for or running Argon2."),
+    "auth.refused_pending": _c("gatehouse_auth_refused", "Authentications refused unhashed.", cause="pending"),
+    "auth.refused_address": _c("gatehouse_auth_refused", "Authentications refused unhashed.", cause="address"),
+    "auth.rejected": _c("gatehouse_auth_rejected", "Admin calls with an unknown, wrong, revoked or expired key."),
+    "auth.verifications": _c("gatehouse_argon2_verifications", "Argon2id verifications run (~20 ms of a core each)."),
+    "tiers.answers_hits": _c(_REQ, _REQ_HELP, tier="answers", result="hit"),
+    "tiers.answers_misses": _c(_REQ, _REQ_HELP, tier="answers", result="miss"),
+    "cache.l1_hits": _c(_REQ, _REQ_HELP, tier="l1", result="hit"),
+    "cache.l1_misses": _c(_REQ, _REQ_HELP, tier="l1", result="miss"),
+    "cache.l2_hits": _c(_REQ, _REQ_HELP, tier="l2", result="hit"),
+    "cache.l2_misses": _c(_REQ, _REQ_HELP, tier="l2", result="miss"),
+    "tiers.postgres_hits": _c(_REQ, _REQ_HELP, tier="postgres", result="hit"),
+    "cache.store_absent": _c(_REQ, _REQ_HELP, tier="postgres", result="miss"),
+    "cache.store_loads": None,  # = postgres hit + miss
+    "tiers.single_flight_merges": _c(
+        "gatehouse_single_flight_merges", "Cache misses that waited for a load of the same key instead of starting one."
+    ),
+    "cache.stale_rejections": _c("gatehouse_l1_below_floor", "L1 entries held but not served: below a floor or min_revision."),
+    "cache.unconfirmed_loads": _c(
+        "gatehouse_unconfirmed_loads", "Postgres reads made because confirmation had lapsed (L2 skipped)."
+    ),
+    "cache.stale_refused": _c("gatehouse_stale_refusals", "Reads failed with GATEHOUSE_STALE."),
+    "staleness.confirmed_seconds_ago": _g(
+        "gatehouse_confirmed_age_seconds", "Seconds since the cache was last confirmed current (worst worker).", "livemax"
+    ),
+    "answers.check_hits": None,  # in gatehouse_cache_requests_total{tier="answers"}
+    "answers.config_hits": None,
+    "l2.errors": _c("gatehouse_redis_errors", "Redis errors, by client (l2, events).", client="l2"),
+    "events.reconnects": _c("gatehouse_redis_errors", "Redis errors, by client (l2, events).", client="events"),
+    "l2breaker.circuit_open": _g("gatehouse_l2_circuit_open", "Workers whose L2 breaker is open (Redis skipped)."),
+    "events.events": _c("gatehouse_tenant_events_applied", "Tenant events applied to this sidecar's caches."),
+    "events.gaps": _c("gatehouse_tenant_event_gaps", "Event stream gaps (every cached entry evicted)."),
+    "events.unreadable": _c("gatehouse_tenant_events_unreadable", "Stream entries this build cannot read (skipped)."),
+    "events.heartbeats": _c("gatehouse_relay_heartbeats_received", "Relay heartbeats read from the event stream."),
+    "events.confirmations": _c("gatehouse_staleness_confirmations", "Times the cache was confirmed current."),
+    "events.blind_refreshes": _c("gatehouse_blind_refreshes", "L1 cleared because the event stream was unreadable."),
+    "relay.published": _c("gatehouse_relay_published", "Outbox events the relay published to the stream."),
+    "relay.heartbeats": _c("gatehouse_relay_heartbeats", "Heartbeats the relay appended to the stream."),
+    "relay_backlog.rows": _g("gatehouse_relay_backlog_rows", "Unpublished outbox rows (at the last heartbeat).", "livemax"),
+    "relay_backlog.oldest_seconds": _g(
+        "gatehouse_relay_backlog_oldest_seconds", "Age of the oldest unpublished outbox row (0: none).", "livemax"
+    ),
+    "postgres.in_use": _g("gatehouse_postgres_pool_connections", "Pool connections, by state.", state="in_use"),
+    "postgres.idle": _g("gatehouse_postgres_pool_connections", "Pool connections, by state.", state="idle"),
+    "postgres.max": _g("gatehouse_postgres_pool_max_connections", "Pool bound, summed over workers."),
+    "postgres.errors": _c("gatehouse_postgres_errors", "Postgres errors by kind (unavailable, schema, internal)."),
+    "idempotency.replays": _c("gatehouse_idempotency_replays", "Admin mutations answered from a stored response."),
+    "health.serving": _g("gatehouse_health_serving", "1 while every worker answers SERVING for the service.", "livemin"),
+}
+
+_REASON_NAMES: dict[int, str] = {}
+
+
+def _reason_name(number: int) -> str:
+    if not _REASON_NAMES:
+        from gatehouse.v1 import access_pb2
+
+        for value in access_pb2.DESCRIPTOR.enum_types_by_name["DecisionReason"].values:
+            _REASON_NAMES[value.number] = value.name.removeprefix("DECISION_REASON_")
+    return _REASON_NAMES.get(number, str(number))
+
+
+class Metrics:
+    """This process's Prometheus metrics. In multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`
+    set before prometheus_client was imported) every value lives in that directory; else
+    in memory, read through `registry`."""
+
+    def __init__(self) -> None:
+        if os.environ.get(MULTIPROC_ENV) and values.ValueClass is values.MutexValue:
+            raise RuntimeError(f"prometheus_client was imported before {MULTIPROC_ENV} was set: values would stay in memory")
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by final status code.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            registry=r,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Seconds from a call entering the handler chain to its answer (streams: the stream's life).",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "gatehouse_tenant_event_lag_seconds",
+            "Seconds from a write's commit (the event's `at`) to its event applied in this process.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            "gatehouse_relay_publish_seconds",
+            "Seconds from a write's commit to the relay's XADD of its event acknowledged by Redis.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        build = Gauge(
+            "gatehouse_build_info",
+            "Always 1; the labels say what runs.",
+            ["version", "python", "grpcio"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        build.labels(_version(), platform.python_version(), grpc.__version__).set(1)
+        self.flushers: list[Callable[[], None]] = []  # run first by `publish`
+        self._mirrored: dict[str, Counter | Gauge] = {}
+        self._children: dict[str, Any] = {}
+        self._last: dict[str, float] = {}
+
+    def publish(self, snapshot: Mapping[str, float]) -> None:
+        """Copy a stats snapshot into the metrics: counters by their increase since the
+        last call, gauges by value. Keys without a `SERIES` entry are skipped. Runs
+        the flushers first (the RPC counts)."""
+        for flush in self.flushers:
+            flush()
+        for key, value in snapshot.items():
+            child = self._children.get(key, _UNSEEN)
+            if child is _UNSEEN:
+                child = self._children[key] = self._child(key)  # None: not exported
+            if child is None:
+                continue
+            if isinstance(child, _CounterChild):
+                increase = value - self._last.get(key, 0.0)
+                self._last[key] = value
+                if increase > 0:
+                    child.child.inc(increase)
+            else:
+                child.set(value)
+
+    def _child(self, key: str) -> Any:
+        base, labels = split_key(key)
+        series = SERIES.get(base)
+        if series is None:
+            return None
+        metric = self._mirrored.get(series.name)
+        names = sorted({*dict(series.labels), *labels})
+        if metric is None:
+            if series.kind == "counter":
+                metric = Counter(series.name, series.help, names, registry=self.registry)
+            else:
+                metric = Gauge(series.name, series.help, names, multiprocess_mode=series.mode, registry=self.registry)
+            self._mirrored[series.name] = metric
+        label_values = {**dict(series.labels), **labels}
+        if base == "decisions.answers":
+            label_values["reason"] = _reason_name(int(label_values["reason"]))
+        child = metric.labels(**label_values) if names else metric
+        return _CounterChild(child) if series.kind == "counter" else child
+
+
+_UNSEEN = object()
+
+
+@dataclass(slots=True)
+class _CounterChild:
+    child: Any
+
+
+_KEY = re.compile(r"^([^{]+)(?:\{(.*)\})?$")
+
+
+def split_key(key: str) -> tuple[str, dict[str, str]]:
+    """`"admission.shed{class=hot}"` → `("admission.shed", {"class": "hot"})`."""
+    match = _KEY.match(key)
+    if match is None:
+        return key, {}
+    labels = dict(part.split("=", 1) for part in match.group(2).split(",")) if match.group(2) else {}
+    return match.group(1), labels
+
+
+def report_sources(stats: StatsRegistry, sidecar: Any) -> None:
+    """Register the sources only the metrics read (derived tiers, decisions, pool, health,
+    idempotency, Postgres errors) beside those `Sidecar._report_stats` registers."""
+    from gatehouse.server import idempotency
+    from gatehouse.store import driver_errors
+
+    cache, check, config = sidecar.cache, sidecar.check_answers, sidecar.config_answers
+    stats.register(
+        "tiers",
+        lambda: {
+            "answers_hits": check.hits + config.hits,
+            "answers_misses": check.misses + config.misses,
+            "postgres_hits": cache.stats.store_loads - cache.stats.store_absent,
+            "single_flight_merges": cache.single_flight_merges,
+        },
+    )
+    reasons = sidecar.access.reasons
+    stats.register("decisions", lambda: {f"answers{{reason={r}}}": n for r, n in list(reasons.items())})
+    stats.register("postgres", lambda: {
+        **sidecar.store.pool_stats(),
+        **{f"errors{{kind={k}}}": n for k, n in driver_errors.failures.items()},
+    })
+    l2 = sidecar.l2
+    stats.register("l2breaker", lambda: {"circuit_open": float(l2.circuit_open)})
+    stats.register("idempotency", lambda: {"replays": idempotency.replays})
+    relay = sidecar.relay
+    if relay is not None:
+        stats.register(
+            "relay_backlog", lambda: {"rows": relay.backlog_rows, "oldest_seconds": relay.backlog_oldest_seconds}
+        )
+    readiness = sidecar.readiness
+    from gatehouse.server.health import SERVICES
+
+    stats.register(
+        "health", lambda: {f"serving{{service={s}}}": float(readiness.serving) for s in ("", *SERVICES)}
+    )
+
+
+@dataclass(slots=True)
+class _MethodCounts:
+    """One method's calls since the start, kept as plain numbers on the hot path, and
+    what `RpcMetrics.flush` has already added to the metrics."""
+
+    labels: tuple[str, str, str]  # grpc_type, grpc_service, grpc_method
+    ok: int = 0
+    failed: Counter_[str] = field(default_factory=Counter_)  # by code name
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(RPC_BUCKETS) + 1))
+    seconds: float = 0.0
+    flushed_ok: int = 0
+    flushed_failed: Counter_[str] = field(default_factory=Counter_)
+    flushed_buckets: list[int] = field(default_factory=lambda: [0] * (len(RPC_BUCKETS) + 1))
+    flushed_seconds: float = 0.0
+
+
+class RpcMetrics:
+    """The interceptor behind `grpc_server_handled_total` and `grpc_server_handling_seconds`.
+
+    Per call it keeps plain numbers (an int and a bucket `+= 1` found by bisect, a float
+    sum: ~0.4 µs), and `flush` (run by `Metrics.publish`, every second and at stop) adds
+    what grew to the prometheus-client metrics. Writing the library's multiprocess values
+    per call cost 2.6 µs (three locked mmap writes) and the whole server 3.5–7 % more CPU
+    per hit (bench/results/metrics-cost-3x*), too close to the 5 % goal.
+
+    The histogram's buckets are added through the child's `_buckets` and `_sum` values,
+    which is what its own `observe` does one observation at a time; prometheus-client is
+    pinned, and tests/server/test_metrics.py checks the exposition against the calls made.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._methods: list[_MethodCounts] = []
+        metrics.flushers.append(self.flush)
+
+    def _counts(self, method: str, default_kind: str) -> _MethodCounts:
+        service, name = split_method(method)
+        counts = _MethodCounts((STREAMING.get(method, default_kind), service, name))
+        self._methods.append(counts)
+        if service in PREBOUND:
+            # Made now: the series exist (at 0) from the start. The other ~40 methods
+            # (admin, health, reflection) appear at their first call, so they add no
+            # series (18 per histogram) to every scrape until then.
+            self._metrics.handled.labels(*counts.labels, "OK")
+            self._metrics.handling.labels(*counts.labels)
+        return counts
+
+    def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
+        counts = self._counts(method, "unary")  # grpc's own servicers stream through context.write
+        buckets, failed = counts.buckets, counts.failed
+        clock, bucket = time.perf_counter, _bucket
+
+        async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            start = clock()
+            try:
+                response = await handler(request, context)
+            except BaseException:
+                elapsed = clock() - start
+                buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+                counts.seconds += elapsed
+                failed[_code(context)] += 1
+                raise
+            elapsed = clock() - start
+            buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+            counts.seconds += elapsed
+            counts.ok += 1
+            return response
+
+        return measured
+
+    def stream(self, method: str, handler: StreamHandler) -> StreamHandler:
+        counts = self._counts(method, "server_stream")
+        buckets, failed = counts.buckets, counts.failed
+        clock, bucket = time.perf_counter, _bucket
+
+        async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            start = clock()
+            try:
+                async for response in handler(request, context):
+                    yield response
+            except BaseException:
+                elapsed = clock() - start
+                buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+                counts.seconds += elapsed
+                failed[_code(context)] += 1
+                raise
+            elapsed = clock() - start
+            buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+            counts.seconds += elapsed
+            counts.ok += 1
+
+        return measured
+
+    def flush(self) -> None:
+        """Add every count that grew since the last flush to the metrics. Runs on the
+        event loop, like the handlers, so it never sees a count half-updated."""
+        handled, handling = self._metrics.handled, self._metrics.handling
+        for c in self._methods:
+            if c.ok > c.flushed_ok:
+                handled.labels(*c.labels, "OK").inc(c.ok - c.flushed_ok)
+                c.flushed_ok = c.ok
+            for code, n in list(c.failed.items()):
+                grown = n - c.flushed_failed[code]
+                if grown > 0:
+                    handled.labels(*c.labels, code).inc(grown)
+                    c.flushed_failed[code] = n
+            if c.buckets != c.flushed_buckets:
+                child = handling.labels(*c.labels)
+                for i, (n, was) in enumerate(zip(c.buckets, c.flushed_buckets)):
+                    if n > was:
+                        child._buckets[i].inc(n - was)
+                child._sum.inc(c.seconds - c.flushed_seconds)
+                c.flushed_buckets = list(c.buckets)
+                c.flushed_seconds = c.seconds
+
+
+# Services whose RPC series are made at registration (every method at 0 from the start).
+PREBOUND = frozenset({"gatehouse.v1.AccessService", "gatehouse.v1.ConfigService"})
+
+# `grpc_type` of the methods that are not unary (the chain cannot tell a handler that
+# writes with context.write from a unary one, nor a bidirectional stream from a server one).
+STREAMING = {
+    "/grpc.health.v1.Health/Watch": "server_stream",
+    "/gatehouse.v1.ConfigService/WatchTenantConfig": "server_stream",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": "bidi_stream",
+}
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """`/gatehouse.v1.AccessService/CheckAccess` → (`gatehouse.v1.AccessService`, `CheckAccess`)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+class StatsExporter:
+    """Copies the stats registry into `metrics` every `interval` seconds, and once more
+    when cancelled (a worker that stops leaves its final counts in the files)."""
+
+    def __init__(self, stats: StatsRegistry, metrics: Metrics, interval: float = PUBLISH_SECONDS) -> None:
+        self._stats = stats
+        self._metrics = metrics
+        self._interval = interval
+
+    def publish(self) -> None:
+        self._metrics.publish(self._stats.snapshot())
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    self.publish()
+                except Exception:  # a broken source must not end the metrics
+                    log.exception("metrics: publishing the stats failed")
+                await asyncio.sleep(self._interval)
+        finally:
+            self.publish()
+
+
+# --- the process that serves /metrics -----------------------------------------------------
+
+
+class MetricsEndpoint:
+    """`/metrics` over HTTP on `host:port`, in a thread of the workers' parent (which
+    answers no calls): every process's values in the multiprocess `directory`, summed."""
+
+    def __init__(self, host: str, port: int, *, directory: str) -> None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
+        self.directory = directory
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise SystemExit(f"gatehouse: cannot listen on {host}:{port} for metrics: {exc.strerror}")
+        bound = self._server.server_port
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/metrics"
+        if is_loopback(host):
+            log.info("metrics on %s (loopback: only this host can scrape)", self.url)
+        else:
+            # Metrics hold no tenant, subject or secret (no such labels), so a pod address a
+            # Prometheus can reach is allowed; say so once.
+            log.warning("metrics on %s: not a loopback address, anything on the network can read them", self.url)
+
+    def worker_exited(self, pid: int) -> None:
+        """Drop a dead worker's live gauges; its counters stay in the sums."""
+        multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gatehouse")
+    except Exception:
+        return "unknown"
+
+
+__all__ = [
+    "Metrics",
+    "MetricsEndpoint",
+    "RpcMetrics",
+    "SERIES",
+    "StatsExporter",
+    "report_sources",
+    "split_key",
+    "split_method",
+]

@@ -1,0 +1,2 @@
+-- Undoes 0004_outbox_traceparent.up.sql.
+ALTER TABLE outbox DROP COLUMN traceparent;
