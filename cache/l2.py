@@ -15,17 +15,25 @@ Redis is a cache, never a dependency: any Redis error opens a breaker for
 `retry_after` seconds during which L2 is skipped (reads miss, writes are dropped), so a
 dead Redis costs one timeout, not one per request.
 
+Deadlines: the socket timeout is the client's, shared by every call; a call whose
+deadline comes sooner bounds its own operation by what is left of it (an
+`asyncio.timeout` around that one operation; redis-py drops the connection the
+operation was cut on). Cut short that way, a read is a miss and a write is dropped, and
+the breaker stays shut: a short deadline says nothing about Redis. With the deadline
+already passed, L2 is not asked at all (`deadline_skips`).
+
 Traces: each call inside a sampled RPC is a `redis L2 <what>` client span (`tracing.child_span`;
 none while the breaker skips Redis, nothing when tracing is off).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Awaitable, Callable, TypeVar
 
-from gatehouse import tracing
+from gatehouse import deadlines, tracing
 from gatehouse.cache import codec
 from gatehouse.engine.model import SubjectSnapshot, TenantSnapshot
 from gatehouse.events import ADVANCE_POINTER, POINTER_SUFFIX, pointer_key, tenant_tag
@@ -58,16 +66,22 @@ class RedisL2:
         ttl_seconds: float,
         retry_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        timeout: float | None = None,
     ) -> None:
+        """`timeout`: the client's socket timeout (seconds), so a deadline further away
+        than it arms no timer of its own; None: unknown, every deadline arms one."""
         self._client = client
         self._prefix = prefix
         self._ttl_ms = str(int(ttl_seconds * 1000))
         self._retry_after = retry_after
         self._clock = clock
         self._down_until = 0.0
+        self._timeout = timeout
         self._read = client.register_script(_READ_AT_POINTER)
         self._write = client.register_script(ADVANCE_POINTER)
         self.errors = 0
+        self.deadline_cuts = 0  # operations cut short by a call's deadline (a miss, breaker shut)
+        self.deadline_skips = 0  # operations not tried: the call's deadline had passed
 
     @classmethod
     def from_url(
@@ -76,7 +90,7 @@ class RedisL2:
         """`cluster`: `url` names a node of a Redis Cluster (gatehouse.redis_client)."""
         # No retries: one timeout, then the breaker skips L2 for a while.
         client = redis_client(url, cluster=cluster, socket_timeout=timeout, socket_connect_timeout=timeout, retry=False)
-        return cls(client, prefix=prefix, ttl_seconds=ttl_seconds)
+        return cls(client, prefix=prefix, ttl_seconds=ttl_seconds, timeout=timeout)
 
     @property
     def circuit_open(self) -> bool:
@@ -93,9 +107,24 @@ class RedisL2:
     async def _guard(self, op: Callable[[], Awaitable[T]], fallback: T, what: str = "call") -> T:
         if self._clock() < self._down_until:
             return fallback
+        left = deadlines.remaining()
         try:
             with tracing.child_span(_tracer, f"redis L2 {what}", {"db.system.name": "redis", "db.operation.name": "EVALSHA"}):
-                return await op()
+                if left is None or (self._timeout is not None and left >= self._timeout):
+                    return await op()
+                if left <= 0:
+                    self.deadline_skips += 1
+                    return fallback
+                cut = asyncio.timeout(left)
+                try:
+                    async with cut:
+                        return await op()
+                except TimeoutError:
+                    if not cut.expired():
+                        raise  # Redis's own timeout: a failure like any other
+                    # The call's deadline, not Redis's fault: the breaker stays shut.
+                    self.deadline_cuts += 1
+                    return fallback
         except REDIS_FAILURES as exc:
             self.errors += 1
             if self._down_until <= self._clock():

@@ -54,7 +54,7 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from cachetools import LRUCache
 
-from gatehouse import tracing
+from gatehouse import deadlines, tracing
 from gatehouse.cache.fresh_read import FreshRead
 from gatehouse.cache.l1 import ExpiringMap
 from gatehouse.cache.l2 import RedisL2
@@ -434,8 +434,10 @@ class PolicyCache:
         self._tenant_floor.raise_to(key[0], revision)
 
     def _spawn(self, coro: Any) -> None:
-        # L2 fills happen behind the answer: the caller never waits on Redis to write.
-        task = asyncio.ensure_future(coro)
+        # L2 fills happen behind the answer: the caller never waits on Redis to write, and
+        # its deadline does not cut the fill short (the socket timeout bounds it).
+        with deadlines.detached():
+            task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

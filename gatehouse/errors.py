@@ -24,6 +24,7 @@ errors (asyncpg, redis) are translated there too, so nothing reaches a caller as
     ├── RevisionConflict           ABORTED              GATEHOUSE_REVISION_CONFLICT
     ├── Unauthenticated            UNAUTHENTICATED      GATEHOUSE_UNAUTHENTICATED
     ├── PermissionDenied           PERMISSION_DENIED    GATEHOUSE_PERMISSION_DENIED
+    ├── DeadlineExceeded           DEADLINE_EXCEEDED    GATEHOUSE_DEADLINE_EXCEEDED
     ├── ResourceExhausted          RESOURCE_EXHAUSTED   GATEHOUSE_RESOURCE_EXHAUSTED
     │   ├── SettingsTooLarge                            GATEHOUSE_SETTINGS_TOO_LARGE
     │   └── Overloaded                                  GATEHOUSE_OVERLOADED
@@ -259,6 +260,20 @@ class PlatformOnly(PermissionDenied):
     keys are for operator keys only."""
 
     reason = "GATEHOUSE_PLATFORM_ONLY"
+
+
+class DeadlineExceeded(GatehouseError):
+    """The call's deadline (the client's, or GATEHOUSE_DEFAULT_DEADLINE_SECONDS for a call
+    without one) passed while it waited for Postgres, Redis or a shared load: the work
+    it started was cancelled (a running statement is cancelled on the server). Nothing
+    was answered; a write may or may not have committed (retry it with the same
+    idempotency key)."""
+
+    code = Code.DEADLINE_EXCEEDED
+    reason = "GATEHOUSE_DEADLINE_EXCEEDED"
+
+    def __init__(self, message: str = "deadline exceeded before the call's work completed") -> None:
+        super().__init__(message)
 
 
 class ResourceExhausted(GatehouseError):

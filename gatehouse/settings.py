@@ -87,6 +87,13 @@ class Settings:
         default=1.0,
         metadata={"help": "the relay appends a heartbeat to the event stream this often (more than 0)"},
     )
+    default_deadline_seconds: float = field(
+        default=10.0,
+        metadata={
+            "help": "deadline of a unary call whose client sent none (0 = none): its Postgres and Redis work"
+            " and its wait for a pool connection end then, with DEADLINE_EXCEEDED"
+        },
+    )
     db_pool_max: int = field(default=10, metadata={"help": "Postgres pool: most connections"})
     max_concurrent_rpcs: int = field(
         default=1024,

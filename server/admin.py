@@ -33,6 +33,7 @@ from gatehouse.engine.validate import (
     require_scope,
     require_tenant_id,
 )
+from gatehouse import deadlines
 from gatehouse.errors import FieldViolation, InvalidArgument, Overloaded, PermissionDenied, Unauthenticated
 from gatehouse.server import convert
 from gatehouse.server.admin_auth import AdminAuthenticator, Principal, mint_key, request_id
@@ -120,6 +121,9 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
     return decorate
 
 
+# How long writing the audit row of a call may take (seconds), whatever the call's deadline.
+AUDIT_SECONDS = 5.0
+
 # Actions whose permission is decided at the request's scope rather than the tenant root.
 _SCOPED_ACTIONS = frozenset({"role.assign", "role.revoke"})
 
@@ -154,10 +158,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def _audit(self, actor: Actor, request: Any, action: str, outcome: str, reason: str) -> None:
         try:
-            await self._store.record_audit(
-                actor, tenant_id=_audit_tenant(request), action=action, target=_target(request), outcome=outcome,
-                reason=reason,
-            )
+            # Not within the call's deadline: a call that failed on its deadline is audited
+            # too. Bounded by AUDIT_SECONDS of its own instead.
+            with deadlines.detached(), deadlines.bounded(AUDIT_SECONDS):
+                await self._store.record_audit(
+                    actor, tenant_id=_audit_tenant(request), action=action, target=_target(request), outcome=outcome,
+                    reason=reason,
+                )
         except Exception:  # the call's own outcome matters more than its audit row
             log.exception("could not write audit row for %s (%s)", action, outcome)
 

@@ -23,7 +23,7 @@ from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decision_log import DecisionLog
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.health import Readiness
-from gatehouse.server.interceptors import CallCounter, Chain, Interceptor
+from gatehouse.server.interceptors import CallCounter, Chain, Deadline, Interceptor
 from gatehouse.server.listeners import bind, plan_listeners
 from gatehouse.server.tracing import TraceInterceptor
 from gatehouse.server.metrics import Metrics, RpcMetrics, StatsExporter, report_sources
@@ -168,7 +168,10 @@ class Sidecar:
         traced: list[Interceptor] = [TraceInterceptor()] if self.tracing is not None else []
         call_log = CallLog(hot=bool(s.access_log_hot), scope_hot=self.decision_log is not None)
         measured: list[Interceptor] = [RpcMetrics(self.metrics)] if self.metrics is not None else []
-        chain = self.chain = Chain([*traced, call_log, calls, *measured, self.admission])
+        # The deadline last, so a refused call does not pay for it.
+        chain = self.chain = Chain(
+            [*traced, call_log, calls, *measured, self.admission, Deadline(s.default_deadline_seconds or None)]
+        )
         decisions = DecisionService(self.cache, self.decision_log)
         self.access = AccessServicer(decisions, self.check_answers)
         self._report_stats(calls)
@@ -213,7 +216,18 @@ class Sidecar:
         self.stats.register("cache", self.cache.stats)
         cache = self.cache
         self.stats.register("staleness", lambda: {"confirmed_seconds_ago": cache.confirmation_age()})
-        self.stats.register("l2", lambda: {"errors": l2.errors})
+        self.stats.register(
+            "l2", lambda: {"errors": l2.errors, "deadline_cuts": l2.deadline_cuts, "deadline_skips": l2.deadline_skips}
+        )
+        assert self.store is not None
+        store = self.store
+        self.stats.register(
+            "store",
+            lambda: {
+                "transactions_begun": store.transactions_begun,
+                "transactions_cancelled": store.transactions_cancelled,
+            },
+        )
         self.stats.register("answers", lambda: {"check_hits": check_answers.hits, "config_hits": config_answers.hits})
         self.stats.register("events", self.subscriber.stats)
         if self.relay is not None:

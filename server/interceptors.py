@@ -11,15 +11,21 @@ stats registry (the "R" and "E" of RED). Cost on the hot path: one extra corouti
 a try/except and a Counter increment, 0.12-0.18 µs per call in-process (a bare coroutine
 against the same wrapped, 200,000 awaits, 3 runs), next to ~16 µs for a remembered
 CheckAccess.
+
+`Deadline`, the last link, hands the call's deadline to the work it causes
+(`gatehouse.deadlines`); its cost is in its docstring.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 from collections import Counter
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, cast
 
 import grpc
+
+from gatehouse import deadlines
 
 UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
@@ -111,6 +117,53 @@ class CallCounter:
     def values(self) -> dict[str, float]:
         """For the stats registry: `calls{method=...,code=...}`."""
         return {f"calls{{method={m},code={c}}}": n for (m, c), n in self.calls.items()}
+
+
+class Deadline:
+    """Puts each unary call's deadline where the store, L2 and the single-flight read it.
+
+    The deadline is the client's (`context.time_remaining()`), or `default_seconds` from
+    the call's start when the client sent none (None: such calls have no deadline and
+    wait as long as the drivers' own timeouts let them). It is set for the handler's task
+    only (`gatehouse.deadlines.CURRENT`, reset when the handler returns). No timer is
+    armed here: the store, L2 and the single-flight arm theirs only when they wait, so a
+    call answered from memory pays only for reading and setting the deadline: +0.3-0.55
+    µs per call in-process (a wrapped handler against the bare one inside a real grpc.aio
+    handler, 100,000 awaits, best of 3, with and without a client deadline; of it
+    `context.time_remaining()` is 0.11 µs and the context variable's set and reset 0.1
+    µs), next to ~16 µs for a remembered CheckAccess.
+    `tests/server/test_deadlines.py::test_deadline_interceptor_cost` prints it.
+    Async-generator streams (WatchTenantConfig, reflection) are left alone: they are
+    meant to last. (grpc's own health Watch, a coroutine that writes, gets a deadline in
+    its context, which nothing it awaits reads.)
+    """
+
+    def __init__(self, default_seconds: float | None = None) -> None:
+        self._default = default_seconds
+
+    def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
+        default = self._default
+        current, monotonic = deadlines.CURRENT, time.monotonic
+
+        async def bounded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            # None when the client sent no deadline (grpc's stubs say float; it is not).
+            left: float | None = context.time_remaining()
+            if left is None:
+                if default is None:
+                    return await handler(request, context)
+                left = default
+            # Not `deadlines.bounded` (a generator-based context manager, +1 µs): there
+            # is no enclosing deadline to respect here, so set and reset the variable.
+            token = current.set(monotonic() + left)
+            try:
+                return await handler(request, context)
+            finally:
+                current.reset(token)
+
+        return bounded
+
+    def stream(self, method: str, handler: StreamHandler) -> StreamHandler:
+        return handler
 
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}

@@ -131,6 +131,15 @@ SERIES: dict[str, Series | None] = {
     "answers.config_hits": None,
     "l2.errors": _c("gatehouse_redis_errors", "Redis errors, by client (l2, events).", client="l2"),
     "events.reconnects": _c("gatehouse_redis_errors", "Redis errors, by client (l2, events).", client="events"),
+    "l2.deadline_cuts": _c(
+        "gatehouse_l2_deadline_cuts", "L2 operations cut short by their call's deadline (a miss; the breaker stays shut)."
+    ),
+    "l2.deadline_skips": _c("gatehouse_l2_deadline_skips", "L2 operations not tried: the call's deadline had passed."),
+    "store.transactions_begun": _c("gatehouse_postgres_transactions_begun", "Postgres transactions begun (BEGIN sent)."),
+    "store.transactions_cancelled": _c(
+        "gatehouse_postgres_transactions_cancelled",
+        "Postgres transactions cancelled by a deadline or an abandoned call (their statement cancelled on the server).",
+    ),
     "l2breaker.circuit_open": _g("gatehouse_l2_circuit_open", "Workers whose L2 breaker is open (Redis skipped)."),
     "events.events": _c("gatehouse_tenant_events_applied", "Tenant events applied to this sidecar's caches."),
     "events.gaps": _c("gatehouse_tenant_event_gaps", "Event stream gaps (every cached entry evicted)."),

@@ -284,8 +284,13 @@ class OutboxRelay:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=wait)
         finally:
-            with contextlib.suppress(Exception):
-                await conn.close()
+            # Bounded: close() first waits for a cancelled statement's acknowledgement,
+            # which never comes over a half-open connection or from a frozen server (this
+            # connection has no command timeout), and stopping would hang for good.
+            try:
+                await asyncio.wait_for(conn.close(), timeout=2.0)
+            except (Exception, asyncio.CancelledError):
+                conn.terminate()
 
     def _notified(self, *_: object) -> None:
         self._wake.set()

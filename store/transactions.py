@@ -12,6 +12,19 @@ three round trips (BEGIN with the scope, the query, COMMIT), no reset query on r
 Driver errors are translated to Gatehouse errors by `translated()` around every pool
 use; see `gatehouse.store.driver_errors`.
 
+Deadlines: every transaction, from the wait for a pooled connection to COMMIT, runs
+inside the calling call's deadline (`gatehouse.deadlines.within`). Past it the
+transaction is cancelled and `DeadlineExceeded` raised: a saturated pool does not queue
+a call beyond its deadline, and a running statement is cancelled on the server
+(asyncpg sends a CancelRequest when the awaiting task is cancelled, and on any other
+cancellation too: a gRPC call its client abandoned). The connection then needs the
+server's acknowledgement of the cancel and a ROLLBACK before it can be reused; that is
+waited for in the background (`_abandon`, at most `ABANDON_SECONDS`, else the connection
+is closed), not by the caller, whose deadline has passed. A write's COMMIT is never
+cut by the deadline (its outcome must be known); the statements before it are. The
+idempotency-key bookkeeping (`idempotency.py`) is not bounded: a claim or its release
+cut short would make a retry wait or run twice.
+
 Traces (README "Traces"): every transaction inside a sampled call is a `postgres
 transaction` client span (`tracing.child_span`: none outside one, nothing when off). A write transaction begun under a sampled span also sets the
 transaction-local `gatehouse.traceparent` with its BEGIN, which the outbox row's
@@ -27,8 +40,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import asyncio
+
 import asyncpg
 
+from gatehouse import deadlines
 from gatehouse import tracing
 from gatehouse.errors import TenantNotFound
 from gatehouse.store.driver_errors import translated
@@ -36,6 +52,11 @@ from gatehouse.store.migrate import read_version
 
 PLATFORM_SCOPE = "*"  # the row-level security scope that sees every tenant
 
+# How long a connection whose statement was cancelled may take to acknowledge the cancel
+# and roll back before it is closed instead of returned to the pool (seconds).
+ABANDON_SECONDS = 5.0
+# How long closing the pool waits for borrowed connections before closing them at once.
+CLOSE_SECONDS = 5.0
 _tracer = tracing.tracer(__name__)
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -73,6 +94,9 @@ class Transactions:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._abandoned: set[asyncio.Task[None]] = set()
+        self.transactions_begun = 0  # BEGINs sent (stats: store.transactions_begun)
+        self.transactions_cancelled = 0  # cancelled by a deadline or an abandoned call
 
     def pool_stats(self) -> dict[str, float]:
         """Connections of the pool now: `in_use` (borrowed), `idle`, `max` (its bound)."""
@@ -82,9 +106,19 @@ class Transactions:
     # --- lifecycle of the driver ---------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the pool, waiting for borrowed connections to come back."""
-        with translated():
-            await self._pool.close()
+        """Close the pool, waiting up to CLOSE_SECONDS for borrowed connections to come
+        back (abandoned ones included); then close what is left at once. A statement
+        whose reply never comes (a half-open connection, a frozen server) would
+        otherwise hold shutdown for the driver's timeouts (30 s, then 30 s more for the
+        cancel)."""
+        try:
+            async with asyncio.timeout(CLOSE_SECONDS):
+                while self._abandoned:
+                    await asyncio.gather(*list(self._abandoned), return_exceptions=True)
+                with translated():
+                    await self._pool.close()
+        except TimeoutError:
+            self._pool.terminate()
 
     async def ping(self) -> None:
         """Return when Postgres answers; StoreUnavailable when it does not."""
@@ -100,21 +134,57 @@ class Transactions:
 
     @asynccontextmanager
     async def _transaction(self, scope: str, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction that sees only `scope`'s rows (a tenant id, or PLATFORM_SCOPE)."""
+        """A transaction that sees only `scope`'s rows (a tenant id, or PLATFORM_SCOPE),
+        within the caller's deadline: DeadlineExceeded past it (before anything is
+        begun, if it has passed already). A write's COMMIT, once sent, runs to its end."""
         attributes = {"db.system.name": "postgresql", "db.transaction.read_only": readonly, "gatehouse.scope": scope}
         with tracing.child_span(_tracer, "postgres transaction", attributes):
             begin = _begin_statement(scope, readonly=readonly, traceparent="" if readonly else tracing.traceparent())
-            with translated():
-                conn = await self._begin(begin)
-                try:
+            async with deadlines.within() as bound:
+                with translated():
+                    conn = await self._begin(begin)
                     try:
                         yield conn
+                        if not readonly:
+                            # A write's COMMIT is not cut by the deadline: cancelled, its
+                            # outcome would be unknown, and a retry (its idempotency claim
+                            # released by the failure) could write twice.
+                            bound.disarm()
+                        await conn.execute("COMMIT")
+                    except asyncio.CancelledError:
+                        self._abandon(conn)
+                        raise
                     except BaseException:
                         await _rollback(conn)
+                        await self._pool.release(conn)
                         raise
-                    await conn.execute("COMMIT")
-                finally:
                     await self._pool.release(conn)
+
+    def _abandon(self, conn: asyncpg.Connection) -> None:
+        """Give back a connection whose statement was cancelled, without waiting for it.
+
+        The connection must first hear the server acknowledge the cancel, then roll back;
+        over a slow or dead network that can take long, and the caller has gone already.
+        So it happens in a task of its own, bounded by ABANDON_SECONDS (past it the
+        connection is closed). It stays out of the pool until then, which is right: until
+        the server has acknowledged, it is still busy."""
+        self.transactions_cancelled += 1
+        task = asyncio.ensure_future(self._give_back(conn))
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+
+    async def _give_back(self, conn: asyncpg.Connection) -> None:
+        try:
+            async with asyncio.timeout(ABANDON_SECONDS):
+                # asyncpg sends this once the cancel is acknowledged. Rolling back here, not
+                # in the pool's reset, keeps asyncpg from logging an ERROR for a connection
+                # released inside a transaction. Outside one, ROLLBACK only warns.
+                await conn.execute("ROLLBACK")
+        except (Exception, asyncio.CancelledError):
+            with contextlib.suppress(Exception):
+                conn.terminate()
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)
 
     async def _begin(self, begin: str) -> asyncpg.Connection:
         """A pooled connection with a transaction begun on it.
@@ -129,8 +199,12 @@ class Transactions:
         while True:
             conn = await self._pool.acquire()
             try:
+                self.transactions_begun += 1
                 await conn.execute(begin)
                 return conn
+            except asyncio.CancelledError:
+                self._abandon(conn)
+                raise
             except BaseException as error:
                 stale = isinstance(error, _DEAD_CONNECTION_ERRORS)
                 if stale:

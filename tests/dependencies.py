@@ -151,6 +151,19 @@ class PrivatePostgres:
         await ensure_roles(self.admin_url)
         self.database_url = await create_migrated_database("gatehouse", admin_url=self.admin_url, host=self.host)
 
+    def halt(self) -> None:
+        """Stop the server (`pg_ctl stop -m fast`): connections are refused until `resume()`."""
+        self.thaw()
+        self._run(str(PG_BIN / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "10")
+
+    def resume(self) -> None:
+        """Start the server stopped by `halt()` again, on the same port (about a second)."""
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            str(PG_BIN / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-o", options
+        )
+        self.postmaster_pid = int((self.data / "postmaster.pid").read_text().split()[0])
+
     def processes(self) -> list[int]:
         """The postmaster and every process it forked (backends, checkpointer, walwriter, ...).
 

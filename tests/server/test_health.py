@@ -52,7 +52,9 @@ async def readiness(database_url: str, private_redis: PrivateRedis) -> AsyncIter
 @pytest.fixture
 async def channel(readiness: Readiness) -> AsyncIterator[grpc.aio.Channel]:
     """A channel to a gRPC server serving `readiness`'s Health service."""
-    server = grpc.aio.server()
+    # SO_REUSEPORT off (grpc turns it on): a later test's sidecar could otherwise be
+    # handed this port while this stopped server still holds it, and hang (seen).
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
