@@ -61,6 +61,8 @@ from gatehouse.stats import StatsRegistry
 log = logging.getLogger(__name__)
 
 PUBLISH_SECONDS = 1.0
+# Seconds a /metrics client has to send its request (a socket timeout on the connection).
+SCRAPE_READ_SECONDS = 10.0
 
 # Seconds. A remembered answer takes ~20 µs of handler time, a Postgres miss a few ms.
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -488,7 +490,9 @@ class MetricsEndpoint:
     """`/metrics` over HTTP on `host:port`, in a thread of the workers' parent (which
     answers no calls): every process's values in the multiprocess `directory`, summed."""
 
-    def __init__(self, host: str, port: int, *, directory: str) -> None:
+    def __init__(self, host: str, port: int, *, directory: str, read_seconds: float = SCRAPE_READ_SECONDS) -> None:
+        """`read_seconds`: how long a client has to send its request before it is dropped.
+        SystemExit when the address cannot be listened on."""
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         self.directory = directory
@@ -496,6 +500,11 @@ class MetricsEndpoint:
             self._server, self._thread = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
             raise SystemExit(f"gatehouse: cannot listen on {host}:{port} for metrics: {exc.strerror}")
+        # prometheus_client's server takes a thread per connection and waits for a request
+        # as long as the client likes: a connection that sends half a request and stays
+        # would hold its thread forever. Each gets `read_seconds` to send it.
+        handler: type = self._server.RequestHandlerClass  # type: ignore[assignment]  # typeshed: a factory; here the class
+        self._server.RequestHandlerClass = type("TimedMetricsHandler", (handler,), {"timeout": read_seconds})
         bound = self._server.server_port
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/metrics"
         if is_loopback(host):

@@ -202,3 +202,24 @@ def test_a_killed_serve_leaves_no_directory_behind_for_long(tmp_path: Path, monk
     assert f"gatehouse-metrics-{dead.pid}-abc" not in left
     assert f"gatehouse-metrics-{os.getpid()}-live" in left and "gatehouse-metrics-unrelated" in left
     assert Path(made).name.startswith(f"gatehouse-metrics-{os.getpid()}-")
+
+
+def test_a_scrape_that_never_finishes_its_request_is_dropped(tmp_path: Path) -> None:
+    """prometheus_client's server holds a thread per connection: one that sends half a
+    request and waits must not hold it for ever (the endpoint drops it after read_seconds)."""
+    import socket
+
+    from gatehouse.server.metrics import MetricsEndpoint
+
+    endpoint = MetricsEndpoint("127.0.0.1", 0, directory=str(tmp_path), read_seconds=0.3)
+    try:
+        port = int(endpoint.url.rsplit(":", 1)[1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
+            half.sendall(b"GET /metr")
+            half.settimeout(5)
+            assert half.recv(1024) == b""  # closed by the server, well before our 5 s
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as whole:
+            whole.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert whole.recv(64).startswith(b"HTTP/1.0 200")
+    finally:
+        endpoint.close()
