@@ -63,7 +63,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--targets", default="baseline,gatehouse", help="comma-separated subset of baseline,gatehouse")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS",
                    help="also run target gatehouse-LABEL: Gatehouse with these extra serve arguments (space-separated), "
-                   "e.g. --variant 'dlog1=--decision-log sampled --decision-log-sample-rate 0.01'; fixed-rate scenarios")
+                   "e.g. --variant 'dlog1=--decision-log sampled --decision-log-sample-rate 0.01'; NAME=VALUE words "
+                   "(upper-case NAME) are environment, e.g. --variant 'otel1=OTEL_TRACES_EXPORTER=otlp ...'; fixed-rate scenarios")
     p.add_argument("--interleave", action="store_true",
                    help="fixed-rate scenarios: start every target first and let them take turns at each repeat")
     p.add_argument("--profile", action="store_true",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import shutil
 import subprocess
@@ -221,12 +222,15 @@ class Harness:
         else:
             self._starts += 1
             variant = self.o.variants.get(name.removeprefix("gatehouse-"), []) if name != "gatehouse" else []
+            # A variant's `NAME=VALUE` words (an upper-case name) are environment, e.g. OTEL_*.
+            variant_env = dict(word.split("=", 1) for word in variant if _ENV_WORD.fullmatch(word))
+            variant = [word for word in variant if not _ENV_WORD.fullmatch(word)]
             target = gatehouse_target(
                 self.storage, self.operator_key, self._starts, self.work_dir,
                 workers=workers, extra_args=[*self.o.gh_args, *variant, *(extra_args or [])], unix=self.o.unix,
                 name=name,
             )
-            target.env.update({**self.o.gh_env, **(env or {})})
+            target.env.update({**self.o.gh_env, **variant_env, **(env or {})})
         await target.start()
         return target
 
@@ -818,6 +822,9 @@ async def propagation(h: Harness) -> list[dict[str, Any]]:
         f"p99 {every['p99']:.1f} max {every['max']:.1f} ms, timeouts {probes['every_timeouts']}; stream {stream}"
     )
     return points
+
+
+_ENV_WORD = re.compile(r"[A-Z][A-Z0-9_]*=.*")
 
 
 async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
