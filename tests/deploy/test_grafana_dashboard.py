@@ -5,10 +5,10 @@ only metrics Gatehouse exposes, on the chosen job and instances."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def test_every_panel_queries_the_chosen_prometheus() -> None:
             assert target["datasource"] == DATASOURCE, panel["title"]
 
 
-def test_every_expression_parses(tmp_path: Path) -> None:
+async def test_every_expression_parses(tmp_path: Path) -> None:
     """promtool parses each target expression (written as recording rules) and each variable query."""
     dashboard = load()
     exprs = [substituted(expr) for _, expr in targets(dashboard)]
@@ -105,9 +105,13 @@ def test_every_expression_parses(tmp_path: Path) -> None:
     rules.write_text("\n".join(lines) + "\n")
     tool = shutil.which("promtool")
     assert tool, "promtool is not installed: run ./dev setup (it installs Debian's prometheus package)"
-    done = subprocess.run([tool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"SUCCESS: {len(exprs)} rules found" in done.stdout
+    # Through asyncio, as in test_prometheus_rules.promtool (why: there).
+    process = await asyncio.create_subprocess_exec(
+        tool, "check", "rules", str(rules), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, out.decode()
+    assert f"SUCCESS: {len(exprs)} rules found" in out.decode()
 
 
 def test_every_metric_is_one_gatehouse_exposes_on_the_chosen_job_and_instances() -> None:

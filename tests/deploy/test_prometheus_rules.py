@@ -5,9 +5,9 @@ Gatehouse exposes. promtool is Debian's `prometheus` package (`./dev setup` inst
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,18 @@ RUNBOOKS = ROOT / "docs" / "runbooks"
 SEVERITIES = {"critical", "warning"}
 
 
-def promtool(*args: str) -> str:
+async def promtool(*args: str) -> str:
+    """Run promtool; its output, or fail with it. Through asyncio like every other child
+    process of the suite: a blocking subprocess.run() here left a later grpc TLS test
+    (tests/server/test_listeners.py) hanging in the same session."""
     tool = shutil.which("promtool")
     assert tool, "promtool is not installed: run ./dev setup (it installs Debian's prometheus package)"
-    done = subprocess.run([tool, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"promtool {' '.join(args)} exited {done.returncode}:\n{output}"
+    process = await asyncio.create_subprocess_exec(
+        tool, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    output = out.decode()
+    assert process.returncode == 0, f"promtool {' '.join(args)} exited {process.returncode}:\n{output}"
     return output
 
 
@@ -37,18 +43,18 @@ def alerts() -> list[Rule]:
     return [rule for rule in read_rules(RULES) if rule.kind == "alert"]
 
 
-def test_promtool_check_rules() -> None:
-    output = promtool("check", "rules", str(RULES.relative_to(ROOT)))
+async def test_promtool_check_rules() -> None:
+    output = await promtool("check", "rules", str(RULES.relative_to(ROOT)))
     assert f"SUCCESS: {len(read_rules(RULES))} rules found" in output, output
 
 
-def test_promtool_test_rules() -> None:
-    assert "SUCCESS" in promtool("test", "rules", str(RULE_TESTS.relative_to(ROOT)))
+async def test_promtool_test_rules() -> None:
+    assert "SUCCESS" in await promtool("test", "rules", str(RULE_TESTS.relative_to(ROOT)))
 
 
-def test_promtool_check_config() -> None:
+async def test_promtool_check_config() -> None:
     # Also checks the rule files the config names.
-    output = promtool("check", "config", str(CONFIG.relative_to(ROOT)))
+    output = await promtool("check", "config", str(CONFIG.relative_to(ROOT)))
     assert "1 rule files found" in output, output
 
 
