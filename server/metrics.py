@@ -372,33 +372,44 @@ class RpcMetrics:
             self._metrics.handling.labels(*counts.labels)
         return counts
 
-    def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
-        counts = self._counts(method, "unary")  # grpc's own servicers stream through context.write
+    def _recorder(
+        self, method: str, kind: str
+    ) -> tuple[Callable[[], float], Callable[[float, str | None], None]]:
+        """The clock, and `done(start, code)`: one call measured and
+        counted (code None: OK). Plain arithmetic, no lock (see the class)."""
+        counts = self._counts(method, kind)
         buckets, failed = counts.buckets, counts.failed
         clock, bucket = time.perf_counter, _bucket
+
+        def done(start: float, code: str | None) -> None:
+            elapsed = clock() - start
+            buckets[bucket(RPC_BUCKETS, elapsed)] += 1
+            counts.seconds += elapsed
+            if code is None:
+                counts.ok += 1
+            else:
+                failed[code] += 1
+
+        return clock, done
+
+    def unary(self, method: str, handler: UnaryHandler) -> UnaryHandler:
+        # grpc's own servicers stream through context.write: "unary" here, by their shape.
+        clock, done = self._recorder(method, "unary")
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = clock()
             try:
                 response = await handler(request, context)
             except BaseException:
-                elapsed = clock() - start
-                buckets[bucket(RPC_BUCKETS, elapsed)] += 1
-                counts.seconds += elapsed
-                failed[_code(context)] += 1
+                done(start, _code(context))
                 raise
-            elapsed = clock() - start
-            buckets[bucket(RPC_BUCKETS, elapsed)] += 1
-            counts.seconds += elapsed
-            counts.ok += 1
+            done(start, None)
             return response
 
         return measured
 
     def stream(self, method: str, handler: StreamHandler) -> StreamHandler:
-        counts = self._counts(method, "server_stream")
-        buckets, failed = counts.buckets, counts.failed
-        clock, bucket = time.perf_counter, _bucket
+        clock, done = self._recorder(method, "server_stream")
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             start = clock()
@@ -406,15 +417,9 @@ class RpcMetrics:
                 async for response in handler(request, context):
                     yield response
             except BaseException:
-                elapsed = clock() - start
-                buckets[bucket(RPC_BUCKETS, elapsed)] += 1
-                counts.seconds += elapsed
-                failed[_code(context)] += 1
+                done(start, _code(context))
                 raise
-            elapsed = clock() - start
-            buckets[bucket(RPC_BUCKETS, elapsed)] += 1
-            counts.seconds += elapsed
-            counts.ok += 1
+            done(start, None)
 
         return measured
 

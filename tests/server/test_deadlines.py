@@ -31,7 +31,7 @@ from gatehouse.server.app import Sidecar
 from gatehouse.server.interceptors import Deadline
 from gatehouse.settings import Settings
 from gatehouse.store.api import Actor
-from gatehouse.store.postgres import connect
+from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.v1 import access_pb2, admin_pb2, common_pb2
 from tests.client import Client, make_client, user
 from tests.conftest import PG_ADMIN_URL, create_migrated_database, drop_database
@@ -252,22 +252,7 @@ async def test_postgres_one_second_slower_abandoned_calls_leave_no_backlog(
         cleared = time.monotonic()
         busy = "AND state IN ('active', 'idle in transaction')"
         drained = await until(lambda: _zero(backends(datname, app, where=busy)), timeout=5.0)
-        asked = 0
-
-        async def answers() -> bool:
-            nonlocal asked
-            asked += 1
-            try:
-                await own.access.CheckAccess(check(tenant.id, f"after{secrets.token_hex(4)}"), timeout=0.3)
-                return True
-            except grpc.aio.AioRpcError:
-                return False
-
-        await until(answers, timeout=5.0)
-        recovered = time.monotonic() - cleared
-        await asyncio.sleep(0.5)  # anything left queued would begin now
-        # Each check asked since begins one transaction at most (its subject's load).
-        begun_after = store.transactions_begun - begun_at_abandon - asked
+        recovered, begun_after = await _recovery(own, tenant.id, store, begun_at_abandon, cleared)
     print(
         f"FAULT postgres+1s: 100 calls at 300 ms: {dict(codes)}; transactions begun after they were abandoned:"
         f" {begun_after}; none left running {drained * 1000:.0f} ms after the fault cleared;"
@@ -302,22 +287,7 @@ async def test_postgres_200ms_slower_a_saturated_pool_sheds_at_deadlines(
         codes = Counter(code_of(o) for o in outcomes)
         proxy.pass_through()
         cleared = time.monotonic()
-        asked = 0
-
-        async def answers() -> bool:
-            nonlocal asked
-            asked += 1
-            try:
-                await own.access.CheckAccess(check(tenant.id, f"after{secrets.token_hex(4)}"), timeout=0.3)
-                return True
-            except grpc.aio.AioRpcError:
-                return False
-
-        await until(answers, timeout=5.0)
-        recovered = time.monotonic() - cleared
-        await asyncio.sleep(0.5)  # anything left queued would begin now
-        # Each check asked since begins one transaction at most (its subject's load).
-        begun_after = store.transactions_begun - begun_at_abandon - asked
+        recovered, begun_after = await _recovery(own, tenant.id, store, begun_at_abandon, cleared)
     print(
         f"FAULT postgres+200ms: 60 uncached checks at once, 1 s deadline: {dict(codes)}; transactions begun after"
         f" the rest were abandoned (beyond the checks asked since): {begun_after}; uncached checks answer again"
@@ -854,3 +824,26 @@ async def test_postgres_blackholed(
     print(row.line(f"postgres {mode} 2 s"))
     assert row.stale == 0 and set(row.codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
     assert row.recovered < 10.0
+
+
+async def _recovery(
+    own: Client, tenant_id: str, store: PostgresStore, begun_at_abandon: int, cleared: float
+) -> tuple[float, int]:
+    """After a fault cleared at `cleared` (monotonic): seconds until an uncached check
+    answers again, and transactions begun since `begun_at_abandon` beyond those the
+    checks asked meanwhile began (each at most one, its subject's load): a backlog."""
+    asked = 0
+
+    async def answers() -> bool:
+        nonlocal asked
+        asked += 1
+        try:
+            await own.access.CheckAccess(check(tenant_id, f"after{secrets.token_hex(4)}"), timeout=0.3)
+            return True
+        except grpc.aio.AioRpcError:
+            return False
+
+    await until(answers, timeout=5.0)
+    recovered = time.monotonic() - cleared
+    await asyncio.sleep(0.5)  # anything left queued would begin now
+    return recovered, store.transactions_begun - begun_at_abandon - asked

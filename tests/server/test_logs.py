@@ -20,6 +20,7 @@ from gatehouse.engine.decision import Decision
 from gatehouse.engine.model import Reason
 from gatehouse.server.call_log import CallLog
 from gatehouse.server.decision_log import DecisionLog, DecisionRecord, format_line
+from tests.logcapture import configured_logs
 
 TENANT = "0b0e1c2d-3f4a-4b5c-8d6e-7f8091a2b3c4"
 
@@ -27,18 +28,8 @@ TENANT = "0b0e1c2d-3f4a-4b5c-8d6e-7f8091a2b3c4"
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
     """The root logger configured into a buffer (json), restored afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    logs.configure("json", "DEBUG", worker=3, secrets=["operator-bootstrap-secret"], stream=out)
-    try:
+    with configured_logs("json", "DEBUG", worker=3, secrets=["operator-bootstrap-secret"]) as out:
         yield out
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
 
 
 def _lines(out: io.StringIO) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import socket
 
@@ -11,6 +10,7 @@ import pytest
 
 from gatehouse import logs
 from gatehouse.redis_client import check_mode, shown_url, url_passwords
+from tests.logcapture import configured_logs
 
 
 @pytest.mark.parametrize(
@@ -48,17 +48,7 @@ async def test_an_unreachable_redis_is_logged_without_its_password(caplog: pytes
 
 
 def test_the_serve_redactor_knows_the_url_passwords() -> None:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    logs.configure("json", "INFO", secrets=url_passwords("redis://:SuperSecretRedisPw@h/0"), stream=out)
-    try:
+    with configured_logs("json", "INFO", secrets=url_passwords("redis://:SuperSecretRedisPw@h/0")) as out:
         logging.getLogger("gatehouse.test").warning("connect failed: AUTH SuperSecretRedisPw refused")
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
     assert "SuperSecretRedisPw" not in out.getvalue()
     assert logs.REDACTED in out.getvalue()
