@@ -107,6 +107,17 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout: float, step: 
     return time.monotonic() - started
 
 
+async def confirmed(sidecar: Sidecar, timeout: float = 5.0) -> None:
+    """Until `sidecar`'s cache holds its data confirmed current (a heartbeat read)."""
+    cache = sidecar.cache
+    assert cache is not None
+
+    async def current() -> bool:
+        return cache.confirmed()
+
+    await until(current, timeout=timeout)
+
+
 # --- the interceptor's cost ---------------------------------------------------------------
 
 
@@ -323,16 +334,7 @@ async def test_postgres_connections_reset_and_refused_give_unavailable_then_reco
             await asyncio.sleep(0.02)
         await proxy.accept_again()
         back = time.monotonic()
-
-        async def answers() -> bool:
-            try:
-                await own.access.CheckAccess(check(tenant.id, f"up{secrets.token_hex(4)}"), timeout=1)
-                return True
-            except grpc.aio.AioRpcError:
-                return False
-
-        await until(answers, timeout=5.0)
-        recovered = time.monotonic() - back
+        recovered, _ = await _answers_again(own, tenant.id, back, call_timeout=1.0, timeout=5.0)
     print(f"FAULT postgres reset+refused 0.5 s, uncached checks: {dict(codes)}; answer again {recovered * 1000:.0f} ms after")
     assert codes["UNAVAILABLE"] > 0 and "UNKNOWN" not in codes and "INTERNAL" not in codes
     assert recovered < 5.0
@@ -379,12 +381,7 @@ async def test_redis_blackholed_answers_come_from_postgres_and_none_is_stale(
             await asyncio.sleep(0.05)
         proxy.pass_through()
         back = time.monotonic()
-        cache = sidecar.cache
-
-        async def confirmed() -> bool:
-            return cache.confirmed()
-
-        await until(confirmed, timeout=5.0)
+        await confirmed(sidecar)
         recovered = time.monotonic() - back
     print(
         f"FAULT redis {mode} 2 s: checks {dict(codes)}; stale answers beyond max staleness (1 s): {stale};"
@@ -439,13 +436,7 @@ async def test_redis_paused_answers_come_from_postgres_and_none_is_stale(
         ) as (_, writer):
             tenant = await writer.tenant(f"dl-pause-{unique}")
             await writer.grant(tenant.id, user("alice"), "reader", "", ["doc.read"])
-            assert checked.cache is not None
-            cache = checked.cache
-
-            async def current() -> bool:
-                return cache.confirmed()
-
-            await until(current, timeout=5.0)
+            await confirmed(checked)
             assert (await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)).allowed
             private_redis.freeze()
             try:
@@ -458,7 +449,7 @@ async def test_redis_paused_answers_come_from_postgres_and_none_is_stale(
             finally:
                 private_redis.thaw()
             thawed = time.monotonic()
-            await until(current, timeout=5.0)
+            await confirmed(checked)
             recovered = time.monotonic() - thawed
     print(
         f"FAULT redis paused (SIGSTOP) 2 s: checks {dict(codes)}; stale answers beyond max staleness ({BOUND:g} s):"
@@ -502,13 +493,7 @@ async def test_postgres_paused_cached_answers_end_at_max_staleness_uncached_at_t
     async with running(settings, token) as (sidecar, own):
         tenant = await own.tenant(f"dl-pgpause-{unique}")
         await own.grant(tenant.id, user("alice"), "reader", "", ["doc.read"])
-        assert sidecar.cache is not None
-        cache = sidecar.cache
-
-        async def current() -> bool:
-            return cache.confirmed()
-
-        await until(current, timeout=5.0)
+        await confirmed(sidecar)
         assert (await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)).allowed
         private_postgres.freeze()
         frozen = time.monotonic()
@@ -537,16 +522,7 @@ async def test_postgres_paused_cached_answers_end_at_max_staleness_uncached_at_t
         finally:
             private_postgres.thaw()
         thawed = time.monotonic()
-
-        async def answers() -> bool:
-            try:
-                await own.access.CheckAccess(check(tenant.id, f"up{secrets.token_hex(4)}"), timeout=0.5)
-                return True
-            except grpc.aio.AioRpcError:
-                return False
-
-        await until(answers, timeout=10.0)
-        recovered = time.monotonic() - thawed
+        recovered, _ = await _answers_again(own, tenant.id, thawed, call_timeout=0.5, timeout=10.0)
     print(
         f"FAULT postgres paused (SIGSTOP) 2.5 s: cached checks {dict(cached)}, uncached checks {dict(uncached)}"
         f" (slowest {slowest * 1000:.0f} ms); stale answers beyond max staleness ({BOUND:g} s): {stale};"
@@ -571,13 +547,7 @@ async def test_a_restarted_sidecar_answers_warm_from_redis(
     restarted = time.monotonic()
     codes: Counter[str] = Counter()
     async with running(settings, operator_token) as (second, own):
-        assert second.cache is not None
-        cache = second.cache
-
-        async def current() -> bool:
-            return cache.confirmed()
-
-        await until(current, timeout=5.0)
+        await confirmed(second)
         answer = await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)
         codes["OK"] += 1
         answered = time.monotonic() - restarted
@@ -629,13 +599,7 @@ async def fault_row(
     unique = secrets.token_hex(4)
     tenant = await writer.tenant(f"row-{unique}")
     await writer.grant(tenant.id, user("alice"), "reader", "", ["doc.read"])
-    assert checked.cache is not None
-    cache = checked.cache
-
-    async def current() -> bool:
-        return cache.confirmed()
-
-    await until(current, timeout=5.0)
+    await confirmed(checked)
     assert (await own.access.CheckAccess(check(tenant.id, "alice"), timeout=2)).allowed
     await begin()
     ended = False
@@ -670,7 +634,8 @@ async def fault_row(
     back = time.monotonic()
 
     async def recovered() -> bool:
-        if not cache.confirmed():
+        assert checked.cache is not None
+        if not checked.cache.confirmed():
             return False
         try:
             alice = await own.access.CheckAccess(check(tenant.id, "alice"), timeout=0.5)
@@ -832,18 +797,26 @@ async def _recovery(
     """After a fault cleared at `cleared` (monotonic): seconds until an uncached check
     answers again, and transactions begun since `begun_at_abandon` beyond those the
     checks asked meanwhile began (each at most one, its subject's load): a backlog."""
+    recovered, asked = await _answers_again(own, tenant_id, cleared, call_timeout=0.3, timeout=5.0)
+    await asyncio.sleep(0.5)  # anything left queued would begin now
+    return recovered, store.transactions_begun - begun_at_abandon - asked
+
+
+async def _answers_again(
+    own: Client, tenant_id: str, since: float, *, call_timeout: float, timeout: float
+) -> tuple[float, int]:
+    """Seconds from `since` (monotonic) until an uncached check of a new subject answers
+    (each try with `call_timeout`; AssertionError after `timeout`), and the tries made."""
     asked = 0
 
     async def answers() -> bool:
         nonlocal asked
         asked += 1
         try:
-            await own.access.CheckAccess(check(tenant_id, f"after{secrets.token_hex(4)}"), timeout=0.3)
+            await own.access.CheckAccess(check(tenant_id, f"up{secrets.token_hex(4)}"), timeout=call_timeout)
             return True
         except grpc.aio.AioRpcError:
             return False
 
-    await until(answers, timeout=5.0)
-    recovered = time.monotonic() - cleared
-    await asyncio.sleep(0.5)  # anything left queued would begin now
-    return recovered, store.transactions_begun - begun_at_abandon - asked
+    await until(answers, timeout=timeout)
+    return time.monotonic() - since, asked
