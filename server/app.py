@@ -327,6 +327,12 @@ async def serve(settings: Settings, *, reuse_port: bool = False, metrics: Metric
     await sidecar.start()
     print(f"gatehouse: serving on {', '.join(sidecar.addresses)}", flush=True)
     await stopping.wait()
+    # One signal stops it. A second (a process group's signal, then the parent's forward
+    # of its own; a second Ctrl-C) must not cut the drain short or, once the loop has
+    # closed and restored the default handlers, kill the process with a signal's status.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     log.info("signal received: draining (grace %.1fs)", settings.grace_seconds)
     await sidecar.stop()
     log.info("stopped")

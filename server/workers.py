@@ -104,11 +104,15 @@ def _run_children(settings: Settings, count: int, listen: str, endpoint: "Metric
 
     stopping = False
 
+    signalled: set[int] = set()
+
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
         for child in children:
-            if child.poll() is None:
+            # Once each: a worker drains on its first signal and ignores the rest.
+            if child.poll() is None and child.pid not in signalled:
+                signalled.add(child.pid)
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
@@ -136,7 +140,13 @@ def _run_children(settings: Settings, count: int, listen: str, endpoint: "Metric
         child = waiting.pop(pid)
         child.returncode = os.waitstatus_to_exitcode(status)
         codes.append(child.returncode)
-        if not stopping:
+        if not stopping and child.returncode == 0:
+            # A worker exits 0 only after draining on SIGTERM/SIGINT that reached it
+            # directly (a signal to the process group: Ctrl-C, `kill -- -PGID`): a stop
+            # meant for all of serve, not a death. Stop the others the same way.
+            log.info("worker %d (pid %d) stopped on a signal of its own: stopping the others", children.index(child), pid)
+            forward(signal.SIGTERM, None)
+        elif not stopping:
             # Not restarted: the others go on serving. Say so, loudly: worker 0 also ran
             # the outbox relay (and the unix socket), which stop with it.
             index = children.index(child)
@@ -149,6 +159,7 @@ def _run_children(settings: Settings, count: int, listen: str, endpoint: "Metric
         if endpoint is not None:
             # Its live gauges go; its counters stay in every sum (no total goes down).
             endpoint.worker_exited(pid)
+    log.info("workers exited with %s", ", ".join(str(code) for code in codes))
     return 0 if all(code == 0 for code in codes) else 1
 
 

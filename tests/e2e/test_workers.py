@@ -105,3 +105,30 @@ async def test_a_worker_that_dies_while_serving_is_reported(
     assert "worker 0 (pid" in text and "exited with signal 9 while serving" in text, text[-2000:]
     assert "outbox relay" in text, text[-2000:]
     assert code == 1
+
+
+async def test_a_signal_to_the_whole_process_group_stops_serve_quietly(
+    database_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """Ctrl-C in a terminal, or `kill -- -PGID`, reaches the parent and every worker at
+    once. A worker that drains and exits 0 stopped as asked: no "exited while serving"
+    ERROR, and serve exits 0 with the others stopped too (it logged two ERRORs before)."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        server = await start_server(
+            {**sidecar_env(database_url, redis_url, redis_prefix, KEY), "GATEHOUSE_LOG_LEVEL": "INFO"}, "--workers", "2", stderr=log
+        )
+        try:
+            workers = process_tree(server.process.pid)[1:]
+            assert len(workers) == 2
+            # A worker first, as a group signal may arrive: before the parent has forwarded.
+            os.kill(workers[0], signal.SIGTERM)
+            for _ in range(100):  # until the parent has reaped it
+                if workers[0] not in process_tree(server.process.pid):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            code = await server.stop()
+    text = log_path.read_text()
+    assert "while serving" not in text, text[-2000:]
+    assert code == 0, text[-2000:]
