@@ -24,7 +24,6 @@ from gatehouse.engine.validate import (
     require_tenant_id,
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
-from gatehouse.server.decision_log import DecisionRecord
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.interceptors import Chain

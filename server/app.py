@@ -146,7 +146,8 @@ class Sidecar:
         self.check_answers = Answers(self.cache, s.answer_cache_entries)
         self.config_answers = Answers(self.cache, s.answer_cache_entries)
         # The one interceptor chain, around every handler of every service (first = outermost).
-        calls = CallCounter()
+        # Calls by method and code: with metrics on, the link that also times them.
+        calls: CallCounter | RpcMetrics = RpcMetrics(self.metrics) if self.metrics is not None else CallCounter()
         self.admission = Admission(
             {
                 HOT: s.max_in_flight_hot,
@@ -167,10 +168,9 @@ class Sidecar:
         # counted and measured, so a refused call is counted too (as RESOURCE_EXHAUSTED).
         traced: list[Interceptor] = [TraceInterceptor()] if self.tracing is not None else []
         call_log = CallLog(hot=bool(s.access_log_hot), scope_hot=self.decision_log is not None)
-        measured: list[Interceptor] = [RpcMetrics(self.metrics)] if self.metrics is not None else []
         # The deadline last, so a refused call does not pay for it.
         chain = self.chain = Chain(
-            [*traced, call_log, calls, *measured, self.admission, Deadline(s.default_deadline_seconds or None)]
+            [*traced, call_log, calls, self.admission, Deadline(s.default_deadline_seconds or None)]
         )
         decisions = DecisionService(self.cache, self.decision_log)
         self.access = AccessServicer(decisions, self.check_answers)
@@ -205,7 +205,7 @@ class Sidecar:
         for address, listener in zip(self.addresses, listeners):
             log.log(listener.log_level, "listening on %s: %s; %s", address, listener.security, listener.reason)
 
-    def _report_stats(self, calls: CallCounter) -> None:
+    def _report_stats(self, calls: CallCounter | RpcMetrics) -> None:
         """Every counter of this process into one registry (`self.stats.snapshot()`)."""
         assert self.cache is not None and self.subscriber is not None and self.l2 is not None
         assert self.check_answers is not None and self.config_answers is not None

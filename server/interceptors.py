@@ -6,10 +6,10 @@ the full method name (`/gatehouse.v1.AccessService/CheckAccess`) once, at regist
 and returns the handler to use instead, so one that does nothing for a method costs
 nothing per call. This is where authentication, metrics and tracing plug in.
 
-`CallCounter`, the first link, counts calls by method and final status code into the
-stats registry (the "R" and "E" of RED). Cost on the hot path: one extra coroutine frame,
-a try/except and a Counter increment, 0.12-0.18 µs per call in-process (a bare coroutine
-against the same wrapped, 200,000 awaits, 3 runs), next to ~16 µs for a remembered
+`CallCounter` counts calls by method and final status code into the stats registry
+(the "R" and "E" of RED; with metrics on, `server.metrics.RpcMetrics` takes its place and
+times them too). Cost on the hot path: one extra coroutine frame, a try/except and a
+Counter increment, 0.12-0.18 µs per call in-process (a bare coroutine against the same wrapped, 200,000 awaits, 3 runs), next to ~16 µs for a remembered
 CheckAccess.
 
 `Deadline`, the last link, hands the call's deadline to the work it causes

@@ -99,7 +99,7 @@ _REQ_HELP = "Lookups per cache tier (answers = remembered answers, l1, l2, postg
 # Every key of `Sidecar.stats.snapshot()` (without its `{labels}`), and where it goes.
 # None: not exported (said why). A test holds every key of a real sidecar to this table.
 SERIES: dict[str, Series | None] = {
-    "grpc.calls": None,  # grpc_server_handled_total (RpcMetrics) counts the same calls
+    "grpc.calls": None,  # RpcMetrics' own counts: grpc_server_handled_total
     "decisions.answers": _c("gatehouse_decisions", "CheckAccess answers (each check of a batch) by reason."),
     "admission.in_flight": _g("gatehouse_admission_in_flight", "Calls inside their handlers, by method class."),
     "admission.shed": _c("gatehouse_admission_shed", "Calls refused with GATEHOUSE_OVERLOADED, by method class."),
@@ -331,6 +331,7 @@ class _MethodCounts:
     what `RpcMetrics.flush` has already added to the metrics."""
 
     labels: tuple[str, str, str]  # grpc_type, grpc_service, grpc_method
+    method: str  # the full name, `/gatehouse.v1.AccessService/CheckAccess`
     ok: int = 0
     failed: Counter_[str] = field(default_factory=Counter_)  # by code name
     buckets: list[int] = field(default_factory=lambda: [0] * (len(RPC_BUCKETS) + 1))
@@ -342,7 +343,9 @@ class _MethodCounts:
 
 
 class RpcMetrics:
-    """The interceptor behind `grpc_server_handled_total` and `grpc_server_handling_seconds`.
+    """The interceptor behind `grpc_server_handled_total` and `grpc_server_handling_seconds`;
+    with metrics on it takes `CallCounter`'s place in the chain (its `values` are the
+    stats registry's `grpc.calls`), so a call is counted once.
 
     Per call it keeps plain numbers (an int and a bucket `+= 1` found by bisect, a float
     sum: ~0.4 µs), and `flush` (run by `Metrics.publish`, every second and at stop) adds
@@ -362,7 +365,7 @@ class RpcMetrics:
 
     def _counts(self, method: str, default_kind: str) -> _MethodCounts:
         service, name = split_method(method)
-        counts = _MethodCounts((STREAMING.get(method, default_kind), service, name))
+        counts = _MethodCounts((STREAMING.get(method, default_kind), service, name), method)
         self._methods.append(counts)
         if service in PREBOUND:
             # Made now: the series exist (at 0) from the start. The other ~40 methods
@@ -422,6 +425,17 @@ class RpcMetrics:
             done(start, None)
 
         return measured
+
+    def values(self) -> dict[str, float]:
+        """For the stats registry, as `CallCounter.values` (which this link replaces when
+        metrics are on: one link counts each call, not two): `calls{method=...,code=...}`."""
+        values: dict[str, float] = {}
+        for c in self._methods:
+            if c.ok:
+                values[f"calls{{method={c.method},code=OK}}"] = c.ok
+            for code, n in c.failed.items():
+                values[f"calls{{method={c.method},code={code}}}"] = n
+        return values
 
     def flush(self) -> None:
         """Add every count that grew since the last flush to the metrics. Runs on the
