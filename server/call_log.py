@@ -20,7 +20,6 @@ interceptor's entry to its exit, so admission and every later link included), `p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -94,8 +93,8 @@ class CallLog:
             code = "OK"
             try:
                 return await handler(request, context)
-            except BaseException:
-                code = _code(context)
+            except BaseException as error:
+                code = _code(context, error)
                 raise
             finally:
                 _access_line(scope, request, request_type, context, code, started, None)
@@ -119,12 +118,8 @@ class CallLog:
                 async for response in handler(request, context):
                     sent += 1
                     yield response
-            except (GeneratorExit, asyncio.CancelledError):
-                # The client went away: grpc closes the stream before its context says so.
-                code = "CANCELLED" if context.code() is None else _code(context)
-                raise
-            except BaseException:
-                code = _code(context)
+            except BaseException as error:
+                code = _code(context, error)
                 raise
             finally:
                 if access:

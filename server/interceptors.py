@@ -18,6 +18,7 @@ CheckAccess.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections import Counter
@@ -92,8 +93,8 @@ class CallCounter:
         async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 response = await handler(request, context)
-            except BaseException:
-                calls[(method, _code(context))] += 1
+            except BaseException as error:
+                calls[(method, _code(context, error))] += 1
                 raise
             calls[ok] += 1
             return response
@@ -107,8 +108,8 @@ class CallCounter:
             try:
                 async for response in handler(request, context):
                     yield response
-            except BaseException:
-                calls[(method, _code(context))] += 1
+            except BaseException as error:
+                calls[(method, _code(context, error))] += 1
                 raise
             calls[(method, "OK")] += 1
 
@@ -169,14 +170,21 @@ class Deadline:
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
-def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    # After context.abort() the context holds the code sent; an exception that escaped
-    # with none set leaves as UNKNOWN (which server/errors.py is there to prevent), and a
-    # cancelled call has no code of its own. (grpc's stubs say it is always a StatusCode:
-    # it is whatever was set, a StatusCode or cygrpc's int, or None.)
+def _code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None = None) -> str:
+    """The name of the status a call ended with; `error`, what escaped its handler.
+
+    After context.abort() the context holds the code sent; an exception that escaped with
+    none set leaves as UNKNOWN (which server/errors.py is there to prevent); a call
+    cancelled under its handler has no code of its own: CANCELLED, also for a stream the
+    client closed, which grpc closes (GeneratorExit, CancelledError) before its context
+    says it is cancelled. (grpc's stubs say the code is always a StatusCode: it is
+    whatever was set, a StatusCode or cygrpc's int, or None.) The one rule for every link
+    that reports a code: counters, metrics, access log, traces."""
     code: object = context.code()
     if code is None:
-        return "CANCELLED" if context.cancelled() else "UNKNOWN"
+        if context.cancelled() or isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+            return "CANCELLED"
+        return "UNKNOWN" if error is not None else "OK"
     if isinstance(code, grpc.StatusCode):
         return code.name
     return _CODE_NAMES.get(code, str(code)) if isinstance(code, int) else str(code)

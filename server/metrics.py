@@ -403,8 +403,8 @@ class RpcMetrics:
             start = clock()
             try:
                 response = await handler(request, context)
-            except BaseException:
-                done(start, _code(context))
+            except BaseException as error:
+                done(start, _code(context, error))
                 raise
             done(start, None)
             return response
@@ -419,8 +419,8 @@ class RpcMetrics:
             try:
                 async for response in handler(request, context):
                     yield response
-            except BaseException:
-                done(start, _code(context))
+            except BaseException as error:
+                done(start, _code(context, error))
                 raise
             done(start, None)
 

@@ -26,7 +26,6 @@ told here, after it returned.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, AsyncIterator, Sequence
 
 import grpc
@@ -36,7 +35,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from gatehouse import tracing
-from gatehouse.server.interceptors import StreamHandler, UnaryHandler
+from gatehouse.server.interceptors import StreamHandler, UnaryHandler, _code
 
 # Codes a server span reports as an error (OpenTelemetry's gRPC conventions): the rest are
 # the caller's business (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED ...).
@@ -157,17 +156,17 @@ def _extract(context: grpc.aio.ServicerContext[Any, Any], fields: frozenset[str]
     return None
 
 
+_CODE_VALUES = {code.name: code.value[0] for code in grpc.StatusCode}
+_UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
+
+
 def _finish(
     span: Span, context: grpc.aio.ServicerContext[Any, Any], hot: bool, *, failed: BaseException | None = None
 ) -> None:
     if not span.is_recording():
         return
-    code = status_code(context)
-    if failed is not None and code == 0:
-        # No code set: the call was cancelled under the handler (the client went away, the
-        # deadline passed), or an exception escaped and grpc sends UNKNOWN.
-        cancelled = isinstance(failed, (asyncio.CancelledError, GeneratorExit))
-        code = (grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.UNKNOWN).value[0]
+    # The chain's one rule for the code a call ended with (server/interceptors.py).
+    code = _CODE_VALUES.get(_code(context, failed), _UNKNOWN)
     span.set_attribute("rpc.grpc.status_code", code)
     if code in _SERVER_ERRORS:
         span.set_status(Status(StatusCode.ERROR))
@@ -175,14 +174,3 @@ def _finish(
         span.set_attribute(tracing.TIER, "remembered")
 
 
-_CODE_VALUES = {code: code.value[0] for code in grpc.StatusCode}
-
-
-def status_code(context: grpc.aio.ServicerContext[Any, Any]) -> int:
-    """The call's status code as a number: 0 while none was set (the handler returned)."""
-    code: object = context.code()
-    if code is None:
-        return grpc.StatusCode.CANCELLED.value[0] if context.cancelled() else 0
-    if isinstance(code, grpc.StatusCode):
-        return _CODE_VALUES[code]
-    return code if isinstance(code, int) else grpc.StatusCode.UNKNOWN.value[0]

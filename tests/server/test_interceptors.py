@@ -56,3 +56,26 @@ def test_the_registry_refuses_a_name_twice_and_reads_dataclasses_live() -> None:
         stats.register("cache", lambda: {})
     with pytest.raises(TypeError):
         stats.register("other", 42)
+
+
+async def test_a_watch_stream_the_client_closes_is_counted_cancelled_not_unknown(
+    client: Client, sidecar: Sidecar, unique: str
+) -> None:
+    """grpc closes a stream the client left (GeneratorExit) before its context says it is
+    cancelled: every link reports it with the chain's one rule, CANCELLED. It was counted
+    UNKNOWN, which is what the "internal errors" alert fires on."""
+    import asyncio
+
+    tenant = await client.tenant(f"chain-watch-{unique}")
+    key = "grpc.calls{method=/gatehouse.v1.ConfigService/WatchTenantConfig,code=%s}"
+    before = sidecar.stats.snapshot()
+    stream = client.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id=tenant.id))
+    await stream.read()  # the first message: the stream is open
+    stream.cancel()
+    for _ in range(100):
+        after = sidecar.stats.snapshot()
+        if after.get(key % "CANCELLED", 0) > before.get(key % "CANCELLED", 0):
+            break
+        await asyncio.sleep(0.05)
+    assert after.get(key % "CANCELLED", 0) - before.get(key % "CANCELLED", 0) == 1
+    assert after.get(key % "UNKNOWN", 0) == before.get(key % "UNKNOWN", 0)
