@@ -22,7 +22,7 @@ import statistics
 import urllib.request
 from typing import Any
 
-from bench.scenarios import CHECK, Harness, Verifier, warm
+from bench.scenarios import CHECK, Harness, Verifier, past_limits, warm
 
 DEFAULT_RATE = 2000.0
 DEFAULT_CEILING_RATES = [2000.0, 3000.0, 4000.0, 5000.0, 5500.0, 6000.0, 6500.0, 7000.0]
@@ -90,11 +90,7 @@ async def metrics_cost(h: Harness) -> list[dict[str, Any]]:
                     point = await h.h2_point(
                         target, CHECK, top.body, verifier, rate, f"metrics-ceiling-{target.name}-{rate:g}-{r}"
                     )
-                    broke = (
-                        point["latency_ms"]["p99"] > o.p99_limit_ms
-                        or point["error_count"] > 0
-                        or point["achieved_rps"] < 0.95 * rate
-                    )
+                    broke = past_limits(point, rate, o.p99_limit_ms)
                     point.update(scenario="metrics-ceiling", repeat=r, within_limits=not broke)
                     points.append(point)
                     if broke:

@@ -640,11 +640,7 @@ async def sweep(h: Harness) -> list[dict[str, Any]]:
                         target, CHECK, top.body, Verifier("check", top.allowed if gh else None), rate,
                         f"sweep-{target.name}-{rate:g}-{r}",
                     )
-                    broke = (
-                        point["latency_ms"]["p99"] > o.p99_limit_ms
-                        or point["error_count"] > 0
-                        or point["achieved_rps"] < 0.95 * rate
-                    )
+                    broke = past_limits(point, rate, o.p99_limit_ms)
                     point.update(scenario="sweep", repeat=r, within_limits=not broke)
                     points.append(point)
                     if broke:
@@ -822,6 +818,16 @@ async def propagation(h: Harness) -> list[dict[str, Any]]:
         f"p99 {every['p99']:.1f} max {every['max']:.1f} ms, timeouts {probes['every_timeouts']}; stream {stream}"
     )
     return points
+
+
+def past_limits(point: dict[str, Any], rate: float, p99_limit_ms: float) -> bool:
+    """A sweep point past the ceiling: p99 above the limit, any error, or under 95 % of
+    the offered rate achieved."""
+    return (
+        point["latency_ms"]["p99"] > p99_limit_ms
+        or point["error_count"] > 0
+        or point["achieved_rps"] < 0.95 * rate
+    )
 
 
 _ENV_WORD = re.compile(r"[A-Z][A-Z0-9_]*=.*")
