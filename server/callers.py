@@ -213,18 +213,19 @@ class Callers:
             )
         raise Unauthenticated("a credential is required: authorization: Bearer <key>, or an mTLS client certificate")
 
-    async def require(self, credentials: Credentials, permission: str, tenant_id: str) -> None:
+    async def require(self, credentials: Credentials, permission: str, tenant_id: str, *, always: bool = False) -> None:
         """Returns when the caller may ask `permission` about `tenant_id`, or when callers
-        are not required. Raises as the module docstring says."""
-        await self.require_all(credentials, permission, lambda: (tenant_id,))
+        are not required (and not `always`: a surface that needs a caller whatever the
+        setting, as AuthZEN's does). Raises as the module docstring says."""
+        await self.require_all(credentials, permission, lambda: (tenant_id,), always=always)
 
     async def require_all(
-        self, credentials: Credentials, permission: str, tenant_ids: Callable[[], Iterable[str]]
+        self, credentials: Credentials, permission: str, tenant_ids: Callable[[], Iterable[str]], *, always: bool = False
     ) -> None:
         """`require` for every tenant of `tenant_ids()`, called only when the caller is
         limited to some tenants: a caller of every tenant is let through without it, so a
         remembered answer's request bytes are never parsed for this."""
-        if not self.required:
+        if not (self.required or always):
             return
         try:
             caller = await self.principal(credentials)
