@@ -196,6 +196,22 @@ class Callers:
         self._identities = dict(identities or {})
         self.refused = 0  # calls refused for want of a credential, a permission or a tenant
 
+    def admitted(self, context: grpc.aio.ServicerContext[Any, Any], permission: str) -> bool:
+        """The usual case, without building Credentials or awaiting: True when the call's
+        one `authorization` header is a key verified before that may ask `permission` about
+        every tenant. False says nothing: ask `require_all`, which decides and explains."""
+        found = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                if found or not isinstance(value, str):
+                    return False
+                found = value
+        scheme, _, token = found.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        principal = self._keys.remembered(token.strip())
+        return principal is not None and principal.is_operator and principal.permissions.matches(permission)
+
     async def principal(self, credentials: Credentials) -> Principal | IdentityGrant:
         """Who presented `credentials`: a verified key's principal, or an identity's grant.
         Raises Unauthenticated, KeyRejected or Overloaded."""
