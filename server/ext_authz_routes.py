@@ -32,7 +32,7 @@ answers OK and changes nothing but the `x-gatehouse-*` headers (health probes; t
 the Check call altogether, disable the filter on that route in Envoy); `deny` answers 403.
 
 A value (tenant, subject type and id, scope) is read from one source, or from the first
-present of a list of them: `{header: name}` (Envoy lower-cases header names),
+present of a list of them (an empty header or claim counts as absent): `{header: name}` (Envoy lower-cases header names),
 `{param: name}` (a `{name}` of the route's template), `{claim: name}` or
 `{claim: [a, b]}` (a claim, or a nested one, of the JWT payload Envoy's jwt_authn filter
 put into metadata), `{value: literal}`; `subject.type` may be a plain string.
@@ -120,14 +120,15 @@ def _claim(claims: Any, path: tuple[str, ...]) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Value:
-    """A value read from the first of its sources that is present."""
+    """A value read from the first of its sources that is present and not empty."""
 
     sources: tuple[Source, ...]
 
     def read(self, request: Request) -> str | None:
+        """The first non-empty value of the sources; None when none has one."""
         for source in self.sources:
             found = source.read(request)
-            if found is not None:
+            if found:
                 return found
         return None
 
