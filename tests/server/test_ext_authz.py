@@ -48,20 +48,27 @@ async def ext_authz(sidecar_settings: Settings, operator_token: str) -> AsyncIte
     async def check(
         method: str, path: str, headers: dict[str, str] | None = None, claims: dict[str, object] | None = None
     ) -> external_auth_pb2.CheckResponse:
-        request = external_auth_pb2.CheckRequest()
-        http = request.attributes.request.http
-        http.method, http.path = method, path
-        http.headers.update(headers or {})
-        if claims is not None:
-            jwt = struct_pb2.Struct()
-            jwt.update({"jwt_payload": claims})
-            request.attributes.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"].CopyFrom(jwt)
-        response: external_auth_pb2.CheckResponse = await call(request, timeout=10)
+        response: external_auth_pb2.CheckResponse = await call(check_request(method, path, headers, claims), timeout=10)
         return response
 
     yield ExtAuthz(client, check, running)
     await client.channel.close()
     await running.stop(grace=0)
+
+
+def check_request(
+    method: str, path: str, headers: dict[str, str] | None = None, claims: dict[str, object] | None = None
+) -> external_auth_pb2.CheckRequest:
+    """What Envoy sends: the HTTP request, and jwt_authn's verified claims when given."""
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = method, path
+    http.headers.update(headers or {})
+    if claims is not None:
+        jwt = struct_pb2.Struct()
+        jwt.update({"jwt_payload": claims})
+        request.attributes.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"].CopyFrom(jwt)
+    return request
 
 
 def added(response: external_auth_pb2.CheckResponse) -> dict[str, str]:
@@ -184,3 +191,48 @@ async def test_not_served_without_a_mapping(client: Client) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await call(b"", timeout=5)
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_served_on_the_unix_socket_too(
+    sidecar_settings: Settings, tmp_path: pathlib.Path, ext_authz: ExtAuthz, unique: str
+) -> None:
+    tenant_id, _ = await tenant_with_clerk(ext_authz, f"xa-unix-{unique}")
+    socket_path = tmp_path / "gh.sock"
+    running = Sidecar(dataclasses.replace(
+        sidecar_settings, listen="", unix_socket=str(socket_path), ext_authz_config=str(ROUTES)
+    ))
+    await running.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{socket_path}") as channel:
+            call = channel.unary_unary(
+                CHECK, request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
+                response_deserializer=external_auth_pb2.CheckResponse.FromString,
+            )
+            request = check_request("GET", "/v1/invoices", {"x-tenant-id": tenant_id, "x-resource-scope": "emea"},
+                                    {"sub": "alice"})
+            response = await call(request, timeout=10)
+            assert response.status.code == code_pb2.OK and added(response)["x-gatehouse-role"] == "clerk"
+    finally:
+        await running.stop(grace=0)
+
+
+async def test_a_store_that_cannot_answer_is_a_grpc_error_envoy_fails_closed_on(
+    sidecar_settings: Settings, unique: str
+) -> None:
+    """Nothing cached and Postgres unreachable: no CheckResponse at all but UNAVAILABLE
+    (what Envoy with failure_mode_allow: false turns into its status_on_error)."""
+    running = Sidecar(dataclasses.replace(
+        sidecar_settings, database_url="postgresql://gatehouse_app@127.0.0.1:1/gatehouse",
+        redis_prefix=f"{sidecar_settings.redis_prefix}down{unique}", ext_authz_config=str(ROUTES),
+    ))
+    await running.start()
+    try:
+        async with grpc.aio.insecure_channel(running.addresses[0]) as channel:
+            call = channel.unary_unary(CHECK, request_serializer=external_auth_pb2.CheckRequest.SerializeToString)
+            request = check_request("GET", "/v1/invoices", {"x-tenant-id": "0b7c9a4e-3f6d-4c1e-9a2b-5d8e7f6a1b2c"},
+                                    {"sub": "alice"})
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call(request, timeout=10)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await running.stop(grace=0)
