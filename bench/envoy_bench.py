@@ -7,6 +7,8 @@ rate (`--rate`, default 1,000/s) in each of `--repeat` rounds:
 
 * `gatehouse` — the direct call: CheckAccess of the dataset's most popular key over gRPC
   (h2load), as check-hit measures it;
+* `ext_authz-grpc` — the ext_authz Check Envoy would send for that request, straight to
+  Gatehouse over gRPC (h2load): what answering it costs Gatehouse, without Envoy;
 * `envoy` — h2load → Envoy → the service, no ext_authz filter: Envoy's own cost;
 * `envoy+ext_authz` — the same GET → Envoy → ext_authz Check to Gatehouse (that key's
   question, read from the request's headers by the mapping) → the service.
@@ -35,9 +37,12 @@ from bench import h2load
 from bench.envoy import CONFIG, EnvoyProcess, free_port
 from bench.scenarios import CHECK, DEFAULT_RATES, Harness, Target, Verifier, warm
 from bench.targets import cpu_seconds, process_tree
+from gatehouse.envoy_api.envoy.service.auth.v3 import external_auth_pb2
 from gatehouse.v1 import access_pb2
 
 EXT_AUTHZ = "envoy+ext_authz"
+EXT_AUTHZ_DIRECT = "ext_authz-grpc"
+EXT_AUTHZ_CHECK = "/envoy.service.auth.v3.Authorization/Check"
 PATH = "/v1/bench/items/42"
 HCM = "envoy.filters.network.http_connection_manager"
 
@@ -102,6 +107,7 @@ async def envoy(h: Harness) -> list[dict[str, Any]]:
         "x-tenant-id": check.tenant_id, "x-subject-type": check.subject.type, "x-subject-id": check.subject.id,
         "x-resource-scope": check.resource.scope,
     }
+    ext_request = _check_request(headers)
     routes = h.work_dir / "envoy-bench-routes.yaml"
     routes.write_text(bench_routes(check))
     gatehouse = await h.start("gatehouse", ["--ext-authz-config", str(routes)])
@@ -122,6 +128,12 @@ async def envoy(h: Harness) -> list[dict[str, Any]]:
             direct = await h.h2_point(gatehouse, CHECK, top.body, Verifier("check", top.allowed), rate, f"envoy-direct-{r}")
             direct.update(scenario="envoy", repeat=r, target="gatehouse")
             points.append(direct)
+            asked = await h.h2_point(
+                dataclasses.replace(gatehouse, name=EXT_AUTHZ_DIRECT), EXT_AUTHZ_CHECK, ext_request, Verifier("ext_authz", None),
+                rate, f"envoy-ext-direct-{r}",
+            )
+            asked.update(scenario="envoy", repeat=r, target=EXT_AUTHZ_DIRECT)
+            points.append(asked)
             for label, port in (("envoy", without_port), (EXT_AUTHZ, with_port)):
                 point = await _through_envoy(h, gatehouse, proxy, port, headers, rate, f"envoy-{label}-{r}", label)
                 point.update(scenario="envoy", repeat=r)
@@ -143,6 +155,21 @@ async def envoy(h: Harness) -> list[dict[str, Any]]:
     return points
 
 
+def _check_request(headers: dict[str, str]) -> bytes:
+    """A CheckRequest for GET PATH as Envoy builds one (pseudo-headers and addresses too)."""
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path, http.host, http.scheme, http.protocol = "GET", PATH, "127.0.0.1", "http", "HTTP/2"
+    http.headers.update({
+        ":authority": "127.0.0.1", ":method": "GET", ":path": PATH, ":scheme": "http",
+        "user-agent": "h2load nghttp2", "x-forwarded-proto": "http", "x-request-id": "c0ffee00-0000-4000-8000-000000000000",
+        **headers,
+    })
+    for peer, port in ((request.attributes.source, 40000), (request.attributes.destination, 10000)):
+        peer.address.socket_address.address, peer.address.socket_address.port_value = "127.0.0.1", port
+    return request.SerializeToString()
+
+
 def _get(port: int, headers: dict[str, str]) -> int:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", headers=headers)
     try:
@@ -161,13 +188,17 @@ async def _through_envoy(
     def cpu() -> float:
         return cpu_seconds(process_tree(gatehouse.pid)) + cpu_seconds(process_tree(proxy.process.pid))
 
+    named = dataclasses.replace(gatehouse, name=label)
     cpu0, t0 = cpu(), time.monotonic()
+    profile = h._maybe_profile(named, tag)  # --profile: py-spy of Gatehouse under this load
     run = await h2load.run(
         h.h2load_path, f"127.0.0.1:{port}", PATH, b"", rate=rate, duration=h.o.duration, warmup=h.o.warmup,
         work_dir=h.work_dir, tag=tag, get_headers=headers,
     )
     wall, used = time.monotonic() - t0, cpu() - cpu0
+    if profile is not None:
+        await profile
     point = h2load.summarize(run, rate, None)
-    point = h._finish(point, dataclasses.replace(gatehouse, name=label), rate, "h2load", wall, used, run.cpu_seconds, None)
+    point = h._finish(point, named, rate, "h2load", wall, used, run.cpu_seconds, None)
     point["cpu_us_per_request"] = round(1e6 * used / max(1, run.total_requests), 1)
     return point

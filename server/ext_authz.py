@@ -36,6 +36,7 @@ from collections import Counter
 from time import time
 
 import grpc
+from cachetools import LRUCache
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
@@ -60,6 +61,7 @@ REVISION_HEADER = "x-gatehouse-revision"
 ROLE_HEADER = "x-gatehouse-role"
 SCOPE_HEADER = "x-gatehouse-scope"
 OWN_HEADERS = "x-gatehouse-"
+ENCODED_ANSWERS = 10_000  # ~0.5 KB each
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _JSON = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="content-type", value="application/json"), append_action=_OVERWRITE
@@ -75,6 +77,10 @@ class ExtAuthzServicer:
         # Answers by outcome (allowed, a denial's reason, skipped, ...): bounded by the
         # reasons there are, never by tenant or route.
         self.outcomes: Counter[str] = Counter()
+        # Serialized answers by what they say (route, tenant, revision, what granted it,
+        # headers removed): an answer given again is not built again. Every request is
+        # still decided; only the encoding is remembered.
+        self._encoded: LRUCache[tuple[object, ...], bytes] = LRUCache(ENCODED_ANSWERS)
 
     def add_to(self, server: grpc.aio.Server, chain: Chain) -> None:
         register_service(server, SERVICE, self, chain=chain, raw={
@@ -87,14 +93,12 @@ class ExtAuthzServicer:
 
     @grpc_errors
     async def Check(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        request = parse(CheckRequest, body)
-        response = await self.check(request)
-        return response.SerializeToString()
+        return await self.check(parse(CheckRequest, body))
 
-    async def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
-        """The answer to one CheckRequest. Raises a GatehouseError (Unavailable, Stale,
-        DeadlineExceeded, ...) when Gatehouse cannot decide: that one is no denial but a
-        failure, which Envoy turns into one."""
+    async def check(self, request: external_auth_pb2.CheckRequest) -> bytes:
+        """The answer to one CheckRequest, serialized. Raises a GatehouseError
+        (Unavailable, Stale, DeadlineExceeded, ...) when Gatehouse cannot decide: that one
+        is no denial but a failure, which Envoy turns into one."""
         http = request.attributes.request.http
         found = self._routes.route(http.method, http.path)
         if found is None:
@@ -140,30 +144,38 @@ class ExtAuthzServicer:
                 tenant_id, d.revision,
             )
         self.outcomes["ALLOWED"] += 1
-        ok = external_auth_pb2.OkHttpResponse(
-            headers=[
-                _header(REVISION_HEADER, str(d.revision)),
-                _header(ROLE_HEADER, d.role),
-                _header(SCOPE_HEADER, d.scope),
-            ],
-            headers_to_remove=_removed(headers, self._routes.remove_headers, (REVISION_HEADER, ROLE_HEADER, SCOPE_HEADER)),
-        )
-        return CheckResponse(
-            status=status_pb2.Status(code=Code.OK),
-            ok_response=ok,
-            dynamic_metadata=_metadata("allowed", Reason.ALLOWED.name, route, tenant_id, d.revision),
-        )
+        removed = _removed(headers, self._routes.remove_headers, (REVISION_HEADER, ROLE_HEADER, SCOPE_HEADER))
+        key = ("allowed", route.line, tenant_id, d.revision, d.role, d.scope, removed)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            ok = external_auth_pb2.OkHttpResponse(
+                headers=[
+                    _header(REVISION_HEADER, str(d.revision)),
+                    _header(ROLE_HEADER, d.role),
+                    _header(SCOPE_HEADER, d.scope),
+                ],
+                headers_to_remove=removed,
+            )
+            encoded = self._encoded[key] = CheckResponse(
+                status=status_pb2.Status(code=Code.OK),
+                ok_response=ok,
+                dynamic_metadata=_metadata("allowed", Reason.ALLOWED.name, route, tenant_id, d.revision),
+            ).SerializeToString()
+        return encoded
 
-    def _ok(
-        self, route: Route, headers: dict[str, str], remove: tuple[str, ...], reason: str
-    ) -> external_auth_pb2.CheckResponse:
+    def _ok(self, route: Route, headers: dict[str, str], remove: tuple[str, ...], reason: str) -> bytes:
         """OK without a decision (an allow or skip route)."""
         self.outcomes[reason] += 1
-        return CheckResponse(
-            status=status_pb2.Status(code=Code.OK),
-            ok_response=external_auth_pb2.OkHttpResponse(headers_to_remove=_removed(headers, remove, ())),
-            dynamic_metadata=_metadata("allowed", reason, route, "", 0),
-        )
+        removed = _removed(headers, remove, ())
+        key = (reason, route.line, removed)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = self._encoded[key] = CheckResponse(
+                status=status_pb2.Status(code=Code.OK),
+                ok_response=external_auth_pb2.OkHttpResponse(headers_to_remove=removed),
+                dynamic_metadata=_metadata("allowed", reason, route, "", 0),
+            ).SerializeToString()
+        return encoded
 
     def _denied(
         self,
@@ -176,14 +188,18 @@ class ExtAuthzServicer:
         revision: int = 0,
         *,
         field: InvalidArgument | None = None,
-    ) -> external_auth_pb2.CheckResponse:
+    ) -> bytes:
         self.outcomes[reason] += 1
+        key = (reason, route.line if route is not None else 0, tenant_id, revision, message)
+        encoded = self._encoded.get(key) if field is None else None
+        if encoded is not None:
+            return encoded
         body: dict[str, object] = {"allowed": False, "reason": reason, "message": message}
         if field is not None:
             body["fields"] = [{"field": v.field, "description": v.description} for v in field.violations]
         if revision:
             body["revision"] = revision
-        return CheckResponse(
+        encoded = CheckResponse(
             status=status_pb2.Status(code=code, message=message),
             denied_response=external_auth_pb2.DeniedHttpResponse(
                 status=http_status_pb2.HttpStatus(code=http_status),  # type: ignore[arg-type]  # a StatusCode number
@@ -191,7 +207,10 @@ class ExtAuthzServicer:
                 body=json.dumps(body, separators=(",", ":")),
             ),
             dynamic_metadata=_metadata("denied", reason, route, tenant_id, revision),
-        )
+        ).SerializeToString()
+        if field is None:
+            self._encoded[key] = encoded
+        return encoded
 
 
 def _validate(route: Route, tenant_id: str, subject_type: str, subject_id: str, scope: str) -> None:
@@ -227,11 +246,11 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
 
 
-def _removed(headers: dict[str, str], remove: tuple[str, ...], setting: tuple[str, ...]) -> list[str]:
+def _removed(headers: dict[str, str], remove: tuple[str, ...], setting: tuple[str, ...]) -> tuple[str, ...]:
     """What to take off the request: `remove`, and every `x-gatehouse-*` the client sent
     that this answer does not set itself (those it sets are overwritten)."""
-    spoofed = [name for name in headers if name.startswith(OWN_HEADERS) and name not in setting]
-    return [*remove, *spoofed]
+    spoofed = tuple(name for name in headers if name.startswith(OWN_HEADERS) and name not in setting)
+    return remove + spoofed if spoofed else remove
 
 
 def _metadata(decision: str, reason: str, route: Route | None, tenant_id: str, revision: int) -> struct_pb2.Struct:
