@@ -28,6 +28,11 @@ GATEHOUSE_PORT = "port_value: 50051"
 UPSTREAM_PORT = "port_value: 8080"
 JWKS_PATH = "/etc/envoy/jwks.json"
 ACCESS_LOG = "path: /dev/stdout"
+CALLER_KEY = "gh_REPLACE_WITH_ENVOYS_KEY"
+# The credential's entry as the example writes it (render(caller_key=None) takes it out).
+CALLER_METADATA = """                        initial_metadata:
+                          - {key: authorization, value: "Bearer gh_REPLACE_WITH_ENVOYS_KEY"}
+"""
 
 
 def binary() -> str:
@@ -54,10 +59,14 @@ def free_port() -> int:
 
 
 def render(
-    template: str, *, listen_port: int, gatehouse_port: int, upstream_port: int, jwks: Path, access_log: Path
+    template: str, *, listen_port: int, gatehouse_port: int, upstream_port: int, jwks: Path, access_log: Path,
+    caller_key: str | None = None,
 ) -> str:
-    """`template` (deploy/envoy/envoy.yaml's text) with its ports and paths replaced."""
+    """`template` (deploy/envoy/envoy.yaml's text) with its ports and paths replaced, and
+    Envoy's credential: `caller_key` in place of the placeholder, or (None) no
+    `initial_metadata` at all."""
     for old, new in (
+        (CALLER_METADATA, CALLER_METADATA.replace(CALLER_KEY, caller_key) if caller_key is not None else ""),
         (LISTEN_PORT, f"port_value: {listen_port}"),
         (GATEHOUSE_PORT, f"port_value: {gatehouse_port}"),
         (UPSTREAM_PORT, f"port_value: {upstream_port}"),

@@ -19,6 +19,7 @@ from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator, FailedAuthLimit, return_hash_memory_to_the_os
 from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
 from gatehouse.server.call_log import CallLog
+from gatehouse.server.callers import Callers, caller_identities
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decision_log import DecisionLog
 from gatehouse.server.decisions import DecisionService
@@ -86,6 +87,7 @@ class Sidecar:
         # First, before any connection opens: a listener that may not start (plaintext on
         # a public address, broken TLS files) stops the process with the reason.
         listeners = plan_listeners(s)
+        identities = caller_identities(s)
         s.check_durations()
         # The ext_authz route mapping, read and checked whole: a bad one stops the process.
         routes = ext_authz_routes.from_settings(s.ext_authz_config)
@@ -180,7 +182,11 @@ class Sidecar:
             [*traced, call_log, calls, self.admission, Deadline(s.default_deadline_seconds or None)]
         )
         decisions = DecisionService(self.cache, self.decision_log)
-        self.access = AccessServicer(decisions, self.check_answers)
+        # Who may ask the hot path (server/callers.py): anyone, unless GATEHOUSE_CALLER_CREDENTIALS=required.
+        self.callers = Callers(
+            self.authenticator, decisions, required=s.caller_credentials == "required", identities=identities
+        )
+        self.access = AccessServicer(decisions, self.check_answers, self.callers)
         self._report_stats(calls)
         report_sources(self.stats, self)
         if self.metrics is not None:
@@ -188,11 +194,11 @@ class Sidecar:
         self.access.add_to(server, chain)
         services: tuple[str, ...] = SERVICE_NAMES
         if routes is not None:
-            self.ext_authz = ExtAuthzServicer(decisions, routes)
+            self.ext_authz = ExtAuthzServicer(decisions, routes, self.callers)
             self.ext_authz.add_to(server, chain)
             self.stats.register("ext_authz", self.ext_authz.values)
             services = (*services, EXT_AUTHZ_SERVICE)
-        ConfigServicer(self.cache, self.config_answers).add_to(server, chain)
+        ConfigServicer(self.cache, self.config_answers, self.callers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
         register_service(
@@ -226,6 +232,7 @@ class Sidecar:
         self.stats.register("grpc", calls.values)
         self.stats.register("admission", self.admission.values)
         self.stats.register("auth", self.authenticator.stats)
+        self.stats.register("callers", self.callers.stats)
         self.stats.register("cache", self.cache.stats)
         cache = self.cache
         self.stats.register("staleness", lambda: {"confirmed_seconds_ago": cache.confirmation_age()})

@@ -26,7 +26,10 @@ as envoy/service/auth/v3/external_auth.proto defines it (protos/third_party/):
 A Gatehouse error (store down, data stale past the max staleness, overloaded, deadline)
 leaves as the gRPC status it is everywhere else (server/errors.py): Envoy counts it as
 an ext_authz error, and with `failure_mode_allow: false` (its default) denies the request
-with its `status_on_error` (403 unless configured). Fail closed.
+with its `status_on_error` (403 unless configured). Fail closed. So does a proxy that is
+no caller (GATEHOUSE_CALLER_CREDENTIALS=required, server/callers.py): without the key it
+sends in `grpc_service.initial_metadata` (or its mTLS certificate) every Check is
+UNAUTHENTICATED, and one limited to some tenants gets PERMISSION_DENIED for the others.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from gatehouse.envoy_api.envoy.config.core.v3 import base_pb2
 from gatehouse.envoy_api.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from gatehouse.envoy_api.envoy.type.v3 import http_status_pb2
 from gatehouse.errors import Code, InvalidArgument
+from gatehouse.server.callers import CHECK, Callers, Credentials
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.ext_authz_routes import JWT_AUTHN, Action, Request, Route, RouteMap
@@ -71,9 +75,12 @@ _JSON = base_pb2.HeaderValueOption(
 class ExtAuthzServicer:
     """`Check`: one HTTP request, mapped by `routes`, decided by `decisions`."""
 
-    def __init__(self, decisions: DecisionService, routes: RouteMap) -> None:
+    def __init__(self, decisions: DecisionService, routes: RouteMap, callers: Callers | None = None) -> None:
         self._decisions = decisions
         self._routes = routes
+        # Who may ask (server/callers.py): Envoy itself, by the key it sends in
+        # grpc_service.initial_metadata or its mTLS certificate. None when anyone may.
+        self._callers = callers if callers is not None and callers.required else None
         # Answers by outcome (allowed, a denial's reason, skipped, ...): bounded by the
         # reasons there are, never by tenant or route.
         self.outcomes: Counter[str] = Counter()
@@ -93,12 +100,20 @@ class ExtAuthzServicer:
 
     @grpc_errors
     async def Check(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return await self.check(parse(CheckRequest, body))
+        credentials = None
+        if self._callers is not None:
+            # The caller is the proxy asking, never the HTTP request it describes: first
+            # who it is (before anything of the request is read), then, once the mapping
+            # has named the tenant, whether it may ask about that one.
+            credentials = Credentials.from_grpc(context)
+            await self._callers.require_all(credentials, CHECK, lambda: ())
+        return await self.check(parse(CheckRequest, body), credentials)
 
-    async def check(self, request: external_auth_pb2.CheckRequest) -> bytes:
+    async def check(self, request: external_auth_pb2.CheckRequest, credentials: Credentials | None = None) -> bytes:
         """The answer to one CheckRequest, serialized. Raises a GatehouseError
-        (Unavailable, Stale, DeadlineExceeded, ...) when Gatehouse cannot decide: that one
-        is no denial but a failure, which Envoy turns into one."""
+        (Unavailable, Stale, DeadlineExceeded, ...) when Gatehouse cannot decide, and
+        Unauthenticated / PermissionDenied when callers are required and the proxy is no
+        caller of this tenant: those are no denial but a failure, which Envoy turns into one."""
         http = request.attributes.request.http
         found = self._routes.route(http.method, http.path)
         if found is None:
@@ -134,6 +149,8 @@ class ExtAuthzServicer:
             _validate(route, tenant_id, subject_type, subject_id, scope)
         except InvalidArgument as error:
             return self._denied(400, Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.message, route, field=error)
+        if self._callers is not None and credentials is not None:
+            await self._callers.require(credentials, CHECK, tenant_id)
         evaluation = await self._decisions.session().evaluate(
             tenant_id, SubjectRef(subject_type, subject_id), route.permission, scope, 0, time()
         )

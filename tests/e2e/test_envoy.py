@@ -140,6 +140,28 @@ def upstream() -> Iterator[Upstream]:
     running.stop()
 
 
+def jwks_for(secret: bytes, path: Path) -> Path:
+    """The JWKS Envoy's jwt_authn verifies the tests' HS256 tokens with."""
+    key = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
+    path.write_text(json.dumps({"keys": [{"kty": "oct", "alg": "HS256", "kid": "test", "k": key}]}))
+    return path
+
+
+async def start_envoy(
+    work: Path, server: ServerProcess, upstream: Upstream, jwks: Path, caller_key: str | None = None
+) -> tuple[EnvoyProcess, Path]:
+    """Envoy from deploy/envoy/envoy.yaml (ports, paths and its credential replaced), and
+    its access log."""
+    assert upstream.server is not None
+    port, access_log = free_port(), work / f"access-{secrets.token_hex(3)}.log"
+    config = work / f"envoy-{port}.yaml"
+    config.write_text(render(
+        CONFIG.read_text(), listen_port=port, gatehouse_port=int(server.address.rsplit(":", 1)[1]),
+            upstream_port=upstream.server.server_address[1], jwks=jwks, access_log=access_log, caller_key=caller_key,
+    ))
+    return await EnvoyProcess.start(config, port, log=work / f"envoy-{port}.log"), access_log
+
+
 @pytest.fixture(scope="module")
 async def mesh(
     database_url: str, redis_url: str, redis_prefix: str, operator_token: str, upstream: Upstream,
@@ -151,18 +173,8 @@ async def mesh(
     )
     admin = make_client(server.address, operator_token)
     secret = secrets.token_bytes(32)
-    jwks = work / "jwks.json"
-    key = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
-    jwks.write_text(json.dumps({"keys": [{"kty": "oct", "alg": "HS256", "kid": "test", "k": key}]}))
-    port, access_log = free_port(), work / "access.log"
-    assert upstream.server is not None
-    config = work / "envoy.yaml"
-    config.write_text(render(
-        CONFIG.read_text(), listen_port=port, gatehouse_port=int(server.address.rsplit(":", 1)[1]),
-        upstream_port=upstream.server.server_address[1], jwks=jwks, access_log=access_log,
-    ))
-    envoy = await EnvoyProcess.start(config, port, log=work / "envoy.log")
-    yield Mesh(port, upstream, admin, server, envoy, access_log, secret)
+    envoy, access_log = await start_envoy(work, server, upstream, jwks_for(secret, work / "jwks.json"))
+    yield Mesh(envoy.port, upstream, admin, server, envoy, access_log, secret)
     await envoy.stop()
     await admin.channel.close()
     server.kill()
@@ -273,3 +285,47 @@ async def test_gatehouse_stopped_fails_closed(mesh: Mesh, unique: str) -> None:
     public = await mesh.request("GET", "/public/logo.png")
     assert public.status == 503  # nothing is let through while nobody can say yes
     assert mesh.upstream.seen[before:] == []
+
+
+async def test_with_callers_required_only_envoy_with_its_key_is_answered(
+    database_url: str, redis_url: str, redis_prefix: str, operator_token: str, upstream: Upstream,
+    tmp_path: Path, unique: str,
+) -> None:
+    """GATEHOUSE_CALLER_CREDENTIALS=required: Envoy with grpc_service.initial_metadata
+    carrying a key that holds gatehouse.access.check is answered; Envoy without it is
+    refused (UNAUTHENTICATED), which it turns into 503: the request never reaches the
+    upstream."""
+    server = await start_server(
+        {**sidecar_env(database_url, redis_url, redis_prefix, "e2e-operator-key"),
+         "GATEHOUSE_CALLER_CREDENTIALS": "required"},
+        "--ext-authz-config", str(ROUTES),
+    )
+    admin = make_client(server.address, operator_token)
+    started: list[EnvoyProcess] = []
+    try:
+        key = await admin.admin.CreateApiKey(
+            admin_pb2.CreateApiKeyRequest(name="envoy", permissions=["gatehouse.access.check"]), metadata=admin.auth
+        )
+        secret = secrets.token_bytes(32)
+        jwks = jwks_for(secret, tmp_path / "jwks.json")
+        keyed, _ = await start_envoy(tmp_path, server, upstream, jwks, caller_key=key.secret)
+        started.append(keyed)
+        bare, _ = await start_envoy(tmp_path, server, upstream, jwks, caller_key=None)
+        started.append(bare)
+        tenant = await admin.tenant(f"envoy-callers-{unique}")
+        await admin.grant(tenant.id, user("alice"), "clerk", "", ["invoice.read"])
+        path = f"/v1/invoices/callers-{unique}"
+        with_key = Mesh(keyed.port, upstream, admin, server, keyed, tmp_path / "unused.log", secret)
+        without_key = Mesh(bare.port, upstream, admin, server, bare, tmp_path / "unused.log", secret)
+        before = len(upstream.seen)
+        refused = await without_key.as_user("GET", path, "alice", tenant.id)
+        assert refused.status == 503
+        assert (await without_key.request("GET", "/public/logo.png")).status == 503  # not even public routes
+        assert upstream.seen[before:] == []
+        answered = await with_key.as_user("GET", path, "alice", tenant.id)
+        assert answered.status == 200 and [s.path for s in upstream.seen[before:]] == [path]
+    finally:
+        for envoy in started:
+            await envoy.stop()
+        await admin.channel.close()
+        server.kill()

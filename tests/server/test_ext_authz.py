@@ -236,3 +236,53 @@ async def test_a_store_that_cannot_answer_is_a_grpc_error_envoy_fails_closed_on(
             assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await running.stop(grace=0)
+
+
+async def test_with_callers_required_envoy_must_be_a_caller_of_the_tenant(
+    sidecar_settings: Settings, ext_authz: ExtAuthz, unique: str
+) -> None:
+    """The credential is Envoy's own gRPC metadata, never the described request's headers;
+    a tenant key asks only about its own tenant."""
+    client = ext_authz.client
+    mine, _ = await tenant_with_clerk(ext_authz, f"xa-callers-{unique}")
+    other, _ = await tenant_with_clerk(ext_authz, f"xa-callers-other-{unique}")
+    await client.admin.CreateRole(
+        admin_pb2.CreateRoleRequest(tenant_id=mine, name="checker", permissions=["gatehouse.access.check"]),
+        metadata=client.auth,
+    )
+    tenant_key = await client.admin.CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(tenant_id=mine, name="envoy", permissions=["gatehouse.access.check"],
+                                      roles=[admin_pb2.RoleGrant(role="checker")]),
+        metadata=client.auth,
+    )
+    running = Sidecar(dataclasses.replace(sidecar_settings, caller_credentials="required", ext_authz_config=str(ROUTES)))
+    await running.start()
+    try:
+        async with grpc.aio.insecure_channel(running.addresses[0]) as channel:
+            call = channel.unary_unary(
+                CHECK, request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
+                response_deserializer=external_auth_pb2.CheckResponse.FromString,
+            )
+
+            def ask(tenant_id: str) -> external_auth_pb2.CheckRequest:
+                # The described request carries a bearer token too: it is not Envoy's.
+                return check_request("GET", "/v1/invoices", {"authorization": f"Bearer {tenant_key.secret}",
+                                                              "x-resource-scope": "emea"},
+                                     {"sub": "alice", "tenant_id": tenant_id})
+
+            envoy = (("authorization", f"Bearer {tenant_key.secret}"),)
+            for metadata, tenant_id, code in [
+                ((), mine, grpc.StatusCode.UNAUTHENTICATED),
+                ((("authorization", "Bearer gh_0123456789abcdef_" + "A" * 43),), mine, grpc.StatusCode.UNAUTHENTICATED),
+                (envoy, other, grpc.StatusCode.PERMISSION_DENIED),
+            ]:
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await call(ask(tenant_id), metadata=metadata, timeout=10)
+                assert error.value.code() == code, (metadata, tenant_id)
+            with pytest.raises(grpc.aio.AioRpcError) as error:  # no route to a tenant: still only for callers
+                await call(check_request("GET", "/healthz"), timeout=10)
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            answer = await call(ask(mine), metadata=envoy, timeout=10)
+            assert answer.status.code == code_pb2.OK and added(answer)["x-gatehouse-role"] == "clerk"
+    finally:
+        await running.stop(grace=0)
