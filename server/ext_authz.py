@@ -101,10 +101,11 @@ class ExtAuthzServicer:
     @grpc_errors
     async def Check(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         credentials = None
-        if self._callers is not None:
-            # The caller is the proxy asking, never the HTTP request it describes: first
-            # who it is (before anything of the request is read), then, once the mapping
-            # has named the tenant, whether it may ask about that one.
+        if self._callers is not None and not self._callers.admitted(context, CHECK):
+            # The caller is the proxy asking, never the HTTP request it describes. A
+            # remembered key of every tenant passes above (no await); any other: first who
+            # it is (before anything of the request is read), then, once the mapping has
+            # named the tenant, whether it may ask about that one.
             credentials = Credentials.from_grpc(context)
             await self._callers.require_all(credentials, CHECK, lambda: ())
         return await self.check(parse(CheckRequest, body), credentials)
