@@ -16,9 +16,10 @@ rate (`--rate`, default 1,000/s) in each of `--repeat` rounds:
 The service is a direct_response listener of the same Envoy (200, a short body), so the
 numbers hold no Python HTTP server. The example's jwt_authn filter and access log are
 left out: they cost the same with or without ext_authz. h2load speaks HTTP/2 (h2c) to
-Envoy. `vs_envoy` on each ext_authz point: its p50/p99 minus the `envoy` point's of the
-same round (what the filter adds, ms) and both CPU costs per request (Envoy + Gatehouse
-processes, µs).
+Envoy. Each Envoy point has `gatehouse_cpu_pct` and `envoy_cpu_pct` (of one core, over
+the point; `server CPU` in the table is their sum) and `cpu_us_per_request`; `vs_envoy`
+on each ext_authz point: its p50/p99 minus the `envoy` point's of the same round (what
+the filter adds, ms) and the CPU figures of both.
 """
 
 from __future__ import annotations
@@ -150,7 +151,10 @@ async def envoy(h: Harness) -> list[dict[str, Any]]:
                 "p50_added_ms": round(p["latency_ms"]["p50"] - b["latency_ms"]["p50"], 3),
                 "p99_added_ms": round(p["latency_ms"]["p99"] - b["latency_ms"]["p99"], 3),
                 "cpu_us_per_request": p["cpu_us_per_request"],
-                "envoy_cpu_us_per_request": b["cpu_us_per_request"],
+                "without_filter_cpu_us_per_request": b["cpu_us_per_request"],
+                "gatehouse_cpu_pct": p["gatehouse_cpu_pct"],
+                "envoy_cpu_pct": p["envoy_cpu_pct"],
+                "envoy_cpu_pct_without_filter": b["envoy_cpu_pct"],
             }
     return points
 
@@ -185,20 +189,23 @@ async def _through_envoy(
 ) -> dict[str, Any]:
     """One point: h2load GETs through Envoy's listener `port`; CPU of Envoy and Gatehouse."""
 
-    def cpu() -> float:
-        return cpu_seconds(process_tree(gatehouse.pid)) + cpu_seconds(process_tree(proxy.process.pid))
+    def cpu() -> tuple[float, float]:
+        return cpu_seconds(process_tree(gatehouse.pid)), cpu_seconds(process_tree(proxy.process.pid))
 
     named = dataclasses.replace(gatehouse, name=label)
-    cpu0, t0 = cpu(), time.monotonic()
+    (gh0, envoy0), t0 = cpu(), time.monotonic()
     profile = h._maybe_profile(named, tag)  # --profile: py-spy of Gatehouse under this load
     run = await h2load.run(
         h.h2load_path, f"127.0.0.1:{port}", PATH, b"", rate=rate, duration=h.o.duration, warmup=h.o.warmup,
         work_dir=h.work_dir, tag=tag, get_headers=headers,
     )
-    wall, used = time.monotonic() - t0, cpu() - cpu0
+    (gh1, envoy1), wall = cpu(), time.monotonic() - t0
+    used = (gh1 - gh0) + (envoy1 - envoy0)
     if profile is not None:
         await profile
     point = h2load.summarize(run, rate, None)
     point = h._finish(point, named, rate, "h2load", wall, used, run.cpu_seconds, None)
     point["cpu_us_per_request"] = round(1e6 * used / max(1, run.total_requests), 1)
+    point["gatehouse_cpu_pct"] = round(100.0 * (gh1 - gh0) / wall, 1)
+    point["envoy_cpu_pct"] = round(100.0 * (envoy1 - envoy0) / wall, 1)
     return point
