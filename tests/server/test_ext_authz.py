@@ -19,6 +19,7 @@ from gatehouse.envoy_api.envoy.service.auth.v3 import external_auth_pb2
 from gatehouse.server.app import Sidecar
 from gatehouse.settings import Settings
 from gatehouse.v1 import admin_pb2
+from tests.certs import Pki, issue_leaf
 from tests.client import Client, make_client, user
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
@@ -284,5 +285,44 @@ async def test_with_callers_required_envoy_must_be_a_caller_of_the_tenant(
             assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
             answer = await call(ask(mine), metadata=envoy, timeout=10)
             assert answer.status.code == code_pb2.OK and added(answer)["x-gatehouse-role"] == "clerk"
+    finally:
+        await running.stop(grace=0)
+
+
+async def test_served_over_mutual_tls_to_a_listed_identity(
+    sidecar_settings: Settings, ext_authz: ExtAuthz, pki: Pki, tmp_path: pathlib.Path, unique: str
+) -> None:
+    """Envoy's mTLS certificate as its credential: its SPIFFE id in
+    GATEHOUSE_CALLER_IDENTITIES_FILE, callers required, on a TLS listener."""
+    tenant_id, _ = await tenant_with_clerk(ext_authz, f"xa-mtls-{unique}")
+    identities = tmp_path / "callers.yaml"
+    identities.write_text(
+        "callers:\n  - identity: spiffe://cluster.local/ns/mesh/sa/envoy\n    permissions: [gatehouse.access.check]\n"
+    )
+    running = Sidecar(dataclasses.replace(
+        sidecar_settings, listen="localhost:0", tls_cert_file=str(pki.server_cert_file),
+        tls_key_file=str(pki.server_key_file), tls_client_ca_file=str(pki.ca_file), caller_credentials="required",
+        caller_identities_file=str(identities), ext_authz_config=str(ROUTES),
+    ))
+    await running.start()
+    target = "localhost:" + running.addresses[0].rsplit(":", 1)[1]
+    request = check_request("GET", "/v1/invoices", {"x-resource-scope": "emea"}, {"sub": "alice", "tenant_id": tenant_id})
+    try:
+        for present, expected in (
+            (issue_leaf(pki.ca, uri="spiffe://cluster.local/ns/mesh/sa/envoy"), None),
+            (issue_leaf(pki.ca, uri="spiffe://cluster.local/ns/mesh/sa/other"), grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            async with grpc.aio.secure_channel(target, pki.credentials(present=present)) as channel:
+                call = channel.unary_unary(
+                    CHECK, request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
+                    response_deserializer=external_auth_pb2.CheckResponse.FromString,
+                )
+                if expected is None:
+                    answer = await call(request, timeout=10)
+                    assert answer.status.code == code_pb2.OK and added(answer)["x-gatehouse-role"] == "clerk"
+                else:
+                    with pytest.raises(grpc.aio.AioRpcError) as error:
+                        await call(request, timeout=10)
+                    assert error.value.code() == expected
     finally:
         await running.stop(grace=0)
