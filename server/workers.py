@@ -24,6 +24,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Callable
 
+from gatehouse.server import ext_authz_routes
 from gatehouse.server.listeners import plan_listeners
 from gatehouse.settings import Settings
 
@@ -61,6 +62,7 @@ def run_workers(
     # through the environment below like every other setting.
     plan_listeners(settings)
     settings.check_durations()
+    ext_authz_routes.from_settings(settings.ext_authz_config)
     listen = claim_port(settings.listen) if settings.listen else ""
     endpoint = None
     if metrics is not None:
