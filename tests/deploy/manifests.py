@@ -14,6 +14,9 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 COMPOSE = ROOT / "deploy" / "compose" / "docker-compose.yaml"
 YAMLLINT_CONFIG = ROOT / "deploy" / ".yamllint.yaml"
 SECRETS_EXAMPLE = KUBERNETES / "secrets.example.yaml"
+# Other Kubernetes manifests under deploy/ that run Gatehouse (the Istio example: its
+# Istio kinds have no schema here, its Deployment does).
+OTHER_MANIFESTS = [ROOT / "deploy" / "istio" / "gatehouse.yaml"]
 # The image name the manifests use (kustomization.yaml's `images:` maps it to a registry).
 GATEHOUSE_IMAGE = "gatehouse"
 COMPOSE_IMAGE = "gatehouse:dev"
@@ -55,8 +58,9 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def kubernetes_containers() -> Iterator[Container]:
-    for path in kubernetes_files():
+def kubernetes_containers(paths: list[Path] | None = None) -> Iterator[Container]:
+    """The Gatehouse containers of deploy/kubernetes (or of `paths`)."""
+    for path in kubernetes_files() if paths is None else paths:
         for doc in documents(path):
             spec = pod_spec(doc)
             if spec is None:

@@ -33,6 +33,7 @@ from gatehouse.settings import RELAY_SETTINGS, Settings
 from tests.deploy.manifests import (
     COMPOSE,
     KUBERNETES,
+    OTHER_MANIFESTS,
     ROOT,
     SECRETS_EXAMPLE,
     YAMLLINT_CONFIG,
@@ -58,11 +59,11 @@ ENV_BY_COMMAND = {"serve": SERVE_ENV, "relay": RELAY_ENV, "migrate": MIGRATE_ENV
 
 
 def all_containers() -> list[Container]:
-    return [*kubernetes_containers(), *compose_containers()]
+    return [*kubernetes_containers(), *kubernetes_containers(OTHER_MANIFESTS), *compose_containers()]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("path", kubernetes_files(), ids=lambda p: str(p.relative_to(KUBERNETES)))
+@pytest.mark.parametrize("path", [*kubernetes_files(), *OTHER_MANIFESTS], ids=lambda p: str(p.relative_to(ROOT)))
 def test_manifest_is_valid_against_the_kubernetes_schemas(path: Path, version: str) -> None:
     docs = documents(path)
     assert docs, f"{path}: no documents"
