@@ -122,7 +122,6 @@ class AuthZenServer:
             listener.port,
             ssl_context=listener.ssl_context,
             reuse_port=self._reuse_port or None,
-            shutdown_timeout=grace_seconds,
         )
         try:
             await site.start()
