@@ -15,8 +15,8 @@ HTTP mapping in google/rpc/code.proto, but FAILED_PRECONDITION 409 and
 `{"error": {"status", "reason", "message", "metadata"?, "violations"?}}`: the shape
 AuthZEN 1.0's per-evaluation error takes ("The Access Evaluations API Response",
 "Errors": `"error": {"status": 404, "message": "Resource not found"}`), so one reader
-reads both. Nothing a client sends
-can make a 500: only INTERNAL (a bug, logged) and its kin map there.
+reads both. Nothing a client sends can make a 500: only INTERNAL (a bug, logged) and
+its kin map there.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""How each gRPC listener is secured: TLS, mutual TLS, or plaintext where that is safe.
+"""How each listener is secured: TLS, mutual TLS, or plaintext where that is safe.
+
+The gRPC listeners (`plan_listeners`) and the AuthZEN HTTP listener
+(`plan_http_listener`, GATEHOUSE_AUTHZEN_LISTEN) follow the same rule with the same
+files (`tls_files`, `plaintext_reason`): one set of checks, two transports.
 
 The rule, applied before anything binds:
 
