@@ -65,6 +65,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
                    help="also run target gatehouse-LABEL: Gatehouse with these extra serve arguments (space-separated), "
                    "e.g. --variant 'dlog1=--decision-log sampled --decision-log-sample-rate 0.01'; NAME=VALUE words "
                    "(upper-case NAME) are environment, e.g. --variant 'otel1=OTEL_TRACES_EXPORTER=otlp ...'; fixed-rate scenarios")
+    p.add_argument("--caller-key", action="store_true",
+                   help="check-hit, batch, config: send an operator key with every call (for a variant with --caller-credentials required)")
     p.add_argument("--interleave", action="store_true",
                    help="fixed-rate scenarios: start every target first and let them take turns at each repeat")
     p.add_argument("--profile", action="store_true",
@@ -119,6 +121,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         targets=targets,
         variants=variants,
         interleave=a.interleave,
+        caller_key=a.caller_key,
         probe_rate=a.probe_rate,
     )
     return options, a

@@ -102,8 +102,10 @@ async def run(
     warmup: float,
     work_dir: Path,
     tag: str,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> H2Run:
-    """Send `message` to `method_path` at `rate`/s for warmup + duration seconds."""
+    """Send `message` to `method_path` at `rate`/s for warmup + duration seconds, with
+    `metadata` as extra headers."""
     work_dir.mkdir(parents=True, exist_ok=True)
     body = work_dir / f"{tag}.body"
     body.write_bytes(grpc_frame(message))
@@ -121,6 +123,7 @@ async def run(
         "-r", "1",
         "--rate-period", "1ms",
         *GRPC_HEADERS,
+        *[arg for name, value in metadata for arg in ("-H", f"{name}: {value}")],
         "-d", str(body),
         "--log-file", str(log),
         *url_args(address, method_path),

@@ -88,6 +88,10 @@ class Options:
     variants: dict[str, list[str]] = field(default_factory=dict)
     interleave: bool = False  # fixed-rate scenarios: all targets up, taking turns per repeat
     probe_rate: float = 10.0
+    # `--caller-key`: every hot call of check-hit, batch and config (h2load) carries an
+    # operator key's `authorization: Bearer` (what GATEHOUSE_CALLER_CREDENTIALS=required asks);
+    # the baseline gets it too, so the same bytes reach every target.
+    caller_key: bool = False
 
 
 # --- verification: what h2load cannot see -------------------------------------------------
@@ -106,7 +110,8 @@ class Verifier:
 
 
 async def sample(
-    address: str, method: str, message: bytes, verifier: Verifier, rate_hz: float, stop: asyncio.Event, post: int
+    address: str, method: str, message: bytes, verifier: Verifier, rate_hz: float, stop: asyncio.Event, post: int,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """Send `message` `rate_hz` times a second until `stop`, then `post` more; count outcomes."""
     codes: Counter[str] = Counter()
@@ -119,7 +124,7 @@ async def sample(
             nonlocal frame_bytes
             t0 = time.monotonic()
             try:
-                answer = await call(message, timeout=5.0)
+                answer = await call(message, timeout=5.0, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 codes[exc.code().name] += 1
                 return
@@ -142,7 +147,9 @@ async def sample(
     }
 
 
-async def warm(address: str, method: str, bodies: list[bytes], concurrency: int = 32) -> None:
+async def warm(
+    address: str, method: str, bodies: list[bytes], concurrency: int = 32, metadata: tuple[tuple[str, str], ...] = ()
+) -> None:
     """Ask every body once (closed loop), so caches hold what the measured run asks."""
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary(method)
@@ -152,7 +159,7 @@ async def warm(address: str, method: str, bodies: list[bytes], concurrency: int 
             while queue:
                 body = queue.pop()
                 try:
-                    await call(body, timeout=10.0)
+                    await call(body, timeout=10.0, metadata=metadata)
                 except grpc.aio.AioRpcError:
                     pass
 
@@ -169,6 +176,7 @@ class Harness:
         self.storage = BenchStorage()
         self.operator_key = "gh_op_" + secrets.token_urlsafe(24)
         self.admin_token = ""
+        self.call_metadata: tuple[tuple[str, str], ...] = ()  # `--caller-key`
         self.work_dir = Path(tempfile.mkdtemp(prefix="ghbench-"))
         self.data: Dataset | None = None
         self.h2load_path = ""
@@ -197,6 +205,8 @@ class Harness:
         self.data = generate(self.o.tenants, self.o.members, cold, zipf_s=self.o.zipf_s)
         await self.storage.seed(self.data)
         self.admin_token = await _operator_token(self.storage.dsn)
+        if self.o.caller_key:
+            self.call_metadata = (("authorization", f"Bearer {self.admin_token}"),)
         self.seed_seconds = round(time.monotonic() - t0, 2)
         self.log(
             f"bench: database {self.storage.database}: {self.o.tenants} tenants, "
@@ -245,6 +255,7 @@ class Harness:
             sample(
                 target.address, method, message, verifier,
                 self.o.sample_rate if sample_rate is None else sample_rate, stop, post=50,
+                metadata=self.call_metadata,
             )
         )
         cpu0, t0 = target.cpu_seconds(), time.monotonic()
@@ -252,6 +263,7 @@ class Harness:
         run = await h2load.run(
             self.h2load_path, target.address, method, message,
             rate=rate, duration=duration or self.o.duration, warmup=self.o.warmup, work_dir=self.work_dir, tag=tag,
+            metadata=self.call_metadata,
         )
         wall, cpu = time.monotonic() - t0, target.cpu_seconds() - cpu0
         stop.set()
@@ -410,17 +422,17 @@ async def fixed_rate(
             )
         elif scenario == "check-hit":
             top = data.top_check()
-            await warm(target.address, CHECK, [top.body])
+            await warm(target.address, CHECK, [top.body], metadata=h.call_metadata)
             point = await h.h2_point(target, CHECK, top.body, Verifier("check", top.allowed if gh else None), rate, tag)
         elif scenario == "batch":
             body, expected = data.batch_body(o.batch_size)
-            await warm(target.address, BATCH, [body])
+            await warm(target.address, BATCH, [body], metadata=h.call_metadata)
             point = await h.h2_point(target, BATCH, body, Verifier("batch", expected if gh else None), rate, tag)
             point["checks_per_call"] = o.batch_size
             point["decisions_per_s"] = round(point["achieved_rps"] * o.batch_size, 1)
         elif scenario == "config":
             body = data.top_config()
-            await warm(target.address, CONFIG, [body])
+            await warm(target.address, CONFIG, [body], metadata=h.call_metadata)
             point = await h.h2_point(
                 target, CONFIG, body, Verifier("config", data.tenants[0].id if gh else None), rate, tag
             )

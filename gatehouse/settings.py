@@ -138,6 +138,17 @@ class Settings:
     auth_failures_per_second: float = field(
         default=1.0, metadata={"help": "... and per second after it; beyond: refused at once, unhashed"}
     )
+    caller_credentials: str = field(
+        default="off",
+        metadata={
+            "help": "off, or required: CheckAccess, GetTenantConfig, ext_authz and AuthZEN callers need an API key "
+            "or an mTLS identity holding gatehouse.access.check / gatehouse.config.read (README \"Who may ask\")"
+        },
+    )
+    caller_identities_file: str = field(
+        default="",
+        metadata={"help": "YAML file: mTLS client identities and the hot-path permissions (and tenants) each holds"},
+    )
     operator_key: str = field(default="", metadata={"help": "bootstrap operator API key (Bearer token)", "secret": True})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     # Logs (README "Logs"; gatehouse/logs.py, server/call_log.py, server/decision_log.py).

@@ -24,6 +24,7 @@ from gatehouse.engine.validate import (
     require_tenant_id,
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
+from gatehouse.server.callers import CHECK, Callers, Credentials
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.interceptors import Chain
@@ -40,9 +41,13 @@ class AccessServicer:
     from `answers` (see `gatehouse.cache.answers`) without being parsed, validated or
     decided again; any other is parsed here, so malformed bytes get INVALID_ARGUMENT."""
 
-    def __init__(self, decisions: DecisionService, answers: Answers[EncodedAnswer]) -> None:
+    def __init__(
+        self, decisions: DecisionService, answers: Answers[EncodedAnswer], callers: Callers | None = None
+    ) -> None:
         self._decisions = decisions
         self._answers = answers
+        # Who may ask (server/callers.py); None when anyone may.
+        self._callers = callers if callers is not None and callers.required else None
         # The decision log (None: off) also records answers given from memory.
         self._log = decisions.log
         # Answers by DecisionReason number, remembered or decided: a plain increment per
@@ -57,6 +62,10 @@ class AccessServicer:
 
     @grpc_errors
     async def CheckAccess(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        if self._callers is not None:
+            await self._callers.require_all(
+                Credentials.from_grpc(context), CHECK, lambda: (parse(access_pb2.CheckAccessRequest, body).tenant_id,)
+            )
         now = time()
         known = self._answers.get(body, now)
         if known is not None:
@@ -76,6 +85,11 @@ class AccessServicer:
         pass: validate every entry (a malformed one fails the call before any work), then
         look each distinct tenant and (tenant, subject) up once and decide every check
         from those, so a batch answers each subject from one snapshot."""
+        if self._callers is not None:
+            await self._callers.require_all(
+                Credentials.from_grpc(context), CHECK,
+                lambda: {check.tenant_id for check in parse(access_pb2.CheckAccessBatchRequest, body).checks},
+            )
         now = time()
         parts = split_field1(body)
         if parts is not None and len(parts) <= MAX_BATCH:

@@ -73,21 +73,7 @@ class AdminAuthorizer:
             raise PlatformOnly("operators only", metadata={"action": action})
         if tenant_id != caller.tenant_id:
             raise OtherTenant("a tenant key acts only inside its own tenant", metadata={"tenant_id": tenant_id})
-        evaluation = await self._decisions.evaluate(
-            tenant_id, key_subject(caller.key_id), permission, scope, 0, time.time()
-        )
-        decision = evaluation.decision
-        if decision.reason is Reason.KEY_REVOKED or (
-            evaluation.subject_key is not None and evaluation.grants is None
-        ):
-            # Revoked, expired, or no longer in the store at all: one answer for all, as
-            # authentication gives (a caller cannot probe which).
-            raise KeyRejected("key rejected", metadata={"key_id": caller.key_id})
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"not allowed: {decision.reason.name}",
-                metadata={"permission": permission, "decision": decision.reason.name},
-            )
+        await require_key_grant(self._decisions, caller.key_id, tenant_id, permission, scope)
 
     async def guard_patterns(self, caller: Principal, patterns: Iterable[str], scope: str, *, what: str) -> None:
         """Escalation: every pattern must be covered by one of the caller's own grants
@@ -125,6 +111,26 @@ class AdminAuthorizer:
         if grants.key is not None and not grants.key.usable(time.time()):
             raise KeyRejected("key rejected", metadata={"key_id": caller.key_id})
         return grants
+
+
+async def require_key_grant(
+    decisions: DecisionService, key_id: str, tenant_id: str, permission: str, scope: str = ""
+) -> None:
+    """Returns when the engine allows the tenant key `api_key/<key_id>` `permission` at
+    `scope` of its own `tenant_id` (tenant status, the key's limit and expiry, its roles'
+    grants). Raises KeyRejected (revoked, expired, gone) or PermissionDenied naming the
+    decision's reason. Admin calls and hot-path callers (server/callers.py) both ask it."""
+    evaluation = await decisions.evaluate(tenant_id, key_subject(key_id), permission, scope, 0, time.time())
+    decision = evaluation.decision
+    if decision.reason is Reason.KEY_REVOKED or (evaluation.subject_key is not None and evaluation.grants is None):
+        # Revoked, expired, or no longer in the store at all: one answer for all, as
+        # authentication gives (a caller cannot probe which).
+        raise KeyRejected("key rejected", metadata={"key_id": key_id})
+    if not decision.allowed:
+        raise PermissionDenied(
+            f"not allowed: {decision.reason.name}",
+            metadata={"permission": permission, "decision": decision.reason.name},
+        )
 
 
 def _covered(held: PermissionSet, pattern: str) -> bool:

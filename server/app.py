@@ -21,6 +21,7 @@ from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
 from gatehouse.server.authzen import AuthZen
 from gatehouse.server.authzen_server import AuthZenServer
 from gatehouse.server.call_log import CallLog
+from gatehouse.server.callers import Callers, caller_identities
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decision_log import DecisionLog
 from gatehouse.server.decisions import DecisionService
@@ -85,6 +86,7 @@ class Sidecar:
         # a public address, broken TLS files) stops the process with the reason.
         listeners = plan_listeners(s)
         http_listener = plan_http_listener(s, s.authzen_listen, "authzen_listen") if s.authzen_listen else None
+        identities = caller_identities(s)
         s.check_durations()
         s.check_redis_prefix()
         # OpenTelemetry's SDK, once per process, when OTEL_TRACES_EXPORTER asks for it
@@ -177,13 +179,17 @@ class Sidecar:
             [*traced, call_log, calls, self.admission, Deadline(s.default_deadline_seconds or None)]
         )
         decisions = DecisionService(self.cache, self.decision_log)
-        self.access = AccessServicer(decisions, self.check_answers)
+        # Who may ask the hot path (server/callers.py): anyone, unless GATEHOUSE_CALLER_CREDENTIALS=required.
+        self.callers = Callers(
+            self.authenticator, decisions, required=s.caller_credentials == "required", identities=identities
+        )
+        self.access = AccessServicer(decisions, self.check_answers, self.callers)
         self._report_stats(calls)
         report_sources(self.stats, self)
         if self.metrics is not None:
             self._export_metrics(self.metrics)
         self.access.add_to(server, chain)
-        ConfigServicer(self.cache, self.config_answers).add_to(server, chain)
+        ConfigServicer(self.cache, self.config_answers, self.callers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
         register_service(
@@ -240,6 +246,7 @@ class Sidecar:
         self.stats.register("grpc", calls.values)
         self.stats.register("admission", self.admission.values)
         self.stats.register("auth", self.authenticator.stats)
+        self.stats.register("callers", self.callers.stats)
         self.stats.register("cache", self.cache.stats)
         cache = self.cache
         self.stats.register("staleness", lambda: {"confirmed_seconds_ago": cache.confirmation_age()})

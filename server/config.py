@@ -13,6 +13,7 @@ from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
 from gatehouse.engine.decision import effective_flags
 from gatehouse.engine.validate import Violations, require_revision, require_tenant_id
 from gatehouse.errors import TenantNotFound
+from gatehouse.server.callers import CONFIG, Callers, Credentials
 from gatehouse.server.convert import STATUS_TO_PROTO, dict_to_struct
 from gatehouse.server.errors import abort, grpc_errors
 from gatehouse.server.interceptors import Chain
@@ -60,9 +61,11 @@ class ConfigServicer:
     """GetTenantConfig on raw bytes, remembered like CheckAccess (`gatehouse.cache.answers`);
     WatchTenantConfig as generated."""
 
-    def __init__(self, cache: PolicyCache, answers: Answers[bytes]) -> None:
+    def __init__(self, cache: PolicyCache, answers: Answers[bytes], callers: Callers | None = None) -> None:
         self._cache = cache
         self._answers = answers
+        # Who may ask (server/callers.py); None when anyone may.
+        self._callers = callers if callers is not None and callers.required else None
 
     def add_to(self, server: grpc.aio.Server, chain: Chain) -> None:
         register_service(server, SERVICE, self, chain=chain, raw={
@@ -71,6 +74,11 @@ class ConfigServicer:
 
     @grpc_errors
     async def GetTenantConfig(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        if self._callers is not None:
+            await self._callers.require_all(
+                Credentials.from_grpc(context), CONFIG,
+                lambda: (parse(config_pb2.GetTenantConfigRequest, body).tenant_id,),
+            )
         known = self._answers.get(body, 0.0)
         if known is not None:
             return known
@@ -111,6 +119,8 @@ class ConfigServicer:
 
         unsubscribe = self._cache.on_tenant_change(listener)
         try:
+            if self._callers is not None:
+                await self._callers.require(Credentials.from_grpc(context), CONFIG, request.tenant_id)
             tenant_id = require_tenant_id("tenant_id", request.tenant_id)
             entry = await self._cache.tenant(tenant_id)
             if entry is None:

@@ -107,7 +107,12 @@ SERIES: dict[str, Series | None] = {
     "auth.pending": _g("gatehouse_auth_pending", "Admin-key verifications waiting for or running Argon2."),
     "auth.refused_pending": _c("gatehouse_auth_refused", "Authentications refused unhashed.", cause="pending"),
     "auth.refused_address": _c("gatehouse_auth_refused", "Authentications refused unhashed.", cause="address"),
-    "auth.rejected": _c("gatehouse_auth_rejected", "Admin calls with an unknown, wrong, revoked or expired key."),
+    "auth.rejected": _c("gatehouse_auth_rejected", "Calls with an unknown, wrong, revoked or expired key."),
+    "callers.refused": _c(
+        "gatehouse_callers_refused",
+        "Hot-path calls refused for want of a credential, its permission or its tenant (README \"Who may ask\").",
+    ),
+    "callers.required": _g("gatehouse_callers_required", "1 when hot-path callers need a credential, else 0."),
     "auth.verifications": _c("gatehouse_argon2_verifications", "Argon2id verifications run (~20 ms of a core each)."),
     "tiers.answers_hits": _c(_REQ, _REQ_HELP, tier="answers", result="hit"),
     "tiers.answers_misses": _c(_REQ, _REQ_HELP, tier="answers", result="miss"),

@@ -56,3 +56,37 @@ def issue_pki(directory: Path) -> Pki:
         client=ca.issue_cert("billing@clients.example"),
         stranger_client=stranger_ca.issue_cert("billing@clients.example"),
     )
+
+
+def issue_leaf(ca: trustme.CA, *, uri: str) -> trustme.LeafCert:
+    """A client certificate from `ca` naming `uri` (a SPIFFE id, as Istio's and Envoy's
+    certificates do) as its only subject alternative name; trustme makes DNS, IP and
+    e-mail names only."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "workload")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return trustme.LeafCert(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        cert.public_bytes(serialization.Encoding.PEM),
+        [ca.cert_pem.bytes()],
+    )
