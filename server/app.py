@@ -231,6 +231,7 @@ class Sidecar:
             listener,
             hot_gate=self.admission.gates.get(HOT),
             deadline_seconds=s.default_deadline_seconds or None,
+            callers=self.callers,
             base_url=s.authzen_base_url,
             access_log_on=bool(s.access_log_hot),
             reuse_port=self._reuse_port,

@@ -10,7 +10,7 @@ GATEHOUSE_TLS_CLIENT_CA_FILE, when GATEHOUSE_TLS_CERT_FILE is set; else plaintex
 loopback address only, unless GATEHOUSE_ALLOW_PLAINTEXT=1. With `serve --workers N`
 every worker binds the port with SO_REUSEPORT, as for gRPC (server/workers.py).
 
-What every request meets, in order (`_guard`, one middleware):
+What every request meets, in order (`_guard`, one middleware, then the handler):
 
 1. `X-Request-ID` echoed on the response, whatever it is ("If the PEP specified a
    request identifier in the request, the PDP MUST include the same identifier in the
@@ -23,7 +23,13 @@ What every request meets, in order (`_guard`, one middleware):
    header with the value application/json"), at most `MAX_BODY_BYTES` (413 past it, the
    rest never read), UTF-8 JSON (I-JSON, RFC 7493: no duplicate member names, no NaN or
    Infinity; nesting bounded by the parser), a top-level object.
-4. Any error leaves through `server.errors.http_error`, the one table from the error
+4. With GATEHOUSE_CALLER_CREDENTIALS=required, the evaluation endpoints need a caller
+   (server/callers.py, the same check as CheckAccess): `Authorization: Bearer <API key>`,
+   or on an mTLS listener the client certificate's identity. 401 (with
+   `WWW-Authenticate: Bearer`) without a usable one, 403 when it lacks
+   `gatehouse.access.check` or any tenant the request asks about (every distinct tenant
+   of a batch is checked before anything is decided). The metadata document is public.
+5. Any error leaves through `server.errors.http_error`, the one table from the error
    hierarchy to HTTP statuses, with a JSON body; so do aiohttp's own (404 unknown path,
    405 wrong method). A client's input never makes a 500.
 
@@ -51,10 +57,13 @@ from gatehouse.server.authzen import (
     METADATA_PATH,
     TENANT_HEADER,
     AuthZen,
+    Evaluations,
+    Question,
     parse_evaluation,
     parse_evaluations,
 )
 from gatehouse.server.call_log import access_log
+from gatehouse.server.callers import CHECK, Callers, Credentials
 from gatehouse.server.errors import http_error
 from gatehouse.server.listeners import HttpListener
 
@@ -80,11 +89,14 @@ class AuthZenServer:
         *,
         hot_gate: Gate | None,
         deadline_seconds: float | None,
+        callers: Callers | None = None,
         base_url: str = "",
         access_log_on: bool = False,
         reuse_port: bool = False,
     ) -> None:
         self._authzen = authzen
+        # Who may ask (server/callers.py); None when anyone may.
+        self._callers = callers if callers is not None and callers.required else None
         self._listener = listener
         self._gate = hot_gate
         self._deadline = deadline_seconds
@@ -204,14 +216,41 @@ class AuthZenServer:
                 gate.leave()
 
     async def _evaluation(self, request: web.Request) -> web.Response:
-        body = await _read_json(request)
-        question = parse_evaluation(body, request.headers.get(TENANT_HEADER))
+        raw = await _read_body(request)
+        header_tenant = request.headers.get(TENANT_HEADER)
+        parsed: list[Question] = []
+
+        def tenants() -> tuple[str, ...]:
+            parsed.append(parse_evaluation(_decode(raw), header_tenant))
+            return (parsed[0].tenant_id,)
+
+        await self._require(request, tenants)
+        question = parsed[0] if parsed else parse_evaluation(_decode(raw), header_tenant)
         return _json(200, await self._authzen.evaluation(question))
 
     async def _evaluations(self, request: web.Request) -> web.Response:
-        body = await _read_json(request)
-        evaluations = parse_evaluations(body, request.headers.get(TENANT_HEADER))
+        raw = await _read_body(request)
+        header_tenant = request.headers.get(TENANT_HEADER)
+        parsed: list[Evaluations] = []
+
+        def tenants() -> tuple[str, ...]:
+            parsed.append(parse_evaluations(_decode(raw), header_tenant))
+            return tuple(dict.fromkeys(q.tenant_id for q in parsed[0].questions))
+
+        await self._require(request, tenants)
+        evaluations = parsed[0] if parsed else parse_evaluations(_decode(raw), header_tenant)
         return _json(200, await self._authzen.evaluations(evaluations))
+
+    async def _require(self, request: web.Request, tenants: Callable[[], tuple[str, ...]]) -> None:
+        """The caller may ask CHECK about every tenant of the request (see the module, step
+        4). The caller is authenticated first; the body is parsed for its tenants only
+        when the caller is limited to some (else parsed once, afterwards)."""
+        if self._callers is None:
+            return
+        transport = request.transport
+        peercert = transport.get_extra_info("peercert") if transport is not None else None
+        credentials = Credentials.from_http(request.headers.getall("Authorization", []), peercert, _peer(request))
+        await self._callers.require_all(credentials, CHECK, tenants)
 
     async def _configuration(self, request: web.Request) -> web.Response:
         """The PDP metadata (AuthZEN 1.0 "Policy Decision Point Metadata"):
@@ -245,18 +284,22 @@ def _host(request: web.Request) -> str:
     return host
 
 
-async def _read_json(request: web.Request) -> Any:
-    """The request body as JSON (see the module, step 3). Raises InvalidArgument or
-    RequestTooLarge."""
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, as sent (see the module, step 3). Raises InvalidArgument (not
+    JSON by its Content-Type) or RequestTooLarge."""
     if request.content_type != JSON_TYPE:
         raise InvalidArgument("Content-Type", f"must be {JSON_TYPE}")
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise RequestTooLarge(MAX_BODY_BYTES)
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise RequestTooLarge(MAX_BODY_BYTES) from None
+
+
+def _decode(raw: bytes) -> Any:
+    """`raw` as JSON (I-JSON: see the module, step 3). Raises InvalidArgument."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -269,6 +312,17 @@ async def _read_json(request: web.Request) -> Any:
         raise InvalidArgument("request", "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, an integer of over 4300 digits
         raise InvalidArgument("request", f"not valid JSON: {str(exc)[:120]}") from None
+
+
+def _peer(request: web.Request) -> str:
+    """The client as grpc names a peer (`ipv4:127.0.0.1:5555`, `ipv6:[::1]:5555`), the
+    key of the failed-authentication budget (server/admin_auth.peer_address)."""
+    transport = request.transport
+    name = transport.get_extra_info("peername") if transport is not None else None
+    if not isinstance(name, tuple) or len(name) < 2:
+        return "unix:"
+    host, port = str(name[0]), name[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
 
 class _Duplicate(Exception):

@@ -9,12 +9,13 @@ import re
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.certs import Pki
+from tests.certs import Pki, issue_leaf
 from tests.client import make_client, user
 from tests.processes import ServerProcess, sidecar_env, start_server
 
@@ -73,7 +74,7 @@ async def test_serve_answers_authzen_on_loopback_through_two_workers(
 
 
 async def test_authzen_serves_tls_and_mutual_tls_with_the_grpc_files(
-    env: dict[str, str], pki: Pki, unique: str
+    env: dict[str, str], pki: Pki, unique: str, tmp_path: Path
 ) -> None:
     tls = ("--tls-cert-file", str(pki.server_cert_file), "--tls-key-file", str(pki.server_key_file))
     trusting = ssl.create_default_context(cadata=pki.ca.cert_pem.bytes().decode())
@@ -88,7 +89,14 @@ async def test_authzen_serves_tls_and_mutual_tls_with_the_grpc_files(
     finally:
         assert await server.stop() == 0
 
-    server = await start_server(env, *tls, "--tls-client-ca-file", str(pki.ca_file), "--authzen-listen", "127.0.0.1:0")
+    # Mutual TLS, callers required: the client certificate's identity is the credential
+    # (read from uvloop's TLS transport in a real `serve`).
+    identities = tmp_path / "callers.yaml"
+    identities.write_text("callers:\n  - identity: billing@clients.example\n    permissions: [gatehouse.access.check]\n")
+    server = await start_server(
+        env, *tls, "--tls-client-ca-file", str(pki.ca_file), "--authzen-listen", "127.0.0.1:0",
+        "--caller-credentials", "required", "--caller-identities-file", str(identities),
+    )
     try:
         url = authzen_url(server)
         with pytest.raises(aiohttp.ClientError):  # no client certificate: no handshake
@@ -101,6 +109,12 @@ async def test_authzen_serves_tls_and_mutual_tls_with_the_grpc_files(
         pki.client.configure_cert(mutual)
         answer = await evaluate(url, "00000000-0000-0000-0000-000000000000", "ann", mutual)
         assert answer["decision"] is False
+        unlisted = ssl.create_default_context(cadata=pki.ca.cert_pem.bytes().decode())
+        issue_leaf(pki.ca, uri="spiffe://x/unlisted").configure_cert(unlisted)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=unlisted)) as session:
+            async with session.post(url + "/access/v1/evaluation", json={}) as response:
+                assert response.status == 401
+                assert (await response.json())["error"]["reason"] == "GATEHOUSE_UNAUTHENTICATED"
     finally:
         assert await server.stop() == 0
 
