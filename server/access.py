@@ -62,7 +62,7 @@ class AccessServicer:
 
     @grpc_errors
     async def CheckAccess(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        if self._callers is not None:
+        if self._callers is not None and not self._callers.admitted(context, CHECK):
             await self._callers.require_all(
                 Credentials.from_grpc(context), CHECK, lambda: (parse(access_pb2.CheckAccessRequest, body).tenant_id,)
             )
@@ -85,7 +85,7 @@ class AccessServicer:
         pass: validate every entry (a malformed one fails the call before any work), then
         look each distinct tenant and (tenant, subject) up once and decide every check
         from those, so a batch answers each subject from one snapshot."""
-        if self._callers is not None:
+        if self._callers is not None and not self._callers.admitted(context, CHECK):
             await self._callers.require_all(
                 Credentials.from_grpc(context), CHECK,
                 lambda: {check.tenant_id for check in parse(access_pb2.CheckAccessBatchRequest, body).checks},

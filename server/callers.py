@@ -196,6 +196,22 @@ class Callers:
         self._identities = dict(identities or {})
         self.refused = 0  # calls refused for want of a credential, a permission or a tenant
 
+    def admitted(self, context: grpc.aio.ServicerContext[Any, Any], permission: str) -> bool:
+        """The usual case, without building Credentials or awaiting: True when the call's
+        one `authorization` header is a key verified before that may ask `permission` about
+        every tenant. False says nothing: ask `require_all`, which decides and explains."""
+        found = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                if found or not isinstance(value, str):
+                    return False
+                found = value
+        scheme, _, token = found.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        principal = self._keys.remembered(token.strip())
+        return principal is not None and principal.is_operator and principal.permissions.matches(permission)
+
     async def principal(self, credentials: Credentials) -> Principal | IdentityGrant:
         """Who presented `credentials`: a verified key's principal, or an identity's grant.
         Raises Unauthenticated, KeyRejected or Overloaded."""
@@ -213,18 +229,19 @@ class Callers:
             )
         raise Unauthenticated("a credential is required: authorization: Bearer <key>, or an mTLS client certificate")
 
-    async def require(self, credentials: Credentials, permission: str, tenant_id: str) -> None:
+    async def require(self, credentials: Credentials, permission: str, tenant_id: str, *, always: bool = False) -> None:
         """Returns when the caller may ask `permission` about `tenant_id`, or when callers
-        are not required. Raises as the module docstring says."""
-        await self.require_all(credentials, permission, lambda: (tenant_id,))
+        are not required (and not `always`: a surface that needs a caller whatever the
+        setting, as AuthZEN's does). Raises as the module docstring says."""
+        await self.require_all(credentials, permission, lambda: (tenant_id,), always=always)
 
     async def require_all(
-        self, credentials: Credentials, permission: str, tenant_ids: Callable[[], Iterable[str]]
+        self, credentials: Credentials, permission: str, tenant_ids: Callable[[], Iterable[str]], *, always: bool = False
     ) -> None:
         """`require` for every tenant of `tenant_ids()`, called only when the caller is
         limited to some tenants: a caller of every tenant is let through without it, so a
         remembered answer's request bytes are never parsed for this."""
-        if not self.required:
+        if not (self.required or always):
             return
         try:
             caller = await self.principal(credentials)

@@ -99,6 +99,26 @@ async def test_a_key_asks_what_its_permissions_name(client: Client, guarded: Cli
     assert (await guarded.config.GetTenantConfig(config, metadata=client.auth)).id == tenant.id
 
 
+async def test_the_fast_path_decides_as_the_full_one(client: Client, guarded: Client, unique: str) -> None:
+    """Once a key is remembered, `Callers.admitted` lets it through without awaiting: two
+    headers, another scheme or a key limited to one permission still get the full answer."""
+    tenant = await client.tenant(f"callers-fast-{unique}")
+    checker = await operator_key(client, CHECK)
+    assert (await guarded.access.CheckAccess(check(tenant.id), metadata=checker)).reason  # now remembered
+    token = checker[0][1].removeprefix("Bearer ")
+    for metadata, code in [
+        (checker + (("authorization", "Bearer other"),), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", f"Token {token}"),), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", f"bearer   {token}"),), grpc.StatusCode.OK),
+    ]:
+        assert (await code_of(guarded.access.CheckAccess(check(tenant.id), metadata=metadata)))[0] == code, metadata
+    config = config_pb2.GetTenantConfigRequest(tenant_id=tenant.id)
+    for _ in range(2):
+        assert (await code_of(guarded.config.GetTenantConfig(config, metadata=checker)))[0] == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+
+
 async def test_the_bootstrap_key_asks_nothing(client: Client, guarded: Client, operator_key: str, unique: str) -> None:
     tenant = await client.tenant(f"callers-boot-{unique}")
     bootstrap = (("authorization", f"Bearer {operator_key}"),)
