@@ -141,7 +141,7 @@ class Settings:
     caller_credentials: str = field(
         default="off",
         metadata={
-            "help": "off, or required: CheckAccess, GetTenantConfig, ext_authz and AuthZEN callers need an API key "
+            "help": "off, or required: CheckAccess, GetTenantConfig and ext_authz callers (AuthZEN's always) need an API key "
             "or an mTLS identity holding gatehouse.access.check / gatehouse.config.read (README \"Who may ask\")"
         },
     )

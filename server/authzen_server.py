@@ -23,12 +23,15 @@ What every request meets, in order (`_guard`, one middleware, then the handler):
    header with the value application/json"), at most `MAX_BODY_BYTES` (413 past it, the
    rest never read), UTF-8 JSON (I-JSON, RFC 7493: no duplicate member names, no NaN or
    Infinity; nesting bounded by the parser), a top-level object.
-4. With GATEHOUSE_CALLER_CREDENTIALS=required, the evaluation endpoints need a caller
-   (server/callers.py, the same check as CheckAccess): `Authorization: Bearer <API key>`,
-   or on an mTLS listener the client certificate's identity. 401 (with
-   `WWW-Authenticate: Bearer`) without a usable one, 403 when it lacks
-   `gatehouse.access.check` or any tenant the request asks about (every distinct tenant
-   of a batch is checked before anything is decided). The metadata document is public.
+4. The evaluation endpoints always need a caller, whatever GATEHOUSE_CALLER_CREDENTIALS
+   says (server/callers.py, `always=True`; the same check as CheckAccess's when that is
+   `required`): `Authorization: Bearer <API key>`, or on an mTLS listener the client
+   certificate's identity (GATEHOUSE_CALLER_IDENTITIES_FILE), holding
+   `gatehouse.access.check`. 401 (with `WWW-Authenticate: Bearer`) without a usable one,
+   403 when it lacks the permission or any tenant the request asks about (every distinct
+   tenant of a batch is checked before anything is decided). AuthZEN 1.0 leaves the
+   mechanism open but says "the PDP SHOULD authenticate the calling PEP" ("Policy
+   Confidentiality and Sender Authentication"). The metadata document is public.
 5. Any error leaves through `server.errors.http_error`, the one table from the error
    hierarchy to HTTP statuses, with a JSON body; so do aiohttp's own (404 unknown path,
    405 wrong method). A client's input never makes a 500.
@@ -89,14 +92,13 @@ class AuthZenServer:
         *,
         hot_gate: Gate | None,
         deadline_seconds: float | None,
-        callers: Callers | None = None,
+        callers: Callers,
         base_url: str = "",
         access_log_on: bool = False,
         reuse_port: bool = False,
     ) -> None:
         self._authzen = authzen
-        # Who may ask (server/callers.py); None when anyone may.
-        self._callers = callers if callers is not None and callers.required else None
+        self._callers = callers  # who may ask (server/callers.py): always someone
         self._listener = listener
         self._gate = hot_gate
         self._deadline = deadline_seconds
@@ -245,12 +247,10 @@ class AuthZenServer:
         """The caller may ask CHECK about every tenant of the request (see the module, step
         4). The caller is authenticated first; the body is parsed for its tenants only
         when the caller is limited to some (else parsed once, afterwards)."""
-        if self._callers is None:
-            return
         transport = request.transport
         peercert = transport.get_extra_info("peercert") if transport is not None else None
         credentials = Credentials.from_http(request.headers.getall("Authorization", []), peercert, _peer(request))
-        await self._callers.require_all(credentials, CHECK, tenants)
+        await self._callers.require_all(credentials, CHECK, tenants, always=True)
 
     async def _configuration(self, request: web.Request) -> web.Response:
         """The PDP metadata (AuthZEN 1.0 "Policy Decision Point Metadata"):

@@ -33,12 +33,15 @@ def authzen_url(server: ServerProcess) -> str:
     return match.group(1)
 
 
-async def evaluate(url: str, tenant_id: str, who: str, ssl_context: ssl.SSLContext | None = None) -> Any:
+async def evaluate(
+    url: str, tenant_id: str, who: str, ssl_context: ssl.SSLContext | None = None, key: str = ""
+) -> Any:
     body = {"subject": {"type": "user", "id": who}, "action": {"name": "doc.read"},
             "resource": {"type": "doc", "id": "1", "properties": {"tenant_id": tenant_id, "scope": "eu"}}}
     connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else False, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.post(url + "/access/v1/evaluation", json=body) as response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with session.post(url + "/access/v1/evaluation", json=body, headers=headers) as response:
             assert response.status == 200, await response.text()
             return await response.json()
 
@@ -62,7 +65,9 @@ async def test_serve_answers_authzen_on_loopback_through_two_workers(
                     "resource": {"type": "doc", "id": "1", "properties": {"tenant_id": tenant.id, "scope": "eu/fr"}},
                     "context": {"min_revision": revision}}
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-                async with session.post(url + "/access/v1/evaluation", json=body) as response:
+                async with session.post(
+                    url + "/access/v1/evaluation", json=body, headers={"Authorization": f"Bearer {operator_token}"}
+                ) as response:
                     answers.append((response.status, (await response.json())["decision"]))
         assert answers == [(200, True)] * 8
         async with aiohttp.ClientSession() as session:
@@ -74,7 +79,7 @@ async def test_serve_answers_authzen_on_loopback_through_two_workers(
 
 
 async def test_authzen_serves_tls_and_mutual_tls_with_the_grpc_files(
-    env: dict[str, str], pki: Pki, unique: str, tmp_path: Path
+    env: dict[str, str], pki: Pki, operator_token: str, tmp_path: Path
 ) -> None:
     tls = ("--tls-cert-file", str(pki.server_cert_file), "--tls-key-file", str(pki.server_key_file))
     trusting = ssl.create_default_context(cadata=pki.ca.cert_pem.bytes().decode())
@@ -82,20 +87,20 @@ async def test_authzen_serves_tls_and_mutual_tls_with_the_grpc_files(
     try:
         url = authzen_url(server)
         assert url.startswith("https://")
-        answer = await evaluate(url, "00000000-0000-0000-0000-000000000000", "ann", trusting)
+        answer = await evaluate(url, "00000000-0000-0000-0000-000000000000", "ann", trusting, operator_token)
         assert answer["context"]["reason"] == "DECISION_REASON_TENANT_NOT_FOUND"
         with pytest.raises(aiohttp.ClientError):  # plaintext to a TLS port
             await evaluate(url.replace("https://", "http://"), "00000000-0000-0000-0000-000000000000", "ann")
     finally:
         assert await server.stop() == 0
 
-    # Mutual TLS, callers required: the client certificate's identity is the credential
-    # (read from uvloop's TLS transport in a real `serve`).
+    # Mutual TLS: the client certificate's identity is the credential (read from uvloop's
+    # TLS transport in a real `serve`).
     identities = tmp_path / "callers.yaml"
     identities.write_text("callers:\n  - identity: billing@clients.example\n    permissions: [gatehouse.access.check]\n")
     server = await start_server(
         env, *tls, "--tls-client-ca-file", str(pki.ca_file), "--authzen-listen", "127.0.0.1:0",
-        "--caller-credentials", "required", "--caller-identities-file", str(identities),
+        "--caller-identities-file", str(identities),
     )
     try:
         url = authzen_url(server)

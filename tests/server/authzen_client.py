@@ -28,13 +28,18 @@ class Reply:
 
 @dataclass
 class AuthZenClient:
+    """`key`: the API key sent as `Authorization: Bearer` with every request ("" = none)."""
+
     url: str
     session: aiohttp.ClientSession
+    key: str = ""
 
     async def send(
         self, method: str, path: str, data: bytes | None = None, headers: Mapping[str, str] | None = None
     ) -> Reply:
-        async with self.session.request(method, self.url + path, data=data, headers=dict(headers or {})) as response:
+        sent = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        sent.update(headers or {})
+        async with self.session.request(method, self.url + path, data=data, headers=sent) as response:
             raw = await response.read()
             assert response.headers.get("Content-Type", "").startswith("application/json"), (response.status, raw[:200])
             return Reply(response.status, response.headers, json.loads(raw))
@@ -62,7 +67,8 @@ async def admin(authzen_sidecar: Sidecar, operator_token: str) -> AsyncIterator[
 
 
 @pytest.fixture(scope="module")
-async def http(authzen_sidecar: Sidecar) -> AsyncIterator[AuthZenClient]:
+async def http(authzen_sidecar: Sidecar, operator_token: str) -> AsyncIterator[AuthZenClient]:
+    """Asking as an operator key holding `*` (the AuthZEN endpoints always need a caller)."""
     assert authzen_sidecar.authzen is not None
     async with aiohttp.ClientSession() as session:
-        yield AuthZenClient(authzen_sidecar.authzen.url, session)
+        yield AuthZenClient(authzen_sidecar.authzen.url, session, operator_token)

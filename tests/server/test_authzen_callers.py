@@ -1,5 +1,5 @@
-"""Who may ask the AuthZEN endpoints (server/callers.py): with
-GATEHOUSE_CALLER_CREDENTIALS=required, `Authorization: Bearer <key>` or an mTLS client
+"""Who may ask the AuthZEN endpoints (server/callers.py): always, whatever
+GATEHOUSE_CALLER_CREDENTIALS says, `Authorization: Bearer <key>` or an mTLS client
 certificate's identity holding gatehouse.access.check for every tenant asked about; 401
 without one, 403 without the permission or the tenant; the metadata document is public."""
 
@@ -22,10 +22,11 @@ from tests.client import Client, user
 from tests.server.authzen_client import EVALUATION, EVALUATIONS, METADATA, AuthZenClient
 
 
-@pytest.fixture
-async def guarded(sidecar_settings: Settings) -> AsyncIterator[AuthZenClient]:
-    """A second sidecar (same database and Redis prefix) whose callers need a credential."""
-    other = Sidecar(dataclasses.replace(sidecar_settings, caller_credentials="required", authzen_listen="127.0.0.1:0"))
+@pytest.fixture(params=["off", "required"])
+async def guarded(sidecar_settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[AuthZenClient]:
+    """A second sidecar (same database and Redis prefix) with AuthZEN on, under either
+    GATEHOUSE_CALLER_CREDENTIALS: its AuthZEN callers need a credential both ways."""
+    other = Sidecar(dataclasses.replace(sidecar_settings, caller_credentials=request.param, authzen_listen="127.0.0.1:0"))
     await other.start()
     assert other.authzen is not None
     try:
@@ -143,8 +144,7 @@ async def test_mtls_identities_on_the_authzen_listener(
         tls_cert_file=str(pki.server_cert_file),
         tls_key_file=str(pki.server_key_file),
         tls_client_ca_file=str(pki.ca_file),
-        caller_credentials="required",
-        caller_identities_file=str(identities),
+        caller_identities_file=str(identities),  # GATEHOUSE_CALLER_CREDENTIALS left off
     )
     guarded = Sidecar(settings)
     await guarded.start()

@@ -24,22 +24,24 @@ def question(tenant_id: str, who: str) -> dict[str, object]:
 
 
 @contextlib.asynccontextmanager
-async def authzen(settings: Settings) -> AsyncIterator[AuthZenClient]:
+async def authzen(settings: Settings, key: str) -> AsyncIterator[AuthZenClient]:
     sidecar = Sidecar(dataclasses.replace(settings, authzen_listen="127.0.0.1:0", relay=0))
     await sidecar.start()
     assert sidecar.authzen is not None
     try:
         async with aiohttp.ClientSession() as session:
-            yield AuthZenClient(sidecar.authzen.url, session)
+            yield AuthZenClient(sidecar.authzen.url, session, key)
     finally:
         await sidecar.stop(grace=0.2)
 
 
 async def test_an_evaluation_past_its_deadline_is_504(
-    sidecar_settings: Settings, client: Client, owner_database_url: str, unique: str
+    sidecar_settings: Settings, client: Client, owner_database_url: str, operator_token: str, unique: str
 ) -> None:
     tenant = await client.tenant(f"az-deadline-{unique}")
-    async with authzen(dataclasses.replace(sidecar_settings, default_deadline_seconds=0.3)) as http:
+    # The key verified first (Argon2 reads Postgres), so the lock below holds only the decision.
+    async with authzen(dataclasses.replace(sidecar_settings, default_deadline_seconds=0.3), operator_token) as http:
+        assert (await http.post(EVALUATION, question(tenant.id, "warm"))).status == 200
         locker = await asyncpg.connect(owner_database_url)
         try:
             async with locker.transaction():
@@ -57,12 +59,14 @@ async def test_an_evaluation_past_its_deadline_is_504(
 
 
 async def test_postgres_gone_is_503_with_retry_after(
-    sidecar_settings: Settings, client: Client, database_url: str, fault_proxy: MakeProxy, unique: str
+    sidecar_settings: Settings, client: Client, database_url: str, fault_proxy: MakeProxy, operator_token: str,
+    unique: str,
 ) -> None:
     tenant = await client.tenant(f"az-down-{unique}")
     proxy: FaultProxy = await fault_proxy(port_of(database_url))
     settings = dataclasses.replace(sidecar_settings, database_url=through(database_url, proxy))
-    async with authzen(settings) as http:
+    async with authzen(settings, operator_token) as http:
+        assert (await http.post(EVALUATION, question(tenant.id, "warm"))).status == 200  # the key verified
         proxy.reset()
         await proxy.refuse()
         replies = [await http.post(EVALUATION, question(tenant.id, f"down{i}")) for i in range(3)]
