@@ -175,6 +175,13 @@ class Settings:
         default=1.0,
         metadata={"help": "a dependency not answering a health probe within this many seconds is down (more than 0)"},
     )
+    ext_authz_config: str = field(
+        default="",
+        metadata={
+            "help": "YAML file mapping the HTTP requests Envoy asks about to checks: serves Envoy's"
+            " envoy.service.auth.v3.Authorization/Check on the gRPC listeners ('' = not served; README 'Envoy ext_authz')"
+        },
+    )
     metrics_listen: str = field(
         default="127.0.0.1:9464",
         metadata={

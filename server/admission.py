@@ -9,7 +9,7 @@ Two layers:
   ("Concurrent RPC limit exceeded!", no ErrorInfo) before any of our code runs: the
   process-wide bound on calls parked in Python (awaiting Postgres, Redis, Argon2).
 * `Admission` (this module, one link of the interceptor chain) counts calls inside a
-  handler, per class: hot (AccessService), config (GetTenantConfig), watch
+  handler, per class: hot (AccessService, Envoy's ext_authz Check), config (GetTenantConfig), watch
   (WatchTenantConfig streams: the cap on concurrent watches), admin (AdminService).
   Those are the calls that wait on something, so one slow class cannot take every slot
   of the process and starve the others. Health and reflection are exempt: a probe must
@@ -52,9 +52,13 @@ CLASSES = (HOT, CONFIG, WATCH, ADMIN)
 RETRY_AFTER_MS = {HOT: 50, CONFIG: 50, WATCH: 5_000, ADMIN: 250}
 
 
+# Envoy's ext_authz Check (server/ext_authz.py): a CheckAccess in Envoy's words.
+EXT_AUTHZ_CHECK = "/envoy.service.auth.v3.Authorization/Check"
+
+
 def method_class(method: str) -> str | None:
     """The class of the full method name `/package.Service/Method`; None = exempt."""
-    if method.startswith("/gatehouse.v1.AccessService/"):
+    if method.startswith("/gatehouse.v1.AccessService/") or method == EXT_AUTHZ_CHECK:
         return HOT
     if method == "/gatehouse.v1.ConfigService/WatchTenantConfig":
         return WATCH

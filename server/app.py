@@ -25,6 +25,8 @@ from gatehouse.server.callers import Callers, caller_identities
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decision_log import DecisionLog
 from gatehouse.server.decisions import DecisionService
+from gatehouse.server.ext_authz import ExtAuthzServicer
+from gatehouse.server import ext_authz_routes
 from gatehouse.server.health import Readiness
 from gatehouse.server.interceptors import CallCounter, Chain, Deadline, Interceptor
 from gatehouse.server.listeners import HttpListener, bind, plan_http_listener, plan_listeners
@@ -50,6 +52,8 @@ SERVICE_NAMES = (
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     ADMIN_SERVICE.full_name,
 )
+
+EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"  # served when GATEHOUSE_EXT_AUTHZ_CONFIG is set
 
 
 # How many times (1 s apart) stop() cancels a background loop that has not ended.
@@ -79,6 +83,7 @@ class Sidecar:
         self.decision_log: DecisionLog | None = None
         self.tracing: tracing.Tracing | None = None
         self.authzen: AuthZenServer | None = None  # the AuthZEN HTTP listener, when GATEHOUSE_AUTHZEN_LISTEN is set
+        self.ext_authz: ExtAuthzServicer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -88,6 +93,8 @@ class Sidecar:
         http_listener = plan_http_listener(s, s.authzen_listen, "authzen_listen") if s.authzen_listen else None
         identities = caller_identities(s)
         s.check_durations()
+        # The ext_authz route mapping, read and checked whole: a bad one stops the process.
+        routes = ext_authz_routes.from_settings(s.ext_authz_config)
         s.check_redis_prefix()
         # OpenTelemetry's SDK, once per process, when OTEL_TRACES_EXPORTER asks for it
         # (gatehouse/tracing.py); None, and nothing of it anywhere, when it does not.
@@ -189,6 +196,12 @@ class Sidecar:
         if self.metrics is not None:
             self._export_metrics(self.metrics)
         self.access.add_to(server, chain)
+        services: tuple[str, ...] = SERVICE_NAMES
+        if routes is not None:
+            self.ext_authz = ExtAuthzServicer(decisions, routes, self.callers)
+            self.ext_authz.add_to(server, chain)
+            self.stats.register("ext_authz", self.ext_authz.values)
+            services = (*services, EXT_AUTHZ_SERVICE)
         ConfigServicer(self.cache, self.config_answers, self.callers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
@@ -199,7 +212,7 @@ class Sidecar:
         register_service(
             server,
             REFLECTION_SERVICE,
-            reflection.aio.ReflectionServicer((*SERVICE_NAMES, reflection.SERVICE_NAME, HEALTH_SERVICE.full_name)),
+            reflection.aio.ReflectionServicer((*services, reflection.SERVICE_NAME, HEALTH_SERVICE.full_name)),
             chain=chain,
         )
         self.addresses = [bind(server, listener) for listener in listeners]

@@ -24,6 +24,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Callable
 
+from gatehouse.server import ext_authz_routes
 from gatehouse.server.listeners import plan_http_listener, plan_listeners
 from gatehouse.settings import Settings
 
@@ -63,6 +64,7 @@ def run_workers(
     if settings.authzen_listen:
         plan_http_listener(settings, settings.authzen_listen, "authzen_listen")
     settings.check_durations()
+    ext_authz_routes.from_settings(settings.ext_authz_config)
     listen = claim_port(settings.listen) if settings.listen else ""
     # The AuthZEN HTTP listener is shared the same way (every worker binds it with SO_REUSEPORT).
     authzen_listen = claim_port(settings.authzen_listen) if settings.authzen_listen else ""
