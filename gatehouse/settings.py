@@ -41,6 +41,20 @@ class Settings:
             "switch": True,
         },
     )
+    authzen_listen: str = field(
+        default="",
+        metadata={
+            "help": "host:port of the AuthZEN 1.0 HTTP listener ('' = none; port 0 = any free port); TLS with"
+            " --tls-cert-file like gRPC, plaintext only on loopback unless --allow-plaintext"
+        },
+    )
+    authzen_base_url: str = field(
+        default="",
+        metadata={
+            "help": "the AuthZEN policy_decision_point URL the metadata document names, e.g."
+            " https://pdp.example.com ('' = the scheme and Host of each metadata request)"
+        },
+    )
     database_url: str = field(
         default=RUNTIME_DATABASE_URL,
         metadata={"help": "Postgres DSN (asyncpg) of the runtime role: not the tables' owner, never a superuser"},
@@ -127,7 +141,7 @@ class Settings:
     caller_credentials: str = field(
         default="off",
         metadata={
-            "help": "off, or required: CheckAccess, GetTenantConfig, ext_authz and AuthZEN callers need an API key "
+            "help": "off, or required: CheckAccess, GetTenantConfig and ext_authz callers (AuthZEN's always) need an API key "
             "or an mTLS identity holding gatehouse.access.check / gatehouse.config.read (README \"Who may ask\")"
         },
     )

@@ -84,6 +84,19 @@ class Gate:
         self.error = Overloaded(self.name, self.limit, RETRY_AFTER_MS[self.name])
         self.trailers = trailers_of(self.error)
 
+    def enter(self) -> None:
+        """Count one call in, or (at the bound) count it shed and raise `Overloaded`: the
+        same bound for a caller outside the gRPC chain (the AuthZEN HTTP listener shares
+        the hot class with AccessService). Every `enter` that returns needs its `leave`."""
+        if self.in_flight >= self.limit:
+            self.shed += 1
+            assert self.error is not None
+            raise self.error
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
     async def refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.shed += 1
         assert self.error is not None
