@@ -15,24 +15,28 @@ What every request meets, in order (`_guard`, one middleware, then the handler):
 1. `X-Request-ID` echoed on the response, whatever it is ("If the PEP specified a
    request identifier in the request, the PDP MUST include the same identifier in the
    response", AuthZEN 1.0 "Request Identification"); it also names the call in log lines.
-2. The evaluation endpoints only: the hot class's admission bound, shared with
-   AccessService (server/admission.py: at the bound, 429 with Retry-After at once), and
-   the call's deadline, GATEHOUSE_DEFAULT_DEADLINE_SECONDS, for everything it waits on
-   (504 past it; the Postgres statement is cancelled).
-3. The body: `Content-Type: application/json` ("Requests MUST include a Content-Type
-   header with the value application/json"), at most `MAX_BODY_BYTES` (413 past it, the
-   rest never read), UTF-8 JSON (I-JSON, RFC 7493: no duplicate member names, no NaN or
-   Infinity; nesting bounded by the parser), a top-level object.
-4. The evaluation endpoints always need a caller, whatever GATEHOUSE_CALLER_CREDENTIALS
-   says (server/callers.py, `always=True`; the same check as CheckAccess's when that is
-   `required`): `Authorization: Bearer <API key>`, or on an mTLS listener the client
-   certificate's identity (GATEHOUSE_CALLER_IDENTITIES_FILE), holding
-   `gatehouse.access.check`. 401 (with `WWW-Authenticate: Bearer`) without a usable one,
-   403 when it lacks the permission or any tenant the request asks about (every distinct
-   tenant of a batch is checked before anything is decided). AuthZEN 1.0 leaves the
-   mechanism open but says "the PDP SHOULD authenticate the calling PEP" ("Policy
-   Confidentiality and Sender Authentication"). The metadata document is public.
-5. Any error leaves through `server.errors.http_error`, the one table from the error
+2. The evaluation endpoints only, within the call's deadline,
+   GATEHOUSE_DEFAULT_DEADLINE_SECONDS, for everything it waits on (504 past it; the
+   Postgres statement is cancelled):
+   a. a caller, always, whatever GATEHOUSE_CALLER_CREDENTIALS says (server/callers.py,
+      `always=True`; the same check as CheckAccess's when that is `required`):
+      `Authorization: Bearer <API key>`, or on an mTLS listener the client certificate's
+      identity (GATEHOUSE_CALLER_IDENTITIES_FILE). Named from the request's head alone:
+      401 (with `WWW-Authenticate: Bearer`) before a byte of the body is read. AuthZEN
+      1.0 leaves the mechanism open but says "the PDP SHOULD authenticate the calling
+      PEP" ("Policy Confidentiality and Sender Authentication");
+   b. the body: `Content-Type: application/json` ("Requests MUST include a Content-Type
+      header with the value application/json"), at most `MAX_BODY_BYTES` (413 past it,
+      the rest never read);
+   c. only then a place in the hot class's admission bound, shared with AccessService
+      and ext_authz (server/admission.py: at the bound, 429 with Retry-After at once):
+      a body still arriving never holds one;
+   d. the body as UTF-8 JSON (I-JSON, RFC 7493: no duplicate member names, no NaN or
+      Infinity; nesting bounded by the parser), a top-level object; and the caller's
+      `gatehouse.access.check` on every tenant it asks about (403 without: every
+      distinct tenant of a batch is checked before anything is decided). The metadata
+      document is public.
+3. Any error leaves through `server.errors.http_error`, the one table from the error
    hierarchy to HTTP statuses, with a JSON body; so do aiohttp's own (404 unknown path,
    405 wrong method). A client's input never makes a 500.
 
@@ -66,7 +70,8 @@ from gatehouse.server.authzen import (
     parse_evaluations,
 )
 from gatehouse.server.call_log import access_log
-from gatehouse.server.callers import CHECK, Callers, Credentials
+from gatehouse.server.admin_auth import Principal
+from gatehouse.server.callers import CHECK, Callers, Credentials, IdentityGrant
 from gatehouse.server.errors import http_error
 from gatehouse.server.listeners import HttpListener
 
@@ -80,6 +85,9 @@ ENDPOINTS = {EVALUATION_PATH: "evaluation", EVALUATIONS_PATH: "evaluations", MET
 JSON_TYPE = "application/json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What _admitted leaves on the request for the handlers: who asks, and the body as sent.
+CALLER: web.RequestKey[Principal | IdentityGrant] = web.RequestKey("caller", None)
+BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
 
 
 class AuthZenServer:
@@ -203,22 +211,27 @@ class AuthZenServer:
             logs.leave_call(token)
 
     async def _admitted(self, request: web.Request, handler: Handler, endpoint: str) -> web.StreamResponse:
-        """The evaluation endpoints inside the hot class's bound and the call's deadline."""
+        """The evaluation endpoints: within the call's deadline, the caller named from the
+        request's head (401 before a byte of the body is read), then the body read, and
+        only then a place in the hot class's bound. That bound is shared with AccessService
+        and ext_authz: a body arriving slowly, or a stranger's, must never hold a place."""
         if endpoint not in ("evaluation", "evaluations") or request.method != "POST":
             return await handler(request)
-        gate = self._gate
-        if gate is not None:
-            gate.enter()  # Overloaded at the bound: 429
-        try:
-            with deadlines.bounded(self._deadline):
-                async with deadlines.within():
+        with deadlines.bounded(self._deadline):
+            async with deadlines.within():
+                request[CALLER] = await self._identify(request)
+                request[BODY] = await _read_body(request)
+                gate = self._gate
+                if gate is not None:
+                    gate.enter()  # Overloaded at the bound: 429
+                try:
                     return await handler(request)
-        finally:
-            if gate is not None:
-                gate.leave()
+                finally:
+                    if gate is not None:
+                        gate.leave()
 
     async def _evaluation(self, request: web.Request) -> web.Response:
-        raw = await _read_body(request)
+        raw: bytes = request[BODY]
         header_tenant = request.headers.get(TENANT_HEADER)
         parsed: list[Question] = []
 
@@ -226,12 +239,12 @@ class AuthZenServer:
             parsed.append(parse_evaluation(_decode(raw), header_tenant))
             return (parsed[0].tenant_id,)
 
-        await self._require(request, tenants)
+        await self._callers.require_caller(request[CALLER], CHECK, tenants)
         question = parsed[0] if parsed else parse_evaluation(_decode(raw), header_tenant)
         return _json(200, await self._authzen.evaluation(question))
 
     async def _evaluations(self, request: web.Request) -> web.Response:
-        raw = await _read_body(request)
+        raw: bytes = request[BODY]
         header_tenant = request.headers.get(TENANT_HEADER)
         parsed: list[Evaluations] = []
 
@@ -239,18 +252,21 @@ class AuthZenServer:
             parsed.append(parse_evaluations(_decode(raw), header_tenant))
             return tuple(dict.fromkeys(q.tenant_id for q in parsed[0].questions))
 
-        await self._require(request, tenants)
+        await self._callers.require_caller(request[CALLER], CHECK, tenants)
         evaluations = parsed[0] if parsed else parse_evaluations(_decode(raw), header_tenant)
         return _json(200, await self._authzen.evaluations(evaluations))
 
-    async def _require(self, request: web.Request, tenants: Callable[[], tuple[str, ...]]) -> None:
-        """The caller may ask CHECK about every tenant of the request (see the module, step
-        4). The caller is authenticated first; the body is parsed for its tenants only
-        when the caller is limited to some (else parsed once, afterwards)."""
+    async def _identify(self, request: web.Request) -> Principal | IdentityGrant:
+        """Who asks (see the module, step 4), from the request's head alone. Whether it may
+        ask about the request's tenants is decided once its body is read
+        (`Callers.require_caller`; the body is parsed for its tenants only when the caller
+        is limited to some, else parsed once, afterwards)."""
         transport = request.transport
         peercert = transport.get_extra_info("peercert") if transport is not None else None
         credentials = Credentials.from_http(request.headers.getall("Authorization", []), peercert, _peer(request))
-        await self._callers.require_all(credentials, CHECK, tenants, always=True)
+        caller = await self._callers.identify(credentials, always=True)
+        assert caller is not None  # always=True: someone, or raised
+        return caller
 
     async def _configuration(self, request: web.Request) -> web.Response:
         """The PDP metadata (AuthZEN 1.0 "Policy Decision Point Metadata"):

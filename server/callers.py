@@ -241,10 +241,29 @@ class Callers:
         """`require` for every tenant of `tenant_ids()`, called only when the caller is
         limited to some tenants: a caller of every tenant is let through without it, so a
         remembered answer's request bytes are never parsed for this."""
+        caller = await self.identify(credentials, always=always)
+        if caller is not None:
+            await self.require_caller(caller, permission, tenant_ids)
+
+    async def identify(self, credentials: Credentials, *, always: bool = False) -> Principal | IdentityGrant | None:
+        """Who presented `credentials` (None when callers are not required, and not
+        `always`): the first half of `require_all`, which needs nothing of the request but
+        its metadata or headers, so an adapter can refuse a stranger before it reads a
+        request's body. Raises Unauthenticated, KeyRejected or Overloaded."""
         if not (self.required or always):
-            return
+            return None
         try:
-            caller = await self.principal(credentials)
+            return await self.principal(credentials)
+        except (Unauthenticated, PermissionDenied):
+            self.refused += 1
+            raise
+
+    async def require_caller(
+        self, caller: Principal | IdentityGrant, permission: str, tenant_ids: Callable[[], Iterable[str]]
+    ) -> None:
+        """The second half of `require_all`, for a caller `identify` named: `permission`
+        on every tenant of `tenant_ids()` (called only when the caller is limited to some)."""
+        try:
             if self.covers_every_tenant(caller, permission):
                 return
             for tenant_id in tenant_ids():

@@ -8,6 +8,7 @@ where decisions differ per resource, each resource's scope (resource.properties.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
@@ -472,7 +473,8 @@ async def test_oversize_bodies_are_413_declared_or_streamed(http: AuthZenClient)
         for _ in range(40):
             yield b"x" * 65536
 
-    async with http.session.post(http.url + EVALUATION, data=chunks(), headers={"Content-Type": "application/json"}) as response:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {http.key}"}
+    async with http.session.post(http.url + EVALUATION, data=chunks(), headers=headers) as response:
         assert response.status == 413
         assert (await response.json())["error"]["reason"] == "GATEHOUSE_REQUEST_TOO_LARGE"
     # Just under the limit is read (and refused for what it says, not its size).
@@ -596,3 +598,43 @@ async def test_at_the_hot_bound_evaluations_are_shed_with_429(http: AuthZenClien
     assert gate.shed == shed + 1
     assert metadata.status == 200
     assert (await http.post(EVALUATION, GOOD)).status == 200
+
+
+async def _send_head(url: str, headers: str, first_bytes: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST whose head and first body bytes are sent, the rest of its body never."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST {EVALUATION} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: 1000\r\n{headers}\r\n".encode() + first_bytes
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_body_still_arriving_holds_no_admission_and_no_caller_is_401_before_it(
+    http: AuthZenClient, authzen_sidecar: Sidecar
+) -> None:
+    """The hot class's bound is shared with AccessService and ext_authz: a client that
+    sends a body slowly (or never) must not hold a place in it, nor may anyone without a
+    credential make the listener wait for a body at all."""
+    gate = authzen_sidecar.admission.gates["hot"]
+    left = 1
+    gate.in_flight += gate.limit - left  # one place left
+    opened: list[asyncio.StreamWriter] = []
+    try:
+        # No credential: refused on its head alone, while its body is still to come.
+        reader, writer = await _send_head(http.url, "", b"{")
+        opened.append(writer)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+        assert head.startswith(b"HTTP/1.1 401 "), head
+        # A caller whose body is still arriving holds no place: the one left is free.
+        _, writer = await _send_head(http.url, f"Authorization: Bearer {http.key}\r\n", b'{"subject": ')
+        opened.append(writer)
+        for _ in range(3):
+            reply = await http.post(EVALUATION, GOOD)
+            assert reply.status == 200, reply.body
+    finally:
+        gate.in_flight -= gate.limit - left
+        for writer in opened:
+            writer.close()
