@@ -18,7 +18,9 @@ as envoy/service/auth/v3/external_auth.proto defines it (protos/third_party/):
   (`reason`: the decision's, NO_GRANT, NOT_A_MEMBER, TENANT_SUSPENDED, ..., or NO_ROUTE,
   ROUTE_DENIED, NO_TENANT); 401 and UNAUTHENTICATED when no subject was found in the
   request; 400 and INVALID_ARGUMENT, naming the value and where it was read, when a
-  value breaks the rules of step 1 (a tenant id that is no canonical uuid, a bad scope);
+  value breaks the rules of step 1 (a tenant id that is no canonical uuid, a bad scope),
+  and (reason PATH_NOT_NORMALIZED) when the path is not in normal form, whatever route
+  it would match (server/ext_authz_routes.not_normalized);
 - both: `dynamic_metadata` with the decision (decision, reason, route, tenant_id,
   permission, revision), which Envoy files under `envoy.filters.http.ext_authz` for its
   access log: `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%`.
@@ -53,7 +55,7 @@ from gatehouse.errors import Code, InvalidArgument
 from gatehouse.server.callers import CHECK, Callers, Credentials
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.errors import grpc_errors
-from gatehouse.server.ext_authz_routes import JWT_AUTHN, Action, Request, Route, RouteMap
+from gatehouse.server.ext_authz_routes import JWT_AUTHN, Action, Request, Route, RouteMap, not_normalized
 from gatehouse.server.interceptors import Chain
 from gatehouse.server.wire import parse, register_service
 
@@ -116,6 +118,13 @@ class ExtAuthzServicer:
         Unauthenticated / PermissionDenied when callers are required and the proxy is no
         caller of this tenant: those are no denial but a failure, which Envoy turns into one."""
         http = request.attributes.request.http
+        problem = not_normalized(http.path)
+        if problem is not None:
+            # Matched as written it would decide about another request than the upstream serves.
+            return self._denied(
+                400, Code.INVALID_ARGUMENT, "PATH_NOT_NORMALIZED",
+                f"the path holds {problem}: normalize it first (Envoy: normalize_path, merge_slashes)", None,
+            )
         found = self._routes.route(http.method, http.path)
         if found is None:
             return self._denied(403, Code.PERMISSION_DENIED, "NO_ROUTE", "no route of the mapping matches", None)

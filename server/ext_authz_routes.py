@@ -24,7 +24,9 @@ A route matches on the request's path without its query string: `path` exactly,
 `prefix` as a string prefix (Envoy's meaning: `/api` also matches `/apis`), `template`
 segment by segment, where `{name}` and `*` match one non-empty segment and a final `**`
 any rest (Envoy's `uri_template` syntax, for these forms); `methods` (default: any)
-limits it to those. A request no route matches is denied.
+limits it to those. A request no route matches is denied; so is one whose path is not
+in normal form (`not_normalized`: dot segments, plain or encoded, and empty ones),
+before any route is tried.
 
 Actions: `check` (the default) asks the decision service for `permission`; `allow`
 answers OK without a decision (public routes; `remove_headers` still apply); `skip`
@@ -46,6 +48,7 @@ it cannot use: YAML syntax, an unknown or duplicate key, a bad permission or lit
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -194,17 +197,49 @@ class RouteMap:
     def route(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """The first route matching `method` and `path` (query string and fragment
         ignored) with its template parameters; None when none does."""
-        cut = len(path)
-        for mark in ("?", "#"):
-            at = path.find(mark)
-            if at != -1 and at < cut:
-                cut = at
-        path = path[:cut]
+        path = path_only(path)
         for route in self.routes:
             params = route.match(method, path)
             if params is not None:
                 return route, params
         return None
+
+
+def path_only(path: str) -> str:
+    """`path` without its query string and fragment."""
+    cut = len(path)
+    for mark in ("?", "#"):
+        at = path.find(mark)
+        if at != -1 and at < cut:
+            cut = at
+    return path[:cut]
+
+
+_SLASHES = re.compile(r"%2f|%5c|\\", re.IGNORECASE)  # what some server reads as a /
+_DOTS = re.compile(r"%2e", re.IGNORECASE)  # what some server reads as a .
+
+
+def not_normalized(path: str) -> str | None:
+    """Why `path` (query string and fragment ignored) is not in the normal form routes are
+    matched on, or None when it is. The service behind Envoy may resolve what is left:
+    `/public/../internal/x` is `/internal/x` to it, so a route matching it as written
+    would decide about another request than the one served (a path confusion; Envoy's
+    "Configuring Envoy as an edge proxy" asks for normalize_path, merge_slashes and
+    path_with_escaped_slashes_action for the same reason). Refused, read the way the most
+    lenient server reads it: a `.` or `..` segment, once `%2e` is read as `.` and `%2f`,
+    `%5c` and `\\` as `/`; or an empty segment but the last (`//`, which a server
+    merging slashes drops). An encoded slash within a segment is no problem in itself."""
+    path = path_only(path)
+    if "%" in path or "\\" in path:
+        path = _DOTS.sub(".", _SLASHES.sub("/", path))
+    segments = path.split("/")
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        if segment in (".", ".."):
+            return "a . or .. segment (RFC 3986 section 3.3), plain or percent-encoded"
+        if not segment and 0 < index < last:
+            return "an empty segment (//)"
+    return None
 
 
 def from_settings(path: str) -> RouteMap | None:

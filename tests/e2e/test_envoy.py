@@ -274,6 +274,37 @@ async def test_route_actions(mesh: Mesh) -> None:
     assert "x-gatehouse-role" not in seen[0].headers  # no spoofed header gets through, even on skip
 
 
+async def raw_request(port: int, path: str) -> int:
+    """The status of a GET of `path` sent byte for byte (urllib would resolve its dots)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: gatehouse.test\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), timeout=10)
+        return int(status.split()[1])
+    finally:
+        writer.close()
+
+
+async def test_no_path_reaches_the_upstream_as_another_than_was_decided(mesh: Mesh, unique: str) -> None:
+    """A path that a server resolves to a denied one (dot segments, plain or encoded;
+    encoded or back slashes; doubled slashes) never reaches the upstream: Envoy
+    normalizes it before the Check (deploy/envoy/envoy.yaml: normalize_path,
+    merge_slashes, path_with_escaped_slashes_action), so the route decided is the path
+    forwarded, and Gatehouse refuses any that still arrives unnormalized."""
+    before = len(mesh.upstream.seen)
+    for path in (f"/public/../internal/dots-{unique}", "/public/%2e%2e/internal/metrics", "/public/.%2E/internal/metrics",
+                 "/public/..\\internal\\metrics", "//internal/metrics", "/public/..%2Finternal/metrics",
+                 f"/public/%5C..%5Cinternal/{unique}"):
+        status = await raw_request(mesh.port, path)
+        assert status in (307, 403), (path, status)  # escaped slashes: redirected to the unescaped path
+    assert mesh.upstream.seen[before:] == []
+    line = await access_log_line(mesh, f"GET /internal/dots-{unique} 403")
+    assert "reason=ROUTE_DENIED" in line  # decided on the path Envoy forwards, not refused as written
+    assert await raw_request(mesh.port, f"/public/logo-{unique}.png") == 200
+    assert [s.path for s in mesh.upstream.seen[before:]] == [f"/public/logo-{unique}.png"]
+
+
 async def test_gatehouse_stopped_fails_closed(mesh: Mesh, unique: str) -> None:
     """Last in this module: it stops the server."""
     tenant_id, _ = await clerk_tenant(mesh, f"envoy-down-{unique}")

@@ -166,6 +166,43 @@ async def test_route_actions_and_unmatched_requests(ext_authz: ExtAuthz) -> None
     assert counted["ext_authz.checks{outcome=NO_ROUTE}"] >= 1 and counted["ext_authz.checks{outcome=SKIPPED}"] >= 1
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/public/../internal/metrics",  # an allow route's prefix, then up to a denied one
+        "/public/./logo.png",
+        "/public/%2e%2e/internal/metrics",  # the same dots, percent-encoded, any case
+        "/public/%2E./internal/metrics",
+        "/public/..%2Finternal/metrics",  # a slash that a decoding server reads as one
+        "/public/..%5cinternal/metrics",
+        "/public/..\\internal\\metrics",  # a backslash, which some servers read as /
+        "/public//../internal/metrics",
+        "/healthz/..",
+        "//internal/metrics",  # an empty segment, which a server merging slashes drops
+        "/v1/invoices//42",
+        "/v1/tenants/0b7c9a4e-3f6d-4c1e-9a2b-5d8e7f6a1b2c/reports/../../6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f/reports/q",
+    ],
+)
+async def test_a_path_not_in_normal_form_is_refused_whatever_it_matches(ext_authz: ExtAuthz, path: str) -> None:
+    """The service behind Envoy may resolve dot segments, decoded or back slashes and
+    empty segments: the request it serves is then not the one a route decided on
+    (/public/../internal/metrics is /internal/metrics to it). Such a path is refused,
+    never matched as written."""
+    claims = {"sub": "alice", "tenant_id": "0b7c9a4e-3f6d-4c1e-9a2b-5d8e7f6a1b2c"}
+    response = await ext_authz.check("GET", path, {}, claims)
+    assert response.status.code == code_pb2.INVALID_ARGUMENT and not response.HasField("ok_response"), path
+    assert response.denied_response.status.code == 400
+    assert body(response)["reason"] == "PATH_NOT_NORMALIZED"
+    assert dict(response.dynamic_metadata)["decision"] == "denied"
+
+
+async def test_dots_and_slashes_that_resolve_to_nothing_else_are_matched(ext_authz: ExtAuthz) -> None:
+    for path in ("/public/logo.v2..png", "/public/...", "/public/", "/public/a%2Fb", "/public/x?next=/../internal/",
+                 "/public/%252e%252e/x"):
+        response = await ext_authz.check("GET", path)
+        assert response.status.code == code_pb2.OK, path
+
+
 async def test_suspended_tenant_reads_but_does_not_write(ext_authz: ExtAuthz, unique: str) -> None:
     tenant_id, _ = await tenant_with_clerk(ext_authz, f"xa-susp-{unique}")
     await ext_authz.client.grant(tenant_id, user("alice"), "writer", "", ["invoice.create"])
