@@ -129,7 +129,14 @@ def load_identities(path: str) -> dict[str, IdentityGrant]:
     def mapping(node: yaml.Node | None, what: str) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
             raise refuse(node, f"{what} must be a mapping")
-        return {str(key.value): value for key, value in node.value}
+        found: dict[str, yaml.Node] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise refuse(key, f"{what}: keys must be plain words")
+            if key.value in found:  # never its last value: a later line must not swap what a reader saw
+                raise refuse(key, f"{what}: {key.value!r} is given twice")
+            found[str(key.value)] = value
+        return found
 
     def strings(node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]]:
         if not isinstance(node, yaml.SequenceNode) or not node.value:

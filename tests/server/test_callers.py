@@ -252,6 +252,13 @@ async def test_mtls_identities(
         ("callers: {}\n", 1, "must be a list"),
         ("other: []\n", 1, "exactly one key"),
         ("callers:\n  - identity: ''\n    permissions: ['*']\n", 2, "identity must be"),
+        # A key given twice is refused, never read as its last value: the tenants a reader
+        # sees first are not silently widened or swapped by a later line.
+        ("callers:\n  - identity: a\n    permissions: ['*']\n    tenants: [0b7c9a4e-3f6d-4c1e-9a2b-5d8e7f6a1b2c]\n"
+         "    tenants: [6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f]\n", 5, "'tenants' is given twice"),
+        ("callers:\n  - identity: a\n    identity: b\n    permissions: ['*']\n", 3, "'identity' is given twice"),
+        ("callers: []\ncallers:\n  - identity: a\n    permissions: ['*']\n", 2, "'callers' is given twice"),
+        ("callers:\n  - [a]: 1\n", 2, "keys must be plain words"),
     ],
 )
 def test_the_identities_file_is_checked_with_its_line(tmp_path: Path, text: str, line: int, words: str) -> None:
