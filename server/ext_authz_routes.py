@@ -242,6 +242,20 @@ def not_normalized(path: str) -> str | None:
     return None
 
 
+def _never_matches(kind: str, pattern: str) -> str | None:
+    """Why no request can match a route's `pattern` (None: one can): a request's path is
+    matched without its query string, and only once `not_normalized` lets it through.
+    (A prefix may end inside a segment: `/a/.` still matches `/a/.well-known`.)"""
+    if not pattern.isprintable():
+        return "a control character"
+    if "?" in pattern or "#" in pattern:
+        return "a query string or fragment (a route matches the path alone)"
+    problem = not_normalized(pattern + "x" if kind == "prefix" else pattern)
+    if problem is not None:
+        return f"a path holding {problem}, which is refused before any route is tried"
+    return None
+
+
 def from_settings(path: str) -> RouteMap | None:
     """The mapping GATEHOUSE_EXT_AUTHZ_CONFIG names (None: none, no ext_authz service);
     SystemExit with the file's problem, so a bad file stops the server before it serves."""
@@ -411,6 +425,9 @@ class _Reader:
         pattern = self.scalar(pattern_node, f"{where}.{kind}")
         if not pattern.startswith("/"):
             raise self.fail(pattern_node, f"{where}.{kind}", "must start with /")
+        problem = _never_matches(kind, pattern)
+        if problem is not None:
+            raise self.fail(pattern_node, f"{where}.{kind}", f"never matches: {problem}")
         segments: tuple[str, ...] | None = None
         params: frozenset[str] = frozenset()
         if kind == "template":

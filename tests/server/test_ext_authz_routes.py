@@ -75,6 +75,11 @@ def test_no_route_matches(method: str, path: str) -> None:
     assert routes().route(method, path) is None
 
 
+def test_patterns_that_look_odd_but_can_match_are_taken() -> None:
+    for pattern in ("prefix: /.well-known/", "prefix: /a/.", "path: /a/", "template: /a/{id}/", "prefix: /a%2Fb"):
+        parse(BASE.replace("path: /x", pattern), "routes.yaml")
+
+
 def test_prefix_is_a_string_prefix_as_in_envoy() -> None:
     mapping = parse("routes:\n  - prefix: /api\n    action: allow\n")
     assert mapping.route("GET", "/apis") is not None and mapping.route("GET", "/ap") is None
@@ -164,6 +169,13 @@ BASE = "routes:\n  - path: /x\n    permission: a.read\n    tenant: {header: t}\n
             "line 5: routes[0].tenant: reads {tenant} (from defaults), which this route's path lacks",
         ),
         ("remove_headers: ['bad header']\nroutes: [{path: /, action: allow}]\n", "line 1: remove_headers[0]: must be an HTTP header name"),
+        # Patterns no request can ever match (a route's path is matched without its query
+        # string and only in normal form): refused, not left to deny silently.
+        (BASE.replace("path: /x", "path: /x?page=1"), "line 2: routes[0].path: never matches: a query string or fragment"),
+        (BASE.replace("path: /x", "prefix: /x#top"), "line 2: routes[0].prefix: never matches: a query string or fragment"),
+        (BASE.replace("path: /x", "prefix: /public/../x"), "line 2: routes[0].prefix: never matches: a path holding a . or .."),
+        (BASE.replace("path: /x", "template: /x//{id}"), "line 2: routes[0].template: never matches: a path holding an empty"),
+        (BASE.replace("path: /x", 'path: "/x\\0"'), "line 2: routes[0].path: never matches: a control character"),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_line(text: str, expected: str) -> None:
