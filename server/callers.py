@@ -269,10 +269,15 @@ class Callers:
         self, caller: Principal | IdentityGrant, permission: str, tenant_ids: Callable[[], Iterable[str]]
     ) -> None:
         """The second half of `require_all`, for a caller `identify` named: `permission`
-        on every tenant of `tenant_ids()` (called only when the caller is limited to some)."""
+        (its own patterns hold it, even when `tenant_ids()` names none) on every tenant of
+        `tenant_ids()` (called only when the caller is limited to some)."""
         try:
             if self.covers_every_tenant(caller, permission):
                 return
+            if not caller.permissions.matches(permission):
+                # Refused whether or not the request names a tenant: an ext_authz Check of a
+                # public route names none, and its OK would let the request through.
+                raise PermissionDenied("the caller may not ask this", metadata={"permission": permission})
             for tenant_id in tenant_ids():
                 await self.require_of(caller, permission, tenant_id)
         except (Unauthenticated, PermissionDenied):

@@ -277,7 +277,7 @@ async def test_a_store_that_cannot_answer_is_a_grpc_error_envoy_fails_closed_on(
 
 
 async def test_with_callers_required_envoy_must_be_a_caller_of_the_tenant(
-    sidecar_settings: Settings, ext_authz: ExtAuthz, unique: str
+    sidecar_settings: Settings, ext_authz: ExtAuthz, operator_key: str, unique: str
 ) -> None:
     """The credential is Envoy's own gRPC metadata, never the described request's headers;
     a tenant key asks only about its own tenant."""
@@ -320,6 +320,18 @@ async def test_with_callers_required_envoy_must_be_a_caller_of_the_tenant(
             with pytest.raises(grpc.aio.AioRpcError) as error:  # no route to a tenant: still only for callers
                 await call(check_request("GET", "/healthz"), timeout=10)
             assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # A caller that may not ask at all (a key for config only, the bootstrap key) gets
+            # no answer either, even where no tenant is named: its OK would let requests through.
+            config_only = await client.admin.CreateApiKey(
+                admin_pb2.CreateApiKeyRequest(name=f"config-{unique}", permissions=["gatehouse.config.read"]),
+                metadata=client.auth,
+            )
+            for secret in (config_only.secret, operator_key):
+                for request in (check_request("GET", "/public/logo.png"), check_request("GET", "/healthz"),
+                                check_request("GET", "/v2/nowhere"), ask(mine)):
+                    with pytest.raises(grpc.aio.AioRpcError) as error:
+                        await call(request, metadata=(("authorization", f"Bearer {secret}"),), timeout=10)
+                    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED, request.attributes.request.http.path
             answer = await call(ask(mine), metadata=envoy, timeout=10)
             assert answer.status.code == code_pb2.OK and added(answer)["x-gatehouse-role"] == "clerk"
     finally:
