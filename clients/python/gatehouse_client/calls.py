@@ -33,7 +33,7 @@ SubjectLike = str | tuple[str, str] | common_pb2.Subject
 _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 
 
-def subject(value: SubjectLike) -> common_pb2.Subject:
+def as_subject(value: SubjectLike) -> common_pb2.Subject:
     """`"user:alice"`, `("user", "alice")` or a `Subject` as a `Subject`; ValueError for a
     string without a `type:` part."""
     if isinstance(value, common_pb2.Subject):
@@ -162,7 +162,7 @@ class CallPolicy:
     def check_request(
         self,
         tenant_id: str,
-        subject_: SubjectLike,
+        subject: SubjectLike,
         permission: str,
         *,
         scope: str = "",
@@ -172,7 +172,7 @@ class CallPolicy:
     ) -> access_pb2.CheckAccessRequest:
         return access_pb2.CheckAccessRequest(
             tenant_id=tenant_id,
-            subject=subject(subject_),
+            subject=as_subject(subject),
             permission=permission,
             resource=common_pb2.Resource(type=resource_type, id=resource_id, scope=scope),
             min_revision=self.min_revision(tenant_id, min_revision),
@@ -214,5 +214,5 @@ def admin_request(method: AdminMethod, request: Message | None, fields: dict[str
             raise TypeError(f"{snake_case(method.name)}: expected {method.request.__name__}, got {type(request).__name__}")
         return request
     if "subject" in fields and fields["subject"] is not None:
-        fields = {**fields, "subject": subject(fields["subject"])}
+        fields = {**fields, "subject": as_subject(fields["subject"])}
     return method.request(**fields)

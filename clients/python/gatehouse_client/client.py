@@ -93,7 +93,7 @@ class _Rpc(Generic[R]):
         name = self.name
 
         def call(request: Message | None = None, /, **fields: Any) -> Any:
-            return admin._call(name, request, **fields)
+            return admin._call(name, request, fields)
 
         call.__name__ = call.__qualname__ = name
         call.__doc__ = f"AdminService/{ADMIN_METHODS[name].name}: returns {self.response.__name__}."
@@ -156,7 +156,7 @@ class Admin(_AdminMethods):
         self._client = client
         self._stub = admin_pb2_grpc.AdminServiceStub(client.channel)  # type: ignore[no-untyped-call]  # generated, untyped
 
-    def _call(self, name: str, request: Message | None, **fields: Any) -> Any:
+    def _call(self, name: str, request: Message | None, fields: dict[str, Any]) -> Any:
         method = ADMIN_METHODS[name]
         idempotency_key = fields.pop("idempotency_key", None)
         timeout = fields.pop("timeout", None)
@@ -299,7 +299,7 @@ class AsyncAdmin(_AdminMethods):
         self._client = client
         self._stub = admin_pb2_grpc.AdminServiceStub(client.channel)  # type: ignore[no-untyped-call]  # generated, untyped
 
-    async def _call(self, name: str, request: Message | None, **fields: Any) -> Any:
+    async def _call(self, name: str, request: Message | None, fields: dict[str, Any]) -> Any:
         method = ADMIN_METHODS[name]
         idempotency_key = fields.pop("idempotency_key", None)
         timeout = fields.pop("timeout", None)
