@@ -7,7 +7,7 @@
 messages and stubs are `gatehouse_client.v1` (`./dev protos` makes them from protos/).
 """
 
-from gatehouse_client.calls import ADMIN_METHODS, Decision, as_subject
+from gatehouse_client.calls import ADMIN_METHODS, Decision, as_subject, is_tenant_id
 from gatehouse_client.client import Admin, AsyncAdmin, AsyncClient, Client
 from gatehouse_client.errors import GatehouseError
 
@@ -17,6 +17,7 @@ __all__ = [
     "AsyncAdmin",
     "AsyncClient",
     "as_subject",
+    "is_tenant_id",
     "Client",
     "Decision",
     "GatehouseError",

@@ -47,6 +47,15 @@ def as_subject(value: SubjectLike) -> common_pb2.Subject:
     return common_pb2.Subject(type=kind, id=id_)
 
 
+def is_tenant_id(value: str) -> bool:
+    """The canonical spelling of a uuid: what the server takes as a tenant id (anything
+    else is taken for a slug)."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 def snake_case(method: str) -> str:
     """`CreateTenant` -> `create_tenant`."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", method).lower()

@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 
 from gatehouse_client.calls import (
     ADMIN_METHODS,
+    is_tenant_id,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     CallPolicy,
@@ -136,16 +137,6 @@ class _AdminMethods:
     list_audit_events = _Rpc(admin_pb2.ListAuditEventsResponse)
 
 
-def _is_tenant_id(value: str) -> bool:
-    """The canonical spelling of a uuid (what the server takes as a tenant id)."""
-    import uuid
-
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 # --- blocking ---------------------------------------------------------------------------
 
 
@@ -171,7 +162,7 @@ class Admin(_AdminMethods):
 
     def resolve_tenant(self, slug_or_id: str) -> admin_pb2.Tenant:
         """The tenant with this id (canonical uuid) or slug; NOT_FOUND GatehouseError when none."""
-        if _is_tenant_id(slug_or_id):
+        if is_tenant_id(slug_or_id):
             return self.get_tenant(tenant_id=slug_or_id)
         token = ""
         while True:
@@ -314,7 +305,7 @@ class AsyncAdmin(_AdminMethods):
 
     async def resolve_tenant(self, slug_or_id: str) -> admin_pb2.Tenant:
         """The tenant with this id (canonical uuid) or slug; NOT_FOUND GatehouseError when none."""
-        if _is_tenant_id(slug_or_id):
+        if is_tenant_id(slug_or_id):
             return await self.get_tenant(tenant_id=slug_or_id)
         token = ""
         while True:
