@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -32,10 +31,9 @@ from google.protobuf.message import Message
 
 from gatehouse.server.cli_output import FORMATS, emit, emit_error, fields, plain, table
 from gatehouse_client import Client, Decision, GatehouseError, as_subject, is_tenant_id
+from gatehouse_client.calls import DEFAULT_SERVER, SERVER_ENV
 from gatehouse_client.v1 import admin_pb2, common_pb2
 
-DEFAULT_SERVER = "127.0.0.1:50051"
-SERVER_ENV = "GATEHOUSE_SERVER"
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 EXIT_CODES: dict[grpc.StatusCode, int] = {
@@ -636,7 +634,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"--key-file: {error.strerror}: {args.key_file}")
     try:
         client = Client(
-            args.server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER, key=key, tls=args.tls,
+            args.server, key=key, tls=args.tls,
             ca_file=args.tls_ca_file, cert_file=args.tls_cert_file, key_file=args.tls_key_file,
             timeout=args.timeout, retries=args.retries,
         )

@@ -21,6 +21,8 @@ from google.protobuf.message import Message
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 
 KEY_ENV = "GATEHOUSE_KEY"
+SERVER_ENV = "GATEHOUSE_SERVER"
+DEFAULT_SERVER = "127.0.0.1:50051"
 IDEMPOTENCY_HEADER = "idempotency-key"
 DEFAULT_TIMEOUT = 2.0  # seconds, per attempt
 DEFAULT_RETRIES = 3  # attempts after the first, on UNAVAILABLE only
@@ -45,6 +47,11 @@ def as_subject(value: SubjectLike) -> common_pb2.Subject:
     if not colon or not kind or not id_:
         raise ValueError(f"subject {value!r}: expected TYPE:ID, e.g. user:alice")
     return common_pb2.Subject(type=kind, id=id_)
+
+
+def target_of(target: str | None) -> str:
+    """`target`, else `$GATEHOUSE_SERVER`, else 127.0.0.1:50051."""
+    return target or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
 
 
 def is_tenant_id(value: str) -> bool:

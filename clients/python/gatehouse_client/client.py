@@ -31,6 +31,7 @@ from google.protobuf.message import Message
 from gatehouse_client.calls import (
     ADMIN_METHODS,
     is_tenant_id,
+    target_of,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     CallPolicy,
@@ -179,7 +180,8 @@ class Admin(_AdminMethods):
 class Client:
     """A blocking client of one Gatehouse sidecar (see the module docstring).
 
-    `target`: `host:port` or `unix:/path`; `key`: API key (default `$GATEHOUSE_KEY`);
+    `target`: `host:port` or `unix:/path` (default `$GATEHOUSE_SERVER`, else
+    127.0.0.1:50051); `key`: API key (default `$GATEHOUSE_KEY`);
     `tls`/`ca_file`/`cert_file`/`key_file`: TLS and mutual TLS; `timeout`: seconds per
     attempt; `retries`: attempts after the first, on UNAVAILABLE only. Safe to share
     between threads; close it (or use `with`) when done.
@@ -187,7 +189,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | None = None,
         *,
         key: str | None = None,
         tls: bool = False,
@@ -198,7 +200,7 @@ class Client:
         retries: int = DEFAULT_RETRIES,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target
+        self.target = target = target_of(target)
         self.policy = CallPolicy(key, timeout, retries)
         creds = credentials(tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         options = list(options)
@@ -325,7 +327,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | None = None,
         *,
         key: str | None = None,
         tls: bool = False,
@@ -336,7 +338,7 @@ class AsyncClient:
         retries: int = DEFAULT_RETRIES,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target
+        self.target = target = target_of(target)
         self.policy = CallPolicy(key, timeout, retries)
         creds = credentials(tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         options = list(options)
