@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import grpc
 from google.protobuf.message import Message
 
+from gatehouse_client.errors import GatehouseError
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 
 KEY_ENV = "GATEHOUSE_KEY"
@@ -61,6 +62,18 @@ def is_tenant_id(value: str) -> bool:
         return str(uuid.UUID(value)) == value
     except ValueError:
         return False
+
+
+def tenant_on_page(page: admin_pb2.ListTenantsResponse, slug: str) -> admin_pb2.Tenant | None:
+    """The tenant of `page` with this slug; None to read the next page; NOT_FOUND
+    GatehouseError after the last."""
+    for tenant in page.tenants:
+        if tenant.slug == slug:
+            return tenant
+    if page.next_page_token:
+        return None
+    raise GatehouseError(grpc.StatusCode.NOT_FOUND, f"no tenant with slug {slug!r}",
+                         reason="GATEHOUSE_TENANT_NOT_FOUND", violations=(("tenant", "no such slug"),))
 
 
 def snake_case(method: str) -> str:

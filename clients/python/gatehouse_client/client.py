@@ -32,6 +32,7 @@ from gatehouse_client.calls import (
     ADMIN_METHODS,
     is_tenant_id,
     target_of,
+    tenant_on_page,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     CallPolicy,
@@ -165,16 +166,12 @@ class Admin(_AdminMethods):
         """The tenant with this id (canonical uuid) or slug; NOT_FOUND GatehouseError when none."""
         if is_tenant_id(slug_or_id):
             return self.get_tenant(tenant_id=slug_or_id)
-        token = ""
+        page = admin_pb2.ListTenantsResponse()
         while True:
-            page = self.list_tenants(page_size=500, page_token=token)
-            for tenant in page.tenants:
-                if tenant.slug == slug_or_id:
-                    return tenant
-            token = page.next_page_token
-            if not token:
-                raise GatehouseError(grpc.StatusCode.NOT_FOUND, f"no tenant with slug {slug_or_id!r}",
-                                     reason="GATEHOUSE_TENANT_NOT_FOUND", violations=(("tenant", "no such slug"),))
+            page = self.list_tenants(page_size=500, page_token=page.next_page_token)
+            found = tenant_on_page(page, slug_or_id)
+            if found is not None:
+                return found
 
 
 class Client:
@@ -309,16 +306,12 @@ class AsyncAdmin(_AdminMethods):
         """The tenant with this id (canonical uuid) or slug; NOT_FOUND GatehouseError when none."""
         if is_tenant_id(slug_or_id):
             return await self.get_tenant(tenant_id=slug_or_id)
-        token = ""
+        page = admin_pb2.ListTenantsResponse()
         while True:
-            page = await self.list_tenants(page_size=500, page_token=token)
-            for tenant in page.tenants:
-                if tenant.slug == slug_or_id:
-                    return tenant
-            token = page.next_page_token
-            if not token:
-                raise GatehouseError(grpc.StatusCode.NOT_FOUND, f"no tenant with slug {slug_or_id!r}",
-                                     reason="GATEHOUSE_TENANT_NOT_FOUND", violations=(("tenant", "no such slug"),))
+            page = await self.list_tenants(page_size=500, page_token=page.next_page_token)
+            found = tenant_on_page(page, slug_or_id)
+            if found is not None:
+                return found
 
 
 class AsyncClient:
