@@ -28,7 +28,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from bench.envoy import CONFIG, ROUTES, EnvoyProcess, free_port, render
-from gatehouse.v1 import admin_pb2
+from gatehouse_client.v1 import admin_pb2
 from tests.client import Client, make_client, user
 from tests.processes import ServerProcess, sidecar_env, start_server
 

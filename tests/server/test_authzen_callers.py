@@ -16,7 +16,7 @@ import pytest
 from gatehouse.server.app import Sidecar
 from gatehouse.server.callers import CHECK, CONFIG
 from gatehouse.settings import Settings
-from gatehouse.v1 import admin_pb2
+from gatehouse_client.v1 import admin_pb2
 from tests.certs import Pki, issue_leaf
 from tests.client import Client, user
 from tests.server.authzen_client import EVALUATION, EVALUATIONS, METADATA, AuthZenClient

@@ -18,7 +18,7 @@ from gatehouse.envoy_api.envoy.config.core.v3 import base_pb2
 from gatehouse.envoy_api.envoy.service.auth.v3 import external_auth_pb2
 from gatehouse.server.app import Sidecar
 from gatehouse.settings import Settings
-from gatehouse.v1 import admin_pb2
+from gatehouse_client.v1 import admin_pb2
 from tests.certs import Pki, issue_leaf
 from tests.client import Client, make_client, user
 
