@@ -39,7 +39,7 @@ from bench.envoy import CONFIG, EnvoyProcess, free_port
 from bench.scenarios import CHECK, DEFAULT_RATES, Harness, Target, Verifier, warm
 from bench.targets import cpu_seconds, process_tree
 from gatehouse.envoy_api.envoy.service.auth.v3 import external_auth_pb2
-from gatehouse.v1 import access_pb2
+from gatehouse_client.v1 import access_pb2
 
 EXT_AUTHZ = "envoy+ext_authz"
 EXT_AUTHZ_DIRECT = "ext_authz-grpc"

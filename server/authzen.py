@@ -82,7 +82,7 @@ from gatehouse.errors import InvalidArgument, RevisionNotReached
 from gatehouse.server.access import MAX_BATCH
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.errors import error_json
-from gatehouse.v1 import access_pb2
+from gatehouse_client.v1 import access_pb2
 
 EVALUATION_PATH = "/access/v1/evaluation"
 EVALUATIONS_PATH = "/access/v1/evaluations"

@@ -1,10 +1,13 @@
-"""`gatehouse`: serve the sidecar, or migrate its database.
+"""`gatehouse`: serve the sidecar, migrate its database, and administer it.
 
     gatehouse serve [--listen HOST:PORT] [--unix-socket PATH] [...]
     gatehouse relay [...]
     gatehouse migrate up [--to N] | down [--to N] | version  [--database-url OWNER_DSN] [--runtime-role ROLE]
+    gatehouse tenant|plan|role|member|key|audit|config ACTION ...,  gatehouse grant|revoke|check ...
 
-`migrate down` without `--to` undoes one step, never the whole schema by accident.
+`migrate down` without `--to` undoes one step, never the whole schema by accident. The
+admin commands and `check` talk to a running server through the light client
+(server/commands.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 from typing import Any, Coroutine
 
 from gatehouse import logs
+from gatehouse.server import commands as commands_module
 from gatehouse.redis_client import url_passwords
 from gatehouse.settings import OWNER_DATABASE_URL, RELAY_SETTINGS, MigrateSettings, Settings
 
@@ -52,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         help="role the server connects as, granted its privileges after `up` ('' = grant nothing) "
         "[env GATEHOUSE_RUNTIME_ROLE, default: the user of GATEHOUSE_DATABASE_URL]",
     )
+    commands_module.add_commands(commands)
     args = parser.parse_args(argv)
 
+    if args.command in commands_module.GROUPS:
+        return commands_module.run(args)
     if args.command in ("serve", "relay"):
         settings = Settings.from_args(args)
         worker = os.environ.get("GATEHOUSE_WORKER_INDEX")

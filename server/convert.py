@@ -16,7 +16,7 @@ from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, 
 from gatehouse.engine.validate import REQUIRED, Violations, require_id, require_name, require_patterns
 from gatehouse.errors import InvalidArgument
 from gatehouse.store.api import ApiKeyRecord, AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
-from gatehouse.v1 import admin_pb2, common_pb2
+from gatehouse_client.v1 import admin_pb2, common_pb2
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 MAX_SETTINGS_BYTES = 64 * 1024

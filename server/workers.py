@@ -40,6 +40,10 @@ def claim_port(listen: str) -> str:
     host = host.strip("[]") or "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR as every listener has (grpc's too): a server restarted on its port
+        # must not be refused for the minute the last one's connections sit in TIME_WAIT;
+        # a port another socket listens on is still refused (Linux).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, int(port)))
         except OSError as exc:

