@@ -26,13 +26,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1
 RUN python -m venv /opt/gatehouse
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so a source change does not reinstall them.
+# Dependencies first, from pyproject.toml alone, so a source change does not reinstall them
+# (all but gatehouse-client: the light client in clients/python, whose generated stubs the
+# server imports, is installed from this source below).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if not d.startswith('gatehouse-client')))" \
         > /tmp/requirements.txt \
     && /opt/gatehouse/bin/pip install -r /tmp/requirements.txt
 COPY . .
-RUN /opt/gatehouse/bin/pip install --no-deps . \
+RUN /opt/gatehouse/bin/pip install --no-deps ./clients/python . \
     && /opt/gatehouse/bin/gatehouse --help >/dev/null
 
 FROM python:3.11-slim-bookworm

@@ -19,7 +19,7 @@ import sys
 
 import grpc
 
-from gatehouse.v1 import access_pb2, access_pb2_grpc, common_pb2, config_pb2, config_pb2_grpc
+from gatehouse_client.v1 import access_pb2, access_pb2_grpc, common_pb2, config_pb2, config_pb2_grpc
 
 _ALLOWED = access_pb2.CheckAccessResponse(
     allowed=True,

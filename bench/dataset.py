@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import redis.asyncio as aioredis
 
-from gatehouse.v1 import access_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, common_pb2, config_pb2
 
 PG_ADMIN_URL = os.environ.get("GATEHOUSE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_OWNER_ROLE = os.environ.get("GATEHOUSE_BENCH_PG_OWNER_ROLE", "gatehouse")

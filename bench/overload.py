@@ -31,7 +31,7 @@ import grpc
 from bench import h2load
 from bench.scenarios import CHECK, Harness, Verifier, rss_series, rss_summary, warm
 from bench.stats import latency_summary
-from gatehouse.v1 import admin_pb2, admin_pb2_grpc
+from gatehouse_client.v1 import admin_pb2, admin_pb2_grpc
 
 SAMPLE_RATE = 200.0
 GET_TENANT = "/gatehouse.v1.AdminService/GetTenant"

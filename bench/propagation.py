@@ -351,7 +351,7 @@ async def run_probes(store: Any, tenant_id: str, subject: Any, addresses: list[s
     import grpc
 
     from gatehouse.store.api import Actor
-    from gatehouse.v1 import access_pb2, access_pb2_grpc, common_pb2
+    from gatehouse_client.v1 import access_pb2, access_pb2_grpc, common_pb2
 
     actor = Actor(id="bench-probe")
     request = access_pb2.CheckAccessRequest(

@@ -52,7 +52,7 @@ class WorkerSpec:
 
 
 def _answer_ok(kind: str, answer: bytes, expected: Any) -> bool:
-    from gatehouse.v1 import access_pb2, config_pb2
+    from gatehouse_client.v1 import access_pb2, config_pb2
 
     if kind == "check":
         return access_pb2.CheckAccessResponse.FromString(answer).allowed == expected

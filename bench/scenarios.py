@@ -41,7 +41,7 @@ from bench import h2load, pygen
 from bench.dataset import BenchStorage, Dataset, generate
 from bench.stats import latency_summary
 from bench.targets import Target, baseline_target, gatehouse_target
-from gatehouse.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from gatehouse_client.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 CHECK = "/gatehouse.v1.AccessService/CheckAccess"
 BATCH = "/gatehouse.v1.AccessService/CheckAccessBatch"

@@ -20,7 +20,7 @@ from google.protobuf import struct_pb2
 from bench.dataset import BenchStorage, generate
 from bench.scenarios import _operator_token
 from bench.targets import gatehouse_target
-from gatehouse.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
+from gatehouse_client.v1 import admin_pb2, admin_pb2_grpc, config_pb2, config_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -29,7 +29,7 @@ from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluat
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.interceptors import Chain
 from gatehouse.server.wire import EncodedAnswer, parse, register_service, split_field1
-from gatehouse.v1 import access_pb2
+from gatehouse_client.v1 import access_pb2
 
 MAX_BATCH = 1000
 Response = access_pb2.CheckAccessResponse

@@ -42,7 +42,7 @@ from gatehouse.server.decisions import DecisionService
 from gatehouse.server.idempotency import REPLAY_REASON, run_idempotent
 from gatehouse.server.errors import abort, translate
 from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch, StoreMutator
-from gatehouse.v1 import admin_pb2, admin_pb2_grpc
+from gatehouse_client.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

@@ -36,7 +36,7 @@ from gatehouse import tracing
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
-from gatehouse.v1 import access_pb2, admin_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2
 
 log = logging.getLogger("gatehouse")
 

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError, Message
 from gatehouse import logs
 from gatehouse.engine.patterns import is_valid_tenant_id
 from gatehouse.server.interceptors import StreamHandler, UnaryHandler, _code
-from gatehouse.v1 import access_pb2, admin_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2
 
 access_log = logging.getLogger("gatehouse.access")
 

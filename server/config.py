@@ -18,7 +18,7 @@ from gatehouse.server.convert import STATUS_TO_PROTO, dict_to_struct
 from gatehouse.server.errors import abort, grpc_errors
 from gatehouse.server.interceptors import Chain
 from gatehouse.server.wire import parse, register_service
-from gatehouse.v1 import config_pb2
+from gatehouse_client.v1 import config_pb2
 
 _VIEW = "config"
 _ENCODED = "config-bytes"

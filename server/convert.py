@@ -15,7 +15,7 @@ from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, 
 from gatehouse.engine.validate import Violations, require_id, require_name, require_patterns, require_slug
 from gatehouse.errors import InvalidArgument
 from gatehouse.store.api import ApiKeyRecord, AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
-from gatehouse.v1 import admin_pb2, common_pb2
+from gatehouse_client.v1 import admin_pb2, common_pb2
 
 MAX_SETTINGS_BYTES = 64 * 1024
 MAX_MAP_ENTRIES = 256

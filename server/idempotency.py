@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from gatehouse.errors import IdempotencyKeyReused, InvalidArgument, Unavailable
 from gatehouse.store.api import IdempotencyLog
 from gatehouse.store.idempotency import ClaimState
-from gatehouse.v1 import admin_pb2
+from gatehouse_client.v1 import admin_pb2
 
 HEADER = "idempotency-key"
 REPLAY_REASON = "GATEHOUSE_IDEMPOTENT_REPLAY"

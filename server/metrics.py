@@ -177,7 +177,7 @@ _REASON_NAMES: dict[int, str] = {}
 
 def _reason_name(number: int) -> str:
     if not _REASON_NAMES:
-        from gatehouse.v1 import access_pb2
+        from gatehouse_client.v1 import access_pb2
 
         for value in access_pb2.DESCRIPTOR.enum_types_by_name["DecisionReason"].values:
             _REASON_NAMES[value.number] = value.name.removeprefix("DECISION_REASON_")

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.server.health import SERVICES
-from gatehouse.v1 import access_pb2_grpc, admin_pb2, admin_pb2_grpc, common_pb2, config_pb2_grpc
+from gatehouse_client.v1 import access_pb2_grpc, admin_pb2, admin_pb2_grpc, common_pb2, config_pb2_grpc
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The checked-in protobuf code in gatehouse/v1 must be what protos/ generates today.
+"""The checked-in protobuf code in clients/python/gatehouse_client/v1 must be what protos/ generates today.
 
 `./dev protos` (scripts/genproto.py) regenerates it; this test fails the suite when
 someone edits a .proto and forgets to, or edits generated code by hand.

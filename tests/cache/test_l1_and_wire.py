@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gatehouse.server.wire import frame, split_field1, varint
 from gatehouse.cache.l1 import ExpiringMap
-from gatehouse.v1 import access_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, common_pb2
 
 
 class Clock:

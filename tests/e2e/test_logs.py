@@ -16,7 +16,7 @@ import pytest
 
 from gatehouse.logs import REQUIRED_FIELDS
 from gatehouse.server.admin_auth import KEY_RE
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 
 from tests.client import Client, make_client, user
 from tests.processes import ServerProcess, sidecar_env, start_server

@@ -20,7 +20,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.targets import process_tree
-from gatehouse.v1 import access_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, common_pb2
 from tests.client import make_client, user
 from tests.processes import ServerProcess, sidecar_env, start_server
 

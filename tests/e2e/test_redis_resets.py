@@ -12,7 +12,7 @@ import collections
 import grpc
 import redis.asyncio as aioredis
 
-from gatehouse.v1 import access_pb2
+from gatehouse_client.v1 import access_pb2
 from tests.client import make_client, user
 from tests.dependencies import PrivateRedis
 from tests.processes import sidecar_env, start_server

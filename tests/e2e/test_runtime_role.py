@@ -7,7 +7,7 @@ import asyncio
 
 import asyncpg
 
-from gatehouse.v1 import config_pb2
+from gatehouse_client.v1 import config_pb2
 from tests.client import make_client
 from tests.conftest import PG_RUNTIME_ROLE
 from tests.processes import sidecar_env, start_server

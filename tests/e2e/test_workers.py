@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bench.targets import process_tree
-from gatehouse.v1 import config_pb2
+from gatehouse_client.v1 import config_pb2
 from tests.client import make_client
 from tests.processes import sidecar_env, start_server
 

@@ -10,7 +10,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import Client, make_client, user
 from tests.dependencies import PrivateRedis
 from tests.processes import ServerProcess, sidecar_env, start_server

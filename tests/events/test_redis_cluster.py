@@ -30,7 +30,7 @@ from gatehouse.settings import Settings
 from gatehouse.store.api import Actor
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
-from gatehouse.v1 import admin_pb2
+from gatehouse_client.v1 import admin_pb2
 from tests.client import make_client, user
 from tests.dependencies import PrivateRedisCluster
 from tests.events.test_propagation import check, eventually

@@ -32,7 +32,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import Client
 from tests.fuzz.calls import NEVER, call_raw, path_of
 from tests.fuzz.conftest import ErrorRecords
@@ -462,7 +462,7 @@ async def test_found_hostile_values_inside_the_documented_ranges(client: Client,
     one failed to convert. Both were INTERNAL with a traceback."""
     from google.protobuf import struct_pb2, timestamp_pb2
 
-    from gatehouse.v1 import admin_pb2
+    from gatehouse_client.v1 import admin_pb2
 
     tenant = await client.tenant(f"hostile-{unique}")
     last = timestamp_pb2.Timestamp(seconds=253402300799, nanos=999999999)
@@ -492,7 +492,7 @@ async def test_found_page_tokens_with_values_the_database_refuses(client: Client
     import base64
     import json
 
-    from gatehouse.v1 import admin_pb2
+    from gatehouse_client.v1 import admin_pb2
 
     def token(key: list[object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
@@ -513,7 +513,7 @@ async def test_found_deep_field_paths_keep_the_status_within_the_trailer_limit(c
     client accepts: it saw RESOURCE_EXHAUSTED and no details at all."""
     from google.protobuf import struct_pb2
 
-    from gatehouse.v1 import admin_pb2
+    from gatehouse_client.v1 import admin_pb2
 
     tenant = await client.tenant(f"deep-paths-{unique}")
     value: dict[str, object] = {"leaf": "a\x00b"}  # a NUL: one violation per copy, deep down

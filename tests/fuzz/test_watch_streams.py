@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from gatehouse.server.app import Sidecar
-from gatehouse.v1 import admin_pb2, config_pb2, config_pb2_grpc
+from gatehouse_client.v1 import admin_pb2, config_pb2, config_pb2_grpc
 from tests.client import Client
 from tests.fuzz.conftest import ErrorRecords
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
 
 from tests.client import Client, user
 

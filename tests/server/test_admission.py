@@ -21,7 +21,7 @@ from gatehouse.server.admin_auth import FailedAuthLimit, peer_address
 from gatehouse.server.admission import Admission, method_class
 from gatehouse.server.app import Sidecar
 from gatehouse.settings import Settings
-from gatehouse.v1 import access_pb2, admin_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2
 from tests.client import Client, make_client, user
 from tests.server.status import details
 

@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from gatehouse.server.app import Sidecar
-from gatehouse.v1 import access_pb2, admin_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2
 
 from tests.client import Client, user
 from tests.server.test_access import check

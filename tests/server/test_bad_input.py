@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
 
 from tests.client import Client, user
 from tests.server.status import details
@@ -163,7 +163,7 @@ async def test_hundreds_of_bad_fields_fit_in_the_trailers(client: Client) -> Non
 
 async def test_one_rule_one_message_in_every_method(client: Client) -> None:
     """The same rule words its violation the same way whichever method applies it."""
-    from gatehouse.v1 import config_pb2
+    from gatehouse_client.v1 import config_pb2
 
     empty_tenant = [
         client.access.CheckAccess(request(tenant_id="")),

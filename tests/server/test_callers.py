@@ -15,7 +15,7 @@ import pytest
 from gatehouse.server.app import Sidecar
 from gatehouse.server.callers import CHECK, CONFIG, load_identities
 from gatehouse.settings import Settings
-from gatehouse.v1 import access_pb2, admin_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2
 from tests.certs import Pki, issue_leaf
 from tests.client import Client, make_client, user
 

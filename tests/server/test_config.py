@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from gatehouse.v1 import admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import admin_pb2, common_pb2, config_pb2
 
 from tests.client import Client
 from tests.server.status import details

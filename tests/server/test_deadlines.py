@@ -32,7 +32,7 @@ from gatehouse.server.interceptors import Deadline
 from gatehouse.settings import Settings
 from gatehouse.store.api import Actor
 from gatehouse.store.postgres import PostgresStore, connect
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
 from tests.client import Client, make_client, user
 from tests.conftest import PG_ADMIN_URL, create_migrated_database, drop_database
 from tests.faults import Direction, FaultProxy

@@ -12,7 +12,7 @@ from gatehouse import errors
 from gatehouse.server.app import Sidecar
 from gatehouse.server.errors import to_status, translate
 from gatehouse.settings import Settings
-from gatehouse.v1 import access_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, common_pb2, config_pb2
 
 from tests.client import make_client
 from tests.server.status import details

@@ -20,7 +20,7 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import Client, user
 from tests.server.status import details
 from tests.spellings import uuid_spellings

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.server.app import Sidecar
 from gatehouse.stats import StatsRegistry
-from gatehouse.v1 import access_pb2, admin_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2
 from tests.client import Client, user
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gatehouse.server.app import Sidecar
 from gatehouse.settings import Settings
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
 from tests.client import Client, make_client
 
 Reason = access_pb2.DecisionReason

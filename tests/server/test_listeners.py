@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from gatehouse.server.app import Sidecar
 from gatehouse.server.listeners import MUTUAL_TLS, PLAINTEXT, TLS, is_loopback, plan_listeners
 from gatehouse.settings import Settings
-from gatehouse.v1 import access_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, common_pb2
 from tests.certs import Pki
 from tests.client import make_client
 

@@ -226,7 +226,7 @@ async def test_call_log_costs_the_hot_path_nothing_unless_asked(captured: io.Str
     assert CallLog().unary(hot, _handler) is _handler
     assert CallLog(scope_hot=True).unary(hot, _handler) is not _handler
     wrapped = CallLog(hot=True).unary(hot, _handler)
-    from gatehouse.v1 import access_pb2
+    from gatehouse_client.v1 import access_pb2
 
     body = access_pb2.CheckAccessRequest(tenant_id=TENANT).SerializeToString()
     assert await wrapped(body, _Context((("x-request-id", "r2"),))) == b"ok"

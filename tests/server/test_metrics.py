@@ -23,7 +23,7 @@ from gatehouse.server.app import Sidecar
 from gatehouse.server.metrics import SERIES, Metrics, split_key, split_method
 from gatehouse.server.metrics_setup import MULTIPROC_ENV, is_loopback, make_dir_env, parse_listen
 from gatehouse.settings import Settings
-from gatehouse.v1 import access_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, common_pb2
 from tests.client import Client, make_client, user
 
 # Label names that could hold a value per tenant, subject or request: never on any series.

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from google.protobuf import text_format
 
-from gatehouse.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from gatehouse_client.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 from tests.simulation.model import LIFECYCLE, SYSTEM_ROLES, Feature, Outcome, Status, World
 from tests.spellings import uuid_spellings as misspellings

@@ -46,7 +46,7 @@ from typing import Any
 import grpc
 from google.protobuf import text_format
 
-from gatehouse.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 
 from tests.client import Client
 from tests.server.status import details

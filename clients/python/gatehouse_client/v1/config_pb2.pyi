@@ -1,4 +1,4 @@
-from gatehouse.v1 import common_pb2 as _common_pb2
+from gatehouse_client.v1 import common_pb2 as _common_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

@@ -1,6 +1,6 @@
 import datetime
 
-from gatehouse.v1 import common_pb2 as _common_pb2
+from gatehouse_client.v1 import common_pb2 as _common_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from gatehouse.v1 import access_pb2 as gatehouse_dot_v1_dot_access__pb2
+from gatehouse_client.v1 import access_pb2 as gatehouse_dot_v1_dot_access__pb2
 
 GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__

@@ -1,0 +1,218 @@
+"""What a `Client` and an `AsyncClient` share: how a call is made, retried and remembered.
+
+Nothing here does I/O: the clients send, sleep and wait; this decides what they send
+(the request message, the credential, the idempotency key), how long they wait before a
+retry, and which revision of a tenant they must not read below (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import grpc
+from google.protobuf.message import Message
+
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+
+KEY_ENV = "GATEHOUSE_KEY"
+IDEMPOTENCY_HEADER = "idempotency-key"
+DEFAULT_TIMEOUT = 2.0  # seconds, per attempt
+DEFAULT_RETRIES = 3  # attempts after the first, on UNAVAILABLE only
+FIRST_BACKOFF = 0.1  # seconds: the first retry waits up to this, the n-th up to 2**n times it
+MAX_BACKOFF = 2.0  # seconds, the most one wait may be
+
+Metadata = tuple[tuple[str, str], ...]
+SubjectLike = str | tuple[str, str] | common_pb2.Subject
+
+_ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+
+
+def subject(value: SubjectLike) -> common_pb2.Subject:
+    """`"user:alice"`, `("user", "alice")` or a `Subject` as a `Subject`; ValueError for a
+    string without a `type:` part."""
+    if isinstance(value, common_pb2.Subject):
+        return value
+    if isinstance(value, tuple):
+        kind, id_ = value
+        return common_pb2.Subject(type=kind, id=id_)
+    kind, colon, id_ = value.partition(":")
+    if not colon or not kind or not id_:
+        raise ValueError(f"subject {value!r}: expected TYPE:ID, e.g. user:alice")
+    return common_pb2.Subject(type=kind, id=id_)
+
+
+def snake_case(method: str) -> str:
+    """`CreateTenant` -> `create_tenant`."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", method).lower()
+
+
+@dataclass(frozen=True)
+class AdminMethod:
+    """One AdminService method: its name, request class, and whether it writes (every
+    method but Get* and List*, which get an idempotency key)."""
+
+    name: str
+    request: type[Message]
+    mutation: bool
+
+
+ADMIN_METHODS: dict[str, AdminMethod] = {
+    snake_case(m.name): AdminMethod(
+        m.name, getattr(admin_pb2, m.input_type.name), not m.name.startswith(("Get", "List"))
+    )
+    for m in _ADMIN.methods
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A CheckAccess answer. `reason` is the DecisionReason without its prefix
+    (`"ALLOWED"`, `"NO_GRANT"`, `"NOT_A_MEMBER"`, ...); `revision` the tenant revision it
+    was computed at; `granted_by_role` / `granted_at_scope` what allowed it; `feature`
+    the feature that blocked it (reason FEATURE_DISABLED). True when allowed."""
+
+    allowed: bool
+    reason: str
+    revision: int
+    granted_by_role: str = ""
+    granted_at_scope: str = ""
+    feature: str = ""
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @classmethod
+    def of(cls, answer: access_pb2.CheckAccessResponse) -> Decision:
+        return cls(
+            allowed=answer.allowed,
+            reason=access_pb2.DecisionReason.Name(answer.reason).removeprefix("DECISION_REASON_"),
+            revision=answer.revision,
+            granted_by_role=answer.granted_by_role,
+            granted_at_scope=answer.granted_at_scope,
+            feature=answer.feature,
+        )
+
+
+class CallPolicy:
+    """Credential, deadline, retries and the revisions this client's writes returned.
+
+    `key`: the API key sent as `authorization: Bearer <key>` (default `$GATEHOUSE_KEY`;
+    none: calls go without one). `timeout`: seconds per attempt. `retries`: attempts
+    after the first, made only when the answer is UNAVAILABLE (the server or a
+    dependency of its down, or the connection lost), after a wait drawn uniformly from
+    [0, min(MAX_BACKOFF, FIRST_BACKOFF * 2**n)] ("full jitter"); a mutation's retries
+    carry the same idempotency key, so the server runs it at most once.
+    """
+
+    def __init__(self, key: str | None, timeout: float, retries: int) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be more than 0 seconds")
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        key = os.environ.get(KEY_ENV) if key is None else key
+        self.auth: Metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        self.timeout = timeout
+        self.retries = retries
+        self._random = random.Random()
+        self._revisions: dict[str, int] = {}
+        self._lock = threading.Lock()  # a sync Client may be shared by threads
+
+    def metadata(self, mutation: bool, idempotency_key: str | None) -> Metadata:
+        if not mutation:
+            return self.auth
+        return (*self.auth, (IDEMPOTENCY_HEADER, idempotency_key or uuid.uuid4().hex))
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (0 = the first)."""
+        return self._random.uniform(0, min(MAX_BACKOFF, FIRST_BACKOFF * 2**retry))
+
+    @staticmethod
+    def retryable(code: grpc.StatusCode) -> bool:
+        return code == grpc.StatusCode.UNAVAILABLE
+
+    # --- read-your-writes ------------------------------------------------------------
+
+    def revision(self, tenant_id: str) -> int:
+        """The highest revision a write of this client returned for `tenant_id` (0: none)."""
+        with self._lock:
+            return self._revisions.get(tenant_id, 0)
+
+    def remember(self, request: Message, response: Message) -> None:
+        """After a write: the tenant it wrote and the revision it returned."""
+        tenant_id = getattr(request, "tenant_id", "")
+        if isinstance(response, admin_pb2.Tenant):
+            tenant_id, revision = response.id, response.revision
+        else:
+            revision = getattr(response, "revision", 0)
+        if tenant_id and revision:
+            with self._lock:
+                self._revisions[tenant_id] = max(revision, self._revisions.get(tenant_id, 0))
+
+    def min_revision(self, tenant_id: str, given: int | None) -> int:
+        return max(given or 0, self.revision(tenant_id))
+
+    # --- requests --------------------------------------------------------------------
+
+    def check_request(
+        self,
+        tenant_id: str,
+        subject_: SubjectLike,
+        permission: str,
+        *,
+        scope: str = "",
+        resource_type: str = "",
+        resource_id: str = "",
+        min_revision: int | None = None,
+    ) -> access_pb2.CheckAccessRequest:
+        return access_pb2.CheckAccessRequest(
+            tenant_id=tenant_id,
+            subject=subject(subject_),
+            permission=permission,
+            resource=common_pb2.Resource(type=resource_type, id=resource_id, scope=scope),
+            min_revision=self.min_revision(tenant_id, min_revision),
+        )
+
+    def batch_request(
+        self, checks: Iterable[Mapping[str, Any] | Sequence[Any] | access_pb2.CheckAccessRequest]
+    ) -> access_pb2.CheckAccessBatchRequest:
+        """Each check: a CheckAccessRequest (its min_revision raised to what this client
+        wrote), a mapping of `check()`'s keyword arguments, or `(tenant_id, subject,
+        permission)`."""
+        requests = []
+        for check in checks:
+            if isinstance(check, access_pb2.CheckAccessRequest):
+                request = access_pb2.CheckAccessRequest()
+                request.CopyFrom(check)
+                request.min_revision = self.min_revision(request.tenant_id, request.min_revision)
+            elif isinstance(check, Mapping):
+                request = self.check_request(**check)
+            else:
+                request = self.check_request(*check)
+            requests.append(request)
+        return access_pb2.CheckAccessBatchRequest(checks=requests)
+
+    def config_request(self, tenant_id: str, min_revision: int | None) -> config_pb2.GetTenantConfigRequest:
+        return config_pb2.GetTenantConfigRequest(
+            tenant_id=tenant_id, min_revision=self.min_revision(tenant_id, min_revision)
+        )
+
+
+def admin_request(method: AdminMethod, request: Message | None, fields: dict[str, Any]) -> Message:
+    """The request for `method`: `request` as given, or built from `fields` (a `subject`
+    may be `"user:alice"` or `("user", "alice")`; Struct fields take dicts, Timestamp
+    fields datetimes, message fields dicts, as protobuf's constructors do)."""
+    if request is not None:
+        if fields:
+            raise TypeError(f"{snake_case(method.name)}: give a request message or fields, not both")
+        if not isinstance(request, method.request):
+            raise TypeError(f"{snake_case(method.name)}: expected {method.request.__name__}, got {type(request).__name__}")
+        return request
+    if "subject" in fields and fields["subject"] is not None:
+        fields = {**fields, "subject": subject(fields["subject"])}
+    return method.request(**fields)

@@ -1,0 +1,430 @@
+"""`Client` (blocking) and `AsyncClient` (asyncio): one Gatehouse sidecar's services.
+
+    from gatehouse_client import Client
+    with Client("127.0.0.1:50051") as gh:                        # key: $GATEHOUSE_KEY
+        tenant = gh.admin.create_tenant(slug="acme", name="Acme")
+        gh.admin.activate_tenant(tenant_id=tenant.id, reason="launch")
+        gh.admin.create_role(tenant_id=tenant.id, name="accountant", permissions=["invoice.*"])
+        gh.admin.add_member(tenant_id=tenant.id, subject="user:alice")
+        gh.admin.assign_role(tenant_id=tenant.id, subject="user:alice", role="accountant", scope="emea")
+        gh.check(tenant.id, "user:alice", "invoice.read", scope="emea/de")  # Decision(allowed=True, ...)
+
+Targets: `host:port` or `unix:/path/to.sock`. TLS when `ca_file` (the server's CA) or
+`tls=True` (the system's roots) is given; mutual TLS with `cert_file` and `key_file`.
+Every call has a deadline (`timeout` seconds, per attempt) and is retried on UNAVAILABLE
+only (`retries` times, exponential backoff with full jitter). A failed call raises
+`GatehouseError`. Read-your-writes: every check and config read of a tenant carries, as
+`min_revision`, the highest revision this client's writes to that tenant returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Iterable, Iterator, TypeVar, overload
+
+import grpc
+from google.protobuf.message import Message
+
+from gatehouse_client.calls import (
+    ADMIN_METHODS,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    CallPolicy,
+    Decision,
+    SubjectLike,
+    admin_request,
+)
+from gatehouse_client.errors import GatehouseError
+from gatehouse_client.v1 import (
+    access_pb2,
+    access_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
+    config_pb2,
+    config_pb2_grpc,
+)
+
+log = logging.getLogger("gatehouse_client")
+R = TypeVar("R", bound=Message)
+Call = Callable[..., Any]
+
+
+def credentials(
+    *, tls: bool = False, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM files, or None (plaintext) when none is asked for.
+    `cert_file` and `key_file` (the client's certificate for mutual TLS) go together."""
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("cert_file and key_file go together (mutual TLS)")
+    if not (tls or ca_file or cert_file):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file), private_key=_read(key_file), certificate_chain=_read(cert_file)
+    )
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+class _Rpc(Generic[R]):
+    """One AdminService helper (declared below, once for both clients): `admin.<name>(
+    request=None, *, idempotency_key=None, timeout=None, **fields) -> response`."""
+
+    def __init__(self, response: type[R]) -> None:
+        self.response = response
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, admin: None, owner: type) -> _Rpc[R]: ...
+    @overload
+    def __get__(self, admin: Admin, owner: type) -> Callable[..., R]: ...
+    @overload
+    def __get__(self, admin: AsyncAdmin, owner: type) -> Callable[..., Awaitable[R]]: ...
+    def __get__(self, admin: Any, owner: type) -> Any:
+        if admin is None:
+            return self
+        name = self.name
+
+        def call(request: Message | None = None, /, **fields: Any) -> Any:
+            return admin._call(name, request, **fields)
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = f"AdminService/{ADMIN_METHODS[name].name}: returns {self.response.__name__}."
+        return call
+
+
+class _AdminMethods:
+    """Every AdminService method, snake_cased (tests/client check that none is missing).
+
+    Each takes the request message, or its fields as keywords (`subject` may be
+    `"user:alice"`), and `idempotency_key=` (mutations: a fresh one per call when not
+    given, the same for its retries) and `timeout=` (seconds per attempt)."""
+
+    create_tenant = _Rpc(admin_pb2.Tenant)
+    get_tenant = _Rpc(admin_pb2.Tenant)
+    list_tenants = _Rpc(admin_pb2.ListTenantsResponse)
+    update_tenant = _Rpc(admin_pb2.Tenant)
+    patch_tenant_config = _Rpc(admin_pb2.Tenant)
+    activate_tenant = _Rpc(admin_pb2.Tenant)
+    suspend_tenant = _Rpc(admin_pb2.Tenant)
+    resume_tenant = _Rpc(admin_pb2.Tenant)
+    archive_tenant = _Rpc(admin_pb2.Tenant)
+    restore_tenant = _Rpc(admin_pb2.Tenant)
+    delete_tenant = _Rpc(admin_pb2.Tenant)
+    upsert_plan = _Rpc(admin_pb2.UpsertPlanResponse)
+    list_plans = _Rpc(admin_pb2.ListPlansResponse)
+    create_role = _Rpc(admin_pb2.RoleResponse)
+    update_role = _Rpc(admin_pb2.RoleResponse)
+    delete_role = _Rpc(admin_pb2.MutationResponse)
+    list_roles = _Rpc(admin_pb2.ListRolesResponse)
+    add_member = _Rpc(admin_pb2.MemberResponse)
+    remove_member = _Rpc(admin_pb2.MutationResponse)
+    list_members = _Rpc(admin_pb2.ListMembersResponse)
+    assign_role = _Rpc(admin_pb2.RoleAssignmentResponse)
+    revoke_role = _Rpc(admin_pb2.MutationResponse)
+    list_role_assignments = _Rpc(admin_pb2.ListRoleAssignmentsResponse)
+    create_api_key = _Rpc(admin_pb2.CreateApiKeyResponse)
+    revoke_api_key = _Rpc(admin_pb2.MutationResponse)
+    list_api_keys = _Rpc(admin_pb2.ListApiKeysResponse)
+    list_audit_events = _Rpc(admin_pb2.ListAuditEventsResponse)
+
+
+def _is_tenant_id(value: str) -> bool:
+    """The canonical spelling of a uuid (what the server takes as a tenant id)."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+# --- blocking ---------------------------------------------------------------------------
+
+
+class Admin(_AdminMethods):
+    """`client.admin`: the AdminService helpers of a blocking `Client`."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._stub = admin_pb2_grpc.AdminServiceStub(client.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+
+    def _call(self, name: str, request: Message | None, **fields: Any) -> Any:
+        method = ADMIN_METHODS[name]
+        idempotency_key = fields.pop("idempotency_key", None)
+        timeout = fields.pop("timeout", None)
+        message = admin_request(method, request, fields)
+        policy = self._client.policy
+        response = self._client._unary(
+            getattr(self._stub, method.name), message, policy.metadata(method.mutation, idempotency_key), timeout
+        )
+        if method.mutation:
+            policy.remember(message, response)
+        return response
+
+    def resolve_tenant(self, slug_or_id: str) -> admin_pb2.Tenant:
+        """The tenant with this id (canonical uuid) or slug; NOT_FOUND GatehouseError when none."""
+        if _is_tenant_id(slug_or_id):
+            return self.get_tenant(tenant_id=slug_or_id)
+        token = ""
+        while True:
+            page = self.list_tenants(page_size=500, page_token=token)
+            for tenant in page.tenants:
+                if tenant.slug == slug_or_id:
+                    return tenant
+            token = page.next_page_token
+            if not token:
+                raise GatehouseError(grpc.StatusCode.NOT_FOUND, f"no tenant with slug {slug_or_id!r}",
+                                     reason="GATEHOUSE_TENANT_NOT_FOUND", violations=(("tenant", "no such slug"),))
+
+
+class Client:
+    """A blocking client of one Gatehouse sidecar (see the module docstring).
+
+    `target`: `host:port` or `unix:/path`; `key`: API key (default `$GATEHOUSE_KEY`);
+    `tls`/`ca_file`/`cert_file`/`key_file`: TLS and mutual TLS; `timeout`: seconds per
+    attempt; `retries`: attempts after the first, on UNAVAILABLE only. Safe to share
+    between threads; close it (or use `with`) when done.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        key: str | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.policy = CallPolicy(key, timeout, retries)
+        creds = credentials(tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        options = list(options)
+        self.channel = (
+            grpc.insecure_channel(target, options) if creds is None else grpc.secure_channel(target, creds, options)
+        )
+        self._access = access_pb2_grpc.AccessServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self._config = config_pb2_grpc.ConfigServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.admin = Admin(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def check(
+        self,
+        tenant_id: str,
+        subject: SubjectLike,
+        permission: str,
+        *,
+        scope: str = "",
+        resource_type: str = "",
+        resource_id: str = "",
+        min_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> Decision:
+        """May `subject` (`"user:alice"`, `("user", "alice")` or a Subject) do `permission`
+        at `scope` (an org-unit path, `""` = the tenant root) in the tenant?"""
+        request = self.policy.check_request(
+            tenant_id, subject, permission, scope=scope, resource_type=resource_type,
+            resource_id=resource_id, min_revision=min_revision,
+        )
+        return Decision.of(self._unary(self._access.CheckAccess, request, self.policy.auth, timeout))
+
+    def check_many(self, checks: Iterable[Any], *, timeout: float | None = None) -> list[Decision]:
+        """Many checks in one call, answered in order (see `CallPolicy.batch_request` for
+        what each check may be)."""
+        answer = self._unary(self._access.CheckAccessBatch, self.policy.batch_request(checks), self.policy.auth, timeout)
+        return [Decision.of(result) for result in answer.results]
+
+    def config(
+        self, tenant_id: str, *, min_revision: int | None = None, timeout: float | None = None
+    ) -> config_pb2.TenantConfig:
+        """The tenant's effective configuration (plan defaults merged with its overrides)."""
+        request = self.policy.config_request(tenant_id, min_revision)
+        return self._unary(self._config.GetTenantConfig, request, self.policy.auth, timeout)  # type: ignore[no-any-return]
+
+    def watch_config(self, tenant_id: str) -> Iterator[config_pb2.TenantConfig]:
+        """The tenant's configuration now, then after every change, until the caller stops
+        iterating (no deadline, no retries: a GatehouseError ends it)."""
+        stream = self._config.WatchTenantConfig(
+            config_pb2.WatchTenantConfigRequest(tenant_id=tenant_id), metadata=self.policy.auth
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise GatehouseError.from_rpc_error(error) from None
+        finally:
+            stream.cancel()
+
+    def _unary(self, rpc: Call, request: Message, metadata: tuple[tuple[str, str], ...], timeout: float | None) -> Any:
+        policy = self.policy
+        retry = 0
+        while True:
+            try:
+                return rpc(request, timeout=timeout or policy.timeout, metadata=metadata)
+            except grpc.RpcError as error:
+                if not policy.retryable(error.code()) or retry >= policy.retries:
+                    raise GatehouseError.from_rpc_error(error) from None
+                wait = policy.backoff(retry)
+                log.info("gatehouse: %s: %s; retry %d of %d in %.2f s", self.target, error.code(), retry + 1,
+                         policy.retries, wait)
+            time.sleep(wait)
+            retry += 1
+
+
+# --- asyncio ----------------------------------------------------------------------------
+
+
+class AsyncAdmin(_AdminMethods):
+    """`client.admin`: the AdminService helpers of an `AsyncClient` (each a coroutine)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._stub = admin_pb2_grpc.AdminServiceStub(client.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+
+    async def _call(self, name: str, request: Message | None, **fields: Any) -> Any:
+        method = ADMIN_METHODS[name]
+        idempotency_key = fields.pop("idempotency_key", None)
+        timeout = fields.pop("timeout", None)
+        message = admin_request(method, request, fields)
+        policy = self._client.policy
+        response = await self._client._unary(
+            getattr(self._stub, method.name), message, policy.metadata(method.mutation, idempotency_key), timeout
+        )
+        if method.mutation:
+            policy.remember(message, response)
+        return response
+
+    async def resolve_tenant(self, slug_or_id: str) -> admin_pb2.Tenant:
+        """The tenant with this id (canonical uuid) or slug; NOT_FOUND GatehouseError when none."""
+        if _is_tenant_id(slug_or_id):
+            return await self.get_tenant(tenant_id=slug_or_id)
+        token = ""
+        while True:
+            page = await self.list_tenants(page_size=500, page_token=token)
+            for tenant in page.tenants:
+                if tenant.slug == slug_or_id:
+                    return tenant
+            token = page.next_page_token
+            if not token:
+                raise GatehouseError(grpc.StatusCode.NOT_FOUND, f"no tenant with slug {slug_or_id!r}",
+                                     reason="GATEHOUSE_TENANT_NOT_FOUND", violations=(("tenant", "no such slug"),))
+
+
+class AsyncClient:
+    """`Client`'s asyncio twin: the same arguments, every call a coroutine. Make it inside
+    the event loop that uses it; `await client.close()` (or `async with`) when done."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        key: str | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.policy = CallPolicy(key, timeout, retries)
+        creds = credentials(tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        options = list(options)
+        self.channel = (
+            grpc.aio.insecure_channel(target, options)
+            if creds is None
+            else grpc.aio.secure_channel(target, creds, options)
+        )
+        self._access = access_pb2_grpc.AccessServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self._config = config_pb2_grpc.ConfigServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.admin = AsyncAdmin(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def check(
+        self,
+        tenant_id: str,
+        subject: SubjectLike,
+        permission: str,
+        *,
+        scope: str = "",
+        resource_type: str = "",
+        resource_id: str = "",
+        min_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> Decision:
+        """See `Client.check`."""
+        request = self.policy.check_request(
+            tenant_id, subject, permission, scope=scope, resource_type=resource_type,
+            resource_id=resource_id, min_revision=min_revision,
+        )
+        return Decision.of(await self._unary(self._access.CheckAccess, request, self.policy.auth, timeout))
+
+    async def check_many(self, checks: Iterable[Any], *, timeout: float | None = None) -> list[Decision]:
+        """See `Client.check_many`."""
+        request = self.policy.batch_request(checks)
+        answer = await self._unary(self._access.CheckAccessBatch, request, self.policy.auth, timeout)
+        return [Decision.of(result) for result in answer.results]
+
+    async def config(
+        self, tenant_id: str, *, min_revision: int | None = None, timeout: float | None = None
+    ) -> config_pb2.TenantConfig:
+        """See `Client.config`."""
+        request = self.policy.config_request(tenant_id, min_revision)
+        return await self._unary(self._config.GetTenantConfig, request, self.policy.auth, timeout)  # type: ignore[no-any-return]
+
+    async def watch_config(self, tenant_id: str) -> AsyncIterator[config_pb2.TenantConfig]:
+        """See `Client.watch_config`."""
+        stream = self._config.WatchTenantConfig(
+            config_pb2.WatchTenantConfigRequest(tenant_id=tenant_id), metadata=self.policy.auth
+        )
+        try:
+            async for config in stream:
+                yield config
+        except grpc.aio.AioRpcError as error:
+            raise GatehouseError.from_rpc_error(error) from None
+        finally:
+            stream.cancel()
+
+    async def _unary(
+        self, rpc: Call, request: Message, metadata: tuple[tuple[str, str], ...], timeout: float | None
+    ) -> Any:
+        policy = self.policy
+        retry = 0
+        while True:
+            try:
+                return await rpc(request, timeout=timeout or policy.timeout, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                if not policy.retryable(error.code()) or retry >= policy.retries:
+                    raise GatehouseError.from_rpc_error(error) from None
+                wait = policy.backoff(retry)
+                log.info("gatehouse: %s: %s; retry %d of %d in %.2f s", self.target, error.code(), retry + 1,
+                         policy.retries, wait)
+            await asyncio.sleep(wait)
+            retry += 1
