@@ -33,6 +33,7 @@ from gatehouse.declarative.model import (
     RoleSpec,
     State,
     TenantSpec,
+    subject_text,
 )
 from gatehouse.engine.lifecycle import TRANSITIONS, Action
 from gatehouse.engine.model import TenantStatus
@@ -277,7 +278,7 @@ def _role_steps(have: TenantSpec, want: TenantSpec, *, prune: bool, fixed: froze
             if grant.role not in defined:
                 raise PlanError(
                     member.where,
-                    f"tenant {slug}: {member.subject} is granted {grant.role}, which is neither a system role "
+                    f"tenant {slug}: {subject_text(member.subject)} is granted {grant.role}, which is neither a system role "
                     "nor defined in roles" + ("" if prune else " nor live"),
                 )
     return steps

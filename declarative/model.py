@@ -57,7 +57,8 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class MemberSpec:
-    """A member (`type/id`) and the role grants it holds."""
+    """A member (its key `type/id`, see `subject_text` for how it is written) and the role
+    grants it holds."""
 
     subject: str
     grants: frozenset[Grant] = frozenset()
@@ -91,6 +92,13 @@ class State:
 def subject_key(type_: str, id_: str) -> str:
     """The one spelling of a subject in the state: `type/id` (ids hold no `/`)."""
     return f"{type_}/{id_}"
+
+
+def subject_text(key: str) -> str:
+    """How the file and the CLI spell a subject: `user:alice` (as `gatehouse member add`
+    takes it), or `type/id` when the type itself holds a `:`."""
+    type_, id_ = split_subject(key)
+    return f"{type_}/{id_}" if ":" in type_ else f"{type_}:{id_}"
 
 
 def split_subject(key: str) -> tuple[str, str]:

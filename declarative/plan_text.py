@@ -8,7 +8,7 @@
     ~ tenant acme config
         settings.theme: "light" -> "dark"
         - flag_overrides.reports (was false)
-    + grant acme user/bob: billing-admin at emea/de
+    + grant acme user:bob: billing-admin at emea/de
 
     Plan: 2 to add, 2 to change, 0 to remove.
 """
@@ -34,7 +34,7 @@ from gatehouse.declarative.diff import (
     UpsertPlan,
     json_equal,
 )
-from gatehouse.declarative.model import FeatureSpec, Grant, PlanSpec
+from gatehouse.declarative.model import FeatureSpec, Grant, PlanSpec, subject_text
 from gatehouse.engine.lifecycle import Action
 
 NO_CHANGES = "No changes: the live state matches the file."
@@ -108,10 +108,10 @@ def describe(step: Step) -> tuple[str, list[str]]:
     if isinstance(step, DeleteRole):
         return f"role {step.slug}/{step.name}", []
     if isinstance(step, AddMember):
-        return f"member {step.slug} {step.subject}", []
+        return f"member {step.slug} {subject_text(step.subject)}", []
     if isinstance(step, RemoveMember):
-        return f"member {step.slug} {step.subject} (with its role grants)", []
-    return f"grant {step.slug} {step.subject}: {_grant(step.grant)}", []
+        return f"member {step.slug} {subject_text(step.subject)} (with its role grants)", []
+    return f"grant {step.slug} {subject_text(step.subject)}: {_grant(step.grant)}", []
 
 
 def _grant(grant: Grant) -> str:

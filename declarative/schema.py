@@ -25,7 +25,7 @@ named by file, line and field, and written back in the same form.
         permissions: ["invoice.*"]
         description: Runs billing
     members:
-      - subject: user/alice         # type/id (type:id is read too)
+      - subject: user:alice         # type:id (or type/id, when the type holds a colon)
         roles:
           - role: owner             # at the tenant root
           - role: billing-admin
@@ -57,6 +57,7 @@ from gatehouse.declarative.model import (
     State,
     TenantSpec,
     subject_key,
+    subject_text,
 )
 from gatehouse.engine.model import KEY_SUBJECT_TYPE, TenantStatus
 from gatehouse.engine.patterns import is_valid_pattern
@@ -409,7 +410,9 @@ class _Reader:
                         raise self.problem(grant_node, f"{inner}.roles[{j}]", "lists this role at this scope twice")
                     grants.add(grant)
                 if subject in out:
-                    raise self.problem(item, f"{inner}.subject", f"{subject} is also listed at {out[subject].where}")
+                    raise self.problem(
+                        item, f"{inner}.subject", f"{subject_text(subject)} is also listed at {out[subject].where}"
+                    )
                 out[subject] = MemberSpec(subject, frozenset(grants), where=self.where(item))
             except _Invalid:
                 continue
@@ -420,7 +423,7 @@ class _Reader:
         separator = "/" if "/" in value else ":"
         type_, found, id_ = value.partition(separator)
         if not found:
-            raise self.problem(node, field, "must be type/id, e.g. user/alice")
+            raise self.problem(node, field, "must be type:id, e.g. user:alice")
         self.rule(require_id, node, f"{field} (type)", type_)
         self.rule(require_id, node, f"{field} (id)", id_)
         if type_ == KEY_SUBJECT_TYPE:
@@ -493,7 +496,7 @@ def _tenant_document(tenant: TenantSpec) -> dict[str, Any]:
         ]
     if tenant.members:
         doc["members"] = [
-            {"subject": m.subject, **({"roles": [_grant(g) for g in sorted(m.grants)]} if m.grants else {})}
+            {"subject": subject_text(m.subject), **({"roles": [_grant(g) for g in sorted(m.grants)]} if m.grants else {})}
             for m in sorted(tenant.members.values(), key=lambda m: m.subject)
         ]
     return doc

@@ -207,7 +207,7 @@ def test_a_tenant_to_be_deleted_is_archived_then_deleted_and_nothing_else() -> N
         ),
         (
             TenantSpec("acme", members={"user/a": MemberSpec("user/a", frozenset({Grant("ghost")}), where="s.yaml:12")}),
-            "s.yaml:12: tenant acme: user/a is granted ghost, which is neither a system role nor defined",
+            "s.yaml:12: tenant acme: user:a is granted ghost, which is neither a system role nor defined",
         ),
     ],
 )

@@ -95,7 +95,7 @@ def test_every_problem_is_named_by_file_line_and_field_in_line_order() -> None:
         "state.yaml:14: Tenant Acme: members[0].roles[0].scope: must be empty or /-separated segments of "
         "[A-Za-z0-9._:@-] (no empty, . or .. segment, no leading or trailing /)",
         "state.yaml:15: Tenant Acme: members[1].subject: API keys are not members in the file: manage them with `gatehouse key`",
-        "state.yaml:16: Tenant Acme: members[2].subject: must be type/id, e.g. user/alice",
+        "state.yaml:16: Tenant Acme: members[2].subject: must be type:id, e.g. user:alice",
         "state.yaml:18: document 2: apiVersion: must be gatehouse/v1 (got 'gatehouse/v2')",
     ]
 
@@ -114,7 +114,7 @@ def test_duplicates_are_problems_not_silently_the_last_one() -> None:
         """
     ) == [
         "state.yaml:5: Tenant acme: name: duplicate key (first at line 4)",
-        "state.yaml:8: Tenant acme: members[1].subject: user/a is also listed at state.yaml:7",
+        "state.yaml:8: Tenant acme: members[1].subject: user:a is also listed at state.yaml:7",
     ]
     twice = "apiVersion: gatehouse/v1\nkind: Tenant\nslug: acme\n"
     assert problems(f"{twice}---\n{twice}") == [
@@ -177,9 +177,9 @@ def test_the_plan_reads_like_terraform() -> None:
         ~ tenant acme config
             settings.theme: "dark" -> "light"
             flag_overrides.reports: false -> true
-        + member acme user/bob
-        + grant acme user/bob: viewer at the tenant root
-        - member acme service/ci (with its role grants)
+        + member acme user:bob
+        + grant acme user:bob: viewer at the tenant root
+        - member acme service:ci (with its role grants)
 
         Plan: 2 to add, 2 to change, 1 to remove.
         """
