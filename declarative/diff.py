@@ -249,7 +249,10 @@ def _config_patch(have: TenantSpec, want: TenantSpec, *, prune: bool, created: b
     if want.settings is not None and not created:
         live = dict(have.settings or {})
         target = dict(want.settings) if prune else merge(live, want.settings)
-        settings_patch = merge_patch_between(live, target) or None
+        try:
+            settings_patch = merge_patch_between(live, target) or None
+        except ValueError as error:
+            raise PlanError(want.where, f"tenant {want.slug}: {error}") from None
     set_flags = {k: v for k, v in want.flag_overrides.items() if not json_equal(have.flag_overrides.get(k), v)}
     set_quotas = {k: v for k, v in want.quota_overrides.items() if not json_equal(have.quota_overrides.get(k), v)}
     clear_flags = tuple(sorted(have.flag_overrides.keys() - want.flag_overrides.keys())) if prune else ()
@@ -334,16 +337,20 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def merge_patch_between(source: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
-    """The smallest RFC 7396 merge-patch turning `source` into `target` ({} = equal)."""
+    """The smallest RFC 7396 merge-patch turning `source` into `target` ({} = equal);
+    ValueError for a null in `target` that `source` lacks (a merge-patch's null deletes)."""
     patch: dict[str, Any] = {key: None for key in source if key not in target}
     for key, value in target.items():
-        if key not in source:
-            patch[key] = value
-        elif isinstance(value, Mapping) and isinstance(source[key], Mapping):
+        if value is None and (key not in source or source[key] is not None):
+            raise ValueError(f"settings.{key}: a null cannot be written through a merge-patch (it deletes the key)")
+        if isinstance(value, Mapping) and isinstance(source.get(key), Mapping):
             inner = merge_patch_between(source[key], value)
             if inner:
                 patch[key] = inner
-        elif not json_equal(source[key], value):
+        elif key not in source or not json_equal(source[key], value):
+            if isinstance(value, Mapping):
+                # Written whole, as a patch: its own nulls would delete, not store.
+                merge_patch_between({}, value)
             patch[key] = value
     return patch
 

@@ -17,7 +17,7 @@ named by file, line and field, and written back in the same form.
     plan: pro
     region: eu-west-1
     status: active                  # draft | active | suspended | archived | deleted
-    settings: {theme: dark}         # JSON values; null is not one (merge-patch deletes with it)
+    settings: {theme: dark}         # JSON values
     flag_overrides: {reports: false}
     quota_overrides: {seats: 100}
     roles:                          # custom roles; owner, admin, member, viewer are fixed
@@ -233,8 +233,9 @@ class _Reader:
         return value
 
     def json(self, node: yaml.Node, field: str) -> Any:
-        """A JSON value (settings): string, number, true/false, list or mapping; no null,
-        which a merge-patch cannot store (it deletes the key), and no dates (quote them)."""
+        """A JSON value (settings): string, number, true/false, null, list or mapping; no
+        dates (quote them). (A null the live settings lack cannot be written: a merge-patch
+        deletes with null; the diff says so.)"""
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             items = self.mapping(node, field).items() if isinstance(node, yaml.MappingNode) else enumerate(node.value)
             found: dict[Any, Any] = {}
@@ -248,8 +249,6 @@ class _Reader:
                 raise _Invalid()
             return found if isinstance(node, yaml.MappingNode) else list(found.values())
         value = self.scalar(node)
-        if value is None:
-            raise self.problem(node, field, "null is not a setting value (leave the key out to delete it with --prune)")
         if isinstance(value, (datetime.date, datetime.datetime)):
             raise self.problem(node, field, "a date is not a JSON value: quote it")
         if isinstance(value, bytes):
@@ -484,7 +483,7 @@ def _tenant_document(tenant: TenantSpec) -> dict[str, Any]:
     }
     doc.update({key: value for key, value in optional.items() if value is not None})
     if tenant.settings is not None:
-        doc["settings"] = _plain(tenant.settings)
+        doc["settings"] = plain(tenant.settings)
     if tenant.flag_overrides:
         doc["flag_overrides"] = dict(sorted(tenant.flag_overrides.items()))
     if tenant.quota_overrides:
@@ -506,13 +505,13 @@ def _grant(grant: Grant) -> dict[str, str]:
     return {"role": grant.role, "scope": grant.scope} if grant.scope else {"role": grant.role}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Settings as YAML writes them back: whole floats (protobuf's Struct holds only
     doubles) as ints, so `3` stays `3` through a round trip."""
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value

@@ -3,6 +3,7 @@
     gatehouse serve [--listen HOST:PORT] [--unix-socket PATH] [...]
     gatehouse relay [...]
     gatehouse migrate up [--to N] | down [--to N] | version  [--database-url OWNER_DSN] [--runtime-role ROLE]
+    gatehouse apply -f state.yaml [--dry-run] [--prune]  |  gatehouse export [--tenant SLUG_OR_ID]
 
 `migrate down` without `--to` undoes one step, never the whole schema by accident.
 """
@@ -52,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         help="role the server connects as, granted its privileges after `up` ('' = grant nothing) "
         "[env GATEHOUSE_RUNTIME_ROLE, default: the user of GATEHOUSE_DATABASE_URL]",
     )
+    from gatehouse.server import declarative_cli
+
+    declarative_cli.add_commands(commands)
     args = parser.parse_args(argv)
 
+    if args.command in ("apply", "export"):
+        return declarative_cli.run(args)
     if args.command in ("serve", "relay"):
         settings = Settings.from_args(args)
         worker = os.environ.get("GATEHOUSE_WORKER_INDEX")

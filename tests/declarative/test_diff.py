@@ -218,6 +218,13 @@ def test_what_no_calls_can_reach_is_refused_naming_the_line(want: TenantSpec, me
     assert str(caught.value).startswith(message)
 
 
+def test_a_null_setting_can_stay_but_not_be_written() -> None:
+    live = TenantSpec(slug="acme", name="A", plan="", region="", status=TenantStatus.ACTIVE, settings={"a": None})
+    assert diff(State(tenants={"acme": live}), State(tenants={"acme": TenantSpec("acme", settings={"a": None})})) == []
+    with pytest.raises(PlanError, match="settings.b: a null cannot be written"):
+        diff(State(tenants={"acme": live}), State(tenants={"acme": TenantSpec("acme", settings={"b": None})}))
+
+
 def test_a_new_tenant_needs_a_name() -> None:
     with pytest.raises(PlanError, match="name is required"):
         diff(State(), State(tenants={"acme": TenantSpec("acme", where="s.yaml:1")}))
