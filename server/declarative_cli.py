@@ -9,11 +9,11 @@ apply: read the file (every problem named file:line:field, nothing written), rea
 live state of the plans and tenants the file names, print the plan (`+ ~ -`), and unless
 `--dry-run` run its steps in order. Concurrent changes are detected, not overwritten:
 every tenant's revision is read with its state (and the read repeated if the tenant moved
-meanwhile); writes that take an `expected_revision` (UpdateTenant, PatchTenantConfig, the
-lifecycle calls, UpdateRole) send the revision apply last saw, so the server refuses them
-(ABORTED, GATEHOUSE_REVISION_CONFLICT) if anyone else wrote; every other write's returned
-revision must be exactly one past the one apply last saw, else apply stops there and says
-so. A second apply of the same file finds no difference and makes no call that writes.
+meanwhile), and every write to the tenant sends the revision apply last saw as
+`expected_revision`, so the server refuses it (ABORTED, GATEHOUSE_REVISION_CONFLICT) if
+anyone else wrote in between; apply stops there and says so. (Plans are platform-wide and
+carry no revision: UpsertPlan is the one write that is not checked.) A second apply of
+the same file finds no difference and makes no call that writes.
 
 Exit status: 0 done (or nothing to do); 1 the file is invalid or asks for what cannot be
 reached; 2 a call failed (refused, not found, ...); 3 a concurrent change was detected.
@@ -76,7 +76,7 @@ READ_ATTEMPTS = 3
 
 
 class ConcurrentChange(Exception):
-    """Someone else wrote to a tenant between apply's read and its write."""
+    """A tenant kept changing while apply read it."""
 
 
 # --- the command line ---
@@ -381,8 +381,33 @@ def execute(client: Client, live: Live, step: Step) -> int | None:
                 description=role.description or "", expected_revision=seen,
             )  # fmt: skip
         )
-    else:
-        return _unchecked(admin, live, step, tenant_id, seen)
+    elif isinstance(step, CreateRole):
+        role = step.role
+        checked = admin.create_role(
+            admin_pb2.CreateRoleRequest(
+                tenant_id=tenant_id, name=role.name, permissions=list(role.permissions),
+                description=role.description or "", expected_revision=seen,
+            )  # fmt: skip
+        )
+    elif isinstance(step, DeleteRole):
+        checked = admin.delete_role(admin_pb2.DeleteRoleRequest(tenant_id=tenant_id, name=step.name, expected_revision=seen))
+    elif isinstance(step, AddMember):
+        checked = admin.add_member(
+            admin_pb2.AddMemberRequest(tenant_id=tenant_id, subject=_subject(step.subject), expected_revision=seen)
+        )
+    elif isinstance(step, RemoveMember):
+        checked = admin.remove_member(
+            admin_pb2.RemoveMemberRequest(tenant_id=tenant_id, subject=_subject(step.subject), expected_revision=seen)
+        )
+    elif isinstance(step, (AssignRole, RevokeRole)):
+        fields: dict[str, Any] = {"tenant_id": tenant_id, "subject": _subject(step.subject), "role": step.grant.role,
+                                  "scope": step.grant.scope, "expected_revision": seen}  # fmt: skip
+        if isinstance(step, AssignRole):
+            checked = admin.assign_role(admin_pb2.AssignRoleRequest(**fields))
+        else:
+            checked = admin.revoke_role(admin_pb2.RevokeRoleRequest(**fields))
+    else:  # pragma: no cover - every step type is handled above
+        raise TypeError(f"not a step: {step!r}")
     live.revisions[slug] = int(checked.revision)
     return int(checked.revision)
 
@@ -390,46 +415,6 @@ def execute(client: Client, live: Live, step: Step) -> int | None:
 def _subject(key: str) -> common_pb2.Subject:
     type_, id_ = split_subject(key)
     return common_pb2.Subject(type=type_, id=id_)
-
-
-def _unchecked(admin: Any, live: Live, step: Step, tenant_id: str, seen: int) -> int:
-    """A write the API takes no expected revision for: it must land exactly one revision
-    past the one apply saw, or someone else wrote in between (ConcurrentChange)."""
-    if isinstance(step, CreateRole):
-        role = step.role
-        response = admin.create_role(
-            admin_pb2.CreateRoleRequest(
-                tenant_id=tenant_id, name=role.name, permissions=list(role.permissions), description=role.description or ""
-            )
-        )
-    elif isinstance(step, DeleteRole):
-        response = admin.delete_role(admin_pb2.DeleteRoleRequest(tenant_id=tenant_id, name=step.name))
-    elif isinstance(step, AddMember):
-        response = admin.add_member(admin_pb2.AddMemberRequest(tenant_id=tenant_id, subject=_subject(step.subject)))
-    elif isinstance(step, RemoveMember):
-        response = admin.remove_member(admin_pb2.RemoveMemberRequest(tenant_id=tenant_id, subject=_subject(step.subject)))
-    elif isinstance(step, AssignRole):
-        response = admin.assign_role(
-            admin_pb2.AssignRoleRequest(
-                tenant_id=tenant_id, subject=_subject(step.subject), role=step.grant.role, scope=step.grant.scope
-            )
-        )
-    elif isinstance(step, RevokeRole):
-        response = admin.revoke_role(
-            admin_pb2.RevokeRoleRequest(
-                tenant_id=tenant_id, subject=_subject(step.subject), role=step.grant.role, scope=step.grant.scope
-            )
-        )
-    else:  # pragma: no cover - every step type is handled above
-        raise TypeError(f"not a step: {step!r}")
-    revision = int(response.revision)
-    live.revisions[step.slug] = revision
-    if revision != seen + 1:
-        raise ConcurrentChange(
-            f"tenant {step.slug} was at revision {seen} when apply last saw it, and this write made it {revision}: "
-            "someone else wrote in between"
-        )
-    return revision
 
 
 # --- export ---
