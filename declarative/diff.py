@@ -5,13 +5,14 @@ and the same steps applied to a `State` in memory (what the server will end up h
     apply_steps(live, steps)                   # == desired on every managed field
 
 Rules:
-- A field the file leaves out (None) is not managed. Without `prune`, nothing absent from
+- A field the file leaves out (None) is not managed, with or without `prune` (`roles: []`
+  manages the roles as none; no `roles:` leaves them be). Without `prune`, nothing absent from
   the file is removed: settings keys, flag and quota overrides, plan features, quotas and
   rate limits, custom roles, members and role grants the file does not name stay as they
-  are; the file's values are laid over them. With `prune`, each object the file names
-  ends up exactly as written, and roles and members of those tenants that it does not
-  name are removed. Tenants and plans are never removed (there is no plan deletion, and
-  a tenant leaves through `status: deleted`, which needs no prune).
+  are; the file's values are laid over them. With `prune`, each field the file sets ends
+  up exactly as written: roles and members of its tenants that it does not name are
+  removed. Tenants and plans are never removed (there is no plan deletion, and a tenant
+  leaves through `status: deleted`, which needs no prune).
 - Order, per call the server checks: plans first (a tenant may move onto a new plan);
   per tenant: create, lifecycle (unless the goal is `deleted`), name/plan/region, config,
   roles created or changed, members added, roles granted, then what goes away: grants
@@ -182,7 +183,7 @@ def _overlay_plan(have: PlanSpec, want: PlanSpec) -> PlanSpec:
 
 def _tenant_steps(have: TenantSpec | None, want: TenantSpec, *, prune: bool, fixed: frozenset[str]) -> list[Step]:
     slug = want.slug
-    for role in want.roles.values():
+    for role in (want.roles or {}).values():
         if role.name in fixed:
             raise PlanError(role.where, f"tenant {slug}: {role.name} is a system role and fixed; leave it out of roles")
     steps: list[Step] = []
@@ -194,11 +195,19 @@ def _tenant_steps(have: TenantSpec | None, want: TenantSpec, *, prune: bool, fix
         steps.append(CreateTenant(want))
         have = TenantSpec(
             slug=slug, name=want.name, plan=want.plan or "", region=want.region or "", status=TenantStatus.DRAFT,
-            settings=want.settings or {},
+            settings=want.settings or {}, flag_overrides={}, quota_overrides={}, roles={}, members={},
         )  # fmt: skip
         created = True
     else:
         created = False
+    # What the file leaves out (None) is not managed: it is wanted as it is live.
+    want = replace(
+        want,
+        flag_overrides=have.flag_overrides if want.flag_overrides is None else want.flag_overrides,
+        quota_overrides=have.quota_overrides if want.quota_overrides is None else want.quota_overrides,
+        roles=have.roles if want.roles is None else want.roles,
+        members=have.members if want.members is None else want.members,
+    )
     status = have.status or TenantStatus.DRAFT
     if want.status is TenantStatus.DELETED:
         return steps + [Transition(slug, a, b, c) for a, b, c in _path(status, TenantStatus.DELETED, want)]
@@ -253,10 +262,12 @@ def _config_patch(have: TenantSpec, want: TenantSpec, *, prune: bool, created: b
             settings_patch = merge_patch_between(live, target) or None
         except ValueError as error:
             raise PlanError(want.where, f"tenant {want.slug}: {error}") from None
-    set_flags = {k: v for k, v in want.flag_overrides.items() if not json_equal(have.flag_overrides.get(k), v)}
-    set_quotas = {k: v for k, v in want.quota_overrides.items() if not json_equal(have.quota_overrides.get(k), v)}
-    clear_flags = tuple(sorted(have.flag_overrides.keys() - want.flag_overrides.keys())) if prune else ()
-    clear_quotas = tuple(sorted(have.quota_overrides.keys() - want.quota_overrides.keys())) if prune else ()
+    have_flags, want_flags = have.flag_overrides or {}, want.flag_overrides or {}
+    have_quotas, want_quotas = have.quota_overrides or {}, want.quota_overrides or {}
+    set_flags = {k: v for k, v in want_flags.items() if not json_equal(have_flags.get(k), v)}
+    set_quotas = {k: v for k, v in want_quotas.items() if not json_equal(have_quotas.get(k), v)}
+    clear_flags = tuple(sorted(have_flags.keys() - want_flags.keys())) if prune else ()
+    clear_quotas = tuple(sorted(have_quotas.keys() - want_quotas.keys())) if prune else ()
     if not (settings_patch or set_flags or set_quotas or clear_flags or clear_quotas):
         return None
     return PatchConfig(want.slug, settings_patch, set_flags, clear_flags, set_quotas, clear_quotas, before=have)
@@ -265,8 +276,9 @@ def _config_patch(have: TenantSpec, want: TenantSpec, *, prune: bool, created: b
 def _role_steps(have: TenantSpec, want: TenantSpec, *, prune: bool, fixed: frozenset[str]) -> list[Step]:
     slug = want.slug
     steps: list[Step] = []
-    for name in sorted(want.roles):
-        role, live = want.roles[name], have.roles.get(name)
+    have_roles, want_roles = have.roles or {}, want.roles or {}
+    for name in sorted(want_roles):
+        role, live = want_roles[name], have_roles.get(name)
         if live is None:
             steps.append(CreateRole(slug, replace(role, description=role.description or "")))
             continue
@@ -274,9 +286,9 @@ def _role_steps(have: TenantSpec, want: TenantSpec, *, prune: bool, fixed: froze
         if target != live:
             steps.append(UpdateRole(slug, target, live))
     # Every grant the file asks for must name a role that will exist.
-    kept = set(have.roles) if not prune else set()
-    defined = fixed | set(want.roles) | kept
-    for member in want.members.values():
+    kept = set(have_roles) if not prune else set()
+    defined = fixed | set(want_roles) | kept
+    for member in (want.members or {}).values():
         for grant in sorted(member.grants):
             if grant.role not in defined:
                 raise PlanError(
@@ -293,17 +305,19 @@ def _member_steps(have: TenantSpec, want: TenantSpec, *, prune: bool) -> list[St
     grants: list[Step] = []
     revokes: list[Step] = []
     removals: list[Step] = []
-    for subject in sorted(want.members):
-        live = have.members.get(subject)
+    have_members, want_members = have.members or {}, want.members or {}
+    for subject in sorted(want_members):
+        live = have_members.get(subject)
         if live is None:
             adds.append(AddMember(slug, subject))
         held = live.grants if live is not None else frozenset()
-        grants.extend(AssignRole(slug, subject, g) for g in sorted(want.members[subject].grants - held))
+        grants.extend(AssignRole(slug, subject, g) for g in sorted(want_members[subject].grants - held))
         if prune and live is not None:
-            revokes.extend(RevokeRole(slug, subject, g) for g in sorted(held - want.members[subject].grants))
+            revokes.extend(RevokeRole(slug, subject, g) for g in sorted(held - want_members[subject].grants))
     if prune:
-        removals.extend(RemoveMember(slug, s) for s in sorted(have.members.keys() - want.members.keys()))
-        deletions: list[Step] = [DeleteRole(slug, name) for name in sorted(have.roles.keys() - want.roles.keys())]
+        removals.extend(RemoveMember(slug, s) for s in sorted(have_members.keys() - want_members.keys()))
+        gone = (have.roles or {}).keys() - (want.roles or {}).keys()
+        deletions: list[Step] = [DeleteRole(slug, name) for name in sorted(gone)]
     else:
         deletions = []
     return adds + grants + revokes + removals + deletions
@@ -370,7 +384,7 @@ def apply_steps(state: State, steps: Iterable[Step]) -> State:
             t = step.tenant
             tenants[t.slug] = TenantSpec(
                 slug=t.slug, name=t.name, plan=t.plan or "", region=t.region or "", status=TenantStatus.DRAFT,
-                settings=dict(t.settings or {}),
+                settings=dict(t.settings or {}), flag_overrides={}, quota_overrides={}, roles={}, members={},
             )  # fmt: skip
             continue
         tenant = tenants[step.slug]
@@ -386,52 +400,65 @@ def _apply_tenant_step(t: TenantSpec, step: Step) -> TenantSpec:
         return replace(t, **changed)
     if isinstance(step, PatchConfig):
         settings = merge_patch(t.settings or {}, step.settings_patch) if step.settings_patch else t.settings
-        flags = {k: v for k, v in {**t.flag_overrides, **step.set_flags}.items() if k not in step.clear_flags}
-        quotas = {k: v for k, v in {**t.quota_overrides, **step.set_quotas}.items() if k not in step.clear_quotas}
+        flags = {k: v for k, v in {**(t.flag_overrides or {}), **step.set_flags}.items() if k not in step.clear_flags}
+        quotas = {k: v for k, v in {**(t.quota_overrides or {}), **step.set_quotas}.items() if k not in step.clear_quotas}
         return replace(t, settings=settings, flag_overrides=flags, quota_overrides=quotas)
     if isinstance(step, (CreateRole, UpdateRole)):
-        return replace(t, roles={**t.roles, step.role.name: step.role})
+        return replace(t, roles={**(t.roles or {}), step.role.name: step.role})
     if isinstance(step, DeleteRole):
-        return replace(t, roles={k: v for k, v in t.roles.items() if k != step.name})
+        return replace(t, roles={k: v for k, v in (t.roles or {}).items() if k != step.name})
+    members = t.members or {}
     if isinstance(step, AddMember):
-        return replace(t, members={**t.members, step.subject: MemberSpec(step.subject)})
+        return replace(t, members={**members, step.subject: MemberSpec(step.subject)})
     if isinstance(step, RemoveMember):
-        return replace(t, members={k: v for k, v in t.members.items() if k != step.subject})
+        return replace(t, members={k: v for k, v in members.items() if k != step.subject})
     if isinstance(step, (AssignRole, RevokeRole)):
-        member = t.members[step.subject]
+        member = members[step.subject]
         grants = member.grants | {step.grant} if isinstance(step, AssignRole) else member.grants - {step.grant}
-        return replace(t, members={**t.members, step.subject: replace(member, grants=grants)})
+        return replace(t, members={**members, step.subject: replace(member, grants=grants)})
     raise TypeError(f"not a tenant step: {step!r}")
 
 
-def overlay(live: State, desired: State) -> State:
-    """What applying `desired` without prune must leave: live, with the file laid over it."""
+def overlay(live: State, desired: State, *, prune: bool = False) -> State:
+    """What applying `desired` must leave (ids aside): live, with the file laid over it;
+    with `prune`, every field the file sets exactly as it sets it."""
     plans = dict(live.plans)
     for name, plan in desired.plans.items():
-        plans[name] = _overlay_plan(plans[name], plan) if name in plans else plan
+        plans[name] = _overlay_plan(plans[name], plan) if name in plans and not prune else plan
     tenants = dict(live.tenants)
     for slug, want in desired.tenants.items():
-        have = tenants.get(slug)
-        if have is None:
-            have = TenantSpec(slug=slug, name=want.name, plan="", region="", status=TenantStatus.DRAFT, settings={})
-        members = dict(have.members)
-        for subject, member in want.members.items():
+        have = tenants.get(slug) or TenantSpec(
+            slug=slug, name=want.name, plan="", region="", status=TenantStatus.DRAFT, settings={},
+            flag_overrides={}, quota_overrides={}, roles={}, members={},
+        )  # fmt: skip
+        members = {} if prune and want.members is not None else dict(have.members or {})
+        for subject, member in (want.members or {}).items():
             held = members[subject].grants if subject in members else frozenset()
             members[subject] = MemberSpec(subject, held | member.grants)
-        roles = dict(have.roles)
-        for name, role in want.roles.items():
-            base = roles.get(name)
+        live_roles = have.roles or {}
+        roles = {} if prune and want.roles is not None else dict(live_roles)
+        for name, role in (want.roles or {}).items():
+            base = live_roles.get(name)
             description = role.description if role.description is not None else (base.description if base else "")
             roles[name] = replace(role, description=description)
+
+        def laid(have_map: Mapping[str, Any] | None, want_map: Mapping[str, Any] | None) -> dict[str, Any]:
+            if want_map is None:
+                return dict(have_map or {})
+            return dict(want_map) if prune else {**(have_map or {}), **want_map}
+
+        settings = have.settings
+        if want.settings is not None:
+            settings = dict(want.settings) if prune else merge(have.settings or {}, want.settings)
         tenants[slug] = replace(
             have,
             name=want.name if want.name is not None else have.name,
             plan=want.plan if want.plan is not None else have.plan,
             region=want.region if want.region is not None else have.region,
             status=want.status if want.status is not None else have.status,
-            settings=merge(have.settings or {}, want.settings) if want.settings is not None else have.settings,
-            flag_overrides={**have.flag_overrides, **want.flag_overrides},
-            quota_overrides={**have.quota_overrides, **want.quota_overrides},
+            settings=settings,
+            flag_overrides=laid(have.flag_overrides, want.flag_overrides),
+            quota_overrides=laid(have.quota_overrides, want.quota_overrides),
             roles=roles,
             members=members,
         )

@@ -67,7 +67,8 @@ class MemberSpec:
 
 @dataclass(frozen=True, slots=True)
 class TenantSpec:
-    """A tenant. `id` None: found by slug. Any other field None: not managed."""
+    """A tenant. `id` None: found by slug. Any other field None: not managed (`roles: []`
+    in the file manages them as none, which `--prune` acts on; no `roles:` leaves them be)."""
 
     slug: str
     name: str | None = None
@@ -76,10 +77,10 @@ class TenantSpec:
     region: str | None = None
     status: TenantStatus | None = None
     settings: Mapping[str, Any] | None = None
-    flag_overrides: Mapping[str, bool] = field(default_factory=dict)
-    quota_overrides: Mapping[str, int] = field(default_factory=dict)
-    roles: Mapping[str, RoleSpec] = field(default_factory=dict)
-    members: Mapping[str, MemberSpec] = field(default_factory=dict)
+    flag_overrides: Mapping[str, bool] | None = None
+    quota_overrides: Mapping[str, int] | None = None
+    roles: Mapping[str, RoleSpec] | None = None
+    members: Mapping[str, MemberSpec] | None = None
     where: str = field(default="", compare=False)
 
 

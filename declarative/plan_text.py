@@ -138,8 +138,8 @@ def _config_lines(step: PatchConfig) -> list[str]:
     lines: list[str] = []
     if step.settings_patch:
         lines += _patch_lines("settings", dict(before.settings or {}) if before else {}, step.settings_patch)
-    flags = dict(before.flag_overrides) if before else {}
-    quotas = dict(before.quota_overrides) if before else {}
+    flags = dict(before.flag_overrides or {}) if before else {}
+    quotas = dict(before.quota_overrides or {}) if before else {}
     lines += _changes("flag_overrides", flags, {**{k: v for k, v in flags.items() if k not in step.clear_flags}, **step.set_flags})
     lines += _changes("quota_overrides", quotas, {**{k: v for k, v in quotas.items() if k not in step.clear_quotas}, **step.set_quotas})
     return lines

@@ -343,10 +343,10 @@ class _Reader:
         region = self._field(fields, "region", lambda n, f: self.optional_id(n, f), None)
         status = self._field(fields, "status", self.status, None)
         settings = self._field(fields, "settings", self.settings, None)
-        flags: dict[str, bool] = self._field(fields, "flag_overrides", lambda n, f: self.keyed(n, f, self.boolean), {})
-        quotas: dict[str, int] = self._field(fields, "quota_overrides", lambda n, f: self.keyed(n, f, self.integer), {})
-        roles: dict[str, RoleSpec] = self._field(fields, "roles", self.roles, {})
-        members: dict[str, MemberSpec] = self._field(fields, "members", self.members, {})
+        flags: dict[str, bool] | None = self._field(fields, "flag_overrides", lambda n, f: self.keyed(n, f, self.boolean), None)
+        quotas: dict[str, int] | None = self._field(fields, "quota_overrides", lambda n, f: self.keyed(n, f, self.integer), None)
+        roles: dict[str, RoleSpec] | None = self._field(fields, "roles", self.roles, None)
+        members: dict[str, MemberSpec] | None = self._field(fields, "members", self.members, None)
         if len(self.problems) > before:
             return None
         return TenantSpec(

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from gatehouse.declarative.diff import (
@@ -91,6 +91,28 @@ def states(draw: Any) -> State:
     return State(plans=draw(plans()), tenants={slug: draw(tenant(slug)) for slug in slugs})
 
 
+UNMANAGEABLE = ("plan", "region", "status", "settings", "flag_overrides", "quota_overrides", "roles", "members")
+
+
+@st.composite
+def files(draw: Any) -> State:
+    """A state as a file may hold it: any of a tenant's fields but its name (needed to create it)
+    left out (None, not managed).
+    Without its roles, its grants name system roles only (others might not exist live)."""
+    state = draw(states())
+    tenants = {}
+    for slug, t in state.tenants.items():
+        left_out = draw(st.sets(st.sampled_from(UNMANAGEABLE)))
+        t = replace(t, **{name: None for name in left_out})
+        if t.roles is None and t.members is not None:
+            t = replace(t, members={
+                s: replace(m, grants=frozenset(g for g in m.grants if g.role in ("owner", "viewer")))
+                for s, m in t.members.items()
+            })  # fmt: skip
+        tenants[slug] = t
+    return replace(state, tenants=tenants)
+
+
 def forget_ids(state: State) -> State:
     return replace(state, tenants={slug: replace(t, id=None) for slug, t in state.tenants.items()})
 
@@ -112,13 +134,27 @@ def test_the_steps_applied_to_a_give_b_with_prune(a: State, b: State) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(states(), states())
+@given(states(), files())
 def test_without_prune_the_file_is_laid_over_live_and_nothing_is_removed(a: State, b: State) -> None:
     steps = diff(a, b, prune=False)
     assert not any(isinstance(s, (DeleteRole, RemoveMember, RevokeRole)) for s in steps)
     result = apply_steps(a, steps)
-    assert result == overlay(a, b)
+    assert forget_ids(result) == forget_ids(overlay(a, b))
     assert diff(result, b, prune=False) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(states(), files())
+def test_with_prune_what_the_file_leaves_out_is_still_not_managed(a: State, b: State) -> None:
+    try:
+        steps = diff(a, b, prune=True)
+    except PlanError:
+        # Pruning roles that members the file leaves alone still hold: refused, rightly.
+        assert any(t.members is None and t.roles is not None for t in b.tenants.values())
+        reject()
+    result = apply_steps(a, steps)
+    assert forget_ids(result) == forget_ids(overlay(a, b, prune=True))
+    assert diff(result, b, prune=True) == []
 
 
 @settings(max_examples=200, deadline=None)
@@ -146,7 +182,7 @@ def test_a_new_tenant_is_created_then_walked_to_its_status() -> None:
 def test_ownership_moves_by_granting_before_revoking_and_roles_go_after_their_grants() -> None:
     live = TenantSpec(
         slug="acme", name="Acme", plan="", region="", status=TenantStatus.ACTIVE, settings={},
-        roles={"ops": RoleSpec("ops", ("x.*",), "")},
+        flag_overrides={}, quota_overrides={}, roles={"ops": RoleSpec("ops", ("x.*",), "")},
         members={"user/alice": MemberSpec("user/alice", frozenset({Grant("owner"), Grant("ops", "eu")}))},
     )  # fmt: skip
     want = replace(live, roles={}, members={"user/bob": MemberSpec("user/bob", frozenset({Grant("owner")}))})
@@ -168,9 +204,10 @@ def test_settings_keys_and_overrides_the_file_leaves_out_stay_without_prune() ->
     (step,) = diff(State(tenants={"acme": live}), State(tenants={"acme": want}))
     assert step == PatchConfig("acme", {"limits": {"a": 3}}, before=live)
     (pruned,) = diff(State(tenants={"acme": live}), State(tenants={"acme": want}), prune=True)
-    assert pruned == PatchConfig(
-        "acme", {"theme": None, "limits": {"a": 3, "b": None}}, clear_flags=("reports",), before=live
-    )
+    # flag_overrides is left out: not managed, even with prune; `{}` manages it as none.
+    assert pruned == PatchConfig("acme", {"theme": None, "limits": {"a": 3, "b": None}}, before=live)
+    (cleared,) = diff(State(tenants={"acme": live}), State(tenants={"acme": replace(want, flag_overrides={})}), prune=True)
+    assert cleared == replace(pruned, clear_flags=("reports",))
 
 
 def test_json_numbers_compare_as_json_and_true_is_not_one() -> None:
