@@ -103,9 +103,11 @@ async def run(
     work_dir: Path,
     tag: str,
     metadata: tuple[tuple[str, str], ...] = (),
+    get_headers: dict[str, str] | None = None,
 ) -> H2Run:
     """Send `message` to `method_path` at `rate`/s for warmup + duration seconds, with
-    `metadata` as extra headers."""
+    `metadata` as extra headers. `get_headers`: send a plain HTTP GET with these headers
+    instead (no message; the `envoy` scenario, through Envoy to an HTTP service)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     body = work_dir / f"{tag}.body"
     body.write_bytes(grpc_frame(message))
@@ -122,9 +124,9 @@ async def run(
         "--rps", f"{per_connection:g}",
         "-r", "1",
         "--rate-period", "1ms",
-        *GRPC_HEADERS,
+        *(GRPC_HEADERS + ("-d", str(body)) if get_headers is None
+          else [arg for name, value in get_headers.items() for arg in ("-H", f"{name}: {value}")]),
         *[arg for name, value in metadata for arg in ("-H", f"{name}: {value}")],
-        "-d", str(body),
         "--log-file", str(log),
         *url_args(address, method_path),
     ]

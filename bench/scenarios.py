@@ -18,6 +18,8 @@ the other at the same offered rate, so each report can give Gatehouse ÷ baselin
                  background writes at --rate (1,000/s) via the store, probes at --probe-rate
     overload     check-hit at 2x its measured ceiling: admitted p99 vs unloaded, shed, RSS
     auth-flood   wrong admin keys at --rate (300/s) beside legitimate admin calls (bench/overload.py)
+    envoy        GET through Envoy to a service, with and without the ext_authz filter asking
+                 Gatehouse, beside the direct CheckAccess (bench/envoy_bench.py), default 1,000/s
 """
 
 from __future__ import annotations
@@ -47,12 +49,12 @@ CHECK = "/gatehouse.v1.AccessService/CheckAccess"
 BATCH = "/gatehouse.v1.AccessService/CheckAccessBatch"
 CONFIG = "/gatehouse.v1.ConfigService/GetTenantConfig"
 
-DEFAULT_RATES = {"check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch": 50, "config": 2000, "mixed": 5000, "propagation": 1000}
+DEFAULT_RATES = {"envoy": 1000, "check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch": 50, "config": 2000, "mixed": 5000, "propagation": 1000}
 DEFAULT_SWEEP = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 14000, 16000]
 SCENARIOS = (
     "check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation", "overload", "auth-flood",
     "traces",
-    "metrics-cost",
+    "metrics-cost", "envoy",
 )
 
 
@@ -185,7 +187,7 @@ class Harness:
         self.cold_by_repeat: dict[int, list[Any]] = {}
 
     def uses_h2load(self) -> bool:
-        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload", "traces", "metrics-cost"}
+        h2_scenarios = {"check-hit", "batch", "config", "mixed", "sweep", "overload", "traces", "metrics-cost", "envoy"}
         if self.o.generator == "python":
             h2_scenarios -= {"check-hit"}
         return bool(h2_scenarios & set(self.o.scenarios))
@@ -865,6 +867,10 @@ async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
         from bench import metrics_cost  # it builds on this module
 
         points = await metrics_cost.metrics_cost(h)
+    elif scenario == "envoy":
+        from bench import envoy_bench  # it builds on this module
+
+        points = await envoy_bench.envoy(h)
     elif scenario in ("overload", "auth-flood"):
         from bench import overload  # it builds on this module
 

@@ -27,6 +27,7 @@ errors (asyncpg, redis) are translated there too, so nothing reaches a caller as
     ├── DeadlineExceeded           DEADLINE_EXCEEDED    GATEHOUSE_DEADLINE_EXCEEDED
     ├── ResourceExhausted          RESOURCE_EXHAUSTED   GATEHOUSE_RESOURCE_EXHAUSTED
     │   ├── SettingsTooLarge                            GATEHOUSE_SETTINGS_TOO_LARGE
+    │   ├── RequestTooLarge                             GATEHOUSE_REQUEST_TOO_LARGE
     │   └── Overloaded                                  GATEHOUSE_OVERLOADED
     ├── Unavailable                UNAVAILABLE          GATEHOUSE_UNAVAILABLE
     │   ├── StoreUnavailable                            GATEHOUSE_STORE_UNAVAILABLE
@@ -285,6 +286,17 @@ class SettingsTooLarge(ResourceExhausted):
     """A tenant's settings would grow past their total cap (`metadata.limit`, bytes of JSON)."""
 
     reason = "GATEHOUSE_SETTINGS_TOO_LARGE"
+
+
+class RequestTooLarge(ResourceExhausted):
+    """A request body longer than the listener takes (`metadata.limit`, bytes): refused
+    before it is read whole, so nothing of it was parsed or decided."""
+
+    reason = "GATEHOUSE_REQUEST_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes", metadata={"limit": str(limit)})
+        self.limit = limit
 
 
 class Overloaded(ResourceExhausted):

@@ -41,6 +41,20 @@ class Settings:
             "switch": True,
         },
     )
+    authzen_listen: str = field(
+        default="",
+        metadata={
+            "help": "host:port of the AuthZEN 1.0 HTTP listener ('' = none; port 0 = any free port); TLS with"
+            " --tls-cert-file like gRPC, plaintext only on loopback unless --allow-plaintext"
+        },
+    )
+    authzen_base_url: str = field(
+        default="",
+        metadata={
+            "help": "the AuthZEN policy_decision_point URL the metadata document names, e.g."
+            " https://pdp.example.com ('' = the scheme and Host of each metadata request)"
+        },
+    )
     database_url: str = field(
         default=RUNTIME_DATABASE_URL,
         metadata={"help": "Postgres DSN (asyncpg) of the runtime role: not the tables' owner, never a superuser"},
@@ -127,7 +141,7 @@ class Settings:
     caller_credentials: str = field(
         default="off",
         metadata={
-            "help": "off, or required: CheckAccess, GetTenantConfig, ext_authz and AuthZEN callers need an API key "
+            "help": "off, or required: CheckAccess, GetTenantConfig and ext_authz callers (AuthZEN's always) need an API key "
             "or an mTLS identity holding gatehouse.access.check / gatehouse.config.read (README \"Who may ask\")"
         },
     )
@@ -160,6 +174,13 @@ class Settings:
     health_timeout_seconds: float = field(
         default=1.0,
         metadata={"help": "a dependency not answering a health probe within this many seconds is down (more than 0)"},
+    )
+    ext_authz_config: str = field(
+        default="",
+        metadata={
+            "help": "YAML file mapping the HTTP requests Envoy asks about to checks: serves Envoy's"
+            " envoy.service.auth.v3.Authorization/Check on the gRPC listeners ('' = not served; README 'Envoy ext_authz')"
+        },
     )
     metrics_listen: str = field(
         default="127.0.0.1:9464",

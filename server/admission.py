@@ -9,7 +9,7 @@ Two layers:
   ("Concurrent RPC limit exceeded!", no ErrorInfo) before any of our code runs: the
   process-wide bound on calls parked in Python (awaiting Postgres, Redis, Argon2).
 * `Admission` (this module, one link of the interceptor chain) counts calls inside a
-  handler, per class: hot (AccessService), config (GetTenantConfig), watch
+  handler, per class: hot (AccessService, Envoy's ext_authz Check), config (GetTenantConfig), watch
   (WatchTenantConfig streams: the cap on concurrent watches), admin (AdminService).
   Those are the calls that wait on something, so one slow class cannot take every slot
   of the process and starve the others. Health and reflection are exempt: a probe must
@@ -52,9 +52,13 @@ CLASSES = (HOT, CONFIG, WATCH, ADMIN)
 RETRY_AFTER_MS = {HOT: 50, CONFIG: 50, WATCH: 5_000, ADMIN: 250}
 
 
+# Envoy's ext_authz Check (server/ext_authz.py): a CheckAccess in Envoy's words.
+EXT_AUTHZ_CHECK = "/envoy.service.auth.v3.Authorization/Check"
+
+
 def method_class(method: str) -> str | None:
     """The class of the full method name `/package.Service/Method`; None = exempt."""
-    if method.startswith("/gatehouse.v1.AccessService/"):
+    if method.startswith("/gatehouse.v1.AccessService/") or method == EXT_AUTHZ_CHECK:
         return HOT
     if method == "/gatehouse.v1.ConfigService/WatchTenantConfig":
         return WATCH
@@ -79,6 +83,19 @@ class Gate:
     def __post_init__(self) -> None:
         self.error = Overloaded(self.name, self.limit, RETRY_AFTER_MS[self.name])
         self.trailers = trailers_of(self.error)
+
+    def enter(self) -> None:
+        """Count one call in, or (at the bound) count it shed and raise `Overloaded`: the
+        same bound for a caller outside the gRPC chain (the AuthZEN HTTP listener shares
+        the hot class with AccessService). Every `enter` that returns needs its `leave`."""
+        if self.in_flight >= self.limit:
+            self.shed += 1
+            assert self.error is not None
+            raise self.error
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
     async def refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.shed += 1

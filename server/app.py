@@ -18,14 +18,18 @@ from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator, FailedAuthLimit, return_hash_memory_to_the_os
 from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
+from gatehouse.server.authzen import AuthZen
+from gatehouse.server.authzen_server import AuthZenServer
 from gatehouse.server.call_log import CallLog
 from gatehouse.server.callers import Callers, caller_identities
 from gatehouse.server.config import ConfigServicer
 from gatehouse.server.decision_log import DecisionLog
 from gatehouse.server.decisions import DecisionService
+from gatehouse.server.ext_authz import ExtAuthzServicer
+from gatehouse.server import ext_authz_routes
 from gatehouse.server.health import Readiness
 from gatehouse.server.interceptors import CallCounter, Chain, Deadline, Interceptor
-from gatehouse.server.listeners import bind, plan_listeners
+from gatehouse.server.listeners import HttpListener, bind, plan_http_listener, plan_listeners
 from gatehouse.server.tracing import TraceInterceptor
 from gatehouse.server.metrics import Metrics, RpcMetrics, StatsExporter, report_sources
 from gatehouse.server.wire import EncodedAnswer, register_service
@@ -48,6 +52,8 @@ SERVICE_NAMES = (
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     ADMIN_SERVICE.full_name,
 )
+
+EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"  # served when GATEHOUSE_EXT_AUTHZ_CONFIG is set
 
 
 # How many times (1 s apart) stop() cancels a background loop that has not ended.
@@ -76,14 +82,19 @@ class Sidecar:
         self.stats = StatsRegistry()
         self.decision_log: DecisionLog | None = None
         self.tracing: tracing.Tracing | None = None
+        self.authzen: AuthZenServer | None = None  # the AuthZEN HTTP listener, when GATEHOUSE_AUTHZEN_LISTEN is set
+        self.ext_authz: ExtAuthzServicer | None = None
 
     async def start(self) -> None:
         s = self.settings
         # First, before any connection opens: a listener that may not start (plaintext on
         # a public address, broken TLS files) stops the process with the reason.
         listeners = plan_listeners(s)
+        http_listener = plan_http_listener(s, s.authzen_listen, "authzen_listen") if s.authzen_listen else None
         identities = caller_identities(s)
         s.check_durations()
+        # The ext_authz route mapping, read and checked whole: a bad one stops the process.
+        routes = ext_authz_routes.from_settings(s.ext_authz_config)
         s.check_redis_prefix()
         # OpenTelemetry's SDK, once per process, when OTEL_TRACES_EXPORTER asks for it
         # (gatehouse/tracing.py); None, and nothing of it anywhere, when it does not.
@@ -185,6 +196,12 @@ class Sidecar:
         if self.metrics is not None:
             self._export_metrics(self.metrics)
         self.access.add_to(server, chain)
+        services: tuple[str, ...] = SERVICE_NAMES
+        if routes is not None:
+            self.ext_authz = ExtAuthzServicer(decisions, routes, self.callers)
+            self.ext_authz.add_to(server, chain)
+            self.stats.register("ext_authz", self.ext_authz.values)
+            services = (*services, EXT_AUTHZ_SERVICE)
         ConfigServicer(self.cache, self.config_answers, self.callers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
@@ -195,12 +212,14 @@ class Sidecar:
         register_service(
             server,
             REFLECTION_SERVICE,
-            reflection.aio.ReflectionServicer((*SERVICE_NAMES, reflection.SERVICE_NAME, HEALTH_SERVICE.full_name)),
+            reflection.aio.ReflectionServicer((*services, reflection.SERVICE_NAME, HEALTH_SERVICE.full_name)),
             chain=chain,
         )
         self.addresses = [bind(server, listener) for listener in listeners]
         await server.start()
         self.server = server
+        if http_listener is not None:
+            await self._start_authzen(decisions, http_listener)
         await self.readiness.probe()
         self._tasks.append(asyncio.create_task(self.readiness.run(), name="readiness"))
         self._tasks.append(asyncio.create_task(self.subscriber.run(), name="event-subscriber"))
@@ -210,6 +229,28 @@ class Sidecar:
             log.warning("GATEHOUSE_OPERATOR_KEY is not set: every AdminService call will be UNAUTHENTICATED")
         for address, listener in zip(self.addresses, listeners):
             log.log(listener.log_level, "listening on %s: %s; %s", address, listener.security, listener.reason)
+        if self.authzen is not None and http_listener is not None:
+            log.log(
+                http_listener.log_level, "AuthZEN listening on %s: %s; %s", self.authzen.url, http_listener.security,
+                http_listener.reason,
+            )
+
+    async def _start_authzen(self, decisions: DecisionService, listener: HttpListener) -> None:
+        """The AuthZEN HTTP listener (server/authzen_server.py), in this event loop, its
+        evaluations inside the hot class's admission bound."""
+        s = self.settings
+        self.authzen = AuthZenServer(
+            AuthZen(decisions),
+            listener,
+            hot_gate=self.admission.gates.get(HOT),
+            deadline_seconds=s.default_deadline_seconds or None,
+            callers=self.callers,
+            base_url=s.authzen_base_url,
+            access_log_on=bool(s.access_log_hot),
+            reuse_port=self._reuse_port,
+        )
+        await self.authzen.start(s.grace_seconds)
+        self.stats.register("authzen", self.authzen.values)
 
     def _report_stats(self, calls: CallCounter | RpcMetrics) -> None:
         """Every counter of this process into one registry (`self.stats.snapshot()`)."""
@@ -257,8 +298,13 @@ class Sidecar:
         """Stop taking calls, let in-flight ones finish (up to `grace`), release everything."""
         if self.readiness is not None:
             await self.readiness.shutdown()
+        grace_seconds = self.settings.grace_seconds if grace is None else grace
+        stopping = []
         if self.server is not None:
-            await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+            stopping.append(self.server.stop(grace_seconds))
+        if self.authzen is not None:
+            stopping.append(self.authzen.stop())
+        await asyncio.gather(*stopping)
         # A library can swallow a cancellation (gatehouse/cancellation.py): the loops check
         # for that, and cancelling again, a few times, keeps a missed case from hanging
         # the exit (asyncio.run would wait for the task forever).
@@ -332,7 +378,8 @@ async def serve(settings: Settings, *, reuse_port: bool = False, metrics: Metric
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await sidecar.start()
-    print(f"gatehouse: serving on {', '.join(sidecar.addresses)}", flush=True)
+    authzen = f" (authzen: {sidecar.authzen.url})" if sidecar.authzen is not None else ""
+    print(f"gatehouse: serving on {', '.join(sidecar.addresses)}{authzen}", flush=True)
     await stopping.wait()
     # One signal stops it. A second (a process group's signal, then the parent's forward
     # of its own; a second Ctrl-C) must not cut the drain short or, once the loop has

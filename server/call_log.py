@@ -6,7 +6,7 @@ does per call:
 * AdminService (and health, reflection): opens the call's `CallScope` (gatehouse/logs.py),
   so every line logged during the call carries its request id and trace id; for
   AdminService it then writes one access line per call, whatever its outcome.
-* The hot methods (AccessService, ConfigService): nothing at all (the handler is returned
+* The hot methods (AccessService, ConfigService, Envoy's ext_authz Check): nothing at all (the handler is returned
   as it was) unless the hot access log (`GATEHOUSE_ACCESS_LOG_HOT=1`) or the decision log
   is on. The decision log needs only the scope (its lines carry the request id); the hot
   access log also parses the request bytes once more for the tenant.
@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError, Message
 from gatehouse import logs
 from gatehouse.engine.patterns import is_valid_tenant_id
 from gatehouse.server.interceptors import StreamHandler, UnaryHandler, _code
+from gatehouse.envoy_api.envoy.service.auth.v3 import external_auth_pb2
 from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2
 
 access_log = logging.getLogger("gatehouse.access")
@@ -40,6 +41,7 @@ ADMIN_PREFIX = "/" + admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_
 _HOT_SERVICES = (
     access_pb2.DESCRIPTOR.services_by_name["AccessService"],
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"],
+    external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],  # Envoy's ext_authz Check
 )
 # Full method name -> its descriptor, for the methods that answer from memory on the hot path.
 HOT_METHODS: dict[str, MethodDescriptor] = {

@@ -1,11 +1,14 @@
-"""`gatehouse`: serve the sidecar, or migrate its database.
+"""`gatehouse`: serve the sidecar, migrate its database, and administer it.
 
     gatehouse serve [--listen HOST:PORT] [--unix-socket PATH] [...]
     gatehouse relay [...]
     gatehouse migrate up [--to N] | down [--to N] | version  [--database-url OWNER_DSN] [--runtime-role ROLE]
+    gatehouse tenant|plan|role|member|key|audit|config ACTION ...,  gatehouse grant|revoke|check ...
     gatehouse apply -f state.yaml [--dry-run] [--prune]  |  gatehouse export [--tenant SLUG_OR_ID]
 
-`migrate down` without `--to` undoes one step, never the whole schema by accident.
+`migrate down` without `--to` undoes one step, never the whole schema by accident. The
+admin commands and `check` talk to a running server through the light client
+(server/commands.py), and so do `apply` and `export` (server/declarative_cli.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from typing import Any, Coroutine
 
 from gatehouse import logs
+from gatehouse.server import commands as commands_module
 from gatehouse.redis_client import url_passwords
 from gatehouse.settings import OWNER_DATABASE_URL, RELAY_SETTINGS, MigrateSettings, Settings
 
@@ -55,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from gatehouse.server import declarative_cli
 
+    commands_module.add_commands(commands)
     declarative_cli.add_commands(commands)
     args = parser.parse_args(argv)
 
+    if args.command in commands_module.GROUPS:
+        return commands_module.run(args)
     if args.command in ("apply", "export"):
         return declarative_cli.run(args)
     if args.command in ("serve", "relay"):

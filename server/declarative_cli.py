@@ -22,7 +22,6 @@ reached; 2 a call failed (refused, not found, ...); 3 a concurrent change was de
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TextIO
@@ -106,21 +105,22 @@ def add_commands(commands: Any) -> None:
         epilog="example: gatehouse export --tenant acme > acme.yaml",
     )
     export.add_argument("--tenant", default=None, help="slug or id of one tenant (a tenant key: its tenant's id)")
-    export.add_argument("-o", "--output", default="-", help="file to write ('-' = stdout)")
+    export.add_argument("-f", "--file", default="-", help="file to write ('-' = stdout, the default)")
     connection_arguments(export)
 
 
 def connection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--server", default=os.environ.get("GATEHOUSE_SERVER", "127.0.0.1:50051"),
-        help="host:port or unix:/path [env GATEHOUSE_SERVER, default 127.0.0.1:50051]",
-    )  # fmt: skip
-    parser.add_argument("--key-file", default=None, help="file holding the API key [default: env GATEHOUSE_KEY]")
-    parser.add_argument("--tls", action="store_true", help="TLS to the server (system roots unless --ca-file)")
-    parser.add_argument("--ca-file", default=None, help="CA bundle that signed the server's certificate")
-    parser.add_argument("--cert-file", default=None, help="client certificate (mTLS)")
-    parser.add_argument("--cert-key-file", default=None, help="client certificate's private key (mTLS)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call [default 10]")
+    """The connection flags of every client command (server/commands.py), by the same names."""
+    group = parser.add_argument_group("connection")
+    group.add_argument("--server", default=None, metavar="ADDRESS",
+                       help="host:port or unix:/path [env GATEHOUSE_SERVER, default 127.0.0.1:50051]")  # fmt: skip
+    group.add_argument("--key-file", default=None, metavar="PATH", help="file holding the API key [default: env GATEHOUSE_KEY]")
+    group.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs (or --tls-ca-file)")
+    group.add_argument("--tls-ca-file", default=None, metavar="PEM", help="CA bundle to trust the server's certificate by (implies --tls)")
+    group.add_argument("--tls-cert-file", default=None, metavar="PEM", help="client certificate for mutual TLS")
+    group.add_argument("--tls-key-file", default=None, metavar="PEM", help="its private key")
+    group.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each attempt (default 10)")
+    group.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE, with backoff (default 3)")
 
 
 def client_from(args: argparse.Namespace) -> Client:
@@ -129,8 +129,8 @@ def client_from(args: argparse.Namespace) -> Client:
         with open(args.key_file, encoding="utf-8") as handle:
             key = handle.read().strip()
     return Client(
-        args.server, key=key, tls=args.tls or bool(args.ca_file), ca_file=args.ca_file, cert_file=args.cert_file,
-        key_file=args.cert_key_file, timeout=args.timeout,
+        args.server, key=key, tls=args.tls, ca_file=args.tls_ca_file, cert_file=args.tls_cert_file,
+        key_file=args.tls_key_file, timeout=args.timeout, retries=args.retries,
     )  # fmt: skip
 
 
@@ -150,13 +150,13 @@ def run(
                 return apply(client, desired, dry_run=args.dry_run, prune=args.prune, out=out)
         with connect(args) as client:
             text = schema.dumps(export(client, args.tenant))
-        if args.output == "-":
+        if args.file == "-":
             out.write(text)
         else:
-            with open(args.output, "w", encoding="utf-8") as handle:
+            with open(args.file, "w", encoding="utf-8") as handle:
                 handle.write(text)
         return EXIT_OK
-    except OSError as error:
+    except (OSError, ValueError) as error:  # the file or --key-file unreadable, a bad --server
         print(f"{prog}: error: {error}", file=err)
         return EXIT_INVALID
     except schema.StateFileError as error:

@@ -1,4 +1,4 @@
-"""The one place where errors become gRPC statuses.
+"""The one place where errors become gRPC statuses, and HTTP statuses.
 
 `GatehouseError`s map to their class's status code with a `google.rpc.Status` in the
 `grpc-status-details-bin` trailer: an ErrorInfo (stable `GATEHOUSE_*` reason, domain
@@ -6,6 +6,17 @@
 violations. Everything else is translated first (`translate`): asyncpg and redis
 failures become UNAVAILABLE, anything unexpected becomes INTERNAL and is logged. No
 handler exception ever reaches a caller as UNKNOWN.
+
+The HTTP listener (AuthZEN, server/authzen_server.py) maps the same errors with
+`http_status` and `http_error`: a status by code (`HTTP_STATUSES`, google.rpc's own
+HTTP mapping in google/rpc/code.proto, but FAILED_PRECONDITION 409 and
+`RevisionNotReached` 412, a min_revision being the caller's precondition), a
+`Retry-After` for overload and unavailability, and always a JSON body
+`{"error": {"status", "reason", "message", "metadata"?, "violations"?}}`: the shape
+AuthZEN 1.0's per-evaluation error takes ("The Access Evaluations API Response",
+"Errors": `"error": {"status": 404, "message": "Resource not found"}`), so one reader
+reads both. Nothing a client sends can make a 500: only INTERNAL (a bug, logged) and
+its kin map there.
 """
 
 from __future__ import annotations
@@ -22,7 +33,17 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
-from gatehouse.errors import Code, GatehouseError, Internal, InvalidArgument, Overloaded, Unavailable
+from gatehouse.errors import (
+    Code,
+    GatehouseError,
+    Internal,
+    InvalidArgument,
+    Overloaded,
+    RequestTooLarge,
+    RevisionNotReached,
+    Unauthenticated,
+    Unavailable,
+)
 from gatehouse.store import driver_errors
 
 log = logging.getLogger(__name__)
@@ -121,3 +142,74 @@ def grpc_errors(method: F) -> F:
 def _is_abort(exc: BaseException) -> bool:
     # context.abort() raises grpc.aio.AbortError; it must pass through untouched.
     return isinstance(exc, grpc.aio.AbortError)
+
+
+# HTTP status per code: google/rpc/code.proto's HTTP mapping, except FAILED_PRECONDITION
+# (400 there): 409, the state of the target conflicts with the request.
+HTTP_STATUSES: dict[Code, int] = {
+    Code.OK: 200,
+    Code.CANCELLED: 499,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 409,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+assert set(HTTP_STATUSES) == set(Code)
+# Classes whose status is more exact than their code's.
+HTTP_STATUS_OF_CLASS: dict[type[GatehouseError], int] = {
+    RequestTooLarge: 413,  # Content Too Large (RFC 9110 15.5.14)
+    RevisionNotReached: 412,  # the caller's min_revision is a precondition the tenant does not meet
+}
+# Seconds a client should wait before retrying an Unavailable (the store, a stale cache).
+UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
+
+def http_status(error: GatehouseError) -> int:
+    for kind, status in HTTP_STATUS_OF_CLASS.items():
+        if isinstance(error, kind):
+            return status
+    return HTTP_STATUSES[error.code]
+
+
+def http_error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON body, headers) for any exception, translated as for gRPC (`translate`);
+    an INTERNAL is logged here, once, with the exception behind it."""
+    error = translate(exc)
+    if isinstance(error, Internal):
+        log.error("internal error: %s", error.message, exc_info=error.__cause__ or error)
+    status = http_status(error)
+    headers: dict[str, str] = {}
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(max(1, -(-error.retry_after_ms // 1000)))
+    elif isinstance(error, Unavailable):
+        headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_SECONDS)
+    elif isinstance(error, Unauthenticated):
+        # AuthZEN 1.0 "Sender Authentication Failure": a 401 SHOULD carry WWW-Authenticate
+        # naming the scheme it wants (RFC 6750 section 3).
+        headers["WWW-Authenticate"] = 'Bearer realm="gatehouse"'
+    return status, {"error": error_json(error, status)}, headers
+
+
+def error_json(error: GatehouseError, status: int | None = None) -> dict[str, Any]:
+    """`{"status", "reason", "message", "metadata"?, "violations"?}` for `error`."""
+    body: dict[str, Any] = {
+        "status": http_status(error) if status is None else status,
+        "reason": error.reason,
+        "message": error.message,
+    }
+    if error.metadata:
+        body["metadata"] = dict(error.metadata)
+    if isinstance(error, InvalidArgument):
+        body["violations"] = [{"field": v.field, "description": v.description} for v in error.violations]
+    return body

@@ -9,6 +9,13 @@ and the reasons):
   were both fine; after that, none (the read services answer from L1 and Postgres, admin
   writes wait in the outbox for the relay).
 
+`LIVENESS` ("liveness") is no service: it answers SERVING from the first probe round
+(right after start) until shutdown,
+whatever the dependencies say, so a liveness probe (Kubernetes' `grpc:` probe with
+`service: liveness`) restarts a process that no longer answers (a hung event loop, a dead
+worker under a live parent) and never one whose Postgres is down, which a restart would
+not mend (deploy/kubernetes/).
+
 A probe round checks every dependency at once, each in a task of its own, and reaches its
 verdict within `timeout` seconds whatever the dependencies do. That cannot be done with
 `asyncio.wait_for` around the driver call: on Python 3.11 it waits for the cancelled call
@@ -40,6 +47,8 @@ from gatehouse.store.api import StoreReader
 
 log = logging.getLogger(__name__)
 SERVICES = ("gatehouse.v1.AccessService", "gatehouse.v1.ConfigService", "gatehouse.v1.AdminService")
+# The health name a liveness probe asks for: SERVING while this process answers at all.
+LIVENESS = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -193,6 +202,9 @@ class Readiness:
         self.serving = serving
         for name in ("", *SERVICES):
             await self.servicer.set(name, status)
+        # Whatever the dependencies say: this process answers. (After shutdown() the
+        # servicer ignores every set(): NOT_SERVING stays.)
+        await self.servicer.set(LIVENESS, SERVING)
         if serving:
             self.ready.set()
         else:

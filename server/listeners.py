@@ -1,4 +1,8 @@
-"""How each gRPC listener is secured: TLS, mutual TLS, or plaintext where that is safe.
+"""How each listener is secured: TLS, mutual TLS, or plaintext where that is safe.
+
+The gRPC listeners (`plan_listeners`) and the AuthZEN HTTP listener
+(`plan_http_listener`, GATEHOUSE_AUTHZEN_LISTEN) follow the same rule with the same
+files (`tls_files`, `plaintext_reason`): one set of checks, two transports.
 
 The rule, applied before anything binds:
 
@@ -114,28 +118,56 @@ def is_loopback(host: str) -> bool:
 
 
 def _plaintext_tcp_listener(settings: Settings) -> Listener:
-    host = settings.listen.rpartition(":")[0]
+    reason, exposed = plaintext_reason(settings.listen, settings, "gRPC")
+    return Listener(settings.listen, None, PLAINTEXT, reason, exposed=exposed)
+
+
+def plaintext_reason(address: str, settings: Settings, protocol: str) -> tuple[str, bool]:
+    """(why plaintext on `address` is allowed, whether other hosts can reach it); SystemExit
+    when it is not: a non-loopback address without GATEHOUSE_ALLOW_PLAINTEXT=1. The one
+    rule for every TCP listener (`protocol` names it in the refusal: gRPC, AuthZEN HTTP)."""
+    host = address.rpartition(":")[0]
     if is_loopback(host):
-        return Listener(settings.listen, None, PLAINTEXT, "loopback address, only this host can connect")
+        return "loopback address, only this host can connect", False
     if settings.allow_plaintext:
-        return Listener(
-            settings.listen,
-            None,
-            PLAINTEXT,
+        return (
             "not a loopback address but GATEHOUSE_ALLOW_PLAINTEXT=1 (--allow-plaintext) allows it: "
             "anything on the network can read and send calls",
-            exposed=True,
+            True,
         )
     _refuse(
-        f"refusing plaintext gRPC on {settings.listen}: it is not a loopback address, so other hosts "
+        f"refusing plaintext {protocol} on {address}: it is not a loopback address, so other hosts "
         "could read and send calls. Configure TLS with --tls-cert-file and --tls-key-file "
         "(GATEHOUSE_TLS_CERT_FILE, GATEHOUSE_TLS_KEY_FILE), listen on 127.0.0.1, or, when the network "
         "is trusted, opt in with --allow-plaintext (GATEHOUSE_ALLOW_PLAINTEXT=1)"
     )
 
 
-def _tls_listener(settings: Settings) -> Listener | None:
-    """The TLS listener for `--listen` when TLS is configured, after checking every file."""
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The TLS settings with every file checked: paths (for messages and ssl) and contents."""
+
+    cert: str
+    key: str
+    client_ca: str  # "" = clients are not asked for a certificate
+    chain: bytes
+    private_key: bytes
+    roots: bytes  # b"" without a client CA
+
+    @property
+    def security(self) -> str:
+        return MUTUAL_TLS if self.client_ca else TLS
+
+    @property
+    def reason(self) -> str:
+        if self.client_ca:
+            return f"certificate {self.cert}, clients must present a certificate issued by {self.client_ca}"
+        return f"certificate {self.cert}, clients are not asked for one"
+
+
+def tls_files(settings: Settings) -> TlsFiles | None:
+    """The TLS files the settings name, each checked (see the module); None when TLS is
+    not configured. SystemExit naming the setting when one is missing or unusable."""
     cert, key, client_ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
     if not (cert or key or client_ca):
         return None
@@ -153,21 +185,64 @@ def _tls_listener(settings: Settings) -> Listener | None:
     chain = _read_pem("tls_cert_file", cert, b"-----BEGIN CERTIFICATE-----", "certificate")
     private_key = _read_pem("tls_key_file", key, b"PRIVATE KEY-----", "private key")
     _check_pair(cert, key)
-    if not client_ca:
-        return Listener(
-            settings.listen,
-            grpc.ssl_server_credentials([(private_key, chain)]),
-            TLS,
-            f"certificate {cert}, clients are not asked for one",
+    roots = b""
+    if client_ca:
+        roots = _read_pem("tls_client_ca_file", client_ca, b"-----BEGIN CERTIFICATE-----", "CA certificate")
+        _check_ca_bundle(client_ca)
+    return TlsFiles(cert, key, client_ca, chain, private_key, roots)
+
+
+def _tls_listener(settings: Settings) -> Listener | None:
+    """The TLS listener for `--listen` when TLS is configured, after checking every file."""
+    files = tls_files(settings)
+    if files is None:
+        return None
+    if not files.client_ca:
+        credentials = grpc.ssl_server_credentials([(files.private_key, files.chain)])
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(files.private_key, files.chain)], root_certificates=files.roots, require_client_auth=True
         )
-    roots = _read_pem("tls_client_ca_file", client_ca, b"-----BEGIN CERTIFICATE-----", "CA certificate")
-    _check_ca_bundle(client_ca)
-    return Listener(
-        settings.listen,
-        grpc.ssl_server_credentials([(private_key, chain)], root_certificates=roots, require_client_auth=True),
-        MUTUAL_TLS,
-        f"certificate {cert}, clients must present a certificate issued by {client_ca}",
-    )
+    return Listener(settings.listen, credentials, files.security, files.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpListener:
+    """The AuthZEN HTTP listener: where, and its TLS context (None = plaintext)."""
+
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None
+    security: str
+    reason: str
+    exposed: bool = False
+
+    @property
+    def log_level(self) -> int:
+        return logging.WARNING if self.exposed else logging.INFO
+
+
+def plan_http_listener(settings: Settings, address: str, setting: str) -> HttpListener:
+    """The HTTP listener on `address` ("host:port", "[::1]:port"), secured by the same
+    rule and the same TLS files as the gRPC listener: TLS (mutual TLS with a client CA)
+    when --tls-cert-file is set, else plaintext on loopback only unless
+    GATEHOUSE_ALLOW_PLAINTEXT=1. SystemExit naming `setting` for an address that is no
+    host:port."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        _refuse(f"{_setting(setting)} must be host:port (e.g. 127.0.0.1:8181), got {address!r}")
+    files = tls_files(settings)
+    if files is None:
+        reason, exposed = plaintext_reason(address, settings, "AuthZEN HTTP")
+        return HttpListener(host.strip("[]"), int(port), None, PLAINTEXT, reason, exposed)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(files.cert, files.key, password=_no_password)
+    if files.client_ca:
+        context.load_verify_locations(cafile=files.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["http/1.1"])
+    return HttpListener(host.strip("[]"), int(port), context, files.security, files.reason)
 
 
 def _read_pem(setting: str, path: str, marker: bytes, what: str) -> bytes:

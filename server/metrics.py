@@ -169,6 +169,9 @@ SERIES: dict[str, Series | None] = {
     "decision_log.dropped": _c("gatehouse_decision_log_lines", _DL_HELP, outcome="dropped"),
     "decision_log.failed": _c("gatehouse_decision_log_lines", _DL_HELP, outcome="failed"),
     "decision_log.queued": _g("gatehouse_decision_log_queued", "Decision-log lines waiting for the writer thread."),
+    "authzen.requests": _c(
+        "gatehouse_authzen_requests", "AuthZEN HTTP requests by endpoint (evaluation, evaluations, configuration, other) and HTTP status."
+    ),
     "health.serving": _g("gatehouse_health_serving", "1 while every worker answers SERVING for the service.", "livemin"),
 }
 

@@ -24,7 +24,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from gatehouse.server.listeners import plan_listeners
+from gatehouse.server import ext_authz_routes
+from gatehouse.server.listeners import plan_http_listener, plan_listeners
 from gatehouse.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ def claim_port(listen: str) -> str:
     host = host.strip("[]") or "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR as every listener has (grpc's too): a server restarted on its port
+        # must not be refused for the minute the last one's connections sit in TIME_WAIT;
+        # a port another socket listens on is still refused (Linux).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, int(port)))
         except OSError as exc:
@@ -60,26 +65,34 @@ def run_workers(
     # files) here, once, rather than in every worker. The TLS settings reach the workers
     # through the environment below like every other setting.
     plan_listeners(settings)
+    if settings.authzen_listen:
+        plan_http_listener(settings, settings.authzen_listen, "authzen_listen")
     settings.check_durations()
+    ext_authz_routes.from_settings(settings.ext_authz_config)
     listen = claim_port(settings.listen) if settings.listen else ""
+    # The AuthZEN HTTP listener is shared the same way (every worker binds it with SO_REUSEPORT).
+    authzen_listen = claim_port(settings.authzen_listen) if settings.authzen_listen else ""
     endpoint = None
     if metrics is not None:
         from gatehouse.server.metrics import MetricsEndpoint
 
         endpoint = MetricsEndpoint(*metrics, directory=metrics_dir)
     try:
-        return _run_children(settings, count, listen, endpoint)
+        return _run_children(settings, count, listen, authzen_listen, endpoint)
     finally:
         if endpoint is not None:
             endpoint.close()
 
 
-def _run_children(settings: Settings, count: int, listen: str, endpoint: "MetricsEndpoint | None") -> int:
+def _run_children(
+    settings: Settings, count: int, listen: str, authzen_listen: str, endpoint: "MetricsEndpoint | None"
+) -> int:
     children = []
     for index in range(count):
         env = {
             **os.environ,
             "GATEHOUSE_LISTEN": listen,
+            "GATEHOUSE_AUTHZEN_LISTEN": authzen_listen,
             "GATEHOUSE_WORKERS": "1",
             "GATEHOUSE_RELAY": str(settings.relay if index == 0 else 0),
             "GATEHOUSE_WORKER_REUSE_PORT": "1",
@@ -91,7 +104,7 @@ def _run_children(settings: Settings, count: int, listen: str, endpoint: "Metric
         }
         overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
         for name, value in overrides.items():
-            if name not in ("listen", "workers", "relay", "unix_socket", "metrics_listen"):
+            if name not in ("listen", "authzen_listen", "workers", "relay", "unix_socket", "metrics_listen"):
                 env[f"GATEHOUSE_{name.upper()}"] = str(value)
         # Unix sockets cannot be shared by port reuse: only worker 0 takes it.
         env["GATEHOUSE_UNIX_SOCKET"] = settings.unix_socket if index == 0 else ""

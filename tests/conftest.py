@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from tests.certs import Pki, issue_pki
 
 # Private Postgres and Redis servers (to stop, freeze and cut off) for every test that asks.
-pytest_plugins = ["tests.dependencies", "tests.faults"]
+pytest_plugins = ["tests.dependencies", "tests.faults", "tests.served"]
 
 PG_ADMIN_URL = os.environ.get("GATEHOUSE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_OWNER_ROLE = os.environ.get("GATEHOUSE_TEST_PG_OWNER_ROLE", "gatehouse")

@@ -336,7 +336,7 @@ def test_export_then_apply_is_no_change(gatehouse: Gatehouse, operator: Client, 
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("No changes")
 
-    everything = gatehouse.cli("export", "-o", str(tmp_path / "all.yaml"))
+    everything = gatehouse.cli("export", "-f", str(tmp_path / "all.yaml"))
     assert everything.returncode == 0, everything.stderr
     whole = schema.load(tmp_path / "all.yaml")
     assert slug in whole.tenants and plan in whole.plans

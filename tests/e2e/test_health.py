@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gatehouse.server.health import LIVENESS
 from tests.client import wait_for_health
 from tests.dependencies import PrivatePostgres, PrivateRedis
 from tests.processes import start_server
@@ -42,13 +44,22 @@ async def test_frozen_postgres_turns_every_service_not_serving_within_interval_p
             try:
                 await wait_for_health(channel, "NOT_SERVING", bound=BOUND)
                 assert "postgres not ready: did not answer within 1.0 s" in log_path.read_text()
+                # Liveness is not readiness: a restart would not mend Postgres
+                # (deploy/kubernetes/ probes `liveness`).
+                assert await liveness(channel) == health_pb2.HealthCheckResponse.SERVING
             finally:
                 private_postgres.thaw()
 
             await wait_for_health(channel, "SERVING", bound=BOUND)
+            assert await liveness(channel) == health_pb2.HealthCheckResponse.SERVING
             log_text = log_path.read_text()
             assert "postgres ready again" in log_text
             # On a change of verdict, not every round: one line for the whole outage.
             assert log_text.count("postgres not ready") == 1, log_text
     finally:
         server.kill()
+
+
+async def liveness(channel: grpc.aio.Channel) -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=2)
+    return int(reply.status)

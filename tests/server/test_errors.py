@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 
 from gatehouse import errors
 from gatehouse.server.app import Sidecar
-from gatehouse.server.errors import to_status, translate
+from gatehouse.server.errors import http_error, http_status, to_status, translate
 from gatehouse.settings import Settings
 from gatehouse_client.v1 import access_pb2, common_pb2, config_pb2
 
@@ -55,6 +55,40 @@ def test_every_error_class_has_a_status_and_stable_reason() -> None:
         assert cls.code not in (errors.Code.OK, errors.Code.UNKNOWN)
         assert cls.reason.startswith("GATEHOUSE_") and cls.reason not in seen
         seen.add(cls.reason)
+
+
+def all_error_classes() -> list[type[errors.GatehouseError]]:
+    out: list[type[errors.GatehouseError]] = []
+    stack: list[type[errors.GatehouseError]] = list(errors.GatehouseError.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        out.append(cls)
+    return out
+
+
+def test_every_error_class_has_an_http_status_and_only_a_bug_is_a_500() -> None:
+    """The HTTP side of the one table (server/errors.py): a 4xx for what the caller can
+    change, 429/503/504 (with Retry-After for the first two) for load and dependencies."""
+    for cls in all_error_classes():
+        status = http_status(cls.__new__(cls))
+        if cls is errors.Internal:
+            assert status == 500
+        else:
+            assert 400 <= status < 500 or status in (503, 504), (cls, status)
+    assert http_status(errors.RequestTooLarge(10)) == 413
+    assert http_status(errors.RevisionNotReached("t", 5, 4)) == 412
+    status, body, headers = http_error(errors.Overloaded("hot", 1, 1500))
+    assert (status, headers["Retry-After"], body["error"]["reason"]) == (429, "2", "GATEHOUSE_OVERLOADED")
+    status, body, headers = http_error(errors.Unauthenticated("no key"))
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    status, body, _ = http_error(errors.InvalidArgument("subject.id", "is required"))
+    assert body["error"]["violations"] == [{"field": "subject.id", "description": "is required"}]
+    for exc, expected in LOWER_LEVEL:
+        status, body, headers = http_error(exc)
+        assert status == http_status(translate(exc)) and body["error"]["status"] == status
+        if issubclass(expected, errors.Unavailable):
+            assert status == 503 and headers["Retry-After"] == "1"
 
 
 async def test_postgres_down_is_unavailable_not_unknown(redis_url: str, redis_prefix: str) -> None:

@@ -10,10 +10,10 @@ from typing import AsyncIterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.cache.l2 import RedisL2
-from gatehouse.server.health import Readiness, describe
+from gatehouse.server.health import LIVENESS, Readiness, describe
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import connect
 from tests.client import health
@@ -128,3 +128,26 @@ def test_describe_names_the_error_even_when_its_message_is_empty() -> None:
         assert describe(error) == (
             "RuntimeError: database unavailable (from ConnectionRefusedError: [Errno 111] Connect call failed)"
         )
+
+
+async def test_liveness_answers_serving_while_postgres_is_unfit_and_not_after_shutdown(database_url: str) -> None:
+    """`liveness` is what a liveness probe asks: SERVING while the process answers, whatever
+    its dependencies say (here: a schema version this build does not expect), and
+    NOT_SERVING once the server is stopping."""
+    store = await connect(database_url, min_size=0, max_size=1)
+    ready = Readiness(store, None, LATEST_VERSION + 1, interval=0.1, timeout=TIMEOUT)
+    try:
+        assert not await ready.probe()
+        assert await status(ready, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await status(ready, LIVENESS) == health_pb2.HealthCheckResponse.SERVING
+        await ready.shutdown()
+        await ready.probe()  # a round after shutdown changes nothing
+        assert await status(ready, LIVENESS) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        ready.postgres.abandon()
+        await store.close()
+
+
+async def status(ready: Readiness, service: str) -> int:
+    reply = await ready.servicer.Check(health_pb2.HealthCheckRequest(service=service), None)
+    return int(reply.status)

@@ -7,7 +7,7 @@
 messages and stubs are `gatehouse_client.v1` (`./dev protos` makes them from protos/).
 """
 
-from gatehouse_client.calls import ADMIN_METHODS, Decision, subject
+from gatehouse_client.calls import ADMIN_METHODS, Decision, as_subject, is_tenant_id
 from gatehouse_client.client import Admin, AsyncAdmin, AsyncClient, Client
 from gatehouse_client.errors import GatehouseError
 
@@ -16,8 +16,9 @@ __all__ = [
     "Admin",
     "AsyncAdmin",
     "AsyncClient",
+    "as_subject",
+    "is_tenant_id",
     "Client",
     "Decision",
     "GatehouseError",
-    "subject",
 ]

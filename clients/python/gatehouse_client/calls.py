@@ -18,9 +18,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import grpc
 from google.protobuf.message import Message
 
+from gatehouse_client.errors import GatehouseError
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 
 KEY_ENV = "GATEHOUSE_KEY"
+SERVER_ENV = "GATEHOUSE_SERVER"
+DEFAULT_SERVER = "127.0.0.1:50051"
 IDEMPOTENCY_HEADER = "idempotency-key"
 DEFAULT_TIMEOUT = 2.0  # seconds, per attempt
 DEFAULT_RETRIES = 3  # attempts after the first, on UNAVAILABLE only
@@ -33,7 +36,7 @@ SubjectLike = str | tuple[str, str] | common_pb2.Subject
 _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 
 
-def subject(value: SubjectLike) -> common_pb2.Subject:
+def as_subject(value: SubjectLike) -> common_pb2.Subject:
     """`"user:alice"`, `("user", "alice")` or a `Subject` as a `Subject`; ValueError for a
     string without a `type:` part."""
     if isinstance(value, common_pb2.Subject):
@@ -45,6 +48,32 @@ def subject(value: SubjectLike) -> common_pb2.Subject:
     if not colon or not kind or not id_:
         raise ValueError(f"subject {value!r}: expected TYPE:ID, e.g. user:alice")
     return common_pb2.Subject(type=kind, id=id_)
+
+
+def target_of(target: str | None) -> str:
+    """`target`, else `$GATEHOUSE_SERVER`, else 127.0.0.1:50051."""
+    return target or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+
+
+def is_tenant_id(value: str) -> bool:
+    """The canonical spelling of a uuid: what the server takes as a tenant id (anything
+    else is taken for a slug)."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def tenant_on_page(page: admin_pb2.ListTenantsResponse, slug: str) -> admin_pb2.Tenant | None:
+    """The tenant of `page` with this slug; None to read the next page; NOT_FOUND
+    GatehouseError after the last."""
+    for tenant in page.tenants:
+        if tenant.slug == slug:
+            return tenant
+    if page.next_page_token:
+        return None
+    raise GatehouseError(grpc.StatusCode.NOT_FOUND, f"no tenant with slug {slug!r}",
+                         reason="GATEHOUSE_TENANT_NOT_FOUND", violations=(("tenant", "no such slug"),))
 
 
 def snake_case(method: str) -> str:
@@ -162,7 +191,7 @@ class CallPolicy:
     def check_request(
         self,
         tenant_id: str,
-        subject_: SubjectLike,
+        subject: SubjectLike,
         permission: str,
         *,
         scope: str = "",
@@ -172,7 +201,7 @@ class CallPolicy:
     ) -> access_pb2.CheckAccessRequest:
         return access_pb2.CheckAccessRequest(
             tenant_id=tenant_id,
-            subject=subject(subject_),
+            subject=as_subject(subject),
             permission=permission,
             resource=common_pb2.Resource(type=resource_type, id=resource_id, scope=scope),
             min_revision=self.min_revision(tenant_id, min_revision),
@@ -214,5 +243,5 @@ def admin_request(method: AdminMethod, request: Message | None, fields: dict[str
             raise TypeError(f"{snake_case(method.name)}: expected {method.request.__name__}, got {type(request).__name__}")
         return request
     if "subject" in fields and fields["subject"] is not None:
-        fields = {**fields, "subject": subject(fields["subject"])}
+        fields = {**fields, "subject": as_subject(fields["subject"])}
     return method.request(**fields)

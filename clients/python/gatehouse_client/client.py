@@ -30,6 +30,9 @@ from google.protobuf.message import Message
 
 from gatehouse_client.calls import (
     ADMIN_METHODS,
+    is_tenant_id,
+    target_of,
+    tenant_on_page,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     CallPolicy,
@@ -93,7 +96,7 @@ class _Rpc(Generic[R]):
         name = self.name
 
         def call(request: Message | None = None, /, **fields: Any) -> Any:
-            return admin._call(name, request, **fields)
+            return admin._call(name, request, fields)
 
         call.__name__ = call.__qualname__ = name
         call.__doc__ = f"AdminService/{ADMIN_METHODS[name].name}: returns {self.response.__name__}."
@@ -136,16 +139,6 @@ class _AdminMethods:
     list_audit_events = _Rpc(admin_pb2.ListAuditEventsResponse)
 
 
-def _is_tenant_id(value: str) -> bool:
-    """The canonical spelling of a uuid (what the server takes as a tenant id)."""
-    import uuid
-
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 # --- blocking ---------------------------------------------------------------------------
 
 
@@ -156,7 +149,7 @@ class Admin(_AdminMethods):
         self._client = client
         self._stub = admin_pb2_grpc.AdminServiceStub(client.channel)  # type: ignore[no-untyped-call]  # generated, untyped
 
-    def _call(self, name: str, request: Message | None, **fields: Any) -> Any:
+    def _call(self, name: str, request: Message | None, fields: dict[str, Any]) -> Any:
         method = ADMIN_METHODS[name]
         idempotency_key = fields.pop("idempotency_key", None)
         timeout = fields.pop("timeout", None)
@@ -171,24 +164,21 @@ class Admin(_AdminMethods):
 
     def resolve_tenant(self, slug_or_id: str) -> admin_pb2.Tenant:
         """The tenant with this id (canonical uuid) or slug; NOT_FOUND GatehouseError when none."""
-        if _is_tenant_id(slug_or_id):
+        if is_tenant_id(slug_or_id):
             return self.get_tenant(tenant_id=slug_or_id)
-        token = ""
+        page = admin_pb2.ListTenantsResponse()
         while True:
-            page = self.list_tenants(page_size=500, page_token=token)
-            for tenant in page.tenants:
-                if tenant.slug == slug_or_id:
-                    return tenant
-            token = page.next_page_token
-            if not token:
-                raise GatehouseError(grpc.StatusCode.NOT_FOUND, f"no tenant with slug {slug_or_id!r}",
-                                     reason="GATEHOUSE_TENANT_NOT_FOUND", violations=(("tenant", "no such slug"),))
+            page = self.list_tenants(page_size=500, page_token=page.next_page_token)
+            found = tenant_on_page(page, slug_or_id)
+            if found is not None:
+                return found
 
 
 class Client:
     """A blocking client of one Gatehouse sidecar (see the module docstring).
 
-    `target`: `host:port` or `unix:/path`; `key`: API key (default `$GATEHOUSE_KEY`);
+    `target`: `host:port` or `unix:/path` (default `$GATEHOUSE_SERVER`, else
+    127.0.0.1:50051); `key`: API key (default `$GATEHOUSE_KEY`);
     `tls`/`ca_file`/`cert_file`/`key_file`: TLS and mutual TLS; `timeout`: seconds per
     attempt; `retries`: attempts after the first, on UNAVAILABLE only. Safe to share
     between threads; close it (or use `with`) when done.
@@ -196,7 +186,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | None = None,
         *,
         key: str | None = None,
         tls: bool = False,
@@ -207,7 +197,7 @@ class Client:
         retries: int = DEFAULT_RETRIES,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target
+        self.target = target = target_of(target)
         self.policy = CallPolicy(key, timeout, retries)
         creds = credentials(tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         options = list(options)
@@ -299,7 +289,7 @@ class AsyncAdmin(_AdminMethods):
         self._client = client
         self._stub = admin_pb2_grpc.AdminServiceStub(client.channel)  # type: ignore[no-untyped-call]  # generated, untyped
 
-    async def _call(self, name: str, request: Message | None, **fields: Any) -> Any:
+    async def _call(self, name: str, request: Message | None, fields: dict[str, Any]) -> Any:
         method = ADMIN_METHODS[name]
         idempotency_key = fields.pop("idempotency_key", None)
         timeout = fields.pop("timeout", None)
@@ -314,18 +304,14 @@ class AsyncAdmin(_AdminMethods):
 
     async def resolve_tenant(self, slug_or_id: str) -> admin_pb2.Tenant:
         """The tenant with this id (canonical uuid) or slug; NOT_FOUND GatehouseError when none."""
-        if _is_tenant_id(slug_or_id):
+        if is_tenant_id(slug_or_id):
             return await self.get_tenant(tenant_id=slug_or_id)
-        token = ""
+        page = admin_pb2.ListTenantsResponse()
         while True:
-            page = await self.list_tenants(page_size=500, page_token=token)
-            for tenant in page.tenants:
-                if tenant.slug == slug_or_id:
-                    return tenant
-            token = page.next_page_token
-            if not token:
-                raise GatehouseError(grpc.StatusCode.NOT_FOUND, f"no tenant with slug {slug_or_id!r}",
-                                     reason="GATEHOUSE_TENANT_NOT_FOUND", violations=(("tenant", "no such slug"),))
+            page = await self.list_tenants(page_size=500, page_token=page.next_page_token)
+            found = tenant_on_page(page, slug_or_id)
+            if found is not None:
+                return found
 
 
 class AsyncClient:
@@ -334,7 +320,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | None = None,
         *,
         key: str | None = None,
         tls: bool = False,
@@ -345,7 +331,7 @@ class AsyncClient:
         retries: int = DEFAULT_RETRIES,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target
+        self.target = target = target_of(target)
         self.policy = CallPolicy(key, timeout, retries)
         creds = credentials(tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         options = list(options)

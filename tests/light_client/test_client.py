@@ -1,0 +1,139 @@
+"""The light client (clients/python) against a real `gatehouse serve`: both flavours,
+every AdminService helper, the credential, error details, idempotency, unix socket."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from gatehouse_client import ADMIN_METHODS, AsyncClient, Client, Decision, GatehouseError
+from gatehouse_client.v1 import admin_pb2, common_pb2
+from tests.served import Served
+
+
+async def test_every_admin_service_method_has_a_helper_in_both_flavours() -> None:
+    methods = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods
+    assert len(ADMIN_METHODS) == len(methods) == 27
+    assert {m.name for m in ADMIN_METHODS.values()} == {m.name for m in methods}
+    # Nothing is dialled until a call is made.
+    with Client("127.0.0.1:9") as blocking:
+        async with AsyncClient("127.0.0.1:9") as asynchronous:
+            for name, method in ADMIN_METHODS.items():
+                for admin in (blocking.admin, asynchronous.admin):
+                    assert getattr(admin, name).__name__ == name
+                assert method.mutation == (not method.name.startswith(("Get", "List"))), name
+
+
+def test_a_tenant_from_creation_to_a_decision(served: Served, unique: str) -> None:
+    with Client(served.address, key=served.key) as gh:
+        tenant = gh.admin.create_tenant(slug=f"acme-{unique}", name="Acme")
+        assert tenant.status == common_pb2.TENANT_STATUS_DRAFT
+        gh.admin.activate_tenant(tenant_id=tenant.id, reason="launch")
+        gh.admin.create_role(tenant_id=tenant.id, name="accountant", permissions=["invoice.*"])
+        gh.admin.add_member(tenant_id=tenant.id, subject="user:alice")
+        assigned = gh.admin.assign_role(tenant_id=tenant.id, subject=("user", "alice"), role="accountant", scope="emea")
+
+        decision = gh.check(tenant.id, "user:alice", "invoice.read", scope="emea/de", resource_type="invoice")
+        assert decision == Decision(True, "ALLOWED", assigned.revision, "accountant", "emea", "")
+        assert decision
+        denied = gh.check(tenant.id, "user:alice", "invoice.read", scope="apac")
+        assert not denied and denied.reason == "NO_GRANT"
+        many = gh.check_many([
+            {"tenant_id": tenant.id, "subject": "user:alice", "permission": "invoice.write", "scope": "emea"},
+            (tenant.id, "user:bob", "invoice.read"),
+        ])
+        assert [(d.allowed, d.reason) for d in many] == [(True, "ALLOWED"), (False, "NOT_A_MEMBER")]
+
+        config = gh.config(tenant.id)
+        assert (config.slug, config.revision) == (f"acme-{unique}", assigned.revision)
+        roles = gh.admin.list_roles(tenant_id=tenant.id)
+        assert "accountant" in [role.name for role in roles.roles]
+        assert gh.admin.resolve_tenant(f"acme-{unique}").id == tenant.id
+        assert gh.admin.resolve_tenant(tenant.id).slug == f"acme-{unique}"
+
+
+def test_errors_carry_code_reason_and_field(served: Served, unique: str) -> None:
+    with Client(served.address, key=served.key) as gh:
+        with pytest.raises(GatehouseError) as bad:
+            gh.admin.create_tenant(slug="A!", name="x")
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad.value.field == "slug" and bad.value.reason.startswith("GATEHOUSE_")
+        gh.admin.create_tenant(slug=f"twice-{unique}", name="Twice")
+        with pytest.raises(GatehouseError) as taken:
+            gh.admin.create_tenant(slug=f"twice-{unique}", name="Twice")
+        assert taken.value.code == grpc.StatusCode.ALREADY_EXISTS and taken.value.reason.startswith("GATEHOUSE_")
+        assert "ALREADY_EXISTS" in str(taken.value)
+        with pytest.raises(GatehouseError) as missing:
+            gh.admin.resolve_tenant(f"no-such-{unique}")
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_key_comes_from_the_environment_unless_given(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEHOUSE_KEY", served.key)
+    with Client(served.address) as gh:
+        gh.admin.list_plans()
+    monkeypatch.delenv("GATEHOUSE_KEY")
+    with Client(served.address) as gh, pytest.raises(GatehouseError) as anonymous:
+        gh.admin.list_plans()
+    assert anonymous.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with Client(served.address, key="gh_0123456789abcdef_wrong") as gh, pytest.raises(GatehouseError) as wrong:
+        gh.admin.list_plans()
+    assert wrong.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_mutation_gets_an_idempotency_key_of_its_own_unless_given(served: Served, unique: str) -> None:
+    with Client(served.address, key=served.key) as gh:
+        first = gh.admin.create_tenant(slug=f"idem-{unique}", name="Idem", idempotency_key=f"k-{unique}")
+        replay = gh.admin.create_tenant(slug=f"idem-{unique}", name="Idem", idempotency_key=f"k-{unique}")
+        assert replay.id == first.id
+        with pytest.raises(GatehouseError) as again:  # a fresh key: a second create
+            gh.admin.create_tenant(slug=f"idem-{unique}", name="Idem")
+        assert again.value.code == grpc.StatusCode.ALREADY_EXISTS
+        with pytest.raises(GatehouseError) as reused:
+            gh.admin.create_tenant(slug=f"other-{unique}", name="Other", idempotency_key=f"k-{unique}")
+        assert reused.value.reason == "GATEHOUSE_IDEMPOTENCY_KEY_REUSED"
+
+
+def test_a_unix_socket(served: Served, unique: str) -> None:
+    with Client(served.unix, key=served.key) as gh:
+        tenant = gh.admin.create_tenant(slug=f"unix-{unique}", name="Unix")
+        assert gh.check(tenant.id, "user:alice", "x.read").reason == "TENANT_INACTIVE"
+
+
+def test_a_request_message_or_fields_not_both(served: Served) -> None:
+    with Client(served.address, key=served.key) as gh:
+        assert gh.admin.list_plans(admin_pb2.ListPlansRequest()).plans is not None
+        with pytest.raises(TypeError):
+            gh.admin.list_plans(admin_pb2.ListPlansRequest(), page_size=3)
+        with pytest.raises(TypeError):
+            gh.admin.list_plans(admin_pb2.ListTenantsRequest())
+        with pytest.raises(ValueError, match="TYPE:ID"):
+            gh.check("t", "alice", "x.read")
+
+
+async def test_the_async_client(served: Served, unique: str) -> None:
+    async with AsyncClient(served.address, key=served.key) as gh:
+        tenant = await gh.admin.create_tenant(slug=f"async-{unique}", name="Async")
+        await gh.admin.activate_tenant(tenant_id=tenant.id, reason="launch")
+        await gh.admin.add_member(tenant_id=tenant.id, subject="user:alice")
+        assigned = await gh.admin.assign_role(tenant_id=tenant.id, subject="user:alice", role="viewer", scope="")
+        decision = await gh.check(tenant.id, "user:alice", "tenant.read")
+        assert decision.revision == assigned.revision and gh.policy.revision(tenant.id) == assigned.revision
+        many = await gh.check_many([(tenant.id, "user:alice", "tenant.read"), (tenant.id, "user:eve", "tenant.read")])
+        assert [d.reason for d in many] == [decision.reason, "NOT_A_MEMBER"]
+        assert (await gh.config(tenant.id)).revision == assigned.revision
+        assert (await gh.admin.resolve_tenant(f"async-{unique}")).id == tenant.id
+        with pytest.raises(GatehouseError) as bad:
+            await gh.admin.add_member(tenant_id=tenant.id, subject=("user", ""))
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT and bad.value.field.startswith("subject")
+
+        seen = []
+        async for config in gh.watch_config(tenant.id):
+            seen.append(config.revision)
+            if len(seen) == 1:
+                await gh.admin.patch_tenant_config(tenant_id=tenant.id, settings_patch={"theme": "dark"})
+            else:
+                break
+        assert seen[1] > seen[0]
