@@ -216,6 +216,7 @@ class Sidecar:
             chain=chain,
         )
         self.addresses = [bind(server, listener) for listener in listeners]
+        await self.readiness.not_yet()
         await server.start()
         self.server = server
         if http_listener is not None:

@@ -185,6 +185,13 @@ class Readiness:
         await self._l2.ping()
         return None
 
+    async def not_yet(self) -> None:
+        """NOT_SERVING for everything until the first probe has run: grpc's servicer starts
+        with "" SERVING, which a readiness probe arriving between the server's start and
+        that probe would believe."""
+        for name in ("", *SERVICES, LIVENESS):
+            await self.servicer.set(name, NOT_SERVING)
+
     async def probe(self) -> bool:
         """One round: check every dependency, publish every service's status; True when
         all are SERVING. Returns within the timeout (plus scheduling) whatever the

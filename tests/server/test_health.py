@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.cache.l2 import RedisL2
-from gatehouse.server.health import LIVENESS, Readiness, describe
+from gatehouse.server.health import LIVENESS, SERVICES, Readiness, describe
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import connect
 from tests.client import health
@@ -143,6 +143,23 @@ async def test_liveness_answers_serving_while_postgres_is_unfit_and_not_after_sh
         await ready.shutdown()
         await ready.probe()  # a round after shutdown changes nothing
         assert await status(ready, LIVENESS) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        ready.postgres.abandon()
+        await store.close()
+
+
+async def test_nothing_is_serving_before_the_first_probe(database_url: str) -> None:
+    """grpc's servicer starts with "" SERVING; the sidecar says NOT_SERVING (`not_yet`, before
+    the server starts) until a probe round has looked at Postgres and Redis."""
+    store = await connect(database_url, min_size=0, max_size=1)
+    ready = Readiness(store, None, LATEST_VERSION, interval=0.1, timeout=TIMEOUT)
+    try:
+        assert await status(ready, "") == health_pb2.HealthCheckResponse.SERVING  # grpc's own start
+        await ready.not_yet()
+        for name in ("", *SERVICES, LIVENESS):
+            assert await status(ready, name) == health_pb2.HealthCheckResponse.NOT_SERVING, name
+        assert await ready.probe()
+        assert await status(ready, "") == health_pb2.HealthCheckResponse.SERVING
     finally:
         ready.postgres.abandon()
         await store.close()
