@@ -15,8 +15,9 @@ anyone else wrote in between; apply stops there and says so. (Plans are platform
 carry no revision: UpsertPlan is the one write that is not checked.) A second apply of
 the same file finds no difference and makes no call that writes.
 
-Exit status: 0 done (or nothing to do); 1 the file is invalid or asks for what cannot be
-reached; 2 a call failed (refused, not found, ...); 3 a concurrent change was detected.
+Exit status, as every client command's (server/commands.py): 0 done (or nothing to do);
+2 the file is invalid or asks for what cannot be reached (nothing written); 4 a concurrent
+change (ABORTED); a call that failed otherwise, its code's status (5 PERMISSION_DENIED ...).
 """
 
 from __future__ import annotations
@@ -61,13 +62,15 @@ from gatehouse.declarative.model import (
 )
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import KEY_SUBJECT_TYPE, TenantStatus
+from gatehouse.server.cli_output import emit_error
+from gatehouse.server.commands import EXIT_CODES, EXIT_OK, EXIT_OTHER, EXIT_USAGE
 from gatehouse_client import Client, GatehouseError
 from gatehouse_client.v1 import admin_pb2, common_pb2
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_CALL_FAILED = 2
-EXIT_CONFLICT = 3
+# The exit statuses of every client command (server/commands.py): 2 for what is wrong
+# with the input (the file, here), 4 for ABORTED (a concurrent change), and so on.
+EXIT_INVALID = EXIT_USAGE
+EXIT_CONFLICT = EXIT_CODES[grpc.StatusCode.ABORTED]
 
 APPLY_REASON = "gatehouse apply"
 PAGE = 500
@@ -174,9 +177,8 @@ def run(
         if error.code is grpc.StatusCode.ABORTED and error.reason == "GATEHOUSE_REVISION_CONFLICT":
             print(f"{prog}: concurrent change: {error}; run apply again to see the new plan", file=err)
             return EXIT_CONFLICT
-        field = f" (field {error.field})" if error.field else ""
-        print(f"{prog}: error: {error}{field}", file=err)
-        return EXIT_CALL_FAILED
+        emit_error(error, "table", err)
+        return EXIT_CODES.get(error.code, EXIT_OTHER)
 
 
 # --- reading the live state ---

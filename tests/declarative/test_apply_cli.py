@@ -193,7 +193,7 @@ def test_an_invalid_file_names_file_line_and_field_and_writes_nothing(gatehouse:
     path = state_file(tmp_path, slug, plan)
     path.write_text(path.read_text().replace("scope: emea/de", "scope: emea//de").replace("status: active", "status: live"))
     result = gatehouse.cli("apply", "-f", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ""
     assert f"{path}:14: Tenant {slug}: status: must be one of draft, active, suspended, archived, deleted" in result.stderr
     assert f"{path}:29: Tenant {slug}: members[1].roles[0].scope: must be empty or /-separated" in result.stderr
@@ -206,7 +206,7 @@ def test_a_plan_no_calls_can_reach_is_refused_before_any_write(gatehouse: Gateho
     path = state_file(tmp_path, slug, plan)
     path.write_text(path.read_text().replace("  - role: owner", "  - role: ghost"))
     result = gatehouse.cli("apply", "-f", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{path}:23: tenant {slug}: user:alice is granted ghost, which is neither a system role" in result.stderr
     assert plan not in {p.name for p in operator.admin.list_plans().plans}
 
@@ -242,7 +242,7 @@ def test_a_tenant_key_is_held_to_its_permissions_and_the_guards(gatehouse: Gateh
     viewer = tenant_key(operator, tenant.id, [("viewer", "")], ["*"])
     own.write_text(own.read_text().replace("user:bob", "user:dora"))
     refused = gatehouse.cli("apply", "-f", str(own), key=viewer)
-    assert refused.returncode == 2
+    assert refused.returncode == 5  # PERMISSION_DENIED, as every client command
     assert f"+ member {slug} user:dora" in refused.stdout
     assert "PERMISSION_DENIED" in refused.stderr
     assert "dora" not in {m.subject.id for m in operator.admin.list_members(tenant_id=tenant.id).members}
@@ -251,7 +251,7 @@ def test_a_tenant_key_is_held_to_its_permissions_and_the_guards(gatehouse: Gateh
     admin = tenant_key(operator, tenant.id, [("admin", "")], ["*"])
     own.write_text(own.read_text().replace("user:dora", "user:bob").replace("- subject: user:bob\n", "- subject: user:erin\n  roles: [{role: owner}]\n- subject: user:bob\n"))
     guarded = gatehouse.cli("apply", "-f", str(own), key=admin)
-    assert guarded.returncode == 2
+    assert guarded.returncode == 4  # FAILED_PRECONDITION, as every client command
     assert "GATEHOUSE_OWNER_REQUIRED" in guarded.stderr
 
     # ... nor create a role beyond its own limit (the escalation guard).
@@ -259,13 +259,13 @@ def test_a_tenant_key_is_held_to_its_permissions_and_the_guards(gatehouse: Gateh
     escalating = tenant_only(path, tenant.id)
     escalating.write_text(escalating.read_text().replace("roles:\n- name: accountant", "roles:\n- name: payroll\n  permissions: [salary.read]\n- name: accountant"))
     escalated = gatehouse.cli("apply", "-f", str(escalating), key=limited)
-    assert escalated.returncode == 2
+    assert escalated.returncode == 5  # PERMISSION_DENIED, as every client command
     assert "GATEHOUSE_ESCALATION" in escalated.stderr
     assert "payroll" not in {r.name for r in operator.admin.list_roles(tenant_id=tenant.id).roles}
 
     # And it may not touch plans at all.
     platform = gatehouse.cli("apply", "-f", str(path), key=admin)
-    assert platform.returncode == 2 and "PERMISSION_DENIED" in platform.stderr
+    assert platform.returncode == 5 and "PERMISSION_DENIED" in platform.stderr
 
 
 class RacingClient:
