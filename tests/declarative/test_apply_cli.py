@@ -259,7 +259,7 @@ def test_a_tenant_key_is_held_to_its_permissions_and_the_guards(gatehouse: Gateh
     escalating = tenant_only(path, tenant.id)
     escalating.write_text(escalating.read_text().replace("roles:\n- name: accountant", "roles:\n- name: payroll\n  permissions: [salary.read]\n- name: accountant"))
     escalated = gatehouse.cli("apply", "-f", str(escalating), key=limited)
-    assert escalated.returncode == 5  # PERMISSION_DENIED, as every client command
+    assert escalated.returncode == 4  # FAILED_PRECONDITION, as every client command
     assert "GATEHOUSE_ESCALATION" in escalated.stderr
     assert "payroll" not in {r.name for r in operator.admin.list_roles(tenant_id=tenant.id).roles}
 
