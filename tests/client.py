@@ -53,6 +53,19 @@ class Client:
         )
         return response.revision
 
+    async def tenant_key(self, tenant_id: str, permission: str) -> admin_pb2.CreateApiKeyResponse:
+        """A key of `tenant_id` limited to `permission`, holding it through a role `checker`."""
+        await self.admin.CreateRole(
+            admin_pb2.CreateRoleRequest(tenant_id=tenant_id, name="checker", permissions=[permission]),
+            metadata=self.auth,
+        )
+        return await self.admin.CreateApiKey(
+            admin_pb2.CreateApiKeyRequest(
+                tenant_id=tenant_id, name="svc", permissions=[permission], roles=[admin_pb2.RoleGrant(role="checker")]
+            ),
+            metadata=self.auth,
+        )
+
 
 def make_client(target: str, operator_key: str, credentials: grpc.ChannelCredentials | None = None) -> Client:
     """A client for the sidecar at `target`: plaintext, or TLS with `credentials`."""

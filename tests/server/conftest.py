@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
@@ -27,6 +28,9 @@ def sidecar_settings(database_url: str, redis_url: str, redis_prefix: str, opera
         operator_key=operator_key,
         l1_ttl_seconds=30.0,
         grace_seconds=1.0,
+        # Envoy's ext_authz served too, with the example mapping: every suite that uses
+        # this sidecar (the fuzz suite above all) reaches it.
+        ext_authz_config=str(Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "gatehouse-routes.yaml"),
     )
 
 

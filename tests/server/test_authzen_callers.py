@@ -92,15 +92,7 @@ async def test_a_tenant_key_asks_only_about_its_tenant(client: Client, guarded: 
     other = await client.tenant(f"az-callers-other-{unique}")
     for tenant in (mine, other):
         await client.grant(tenant.id, user("alice"), "viewer", "")
-    await client.admin.CreateRole(
-        admin_pb2.CreateRoleRequest(tenant_id=mine.id, name="checker", permissions=[CHECK]), metadata=client.auth
-    )
-    created = await client.admin.CreateApiKey(
-        admin_pb2.CreateApiKeyRequest(
-            tenant_id=mine.id, name="svc", permissions=[CHECK], roles=[admin_pb2.RoleGrant(role="checker")]
-        ),
-        metadata=client.auth,
-    )
+    created = await client.tenant_key(mine.id, CHECK)
     key = bearer(created.secret)
     assert (await guarded.post(EVALUATION, question(mine.id), key)).body["decision"] is True
     other_tenant = await guarded.post(EVALUATION, question(other.id), key)

@@ -187,11 +187,16 @@ async def test_bytes_that_are_no_check_request_are_invalid_argument(ext_authz: E
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_not_served_without_a_mapping(client: Client) -> None:
-    call = client.channel.unary_unary(CHECK)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call(b"", timeout=5)
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+async def test_not_served_without_a_mapping(sidecar_settings: Settings) -> None:
+    running = Sidecar(dataclasses.replace(sidecar_settings, ext_authz_config=""))
+    await running.start()
+    try:
+        async with grpc.aio.insecure_channel(running.addresses[0]) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await channel.unary_unary(CHECK)(b"", timeout=5)
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await running.stop(grace=0)
 
 
 async def test_served_on_the_unix_socket_too(
