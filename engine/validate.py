@@ -8,6 +8,7 @@ of them and raises one error naming every bad field of a request (BadRequest lis
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, TypeVar
 
 from gatehouse.engine.patterns import (
@@ -31,6 +32,8 @@ SCOPE_RULE = (
     "(no empty, . or .. segment, no leading or trailing /)"
 )
 NAME_RULE = "must be 1-200 printable characters"
+SLUG_RULE = "must match ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 NEGATIVE_RULE = "must not be negative"
 
 
@@ -110,6 +113,13 @@ def require_patterns(field: str, values: Iterable[str]) -> tuple[str, ...]:
         if not is_valid_pattern(value):
             raise InvalidArgument(f"{field}[{index}]", PATTERN_RULE)
     return patterns
+
+
+def require_slug(field: str, value: str) -> str:
+    """A tenant slug: lowercase letters, digits and inner hyphens, 3-63 characters."""
+    if not SLUG_RE.fullmatch(value):
+        raise InvalidArgument(field, SLUG_RULE if value else REQUIRED)
+    return value
 
 
 def require_scope(field: str, value: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TREE = ROOT / ".typecheck"
-LAYERS = ("engine", "server", "cache", "store")
+LAYERS = ("engine", "declarative", "server", "cache", "store")
 
 
 def build_tree() -> Path:

@@ -285,10 +285,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateRole(self, request: admin_pb2.CreateRoleRequest, caller: Principal) -> admin_pb2.RoleResponse:
         v = Violations()
         tenant_id, name, permissions, description = self._role_fields(request, v)
+        expected = v.check(require_revision, "expected_revision", request.expected_revision)
         v.raise_if_any()
         await self._authz.guard_patterns(caller, permissions, "", what="the role")
         role, revision = await self._store.create_role(
-            caller.actor, tenant_id, name=name, permissions=permissions, description=description
+            caller.actor, tenant_id, name=name, permissions=permissions, description=description,
+            expected_revision=expected,
         )
         return admin_pb2.RoleResponse(role=convert.role_message(role), revision=revision)
 
@@ -310,8 +312,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         v = Violations()
         tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
         name = v.check(require_id, "name", request.name)
+        expected = v.check(require_revision, "expected_revision", request.expected_revision)
         v.raise_if_any()
-        revision = await self._store.delete_role(caller.actor, tenant_id, name=name)
+        revision = await self._store.delete_role(caller.actor, tenant_id, name=name, expected_revision=expected)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("role.list", mutation=False)
@@ -323,27 +326,29 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def _member_fields(
         self, request: admin_pb2.AddMemberRequest | admin_pb2.RemoveMemberRequest
-    ) -> tuple[str, SubjectRef]:
+    ) -> tuple[str, SubjectRef, int]:
+        """(tenant id, subject, expected revision) of a membership write."""
         v = Violations()
         tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
         subject = v.check(convert.subject, "subject", request.subject)
+        expected = v.check(require_revision, "expected_revision", request.expected_revision)
         v.raise_if_any()
-        return tenant_id, subject
+        return tenant_id, subject, expected
 
     @admin_call("member.add")
     async def AddMember(self, request: admin_pb2.AddMemberRequest, caller: Principal) -> admin_pb2.MemberResponse:
-        tenant_id, subject = self._member_fields(request)
+        tenant_id, subject, expected = self._member_fields(request)
         if subject.type == KEY_SUBJECT_TYPE:
             raise InvalidArgument("subject.type", "API keys join their tenant through CreateApiKey")
-        member, revision = await self._store.add_member(caller.actor, tenant_id, subject)
+        member, revision = await self._store.add_member(caller.actor, tenant_id, subject, expected_revision=expected)
         return admin_pb2.MemberResponse(member=convert.member_message(member), revision=revision)
 
     @admin_call("member.remove")
     async def RemoveMember(self, request: admin_pb2.RemoveMemberRequest, caller: Principal) -> admin_pb2.MutationResponse:
-        tenant_id, subject = self._member_fields(request)
+        tenant_id, subject, expected = self._member_fields(request)
         if await self._authz.holds_owner(tenant_id, subject):
             await self._authz.guard_owner(caller, OWNER_ROLE)
-        revision = await self._store.remove_member(caller.actor, tenant_id, subject)
+        revision = await self._store.remove_member(caller.actor, tenant_id, subject, expected_revision=expected)
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("member.list", mutation=False)
@@ -361,30 +366,35 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def _assignment_fields(
         self, request: admin_pb2.AssignRoleRequest | admin_pb2.RevokeRoleRequest
-    ) -> tuple[str, SubjectRef, str, str]:
-        """(tenant id, subject, role, scope) of an assignment write."""
+    ) -> tuple[str, SubjectRef, str, str, int]:
+        """(tenant id, subject, role, scope, expected revision) of an assignment write."""
         v = Violations()
         fields = (
             v.check(require_tenant_id, "tenant_id", request.tenant_id),
             v.check(convert.subject, "subject", request.subject),
             v.check(require_id, "role", request.role),
             v.check(require_scope, "scope", request.scope),
+            v.check(require_revision, "expected_revision", request.expected_revision),
         )
         v.raise_if_any()
         return fields
 
     @admin_call("role.assign")
     async def AssignRole(self, request: admin_pb2.AssignRoleRequest, caller: Principal) -> admin_pb2.RoleAssignmentResponse:
-        tenant_id, subject, role, scope = self._assignment_fields(request)
+        tenant_id, subject, role, scope, expected = self._assignment_fields(request)
         await self._guard_grant(caller, tenant_id, role, scope)
-        assignment, revision = await self._store.assign_role(caller.actor, tenant_id, subject, role=role, scope=scope)
+        assignment, revision = await self._store.assign_role(
+            caller.actor, tenant_id, subject, role=role, scope=scope, expected_revision=expected
+        )
         return admin_pb2.RoleAssignmentResponse(assignment=convert.assignment_message(assignment), revision=revision)
 
     @admin_call("role.revoke")
     async def RevokeRole(self, request: admin_pb2.RevokeRoleRequest, caller: Principal) -> admin_pb2.MutationResponse:
-        tenant_id, subject, role, scope = self._assignment_fields(request)
+        tenant_id, subject, role, scope, expected = self._assignment_fields(request)
         await self._authz.guard_owner(caller, role)
-        revision = await self._store.revoke_role(caller.actor, tenant_id, subject, role=role, scope=scope)
+        revision = await self._store.revoke_role(
+            caller.actor, tenant_id, subject, role=role, scope=scope, expected_revision=expected
+        )
         return admin_pb2.MutationResponse(revision=revision)
 
     @admin_call("role.assignments.list", mutation=False)

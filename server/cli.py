@@ -4,10 +4,11 @@
     gatehouse relay [...]
     gatehouse migrate up [--to N] | down [--to N] | version  [--database-url OWNER_DSN] [--runtime-role ROLE]
     gatehouse tenant|plan|role|member|key|audit|config ACTION ...,  gatehouse grant|revoke|check ...
+    gatehouse apply -f state.yaml [--dry-run] [--prune]  |  gatehouse export [--tenant SLUG_OR_ID]
 
 `migrate down` without `--to` undoes one step, never the whole schema by accident. The
 admin commands and `check` talk to a running server through the light client
-(server/commands.py).
+(server/commands.py), and so do `apply` and `export` (server/declarative_cli.py).
 """
 
 from __future__ import annotations
@@ -56,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         help="role the server connects as, granted its privileges after `up` ('' = grant nothing) "
         "[env GATEHOUSE_RUNTIME_ROLE, default: the user of GATEHOUSE_DATABASE_URL]",
     )
+    from gatehouse.server import declarative_cli
+
     commands_module.add_commands(commands)
+    declarative_cli.add_commands(commands)
     args = parser.parse_args(argv)
 
     if args.command in commands_module.GROUPS:
         return commands_module.run(args)
+    if args.command in ("apply", "export"):
+        return declarative_cli.run(args)
     if args.command in ("serve", "relay"):
         settings = Settings.from_args(args)
         worker = os.environ.get("GATEHOUSE_WORKER_INDEX")

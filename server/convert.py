@@ -7,18 +7,16 @@ way everywhere and an error always names the field as the caller spelled it.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Mapping
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, TenantStatus
-from gatehouse.engine.validate import REQUIRED, Violations, require_id, require_name, require_patterns
+from gatehouse.engine.validate import Violations, require_id, require_name, require_patterns, require_slug
 from gatehouse.errors import InvalidArgument
 from gatehouse.store.api import ApiKeyRecord, AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
 from gatehouse_client.v1 import admin_pb2, common_pb2
 
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 MAX_SETTINGS_BYTES = 64 * 1024
 MAX_MAP_ENTRIES = 256
 
@@ -56,9 +54,7 @@ def tenant_status(field: str, value: int) -> TenantStatus | None:
 
 
 def slug(field: str, value: str) -> str:
-    if not SLUG_RE.fullmatch(value):
-        raise InvalidArgument(field, "must match ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$" if value else REQUIRED)
-    return value
+    return require_slug(field, value)
 
 
 def struct_to_dict(field: str, message: struct_pb2.Struct) -> dict[str, Any]:

@@ -16,10 +16,10 @@ class Assignments(TenantWrites):
     """Who holds which role at which scope."""
 
     async def assign_role(
-        self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str
+        self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str, expected_revision: int = 0
     ) -> tuple[AssignmentRecord, int]:
         """Grant `role` at `scope` to a member (NotAMember / NotFound / AlreadyExists)."""
-        async with self._tenant_write(actor, tenant_id) as write:
+        async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             is_member, role_exists = await write.conn.fetchrow(
                 """
                 SELECT EXISTS (SELECT 1 FROM memberships
@@ -53,9 +53,11 @@ class Assignments(TenantWrites):
             write.record(_assignment_change("role.assign", subject, role, scope))
         return AssignmentRecord(str(write.tenant_id), subject, role, scope, created_at.timestamp()), write.revision
 
-    async def revoke_role(self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str) -> int:
+    async def revoke_role(
+        self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str, expected_revision: int = 0
+    ) -> int:
         """Take back one grant (NotFound when there is no such grant); never from the last owner."""
-        async with self._tenant_write(actor, tenant_id) as write:
+        async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             if role == OWNER_ROLE and scope == "":
                 await refuse_last_owner(write.conn, write.tenant_id, subject)
             revoked = await write.conn.fetchval(

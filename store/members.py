@@ -18,9 +18,11 @@ from gatehouse.store.write_tail import AuditedChange, TenantWrites
 class Members(TenantWrites):
     """A tenant's members."""
 
-    async def add_member(self, actor: Actor, tenant_id: str, subject: SubjectRef) -> tuple[MemberRecord, int]:
+    async def add_member(
+        self, actor: Actor, tenant_id: str, subject: SubjectRef, *, expected_revision: int = 0
+    ) -> tuple[MemberRecord, int]:
         """Make `subject` a member; AlreadyExists when it is one."""
-        async with self._tenant_write(actor, tenant_id) as write:
+        async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             created_at = await write.conn.fetchval(
                 """
                 INSERT INTO memberships (tenant_id, subject_type, subject_id) VALUES ($1, $2, $3)
@@ -40,9 +42,9 @@ class Members(TenantWrites):
             )
         return MemberRecord(str(write.tenant_id), subject, created_at.timestamp()), write.revision
 
-    async def remove_member(self, actor: Actor, tenant_id: str, subject: SubjectRef) -> int:
+    async def remove_member(self, actor: Actor, tenant_id: str, subject: SubjectRef, *, expected_revision: int = 0) -> int:
         """Remove a member and, by cascade, its role assignments; never the last owner."""
-        async with self._tenant_write(actor, tenant_id) as write:
+        async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             await refuse_last_owner(write.conn, write.tenant_id, subject)
             removed = await write.conn.fetchval(
                 "DELETE FROM memberships WHERE tenant_id = $1 AND subject_type = $2 AND subject_id = $3 RETURNING 1",

@@ -19,10 +19,11 @@ class Roles(TenantWrites):
     """A tenant's roles."""
 
     async def create_role(
-        self, actor: Actor, tenant_id: str, *, name: str, permissions: tuple[str, ...], description: str
+        self, actor: Actor, tenant_id: str, *, name: str, permissions: tuple[str, ...], description: str,
+        expected_revision: int = 0,
     ) -> tuple[RoleRecord, int]:
         """A new tenant role; AlreadyExists when the name is taken (system roles included)."""
-        async with self._tenant_write(actor, tenant_id) as write:
+        async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             row = await write.conn.fetchrow(
                 """
                 INSERT INTO roles (tenant_id, name, permissions, description) VALUES ($1, $2, $3, $4)
@@ -63,9 +64,9 @@ class Roles(TenantWrites):
             write.record(_role_change("role.update", name, permissions))
         return role_record(row), write.revision
 
-    async def delete_role(self, actor: Actor, tenant_id: str, *, name: str) -> int:
+    async def delete_role(self, actor: Actor, tenant_id: str, *, name: str, expected_revision: int = 0) -> int:
         """Delete a tenant role that nobody holds (RoleInUse otherwise)."""
-        async with self._tenant_write(actor, tenant_id) as write:
+        async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             await _require_custom_role(write.conn, write.tenant_id, name)
             in_use = await write.conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM role_assignments WHERE tenant_id = $1 AND role = $2)",

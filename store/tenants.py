@@ -11,7 +11,7 @@ from gatehouse.engine.model import TenantRecord, TenantStatus
 from gatehouse.errors import AlreadyExists, SettingsTooLarge, TenantNotFound
 from gatehouse.store.api import DEFAULT_PLAN, SYSTEM_ROLES, Actor, ConfigPatch, Page
 from gatehouse.store.changes import tenant_change
-from gatehouse.store.merge_patch import merge_patch
+from gatehouse.merge_patch import merge_patch
 from gatehouse.store.pages import Filters, clamp_page_size, decode_token, page_of
 from gatehouse.store.plans import require_plan
 from gatehouse.store.rows import tenant_record

@@ -2,6 +2,8 @@
 
 - engine/ (the pure decision) imports no other layer, and nothing of grpc, asyncio,
   asyncpg or redis: importing it in a fresh interpreter loads none of them;
+- declarative/ (the state file, its diff and plan) is as pure: it imports the engine only,
+  and nothing of grpc, asyncio, asyncpg or redis; the calls it plans are made in server/;
 - store/ never imports cache/ or server/; cache/ never imports server/;
 - the neutral modules in gatehouse/ (errors, events, settings, ...) import no layer.
 """
@@ -16,14 +18,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"engine": ROOT / "engine", "store": ROOT / "store", "cache": ROOT / "cache", "server": ROOT / "server"}
+LAYERS = {"engine": ROOT / "engine", "declarative": ROOT / "declarative", "store": ROOT / "store", "cache": ROOT / "cache", "server": ROOT / "server"}
 NEUTRAL = ROOT / "gatehouse"
 # layer -> the layers it must not import
 FORBIDDEN = {
-    "engine": {"store", "cache", "server"},
+    "engine": {"store", "cache", "server", "declarative"},
+    "declarative": {"store", "cache", "server"},
     "store": {"cache", "server"},
     "cache": {"server"},
-    "neutral": {"engine", "store", "cache", "server"},
+    "neutral": {"engine", "store", "cache", "server", "declarative"},
 }
 IMPURE = ("grpc", "asyncio", "asyncpg", "redis", "google.protobuf", "uvloop")
 
@@ -52,15 +55,16 @@ def test_layer_imports_follow_the_rules(layer: str) -> None:
             parts = module.split(".")
             if parts[0] == "gatehouse" and len(parts) > 1 and parts[1] in FORBIDDEN[layer]:
                 broken.append(f"{path.relative_to(ROOT)} imports {module}")
-            if layer == "engine" and module.startswith(IMPURE):
+            if layer in ("engine", "declarative") and module.startswith(IMPURE):
                 broken.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not broken, "\n".join(broken)
 
 
-def test_importing_the_engine_loads_no_io_or_transport() -> None:
+@pytest.mark.parametrize("layer", ["engine", "declarative"])
+def test_importing_the_engine_loads_no_io_or_transport(layer: str) -> None:
     probe = (
-        "import sys, importlib, pkgutil, gatehouse.engine as e\n"
-        "for m in pkgutil.iter_modules(e.__path__): importlib.import_module('gatehouse.engine.' + m.name)\n"
+        f"import sys, importlib, pkgutil, gatehouse.{layer} as e\n"
+        f"for m in pkgutil.iter_modules(e.__path__): importlib.import_module('gatehouse.{layer}.' + m.name)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'grpc','asyncpg','redis','uvloop'} or m == 'asyncio'))\n"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()

@@ -73,6 +73,35 @@ async def test_stale_expected_revision_is_aborted_with_current(client: Client, u
     assert info.metadata["current_revision"] == str(updated.revision)
 
 
+
+async def test_every_tenant_write_takes_an_expected_revision(client: Client, unique: str) -> None:
+    """Role, member and grant writes check `expected_revision` like UpdateTenant does:
+    a stale one is ABORTED and writes nothing; the current one writes (0 = don't check)."""
+    tenant = await client.tenant(f"occ-all-{unique}")
+    admin, auth, alice = client.admin, client.auth, user("alice")
+    role = await admin.CreateRole(
+        admin_pb2.CreateRoleRequest(tenant_id=tenant.id, name="ops", permissions=["x.*"], expected_revision=tenant.revision),
+        metadata=auth,
+    )
+    revision = role.revision
+    writes = [
+        (admin.AddMember, admin_pb2.AddMemberRequest(tenant_id=tenant.id, subject=alice)),
+        (admin.AssignRole, admin_pb2.AssignRoleRequest(tenant_id=tenant.id, subject=alice, role="ops", scope="eu")),
+        (admin.RevokeRole, admin_pb2.RevokeRoleRequest(tenant_id=tenant.id, subject=alice, role="ops", scope="eu")),
+        (admin.RemoveMember, admin_pb2.RemoveMemberRequest(tenant_id=tenant.id, subject=alice)),
+        (admin.DeleteRole, admin_pb2.DeleteRoleRequest(tenant_id=tenant.id, name="ops")),
+        (admin.CreateRole, admin_pb2.CreateRoleRequest(tenant_id=tenant.id, name="ops2", permissions=["x.*"])),
+    ]
+    for call, request in writes:
+        request.expected_revision = revision - 1
+        error = await failure_of(call(request, metadata=auth))
+        assert error.code() == grpc.StatusCode.ABORTED, type(request).__name__
+        assert details(error)[0].metadata["current_revision"] == str(revision)
+        request.expected_revision = revision
+        response = await call(request, metadata=auth)
+        assert response.revision == revision + 1, type(request).__name__
+        revision = response.revision
+
 async def test_system_roles_are_seeded_and_fixed(client: Client, unique: str) -> None:
     tenant = await client.tenant(f"sys-{unique}")
     roles = await client.admin.ListRoles(admin_pb2.ListRolesRequest(tenant_id=tenant.id), metadata=client.auth)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gatehouse.store.merge_patch import merge_patch
+from gatehouse.merge_patch import merge_patch
 
 RFC_7396_APPENDIX_A: list[tuple[Any, Any, Any]] = [
     ({"a": "b"}, {"a": "c"}, {"a": "c"}),

@@ -239,16 +239,18 @@ class Role(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., system: bool = ...) -> None: ...
 
 class CreateRoleRequest(_message.Message):
-    __slots__ = ("tenant_id", "name", "permissions", "description")
+    __slots__ = ("tenant_id", "name", "permissions", "description", "expected_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     name: str
     permissions: _containers.RepeatedScalarFieldContainer[str]
     description: str
-    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ...) -> None: ...
+    expected_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class UpdateRoleRequest(_message.Message):
     __slots__ = ("tenant_id", "name", "permissions", "description", "expected_revision")
@@ -265,12 +267,14 @@ class UpdateRoleRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class DeleteRoleRequest(_message.Message):
-    __slots__ = ("tenant_id", "name")
+    __slots__ = ("tenant_id", "name", "expected_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     name: str
-    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    expected_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class RoleResponse(_message.Message):
     __slots__ = ("role", "revision")
@@ -311,20 +315,24 @@ class Member(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AddMemberRequest(_message.Message):
-    __slots__ = ("tenant_id", "subject")
+    __slots__ = ("tenant_id", "subject", "expected_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     subject: _common_pb2.Subject
-    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ...) -> None: ...
+    expected_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class RemoveMemberRequest(_message.Message):
-    __slots__ = ("tenant_id", "subject")
+    __slots__ = ("tenant_id", "subject", "expected_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     subject: _common_pb2.Subject
-    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ...) -> None: ...
+    expected_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class MemberResponse(_message.Message):
     __slots__ = ("member", "revision")
@@ -367,28 +375,32 @@ class RoleAssignment(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AssignRoleRequest(_message.Message):
-    __slots__ = ("tenant_id", "subject", "role", "scope")
+    __slots__ = ("tenant_id", "subject", "role", "scope", "expected_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     subject: _common_pb2.Subject
     role: str
     scope: str
-    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
+    expected_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class RevokeRoleRequest(_message.Message):
-    __slots__ = ("tenant_id", "subject", "role", "scope")
+    __slots__ = ("tenant_id", "subject", "role", "scope", "expected_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     subject: _common_pb2.Subject
     role: str
     scope: str
-    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
+    expected_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class RoleAssignmentResponse(_message.Message):
     __slots__ = ("assignment", "revision")

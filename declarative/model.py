@@ -1,0 +1,108 @@
+"""The state `gatehouse apply` manages and `gatehouse export` writes: plain, immutable values.
+
+One `State` holds plans (by name) and tenants (by slug); a tenant holds its custom roles
+(by name) and its members (by subject, `type/id`), each with the role grants `(role,
+scope)` it holds. A field that is None is not managed: the file leaves it as it is live.
+API keys are not part of it (a key's secret is shown once and never belongs in git; keys
+and the roles they hold are managed with `gatehouse key`), nor are system roles (fixed).
+
+`where` (file:line) names the place in the file a value came from, for errors; it takes
+no part in equality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from gatehouse.engine.model import TenantStatus
+
+API_VERSION = "gatehouse/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    default_enabled: bool = False
+    gates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSpec:
+    """A plan as UpsertPlan writes it: features, quotas and rate limits by name."""
+
+    name: str
+    features: Mapping[str, FeatureSpec] = field(default_factory=dict)
+    quotas: Mapping[str, int] = field(default_factory=dict)
+    rate_limits: Mapping[str, int] = field(default_factory=dict)
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSpec:
+    """A custom role of a tenant. `description` None: not managed."""
+
+    name: str
+    permissions: tuple[str, ...]
+    description: str | None = None
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Grant:
+    """A role held at a scope ("" = the tenant root)."""
+
+    role: str
+    scope: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpec:
+    """A member (its key `type/id`, see `subject_text` for how it is written) and the role
+    grants it holds."""
+
+    subject: str
+    grants: frozenset[Grant] = frozenset()
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    """A tenant. `id` None: found by slug. Any other field None: not managed (`roles: []`
+    in the file manages them as none, which `--prune` acts on; no `roles:` leaves them be)."""
+
+    slug: str
+    name: str | None = None
+    id: str | None = None
+    plan: str | None = None
+    region: str | None = None
+    status: TenantStatus | None = None
+    settings: Mapping[str, Any] | None = None
+    flag_overrides: Mapping[str, bool] | None = None
+    quota_overrides: Mapping[str, int] | None = None
+    roles: Mapping[str, RoleSpec] | None = None
+    members: Mapping[str, MemberSpec] | None = None
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    plans: Mapping[str, PlanSpec] = field(default_factory=dict)
+    tenants: Mapping[str, TenantSpec] = field(default_factory=dict)
+
+
+def subject_key(type_: str, id_: str) -> str:
+    """The one spelling of a subject in the state: `type/id` (ids hold no `/`)."""
+    return f"{type_}/{id_}"
+
+
+def subject_text(key: str) -> str:
+    """How the file and the CLI spell a subject: `user:alice` (as `gatehouse member add`
+    takes it), or `type/id` when the type itself holds a `:`."""
+    type_, id_ = split_subject(key)
+    return f"{type_}/{id_}" if ":" in type_ else f"{type_}:{id_}"
+
+
+def split_subject(key: str) -> tuple[str, str]:
+    """(type, id) of `type/id`."""
+    type_, _, id_ = key.partition("/")
+    return type_, id_
