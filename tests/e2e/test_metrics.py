@@ -87,9 +87,14 @@ async def test_one_scrape_sums_every_worker_and_prometheus_sees_it(
         method = {"grpc_method": "CheckAccess", "grpc_service": "gatehouse.v1.AccessService"}
         for _ in range(60):
             text = await asyncio.to_thread(fetch, url)
-            if summed(text, "gatehouse_postgres_pool_max_connections") == 6 and summed(
-                text, "gatehouse_decisions_total"
-            ) == CALLS:
+            # Every series the asserts read: a worker's once-a-second copy writes them one
+            # after another, so a scrape can fall between two of them.
+            if (
+                summed(text, "gatehouse_postgres_pool_max_connections") == 6
+                and summed(text, "gatehouse_decisions_total") == CALLS
+                and summed(text, "grpc_server_handled_total", grpc_code="OK", **method) == CALLS
+                and summed(text, "grpc_server_handling_seconds_count", **method) == CALLS
+            ):
                 break
             await asyncio.sleep(0.25)
         assert summed(text, "grpc_server_handled_total", grpc_code="OK", **method) == CALLS
