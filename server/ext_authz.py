@@ -143,18 +143,21 @@ class ExtAuthzServicer:
             payload = jwt[self._routes.jwt_payload_in_metadata]
             claims = payload if isinstance(payload, struct_pb2.Struct) else None
         values = Request(headers, params, claims)
-        tenant_id = route.tenant.read(values)
+        try:
+            tenant_id = route.tenant.read(values)
+            subject_type, subject_id = route.subject_type.read(values), route.subject_id.read(values)
+            scope = (route.scope.read(values) if route.scope is not None else None) or ""
+        except InvalidArgument as error:  # a claim present in an unusable shape
+            return self._denied(400, Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.message, route, field=error)
         if tenant_id is None:
             return self._denied(
                 403, Code.PERMISSION_DENIED, "NO_TENANT", f"no tenant in the request ({route.tenant.describe()})", route
             )
-        subject_type, subject_id = route.subject_type.read(values), route.subject_id.read(values)
         if subject_type is None or subject_id is None:
             where = route.subject_type.describe() if subject_type is None else route.subject_id.describe()
             return self._denied(
                 401, Code.UNAUTHENTICATED, "NO_SUBJECT", f"no subject in the request ({where})", route, tenant_id
             )
-        scope = (route.scope.read(values) if route.scope is not None else None) or ""
         try:
             _validate(route, tenant_id, subject_type, subject_id, scope)
         except InvalidArgument as error:

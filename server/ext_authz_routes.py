@@ -34,7 +34,8 @@ answers OK and changes nothing but the `x-gatehouse-*` headers (health probes; t
 the Check call altogether, disable the filter on that route in Envoy); `deny` answers 403.
 
 A value (tenant, subject type and id, scope) is read from one source, or from the first
-present of a list of them (an empty header or claim counts as absent): `{header: name}` (Envoy lower-cases header names),
+present of a list of them (a header sent empty counts as absent; a claim the token
+carries empty or in another shape than a string or an integer is an error, never skipped): `{header: name}` (Envoy lower-cases header names),
 `{param: name}` (a `{name}` of the route's template), `{claim: name}` or
 `{claim: [a, b]}` (a claim, or a nested one, of the JWT payload Envoy's jwt_authn filter
 put into metadata), `{value: literal}`; `subject.type` may be a plain string.
@@ -107,28 +108,41 @@ class Source:
 
 
 def _claim(claims: Any, path: tuple[str, ...]) -> str | None:
+    """The claim at `path` as a string; None when the token does not carry it. A claim
+    the token carries in a shape no value can be read from (an empty string, a list, a
+    boolean, an object, null, a fraction, or a path through a non-object) raises
+    InvalidArgument naming it: the identity provider said something, so it is not taken
+    as silence and the next source (a header the client sets) is never asked instead."""
     value: Any = claims
-    for key in path:
-        if value is None or isinstance(value, (str, int, float, bool)) or not hasattr(value, "__contains__"):
-            return None
+    for depth, key in enumerate(path):
+        if isinstance(value, (str, int, float, bool)) or value is None or not hasattr(value, "__contains__"):
+            if depth == 0:
+                return None
+            raise InvalidArgument(f"claim {'.'.join(path)}", UNUSABLE_CLAIM)
         if key not in value:
             return None
         value = value[key]
-    if isinstance(value, str):
+    if isinstance(value, str) and value:
         return value
     if isinstance(value, float) and value.is_integer():  # a JSON number read from a Struct
         return str(int(value))
-    return None
+    raise InvalidArgument(f"claim {'.'.join(path)}", UNUSABLE_CLAIM)
+
+
+UNUSABLE_CLAIM = "present in the token but not a non-empty string or an integer"
 
 
 @dataclass(frozen=True, slots=True)
 class Value:
-    """A value read from the first of its sources that is present and not empty."""
+    """A value read from the first of its sources that is present and not empty (a
+    header sent empty counts as absent; a claim present in an unusable shape is an
+    error, see `_claim`)."""
 
     sources: tuple[Source, ...]
 
     def read(self, request: Request) -> str | None:
-        """The first non-empty value of the sources; None when none has one."""
+        """The first non-empty value of the sources; None when none has one. Raises
+        InvalidArgument for a claim the token carries in an unusable shape."""
         for source in self.sources:
             found = source.read(request)
             if found:

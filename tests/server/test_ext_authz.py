@@ -151,6 +151,26 @@ async def test_a_malformed_value_is_a_400_naming_it(
     assert [f["field"] for f in decoded["fields"]] == [field]  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("claim", ["", ["0b7c9a4e-3f6d-4c1e-9a2b-5d8e7f6a1b2c"], True, {"id": "x"}, None, 1.5])
+async def test_a_tenant_claim_in_an_unusable_shape_is_400_not_the_clients_header(
+    ext_authz: ExtAuthz, unique: str, claim: object
+) -> None:
+    """The identity provider put a tenant_id claim in the token that names no tenant: the
+    request is refused, never decided for the tenant of the x-tenant-id header the client
+    set (the mapping's next source), where alice is a member."""
+    tenant_id, _ = await tenant_with_clerk(ext_authz, f"xa-claim-{unique}")
+    response = await ext_authz.check(
+        "GET", "/v1/invoices/1", {"x-tenant-id": tenant_id}, {"sub": "alice", "tenant_id": claim}
+    )
+    assert response.status.code == code_pb2.INVALID_ARGUMENT and response.denied_response.status.code == 400
+    assert [f["field"] for f in body(response)["fields"]] == ["claim tenant_id"]  # type: ignore[attr-defined]
+    # Without the claim at all, the header is the mapping's next source, as documented.
+    absent = await ext_authz.check(
+        "GET", "/v1/invoices/1", {"x-tenant-id": tenant_id, "x-resource-scope": "emea"}, {"sub": "alice"}
+    )
+    assert absent.status.code == code_pb2.OK
+
+
 async def test_route_actions_and_unmatched_requests(ext_authz: ExtAuthz) -> None:
     skip = await ext_authz.check("GET", "/healthz", {"authorization": "Bearer t", "x-gatehouse-role": "owner"})
     assert skip.status.code == code_pb2.OK

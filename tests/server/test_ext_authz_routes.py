@@ -6,6 +6,8 @@ import pathlib
 
 import pytest
 
+from gatehouse.errors import InvalidArgument
+
 from gatehouse.server.ext_authz_routes import Action, Request, RouteFileError, RouteMap, from_settings, load, parse
 from google.protobuf import struct_pb2
 
@@ -112,9 +114,18 @@ def test_claims_read_nested_and_integral_numbers_only() -> None:
     claims.update({"n": 7, "org": {"ids": ["a", "b"]}})
     request = Request({}, {}, claims)
     assert route.tenant.read(request) == "7"
-    assert route.subject_id.read(request) is None  # a list is no id
+    # A claim the token carries in a shape no value comes from is an error naming it,
+    # never taken as absent: a list, a fraction, a path through a string, an empty string.
+    with pytest.raises(InvalidArgument, match="claim org.ids"):
+        route.subject_id.read(request)
     claims.update({"n": 7.5, "org": "flat"})
-    assert route.tenant.read(request) is None and route.subject_id.read(request) is None
+    for value in (route.tenant, route.subject_id):
+        with pytest.raises(InvalidArgument):
+            value.read(request)
+    claims.update({"n": ""})
+    with pytest.raises(InvalidArgument, match="claim n"):
+        route.tenant.read(request)
+    assert route.tenant.read(Request({}, {}, struct_pb2.Struct())) is None  # absent: None
 
 
 def test_a_route_overrides_the_defaults() -> None:
