@@ -99,14 +99,16 @@ class Mesh:
     access_log: Path
     secret: bytes
 
-    def token(self, sub: str, tenant_id: str) -> str:
+    def token(self, sub: str, tenant_id: str | None) -> str:
         """An HS256 JWT that Envoy's jwt_authn accepts (its JWKS holds `secret`)."""
 
         def b64(data: bytes) -> str:
             return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
         header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "test"}).encode())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "tenant_id": tenant_id, "exp": int(time.time()) + 3600}
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "exp": int(time.time()) + 3600}
+        if tenant_id is not None:
+            claims["tenant_id"] = tenant_id
         payload = b64(json.dumps(claims).encode())
         signature = hmac.new(self.secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
         return f"{header}.{payload}.{b64(signature)}"
@@ -125,7 +127,7 @@ class Mesh:
 
         return await asyncio.to_thread(send)
 
-    async def as_user(self, method: str, path: str, sub: str, tenant_id: str, **headers: str) -> Answer:
+    async def as_user(self, method: str, path: str, sub: str, tenant_id: str | None, **headers: str) -> Answer:
         return await self.request(
             method, path, {"authorization": f"Bearer {self.token(sub, tenant_id)}",
                            **{k.replace("_", "-"): v for k, v in headers.items()}},
@@ -240,11 +242,15 @@ async def test_no_subject_is_401_and_a_bad_tenant_400(mesh: Mesh, unique: str) -
     anonymous = await mesh.request("GET", "/v1/invoices/1", {"x-tenant-id": tenant_id})
     assert (anonymous.status, anonymous.json()["reason"]) == (401, "NO_SUBJECT")
     # A token without a tenant_id claim, and a tenant header that is no canonical uuid.
-    bad = await mesh.as_user("GET", "/v1/invoices/1", "alice", "", x_tenant_id=tenant_id.upper())
+    bad = await mesh.as_user("GET", "/v1/invoices/1", "alice", None, x_tenant_id=tenant_id.upper())
     assert bad.status == 400
     assert bad.json()["fields"] == [{"field": "tenant (claim tenant_id or header x-tenant-id)",
                                      "description": "must be a tenant id as the server returns it: a uuid of"
                                      " lowercase hex digits, hyphenated 8-4-4-4-12"}]
+    # A token whose tenant_id claim is empty: the identity provider said "no tenant", so the
+    # client's header is not asked instead (it names a tenant where alice is a member).
+    empty = await mesh.as_user("GET", "/v1/invoices/1", "alice", "", x_tenant_id=tenant_id, x_resource_scope="emea")
+    assert (empty.status, empty.json()["fields"][0]["field"]) == (400, "claim tenant_id")
     assert mesh.upstream.seen[before:] == []
 
 
