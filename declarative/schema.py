@@ -75,6 +75,9 @@ T = TypeVar("T")
 
 KINDS = ("Plan", "Tenant")
 INT64 = (-(2**63), 2**63 - 1)
+EXACT_IN_SETTINGS = 2**53  # settings travel as protobuf Struct: every number a double
+MAX_VALUE_DEPTH = 32  # as gatehouse.server.wire.MAX_VALUE_DEPTH: the server refuses deeper values
+MAX_VALUES = 100_000  # settings values read per document, aliases counted each time they expand
 MAX_DESCRIPTION = 1000
 MAX_PATTERNS = 256  # as gatehouse.engine.validate.require_patterns
 
@@ -153,6 +156,7 @@ class _Reader:
         self.context = ""
         self.problems: list[Problem] = []
         self._constructor = yaml.constructor.SafeConstructor()
+        self._values = 0  # settings values read in this document (MAX_VALUES)
 
     # --- reporting ---
 
@@ -210,7 +214,10 @@ class _Reader:
     def scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             return node  # not a scalar: every caller refuses a non-scalar where it wants one
-        return self._constructor.construct_object(node)
+        try:
+            return self._constructor.construct_object(node)
+        except yaml.YAMLError as error:  # a tag safe YAML has no type for (!!python/..., a `<<` merge key)
+            raise self.problem(node, "", f"not a plain YAML value: {getattr(error, 'problem', None) or error}") from None
 
     def string(self, node: yaml.Node, field: str) -> str:
         value = self.scalar(node)
@@ -232,17 +239,28 @@ class _Reader:
             raise self.problem(node, field, "must fit in 64 bits")
         return value
 
-    def json(self, node: yaml.Node, field: str) -> Any:
+    def json(self, node: yaml.Node, field: str, depth: int = 1) -> Any:
         """A JSON value (settings): string, number, true/false, null, list or mapping; no
-        dates (quote them). (A null the live settings lack cannot be written: a merge-patch
-        deletes with null; the diff says so.)"""
+        dates (quote them); integers within +-2**53 (a Struct holds doubles: a larger one
+        would come back rounded, and apply would never find it equal); nested at most
+        MAX_VALUE_DEPTH levels, at most MAX_VALUES values per document counting each
+        alias as often as it expands (an alias bomb, a recursive alias). (A null the live
+        settings lack cannot be written: a merge-patch deletes with null; the diff says so.)"""
+        self._values += 1
+        if self._values > MAX_VALUES:
+            if self._values == MAX_VALUES + 1:
+                self.problem(node, field, f"settings hold more than {MAX_VALUES} values (aliases counted as expanded)")
+            raise _Invalid()
+        if depth > MAX_VALUE_DEPTH:
+            raise self.problem(node, field, f"nests deeper than {MAX_VALUE_DEPTH} levels")
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             items = self.mapping(node, field).items() if isinstance(node, yaml.MappingNode) else enumerate(node.value)
             found: dict[Any, Any] = {}
             bad = False
             for key, value in items:
                 try:
-                    found[key] = self.json(value, f"{field}.{key}" if isinstance(key, str) else f"{field}[{key}]")
+                    inner = f"{field}.{key}" if isinstance(key, str) else f"{field}[{key}]"
+                    found[key] = self.json(value, inner, depth + 1)
                 except _Invalid:
                     bad = True  # reported; go on to find the others
             if bad:
@@ -255,6 +273,8 @@ class _Reader:
             raise self.problem(node, field, "binary is not a JSON value")
         if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
             raise self.problem(node, field, "must be a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > EXACT_IN_SETTINGS:
+            raise self.problem(node, field, "an integer beyond +-2**53 is not kept exactly (settings numbers are doubles): quote it")
         return value
 
     def keyed(
@@ -277,9 +297,10 @@ class _Reader:
         if not isinstance(node, yaml.MappingNode):
             self.problem(node, "", "must be a mapping with apiVersion and kind")
             return None
+        self._values = 0
         # A first look, reporting nothing, to name the document in its problems.
-        raw = {self.scalar(k): v for k, v in reversed(node.value) if isinstance(k, yaml.ScalarNode)}
-        kind = self.scalar(raw["kind"]) if "kind" in raw else None
+        raw = {k.value: v for k, v in reversed(node.value) if isinstance(k, yaml.ScalarNode)}
+        kind = raw["kind"].value if isinstance(raw.get("kind"), yaml.ScalarNode) else None
         label = raw.get("name" if kind == "Plan" else "slug")
         if kind in KINDS and isinstance(label, yaml.ScalarNode):
             self.context = f"{kind} {label.value}"

@@ -646,6 +646,10 @@ def run(args: argparse.Namespace) -> int:
         return int(status or EXIT_OK)
     except UsageError as error:
         return _usage(str(error))
+    except (ValueError, OverflowError) as error:
+        # a value protobuf cannot carry, refused before any call: text that is not UTF-8
+        # (an argument in another encoding), a number too large for its field
+        return _usage(f"a value cannot be sent: {error}")
     except GatehouseError as error:
         emit_error(error, args.output)
         if args.command == "check":

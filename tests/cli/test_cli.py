@@ -276,6 +276,19 @@ def test_errors_name_status_reason_and_field_with_distinct_exit_codes(served: Se
     assert gatehouse(served, "tenant", "frobnicate").status == 2
 
 
+def test_a_value_protobuf_cannot_carry_is_a_usage_error_never_a_traceback(served: Served, unique: str) -> None:
+    ok(gatehouse(served, "tenant", "create", f"odd-{unique}", "--name", "Odd"))
+    runs = [
+        gatehouse(served, "config", "patch", f"odd-{unique}", "--set", "k=\udcff"),  # an argument that is not UTF-8
+        gatehouse(served, "tenant", "get", "a\udcff"),
+        gatehouse(served, "config", "patch", f"odd-{unique}", "--quota", "seats=99999999999999999999999"),
+        gatehouse(served, "check", f"odd-{unique}", "user:a", "x.read", "--min-revision", "99999999999999999999999"),
+    ]
+    for run in runs:
+        assert run.status == 2 and "Traceback" not in run.err, run
+        assert run.err.startswith("gatehouse: error: a value cannot be sent:"), run
+
+
 async def test_every_mutation_carries_an_idempotency_key(served: Served, unique: str, run_id: str) -> None:
     slug = f"idem-{unique}"
     first = ok(gatehouse(served, "tenant", "create", slug, "--idempotency-key", f"create-{unique}", "-o", "json")).json()

@@ -348,3 +348,36 @@ def test_export_then_apply_is_no_change(gatehouse: Gatehouse, operator: Client, 
     assert own.returncode == 0, own.stderr
     (tmp_path / "own.yaml").write_text(own.stdout)
     assert gatehouse.cli("apply", "-f", str(tmp_path / "own.yaml"), key=key).stdout.startswith("No changes")
+
+
+HOSTILE_SETTINGS = {
+    # YAML tags safe_load has no type for: refused naming the line, not a traceback
+    "python tag": ("  n: !!python/object/apply:os.system [echo]\n", ":7: Tenant {slug}: not a plain YAML value"),
+    "merge key": ("  base: &b {x: 1}\n  d:\n    <<: *b\n", ":9: Tenant {slug}: not a plain YAML value"),
+    # aliases: a recursive one, and a billion laughs (10**9 values once expanded)
+    "recursive alias": ("  a: &a [*a]\n", "nests deeper than 32 levels"),
+    "alias bomb": (
+        "  a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"  {n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi")),
+        "settings hold more than 100000 values",
+    ),
+    # numbers a Struct (doubles) cannot hold: too large for a double, or not exactly
+    "huge integer": ("  n: 1" + "0" * 400 + "\n", "settings.n: an integer beyond +-2**53"),
+    "inexact integer": ("  n: 123456789012345678901234567890\n", "settings.n: an integer beyond +-2**53"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_SETTINGS))
+def test_hostile_yaml_is_a_problem_of_the_file_never_a_traceback(
+    gatehouse: Gatehouse, operator: Client, tmp_path: Path, case: str
+) -> None:
+    slug = unique("hostile")
+    text, expected = HOSTILE_SETTINGS[case]
+    path = tmp_path / "state.yaml"
+    path.write_text(f"apiVersion: gatehouse/v1\nkind: Tenant\nslug: {slug}\nname: Acme\nsettings:\n  theme: dark\n{text}")
+    result = gatehouse.cli("apply", "-f", str(path))
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert expected.format(slug=slug) in result.stderr
+    with pytest.raises(GatehouseError):
+        tenant_of(operator, slug)
