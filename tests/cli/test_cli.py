@@ -280,7 +280,6 @@ def test_a_value_protobuf_cannot_carry_is_a_usage_error_never_a_traceback(served
     ok(gatehouse(served, "tenant", "create", f"odd-{unique}", "--name", "Odd"))
     runs = [
         gatehouse(served, "config", "patch", f"odd-{unique}", "--set", "k=\udcff"),  # an argument that is not UTF-8
-        gatehouse(served, "tenant", "get", "a\udcff"),
         gatehouse(served, "config", "patch", f"odd-{unique}", "--quota", "seats=99999999999999999999999"),
         gatehouse(served, "check", f"odd-{unique}", "user:a", "x.read", "--min-revision", "99999999999999999999999"),
     ]
