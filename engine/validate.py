@@ -33,6 +33,7 @@ SCOPE_RULE = (
 )
 NAME_RULE = "must be 1-200 printable characters"
 SLUG_RULE = "must match ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+SLUG_IS_AN_ID = "must not be shaped like a tenant id (a uuid): tenants are named by slug or id"
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 NEGATIVE_RULE = "must not be negative"
 
@@ -116,9 +117,13 @@ def require_patterns(field: str, values: Iterable[str]) -> tuple[str, ...]:
 
 
 def require_slug(field: str, value: str) -> str:
-    """A tenant slug: lowercase letters, digits and inner hyphens, 3-63 characters."""
+    """A tenant slug: lowercase letters, digits and inner hyphens, 3-63 characters, and
+    not a tenant id's shape (a slug that is another tenant's id would make "slug or id",
+    as the CLI and apply take a tenant, name two tenants)."""
     if not SLUG_RE.fullmatch(value):
         raise InvalidArgument(field, SLUG_RULE if value else REQUIRED)
+    if is_valid_tenant_id(value):
+        raise InvalidArgument(field, SLUG_IS_AN_ID)
     return value
 
 

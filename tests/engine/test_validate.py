@@ -186,3 +186,17 @@ def test_require_page_size_is_always_within_bounds_or_invalid(value: int) -> Non
         assert_rejects(lambda: require_page_size("page_size", value), "page_size")
     else:
         assert 1 <= require_page_size("page_size", value) <= 1000
+
+
+def test_a_slug_is_never_shaped_like_a_tenant_id() -> None:
+    """The CLI and apply name a tenant by slug or id: a slug that is another tenant's id
+    would name two (found by the issue-17 break-it pass: `tenant create <acme's id>` worked)."""
+    import uuid
+
+    from gatehouse.engine.validate import require_slug
+
+    assert require_slug("slug", "acme-eu") == "acme-eu"
+    assert require_slug("slug", "0b7c9a4e3f6d4c1e9a2b5d8e7f6a1b2c") == "0b7c9a4e3f6d4c1e9a2b5d8e7f6a1b2c"  # no hyphens
+    with pytest.raises(InvalidArgument) as refused:
+        require_slug("slug", str(uuid.uuid4()))
+    assert refused.value.violations[0].field == "slug" and "tenant id" in refused.value.violations[0].description
