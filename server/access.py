@@ -24,7 +24,7 @@ from gatehouse.engine.validate import (
     require_tenant_id,
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
-from gatehouse.server.callers import CHECK, Callers, Credentials
+from gatehouse.server.callers import CHECK, Callers
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.interceptors import Chain
@@ -62,9 +62,9 @@ class AccessServicer:
 
     @grpc_errors
     async def CheckAccess(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        if self._callers is not None and not self._callers.admitted(context, CHECK):
-            await self._callers.require_all(
-                Credentials.from_grpc(context), CHECK, lambda: (parse(access_pb2.CheckAccessRequest, body).tenant_id,)
+        if self._callers is not None:
+            await self._callers.require_grpc(
+                context, CHECK, lambda: (parse(access_pb2.CheckAccessRequest, body).tenant_id,)
             )
         now = time()
         known = self._answers.get(body, now)
@@ -85,9 +85,9 @@ class AccessServicer:
         pass: validate every entry (a malformed one fails the call before any work), then
         look each distinct tenant and (tenant, subject) up once and decide every check
         from those, so a batch answers each subject from one snapshot."""
-        if self._callers is not None and not self._callers.admitted(context, CHECK):
-            await self._callers.require_all(
-                Credentials.from_grpc(context), CHECK,
+        if self._callers is not None:
+            await self._callers.require_grpc(
+                context, CHECK,
                 lambda: {check.tenant_id for check in parse(access_pb2.CheckAccessBatchRequest, body).checks},
             )
         now = time()

@@ -219,6 +219,14 @@ class Callers:
         principal = self._keys.remembered(token.strip())
         return principal is not None and principal.is_operator and principal.permissions.matches(permission)
 
+    async def require_grpc(
+        self, context: grpc.aio.ServicerContext[Any, Any], permission: str, tenant_ids: Callable[[], Iterable[str]]
+    ) -> None:
+        """`admitted`, else `require_all` with the call's Credentials: what every gRPC hot
+        method asks first."""
+        if not self.admitted(context, permission):
+            await self.require_all(Credentials.from_grpc(context), permission, tenant_ids)
+
     async def principal(self, credentials: Credentials) -> Principal | IdentityGrant:
         """Who presented `credentials`: a verified key's principal, or an identity's grant.
         Raises Unauthenticated, KeyRejected or Overloaded."""

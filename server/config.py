@@ -74,9 +74,9 @@ class ConfigServicer:
 
     @grpc_errors
     async def GetTenantConfig(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        if self._callers is not None and not self._callers.admitted(context, CONFIG):
-            await self._callers.require_all(
-                Credentials.from_grpc(context), CONFIG,
+        if self._callers is not None:
+            await self._callers.require_grpc(
+                context, CONFIG,
                 lambda: (parse(config_pb2.GetTenantConfigRequest, body).tenant_id,),
             )
         known = self._answers.get(body, 0.0)
