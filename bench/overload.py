@@ -41,13 +41,15 @@ def _split_shed(point: dict[str, Any]) -> dict[str, Any]:
     """Take the expected refusals out of a point's errors (the rest stay errors)."""
     errors = point["errors"]
     inferred = errors.pop("GRPC_INFERRED_FROM_DATA_BYTES", 0)
-    sampled_shed = errors.pop("SAMPLED_RESOURCE_EXHAUSTED", 0)
+    # Refused in Python (RESOURCE_EXHAUSTED) or by grpc's core past GATEHOUSE_MAX_PENDING_CALLS
+    # (the stream reset: CANCELLED at the client, which never cancels its own calls here).
+    sampled_shed = errors.pop("SAMPLED_RESOURCE_EXHAUSTED", 0) + errors.pop("SAMPLED_CANCELLED", 0)
     sampled = point["verification"]["sampled"] or 1
     point["error_count"] = sum(errors.values())
     point["shed"] = {
         "h2load_unanswered": inferred,
         "h2load_fraction": round(inferred / point["requests"], 4) if point["requests"] else 0.0,
-        "sampled_resource_exhausted": sampled_shed,
+        "sampled_refused": sampled_shed,
         "sampled_fraction": round(sampled_shed / sampled, 4),
     }
     point["unknown_sampled"] = point["verification"]["codes"].get("UNKNOWN", 0)

@@ -116,6 +116,13 @@ class Settings:
             "at once (grpc's maximum_concurrent_rpcs; 0 = unbounded)"
         },
     )
+    max_pending_calls: int = field(
+        default=64,
+        metadata={
+            "help": "calls grpc's core holds before Python takes them, per process; past it new calls are"
+            " refused in C, randomly between it and twice it, always beyond (0 = unbounded)"
+        },
+    )
     max_in_flight_hot: int = field(
         default=256, metadata={"help": "AccessService calls inside their handlers at once, per process (0 = unbounded)"}
     )

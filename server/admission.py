@@ -18,12 +18,12 @@ Two layers:
 What neither can do (measured, bench/results/overload-*.md): bound a flood of *cache
 hits*. A remembered answer never awaits, so such calls are never in flight next to each
 other in Python; the backlog builds inside grpc's C core, before grpc.aio hands the call
-to Python (core's `grpc.server.max_pending_requests*` arguments had no effect on 1.78's
-aio server), and refusing costs as much as answering: an empty grpc.aio handler serves
+to Python, and refusing costs as much as answering: an empty grpc.aio handler serves
 11.6k calls/s on this machine, refuses 9.0k/s with `context.abort` and 16.0k/s through
 `maximum_concurrent_rpcs`, so past ~1.4x its ceiling a process cannot even refuse what
-arrives. Shedding a hit flood belongs in front of Python (a proxy's overload manager,
-more workers); here it stays the caller's deadline that bounds its wait.
+arrives. That bound is core's: `GATEHOUSE_MAX_PENDING_CALLS` (server/app.py,
+`grpc.server.max_pending_requests`) refuses calls past it in C, as CANCELLED, counted
+by server/core_calls.py.
 
 Cost on the hot path: one more coroutine frame, a comparison, an increment and a
 decrement around the handler: 0.12-0.14 µs per call in-process (200,000 awaits of a bare

@@ -17,6 +17,7 @@ from gatehouse.cache.subscriber import TenantEventSubscriber
 from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator, FailedAuthLimit, return_hash_memory_to_the_os
+from gatehouse.server import core_calls
 from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
 from gatehouse.server.authzen import AuthZen
 from gatehouse.server.authzen_server import AuthZenServer
@@ -60,6 +61,13 @@ EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"  # served when GATEHOU
 STOP_TASKS_ROUNDS = 5
 
 
+def pending_call_bound(calls: int) -> list[tuple[str, int]]:
+    """grpc core's bound on calls it holds before Python takes them (0 = none)."""
+    if not calls:
+        return []
+    return [("grpc.server.max_pending_requests", calls), ("grpc.server.max_pending_requests_hard_limit", 2 * calls)]
+
+
 class Sidecar:
     """One running Gatehouse process."""
 
@@ -75,6 +83,7 @@ class Sidecar:
         self.subscriber: TenantEventSubscriber | None = None
         self.relay: OutboxRelay | None = None
         self.check_answers: Answers[EncodedAnswer] | None = None
+        self.core_calls = core_calls.CoreCalls(None)
         self.config_answers: Answers[bytes] | None = None
         self._redis_clients: list[RedisClient] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -145,16 +154,20 @@ class Sidecar:
             self.relay = relay_for(s)
             self._redis_clients.append(self.relay.redis)
 
+        servers_before = core_calls.server_ids()
         server = grpc.aio.server(
             options=[
                 # grpc turns SO_REUSEPORT on by default, so two unrelated servers could
                 # silently share a port. Only the workers of one `serve --workers N` may.
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                *pending_call_bound(s.max_pending_calls),
             ],
             # The bound on calls queued or running in this process (server/admission.py).
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
+        ours = core_calls.server_ids() - servers_before
+        self.core_calls = core_calls.CoreCalls(min(ours) if len(ours) == 1 else None)
         # One set of remembered answers per method: two methods' requests can share bytes.
         self.check_answers = Answers(self.cache, s.answer_cache_entries)
         self.config_answers = Answers(self.cache, s.answer_cache_entries)
@@ -259,6 +272,7 @@ class Sidecar:
         assert self.check_answers is not None and self.config_answers is not None
         l2, check_answers, config_answers = self.l2, self.check_answers, self.config_answers
         self.stats.register("grpc", calls.values)
+        self.stats.register("grpc_core", self.core_calls.values)
         self.stats.register("admission", self.admission.values)
         self.stats.register("auth", self.authenticator.stats)
         self.stats.register("callers", self.callers.stats)

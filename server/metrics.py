@@ -100,6 +100,12 @@ _REQ_HELP = "Lookups per cache tier (answers = remembered answers, l1, l2, postg
 # None: not exported (said why). A test holds every key of a real sidecar to this table.
 SERIES: dict[str, Series | None] = {
     "grpc.calls": None,  # RpcMetrics' own counts: grpc_server_handled_total
+    "grpc_core.calls_started": _c(
+        "gatehouse_grpc_core_calls_started",
+        "Calls grpc's core took, including those it refused before Python (GATEHOUSE_MAX_PENDING_CALLS).",
+    ),
+    "grpc_core.calls_succeeded": None,  # = grpc_server_handled_total{grpc_code="OK"}
+    "grpc_core.calls_failed": None,  # core's view of the rest; the refusals are started - handled
     "decisions.answers": _c("gatehouse_decisions", "CheckAccess answers (each check of a batch) by reason."),
     "admission.in_flight": _g("gatehouse_admission_in_flight", "Calls inside their handlers, by method class."),
     "admission.shed": _c("gatehouse_admission_shed", "Calls refused with GATEHOUSE_OVERLOADED, by method class."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import threading
 import time
 from typing import Any, AsyncIterator
 
@@ -216,3 +217,59 @@ def test_peer_addresses_drop_the_port() -> None:
     assert peer_address("ipv6:[2001:db8::2]:443") == "2001:db8::2"
     assert peer_address("unix:/tmp/gh.sock") == "unix"
     assert peer_address("") == ""
+
+
+def _flood_while_blocked(address: str, calls: int, started: "threading.Event") -> list[tuple[grpc.StatusCode, float]]:
+    """`calls` health checks at once from a plain (threaded) grpc channel: each one's code
+    and when it ended, counted from when they were all sent."""
+    with grpc.insecure_channel(address) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        grpc.channel_ready_future(channel).result(timeout=5)
+        started.wait(5)
+        sent = time.monotonic()
+        ended: list[tuple[grpc.StatusCode, float]] = []
+
+        def done(future: Any) -> None:
+            ended.append((future.code(), time.monotonic() - sent))
+
+        futures = [check.future(health_pb2.HealthCheckRequest(), timeout=10) for _ in range(calls)]
+        for future in futures:
+            future.add_done_callback(done)
+        for future in futures:
+            future.exception()  # waits for it to end, however it ends
+        return ended
+
+
+@pytest.mark.parametrize("bound", [0, 4])
+async def test_calls_past_the_pending_bound_are_refused_in_grpc_core_while_python_is_busy(
+    sidecar_settings: Settings, bound: int
+) -> None:
+    # The event loop is held for 1.5 s while 40 calls arrive: Python cannot take any, so
+    # they wait in grpc's core. With a bound of 4, core refuses those past it (at once,
+    # randomly between 4 and 8, always beyond) and the client sees CANCELLED; unbounded,
+    # every call waits and is answered once the loop is free.
+    running = Sidecar(dataclasses.replace(sidecar_settings, max_pending_calls=bound))
+    await running.start()
+    try:
+        started = threading.Event()
+        flood = asyncio.ensure_future(asyncio.to_thread(_flood_while_blocked, running.addresses[0], 40, started))
+        await asyncio.sleep(0.5)  # the thread's channel is connected before the loop is held
+        started.set()
+        time.sleep(1.5)
+        ended = await flood
+        core = running.core_calls.values()
+    finally:
+        await running.stop(grace=0.5)
+    answered = [at for code, at in ended if code == grpc.StatusCode.OK]
+    refused = [at for code, at in ended if code == grpc.StatusCode.CANCELLED]
+    assert len(answered) + len(refused) == 40
+    # Core counts what it refused as started, neither succeeded nor failed: what the
+    # metrics export as gatehouse_grpc_core_calls_started_total (server/core_calls.py).
+    assert core["calls_started"] - core["calls_succeeded"] - core["calls_failed"] == len(refused)
+    if bound == 0:
+        assert not refused
+    else:
+        # One call may already be taken (grpc.aio asks core for one call ahead), the rest
+        # of the admitted ones wait in core's queue: at most 1 + 2 * bound answered.
+        assert 1 <= len(answered) <= 1 + 2 * bound
+        assert max(refused) < 1.4  # refused while the loop was still held, not after it
