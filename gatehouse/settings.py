@@ -117,7 +117,7 @@ class Settings:
         },
     )
     max_pending_calls: int = field(
-        default=64,
+        default=256,
         metadata={
             "help": "calls grpc's core holds before Python takes them, per process; past it new calls are"
             " refused in C, randomly between it and twice it, always beyond (0 = unbounded)"
