@@ -92,6 +92,13 @@ class AdminAuthorizer:
                     metadata={"pattern": pattern, "scope": scope},
                 )
 
+    async def guard_grant(self, caller: Principal, role: str, permissions: Iterable[str], scope: str) -> None:
+        """Both guards for handing out (or moving a grant to or from) `role`, whose
+        permissions are `permissions`, at `scope`: AssignRole, CreateApiKey's roles, and
+        MoveScope at each grant's old and new scope."""
+        await self.guard_owner(caller, role)
+        await self.guard_patterns(caller, permissions, scope, what=f"the role {role}")
+
     async def guard_owner(self, caller: Principal, role: str) -> None:
         """Only an owner at the tenant root (or an operator) hands out or takes back `owner`."""
         if role != OWNER_ROLE or caller.is_operator:

@@ -1,15 +1,17 @@
-"""Role assignments: assign, revoke (never the last owner), list."""
+"""Role assignments: assign, revoke (never the last owner), list, move a subtree."""
 
 from __future__ import annotations
 
 from gatehouse.engine.model import SubjectRef
-from gatehouse.errors import AlreadyExists, NotAMember, NotFound
-from gatehouse.store.api import OWNER_ROLE, Actor, AssignmentRecord, Page
+from gatehouse.engine.moves import fits, moved_scope
+from gatehouse.engine.patterns import MAX_SCOPE_LEN
+from gatehouse.errors import AlreadyExists, MoveConflict, MovedScopeTooLong, NotAMember, NotFound, NothingToMove
+from gatehouse.store.api import OWNER_ROLE, Actor, AssignmentRecord, MovedGrant, MoveGuard, Page, ScopeMove
 from gatehouse.store.members import refuse_last_owner
 from gatehouse.store.pages import Filters, clamp_page_size, decode_token, page_of
 from gatehouse.store.rows import assignment_record
 from gatehouse.store.transactions import require_tenant_id, tenant_revision
-from gatehouse.store.write_tail import AuditedChange, TenantWrites
+from gatehouse.store.write_tail import AuditedChange, TenantWrite, TenantWrites
 
 
 class Assignments(TenantWrites):
@@ -103,6 +105,166 @@ class Assignments(TenantWrites):
             assignment_record,
             key=lambda row: [row["subject_type"], row["subject_id"], row["role"], row["scope"]],
         )
+
+
+    async def move_scope(
+        self,
+        actor: Actor,
+        tenant_id: str,
+        *,
+        from_scope: str,
+        to_scope: str,
+        keep_existing: bool,
+        guard: MoveGuard,
+        expected_revision: int = 0,
+    ) -> ScopeMove:
+        """Move every assignment at or below `from_scope` to its place below `to_scope`
+        (`gatehouse.engine.moves.moved_scope`; the caller has refused a target inside the
+        source), in one transaction: one revision, one audit row naming the source, the
+        target and the counts, one tenant-wide `assignment` event (every subject holding
+        a moved grant is concerned). Rows are updated in place, so whatever else an
+        assignment carries moves with it.
+
+        `guard` sees every distinct (role, old scope, new scope) and may refuse.
+        NothingToMove when nothing is at or below `from_scope`; MovedScopeTooLong when a
+        new scope would be longer than a scope may be; MoveConflict when a moved
+        assignment would land where its subject holds the role already, unless
+        `keep_existing` (then the moved one is dropped and counted as merged).
+        """
+        async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
+            conn, tid = write.conn, write.tenant_id
+            rows = await conn.fetch(
+                """
+                SELECT subject_type, subject_id, role, scope FROM role_assignments
+                WHERE tenant_id = $1 AND (scope = $2 OR starts_with(scope, $2 || '/'))
+                ORDER BY subject_type, subject_id, role, scope
+                """,
+                tid,
+                from_scope,
+            )
+            if not rows:
+                raise NothingToMove("no role assignment at or below this scope", metadata={"from_scope": from_scope})
+            # (subject type, subject id, role, old scope) -> new scope, in key order.
+            moves: dict[tuple[str, str, str, str], str] = {}
+            for row in rows:
+                key = (row["subject_type"], row["subject_id"], row["role"], row["scope"])
+                new = moved_scope(key[3], from_scope, to_scope)
+                if new is None:  # the query and the engine disagree on "below": never move it
+                    raise RuntimeError(f"{key[3]!r} is not below {from_scope!r}")
+                if not fits(new):
+                    raise MovedScopeTooLong(
+                        "an assignment would move to a scope longer than a scope may be",
+                        metadata={"subject": f"{key[0]}/{key[1]}", "role": key[2], "scope": key[3],
+                                  "limit": str(MAX_SCOPE_LEN)},
+                    )
+                moves[key] = new
+            await guard(await _moved_grants(write, moves))
+            merged = await _refuse_or_merge_conflicts(write, moves, to_scope, keep_existing=keep_existing)
+            await _update_scopes(write, moves)
+            write.record(
+                AuditedChange(
+                    action="scope.move",
+                    target=f"scope/{from_scope}",
+                    kind="assignment",
+                    details={
+                        "from_scope": from_scope,
+                        "to_scope": to_scope,
+                        "moved": len(moves),
+                        "merged": merged,
+                        "on_conflict": "keep_existing" if keep_existing else "fail",
+                    },
+                )
+            )
+        return ScopeMove(moved=len(moves), merged=merged, revision=write.revision)
+
+
+async def _moved_grants(write: TenantWrite, moves: dict[tuple[str, str, str, str], str]) -> list[MovedGrant]:
+    """Every distinct (role, old scope, new scope) of a move, with the role's permissions."""
+    pairs = sorted({(key[2], key[3], new) for key, new in moves.items()})
+    roles = sorted({role for role, _, _ in pairs})
+    permissions = {
+        row["name"]: tuple(row["permissions"])
+        for row in await write.conn.fetch(
+            "SELECT name, permissions FROM roles WHERE tenant_id = $1 AND name = ANY($2::text[])", write.tenant_id, roles
+        )
+    }
+    return [MovedGrant(role, permissions[role], old, new) for role, old, new in pairs]
+
+
+def _columns(keys: list[tuple[str, str, str, str]]) -> tuple[list[str], list[str], list[str], list[str]]:
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys]
+
+
+async def _refuse_or_merge_conflicts(
+    write: TenantWrite, moves: dict[tuple[str, str, str, str], str], to_scope: str, *, keep_existing: bool
+) -> int:
+    """Find moved assignments whose new key is held already by an assignment that stays;
+    refuse the move (MoveConflict naming the first), or drop them from `moves` and the
+    table (`keep_existing`). How many were dropped."""
+    targets = [(k[0], k[1], k[2], new) for k, new in moves.items()]
+    existing = await write.conn.fetch(
+        """
+        SELECT m.ord FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+            AS m (subject_type, subject_id, role, scope, ord)
+        JOIN role_assignments r ON r.tenant_id = $1 AND r.subject_type = m.subject_type
+            AND r.subject_id = m.subject_id AND r.role = m.role AND r.scope = m.scope
+        ORDER BY m.ord
+        """,
+        write.tenant_id,
+        *_columns(targets),
+    )
+    # A target key held by a row that itself moves is no conflict: that row leaves.
+    keys = list(moves)
+    conflicts = [keys[row["ord"] - 1] for row in existing if targets[row["ord"] - 1] not in moves]
+    if not conflicts:
+        return 0
+    if not keep_existing:
+        first = conflicts[0]
+        raise MoveConflict(
+            "a moved assignment would land where its subject holds the role already",
+            metadata={"subject": f"{first[0]}/{first[1]}", "role": first[2], "scope": first[3],
+                      "to_scope": moves[first], "conflicts": str(len(conflicts))},
+        )
+    await write.conn.execute(
+        """
+        DELETE FROM role_assignments r
+        USING unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS m (subject_type, subject_id, role, scope)
+        WHERE r.tenant_id = $1 AND r.subject_type = m.subject_type AND r.subject_id = m.subject_id
+          AND r.role = m.role AND r.scope = m.scope
+        """,
+        write.tenant_id,
+        *_columns(conflicts),
+    )
+    for key in conflicts:
+        del moves[key]
+    return len(conflicts)
+
+
+_MOVE_ROWS = """
+UPDATE role_assignments r SET scope = m.new
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS m (subject_type, subject_id, role, old, new)
+WHERE r.tenant_id = $1 AND r.subject_type = m.subject_type AND r.subject_id = m.subject_id
+  AND r.role = m.role AND r.scope = m.old
+"""
+# No scope starts with "/" (engine.patterns.is_valid_scope): a place no key is at.
+_PARKED = "/"
+
+
+async def _update_scopes(write: TenantWrite, moves: dict[tuple[str, str, str, str], str]) -> None:
+    """Give each moved row its new scope, in place. The primary key's uniqueness is
+    checked row by row as the UPDATE goes, not at its end: when one moved row's new key is
+    another moved row's old key (moving up: `a/b` to `a` takes `a/b/b/c` to `a/b/c`, which
+    leaves for `a/c`), the rows are first parked at keys no row can hold, then moved."""
+    if not moves:
+        return
+    keys = list(moves)
+    olds, news = [k[3] for k in keys], [moves[k] for k in keys]
+    columns = _columns(keys)[:3]
+    if any((k[0], k[1], k[2], new) in moves for k, new in moves.items()):
+        parked = [_PARKED + new for new in news]
+        await write.conn.execute(_MOVE_ROWS, write.tenant_id, *columns, olds, parked)
+        olds = parked
+    await write.conn.execute(_MOVE_ROWS, write.tenant_id, *columns, olds, news)
 
 
 def _assignment_change(action: str, subject: SubjectRef, role: str, scope: str) -> AuditedChange:
