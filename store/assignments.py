@@ -164,7 +164,7 @@ class Assignments(TenantWrites):
             write.record(
                 AuditedChange(
                     action="scope.move",
-                    target=f"scope/{from_scope}",
+                    target=f"scope/{from_scope} to scope/{to_scope}",
                     kind="assignment",
                     details={
                         "from_scope": from_scope,
