@@ -5,11 +5,17 @@ in a second one sharing Postgres and Redis; every refusal writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import time
 from typing import AsyncIterator
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gatehouse.engine.patterns import scope_covers
 
 from gatehouse.server.app import Sidecar
 from gatehouse.settings import Settings
@@ -283,3 +289,59 @@ async def test_the_idempotency_key_makes_one_move(client: Client, unique: str) -
     assert again.code() == grpc.StatusCode.NOT_FOUND
     await refused(client.admin.MoveScope(move(tenant_id, "org/eu", "org/us"), metadata=metadata),
                   grpc.StatusCode.FAILED_PRECONDITION, "GATEHOUSE_IDEMPOTENCY_KEY_REUSED")
+
+
+# --- against a reference -------------------------------------------------------------
+
+segment = st.sampled_from(["a", "b", "ab"])
+scope_path = st.lists(segment, max_size=3).map("/".join)
+grant_row = st.tuples(st.sampled_from(["ann", "ben"]), st.sampled_from(["viewer", "admin"]), scope_path)
+
+
+def reference(rows: set[tuple[str, str, str]], source: str, target: str, keep: bool) -> tuple[str, object]:
+    """What MoveScope must do, from the issue's words: ("refused", reason) or
+    ("moved", (assignments after, moved, merged))."""
+    if scope_covers(source, target):
+        return "refused", "GATEHOUSE_MOVE_INTO_ITSELF"
+    moving = sorted(r for r in rows if scope_covers(source, r[2]))
+    if not moving:
+        return "refused", "GATEHOUSE_NOTHING_TO_MOVE"
+    stay = rows - set(moving)
+    landing = {r: (r[0], r[1], target + r[2][len(source):] if target else r[2][len(source) + 1:]) for r in moving}
+    conflicts = [r for r in moving if landing[r] in stay]
+    if conflicts and not keep:
+        return "refused", ("GATEHOUSE_MOVE_CONFLICT", conflicts[0], len(conflicts))
+    after = stay | {landing[r] for r in moving if r not in conflicts}
+    return "moved", (after, len(moving) - len(conflicts), len(conflicts))
+
+
+@settings(max_examples=int(os.environ.get("GATEHOUSE_MOVE_EXAMPLES", "25")), deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck), database=None)
+@given(rows=st.sets(grant_row, min_size=1, max_size=6), source=scope_path, target=scope_path, keep=st.booleans())
+async def test_moves_agree_with_the_reference(
+    client: Client, rows: set[tuple[str, str, str]], source: str, target: str, keep: bool
+) -> None:
+    tenant = await client.tenant(f"mref-{secrets.token_hex(6)}")
+    for who, role, scope in sorted(rows):
+        await client.grant(tenant.id, user(who), role, scope)
+    before = await revision_of(client, tenant.id)
+    policy = KEEP_EXISTING if keep else admin_pb2.MOVE_CONFLICT_POLICY_FAIL
+    outcome, expected = reference(rows, source, target, keep)
+    try:
+        done = await client.admin.MoveScope(move(tenant.id, source, target, on_conflict=policy), metadata=client.auth)
+    except grpc.aio.AioRpcError as error:
+        info, _ = details(error)
+        assert outcome == "refused", (error.code(), info.reason, expected)
+        if isinstance(expected, tuple):
+            reason, (who, role, scope), count = expected
+            assert (info.reason, info.metadata["subject"], info.metadata["role"], info.metadata["scope"],
+                    info.metadata["conflicts"]) == (reason, f"user/{who}", role, scope, str(count))
+        else:
+            assert info.reason == expected
+        assert await revision_of(client, tenant.id) == before
+        assert await assignments(client, tenant.id) == rows
+        return
+    assert outcome == "moved", expected
+    after, moved_count, merged = expected  # type: ignore[misc]
+    assert (done.moved, done.merged, done.revision) == (moved_count, merged, before + 1)
+    assert await assignments(client, tenant.id) == after
