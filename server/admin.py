@@ -435,9 +435,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self._authz.require(caller, "scope.move", tenant_id, to_scope)
 
         async def guard(grants: Sequence[MovedGrant]) -> None:
-            for grant in grants:
-                await self._authz.guard_grant(caller, grant.role, grant.permissions, grant.old_scope)
-                await self._authz.guard_grant(caller, grant.role, grant.permissions, grant.new_scope)
+            await self._authz.guard_grants(caller, [
+                (grant.role, grant.permissions, scope) for grant in grants for scope in (grant.old_scope, grant.new_scope)
+            ])
 
         move = await self._store.move_scope(
             caller.actor, tenant_id, from_scope=from_scope, to_scope=to_scope, keep_existing=keep_existing,
