@@ -126,9 +126,10 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
 AUDIT_SECONDS = 5.0
 
 # Actions whose permission is decided at a scope of the request rather than the tenant
-# root, and the field holding it. MoveScope is decided at `from_scope` here and at
-# `to_scope` by the method.
-_SCOPED_ACTIONS = {"role.assign": "scope", "role.revoke": "scope", "scope.move": "from_scope"}
+# root: the field holding it first, then any other scope field of the request (checked
+# here too, so a refusal names every bad scope). MoveScope is decided at `from_scope`
+# here and at `to_scope` by the method.
+_SCOPED_ACTIONS = {"role.assign": ("scope",), "role.revoke": ("scope",), "scope.move": ("from_scope", "to_scope")}
 
 
 def _authz_fields(request: Any, action: str) -> tuple[str, str]:
@@ -137,10 +138,9 @@ def _authz_fields(request: Any, action: str) -> tuple[str, str]:
     validates every field (these again) and names every bad one."""
     v = Violations()
     tenant_id = v.check(optional_tenant_id, "tenant_id", getattr(request, "tenant_id", ""))
-    field = _SCOPED_ACTIONS.get(action)
-    scope = v.check(require_scope, field, getattr(request, field)) if field else ""
+    scopes = [v.check(require_scope, field, getattr(request, field)) for field in _SCOPED_ACTIONS.get(action, ())]
     v.raise_if_any()
-    return tenant_id, scope
+    return tenant_id, scopes[0] if scopes else ''
 
 
 def _transition_rpc(action: Action) -> Callable[..., Awaitable[admin_pb2.Tenant]]:
