@@ -9,8 +9,10 @@ errors (asyncpg, redis) are translated there too, so nothing reaches a caller as
 
     GatehouseError
     ├── InvalidArgument            INVALID_ARGUMENT     GATEHOUSE_INVALID_ARGUMENT
+    │   └── MoveIntoItself                              GATEHOUSE_MOVE_INTO_ITSELF
     ├── NotFound                   NOT_FOUND            GATEHOUSE_NOT_FOUND
-    │   └── TenantNotFound                              GATEHOUSE_TENANT_NOT_FOUND
+    │   ├── TenantNotFound                              GATEHOUSE_TENANT_NOT_FOUND
+    │   └── NothingToMove                               GATEHOUSE_NOTHING_TO_MOVE
     ├── AlreadyExists              ALREADY_EXISTS       GATEHOUSE_ALREADY_EXISTS
     ├── FailedPrecondition         FAILED_PRECONDITION  GATEHOUSE_FAILED_PRECONDITION
     │   ├── IllegalTransition                           GATEHOUSE_ILLEGAL_TRANSITION
@@ -20,6 +22,8 @@ errors (asyncpg, redis) are translated there too, so nothing reaches a caller as
     │   ├── NotAMember                                  GATEHOUSE_NOT_A_MEMBER
     │   ├── LastOwner                                   GATEHOUSE_LAST_OWNER
     │   ├── TenantNotWritable                           GATEHOUSE_TENANT_DELETED
+    │   ├── MoveConflict                                GATEHOUSE_MOVE_CONFLICT
+    │   ├── MovedScopeTooLong                           GATEHOUSE_MOVED_SCOPE_TOO_LONG
     │   └── RevisionNotReached                          GATEHOUSE_REVISION_NOT_REACHED
     ├── RevisionConflict           ABORTED              GATEHOUSE_REVISION_CONFLICT
     ├── Unauthenticated            UNAUTHENTICATED      GATEHOUSE_UNAUTHENTICATED
@@ -113,6 +117,13 @@ class InvalidArgument(GatehouseError):
         super().__init__(f"invalid argument: {text}", metadata={"field": field})
 
 
+class MoveIntoItself(InvalidArgument):
+    """MoveScope's target is its source or below it (the tenant root is above every
+    scope): a subtree cannot move into itself. Names the field `to_scope`."""
+
+    reason = "GATEHOUSE_MOVE_INTO_ITSELF"
+
+
 def _shorten(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -127,6 +138,14 @@ class NotFound(GatehouseError):
 
 class TenantNotFound(NotFound):
     reason = "GATEHOUSE_TENANT_NOT_FOUND"
+
+
+class NothingToMove(NotFound):
+    """MoveScope's source scope holds no role assignment, at it or below it: as far as
+    Gatehouse knows (it keeps no table of org units) there is no such org unit.
+    Metadata: `from_scope`."""
+
+    reason = "GATEHOUSE_NOTHING_TO_MOVE"
 
 
 class AlreadyExists(GatehouseError):
@@ -179,6 +198,23 @@ class TenantNotWritable(FailedPrecondition):
     """A deleted tenant is terminal: nothing about it changes any more."""
 
     reason = "GATEHOUSE_TENANT_DELETED"
+
+
+class MoveConflict(FailedPrecondition):
+    """MoveScope would give a subject a role at a scope where it holds that role already,
+    and the request did not say to keep the existing one (`on_conflict`). Metadata: the
+    first such assignment in (subject, role, scope) order: `subject`, `role`,
+    `scope` (where it is now, below the source), `to_scope` (where it would go and the
+    existing one is), and `conflicts` (how many there are)."""
+
+    reason = "GATEHOUSE_MOVE_CONFLICT"
+
+
+class MovedScopeTooLong(FailedPrecondition):
+    """MoveScope would move an assignment to a scope longer than any scope may be.
+    Metadata: `subject`, `role`, `scope` (the first such, where it is now), `limit`."""
+
+    reason = "GATEHOUSE_MOVED_SCOPE_TOO_LONG"
 
 
 class RevisionNotReached(FailedPrecondition):

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import grpc
 
@@ -20,6 +20,7 @@ from gatehouse import logs
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import KEY_SUBJECT_TYPE, SubjectRef
+from gatehouse.engine.moves import require_move
 from gatehouse.engine.patterns import is_valid_tenant_id
 from gatehouse.engine.validate import (
     Violations,
@@ -41,7 +42,7 @@ from gatehouse.server.admin_authz import AdminAuthorizer
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.idempotency import REPLAY_REASON, run_idempotent
 from gatehouse.server.errors import abort, translate
-from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch, StoreMutator
+from gatehouse.store.api import OWNER_ROLE, Actor, ConfigPatch, MovedGrant, StoreMutator
 from gatehouse_client.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def _target(request: Any) -> str:
     for name in ("subject",):
         if request.DESCRIPTOR.fields_by_name.get(name) and request.HasField(name):
             parts.append(f"subject={request.subject.type}/{request.subject.id}")
-    for name in ("role", "scope"):
+    for name in ("role", "scope", "from_scope", "to_scope"):
         value = getattr(request, name, None)
         if isinstance(value, str) and value:
             parts.append(f"{name}={value}")
@@ -124,8 +125,11 @@ def admin_call(action: str, *, mutation: bool = True) -> Callable[[Method[R]], C
 # How long writing the audit row of a call may take (seconds), whatever the call's deadline.
 AUDIT_SECONDS = 5.0
 
-# Actions whose permission is decided at the request's scope rather than the tenant root.
-_SCOPED_ACTIONS = frozenset({"role.assign", "role.revoke"})
+# Actions whose permission is decided at a scope of the request rather than the tenant
+# root: the field holding it first, then any other scope field of the request (checked
+# here too, so a refusal names every bad scope). MoveScope is decided at `from_scope`
+# here and at `to_scope` by the method.
+_SCOPED_ACTIONS = {"role.assign": ("scope",), "role.revoke": ("scope",), "scope.move": ("from_scope", "to_scope")}
 
 
 def _authz_fields(request: Any, action: str) -> tuple[str, str]:
@@ -134,9 +138,9 @@ def _authz_fields(request: Any, action: str) -> tuple[str, str]:
     validates every field (these again) and names every bad one."""
     v = Violations()
     tenant_id = v.check(optional_tenant_id, "tenant_id", getattr(request, "tenant_id", ""))
-    scope = v.check(require_scope, "scope", request.scope) if action in _SCOPED_ACTIONS else ""
+    scopes = [v.check(require_scope, field, getattr(request, field)) for field in _SCOPED_ACTIONS.get(action, ())]
     v.raise_if_any()
-    return tenant_id, scope
+    return tenant_id, scopes[0] if scopes else ''
 
 
 def _transition_rpc(action: Action) -> Callable[..., Awaitable[admin_pb2.Tenant]]:
@@ -413,6 +417,34 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             assignments=[convert.assignment_message(a) for a in page.items], next_page_token=page.next_page_token
         )
 
+    @admin_call("scope.move")
+    async def MoveScope(self, request: admin_pb2.MoveScopeRequest, caller: Principal) -> admin_pb2.MoveScopeResponse:
+        """Move the org-unit subtree `from_scope` to `to_scope` with its grants
+        (`gatehouse.engine.moves` says where each scope goes). The caller needs
+        `gatehouse.scope.move` at both scopes, and the escalation and owner guards of
+        AssignRole for every moved grant at its old and its new scope, decided inside the
+        move's transaction on exactly the rows it moves."""
+        v = Violations()
+        tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
+        from_scope = v.check(require_scope, "from_scope", request.from_scope)
+        to_scope = v.check(require_scope, "to_scope", request.to_scope)
+        keep_existing = v.check(convert.move_conflict_policy, "on_conflict", request.on_conflict)
+        expected = v.check(require_revision, "expected_revision", request.expected_revision)
+        v.raise_if_any()
+        require_move(from_scope, to_scope)
+        await self._authz.require(caller, "scope.move", tenant_id, to_scope)
+
+        async def guard(grants: Sequence[MovedGrant]) -> None:
+            await self._authz.guard_grants(caller, [
+                (grant.role, grant.permissions, scope) for grant in grants for scope in (grant.old_scope, grant.new_scope)
+            ])
+
+        move = await self._store.move_scope(
+            caller.actor, tenant_id, from_scope=from_scope, to_scope=to_scope, keep_existing=keep_existing,
+            guard=guard, expected_revision=expected,
+        )
+        return admin_pb2.MoveScopeResponse(revision=move.revision, moved=move.moved, merged=move.merged)
+
     # --- API keys ---
 
     @admin_call("key.create")
@@ -474,12 +506,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def _guard_grant(self, caller: Principal, tenant_id: str, role: str, scope: str) -> None:
         """The escalation and owner guards for handing `role` out at `scope`."""
-        await self._authz.guard_owner(caller, role)
         roles, _ = await self._store.list_roles(tenant_id)
         for record in roles:
             if record.name == role:
-                await self._authz.guard_patterns(caller, record.permissions, scope, what=f"the role {role}")
+                await self._authz.guard_grant(caller, role, record.permissions, scope)
                 return
+        await self._authz.guard_owner(caller, role)
         # An unknown role: the store answers NOT_FOUND for it.
 
     # --- audit ---

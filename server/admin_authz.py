@@ -81,24 +81,27 @@ class AdminAuthorizer:
         if caller.is_bootstrap:
             return  # it exists to mint the first operator key, whatever that holds
         grants = None if caller.is_operator else await self._grants(caller)
-        for pattern in patterns:
-            if not _covered(caller.permissions, pattern):
-                raise Escalation(f"{what} exceeds the caller's own key", metadata={"pattern": pattern})
-            if grants is not None and not any(
-                scope_covers(g.scope, scope) and _covered(g.permissions, pattern) for g in grants.grants
-            ):
-                raise Escalation(
-                    f"{what} exceeds the caller's own permissions at this scope",
-                    metadata={"pattern": pattern, "scope": scope},
-                )
+        _guard_patterns(caller, grants, patterns, scope, what)
+
+    async def guard_grant(self, caller: Principal, role: str, permissions: Iterable[str], scope: str) -> None:
+        """Both guards for handing out `role`, whose permissions are `permissions`, at
+        `scope` (AssignRole, CreateApiKey's roles)."""
+        await self.guard_grants(caller, [(role, tuple(permissions), scope)])
+
+    async def guard_grants(self, caller: Principal, grants: Iterable[tuple[str, tuple[str, ...], str]]) -> None:
+        """`guard_grant` for each (role, permissions, scope), the caller's own grants read
+        once: MoveScope asks it for every moved grant at its old and its new scope."""
+        held = None if caller.is_operator else await self._grants(caller)
+        for role, permissions, scope in grants:
+            _guard_owner(caller, held, role)
+            if not caller.is_bootstrap:
+                _guard_patterns(caller, held, permissions, scope, f"the role {role}")
 
     async def guard_owner(self, caller: Principal, role: str) -> None:
         """Only an owner at the tenant root (or an operator) hands out or takes back `owner`."""
         if role != OWNER_ROLE or caller.is_operator:
             return
-        grants = await self._grants(caller)
-        if not any(g.role == OWNER_ROLE and g.scope == "" for g in grants.grants):
-            raise OwnerRequired("only an owner may grant or take back the owner role", metadata={"role": role})
+        _guard_owner(caller, await self._grants(caller), role)
 
     async def holds_owner(self, tenant_id: str, subject: SubjectRef) -> bool:
         grants = await self._cache.subject(tenant_id, subject)
@@ -131,6 +134,31 @@ async def require_key_grant(
             f"not allowed: {decision.reason.name}",
             metadata={"permission": permission, "decision": decision.reason.name},
         )
+
+
+def _guard_patterns(
+    caller: Principal, grants: SubjectGrants | None, patterns: Iterable[str], scope: str, what: str
+) -> None:
+    """Escalation (see `AdminAuthorizer.guard_patterns`), given the caller's own grants
+    (None for an operator, whose key's patterns are its grant)."""
+    for pattern in patterns:
+        if not _covered(caller.permissions, pattern):
+            raise Escalation(f"{what} exceeds the caller's own key", metadata={"pattern": pattern})
+        if grants is not None and not any(
+            scope_covers(g.scope, scope) and _covered(g.permissions, pattern) for g in grants.grants
+        ):
+            raise Escalation(
+                f"{what} exceeds the caller's own permissions at this scope",
+                metadata={"pattern": pattern, "scope": scope},
+            )
+
+
+def _guard_owner(caller: Principal, grants: SubjectGrants | None, role: str) -> None:
+    """Only an owner at the tenant root (or an operator: `grants` None) hands out `owner`."""
+    if role != OWNER_ROLE or caller.is_operator or grants is None:
+        return
+    if not any(g.role == OWNER_ROLE and g.scope == "" for g in grants.grants):
+        raise OwnerRequired("only an owner may grant or take back the owner role", metadata={"role": role})
 
 
 def _covered(held: PermissionSet, pattern: str) -> bool:

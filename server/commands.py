@@ -4,6 +4,7 @@ built on the light client (gatehouse_client). README "CLI reference" lists them 
     gatehouse tenant create acme --name Acme          gatehouse check acme user:alice invoice.read --scope emea/de
     gatehouse role create acme accountant -p 'invoice.*'
     gatehouse member add acme user:alice              gatehouse grant acme user:alice accountant --scope emea
+    gatehouse scope move acme --from emea/de --to europe/de
 
 Connection: `--server` (host:port or unix:/path; $GATEHOUSE_SERVER, default
 127.0.0.1:50051), `--tls`/`--tls-ca-file`/`--tls-cert-file`/`--tls-key-file`, the API
@@ -52,7 +53,7 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
 }
 EXIT_OTHER = 7
 
-GROUPS = ("tenant", "plan", "role", "member", "grant", "revoke", "key", "audit", "config", "check")
+GROUPS = ("tenant", "plan", "role", "member", "grant", "revoke", "scope", "key", "audit", "config", "check")
 
 Handler = Callable[[Client, argparse.Namespace], Any]
 
@@ -337,6 +338,17 @@ def revoke(client: Client, args: argparse.Namespace) -> None:
                                   scope=args.scope, **_mutate(args)), args)
 
 
+# --- scope ------------------------------------------------------------------------------
+
+CONFLICT_POLICIES = {"fail": admin_pb2.MOVE_CONFLICT_POLICY_FAIL, "keep-existing": admin_pb2.MOVE_CONFLICT_POLICY_KEEP_EXISTING}
+
+
+def scope_move(client: Client, args: argparse.Namespace) -> None:
+    _one(client.admin.move_scope(tenant_id=_tenant_id(client, args.tenant), from_scope=args.from_scope,
+                                 to_scope=args.to_scope, on_conflict=CONFLICT_POLICIES[args.on_conflict],
+                                 expected_revision=args.expected_revision, **_mutate(args)), args)
+
+
 # --- key, audit -------------------------------------------------------------------------
 
 
@@ -566,6 +578,20 @@ def add_commands(commands: Any) -> None:
         p.add_argument("subject", help="TYPE:ID, e.g. user:alice")
         p.add_argument("role")
         p.add_argument("--scope", default="", help="org-unit path, e.g. emea/de ('' = the whole tenant)")
+
+    scopes = _group(commands, "scope", "org units (scopes) and the grants at and below them",
+                    "gatehouse scope move acme --from emea/de --to europe/de")
+    p = _command(scopes, "move",
+                 "move every grant at or below --from to the same place below --to (--from becomes --to)",
+                 "gatehouse scope move acme --from org/eu/sales --to org/emea/sales   # org/eu/sales/x -> org/emea/sales/x",
+                 scope_move, mutation=True)
+    p.add_argument("tenant", help="slug or id")
+    p.add_argument("--from", dest="from_scope", required=True, metavar="SCOPE", help="the subtree to move (not the root)")
+    p.add_argument("--to", dest="to_scope", required=True, metavar="SCOPE",
+                   help="its whole new path, outside it ('' = the tenant root)")
+    p.add_argument("--on-conflict", choices=sorted(CONFLICT_POLICIES), default="fail",
+                   help="a subject holding the role at the new scope already: fail (default), or keep that grant")
+    p.add_argument("--expected-revision", type=int, default=0, help="ABORTED unless the tenant is at this revision")
 
     keys = _group(commands, "key", "API keys (a tenant's, or operator keys)",
                   "gatehouse key create --tenant acme --name ci -p 'invoice.*' --role accountant@emea")

@@ -53,6 +53,17 @@ def tenant_status(field: str, value: int) -> TenantStatus | None:
         raise InvalidArgument(field, f"unknown tenant status {value}") from None
 
 
+def move_conflict_policy(field: str, value: int) -> bool:
+    """MoveScope's `on_conflict` as `keep_existing`: UNSPECIFIED and FAIL refuse a
+    conflicting move, KEEP_EXISTING keeps the assignment already there; an unknown number
+    is INVALID_ARGUMENT."""
+    if value in (admin_pb2.MOVE_CONFLICT_POLICY_UNSPECIFIED, admin_pb2.MOVE_CONFLICT_POLICY_FAIL):
+        return False
+    if value == admin_pb2.MOVE_CONFLICT_POLICY_KEEP_EXISTING:
+        return True
+    raise InvalidArgument(field, f"unknown conflict policy {value}")
+
+
 def slug(field: str, value: str) -> str:
     return require_slug(field, value)
 

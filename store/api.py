@@ -10,7 +10,7 @@ and one outbox row in ONE transaction, and returns the tenant's new revision.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
 
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import (
@@ -57,6 +57,32 @@ class AssignmentRecord:
     role: str
     scope: str
     created_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MovedGrant:
+    """One (role, scope) a scope move takes away and where it puts it, for the escalation
+    guard: the role's permissions leave `old_scope` and arrive at `new_scope`."""
+
+    role: str
+    permissions: tuple[str, ...]
+    old_scope: str
+    new_scope: str
+
+
+# Called by `move_scope` inside its transaction, with the tenant locked, with every
+# distinct (role, old scope) the move takes: raises to refuse the move (nothing written).
+MoveGuard = Callable[[Sequence[MovedGrant]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeMove:
+    """What a MoveScope did: assignments moved, moved ones dropped as duplicates of an
+    assignment already at the target (`merged`), and the tenant's new revision."""
+
+    moved: int
+    merged: int
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +284,21 @@ class StoreMutator(Protocol):
     async def list_role_assignments(
         self, tenant_id: str, *, subject: SubjectRef | None, page_size: int, page_token: str
     ) -> Page[AssignmentRecord]: ...
+    async def move_scope(
+        self,
+        actor: Actor,
+        tenant_id: str,
+        *,
+        from_scope: str,
+        to_scope: str,
+        keep_existing: bool,
+        guard: MoveGuard,
+        expected_revision: int = 0,
+    ) -> ScopeMove:
+        """Move every assignment at or below `from_scope` to the same place below
+        `to_scope` (`gatehouse.engine.moves`), one revision. NothingToMove, MoveConflict
+        (unless `keep_existing`), MovedScopeTooLong, or whatever `guard` raises."""
+        ...
 
     # --- audit ---
     async def create_api_key(

@@ -69,7 +69,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
     parser = argparse.ArgumentParser(prog="gatehouse")
     cli.commands_module.add_commands(parser.add_subparsers(dest="command"))
     commands = _leaves(parser)
-    assert len(commands) == 30, commands
+    assert len(commands) == 31, commands
     assert {command[0] for command in commands} == set(GROUPS)
     for command in commands:
         with pytest.raises(SystemExit) as done:
@@ -158,6 +158,29 @@ def test_roles_members_grants_and_check(served: Served, unique: str) -> None:
     ok(gatehouse(served, "role", "delete", slug, "accountant"))
     ok(gatehouse(served, "member", "remove", slug, "user:alice"))
     assert ok(gatehouse(served, "member", "list", slug)).out.strip() == "(none)"
+
+
+def test_scope_move(served: Served, unique: str) -> None:
+    slug = f"move-{unique}"
+    ok(gatehouse(served, "tenant", "create", slug))
+    ok(gatehouse(served, "tenant", "activate", slug))
+    ok(gatehouse(served, "member", "add", slug, "user:alice"))
+    ok(gatehouse(served, "grant", slug, "user:alice", "viewer", "--scope", "org/eu/sales/team1"))
+    ok(gatehouse(served, "grant", slug, "user:alice", "admin", "--scope", "org/emea/sales/team1"))
+    ok(gatehouse(served, "grant", slug, "user:alice", "admin", "--scope", "org/eu/sales/team1"))
+    conflict = gatehouse(served, "scope", "move", slug, "--from", "org/eu/sales", "--to", "org/emea/sales")
+    assert conflict.status == 4 and "GATEHOUSE_MOVE_CONFLICT" in conflict.err, conflict
+    moved = ok(gatehouse(served, "scope", "move", slug, "--from", "org/eu/sales", "--to", "org/emea/sales",
+                         "--on-conflict", "keep-existing", "-o", "json")).json()
+    assert (int(moved["moved"]), int(moved["merged"])) == (1, 1) and int(moved["revision"]) > 0
+    assert ok(gatehouse(served, "scope", "move", slug, "--from", "org/emea/sales", "--to", "org/sales")).out
+    assignments = ok(gatehouse(served, "role", "assignments", slug, "-o", "json")).json()
+    assert sorted((a["role"], a["scope"]) for a in assignments) == [("admin", "org/sales/team1"),
+                                                                    ("viewer", "org/sales/team1")]
+    nothing = gatehouse(served, "scope", "move", slug, "--from", "org/eu", "--to", "org/us")
+    assert nothing.status == 3 and "GATEHOUSE_NOTHING_TO_MOVE" in nothing.err, nothing
+    into_itself = gatehouse(served, "scope", "move", slug, "--from", "org", "--to", "org/x")
+    assert into_itself.status == 2 and "to_scope" in into_itself.err, into_itself
 
 
 def test_plans(served: Served, unique: str) -> None:

@@ -13,7 +13,7 @@ from tests.served import Served
 
 async def test_every_admin_service_method_has_a_helper_in_both_flavours() -> None:
     methods = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods
-    assert len(ADMIN_METHODS) == len(methods) == 27
+    assert len(ADMIN_METHODS) == len(methods) == 28
     assert {m.name for m in ADMIN_METHODS.values()} == {m.name for m in methods}
     # Nothing is dialled until a call is made.
     with Client("127.0.0.1:9") as blocking:
@@ -50,6 +50,12 @@ def test_a_tenant_from_creation_to_a_decision(served: Served, unique: str) -> No
         assert "accountant" in [role.name for role in roles.roles]
         assert gh.admin.resolve_tenant(f"acme-{unique}").id == tenant.id
         assert gh.admin.resolve_tenant(tenant.id).slug == f"acme-{unique}"
+
+        # An org-unit move; the client's next check reads at least the revision it made.
+        moved = gh.admin.move_scope(tenant_id=tenant.id, from_scope="emea", to_scope="europe")
+        assert (moved.moved, moved.merged, moved.revision) == (1, 0, assigned.revision + 1)
+        assert gh.check(tenant.id, "user:alice", "invoice.read", scope="europe/de").revision == moved.revision
+        assert not gh.check(tenant.id, "user:alice", "invoice.read", scope="emea/de")
 
 
 def test_errors_carry_code_reason_and_field(served: Served, unique: str) -> None:

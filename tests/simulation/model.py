@@ -91,7 +91,12 @@ def is_valid_scope(scope: str) -> bool:
 
 
 # A field's rule, by the last part of its path (`checks[2].resource.scope` → `scope`).
-FIELD_RULES = {"tenant_id": is_canonical_tenant_id, "scope": is_valid_scope}
+FIELD_RULES = {
+    "tenant_id": is_canonical_tenant_id,
+    "scope": is_valid_scope,
+    "from_scope": is_valid_scope,
+    "to_scope": is_valid_scope,
+}
 
 
 def malformed(fields: Mapping[str, str], prefix: str = "") -> list[str]:
@@ -667,6 +672,43 @@ class World:
             return refused.outcome
         tenant.assignments.discard((subject, role, scope))
         return self._bump(tenant)
+
+    # --- org-unit moves ---
+
+    def move_scope(
+        self, tenant_id: str, from_scope: str, to_scope: str, *, keep_existing: bool, expected_revision: int = 0
+    ) -> Outcome:
+        """MoveScope (issue 18): every assignment at or below `from_scope` goes to the same
+        place below `to_scope`, `from_scope` itself becoming `to_scope`; all in one
+        revision. A target at or below the source is refused, and so is a source with
+        nothing at or below it, and a move that would land an assignment where its
+        subject holds the role already (which stays) unless told to keep that one (the
+        moved one is then dropped). SERVER: the target-inside-source refusal is an
+        INVALID_ARGUMENT naming `to_scope` with reason GATEHOUSE_MOVE_INTO_ITSELF, made
+        before the tenant is read; the tenant checks (found, not deleted, revision) come
+        before what the move finds."""
+        try:
+            _well_formed({"tenant_id": tenant_id, "from_scope": from_scope, "to_scope": to_scope})
+            if scope_covers(from_scope, to_scope):
+                raise Refused(
+                    Outcome("INVALID_ARGUMENT", "GATEHOUSE_MOVE_INTO_ITSELF", facts={"fields": ("to_scope",)})
+                )
+            tenant = self._writable(tenant_id, expected_revision)
+            moving = {a for a in tenant.assignments if scope_covers(from_scope, a[2])}
+            if not moving:
+                raise _refuse("NOT_FOUND", "NOTHING_TO_MOVE")
+            staying = tenant.assignments - moving
+            depth = len(scope_segments(from_scope))
+            landing = {
+                a: (a[0], a[1], "/".join(scope_segments(to_scope) + scope_segments(a[2])[depth:])) for a in moving
+            }
+            dropped = {a for a in moving if landing[a] in staying}
+            if dropped and not keep_existing:
+                raise _refuse("FAILED_PRECONDITION", "MOVE_CONFLICT")
+        except Refused as refused:
+            return refused.outcome
+        tenant.assignments = staying | {landing[a] for a in moving - dropped}
+        return self._bump(tenant, moved=len(moving) - len(dropped), merged=len(dropped))
 
     # --- for failure reports ---
 

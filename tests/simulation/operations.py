@@ -648,6 +648,46 @@ class RevokeRole(Operation):
         return world.revoke_role(request.tenant_id, subject_key(request.subject), request.role, request.scope)
 
 
+class MoveScope(Operation):
+    """An org-unit move: mostly of a subtree that holds grants, to a place in the same
+    trees (so the checks' scopes see the grants arrive), with or without keeping what is
+    there; now and then into itself, from a scope holding nothing, or spelled with dots."""
+
+    rpc = "MoveScope"
+    base_weight = 3.0
+
+    def draw(self, sim: Sim) -> admin_pb2.MoveScopeRequest:
+        tenant_id = sim.target()
+        tenant = sim.world.tenants.get(tenant_id)
+        held = sorted({scope for _, _, scope in tenant.assignments if scope}) if tenant else []
+        if held and sim.rng.random() < 0.8:
+            segments = sim.rng.choice(held).split("/")
+            from_scope = "/".join(segments[: sim.rng.randint(1, len(segments))])
+        else:
+            from_scope = sim.grant_scope()
+        to_scope = sim.rng.choice((*GRANT_SCOPES, "apac", "emea/d", "emea/de/berlin/mitte"))
+        if sim.rng.random() < DOT_SCOPE_RATE:
+            to_scope = sim.rng.choice(DOT_SCOPES)
+        policy = sim.rng.choice(
+            (admin_pb2.MOVE_CONFLICT_POLICY_UNSPECIFIED, admin_pb2.MOVE_CONFLICT_POLICY_FAIL,
+             admin_pb2.MOVE_CONFLICT_POLICY_KEEP_EXISTING)
+        )
+        return admin_pb2.MoveScopeRequest(
+            tenant_id=tenant_id, from_scope=from_scope, to_scope=to_scope, on_conflict=policy,
+            expected_revision=sim.expected_revision(tenant_id),
+        )
+
+    def expect(self, world: World, request: admin_pb2.MoveScopeRequest, response: Any) -> Outcome:
+        return world.move_scope(
+            request.tenant_id, request.from_scope, request.to_scope,
+            keep_existing=request.on_conflict == admin_pb2.MOVE_CONFLICT_POLICY_KEEP_EXISTING,
+            expected_revision=request.expected_revision,
+        )
+
+    def observe(self, request: Any, response: admin_pb2.MoveScopeResponse) -> Outcome:
+        return Outcome(revision=response.revision, facts={"moved": response.moved, "merged": response.merged})
+
+
 class ListRoleAssignments(Operation):
     rpc = "ListRoleAssignments"
     base_weight = 1.5
@@ -746,6 +786,7 @@ TENANT_SCOPED: tuple[Operation, ...] = (
     ListMembers(),
     AssignRole(),
     RevokeRole(),
+    MoveScope(),
     ListRoleAssignments(),
     ListAuditEvents(),
 )

@@ -181,6 +181,43 @@ def test_admin_outcomes_and_revisions() -> None:
     assert world.upsert_plan("p", {}).facts == {"tenants_affected": 2}  # the deleted t2 too: one revision, one config
 
 
+def test_moves_follow_the_issue_examples() -> None:
+    world, t1, t2 = _world()
+    world.create_role(t1, "editor", ("doc.*",))
+    for subject in ("user/alice", "user/bob"):
+        world.add_member(t1, subject)
+    world.assign_role(t1, "user/alice", "editor", "org/eu/sales")
+    world.assign_role(t1, "user/alice", "editor", "org/eu/sales/team1")
+    world.assign_role(t1, "user/bob", "editor", "org/eu/salesforce")
+    world.assign_role(t1, "user/bob", "editor", "org/emea/sales/team1")
+    revision = world.tenants[t1].revision
+
+    assert world.move_scope(t1, "org/eu", "org/eu/x", keep_existing=False).reason == "GATEHOUSE_MOVE_INTO_ITSELF"
+    assert world.move_scope(t1, "", "org", keep_existing=False).reason == "GATEHOUSE_MOVE_INTO_ITSELF"
+    assert world.move_scope(t1, "org/us", "org/emea", keep_existing=False).reason == "GATEHOUSE_NOTHING_TO_MOVE"
+    assert world.move_scope(t1, "org/eu/..", "org", keep_existing=False).facts == {"fields": ("from_scope",)}
+    assert world.tenants[t1].revision == revision
+    done = world.move_scope(t1, "org/eu/sales", "org/emea/sales", keep_existing=False)
+    assert (done.revision, done.facts) == (revision + 1, {"moved": 2, "merged": 0})
+    assert world.check(t1, "user/alice", "doc.edit", "org/emea/sales/team1/x").grants == {
+        ("editor", "org/emea/sales"), ("editor", "org/emea/sales/team1")
+    }
+    assert world.check(t1, "user/alice", "doc.edit", "org/eu/sales").reason == "NO_GRANT"
+    assert ("user/bob", "editor", "org/eu/salesforce") in world.tenants[t1].assignments  # a sibling stays
+
+    world.assign_role(t1, "user/bob", "editor", "org/eu/x/team1")
+    world.assign_role(t1, "user/bob", "editor", "org/eu/x/team2")
+    assert world.move_scope(t1, "org/eu/x", "org/emea/sales", keep_existing=False).reason == "GATEHOUSE_MOVE_CONFLICT"
+    merged = world.move_scope(t1, "org/eu/x", "org/emea/sales", keep_existing=True)
+    assert merged.facts == {"moved": 1, "merged": 1}
+    assert world.move_scope(t1, "org/emea", "", keep_existing=False).facts == {"moved": 4, "merged": 0}
+    assert {a for a in world.tenants[t1].assignments if a[0] == "user/bob"} == {
+        ("user/bob", "editor", "org/eu/salesforce"), ("user/bob", "editor", "sales/team1"),
+        ("user/bob", "editor", "sales/team2"),
+    }
+    assert world.tenants[t2].assignments == set()
+
+
 def test_every_misspelling_is_the_same_uuid_and_refused() -> None:
     for tenant_id in (T1, str(uuid.uuid4()), "abcdef01-2345-4678-9abc-def012345678"):
         spellings = misspellings(tenant_id)

@@ -99,6 +99,10 @@ async def test_connecting_to_a_dead_port_is_unavailable() -> None:
 
 Call = Callable[[PostgresStore], Awaitable[object]]
 
+async def _no_guard(grants: object) -> None:
+    return None
+
+
 EVERY_CALL: dict[str, Call] = {
     "ping": lambda s: s.ping(),
     "schema_version": lambda s: s.schema_version(),
@@ -126,6 +130,8 @@ EVERY_CALL: dict[str, Call] = {
     "assign_role": lambda s: s.assign_role(ACTOR, SOME_ID, ALICE, role="r", scope=""),
     "revoke_role": lambda s: s.revoke_role(ACTOR, SOME_ID, ALICE, role="r", scope=""),
     "list_role_assignments": lambda s: s.list_role_assignments(SOME_ID, subject=None, page_size=1, page_token=""),
+    "move_scope": lambda s: s.move_scope(ACTOR, SOME_ID, from_scope="a", to_scope="b", keep_existing=False,
+                                         guard=_no_guard),
     "create_api_key": lambda s: s.create_api_key(
         ACTOR, SOME_ID, key_id="0123456789abcdef", secret_hash="h", name="", permissions=["*"], expires_at=None, roles=[]
     ),

@@ -4,7 +4,7 @@ and the rules each mutation enforces under the tenant lock."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -23,7 +23,7 @@ from gatehouse.errors import (
     TenantNotFound,
     TenantNotWritable,
 )
-from gatehouse.store.api import SYSTEM_ROLES, Actor, ConfigPatch
+from gatehouse.store.api import SYSTEM_ROLES, Actor, ConfigPatch, MovedGrant, ScopeMove
 from gatehouse.store.postgres import PostgresStore
 from tests.store.store_helpers import TenantFactory, written
 
@@ -47,6 +47,14 @@ async def _revision_of(record: Awaitable[TenantRecord]) -> int:
 
 async def _second(pair: Awaitable[tuple[object, int]]) -> int:
     return (await pair)[1]
+
+
+async def _revision_of_move(move: Awaitable[ScopeMove]) -> int:
+    return (await move).revision
+
+
+async def _allow(grants: Sequence[MovedGrant]) -> None:
+    return None
 
 
 MUTATIONS: dict[str, Mutation] = {
@@ -97,17 +105,27 @@ MUTATIONS: dict[str, Mutation] = {
     "revoke_role": Mutation(
         lambda s, a, t: s.revoke_role(a, t, BOB, role="editor", scope=""), "role.revoke", "assignment", "user/bob"
     ),
+    # Tenant-wide: every subject holding a moved grant is concerned.
+    "move_scope": Mutation(
+        lambda s, a, t: _revision_of_move(
+            s.move_scope(a, t, from_scope="emea", to_scope="apac", keep_existing=False, guard=_allow)
+        ),
+        "scope.move",
+        "assignment",
+    ),
 }
 
 
 @pytest.fixture
 async def tenant(store: PostgresStore, actor: Actor, make_tenant: TenantFactory) -> TenantRecord:
-    """A tenant with custom roles `editor` (held by bob at the root) and `spare` (unused)."""
+    """A tenant with custom roles `editor` (held by bob at the root) and `spare` (unused);
+    bob is a viewer at emea/de."""
     created = await make_tenant()
     await store.create_role(actor, created.id, name="editor", permissions=("doc.edit",), description="")
     await store.create_role(actor, created.id, name="spare", permissions=(), description="")
     await store.add_member(actor, created.id, BOB)
     await store.assign_role(actor, created.id, BOB, role="editor", scope="")
+    await store.assign_role(actor, created.id, BOB, role="viewer", scope="emea/de")
     return await store.get_tenant(created.id)
 
 

@@ -133,6 +133,7 @@ class _AdminMethods:
     assign_role = _Rpc(admin_pb2.RoleAssignmentResponse)
     revoke_role = _Rpc(admin_pb2.MutationResponse)
     list_role_assignments = _Rpc(admin_pb2.ListRoleAssignmentsResponse)
+    move_scope = _Rpc(admin_pb2.MoveScopeResponse)
     create_api_key = _Rpc(admin_pb2.CreateApiKeyResponse)
     revoke_api_key = _Rpc(admin_pb2.MutationResponse)
     list_api_keys = _Rpc(admin_pb2.ListApiKeysResponse)

@@ -4,12 +4,22 @@ from gatehouse_client.v1 import common_pb2 as _common_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class MoveConflictPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOVE_CONFLICT_POLICY_UNSPECIFIED: _ClassVar[MoveConflictPolicy]
+    MOVE_CONFLICT_POLICY_FAIL: _ClassVar[MoveConflictPolicy]
+    MOVE_CONFLICT_POLICY_KEEP_EXISTING: _ClassVar[MoveConflictPolicy]
+MOVE_CONFLICT_POLICY_UNSPECIFIED: MoveConflictPolicy
+MOVE_CONFLICT_POLICY_FAIL: MoveConflictPolicy
+MOVE_CONFLICT_POLICY_KEEP_EXISTING: MoveConflictPolicy
 
 class Tenant(_message.Message):
     __slots__ = ("id", "slug", "name", "status", "plan", "region", "settings", "flag_overrides", "quota_overrides", "revision", "status_reason", "status_changed_by", "status_changed_at", "created_at", "updated_at")
@@ -429,6 +439,30 @@ class ListRoleAssignmentsResponse(_message.Message):
     assignments: _containers.RepeatedCompositeFieldContainer[RoleAssignment]
     next_page_token: str
     def __init__(self, assignments: _Optional[_Iterable[_Union[RoleAssignment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class MoveScopeRequest(_message.Message):
+    __slots__ = ("tenant_id", "from_scope", "to_scope", "on_conflict", "expected_revision")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TO_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    ON_CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    from_scope: str
+    to_scope: str
+    on_conflict: MoveConflictPolicy
+    expected_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., from_scope: _Optional[str] = ..., to_scope: _Optional[str] = ..., on_conflict: _Optional[_Union[MoveConflictPolicy, str]] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+
+class MoveScopeResponse(_message.Message):
+    __slots__ = ("revision", "moved", "merged")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    moved: int
+    merged: int
+    def __init__(self, revision: _Optional[int] = ..., moved: _Optional[int] = ..., merged: _Optional[int] = ...) -> None: ...
 
 class RoleGrant(_message.Message):
     __slots__ = ("role", "scope")

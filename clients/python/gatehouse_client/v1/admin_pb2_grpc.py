@@ -152,6 +152,11 @@ class AdminServiceStub(object):
                 request_serializer=gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsResponse.FromString,
                 _registered_method=True)
+        self.MoveScope = channel.unary_unary(
+                '/gatehouse.v1.AdminService/MoveScope',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.MoveScopeRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.MoveScopeResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/gatehouse.v1.AdminService/CreateApiKey',
                 request_serializer=gatehouse_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
@@ -325,6 +330,16 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveScope(self, request, context):
+        """Org-unit moves: every role assignment at or below `from_scope` moves to the
+        same place below `to_scope` (`from_scope` becomes `to_scope`), in one
+        transaction, one revision, one event and one audit row. The caller must hold
+        each moved grant's permissions at its old and its new scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateApiKey(self, request, context):
         """API keys. A key is `gh_<id>_<secret>`; the secret is returned once, by
         CreateApiKey, and kept only as an Argon2id hash. A tenant key is the subject
@@ -470,6 +485,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListRoleAssignments,
                     request_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsResponse.SerializeToString,
+            ),
+            'MoveScope': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveScope,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.MoveScopeRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.MoveScopeResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
@@ -1116,6 +1136,33 @@ class AdminService(object):
             '/gatehouse.v1.AdminService/ListRoleAssignments',
             gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsRequest.SerializeToString,
             gatehouse_dot_v1_dot_admin__pb2.ListRoleAssignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveScope(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/MoveScope',
+            gatehouse_dot_v1_dot_admin__pb2.MoveScopeRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.MoveScopeResponse.FromString,
             options,
             channel_credentials,
             insecure,
