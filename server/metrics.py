@@ -123,6 +123,14 @@ SERIES: dict[str, Series | None] = {
     "tiers.postgres_hits": _c(_REQ, _REQ_HELP, tier="postgres", result="hit"),
     "cache.store_absent": _c(_REQ, _REQ_HELP, tier="postgres", result="miss"),
     "cache.store_loads": None,  # = postgres hit + miss
+    "cache.roster_hits": _c(
+        "gatehouse_lookup_rosters", "Whole-tenant rosters LookupSubjects used: from memory (hit) or read from Postgres (load).",
+        result="hit",
+    ),
+    "cache.roster_loads": _c(
+        "gatehouse_lookup_rosters", "Whole-tenant rosters LookupSubjects used: from memory (hit) or read from Postgres (load).",
+        result="load",
+    ),
     "tiers.single_flight_merges": _c(
         "gatehouse_single_flight_merges", "Cache misses that waited for a load of the same key instead of starting one."
     ),

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, Protocol, Seq
 
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import (
+    Membership,
     Plan,
+    RosterSnapshot,
     SubjectRef,
     SubjectSnapshot,
     TenantRecord,
@@ -172,6 +174,16 @@ class StoreReader(Protocol):
     async def load_subject(self, tenant_id: str, subject: SubjectRef) -> SubjectSnapshot | None:
         """None when the tenant does not exist; otherwise membership and assignments,
         stamped with the tenant revision read in the same transaction."""
+        ...
+
+    # --- lookups (server/lookup.py) ---
+    async def load_roster(self, tenant_id: str) -> RosterSnapshot | None:
+        """None when the tenant does not exist; otherwise the tenant and every member with
+        its grants, in one snapshot at the tenant's revision, ordered by (type, id)."""
+        ...
+    async def list_subject_tenants(self, subject: SubjectRef, *, limit: int) -> list[Membership]:
+        """The tenants `subject` is a member of, by slug, at most `limit` (every tenant's
+        rows: the platform scope)."""
         ...
 
 
