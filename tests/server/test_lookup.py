@@ -277,7 +277,7 @@ async def test_min_revision_and_unknown_tenants(client: Client, unique: str) -> 
          lookup_pb2.ListSubjectPermissionsRequest(tenant_id=tenant.id, subject=user("a"), min_revision=revision + 5)),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await call(request)  # type: ignore[operator]
+            await call(request)
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert details(raised.value)[0].reason == "GATEHOUSE_REVISION_NOT_REACHED"
     missing = "00000000-0000-4000-8000-00000000beef"
@@ -333,7 +333,7 @@ async def test_bad_input_names_the_field(client: Client) -> None:
     ]
     for call, request, fields in bad:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await call(request)  # type: ignore[operator]
+            await call(request)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert details(raised.value)[1] == fields
 
