@@ -69,7 +69,7 @@ from gatehouse.cache.l1 import ExpiringMap
 from gatehouse.cache.l2 import RedisL2
 from gatehouse.cache.singleflight import SingleFlight
 from gatehouse.engine.decision import SubjectGrants, TenantPolicy, compile_subject, compile_tenant
-from gatehouse.engine.lookup import TenantRoster
+from gatehouse.engine.lookup import TenantRoster, compile_roster
 from gatehouse.engine.model import SubjectRef, SubjectSnapshot, TenantSnapshot
 from gatehouse.errors import RevisionNotReached, Stale, StoreUnavailable
 from gatehouse.store.api import StoreReader, TenantChange
@@ -304,11 +304,7 @@ class PolicyCache:
             return ABSENT, "postgres"
         if snapshot.revision < need:
             raise RevisionNotReached(tenant_id, need, snapshot.revision)
-        roster = TenantRoster(
-            policy=compile_tenant(snapshot.tenant),
-            revision=snapshot.revision,
-            members=tuple(compile_subject(member) for member in snapshot.members),
-        )
+        roster = compile_roster(snapshot)
         self._raise_floor(tenant_id, snapshot.revision)
         self._rosters.put(tenant_id, roster, current_until)
         return roster, "postgres"

@@ -18,9 +18,12 @@ from gatehouse.engine.decision import (
     Grant,
     SubjectGrants,
     TenantPolicy,
+    compile_subject,
+    compile_tenant,
     decide,
     decided_until,
 )
+from gatehouse.engine.model import RosterSnapshot
 from gatehouse.engine.patterns import PermissionSet, scope_covers
 
 # An active member holding every permission at the tenant root: what it is denied, the
@@ -100,6 +103,17 @@ class TenantRoster:
             self.listings.pop(next(iter(self.listings)))
         found = self.listings[key] = allowed_subjects(self.policy, self.members, permission, scope, now)
         return found
+
+
+def compile_roster(snapshot: RosterSnapshot) -> TenantRoster:
+    """The tenant and every member compiled as CheckAccess compiles them, each role's
+    patterns compiled once for the whole tenant."""
+    shared: dict[tuple[str, ...], PermissionSet] = {}
+    return TenantRoster(
+        policy=compile_tenant(snapshot.tenant),
+        revision=snapshot.revision,
+        members=tuple(compile_subject(member, shared) for member in snapshot.members),
+    )
 
 
 def allowed_subjects(

@@ -45,10 +45,14 @@ ORDER BY a.role, a.scope
 
 # Every member of one tenant with its grants (and, for an API key, the key's state): the
 # roster LookupSubjects decides from. Read in the same REPEATABLE READ transaction as the
-# tenant row, so both are at the tenant's revision. Uses the primary keys' (tenant, ...)
-# prefixes: one index range per table.
+# tenant row, so both are at the tenant's revision: one row per member (its assignments
+# aggregated), and the tenant's roles once, joined in Python (a row per assignment, each
+# carrying its role's patterns, took twice as long to read for 10,000 members). Uses the
+# primary keys' (tenant, ...) prefixes: one index range per table.
 _LOAD_ROSTER = """
-SELECT m.subject_type, m.subject_id, a.role, a.scope, r.permissions,
+SELECT m.subject_type, m.subject_id,
+       coalesce(array_agg(a.role ORDER BY a.role, a.scope) FILTER (WHERE a.role IS NOT NULL), '{}') AS roles,
+       coalesce(array_agg(a.scope ORDER BY a.role, a.scope) FILTER (WHERE a.role IS NOT NULL), '{}') AS scopes,
        k.id IS NOT NULL AS is_key, k.permissions AS key_permissions,
        extract(epoch FROM k.expires_at)::float8 AS key_expires_at, k.revoked_at IS NOT NULL AS key_revoked
 FROM memberships m
@@ -56,11 +60,10 @@ LEFT JOIN api_keys k
        ON m.subject_type = 'api_key' AND k.id = m.subject_id AND k.tenant_id = m.tenant_id
 LEFT JOIN role_assignments a
        ON a.tenant_id = m.tenant_id AND a.subject_type = m.subject_type AND a.subject_id = m.subject_id
-LEFT JOIN roles r
-       ON r.tenant_id = a.tenant_id AND r.name = a.role
 WHERE m.tenant_id = $1
-ORDER BY m.subject_type, m.subject_id, a.role, a.scope
+GROUP BY m.subject_type, m.subject_id, k.id
 """
+_LOAD_ROLES = "SELECT name, permissions FROM roles WHERE tenant_id = $1"
 
 # A subject's memberships across tenants, under the platform scope (row-level security
 # shows every tenant). No index leads with the subject: a scan of memberships (see
@@ -136,25 +139,24 @@ class Reads(Transactions):
             if row is None:
                 return None
             rows = await conn.fetch(_LOAD_ROSTER, tid)
+            roles = {role["name"]: tuple(role["permissions"]) for role in await conn.fetch(_LOAD_ROLES, tid)}
         plan = plan_record(row["plan"], row["plan_features"], row["plan_quotas"], row["plan_rate_limits"])
         tenant = TenantSnapshot(tenant=tenant_record(row), plan=plan)
-        members: list[SubjectSnapshot] = []
-        start = 0
-        for end in range(1, len(rows) + 1):
-            if end < len(rows) and (rows[end]["subject_type"], rows[end]["subject_id"]) == (
-                rows[start]["subject_type"], rows[start]["subject_id"]
-            ):
-                continue
-            first = rows[start]
-            members.append(SubjectSnapshot(
-                tenant_id=str(tid),
-                subject=SubjectRef(first["subject_type"], first["subject_id"]),
+        tenant_key = str(tid)
+        members = [
+            SubjectSnapshot(
+                tenant_id=tenant_key,
+                subject=SubjectRef(member["subject_type"], member["subject_id"]),
                 revision=tenant.revision,
                 is_member=True,
-                assignments=_assignments(rows[start:end]),
-                key=_key_state(first),
-            ))
-            start = end
+                assignments=tuple(
+                    AssignmentRow(role=role, scope=scope, permissions=roles[role])
+                    for role, scope in zip(member["roles"], member["scopes"])
+                ),
+                key=_key_state(member),
+            )
+            for member in rows
+        ]
         members.sort(key=lambda m: (m.subject.type, m.subject.id))
         return RosterSnapshot(tenant=tenant, members=tuple(members))
 
