@@ -13,7 +13,7 @@ sequential client (client-observed latency, loopback):
   not asked before: every member decided, no Postgres;
 * `lookup_warm_page`: a listing asked before: a bisect and a slice (first pages, and
   pages by token);
-* `lookup_all_pages`: every page of one listing at page_size 1000, end to end;
+* `lookup_all_pages`: every page of one listing (report.read at the root) at page_size 100, end to end;
 * `check_access`: CheckAccess of random members, for scale.
 
 Also in-process (no gRPC): the roster read from Postgres, its compilation, and one
@@ -27,6 +27,7 @@ import asyncio
 import json
 import random
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -73,6 +74,14 @@ async def in_process(dsn: str, tenant_id: str, rounds: int = 5) -> dict[str, Any
     store = await connect(dsn, min_size=1, max_size=1)
     try:
         reads, compiles, listings = [], [], []
+        snapshot = await store.load_roster(tenant_id)
+        assert snapshot is not None
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        kept = compile_roster(snapshot)
+        grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+        tracemalloc.stop()
+        del kept
         for _ in range(rounds):
             t0 = time.perf_counter()
             snapshot = await store.load_roster(tenant_id)
@@ -87,6 +96,7 @@ async def in_process(dsn: str, tenant_id: str, rounds: int = 5) -> dict[str, Any
             listings.append(t3 - t2)
         return {
             "members": len(snapshot.members),
+            "roster_compiled_mb": round(grown / 2**20, 1),
             "allowed_invoice_read_emea_de_berlin": len(listing.allowed),
             "roster_read_postgres": summary(reads),
             "roster_compile": summary(compiles),
@@ -165,7 +175,7 @@ async def main(members: int, calls: int, extra: list[str]) -> dict[str, Any]:
                 token, pages = "", 0
                 while True:
                     page = await lookup.LookupSubjects(lookup_pb2.LookupSubjectsRequest(
-                        tenant_id=tenant_id, permission="report.read", scope=LEAVES[0], page_size=1000, page_token=token,
+                        tenant_id=tenant_id, permission="report.read", scope="", page_size=100, page_token=token,
                     ))
                     pages += 1
                     token = page.next_page_token
@@ -204,7 +214,8 @@ def markdown(result: dict[str, Any]) -> str:
         rows.append(f"| in-process {key} | {s['n']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {s['max_ms']} |")
     head = (
         f"Lookups, one tenant of {result['members']} members (bench/lookup_latency.py), one worker, "
-        f"client-observed over loopback gRPC; all pages at size 1000 = {result.get('all_pages_pages')} pages.\n\n"
+        f"client-observed over loopback gRPC; all pages at size 100 = {result.get('all_pages_pages')} pages; "
+        f"a compiled roster holds {result['in_process']['roster_compiled_mb']} MB.\n\n"
     )
     return head + "\n".join(rows) + "\n"
 
