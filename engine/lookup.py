@@ -10,6 +10,8 @@ each candidate, so a lookup can never disagree with CheckAccess given the same e
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -78,6 +80,34 @@ class Listing:
 
     _keys: list[tuple[str, str]] | None = None
 
+    def patched(
+        self, policy: TenantPolicy, changed: dict[str, SubjectGrants | None], permission: str, scope: str, now: float
+    ) -> "Listing":
+        """This listing with the subjects of `changed` decided again (None: gone)."""
+        allowed = list(self.allowed)
+        keys = list(self.keys)
+        valid_until = self.valid_until
+        for subject_key, grants in sorted(changed.items()):
+            key = _split(subject_key)
+            at = bisect.bisect_left(keys, key)
+            if at < len(keys) and keys[at] == key:
+                del allowed[at]
+                del keys[at]
+            if grants is None:
+                continue
+            decision = decide(policy, grants, permission, scope, now=now)
+            valid_until = min(valid_until, decided_until(grants, now))
+            if decision.allowed:
+                allowed.insert(at, Allowed(key[0], key[1], decision.role, decision.scope))
+                keys.insert(at, key)
+        return Listing(tuple(allowed), valid_until, keys)
+
+
+def _split(subject_key: str) -> tuple[str, str]:
+    """"user/alice" -> ("user", "alice"): the order subjects are listed in."""
+    kind, _, ident = subject_key.partition("/")
+    return kind, ident
+
 
 @dataclass(slots=True)
 class TenantRoster:
@@ -92,6 +122,33 @@ class TenantRoster:
     listings: dict[tuple[str, str], Listing] = field(default_factory=dict)
 
     MAX_LISTINGS = 64  # (permission, scope) pairs remembered per roster
+
+    def advanced(self, revision: int, changed: dict[str, SubjectGrants | None], now: float) -> "TenantRoster":
+        """This roster at a later `revision`, when between the two only the subjects of
+        `changed` changed (their grants read at `revision`; None or not a member: gone).
+        The tenant's own data is the same (only subject-level changes in between), so the
+        policy carries over; kept listings are patched for the changed subjects alone."""
+        members = list(self.members)
+        keys = [_split(member.subject_key) for member in members]
+        for subject_key, grants in sorted(changed.items()):
+            key = _split(subject_key)
+            at = bisect.bisect_left(keys, key)
+            present = at < len(keys) and keys[at] == key
+            if grants is not None and grants.is_member:
+                if present:
+                    members[at] = grants
+                else:
+                    members.insert(at, grants)
+                    keys.insert(at, key)
+            elif present:
+                del members[at]
+                del keys[at]
+        policy = dataclasses.replace(self.policy, revision=revision)
+        roster = TenantRoster(policy, revision, tuple(members))
+        for (permission, scope), listing in self.listings.items():
+            if now < listing.valid_until:
+                roster.listings[(permission, scope)] = listing.patched(policy, changed, permission, scope, now)
+        return roster
 
     def listing(self, permission: str, scope: str, now: float) -> Listing:
         """`allowed_subjects`, remembered while it stays exactly valid."""
@@ -126,6 +183,6 @@ def allowed_subjects(
         decision = decide(policy, member, permission, scope, now=now)
         valid_until = min(valid_until, decided_until(member, now))
         if decision.allowed:
-            kind, _, ident = member.subject_key.partition("/")
+            kind, ident = _split(member.subject_key)
             allowed.append(Allowed(kind, ident, decision.role, decision.scope))
     return Listing(tuple(allowed), valid_until)

@@ -181,6 +181,10 @@ class StoreReader(Protocol):
         """None when the tenant does not exist; otherwise the tenant and every member with
         its grants, in one snapshot at the tenant's revision, ordered by (type, id)."""
         ...
+    async def load_subjects(self, tenant_id: str, subjects: Sequence[SubjectRef]) -> list[SubjectSnapshot] | None:
+        """`load_subject` of each, all in one snapshot (one tenant revision); None when
+        there is no such tenant."""
+        ...
     async def list_subject_tenants(self, subject: SubjectRef, *, limit: int) -> list[Membership]:
         """The tenants `subject` is a member of, by slug, at most `limit` (every tenant's
         rows: the platform scope)."""

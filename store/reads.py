@@ -93,6 +93,21 @@ def _assignments(rows: Sequence[Any]) -> tuple[AssignmentRow, ...]:
     )
 
 
+def _subject_snapshot(tenant_id: str, subject: SubjectRef, rows: Sequence[Any]) -> SubjectSnapshot | None:
+    """`_LOAD_SUBJECT`'s rows as a snapshot; None when there were none (no such tenant)."""
+    if not rows:
+        return None
+    first = rows[0]
+    return SubjectSnapshot(
+        tenant_id=tenant_id,
+        subject=subject,
+        revision=first["revision"],
+        is_member=first["is_member"],
+        assignments=_assignments(rows),
+        key=_key_state(first),
+    )
+
+
 class Reads(Transactions):
     """`load_tenant` and `load_subject`: the store's side of `StoreReader`."""
 
@@ -116,17 +131,22 @@ class Reads(Transactions):
             return None
         async with self._reading(str(tid)) as conn:
             rows = await conn.fetch(_LOAD_SUBJECT, tid, subject.type, subject.id)
-        if not rows:
+        return _subject_snapshot(str(tid), subject, rows)
+
+    async def load_subjects(self, tenant_id: str, subjects: Sequence[SubjectRef]) -> list[SubjectSnapshot] | None:
+        """`load_subject` of each, in one REPEATABLE READ transaction: every snapshot at
+        the same tenant revision. None when there is no such tenant."""
+        tid = parse_tenant_id(tenant_id)
+        if tid is None or not subjects:
             return None
-        first = rows[0]
-        return SubjectSnapshot(
-            tenant_id=str(tid),
-            subject=subject,
-            revision=first["revision"],
-            is_member=first["is_member"],
-            assignments=_assignments(rows),
-            key=_key_state(first),
-        )
+        found = []
+        async with self._reading(str(tid)) as conn:
+            for subject in subjects:
+                snapshot = _subject_snapshot(str(tid), subject, await conn.fetch(_LOAD_SUBJECT, tid, subject.type, subject.id))
+                if snapshot is None:
+                    return None
+                found.append(snapshot)
+        return found
 
     async def load_roster(self, tenant_id: str) -> RosterSnapshot | None:
         """The tenant and every member with its grants, in one snapshot at the tenant's

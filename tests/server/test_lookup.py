@@ -73,10 +73,12 @@ async def build(client: Client, rng: random.Random, slug: str, plan: str) -> Wor
     return world
 
 
-async def mutate(client: Client, rng: random.Random, world: World) -> None:
-    """One random write: a grant, a revocation (as removal of a member), a flag flip, a role change."""
+async def mutate(client: Client, rng: random.Random, world: World, *, subjects_only: bool = False) -> None:
+    """One random write: a grant, a revocation (as removal of a member), a flag flip, a role
+    change; `subjects_only`: one of the first two (each changes one subject only, so a kept
+    roster is brought forward rather than read again)."""
     tid, auth = world.tenant_id, client.auth
-    choice = rng.randrange(4)
+    choice = rng.randrange(2 if subjects_only else 4)
     name = rng.choice(USERS)
     if choice == 0:
         await client.grant(tid, user(name), rng.choice(["r0", "r1", "r2", "r3"]), rng.choice(SCOPES))
@@ -202,21 +204,26 @@ async def plan(client: Client, unique: str) -> str:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_lookups_equal_check_access_at_their_revision(client: Client, unique: str, plan: str, seed: int) -> None:
+async def test_lookups_equal_check_access_at_their_revision(
+    client: Client, sidecar: Sidecar, unique: str, plan: str, seed: int
+) -> None:
+    assert sidecar.cache is not None
+    advances = sidecar.cache.stats.roster_advances
     rng = random.Random(seed)
     # Two tenants with the same subject ids and role names: neither's answers may mention the other's.
     worlds = [await build(client, rng, f"lk{seed}{side}-{unique}", plan) for side in "ab"]
     compared = 0
-    for round_ in range(3):
+    for round_ in range(4):
         for world in worlds:
             compared += await assert_lookups_agree(client, world, rng)
         for _ in range(3):
-            await mutate(client, rng, rng.choice(worlds))
+            await mutate(client, rng, rng.choice(worlds), subjects_only=round_ % 2 == 1)
     if seed == 3:  # the lifecycle decides for everyone: suspended (reads only), then archived
         for action in (client.admin.SuspendTenant, client.admin.ArchiveTenant):
             await action(admin_pb2.TenantTransitionRequest(tenant_id=worlds[0].tenant_id, reason="t"), metadata=client.auth)
             compared += await assert_lookups_agree(client, worlds[0], rng)
     assert compared > 1000
+    assert sidecar.cache.stats.roster_advances > advances, "no roster was brought forward: that path went untested"
     print(f"seed {seed}: {compared} checks compared")
     # Not a test that cannot fail: allows and tenant-wide denials were both met.
     assert SEEN["allowed"] > 50 and SEEN[f"denied_for_all={Reason.DECISION_REASON_FEATURE_DISABLED}"] > 0
@@ -370,3 +377,36 @@ async def test_list_tenants_for_subject_is_for_operators_and_the_subject_itself(
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await own.channel.close()
+
+
+async def test_a_subject_write_advances_the_roster_and_a_tenant_write_reads_it_again(
+    client: Client, sidecar: Sidecar, unique: str
+) -> None:
+    assert sidecar.cache is not None
+    stats = sidecar.cache.stats
+    tenant = await client.tenant(f"advance-{unique}")
+    for name in ("a", "b", "c"):
+        revision = await client.grant(tenant.id, user(name), "reader", "", ["doc.read"] if name == "a" else None)
+
+    async def listed(min_revision: int) -> list[str]:
+        answer = await client.lookup.LookupSubjects(
+            lookup_pb2.LookupSubjectsRequest(tenant_id=tenant.id, permission="doc.read", min_revision=min_revision)
+        )
+        assert answer.revision == min_revision
+        return [s.subject.id for s in answer.subjects]
+
+    assert await listed(revision) == ["a", "b", "c"]
+    loads, advances = stats.roster_loads, stats.roster_advances
+    # Subject writes only (a member added and granted, one removed): the roster is brought
+    # forward from just those subjects, its listing patched.
+    await client.grant(tenant.id, user("d"), "reader", "")
+    revision = (await client.admin.RemoveMember(
+        admin_pb2.RemoveMemberRequest(tenant_id=tenant.id, subject=user("b")), metadata=client.auth
+    )).revision
+    assert await listed(revision) == ["a", "c", "d"]
+    assert (stats.roster_loads, stats.roster_advances) == (loads, advances + 1)
+    # A tenant-wide write (the role's permissions): read whole again.
+    revision = (await client.admin.UpdateRole(admin_pb2.UpdateRoleRequest(
+        tenant_id=tenant.id, name="reader", permissions=["doc.write"]), metadata=client.auth)).revision
+    assert await listed(revision) == []
+    assert (stats.roster_loads, stats.roster_advances) == (loads + 1, advances + 1)
