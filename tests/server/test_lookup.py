@@ -11,14 +11,18 @@ older roster.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
 
 import grpc
 import pytest
 
 from gatehouse.server.app import Sidecar
+from gatehouse.server.callers import CHECK, LOOKUP
+from gatehouse.settings import Settings
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, lookup_pb2
 from tests.client import Client, make_client, user
 from tests.server.status import details
@@ -410,3 +414,64 @@ async def test_a_subject_write_advances_the_roster_and_a_tenant_write_reads_it_a
         tenant_id=tenant.id, name="reader", permissions=["doc.write"]), metadata=client.auth)).revision
     assert await listed(revision) == []
     assert (stats.roster_loads, stats.roster_advances) == (loads + 1, advances + 1)
+
+
+@pytest.fixture
+async def guarded(sidecar_settings: Settings, operator_token: str) -> AsyncIterator[Client]:
+    """A second sidecar on the same database and Redis prefix that requires callers."""
+    other = Sidecar(dataclasses.replace(sidecar_settings, caller_credentials="required"))
+    await other.start()
+    client = make_client(other.addresses[0], operator_token)
+    yield client
+    await client.channel.close()
+    await other.stop(grace=0)
+
+
+async def code_of(call: Any) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_callers_need_check_for_permissions_and_lookup_for_subjects(
+    client: Client, guarded: Client, unique: str
+) -> None:
+    mine = await client.tenant(f"lkcall-{unique}")
+    other = await client.tenant(f"lkcallo-{unique}")
+    for tenant in (mine, other):
+        await client.grant(tenant.id, user("al"), "viewer", "")
+
+    def permissions(tenant_id: str) -> lookup_pb2.ListSubjectPermissionsRequest:
+        return lookup_pb2.ListSubjectPermissionsRequest(tenant_id=tenant_id, subject=user("al"), permissions=["x.read"])
+
+    def subjects(tenant_id: str) -> lookup_pb2.LookupSubjectsRequest:
+        return lookup_pb2.LookupSubjectsRequest(tenant_id=tenant_id, permission="x.read")
+
+    tenants = lookup_pb2.ListTenantsForSubjectRequest(subject=user("al"))
+    keys = {}
+    for name, patterns in (("check", [CHECK]), ("lookup", [LOOKUP])):
+        created = await client.admin.CreateApiKey(
+            admin_pb2.CreateApiKeyRequest(name=f"{name}-{unique}", permissions=patterns), metadata=client.auth
+        )
+        keys[name] = (("authorization", f"Bearer {created.secret}"),)
+    none: tuple[tuple[str, str], ...] = ()
+    expected = [
+        (guarded.lookup.ListSubjectPermissions(permissions(mine.id), metadata=none), grpc.StatusCode.UNAUTHENTICATED),
+        (guarded.lookup.LookupSubjects(subjects(mine.id), metadata=none), grpc.StatusCode.UNAUTHENTICATED),
+        (guarded.lookup.ListSubjectPermissions(permissions(mine.id), metadata=keys["check"]), grpc.StatusCode.OK),
+        (guarded.lookup.LookupSubjects(subjects(mine.id), metadata=keys["check"]), grpc.StatusCode.PERMISSION_DENIED),
+        (guarded.lookup.ListTenantsForSubject(tenants, metadata=keys["check"]), grpc.StatusCode.PERMISSION_DENIED),
+        (guarded.lookup.LookupSubjects(subjects(mine.id), metadata=keys["lookup"]), grpc.StatusCode.OK),
+        (guarded.lookup.ListTenantsForSubject(tenants, metadata=keys["lookup"]), grpc.StatusCode.OK),
+        (guarded.lookup.ListSubjectPermissions(permissions(mine.id), metadata=keys["lookup"]),
+         grpc.StatusCode.PERMISSION_DENIED),
+    ]
+    for index, (call, code) in enumerate(expected):
+        assert await code_of(call) == code, index
+    # A tenant key holding gatehouse.access.lookup through a role: its own tenant only.
+    created = await client.tenant_key(mine.id, LOOKUP)
+    key = (("authorization", f"Bearer {created.secret}"),)
+    assert [s.subject.id for s in (await guarded.lookup.LookupSubjects(subjects(mine.id), metadata=key)).subjects] == ["al"]
+    assert await code_of(guarded.lookup.LookupSubjects(subjects(other.id), metadata=key)) == grpc.StatusCode.PERMISSION_DENIED
