@@ -64,6 +64,7 @@ from tests.simulation.model import (
     Outcome,
     Status,
     World,
+    any_matches,
     decide,
     is_canonical_tenant_id,
     is_valid_scope,
@@ -184,6 +185,7 @@ class Tally:
     reader_checks: int = 0
     config_checks: int = 0
     lookups: int = 0  # LookupSubjects listings (every page) compared with the model
+    lookups_listing: int = 0  # of them, listings that named at least one subject
     permission_lookups: int = 0  # ListSubjectPermissions decisions compared with the model
     disagreements: int = 0
     cross_tenant: int = 0
@@ -399,6 +401,13 @@ class Simulation:
         """Every page of one LookupSubjects listing against the model's members, each decided."""
         rng = self.rng
         permission, scope = rng.choice(PERMISSIONS), rng.choice(CHECK_SCOPES)
+        held = self.world.tenants.get(tenant_id)
+        if held is not None and held.assignments and rng.random() < 0.7:
+            # Mostly a question some grant answers yes: a permission of an assigned role, at its scope.
+            _, role, granted_at = rng.choice(sorted(held.assignments))
+            matching = [p for p in PERMISSIONS if any_matches(held.roles.get(role, ()), p)]
+            if matching:
+                permission, scope = rng.choice(matching), granted_at
         request = lookup_pb2.LookupSubjectsRequest(
             tenant_id=tenant_id, permission=permission, scope=scope, page_size=rng.choice((1, 2, 5, 0)),
             min_revision=self.min_revision(tenant_id, via),
@@ -416,6 +425,7 @@ class Simulation:
                        tenant_id, cross=False)
             return
         self.tally.lookups += 1
+        self.tally.lookups_listing += any(page.subjects for page in pages)
         world, tenant = self.world, self.world.tenants.get(tenant_id)
         members = sorted(tenant.members) if tenant is not None else []
         answers = {m: world.check(tenant_id, m, permission, scope) for m in members}
@@ -719,7 +729,7 @@ class Simulation:
             f" (refused as predicted: {t.admin_refused}, tenants created: {t.tenants_created},"
             f" via reader: {t.admin_via_reader}),"
             f" checks={t.checks} (single: {t.single_checks}, via reader: {t.reader_checks}),"
-            f" config_checks={t.config_checks}, lookups={t.lookups},"
+            f" config_checks={t.config_checks}, lookups={t.lookups} (listing someone: {t.lookups_listing}),"
             f" permission_lookups={t.permission_lookups},"
             f" misspelled_tenant_ids={reads[misspelled] + admin[misspelled]}"
             f" (reads: {reads[misspelled]}, admin: {admin[misspelled]}),"
