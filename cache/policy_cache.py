@@ -347,9 +347,7 @@ class PolicyCache:
         }
         roster = held.advanced(revision, compiled, self._wall())
         self.stats.roster_advances += 1
-        self._raise_floor(tenant_id, revision)
-        self._rosters.put(tenant_id, roster, current_until)
-        self._prune_changes(tenant_id, revision)
+        self._put_roster(tenant_id, roster, current_until)
         return roster
 
     def _note_change(self, tenant_id: str, revision: int, subject_key: str) -> None:
@@ -362,10 +360,17 @@ class PolicyCache:
         if len(changes) > MAX_CHANGES:
             del changes[min(changes)]
 
-    def _prune_changes(self, tenant_id: str, revision: int) -> None:
+    def _put_roster(self, tenant_id: str, roster: TenantRoster, current_until: float) -> None:
+        """Keep `roster` (read at its revision, which proves that revision committed), and
+        forget the changes it already holds, and those of tenants whose roster is gone
+        (so `_changes` stays as small as the rosters kept)."""
+        self._raise_floor(tenant_id, roster.revision)
+        self._rosters.put(tenant_id, roster, current_until)
+        for other in [t for t in self._changes if t != tenant_id and self._rosters.held(t) is None]:
+            del self._changes[other]
         changes = self._changes.get(tenant_id)
         if changes:
-            for old in [r for r in changes if r <= revision]:
+            for old in [r for r in changes if r <= roster.revision]:
                 del changes[old]
 
     async def _fetch_roster(self, tenant_id: str, need: int) -> tuple[TenantRoster | Absent, str]:
@@ -380,9 +385,7 @@ class PolicyCache:
         if snapshot.revision < need:
             raise RevisionNotReached(tenant_id, need, snapshot.revision)
         roster = compile_roster(snapshot)
-        self._raise_floor(tenant_id, snapshot.revision)
-        self._rosters.put(tenant_id, roster, current_until)
-        self._prune_changes(tenant_id, snapshot.revision)
+        self._put_roster(tenant_id, roster, current_until)
         return roster, "postgres"
 
     async def _load(
