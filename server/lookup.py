@@ -100,14 +100,7 @@ class LookupServicer:
         for permission, d in decisions:
             response.decisions.append(lookup_pb2.PermissionDecision(
                 permission=permission,
-                decision=access_pb2.CheckAccessResponse(
-                    allowed=d.allowed,
-                    reason=d.reason,  # type: ignore[arg-type]  # engine Reason values are the proto enum's numbers
-                    revision=d.revision,
-                    granted_by_role=d.role,
-                    granted_at_scope=d.scope,
-                    feature=d.feature,
-                ),
+                decision=convert.check_response(d),
             ))
         return response
 
