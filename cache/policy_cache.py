@@ -40,6 +40,18 @@ a call needed: l1, l2 or postgres; `tracing.note_tier`). An L1 hit notes it only
 tracing is on (one module-flag test); a load notes where it came from for every caller
 sharing it through the single-flight, not only the one whose task ran it.
 
+Rosters (LookupSubjects, server/lookup.py): a whole tenant compiled for deciding, its
+policy and every member's grants read in one snapshot (`TenantRoster`, engine/lookup.py),
+kept for at most `max_rosters` tenants. A roster is one revision of the whole tenant, so
+it is served only while no change newer than it has been heard of for its tenant, of
+any kind: `_latest` holds the newest revision heard per tenant (events, this process's
+writes, every load), and a roster below it, or below the request's `min_revision`, is
+read again: advanced, when every revision since it is known to have changed one subject
+only (`_changes`: the subject each subject event and each of this process's subject
+writes named, per revision), by reading just those subjects in one snapshot and patching
+the roster and its listings (`TenantRoster.advanced`); else whole. Rosters come from Postgres only (never L2: a 10,000-member tenant is
+megabytes) and obey the same bounded-staleness rule as every entry.
+
 The store never knows the cache exists: it publishes every committed write to its
 subscribers (`store.api.Subscribable`), and `store_changed` is one of them.
 """
@@ -60,8 +72,11 @@ from gatehouse.cache.l1 import ExpiringMap
 from gatehouse.cache.l2 import RedisL2
 from gatehouse.cache.singleflight import SingleFlight
 from gatehouse.engine.decision import SubjectGrants, TenantPolicy, compile_subject, compile_tenant
+from gatehouse.engine.patterns import PermissionSet
+from gatehouse.engine.lookup import TenantRoster, compile_roster
 from gatehouse.engine.model import SubjectRef, SubjectSnapshot, TenantSnapshot
 from gatehouse.errors import RevisionNotReached, Stale, StoreUnavailable
+from gatehouse.events import SUBJECT_KINDS
 from gatehouse.store.api import StoreReader, TenantChange
 
 
@@ -88,6 +103,9 @@ class CacheStats:
     l1_misses: int = 0  # lookups L1 could not serve (absent, expired, or below a floor)
     l2_misses: int = 0  # L2 lookups that found nothing current (then Postgres)
     store_absent: int = 0  # Postgres loads that found no such tenant or subject
+    roster_hits: int = 0  # lookups served a whole-tenant roster from L1
+    roster_loads: int = 0  # whole-tenant rosters read from Postgres
+    roster_advances: int = 0  # rosters brought forward by reading only the subjects changed since
 
 
 K = TypeVar("K", bound=Hashable)
@@ -114,6 +132,10 @@ class _FloorMap(LRUCache[K, int], Generic[K]):
         return key, value
 
 
+MAX_ADVANCE_SUBJECTS = 64  # a roster behind by more changed subjects is read whole
+MAX_CHANGES = 1024  # per-revision changes remembered per tenant holding a roster
+
+
 class Absent:
     """A remembered "no such tenant", so unknown ids do not each cost a query."""
 
@@ -135,6 +157,7 @@ class PolicyCache:
         revision_probe_seconds: float = 0.05,
         max_staleness_seconds: float | None = None,
         wall_clock: Callable[[], float] = time.time,
+        max_rosters: int = 8,
     ) -> None:
         """`max_staleness_seconds` None: no bound (entries are trusted until an event, a
         gap or their TTL says otherwise), for tests of other things and tools."""
@@ -159,6 +182,13 @@ class PolicyCache:
         # and a tenant floor that falls out takes that tenant's entries with it.
         self._tenant_floor: _FloorMap[str] = _FloorMap(max(16, max_entries), self._tenant_floor_dropped)
         self._subject_floor: _FloorMap[tuple[str, str]] = _FloorMap(max(16, max_entries), self._subject_floor_dropped)
+        # Whole-tenant rosters (LookupSubjects), and the newest revision heard of per
+        # tenant, which a roster must have reached to be served. A tenant whose newest
+        # revision falls out takes its roster with it (nothing is then known to bound it).
+        self._rosters: ExpiringMap[str, TenantRoster] = ExpiringMap(max(1, max_rosters), ttl_seconds, clock)
+        self._latest: _FloorMap[str] = _FloorMap(max(16, max_entries), self._latest_dropped)
+        # Per tenant holding a roster: revision -> the one subject that revision changed.
+        self._changes: dict[str, dict[int, str]] = {}
         self._listeners: list[Callable[[str, int], None]] = []
         self._flight: SingleFlight[Any] = SingleFlight()
         self._probe: FreshRead[CachedTenant | Absent] = FreshRead(revision_probe_seconds)
@@ -253,6 +283,110 @@ class PolicyCache:
         return await self._load(
             ("s", *key), need, confirmed, held, lambda: self._fetch_subject(tenant_id, subject, need, from_l2=confirmed)
         )
+
+    def peek_roster(self, tenant_id: str, min_revision: int = 0) -> TenantRoster | None:
+        """The tenant's roster from L1 when it is at the newest revision heard of (and at
+        least `min_revision`), else None."""
+        entry = self._rosters.get(tenant_id, self._confirmed_until)
+        if entry is None:
+            return None
+        return entry if entry.revision >= max(min_revision, self._latest.get(tenant_id, 0)) else None
+
+    async def roster(self, tenant_id: str, min_revision: int = 0) -> TenantRoster | None:
+        """The whole tenant compiled at one revision, at least `min_revision` and the
+        newest heard of; None when there is no such tenant. Ask `tenant(tenant_id,
+        min_revision)` first: it refuses (RevisionNotReached, once per probe interval)
+        a revision the tenant has not reached, which this would read Postgres for."""
+        entry = self.peek_roster(tenant_id, min_revision)
+        if entry is not None:
+            self.stats.roster_hits += 1
+            return entry
+        need = max(min_revision, self._latest.get(tenant_id, 0))
+        confirmed = self.confirmed()
+        return await self._load(
+            ("r", tenant_id), need, confirmed, tenant_id in self._rosters,
+            lambda: self._fetch_roster(tenant_id, need),
+        )
+
+    def _changed_between(self, tenant_id: str, since: int, until: int) -> set[str] | None:
+        """The subjects revisions since+1..until changed, when each of them is known to
+        have changed one subject only; else None."""
+        changes = self._changes.get(tenant_id, {})
+        found = set()
+        for revision in range(since + 1, until + 1):
+            subject = changes.get(revision)
+            if subject is None:
+                return None
+            found.add(subject)
+        return found
+
+    async def _advance_roster(self, tenant_id: str, need: int) -> TenantRoster | None:
+        """The held roster brought to >= `need` by reading only the subjects changed since
+        it, in one snapshot; None when that cannot be proven exact (a tenant-wide change,
+        a revision not heard of, too many subjects): then the whole roster is read."""
+        held = self._rosters.held(tenant_id)
+        if held is None or held.revision >= need:
+            return None
+        changed = self._changed_between(tenant_id, held.revision, need)
+        if changed is None or len(changed) > MAX_ADVANCE_SUBJECTS:
+            return None
+        refs = [SubjectRef(*key.split("/", 1)) for key in sorted(changed)]
+        current_until = self._clock() + self._max_staleness
+        snapshots = await self._store.load_subjects(tenant_id, refs)
+        if not snapshots:
+            return None
+        revision = snapshots[0].revision
+        # Read at `revision`, which may be past `need`: only exact if every revision up to
+        # it is accounted for by these same subjects.
+        later = self._changed_between(tenant_id, need, revision) if revision > need else set()
+        if later is None or not later <= changed or revision < need:
+            return None
+        shared: dict[tuple[str, ...], PermissionSet] = {}
+        compiled: dict[str, SubjectGrants | None] = {
+            snapshot.subject.key: compile_subject(snapshot, shared) for snapshot in snapshots
+        }
+        roster = held.advanced(revision, compiled, self._wall())
+        self.stats.roster_advances += 1
+        self._put_roster(tenant_id, roster, current_until)
+        return roster
+
+    def _note_change(self, tenant_id: str, revision: int, subject_key: str) -> None:
+        """Revision `revision` of the tenant changed `subject_key` only (kept while the
+        tenant holds a roster, at most MAX_CHANGES per tenant)."""
+        if tenant_id not in self._rosters:
+            return
+        changes = self._changes.setdefault(tenant_id, {})
+        changes[revision] = subject_key
+        if len(changes) > MAX_CHANGES:
+            del changes[min(changes)]
+
+    def _put_roster(self, tenant_id: str, roster: TenantRoster, current_until: float) -> None:
+        """Keep `roster` (read at its revision, which proves that revision committed), and
+        forget the changes it already holds, and those of tenants whose roster is gone
+        (so `_changes` stays as small as the rosters kept)."""
+        self._raise_floor(tenant_id, roster.revision)
+        self._rosters.put(tenant_id, roster, current_until)
+        for other in [t for t in self._changes if t != tenant_id and self._rosters.held(t) is None]:
+            del self._changes[other]
+        changes = self._changes.get(tenant_id)
+        if changes:
+            for old in [r for r in changes if r <= roster.revision]:
+                del changes[old]
+
+    async def _fetch_roster(self, tenant_id: str, need: int) -> tuple[TenantRoster | Absent, str]:
+        advanced = await self._advance_roster(tenant_id, need)
+        if advanced is not None:
+            return advanced, "postgres"
+        self.stats.roster_loads += 1
+        current_until = self._clock() + self._max_staleness
+        snapshot = await self._store.load_roster(tenant_id)
+        if snapshot is None:
+            return ABSENT, "postgres"
+        if snapshot.revision < need:
+            raise RevisionNotReached(tenant_id, need, snapshot.revision)
+        roster = compile_roster(snapshot)
+        self._put_roster(tenant_id, roster, current_until)
+        return roster, "postgres"
 
     async def _load(
         self,
@@ -383,6 +517,7 @@ class PolicyCache:
         """Everything of the tenant older than `revision` is stale (duplicates and
         out-of-order events are harmless: floors only rise). `notify`: the change may
         have touched the tenant's config, so config listeners hear of it."""
+        self._latest.raise_to(tenant_id, revision)
         if self._tenant_floor.raise_to(tenant_id, revision):
             entry = self._tenants.get(tenant_id)
             if entry is ABSENT or (entry is not None and entry.revision < revision):
@@ -398,6 +533,8 @@ class PolicyCache:
     def subject_event(self, tenant_id: str, subject_key: str, revision: int) -> None:
         """One subject's grants older than `revision` are stale; the rest of the tenant is not."""
         key = (tenant_id, subject_key)
+        self._latest.raise_to(tenant_id, revision)
+        self._note_change(tenant_id, revision, subject_key)
         if self._subject_floor.raise_to(key, revision):
             entry = self._subjects.get(key)
             if entry is not None and entry.revision < revision:
@@ -413,10 +550,14 @@ class PolicyCache:
 
     async def store_changed(self, change: TenantChange) -> None:
         """The store's listener (`Subscribable.subscribe`): a write this process committed."""
+        if change.subject and change.kind in SUBJECT_KINDS:
+            self._note_change(change.tenant_id, change.revision, change.subject)
         await self.tenant_changed(change.tenant_id, change.revision, config=change.config)
 
     def evict_tenant(self, tenant_id: str) -> None:
         self._tenants.pop(tenant_id, None)
+        self._rosters.pop(tenant_id, None)
+        self._changes.pop(tenant_id, None)
         for key in [k for k in self._subjects.keys() if k[0] == tenant_id]:
             self._subjects.pop(key, None)
 
@@ -424,9 +565,15 @@ class PolicyCache:
         """Forget every entry (a gap in the event stream: nothing can be proven current)."""
         self._tenants.clear()
         self._subjects.clear()
+        self._rosters.clear()
+        self._changes.clear()
 
     def _tenant_floor_dropped(self, tenant_id: str, revision: int) -> None:
         self.evict_tenant(tenant_id)
+
+    def _latest_dropped(self, tenant_id: str, revision: int) -> None:
+        self._rosters.pop(tenant_id, None)
+        self._changes.pop(tenant_id, None)
 
     def _subject_floor_dropped(self, key: tuple[str, str], revision: int) -> None:
         # No scan of the tenant's entries needed: each is checked against the tenant

@@ -92,8 +92,13 @@ def compile_tenant(snapshot: TenantSnapshot) -> TenantPolicy:
     )
 
 
-def compile_subject(snapshot: SubjectSnapshot) -> SubjectGrants:
-    permission_sets: dict[tuple[str, ...], PermissionSet] = {}
+def compile_subject(
+    snapshot: SubjectSnapshot, permission_sets: dict[tuple[str, ...], PermissionSet] | None = None
+) -> SubjectGrants:
+    """`permission_sets`: compiled patterns to share (a whole tenant's members compiled
+    at once hold each role's set once, not once per member)."""
+    if permission_sets is None:
+        permission_sets = {}
     grants = []
     for row in snapshot.assignments:
         permissions = permission_sets.setdefault(row.permissions, PermissionSet(row.permissions))

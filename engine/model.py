@@ -127,3 +127,26 @@ class SubjectSnapshot:
     is_member: bool
     assignments: tuple[AssignmentRow, ...] = ()
     key: KeyState | None = None  # set for an `api_key` subject whose key is in this tenant
+
+
+@dataclass(frozen=True, slots=True)
+class RosterSnapshot:
+    """A whole tenant read in one snapshot: the tenant and its plan, and every member
+    (API keys of the tenant included) with its grants, all at `tenant.revision`."""
+
+    tenant: TenantSnapshot
+    members: tuple[SubjectSnapshot, ...]
+
+    @property
+    def revision(self) -> int:
+        return self.tenant.revision
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """One tenant a subject is a member of, as ListTenantsForSubject shows it."""
+
+    tenant_id: str
+    tenant_slug: str
+    tenant_status: TenantStatus
+    revision: int

@@ -233,6 +233,21 @@ class RevisionNotReached(FailedPrecondition):
         self.current = current
 
 
+class PageTokenExpired(FailedPrecondition):
+    """A LookupSubjects page token names a revision the tenant has moved past: every page
+    of one listing is at one revision, and that one is no longer served. Start again
+    without the token. Metadata: `tenant_id`, `token_revision`, `current_revision`."""
+
+    reason = "GATEHOUSE_PAGE_TOKEN_EXPIRED"
+
+    def __init__(self, tenant_id: str, token_revision: int, current: int) -> None:
+        super().__init__(
+            f"the page token is for revision {token_revision} of tenant {tenant_id}, which is now at {current}: "
+            "list again from the first page",
+            metadata={"tenant_id": tenant_id, "token_revision": str(token_revision), "current_revision": str(current)},
+        )
+
+
 class Escalation(FailedPrecondition):
     """The caller would hand out permissions it does not hold itself at that scope."""
 

@@ -43,6 +43,10 @@ CONFIG_KINDS = frozenset({"tenant", "config", "plan"})
 HEARTBEAT_KIND = "heartbeat"
 
 
+# Kinds of event whose `subject` is the only thing the write changed (any other kind, or
+# one without a subject, may have changed every entry of the tenant).
+SUBJECT_KINDS = ("membership", "assignment", "key")
+
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """A relay's statement: every write committed before `through_ms` (unix ms, database
@@ -77,7 +81,7 @@ class TenantEvent:
     @property
     def tenant_wide(self) -> bool:
         """True when every cached entry of the tenant may be stale (not just one subject's)."""
-        return not self.subject or self.kind not in ("membership", "assignment", "key")
+        return not self.subject or self.kind not in SUBJECT_KINDS
 
     def fields(self) -> dict[str, str]:
         fields = {

@@ -132,6 +132,14 @@ class Settings:
     max_in_flight_admin: int = field(
         default=32, metadata={"help": "AdminService calls inside their handlers at once, per process (0 = unbounded)"}
     )
+    max_in_flight_lookup: int = field(
+        default=16,
+        metadata={"help": "LookupService calls inside their handlers at once, per process (0 = unbounded)"},
+    )
+    lookup_rosters: int = field(
+        default=8,
+        metadata={"help": "whole-tenant rosters LookupSubjects keeps in memory, per process (a tenant each)"},
+    )
     max_watch_streams: int = field(
         default=256, metadata={"help": "open WatchTenantConfig streams per process (0 = unbounded)"}
     )

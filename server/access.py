@@ -25,6 +25,7 @@ from gatehouse.engine.validate import (
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
 from gatehouse.server.callers import CHECK, Callers
+from gatehouse.server.convert import check_response
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.interceptors import Chain
@@ -32,7 +33,6 @@ from gatehouse.server.wire import EncodedAnswer, parse, register_service, split_
 from gatehouse_client.v1 import access_pb2
 
 MAX_BATCH = 1000
-Response = access_pb2.CheckAccessResponse
 SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"]
 
 
@@ -152,14 +152,7 @@ def _answer(
 ) -> EncodedAnswer:
     """The serialized answer to `check`, remembered for `body` (b"": not remembered)."""
     d = evaluation.decision
-    answer = EncodedAnswer.of(Response(
-        allowed=d.allowed,
-        reason=d.reason,  # type: ignore[arg-type]  # engine Reason values are the proto enum's numbers
-        revision=d.revision,
-        granted_by_role=d.role,
-        granted_at_scope=d.scope,
-        feature=d.feature,
-    ).SerializeToString(), int(d.reason), evaluation.record)
+    answer = EncodedAnswer.of(check_response(d).SerializeToString(), int(d.reason), evaluation.record)
     if body:
         answers.remember(
             body, check.tenant_id, check.min_revision, evaluation.tenant, evaluation.subject_key, evaluation.grants,

@@ -10,7 +10,9 @@ Two layers:
   process-wide bound on calls parked in Python (awaiting Postgres, Redis, Argon2).
 * `Admission` (this module, one link of the interceptor chain) counts calls inside a
   handler, per class: hot (AccessService, Envoy's ext_authz Check), config (GetTenantConfig), watch
-  (WatchTenantConfig streams: the cap on concurrent watches), admin (AdminService).
+  (WatchTenantConfig streams: the cap on concurrent watches), admin (AdminService),
+  lookup (LookupService: a LookupSubjects can read and decide a whole tenant, so it gets
+  slots of its own and never takes the hot path's).
   Those are the calls that wait on something, so one slow class cannot take every slot
   of the process and starve the others. Health and reflection are exempt: a probe must
   get through an overloaded process.
@@ -43,13 +45,13 @@ from gatehouse.server.errors import Trailers, grpc_code, trailers_of
 from gatehouse.server.interceptors import StreamHandler, UnaryHandler
 
 # Method classes, by full method name (prefix or exact). Anything else is exempt.
-HOT, CONFIG, WATCH, ADMIN = "hot", "config", "watch", "admin"
-CLASSES = (HOT, CONFIG, WATCH, ADMIN)
+HOT, CONFIG, WATCH, ADMIN, LOOKUP = "hot", "config", "watch", "admin", "lookup"
+CLASSES = (HOT, CONFIG, WATCH, ADMIN, LOOKUP)
 
 # How long a refused caller should wait before retrying, per class: about the time the
 # class's queue needs to drain (a hot call is ~0.1 ms of CPU; an admin call waits on
 # Postgres and maybe Argon2; a watch slot frees when a watcher leaves, which is slow).
-RETRY_AFTER_MS = {HOT: 50, CONFIG: 50, WATCH: 5_000, ADMIN: 250}
+RETRY_AFTER_MS = {HOT: 50, CONFIG: 50, WATCH: 5_000, ADMIN: 250, LOOKUP: 250}
 
 
 # Envoy's ext_authz Check (server/ext_authz.py): a CheckAccess in Envoy's words.
@@ -66,6 +68,8 @@ def method_class(method: str) -> str | None:
         return CONFIG
     if method.startswith("/gatehouse.v1.AdminService/"):
         return ADMIN
+    if method.startswith("/gatehouse.v1.LookupService/"):
+        return LOOKUP
     return None
 
 

@@ -18,7 +18,7 @@ from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator, FailedAuthLimit, return_hash_memory_to_the_os
 from gatehouse.server import core_calls
-from gatehouse.server.admission import ADMIN, CONFIG, HOT, WATCH, Admission
+from gatehouse.server.admission import ADMIN, CONFIG, HOT, LOOKUP, WATCH, Admission
 from gatehouse.server.authzen import AuthZen
 from gatehouse.server.authzen_server import AuthZenServer
 from gatehouse.server.call_log import CallLog
@@ -29,6 +29,7 @@ from gatehouse.server.decisions import DecisionService
 from gatehouse.server.ext_authz import ExtAuthzServicer
 from gatehouse.server import ext_authz_routes
 from gatehouse.server.health import Readiness
+from gatehouse.server.lookup import LookupServicer
 from gatehouse.server.interceptors import CallCounter, Chain, Deadline, Interceptor
 from gatehouse.server.listeners import HttpListener, bind, plan_http_listener, plan_listeners
 from gatehouse.server.tracing import TraceInterceptor
@@ -41,7 +42,7 @@ from gatehouse import tracing
 from gatehouse.store.migrate import LATEST_VERSION
 from gatehouse.store.postgres import PostgresStore, connect
 from gatehouse.store.relay import OutboxRelay
-from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, config_pb2, lookup_pb2
 
 log = logging.getLogger("gatehouse")
 
@@ -52,6 +53,7 @@ SERVICE_NAMES = (
     access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     ADMIN_SERVICE.full_name,
+    lookup_pb2.DESCRIPTOR.services_by_name["LookupService"].full_name,
 )
 
 EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"  # served when GATEHOUSE_EXT_AUTHZ_CONFIG is set
@@ -126,6 +128,7 @@ class Sidecar:
             max_entries=s.l1_max_entries,
             ttl_seconds=s.l1_ttl_seconds,
             max_staleness_seconds=s.max_staleness_seconds,
+            max_rosters=s.lookup_rosters,
         )
         # Every write this process commits reaches its cache (and the L2 pointer) before
         # the admin call answers: read-your-writes here, without waiting for the relay.
@@ -180,6 +183,7 @@ class Sidecar:
                 CONFIG: s.max_in_flight_config,
                 WATCH: s.max_watch_streams,
                 ADMIN: s.max_in_flight_admin,
+                LOOKUP: s.max_in_flight_lookup,
             }
         )
         if s.decision_log != "off":
@@ -216,6 +220,7 @@ class Sidecar:
             self.stats.register("ext_authz", self.ext_authz.values)
             services = (*services, EXT_AUTHZ_SERVICE)
         ConfigServicer(self.cache, self.config_answers, self.callers).add_to(server, chain)
+        LookupServicer(decisions, self.cache, self.store, self.callers).add_to(server, chain)
         # Every other service through the same decoding step (server/wire.py): bytes that
         # are no request get INVALID_ARGUMENT, never grpc's UNKNOWN and a traceback.
         register_service(

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import grpc
 import yaml
 
+from gatehouse.engine.model import SubjectRef, key_subject
 from gatehouse.engine.patterns import PermissionSet, is_valid_pattern, is_valid_tenant_id
 from gatehouse.errors import OtherTenant, PermissionDenied, Unauthenticated
 from gatehouse.server.admin_auth import AdminAuthenticator, Principal, bearer
@@ -44,6 +45,7 @@ from gatehouse.settings import Settings
 
 CHECK = "gatehouse.access.check"  # CheckAccess(Batch), ext_authz Check, AuthZEN evaluation(s)
 CONFIG = "gatehouse.config.read"  # GetTenantConfig, WatchTenantConfig
+LOOKUP = "gatehouse.access.lookup"  # LookupSubjects, ListTenantsForSubject (server/lookup.py)
 
 MODES = ("off", "required")
 
@@ -308,6 +310,24 @@ class Callers:
         if tenant_id != caller.tenant_id:
             raise OtherTenant("a tenant key asks only about its own tenant", metadata={"tenant_id": tenant_id[:64]})
         await require_key_grant(self._decisions, caller.key_id, tenant_id, permission)
+
+    def require_subject_or_every_tenant(
+        self, caller: Principal | IdentityGrant, permission: str, subject: SubjectRef
+    ) -> None:
+        """For an answer about `subject` across tenants (ListTenantsForSubject): the caller
+        may ask `permission` about every tenant (an operator key, an mTLS identity without
+        a tenant list), or is the subject itself. A subject's own credential is the key
+        whose subject it is, `api_key/<key id>`; Gatehouse holds no credential of a user or
+        a service, so for those only an operator may ask (the platform's own user service
+        answers "my tenants" behind such a key). Raises PermissionDenied."""
+        if self.covers_every_tenant(caller, permission):
+            return
+        if isinstance(caller, Principal) and caller.key_id and subject == key_subject(caller.key_id):
+            return
+        self.refused += 1
+        raise PermissionDenied(
+            "only an operator, or the subject's own key, may list its tenants", metadata={"permission": permission}
+        )
 
     def covers_every_tenant(self, caller: Principal | IdentityGrant, permission: str) -> bool:
         """True when `caller` may ask `permission` about any tenant, so an adapter need not

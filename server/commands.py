@@ -53,7 +53,10 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
 }
 EXIT_OTHER = 7
 
-GROUPS = ("tenant", "plan", "role", "member", "grant", "revoke", "scope", "key", "audit", "config", "check")
+GROUPS = (
+    "tenant", "plan", "role", "member", "grant", "revoke", "scope", "key", "audit", "config", "check",
+    "permissions", "subjects", "memberships",
+)
 
 Handler = Callable[[Client, argparse.Namespace], Any]
 
@@ -479,6 +482,40 @@ def check(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK if decision.allowed else EXIT_DENIED
 
 
+# --- lookups (LookupService) --------------------------------------------------------------
+
+
+def permissions(client: Client, args: argparse.Namespace) -> None:
+    answer = client.permissions(
+        _tenant_id(client, args.tenant), _subject(args.subject), scope=args.scope, permissions=args.permission,
+        min_revision=args.min_revision,
+    )
+    data = plain(answer)
+    decisions = [{"permission": d["permission"], **d["decision"]} for d in data["decisions"]]
+    text = [fields(data, ("revision", "member", "limited_to")), "", table(data["grants"], ("role", "scope", "permissions"))]
+    if decisions:
+        text += ["", table(decisions, ("permission", "allowed", "reason", "granted_by_role", "granted_at_scope", "feature"))]
+    emit(data, args.output, "\n".join(text))
+
+
+def subjects(client: Client, args: argparse.Namespace) -> None:
+    answer = client.lookup_subjects(
+        _tenant_id(client, args.tenant), args.permission, scope=args.scope, page_size=1000,
+        min_revision=args.min_revision,
+    )
+    data = plain(answer)
+    data.pop("next_page_token", None)
+    text = table(data["subjects"], ("subject", "granted_by_role", "granted_at_scope"))
+    if answer.denied_for_all:
+        text = f"(none: {data['denied_for_all']}{' ' + answer.feature if answer.feature else ''})"
+    emit(data, args.output, f"{text}\n(at tenant revision {answer.revision})")
+
+
+def memberships(client: Client, args: argparse.Namespace) -> None:
+    found = client.tenants_for_subject(_subject(args.subject))
+    _many(found, args, ("tenant_id", "tenant_slug", "tenant_status", "revision"))
+
+
 def _explain(decision: Decision) -> str:
     template = EXPLAIN.get(decision.reason, decision.reason)
     return f"{template.format(**vars(decision))} (at tenant revision {decision.revision})"
@@ -650,6 +687,23 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--resource", metavar="TYPE:ID", help="the resource acted on")
     p.add_argument("--min-revision", type=int, default=None, help="never answer from older data")
     p.add_argument("--explain", action="store_true", help="say why: the reason, the granting role and scope, the revision")
+
+    p = _command(commands, "permissions", "what SUBJECT holds in the tenant and, for each -p, what check answers",
+                 "gatehouse permissions acme user:alice --scope emea/de -p invoice.read -p invoice.approve", permissions)
+    p.add_argument("tenant", help="slug or id")
+    p.add_argument("subject", help="TYPE:ID, e.g. user:alice")
+    p.add_argument("--scope", default=None, help="only the grants covering this org-unit path; decide -p there")
+    p.add_argument("-p", "--permission", action="append", default=[], help="a permission to decide (repeatable)")
+    p.add_argument("--min-revision", type=int, default=None, help="never answer from older data")
+    p = _command(commands, "subjects", "every subject allowed PERMISSION at --scope (all pages, one revision)",
+                 "gatehouse subjects acme invoice.read --scope emea/de", subjects)
+    p.add_argument("tenant", help="slug or id")
+    p.add_argument("permission", help="e.g. invoice.read")
+    p.add_argument("--scope", default="", help="the org-unit path ('' = tenant root)")
+    p.add_argument("--min-revision", type=int, default=None, help="never answer from older data")
+    p = _command(commands, "memberships", "the tenants SUBJECT is a member of (an operator key, or the subject's own)",
+                 "gatehouse memberships user:alice", memberships)
+    p.add_argument("subject", help="TYPE:ID, e.g. user:alice")
 
 
 def run(args: argparse.Namespace) -> int:

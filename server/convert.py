@@ -11,11 +11,12 @@ from typing import Any, Mapping
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from gatehouse.engine.decision import Decision
 from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, TenantStatus
 from gatehouse.engine.validate import Violations, require_id, require_name, require_patterns, require_slug
 from gatehouse.errors import InvalidArgument
 from gatehouse.store.api import ApiKeyRecord, AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
-from gatehouse_client.v1 import admin_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
 
 MAX_SETTINGS_BYTES = 64 * 1024
 MAX_MAP_ENTRIES = 256
@@ -233,4 +234,16 @@ def audit_message(record: AuditRecord) -> admin_pb2.AuditEvent:
         outcome=record.outcome,
         reason=record.reason,
         time=timestamp(record.time),
+    )
+
+
+def check_response(decision: Decision) -> access_pb2.CheckAccessResponse:
+    """A decision as CheckAccess answers it (and every answer that stands for one)."""
+    return access_pb2.CheckAccessResponse(
+        allowed=decision.allowed,
+        reason=decision.reason,  # type: ignore[arg-type]  # engine Reason values are the proto enum's numbers
+        revision=decision.revision,
+        granted_by_role=decision.role,
+        granted_at_scope=decision.scope,
+        feature=decision.feature,
     )

@@ -94,6 +94,20 @@ class DecisionSession:
             self._log.offer(evaluation.record, remembered=False)
         return evaluation
 
+    async def entries(
+        self, tenant_id: str, subject: SubjectRef, min_revision: int
+    ) -> tuple[CachedTenant | None, SubjectGrants | None]:
+        """The tenant and the subject's grants `evaluate` decides from, at one revision
+        (the tenant read again when the grants are newer), whatever the tenant's status:
+        what ListSubjectPermissions lists and decides every permission with."""
+        tenant = await self._tenant(tenant_id, min_revision)
+        if tenant is None:
+            return None, None
+        grants = await self._subject(tenant_id, subject, min_revision)
+        if grants is not None and grants.revision > tenant.revision:
+            tenant = await self._tenant(tenant_id, grants.revision)
+        return tenant, grants
+
     async def _tenant(self, tenant_id: str, min_revision: int) -> CachedTenant | None:
         key = (tenant_id, min_revision)
         if key not in self._tenants:

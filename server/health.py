@@ -46,7 +46,10 @@ from gatehouse.cache.l2 import RedisL2
 from gatehouse.store.api import StoreReader
 
 log = logging.getLogger(__name__)
-SERVICES = ("gatehouse.v1.AccessService", "gatehouse.v1.ConfigService", "gatehouse.v1.AdminService")
+SERVICES = (
+    "gatehouse.v1.AccessService", "gatehouse.v1.ConfigService", "gatehouse.v1.AdminService",
+    "gatehouse.v1.LookupService",
+)
 # The health name a liveness probe asks for: SERVING while this process answers at all.
 LIVENESS = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -93,6 +93,10 @@ def _g(name: str, help: str, mode: GaugeMode = "livesum", **labels: str) -> Seri
 
 
 _DL_HELP = "Decision-log lines: written, dropped (queue full) or failed (write error)."
+_ROSTERS_HELP = (
+    "Whole-tenant rosters LookupSubjects used: kept (hit), read from Postgres (load), or brought forward by "
+    "reading only the subjects changed since (advance)."
+)
 _REQ = "gatehouse_cache_requests"
 _REQ_HELP = "Lookups per cache tier (answers = remembered answers, l1, l2, postgres) and result (hit, miss)."
 
@@ -129,6 +133,18 @@ SERIES: dict[str, Series | None] = {
     "tiers.postgres_hits": _c(_REQ, _REQ_HELP, tier="postgres", result="hit"),
     "cache.store_absent": _c(_REQ, _REQ_HELP, tier="postgres", result="miss"),
     "cache.store_loads": None,  # = postgres hit + miss
+    "cache.roster_hits": _c(
+        "gatehouse_lookup_rosters", _ROSTERS_HELP,
+        result="hit",
+    ),
+    "cache.roster_loads": _c(
+        "gatehouse_lookup_rosters", _ROSTERS_HELP,
+        result="load",
+    ),
+    "cache.roster_advances": _c(
+        "gatehouse_lookup_rosters", _ROSTERS_HELP,
+        result="advance",
+    ),
     "tiers.single_flight_merges": _c(
         "gatehouse_single_flight_merges", "Cache misses that waited for a load of the same key instead of starting one."
     ),

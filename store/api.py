@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Mapping, Pr
 
 from gatehouse.engine.lifecycle import Action
 from gatehouse.engine.model import (
+    Membership,
     Plan,
+    RosterSnapshot,
     SubjectRef,
     SubjectSnapshot,
     TenantRecord,
@@ -198,6 +200,20 @@ class StoreReader(Protocol):
     async def load_subject(self, tenant_id: str, subject: SubjectRef) -> SubjectSnapshot | None:
         """None when the tenant does not exist; otherwise membership and assignments,
         stamped with the tenant revision read in the same transaction."""
+        ...
+
+    # --- lookups (server/lookup.py) ---
+    async def load_roster(self, tenant_id: str) -> RosterSnapshot | None:
+        """None when the tenant does not exist; otherwise the tenant and every member with
+        its grants, in one snapshot at the tenant's revision, ordered by (type, id)."""
+        ...
+    async def load_subjects(self, tenant_id: str, subjects: Sequence[SubjectRef]) -> list[SubjectSnapshot] | None:
+        """`load_subject` of each, all in one snapshot (one tenant revision); None when
+        there is no such tenant."""
+        ...
+    async def list_subject_tenants(self, subject: SubjectRef, *, limit: int) -> list[Membership]:
+        """The tenants `subject` is a member of, by slug, at most `limit` (every tenant's
+        rows: the platform scope)."""
         ...
 
 

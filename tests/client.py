@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.server.health import SERVICES
-from gatehouse_client.v1 import access_pb2_grpc, admin_pb2, admin_pb2_grpc, common_pb2, config_pb2_grpc
+from gatehouse_client.v1 import access_pb2_grpc, admin_pb2, admin_pb2_grpc, common_pb2, config_pb2_grpc, lookup_pb2_grpc
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Client:
     config: config_pb2_grpc.ConfigServiceStub
     admin: admin_pb2_grpc.AdminServiceStub
     auth: tuple[tuple[str, str], ...]
+    lookup: lookup_pb2_grpc.LookupServiceStub
 
     async def tenant(self, slug: str, *, activate: bool = True, **fields: object) -> admin_pb2.Tenant:
         tenant = await self.admin.CreateTenant(
@@ -76,6 +77,7 @@ def make_client(target: str, operator_key: str, credentials: grpc.ChannelCredent
         config=config_pb2_grpc.ConfigServiceStub(channel),
         admin=admin_pb2_grpc.AdminServiceStub(channel),
         auth=(("authorization", f"Bearer {operator_key}"),),
+        lookup=lookup_pb2_grpc.LookupServiceStub(channel),
     )
 
 

@@ -216,3 +216,33 @@ def test_a_config_event_older_than_this_processs_own_write_still_wakes_watchers(
     cache.tenant_event("t", 7, notify=False)  # this process's own AddMember
     cache.tenant_event("t", 6)  # another sidecar's PatchTenantConfig, arriving late
     assert heard == [("t", 6)]
+
+
+async def test_a_roster_is_served_only_at_the_newest_revision_heard_of(store: PostgresStore, unique: str) -> None:
+    tenant_id, revision = await seeded_tenant(store, f"roster-{unique}")
+    cache = PolicyCache(store, None, max_entries=1000, ttl_seconds=60, max_rosters=2)
+    roster = await cache.roster(tenant_id)
+    assert roster is not None and roster.revision == revision
+    assert [m.subject_key for m in roster.members] == [ALICE.key]
+    assert cache.peek_roster(tenant_id) is roster and cache.peek_roster(tenant_id, revision + 1) is None
+    # Any change heard of, one subject's included (another's than alice's), makes it unservable.
+    cache.subject_event(tenant_id, "user/zed", revision + 1)
+    assert cache.peek_roster(tenant_id) is None
+    cache.tenant_event(tenant_id, revision)  # an older event changes nothing
+    assert cache.peek_roster(tenant_id) is None
+    # A gap in the stream forgets every roster.
+    _, revision = await store.add_member(ACTOR, tenant_id, SubjectRef("user", "zed"))
+    assert (await cache.roster(tenant_id, revision)) is not None
+    cache.clear()
+    assert cache.peek_roster(tenant_id) is None
+
+
+async def test_the_changes_remembered_for_rosters_stay_as_few_as_the_rosters(store: PostgresStore, unique: str) -> None:
+    cache = PolicyCache(store, None, max_entries=1000, ttl_seconds=60, max_rosters=2)
+    for i in range(5):
+        tenant_id, revision = await seeded_tenant(store, f"rosters-{i}-{unique}")
+        assert await cache.roster(tenant_id) is not None
+        for step in range(1, 4):  # subject events after the roster: remembered for it
+            cache.subject_event(tenant_id, f"user/u{step}", revision + step)
+        assert len(cache._changes[tenant_id]) == 3
+        assert len(cache._changes) <= 3  # at most the two rosters held, and the one just put

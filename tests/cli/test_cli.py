@@ -69,7 +69,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
     parser = argparse.ArgumentParser(prog="gatehouse")
     cli.commands_module.add_commands(parser.add_subparsers(dest="command"))
     commands = _leaves(parser)
-    assert len(commands) == 31, commands
+    assert len(commands) == 34, commands
     assert {command[0] for command in commands} == set(GROUPS)
     for command in commands:
         with pytest.raises(SystemExit) as done:
@@ -181,6 +181,34 @@ def test_scope_move(served: Served, unique: str) -> None:
     assert nothing.status == 3 and "GATEHOUSE_NOTHING_TO_MOVE" in nothing.err, nothing
     into_itself = gatehouse(served, "scope", "move", slug, "--from", "org", "--to", "org/x")
     assert into_itself.status == 2 and "to_scope" in into_itself.err, into_itself
+
+
+def test_lookups(served: Served, unique: str) -> None:
+    slug = f"lookups-{unique}"
+    ok(gatehouse(served, "tenant", "create", slug))
+    ok(gatehouse(served, "tenant", "activate", slug))
+    ok(gatehouse(served, "role", "create", slug, "accountant", "-p", "invoice.*"))
+    who = f"user:walker-{unique}"
+    for subject, scope in ((who, "emea/de"), ("user:bo", "emea"), ("user:cy", "apac")):
+        ok(gatehouse(served, "member", "add", slug, subject))
+        ok(gatehouse(served, "grant", slug, subject, "accountant", "--scope", scope))
+
+    found = ok(gatehouse(served, "subjects", slug, "invoice.read", "--scope", "emea/de/berlin", "-o", "json")).json()
+    assert [s["subject"] for s in found["subjects"]] == ["user:bo", who] and found["revision"] > 0
+    table = ok(gatehouse(served, "subjects", slug, "invoice.read", "--scope", "apac")).out
+    assert "user:cy" in table and "user:bo" not in table and "at tenant revision" in table
+
+    held = ok(gatehouse(served, "permissions", slug, who, "--scope", "emea/de/berlin", "-p", "invoice.read",
+                        "-p", "report.read", "-o", "json")).json()
+    assert [(g["role"], g["scope"]) for g in held["grants"]] == [("accountant", "emea/de")]
+    assert [(d["permission"], d["decision"]["allowed"]) for d in held["decisions"]] == [
+        ("invoice.read", True), ("report.read", False)]
+    assert "NO_GRANT" in ok(gatehouse(served, "permissions", slug, who, "-p", "report.read")).out
+
+    tenants = ok(gatehouse(served, "memberships", who, "-o", "json")).json()
+    assert [t["tenant_slug"] for t in tenants] == [slug]
+    broken = gatehouse(served, "subjects", slug, "Invoice!")
+    assert broken.status == 2 and "permission" in broken.err
 
 
 def test_plans(served: Served, unique: str) -> None:

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatehouse.envoy_api.envoy.service.auth.v3 import external_auth_pb2
-from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2, lookup_pb2
 from tests.client import Client
 from tests.fuzz.calls import NEVER, call_raw, path_of
 from tests.fuzz.conftest import ErrorRecords
@@ -62,7 +62,7 @@ FUZZ = settings(
 
 FILES = (
     access_pb2.DESCRIPTOR, config_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR,
-    external_auth_pb2.DESCRIPTOR,  # Envoy's ext_authz Check: the shared sidecar serves the example mapping
+    lookup_pb2.DESCRIPTOR, external_auth_pb2.DESCRIPTOR,  # Envoy's ext_authz Check: the shared sidecar serves the example mapping
 )
 SERVICES = [service for file in FILES for service in file.services_by_name.values()]
 METHODS: list[MethodDescriptor] = [method for service in SERVICES for method in service.methods]
@@ -317,7 +317,7 @@ def test_every_served_service_is_fuzzed() -> None:
     names = {s.full_name for s in SERVICES}
     assert {"gatehouse.v1.AccessService", "gatehouse.v1.ConfigService", "gatehouse.v1.AdminService",
             "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-            "envoy.service.auth.v3.Authorization"} <= names
+            "envoy.service.auth.v3.Authorization", "gatehouse.v1.LookupService"} <= names
     assert len(METHODS) >= 33, IDS
 
 

@@ -143,3 +143,57 @@ async def test_the_async_client(served: Served, unique: str) -> None:
             else:
                 break
         assert seen[1] > seen[0]
+
+
+def test_lookups_in_both_flavours(served: Served, unique: str) -> None:
+    with Client(served.address, key=served.key) as gh:
+        tenant = gh.admin.create_tenant(slug=f"lookup-{unique}", name="Lookup")
+        gh.admin.activate_tenant(tenant_id=tenant.id, reason="launch")
+        gh.admin.create_role(tenant_id=tenant.id, name="accountant", permissions=["invoice.*"])
+        for name in ("alice", "bob", "carol"):
+            gh.admin.add_member(tenant_id=tenant.id, subject=f"user:{name}")
+            written = gh.admin.assign_role(tenant_id=tenant.id, subject=f"user:{name}", role="accountant", scope="emea")
+        # Read-your-writes: the client's own last write is the floor, so all three are there.
+        everyone = gh.lookup_subjects(tenant.id, "invoice.read", scope="emea/de", page_size=1)
+        assert [s.subject.id for s in everyone.subjects] == ["alice", "bob", "carol"]
+        assert everyone.revision == written.revision and not everyone.next_page_token
+        assert not gh.lookup_subjects(tenant.id, "invoice.read", scope="apac").subjects
+        mine = gh.permissions(tenant.id, "user:alice", scope="emea/de", permissions=["invoice.read", "report.read"])
+        assert [g.role for g in mine.grants] == ["accountant"]
+        assert [d.decision.allowed for d in mine.decisions] == [True, False]
+        assert tenant.id in [m.tenant_id for m in gh.tenants_for_subject("user:alice")]  # other tests' alices too
+
+    async def asynchronous() -> None:
+        async with AsyncClient(served.address, key=served.key) as agh:
+            listed = await agh.lookup_subjects(tenant.id, "invoice.edit", scope="emea", page_size=2)
+            assert [s.subject.id for s in listed.subjects] == ["alice", "bob", "carol"]
+            mine = await agh.permissions(tenant.id, ("user", "bob"), permissions=["invoice.read"])
+            assert mine.member and not mine.decisions[0].decision.allowed  # at the root, outside emea
+            assert f"lookup-{unique}" in [m.tenant_slug for m in await agh.tenants_for_subject("user:bob")]
+
+    import asyncio
+    asyncio.run(asynchronous())
+
+
+def test_a_listing_starts_again_when_its_page_token_expires_and_only_then() -> None:
+    from gatehouse_client.calls import LISTING_RESTARTS, Listing
+    from gatehouse_client.v1 import lookup_pb2
+
+    first = lookup_pb2.LookupSubjectsRequest(tenant_id="t", permission="a.read", page_size=1)
+    listing = Listing(first)
+    listing.add(lookup_pb2.LookupSubjectsResponse(
+        subjects=[lookup_pb2.LookedUpSubject(subject=common_pb2.Subject(type="user", id="a"))],
+        revision=4, next_page_token="tok",
+    ))
+    assert listing.request is not None and listing.request.page_token == "tok"
+    expired = GatehouseError(grpc.StatusCode.FAILED_PRECONDITION, "moved on", reason="GATEHOUSE_PAGE_TOKEN_EXPIRED")
+    listing.restart(expired)
+    assert listing.request == first and not listing.answer.subjects
+    with pytest.raises(GatehouseError):
+        listing.restart(GatehouseError(grpc.StatusCode.UNAVAILABLE, "down"))
+    for _ in range(LISTING_RESTARTS - 1):
+        listing.restart(expired)
+    with pytest.raises(GatehouseError):
+        listing.restart(expired)
+    listing.add(lookup_pb2.LookupSubjectsResponse(revision=5))
+    assert listing.request is None

@@ -29,6 +29,13 @@ says stops the walk (from there on the two states differ); wrong checks are coun
 the walk goes on for a while. The first few failures are reported in full: the step, the
 last admin operations before it, the request, the server's answer, the model's answer
 and the model's state of both tenants.
+
+Lookups (LookupService) are asked now and then too, of either sidecar, and held to the
+same model: LookupSubjects (every page, random page sizes) must list exactly the members
+the model allows (each with a grant that allows it, at the tenant's revision, a tenant-wide
+denial named as the model's members are told it), and ListSubjectPermissions must decide
+each permission as a check would. A listed subject the other tenant's data explains (not
+a member here, a member there) is a cross-tenant answer.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from typing import Any
 import grpc
 from google.protobuf import text_format
 
-from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2, lookup_pb2
 
 from tests.client import Client
 from tests.server.status import details
@@ -57,6 +64,7 @@ from tests.simulation.model import (
     Outcome,
     Status,
     World,
+    any_matches,
     decide,
     is_canonical_tenant_id,
     is_valid_scope,
@@ -89,6 +97,7 @@ DEFAULT_STEPS = 1200
 CHECK_TRIPLES_PER_STEP = 2  # each asked in both tenants
 READER_WRITES = 0.25  # of tenant-scoped admin calls, sent to the reader instead of the writer
 PROBE_RATE = 0.3  # of steps: one more call carrying a request the server must refuse
+LOOKUP_RATE = 0.15  # of steps: a LookupSubjects listing per tenant and a ListSubjectPermissions
 PROBE_KINDS = ("misspelled tenant id", "dot scope", "future min_revision")
 FUTURE = (1, 1, 1, 2, 3, 10, 1 << 40)  # k in min_revision = the tenant's revision + k
 UNHEARD_SPACING = 0.06  # s: a little over the server's spacing of such store reads (50 ms)
@@ -175,6 +184,9 @@ class Tally:
     single_checks: int = 0
     reader_checks: int = 0
     config_checks: int = 0
+    lookups: int = 0  # LookupSubjects listings (every page) compared with the model
+    lookups_listing: int = 0  # of them, listings that named at least one subject
+    permission_lookups: int = 0  # ListSubjectPermissions decisions compared with the model
     disagreements: int = 0
     cross_tenant: int = 0
     tenants_created: int = 0
@@ -374,8 +386,104 @@ class Simulation:
                 await self.config_check(client, via, request)
                 self.tally.config_checks += 1
 
+        if rng.random() < LOOKUP_RATE:
+            for tenant_id in sim.live_ids() + ([rng.choice(sim.graveyard)] if sim.graveyard and rng.random() < 0.2 else []):
+                await self.lookup_subjects(client, via, tenant_id)
+            tenant_id = rng.choice(sim.live_ids())
+            await self.list_subject_permissions(client, via, tenant_id, self.draw_triple())
+
         if rng.random() < PROBE_RATE:
             await self.probe(client, via, requests)
+
+    # --- lookups -----------------------------------------------------------------------------
+
+    async def lookup_subjects(self, client: Client, via: str, tenant_id: str) -> None:
+        """Every page of one LookupSubjects listing against the model's members, each decided."""
+        rng = self.rng
+        permission, scope = rng.choice(PERMISSIONS), rng.choice(CHECK_SCOPES)
+        held = self.world.tenants.get(tenant_id)
+        if held is not None and held.assignments and rng.random() < 0.7:
+            # Mostly a question some grant answers yes: a permission of an assigned role, at its scope.
+            _, role, granted_at = rng.choice(sorted(held.assignments))
+            matching = [p for p in PERMISSIONS if any_matches(held.roles.get(role, ()), p)]
+            if matching:
+                permission, scope = rng.choice(matching), granted_at
+        request = lookup_pb2.LookupSubjectsRequest(
+            tenant_id=tenant_id, permission=permission, scope=scope, page_size=rng.choice((1, 2, 5, 0)),
+            min_revision=self.min_revision(tenant_id, via),
+        )
+        what = f"LookupSubjects@{via}"
+        pages = []
+        try:
+            while True:
+                pages.append(await client.lookup.LookupSubjects(request))
+                if not pages[-1].next_page_token:
+                    break
+                request.page_token = pages[-1].next_page_token
+        except grpc.aio.AioRpcError as exc:
+            self._fail("lookup disagreement", f"via: {what}\nrequest: {one_line(request)}\nerror: {error_outcome(exc)}",
+                       tenant_id, cross=False)
+            return
+        self.tally.lookups += 1
+        self.tally.lookups_listing += any(page.subjects for page in pages)
+        world, tenant = self.world, self.world.tenants.get(tenant_id)
+        members = sorted(tenant.members) if tenant is not None else []
+        answers = {m: world.check(tenant_id, m, permission, scope) for m in members}
+        listed = {subject_key(s.subject): (s.granted_by_role, s.granted_at_scope) for page in pages for s in page.subjects}
+        revisions = {page.revision for page in pages}
+        problems = []
+        if revisions != {tenant.revision if tenant is not None else 0}:
+            problems.append(f"revisions {sorted(revisions)}, the tenant is at {tenant.revision if tenant else 0}")
+        for subject, grant in listed.items():
+            expected = answers.get(subject)
+            if expected is None or not expected.allowed or grant not in expected.grants:
+                problems.append(f"{subject} listed by {grant}: the model answers {expected}")
+        missing = [m for m, a in answers.items() if a.allowed and m not in listed]
+        if missing:
+            problems.append(f"allowed but not listed: {missing}")
+        denied = reason_name(pages[0].denied_for_all) if pages[0].denied_for_all else ""
+        tenant_wide = {a.reason for a in answers.values()} & {"TENANT_SUSPENDED", "TENANT_INACTIVE", "FEATURE_DISABLED"}
+        if tenant is None:
+            tenant_wide = {"TENANT_NOT_FOUND"}
+        if (denied and members and tenant_wide != {denied}) or (tenant_wide and not denied):
+            problems.append(f"denied_for_all {denied or 'unset'}, the model's members are told {sorted(tenant_wide)}")
+        if not problems:
+            return
+        foreign = [
+            subject for subject in listed
+            if subject not in answers and any(subject in t.members for i, t in world.tenants.items() if i != tenant_id)
+        ]
+        self._fail(
+            "cross-tenant lookup" if foreign else "lookup disagreement",
+            f"via:     {what}\nrequest: {one_line(request)}\n" + "\n".join(problems)
+            + (f"\nlisted members of another tenant: {foreign}" if foreign else ""),
+            tenant_id,
+            cross=bool(foreign),
+        )
+
+    async def list_subject_permissions(
+        self, client: Client, via: str, tenant_id: str, triple: tuple[str, str, str]
+    ) -> None:
+        """ListSubjectPermissions of a few permissions, each judged as the check it stands for."""
+        subject, _, scope = triple
+        permissions = self.rng.sample(PERMISSIONS, 3)
+        request = lookup_pb2.ListSubjectPermissionsRequest(
+            tenant_id=tenant_id, subject=subject_message(subject), scope=scope, permissions=permissions,
+            min_revision=self.min_revision(tenant_id, via),
+        )
+        try:
+            answer = await client.lookup.ListSubjectPermissions(request)
+        except grpc.aio.AioRpcError as exc:
+            self._fail("lookup disagreement", f"via: ListSubjectPermissions@{via}\nrequest: {one_line(request)}\n"
+                       f"error: {error_outcome(exc)}", tenant_id, cross=False)
+            return
+        for decision in answer.decisions:
+            check = access_pb2.CheckAccessRequest(
+                tenant_id=tenant_id, subject=request.subject, permission=decision.permission,
+                resource=common_pb2.Resource(scope=scope),
+            )
+            self.judge(check, decision.decision, f"ListSubjectPermissions@{via}")
+            self.tally.permission_lookups += 1
 
     # --- requests the server must refuse ---------------------------------------------------
 
@@ -621,7 +729,8 @@ class Simulation:
             f" (refused as predicted: {t.admin_refused}, tenants created: {t.tenants_created},"
             f" via reader: {t.admin_via_reader}),"
             f" checks={t.checks} (single: {t.single_checks}, via reader: {t.reader_checks}),"
-            f" config_checks={t.config_checks},"
+            f" config_checks={t.config_checks}, lookups={t.lookups} (listing someone: {t.lookups_listing}),"
+            f" permission_lookups={t.permission_lookups},"
             f" misspelled_tenant_ids={reads[misspelled] + admin[misspelled]}"
             f" (reads: {reads[misspelled]}, admin: {admin[misspelled]}),"
             f" dot_scopes={reads[dots] + admin[dots]} (checks: {reads[dots]}, assign/revoke: {admin[dots]}),"

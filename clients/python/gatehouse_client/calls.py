@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import Message
 
 from gatehouse_client.errors import GatehouseError
-from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2, lookup_pb2
 
 KEY_ENV = "GATEHOUSE_KEY"
 SERVER_ENV = "GATEHOUSE_SERVER"
@@ -230,6 +230,63 @@ class CallPolicy:
         return config_pb2.GetTenantConfigRequest(
             tenant_id=tenant_id, min_revision=self.min_revision(tenant_id, min_revision)
         )
+
+    def permissions_request(
+        self, tenant_id: str, subject: SubjectLike, scope: str | None, permissions: Iterable[str],
+        min_revision: int | None,
+    ) -> lookup_pb2.ListSubjectPermissionsRequest:
+        request = lookup_pb2.ListSubjectPermissionsRequest(
+            tenant_id=tenant_id, subject=as_subject(subject), permissions=list(permissions),
+            min_revision=self.min_revision(tenant_id, min_revision),
+        )
+        if scope is not None:
+            request.scope = scope
+        return request
+
+    def lookup_request(
+        self, tenant_id: str, permission: str, scope: str, page_size: int, min_revision: int | None
+    ) -> lookup_pb2.LookupSubjectsRequest:
+        return lookup_pb2.LookupSubjectsRequest(
+            tenant_id=tenant_id, permission=permission, scope=scope, page_size=page_size,
+            min_revision=self.min_revision(tenant_id, min_revision),
+        )
+
+
+PAGE_TOKEN_EXPIRED = "GATEHOUSE_PAGE_TOKEN_EXPIRED"
+LISTING_RESTARTS = 3  # a listing whose tenant moves on mid-way starts again at most this often
+
+
+class Listing:
+    """Every page of one LookupSubjects listing joined, at one revision: while `request` is
+    not None, send it and `add` the page. A page token the tenant has moved past
+    (`GATEHOUSE_PAGE_TOKEN_EXPIRED`) starts the listing again (`restart`), at most
+    LISTING_RESTARTS times; any other error is the caller's."""
+
+    def __init__(self, first: lookup_pb2.LookupSubjectsRequest) -> None:
+        self._first = first
+        self.request: lookup_pb2.LookupSubjectsRequest | None = first
+        self.answer = lookup_pb2.LookupSubjectsResponse()
+        self.restarts = 0
+
+    def add(self, page: lookup_pb2.LookupSubjectsResponse) -> None:
+        subjects = [*self.answer.subjects, *page.subjects]
+        self.answer.CopyFrom(page)
+        del self.answer.subjects[:]
+        self.answer.subjects.extend(subjects)
+        self.answer.next_page_token = ""
+        if not page.next_page_token:
+            self.request = None
+            return
+        self.request = lookup_pb2.LookupSubjectsRequest()
+        self.request.CopyFrom(self._first)
+        self.request.page_token = page.next_page_token
+
+    def restart(self, error: GatehouseError) -> None:
+        if error.reason != PAGE_TOKEN_EXPIRED or self.restarts >= LISTING_RESTARTS:
+            raise error
+        self.restarts += 1
+        self.request = self._first
+        self.answer = lookup_pb2.LookupSubjectsResponse()
 
 
 def admin_request(method: AdminMethod, request: Message | None, fields: dict[str, Any]) -> Message:

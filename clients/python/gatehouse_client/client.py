@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 
 from gatehouse_client.calls import (
     ADMIN_METHODS,
+    as_subject,
     is_tenant_id,
     target_of,
     tenant_on_page,
@@ -37,6 +38,7 @@ from gatehouse_client.calls import (
     DEFAULT_TIMEOUT,
     CallPolicy,
     Decision,
+    Listing,
     SubjectLike,
     admin_request,
 )
@@ -48,6 +50,8 @@ from gatehouse_client.v1 import (
     admin_pb2_grpc,
     config_pb2,
     config_pb2_grpc,
+    lookup_pb2,
+    lookup_pb2_grpc,
 )
 
 log = logging.getLogger("gatehouse_client")
@@ -207,6 +211,7 @@ class Client:
         )
         self._access = access_pb2_grpc.AccessServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self._config = config_pb2_grpc.ConfigServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self._lookup = lookup_pb2_grpc.LookupServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.admin = Admin(self)
 
     def __enter__(self) -> Client:
@@ -250,6 +255,49 @@ class Client:
         """The tenant's effective configuration (plan defaults merged with its overrides)."""
         request = self.policy.config_request(tenant_id, min_revision)
         return self._unary(self._config.GetTenantConfig, request, self.policy.auth, timeout)  # type: ignore[no-any-return]
+
+    def permissions(
+        self,
+        tenant_id: str,
+        subject: SubjectLike,
+        *,
+        scope: str | None = None,
+        permissions: Iterable[str] = (),
+        min_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> lookup_pb2.ListSubjectPermissionsResponse:
+        """What `subject` holds in the tenant (the grants covering `scope`, or all of them)
+        and, for each of `permissions`, what CheckAccess answers at `scope` (or the root)."""
+        request = self.policy.permissions_request(tenant_id, subject, scope, permissions, min_revision)
+        return self._unary(self._lookup.ListSubjectPermissions, request, self.policy.auth, timeout)  # type: ignore[no-any-return]
+
+    def lookup_subjects(
+        self,
+        tenant_id: str,
+        permission: str,
+        *,
+        scope: str = "",
+        page_size: int = 0,
+        min_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> lookup_pb2.LookupSubjectsResponse:
+        """Every subject CheckAccess allows `permission` at `scope`, every page fetched and
+        joined, all at one revision (the listing starts again if the tenant moves on
+        between pages)."""
+        listing = Listing(self.policy.lookup_request(tenant_id, permission, scope, page_size, min_revision))
+        while listing.request is not None:
+            try:
+                listing.add(self._unary(self._lookup.LookupSubjects, listing.request, self.policy.auth, timeout))
+            except GatehouseError as error:
+                listing.restart(error)
+        return listing.answer
+
+    def tenants_for_subject(
+        self, subject: SubjectLike, *, timeout: float | None = None
+    ) -> list[lookup_pb2.SubjectMembership]:
+        """The tenants `subject` is a member of (an operator key, or the subject's own key)."""
+        request = lookup_pb2.ListTenantsForSubjectRequest(subject=as_subject(subject))
+        return list(self._unary(self._lookup.ListTenantsForSubject, request, self.policy.auth, timeout).memberships)
 
     def watch_config(self, tenant_id: str) -> Iterator[config_pb2.TenantConfig]:
         """The tenant's configuration now, then after every change, until the caller stops
@@ -343,6 +391,7 @@ class AsyncClient:
         )
         self._access = access_pb2_grpc.AccessServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self._config = config_pb2_grpc.ConfigServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self._lookup = lookup_pb2_grpc.LookupServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.admin = AsyncAdmin(self)
 
     async def __aenter__(self) -> AsyncClient:
@@ -385,6 +434,47 @@ class AsyncClient:
         """See `Client.config`."""
         request = self.policy.config_request(tenant_id, min_revision)
         return await self._unary(self._config.GetTenantConfig, request, self.policy.auth, timeout)  # type: ignore[no-any-return]
+
+    async def permissions(
+        self,
+        tenant_id: str,
+        subject: SubjectLike,
+        *,
+        scope: str | None = None,
+        permissions: Iterable[str] = (),
+        min_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> lookup_pb2.ListSubjectPermissionsResponse:
+        """See `Client.permissions`."""
+        request = self.policy.permissions_request(tenant_id, subject, scope, permissions, min_revision)
+        return await self._unary(self._lookup.ListSubjectPermissions, request, self.policy.auth, timeout)  # type: ignore[no-any-return]
+
+    async def lookup_subjects(
+        self,
+        tenant_id: str,
+        permission: str,
+        *,
+        scope: str = "",
+        page_size: int = 0,
+        min_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> lookup_pb2.LookupSubjectsResponse:
+        """See `Client.lookup_subjects`."""
+        listing = Listing(self.policy.lookup_request(tenant_id, permission, scope, page_size, min_revision))
+        while listing.request is not None:
+            try:
+                listing.add(await self._unary(self._lookup.LookupSubjects, listing.request, self.policy.auth, timeout))
+            except GatehouseError as error:
+                listing.restart(error)
+        return listing.answer
+
+    async def tenants_for_subject(
+        self, subject: SubjectLike, *, timeout: float | None = None
+    ) -> list[lookup_pb2.SubjectMembership]:
+        """See `Client.tenants_for_subject`."""
+        request = lookup_pb2.ListTenantsForSubjectRequest(subject=as_subject(subject))
+        answer = await self._unary(self._lookup.ListTenantsForSubject, request, self.policy.auth, timeout)
+        return list(answer.memberships)
 
     async def watch_config(self, tenant_id: str) -> AsyncIterator[config_pb2.TenantConfig]:
         """See `Client.watch_config`."""
