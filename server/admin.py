@@ -38,7 +38,7 @@ from gatehouse import deadlines
 from gatehouse.errors import FieldViolation, InvalidArgument, Overloaded, PermissionDenied, Unauthenticated
 from gatehouse.server import convert
 from gatehouse.server.admin_auth import AdminAuthenticator, Principal, mint_key, request_id
-from gatehouse.server.admin_authz import AdminAuthorizer
+from gatehouse.server.admin_authz import AdminAuthorizer, guard_held_grants
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.idempotency import REPLAY_REASON, run_idempotent
 from gatehouse.server.errors import abort, translate
@@ -434,8 +434,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         require_move(from_scope, to_scope)
         await self._authz.require(caller, "scope.move", tenant_id, to_scope)
 
+        # The caller's own grants are read now, not by the guard: the guard runs inside the
+        # move's transaction, holding a pool connection, and reading them there (a cache
+        # miss, as after any write to the tenant) waits for another connection, which the
+        # moves queued on this tenant's lock may all hold: they deadlocked until their
+        # deadlines.
+        held = await self._authz.own_grants(caller)
+
         async def guard(grants: Sequence[MovedGrant]) -> None:
-            await self._authz.guard_grants(caller, [
+            guard_held_grants(caller, held, [
                 (grant.role, grant.permissions, scope) for grant in grants for scope in (grant.old_scope, grant.new_scope)
             ])
 

@@ -90,12 +90,13 @@ class AdminAuthorizer:
 
     async def guard_grants(self, caller: Principal, grants: Iterable[tuple[str, tuple[str, ...], str]]) -> None:
         """`guard_grant` for each (role, permissions, scope), the caller's own grants read
-        once: MoveScope asks it for every moved grant at its old and its new scope."""
-        held = None if caller.is_operator else await self._grants(caller)
-        for role, permissions, scope in grants:
-            _guard_owner(caller, held, role)
-            if not caller.is_bootstrap:
-                _guard_patterns(caller, held, permissions, scope, f"the role {role}")
+        once."""
+        guard_held_grants(caller, await self.own_grants(caller), grants)
+
+    async def own_grants(self, caller: Principal) -> SubjectGrants | None:
+        """The caller's own grants, which the guards compare with (None for an operator,
+        whose key's patterns are its grant). KeyRejected when the key no longer works."""
+        return None if caller.is_operator else await self._grants(caller)
 
     async def guard_owner(self, caller: Principal, role: str) -> None:
         """Only an owner at the tenant root (or an operator) hands out or takes back `owner`."""
@@ -134,6 +135,18 @@ async def require_key_grant(
             f"not allowed: {decision.reason.name}",
             metadata={"permission": permission, "decision": decision.reason.name},
         )
+
+
+def guard_held_grants(
+    caller: Principal, held: SubjectGrants | None, grants: Iterable[tuple[str, tuple[str, ...], str]]
+) -> None:
+    """`AdminAuthorizer.guard_grants` given the caller's own grants (`own_grants`), reading
+    nothing: MoveScope's guard runs inside the move's transaction, on every moved grant
+    at its old and its new scope."""
+    for role, permissions, scope in grants:
+        _guard_owner(caller, held, role)
+        if not caller.is_bootstrap:
+            _guard_patterns(caller, held, permissions, scope, f"the role {role}")
 
 
 def _guard_patterns(

@@ -4,8 +4,9 @@
 "Overload"): those never reach the interceptor chain, so no Python counter sees them.
 Core's own count does: `calls_started` counts every call core took, refused or not, so
 `rate(gatehouse_grpc_core_calls_started_total) - sum(rate(grpc_server_handled_total))` is
-the rate of calls core refused (plus the few it holds for Python right now, at most twice
-the bound). Read once per stats snapshot (1/s), never on a call.
+the rate of calls core refused, and of those grpc.aio refused past
+`GATEHOUSE_MAX_CONCURRENT_RPCS` before any interceptor (plus the few core holds for Python
+right now, at most twice the bound, and the calls in progress). Read once per stats snapshot (1/s), never on a call.
 """
 
 from __future__ import annotations

@@ -74,6 +74,8 @@ class MovedGrant:
 
 # Called by `move_scope` inside its transaction, with the tenant locked, with every
 # distinct (role, old scope) the move takes: raises to refuse the move (nothing written).
+# It must not read the store (the transaction holds a pool connection, and the moves
+# waiting for the tenant's lock may hold all the others).
 MoveGuard = Callable[[Sequence[MovedGrant]], Awaitable[None]]
 
 

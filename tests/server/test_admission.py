@@ -273,3 +273,37 @@ async def test_calls_past_the_pending_bound_are_refused_in_grpc_core_while_pytho
         # of the admitted ones wait in core's queue: at most 1 + 2 * bound answered.
         assert 1 <= len(answered) <= 1 + 2 * bound
         assert max(refused) < 1.4  # refused while the loop was still held, not after it
+
+
+async def test_grpcs_own_concurrency_refusals_are_in_the_core_count_too(
+    sidecar_settings: Settings, operator_token: str, unique: str
+) -> None:
+    # GATEHOUSE_MAX_CONCURRENT_RPCS refuses in grpc.aio before any interceptor: no
+    # grpc_server_handled_total counts it, and core counts it as started (and failed). So
+    # `core calls started - handled`, the dashboard's "refused before Gatehouse" series,
+    # holds these refusals as well as core's own (README "Overload").
+    running = Sidecar(dataclasses.replace(sidecar_settings, max_concurrent_rpcs=2))
+    await running.start()
+    client = make_client(running.addresses[0], operator_token)
+    try:
+        tenant = await client.tenant(f"conc-{unique}")
+        streams = [client.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id=tenant.id))
+                   for _ in range(2)]
+        for stream in streams:
+            await stream.read()
+        request = access_pb2.CheckAccessRequest(tenant_id=tenant.id, subject=user("a"), permission="invoice.read")
+        for _ in range(5):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.access.CheckAccess(request)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        core = running.core_calls.values()
+        handled = sum(v for k, v in running.stats.snapshot().items() if k.startswith("grpc.calls{"))
+        for stream in streams:
+            stream.cancel()
+    finally:
+        await client.channel.close()
+        await running.stop(grace=0)
+    # CreateTenant and ActivateTenant handled; the two streams still open; five refused.
+    assert handled == 2 and core["calls_succeeded"] == 2
+    assert core["calls_started"] - handled == 2 + 5
+    assert core["calls_failed"] == 5

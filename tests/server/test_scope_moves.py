@@ -5,6 +5,7 @@ in a second one sharing Postgres and Redis; every refusal writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import time
@@ -275,6 +276,34 @@ async def test_the_escalation_guard_holds_at_both_places(client: Client, unique:
                                                     ("al", "payroll", "emea/fr/paris"), ("al", "owner", "emea/uk")}
     # The operator may move what it likes.
     await client.admin.MoveScope(move(tenant.id, "emea/fr", "emea/france"), metadata=client.auth)
+
+
+async def test_concurrent_moves_by_a_tenant_key_all_complete(
+    sidecar_settings: Settings, operator_token: str, unique: str
+) -> None:
+    """Moves queue on the tenant's lock, each holding a pool connection; the one holding
+    the lock must not need another (its guard once read the caller's grants there, a
+    cache miss after the previous move: every move but the first hung to its deadline)."""
+    small = Sidecar(dataclasses.replace(sidecar_settings, db_pool_max=2))
+    await small.start()
+    client = make_client(small.addresses[0], operator_token)
+    try:
+        tenant = await client.tenant(f"move-pool-{unique}")
+        await client.admin.CreateRole(admin_pb2.CreateRoleRequest(
+            tenant_id=tenant.id, name="delegate", permissions=["gatehouse.*", "invoice.*"]), metadata=client.auth)
+        for i in range(4):
+            await client.grant(tenant.id, user(f"u{i}"), "clerk", f"org/u{i}", ["invoice.read"] if i == 0 else None)
+        delegate = bearer((await key(client, tenant.id, [("delegate", "")])).secret)
+        start = await revision_of(client, tenant.id)
+        done = await asyncio.gather(*(
+            client.admin.MoveScope(move(tenant.id, f"org/u{i}", f"new/u{i}"), metadata=delegate, timeout=20)
+            for i in range(4)
+        ))
+        assert sorted(d.revision for d in done) == [start + 1, start + 2, start + 3, start + 4]
+        assert {s for _, _, s in await assignments(client, tenant.id)} >= {f"new/u{i}" for i in range(4)}
+    finally:
+        await client.channel.close()
+        await small.stop(grace=0)
 
 
 async def test_the_idempotency_key_makes_one_move(client: Client, unique: str) -> None:
