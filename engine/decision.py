@@ -24,15 +24,20 @@ class Decision:
     role: str = ""
     scope: str = ""
     feature: str = ""
+    # Unix seconds from which deciding again could answer otherwise with the same entries:
+    # the expiry of the grant that allowed (an API key's expiry is `decided_until`'s).
+    until: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A compiled role assignment: where it applies and what it permits."""
+    """A compiled role assignment: where it applies, what it permits, and until when
+    (unix seconds; None = for good)."""
 
     role: str
     scope: str
     permissions: PermissionSet
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,12 @@ class SubjectGrants:
     is_member: bool
     grants: tuple[Grant, ...]
     key: "CompiledKey | None" = None
+
+    def in_force(self, now: float) -> tuple[Grant, ...]:
+        """The grants that hold at `now` (unix seconds) whatever the request: not expired.
+        What the escalation guard and the owner rules count; `decide` applies the same
+        test to each grant it tries."""
+        return tuple(g for g in self.grants if g.expires_at is None or now < g.expires_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +108,7 @@ def compile_subject(snapshot: SubjectSnapshot) -> SubjectGrants:
     grants = []
     for row in snapshot.assignments:
         permissions = permission_sets.setdefault(row.permissions, PermissionSet(row.permissions))
-        grants.append(Grant(role=row.role, scope=row.scope, permissions=permissions))
+        grants.append(Grant(role=row.role, scope=row.scope, permissions=permissions, expires_at=row.expires_at))
     # Widest scope first, so the reported grant is the most general one that applies.
     grants.sort(key=lambda g: (g.scope.count("/") if g.scope else -1, g.scope, g.role))
     return SubjectGrants(
@@ -128,7 +139,9 @@ def decide(
     """Steps 2–6 of DESIGN.md "Decision semantics"; the first that applies decides.
 
     `now` (unix seconds) is when the question is asked: an API key past its expiry
-    answers KEY_REVOKED. Passed in, so the engine stays a pure function."""
+    answers KEY_REVOKED, and a grant past its `expires_at` grants nothing, whatever
+    cache held it (no event is needed, or sent, at that instant). Passed in, so the
+    engine stays a pure function."""
     if tenant is None:
         return Decision(False, Reason.TENANT_NOT_FOUND, 0)
     if subject is not None and subject.tenant_id != tenant.tenant_id:
@@ -155,18 +168,26 @@ def decide(
         return Decision(False, Reason.NO_GRANT, revision)
     for grant in subject.grants:
         if scope_covers(grant.scope, scope) and grant.permissions.matches(permission):
-            return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope)
+            expires_at = grant.expires_at
+            if expires_at is None:
+                return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope)
+            if now < expires_at:
+                # Remembered no longer than the grant lasts: then another grant (or none) decides.
+                return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope, until=expires_at)
     return Decision(False, Reason.NO_GRANT, revision)
 
 
-def decided_until(subject: SubjectGrants | None, now: float) -> float:
+def decided_until(subject: SubjectGrants | None, now: float, decision: Decision | None = None) -> float:
     """Until when (unix seconds) `decide` gives the same answer at `now` and later, with
-    the same tenant and subject: an API key's expiry turns its answers into KEY_REVOKED.
-    Nothing else in a decision depends on the time."""
+    the same tenant and subject: an API key's expiry turns its answers into KEY_REVOKED,
+    and an ALLOW lasts no longer than the grant that allowed it (`decision.until`). A
+    denial never turns into an allow as time passes (expiry only takes grants away), so
+    nothing else in a decision depends on the time."""
+    until = math.inf if decision is None else decision.until
     key = subject.key if subject is not None else None
     if key is None or key.expires_at is None or now >= key.expires_at:
-        return math.inf
-    return key.expires_at
+        return until
+    return min(until, key.expires_at)
 
 
 def needs_subject(tenant: TenantPolicy | None, permission: str) -> bool:

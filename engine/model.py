@@ -98,6 +98,7 @@ class AssignmentRow:
     role: str
     scope: str
     permissions: tuple[str, ...]
+    expires_at: float | None = None  # unix seconds; None = never. From then on it grants nothing
 
 
 KEY_SUBJECT_TYPE = "api_key"  # an API key as a subject: `api_key/<key id>`

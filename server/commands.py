@@ -307,7 +307,7 @@ def role_assignments(client: Client, args: argparse.Namespace) -> None:
     subject = _subject(args.subject) if args.subject else None
     request = {"tenant_id": _tenant_id(client, args.tenant), "page_size": 500, "subject": subject}
     _many(_all_pages(client.admin.list_role_assignments, "assignments", **request), args,
-          ("subject", "role", "scope", "created_at"))
+          ("subject", "role", "scope", "created_at", "expires_at"))
 
 
 def member_add(client: Client, args: argparse.Namespace) -> None:
@@ -328,7 +328,8 @@ def member_list(client: Client, args: argparse.Namespace) -> None:
 def grant(client: Client, args: argparse.Namespace) -> None:
     subject = _subject(args.subject)
     _one(client.admin.assign_role(tenant_id=_tenant_id(client, args.tenant), subject=subject, role=args.role,
-                                  scope=args.scope, **_mutate(args)), args)
+                                  scope=args.scope, expires_at=_time(args.expires_at, "--expires-at"),
+                                  **_mutate(args)), args)
 
 
 def revoke(client: Client, args: argparse.Namespace) -> None:
@@ -566,6 +567,9 @@ def add_commands(commands: Any) -> None:
         p.add_argument("subject", help="TYPE:ID, e.g. user:alice")
         p.add_argument("role")
         p.add_argument("--scope", default="", help="org-unit path, e.g. emea/de ('' = the whole tenant)")
+        if name == "grant":
+            p.add_argument("--expires-at", metavar="TIME",
+                           help="the grant ends then (ISO 8601, e.g. 2027-01-01T00:00:00Z; default: never)")
 
     keys = _group(commands, "key", "API keys (a tenant's, or operator keys)",
                   "gatehouse key create --tenant acme --name ci -p 'invoice.*' --role accountant@emea")

@@ -208,6 +208,7 @@ def assignment_message(record: AssignmentRecord) -> admin_pb2.RoleAssignment:
         role=record.role,
         scope=record.scope,
         created_at=timestamp(record.created_at),
+        expires_at=timestamp(record.expires_at),
     )
 
 

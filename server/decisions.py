@@ -38,8 +38,9 @@ class Evaluation:
 
     @property
     def valid_until(self) -> float:
-        """Unix seconds until which the same entries give the same decision (a key's expiry)."""
-        return decided_until(self.grants, self.now)
+        """Unix seconds until which the same entries give the same decision (a key's
+        expiry, the allowing grant's expiry)."""
+        return decided_until(self.grants, self.now, self.decision)
 
 
 class DecisionService:

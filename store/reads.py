@@ -14,9 +14,12 @@ WHERE t.id = $1
 
 
 # One statement, so one snapshot: the revision, the membership and the grants agree.
-# No rows: no such tenant. One row with a NULL role: a tenant, but no grants.
+# No rows: no such tenant. One row with a NULL role: a tenant, but no grants. Grants
+# already expired (not yet swept) are left out; the rest carry their expiry, which the
+# engine compares with the clock on every decision.
 _LOAD_SUBJECT = """
 SELECT t.revision, m.subject_id IS NOT NULL AS is_member, a.role, a.scope, r.permissions,
+       extract(epoch FROM a.expires_at)::float8 AS expires_at,
        k.id IS NOT NULL AS is_key, k.permissions AS key_permissions,
        extract(epoch FROM k.expires_at)::float8 AS key_expires_at, k.revoked_at IS NOT NULL AS key_revoked
 FROM tenants t
@@ -26,6 +29,7 @@ LEFT JOIN memberships m
        ON m.tenant_id = t.id AND m.subject_type = $2 AND m.subject_id = $3
 LEFT JOIN role_assignments a
        ON a.tenant_id = m.tenant_id AND a.subject_type = m.subject_type AND a.subject_id = m.subject_id
+      AND (a.expires_at IS NULL OR a.expires_at > statement_timestamp())
 LEFT JOIN roles r
        ON r.tenant_id = a.tenant_id AND r.name = a.role
 WHERE t.id = $1
@@ -60,7 +64,9 @@ class Reads(Transactions):
         if not rows:
             return None
         assignments = tuple(
-            AssignmentRow(role=row["role"], scope=row["scope"], permissions=tuple(row["permissions"]))
+            AssignmentRow(
+                role=row["role"], scope=row["scope"], permissions=tuple(row["permissions"]), expires_at=row["expires_at"]
+            )
             for row in rows
             if row["role"] is not None
         )

@@ -133,8 +133,15 @@ def test_roles_members_grants_and_check(served: Served, unique: str) -> None:
     ok(gatehouse(served, "member", "add", slug, "user:alice"))
     assert [m["subject"] for m in ok(gatehouse(served, "member", "list", slug, "-o", "json")).json()] == ["user:alice"]
     ok(gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "emea/de"))
+    ok(gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "apac/jp",
+                 "--expires-at", "2999-01-01T00:00:00Z"))
     assignments = ok(gatehouse(served, "role", "assignments", slug, "--subject", "user:alice", "-o", "json")).json()
-    assert [(a["role"], a["scope"]) for a in assignments] == [("accountant", "emea/de")]
+    assert [(a["role"], a["scope"], a.get("expires_at")) for a in assignments] == [
+        ("accountant", "apac/jp", "2999-01-01T00:00:00Z"), ("accountant", "emea/de", "")
+    ]
+    past = gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us", "--expires-at", "2001-01-01")
+    assert past.status == 2 and "INVALID_ARGUMENT" in past.err and "expires_at" in past.err
+    ok(gatehouse(served, "revoke", slug, "user:alice", "accountant", "--scope", "apac/jp"))
 
     allowed = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--scope", "emea/de/berlin")
     assert (allowed.status, allowed.out.strip()) == (0, "allowed")

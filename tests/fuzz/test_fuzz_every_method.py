@@ -446,8 +446,15 @@ async def test_found_health_watch_failed_every_call(client: Client, error_log: E
         ("/gatehouse.v1.AdminService/ListAuditEvents", "220a08ffffffffffffffff7f", "since"),
         # expires_at = {nanos: 1e9}.
         ("/gatehouse.v1.AdminService/CreateApiKey", "2a06108094ebdc03", "expires_at"),
+        # AssignRole.expires_at (issue 18) = {nanos: -1}, {nanos: 1e9}, {seconds: 2**63 - 1}.
+        ("/gatehouse.v1.AdminService/AssignRole", "320b10ffffffffffffffffff01", "expires_at"),
+        ("/gatehouse.v1.AdminService/AssignRole", "3206108094ebdc03", "expires_at"),
+        ("/gatehouse.v1.AdminService/AssignRole", "320a08ffffffffffffffff7f", "expires_at"),
     ],
-    ids=["key-expiry-negative-nanos", "audit-until-negative-nanos", "audit-since-max-seconds", "key-expiry-nanos-1e9"],
+    ids=[
+        "key-expiry-negative-nanos", "audit-until-negative-nanos", "audit-since-max-seconds", "key-expiry-nanos-1e9",
+        "grant-expiry-negative-nanos", "grant-expiry-nanos-1e9", "grant-expiry-max-seconds",
+    ],
 )
 @pytest.mark.parametrize("authenticated", [False, True], ids=["anonymous", "operator"])
 async def test_found_invalid_timestamps(client: Client, error_log: ErrorRecords, path: str, body: str, field: str, authenticated: bool) -> None:
