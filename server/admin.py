@@ -25,6 +25,7 @@ from gatehouse.engine.validate import (
     Violations,
     optional_id,
     optional_tenant_id,
+    require_condition,
     require_id,
     require_key_id,
     require_page_size,
@@ -393,10 +394,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def AssignRole(self, request: admin_pb2.AssignRoleRequest, caller: Principal) -> admin_pb2.RoleAssignmentResponse:
         v = Violations()
         expires_at = v.check(_future, "expires_at", request.expires_at, present=request.HasField("expires_at"))
+        condition = v.check(require_condition, "condition", request.condition)
         tenant_id, subject, role, scope, expected = self._assignment_fields(request, v)
         await self._guard_grant(caller, tenant_id, role, scope)
         assignment, revision = await self._store.assign_role(
-            caller.actor, tenant_id, subject, role=role, scope=scope, expected_revision=expected, expires_at=expires_at
+            caller.actor, tenant_id, subject, role=role, scope=scope, expected_revision=expected,
+            expires_at=expires_at, condition=condition,
         )
         return admin_pb2.RoleAssignmentResponse(assignment=convert.assignment_message(assignment), revision=revision)
 

@@ -307,7 +307,7 @@ def role_assignments(client: Client, args: argparse.Namespace) -> None:
     subject = _subject(args.subject) if args.subject else None
     request = {"tenant_id": _tenant_id(client, args.tenant), "page_size": 500, "subject": subject}
     _many(_all_pages(client.admin.list_role_assignments, "assignments", **request), args,
-          ("subject", "role", "scope", "created_at", "expires_at"))
+          ("subject", "role", "scope", "created_at", "expires_at", "condition"))
 
 
 def member_add(client: Client, args: argparse.Namespace) -> None:
@@ -329,7 +329,7 @@ def grant(client: Client, args: argparse.Namespace) -> None:
     subject = _subject(args.subject)
     _one(client.admin.assign_role(tenant_id=_tenant_id(client, args.tenant), subject=subject, role=args.role,
                                   scope=args.scope, expires_at=_time(args.expires_at, "--expires-at"),
-                                  **_mutate(args)), args)
+                                  condition=args.condition, **_mutate(args)), args)
 
 
 def revoke(client: Client, args: argparse.Namespace) -> None:
@@ -446,6 +446,7 @@ EXPLAIN = {
     "TENANT_INACTIVE": "the tenant is not active (draft, archived or deleted)",
     "FEATURE_DISABLED": "feature {feature!r} of the tenant's plan gates this permission and is off",
     "KEY_REVOKED": "the API key (the subject) is revoked",
+    "CONDITIONAL": "a role would grant it if its condition held, but the condition needs {missing_attributes}",
 }
 
 
@@ -570,6 +571,8 @@ def add_commands(commands: Any) -> None:
         if name == "grant":
             p.add_argument("--expires-at", metavar="TIME",
                            help="the grant ends then (ISO 8601, e.g. 2027-01-01T00:00:00Z; default: never)")
+            p.add_argument("--condition", default="", metavar="CEL",
+                           help="the grant applies only when this holds, e.g. 'resource.attributes.owner == subject.id'")
 
     keys = _group(commands, "key", "API keys (a tenant's, or operator keys)",
                   "gatehouse key create --tenant acme --name ci -p 'invoice.*' --role accountant@emea")

@@ -13,7 +13,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, TenantStatus
 from gatehouse.engine.validate import Violations, require_id, require_name, require_patterns, require_slug
-from gatehouse.errors import InvalidArgument
+from gatehouse.errors import FieldViolation, InvalidArgument
 from gatehouse.store.api import ApiKeyRecord, AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
 from gatehouse_client.v1 import admin_pb2, common_pb2
 
@@ -31,14 +31,18 @@ STATUS_FROM_PROTO: dict[int, TenantStatus] = {v: k for k, v in STATUS_TO_PROTO.i
 
 
 def subject(field: str, message: common_pb2.Subject) -> SubjectRef:
+    """A subject an admin call names. Its `attributes` are for checks (conditions) only:
+    set here they would be ignored, so they are refused."""
     v = Violations()
     ref = SubjectRef(v.check(require_id, f"{field}.type", message.type), v.check(require_id, f"{field}.id", message.id))
+    if message.HasField("attributes"):
+        v.found.append(FieldViolation(f"{field}.attributes", "is read by CheckAccess only (conditions)"))
     v.raise_if_any()
     return ref
 
 
 def optional_subject(field: str, message: common_pb2.Subject) -> SubjectRef | None:
-    if not message.type and not message.id:
+    if not message.type and not message.id and not message.HasField("attributes"):
         return None
     return subject(field, message)
 
@@ -209,6 +213,7 @@ def assignment_message(record: AssignmentRecord) -> admin_pb2.RoleAssignment:
         scope=record.scope,
         created_at=timestamp(record.created_at),
         expires_at=timestamp(record.expires_at),
+        condition=record.condition,
     )
 
 

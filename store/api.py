@@ -58,6 +58,7 @@ class AssignmentRecord:
     scope: str
     created_at: float | None = None
     expires_at: float | None = None  # unix seconds; None = never
+    condition: str = ""  # CEL source; "" = none
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +261,7 @@ class StoreMutator(Protocol):
         scope: str,
         expected_revision: int = 0,
         expires_at: float | None = None,
+        condition: str = "",
     ) -> tuple[AssignmentRecord, int]: ...
     async def revoke_role(
         self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str, expected_revision: int = 0

@@ -30,10 +30,12 @@ class Assignments(TenantWrites):
         scope: str,
         expected_revision: int = 0,
         expires_at: float | None = None,
+        condition: str = "",
     ) -> tuple[AssignmentRecord, int]:
         """Grant `role` at `scope` to a member (NotAMember / NotFound / AlreadyExists),
         until `expires_at` (unix seconds; None = for good; the caller checks it is in the
-        future). The same grant already expired but not yet swept is granted anew."""
+        future), applying only where `condition` (CEL, checked by the caller; "" = none)
+        holds. The same grant already expired but not yet swept is granted anew."""
         async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             is_member, role_exists = await write.conn.fetchrow(
                 """
@@ -52,10 +54,10 @@ class Assignments(TenantWrites):
                 raise NotFound("role not found", metadata={"role": role})
             created_at = await write.conn.fetchval(
                 """
-                INSERT INTO role_assignments (tenant_id, subject_type, subject_id, role, scope, expires_at)
-                VALUES ($1, $2, $3, $4, $5, to_timestamp($6))
+                INSERT INTO role_assignments (tenant_id, subject_type, subject_id, role, scope, expires_at, condition)
+                VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7)
                 ON CONFLICT (tenant_id, subject_type, subject_id, role, scope) DO UPDATE
-                    SET expires_at = excluded.expires_at, created_at = now()
+                    SET expires_at = excluded.expires_at, condition = excluded.condition, created_at = now()
                     WHERE role_assignments.expires_at <= statement_timestamp()
                 RETURNING created_at
                 """,
@@ -65,14 +67,20 @@ class Assignments(TenantWrites):
                 role,
                 scope,
                 expires_at,
+                condition,
             )
             if created_at is None:
                 raise AlreadyExists("the subject already has this role at this scope", metadata={"role": role})
             change = _assignment_change("role.assign", subject, role, scope)
-            if expires_at is not None:
-                change = replace(change, details={**change.details, "expires_at": expires_at})
+            extra: dict[str, object] = {"expires_at": expires_at} if expires_at is not None else {}
+            if condition:
+                extra["condition"] = condition
+            if extra:
+                change = replace(change, details={**change.details, **extra})
             write.record(change)
-        record = AssignmentRecord(str(write.tenant_id), subject, role, scope, created_at.timestamp(), expires_at)
+        record = AssignmentRecord(
+            str(write.tenant_id), subject, role, scope, created_at.timestamp(), expires_at, condition
+        )
         return record, write.revision
 
     async def revoke_role(

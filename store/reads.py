@@ -19,7 +19,7 @@ WHERE t.id = $1
 # engine compares with the clock on every decision.
 _LOAD_SUBJECT = """
 SELECT t.revision, m.subject_id IS NOT NULL AS is_member, a.role, a.scope, r.permissions,
-       extract(epoch FROM a.expires_at)::float8 AS expires_at,
+       extract(epoch FROM a.expires_at)::float8 AS expires_at, a.condition,
        k.id IS NOT NULL AS is_key, k.permissions AS key_permissions,
        extract(epoch FROM k.expires_at)::float8 AS key_expires_at, k.revoked_at IS NOT NULL AS key_revoked
 FROM tenants t
@@ -65,7 +65,11 @@ class Reads(Transactions):
             return None
         assignments = tuple(
             AssignmentRow(
-                role=row["role"], scope=row["scope"], permissions=tuple(row["permissions"]), expires_at=row["expires_at"]
+                role=row["role"],
+                scope=row["scope"],
+                permissions=tuple(row["permissions"]),
+                expires_at=row["expires_at"],
+                condition=row["condition"],
             )
             for row in rows
             if row["role"] is not None

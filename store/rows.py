@@ -81,6 +81,7 @@ def assignment_record(row: asyncpg.Record) -> AssignmentRecord:
         scope=row["scope"],
         created_at=timestamp(row["created_at"]),
         expires_at=timestamp(row["expires_at"]),
+        condition=row["condition"],
     )
 
 

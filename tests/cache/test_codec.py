@@ -112,10 +112,11 @@ def test_a_limited_revoked_key_decides_the_same_after_l2() -> None:
         assert after == before and not after.allowed
 
 
-def test_an_expiring_grant_keeps_its_expiry_through_l2() -> None:
+def test_an_expiring_or_conditional_grant_keeps_its_expiry_and_condition_through_l2() -> None:
     snapshot = SubjectSnapshot(
         "t", SubjectRef("user", "a"), 5, True,
-        (AssignmentRow("admin", "eu", ("*",), 1234.5), AssignmentRow("viewer", "", ("*.read",))),
+        (AssignmentRow("admin", "eu", ("*",), 1234.5), AssignmentRow("viewer", "", ("*.read",)),
+         AssignmentRow("editor", "us", ("doc.*",), None, "resource.attributes.owner == subject.id")),
     )
     assert codec.load_subject(codec.dump_subject(snapshot)) == snapshot
 

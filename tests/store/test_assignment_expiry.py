@@ -143,3 +143,21 @@ async def test_the_sweeper_leaves_a_deleted_tenant_alone(
     await init_connection(runtime)
     await sweep_expired_assignments(runtime)
     assert await written(superuser, tenant.id) == before
+
+
+async def test_a_condition_is_stored_listed_and_loaded(
+    store: PostgresStore, actor: Actor, superuser: asyncpg.Connection, tenant: TenantRecord
+) -> None:
+    condition = "resource.attributes.owner == subject.id"
+    record, _ = await store.assign_role(actor, tenant.id, BOB, role="editor", scope="eu", condition=condition)
+    assert record.condition == condition
+    (listed,) = (await store.list_role_assignments(tenant.id, subject=BOB, page_size=10, page_token="")).items
+    assert listed.condition == condition
+    snapshot = await store.load_subject(tenant.id, BOB)
+    assert snapshot is not None and [a.condition for a in snapshot.assignments] == [condition]
+    assert (await written(superuser, tenant.id)).audit[-1]["details"]["condition"] == condition
+    # The database bounds it too: a row written around the server cannot be huge.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await superuser.execute(
+            "UPDATE role_assignments SET condition = repeat('x', 1025) WHERE tenant_id = $1::uuid", tenant.id
+        )
