@@ -122,16 +122,24 @@ class Condition:
     """One compiled condition. Built once per distinct source (`compile_condition`), when
     an assignment is loaded, and shared by every grant that carries it."""
 
-    __slots__ = ("source", "reads", "reads_time", "_program", "_error")
+    __slots__ = ("source", "reads", "reads_time", "_program", "_error", "_uses")
 
     def __init__(
-        self, source: str, program: Any, reads: tuple[str, ...], reads_time: bool, error: str = ""
+        self,
+        source: str,
+        program: Any,
+        reads: tuple[str, ...],
+        reads_time: bool,
+        error: str = "",
+        uses: frozenset[str] = frozenset(),
     ) -> None:
         self.source = source
         self.reads = reads  # attribute names it reads, e.g. ("resource.attributes.owner",)
         self.reads_time = reads_time  # reads request.time: its answer can change by itself
         self._program = program
         self._error = error  # set when the stored source does not compile (never holds)
+        # The variables it names: only those are handed to each evaluation.
+        self._uses = uses
 
     def evaluate(self, facts: ConditionInput, now: float) -> Outcome:
         """True or False; Missing when it needs what the request did not carry; Failed on
@@ -139,17 +147,7 @@ class Condition:
         if self._program is None:
             return Failed(self._error)
         try:
-            data: dict[str, Any] = {
-                "subject.type": facts.subject_type,
-                "subject.id": facts.subject_id,
-                "subject.attributes": facts.subject_attributes or {},
-                "resource.type": facts.resource_type,
-                "resource.id": facts.resource_id,
-                "resource.scope": facts.resource_scope,
-                "resource.attributes": facts.resource_attributes or {},
-                "context": facts.context or {},
-                TIME: _EPOCH + datetime.timedelta(seconds=now),
-            }
+            data = {name: _VALUES[name](facts, now) for name in self._uses}
             result = self._program.eval(data=data)
             value = result.value() if result.type() == _T.BOOL else None
         except Exception as exc:  # a value the runtime cannot take: the condition does not hold
@@ -169,6 +167,20 @@ class Condition:
 
     def __hash__(self) -> int:
         return hash(self.source)
+
+
+# Each variable's value for one evaluation, by name.
+_VALUES: dict[str, Callable[[ConditionInput, float], Any]] = {
+    "subject.type": lambda f, now: f.subject_type,
+    "subject.id": lambda f, now: f.subject_id,
+    "subject.attributes": lambda f, now: f.subject_attributes or {},
+    "resource.type": lambda f, now: f.resource_type,
+    "resource.id": lambda f, now: f.resource_id,
+    "resource.scope": lambda f, now: f.resource_scope,
+    "resource.attributes": lambda f, now: f.resource_attributes or {},
+    "context": lambda f, now: f.context or {},
+    TIME: lambda f, now: _EPOCH + datetime.timedelta(seconds=now),
+}
 
 
 def _present(facts: ConditionInput, name: str) -> bool:
@@ -197,12 +209,12 @@ def check_condition(source: str) -> Condition:
     if kind != _T.BOOL and kind != _T.DYN:
         raise ConditionError(f"must be a bool expression, not {kind.name()}", 1, 1)
     try:
-        reads, reads_time, nesting = _analyse(program.serialize())
+        reads, uses, nesting = _analyse(program.serialize())
     except (ValueError, IndexError) as exc:  # a tree this reader does not know: refuse, never guess
         raise ConditionError(f"cannot be analysed: {exc}") from None
     if nesting > 1:
         raise ConditionError("a comprehension (all, exists, exists_one, map, filter) may not hold another")
-    return Condition(source, program, reads, reads_time)
+    return Condition(source, program, reads, TIME in uses, uses=uses)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -236,12 +248,12 @@ _EXPR = 4  # CheckedExpr.expr; Any.value is field 2
 _IDENT, _SELECT, _CALL, _LIST, _STRUCT, _COMPREHENSION, _CONST = 4, 5, 6, 7, 8, 9, 3
 
 
-def _analyse(serialized: bytes) -> tuple[tuple[str, ...], bool, int]:
-    """(attribute names read, whether request.time is read, deepest comprehension nesting)."""
+def _analyse(serialized: bytes) -> tuple[tuple[str, ...], frozenset[str], int]:
+    """(attribute names read, the condition variables named, deepest comprehension nesting)."""
     any_value = _one(serialized, 2)
     expr = _one(any_value, _EXPR)
     reads: set[str] = set()
-    state = {"time": False}
+    uses: set[str] = set()
 
     def walk(node: bytes, nesting: int) -> int:
         deepest = nesting
@@ -249,8 +261,9 @@ def _analyse(serialized: bytes) -> tuple[tuple[str, ...], bool, int]:
             if not isinstance(value, bytes):
                 continue
             if number == _IDENT:
-                if _string(value, 1) == TIME:
-                    state["time"] = True
+                name = _string(value, 1)
+                if name in _VALUES:  # not a comprehension's own variable
+                    uses.add(name)
             elif number == _SELECT:
                 operand, field, test_only = _one(value, 1), _string(value, 2), _int(value, 3)
                 root = _ident(operand)
@@ -285,7 +298,7 @@ def _analyse(serialized: bytes) -> tuple[tuple[str, ...], bool, int]:
         return deepest
 
     nesting = walk(expr, 0)
-    return tuple(sorted(reads)), state["time"], nesting
+    return tuple(sorted(reads)), frozenset(uses), nesting
 
 
 def _ident(expr: bytes) -> str | None:
