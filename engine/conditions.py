@@ -28,7 +28,8 @@ evaluates at ~5,700/s and has no checker either. Only cel-cpp gives write-time c
 **Bounded.** A condition is at most MAX_CONDITION_LENGTH characters, so its tree is
 small; a comprehension (`all`, `exists`, `map`, `filter`) may not hold another, so the
 work is at most (tree size) x (values in the request's attributes and context), which
-the server bounds (`MAX_ATTRIBUTE_VALUES`). There are no loops but comprehensions in CEL
+the server bounds (`MAX_ATTRIBUTE_VALUES`, and `MAX_ATTRIBUTE_BYTES` for what one step may
+copy: a hostile pairing of condition and request builds a few megabytes at most). There are no loops but comprehensions in CEL
 and no functions with I/O in this environment; regular expressions are RE2 (linear).
 
 **Missing attributes.** The attributes a condition reads are found once, at compile time,
@@ -52,7 +53,8 @@ from typing import Any, Callable, Mapping
 from cel_expr_python import cel  # type: ignore[import-untyped]  # ships a cel.pyi but no py.typed marker
 
 MAX_CONDITION_LENGTH = 1024  # characters of CEL source
-MAX_ATTRIBUTE_VALUES = 1024  # values (at any depth) in one request's attributes and context together
+MAX_ATTRIBUTE_VALUES = 256  # values (at any depth) in one request's attributes and context together
+MAX_ATTRIBUTE_BYTES = 16_384  # their encoded size together: a comprehension may copy them per item
 ATTRIBUTE_MAPS = ("subject.attributes", "resource.attributes", "context")
 TIME = "request.time"
 

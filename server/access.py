@@ -14,7 +14,7 @@ import grpc
 from gatehouse.cache.answers import Answers
 from google.protobuf import json_format, struct_pb2
 
-from gatehouse.engine.conditions import MAX_ATTRIBUTE_VALUES, ConditionFacts, ConditionInput
+from gatehouse.engine.conditions import MAX_ATTRIBUTE_BYTES, MAX_ATTRIBUTE_VALUES, ConditionFacts, ConditionInput
 from gatehouse.engine.model import SubjectRef
 from gatehouse.engine.patterns import is_valid_id, is_valid_permission, is_valid_scope, is_valid_tenant_id
 from gatehouse.engine.validate import (
@@ -216,7 +216,8 @@ def _has_facts(check: access_pb2.CheckAccessRequest) -> bool:
 def _facts_violations(check: access_pb2.CheckAccessRequest, prefix: str) -> list[FieldViolation]:
     """What is wrong with the attributes and context of `check`: `decode`'s rules for
     Struct values (storable strings, at most 32 levels, finite numbers), and at most
-    MAX_ATTRIBUTE_VALUES values in all (a condition's cost grows with them)."""
+    MAX_ATTRIBUTE_VALUES values and MAX_ATTRIBUTE_BYTES encoded in all (a condition's
+    cost grows with them)."""
     found: list[FieldViolation] = []
     parts = (
         (check.subject, "attributes", f"{prefix}subject.attributes"),
@@ -226,6 +227,10 @@ def _facts_violations(check: access_pb2.CheckAccessRequest, prefix: str) -> list
     present = [(getattr(owner, name), path) for owner, name, path in parts if owner.HasField(name)]
     for message, path in present:
         check_values(message, f"{path}.", found)
+    if not found and sum(message.ByteSize() for message, _ in present) > MAX_ATTRIBUTE_BYTES:
+        found.append(FieldViolation(
+            present[-1][1], f"at most {MAX_ATTRIBUTE_BYTES} bytes (encoded) in attributes and context together"
+        ))
     if not found:
         budget = MAX_ATTRIBUTE_VALUES
         for message, path in present:

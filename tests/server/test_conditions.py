@@ -180,9 +180,10 @@ async def test_a_bad_condition_is_invalid_argument_naming_it_and_where(
     "build, field",
     [
         (lambda t: check(t, "x", context={"a": "\x00"}), "context.fields['a'].string_value"),
-        (lambda t: check(t, "x", resource={str(i): i for i in range(1100)}), "resource.attributes"),
+        (lambda t: check(t, "x", resource={str(i): i for i in range(300)}), "resource.attributes"),
+        (lambda t: check(t, "x", resource={"a": "x" * 9000}, context={"b": "y" * 9000}), "context"),
     ],
-    ids=["nul", "too-many-values"],
+    ids=["nul", "too-many-values", "too-many-bytes"],
 )
 async def test_bad_attributes_are_invalid_argument(client: Client, unique: str, build: Any, field: str) -> None:
     tenant = await client.tenant(f"cond-attr-{unique}")
