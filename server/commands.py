@@ -453,13 +453,21 @@ EXPLAIN = {
 def check(client: Client, args: argparse.Namespace) -> int:
     resource_type, _, resource_id = (args.resource or "").partition(":")
     subject = _subject(args.subject)
+    def facts(value: str | None, flag: str) -> dict[str, Any] | None:
+        return None if value is None else _json_object(value, flag)
+
     decision = client.check(
         _tenant_id(client, args.tenant), subject, args.permission, scope=args.scope,
         resource_type=resource_type, resource_id=resource_id, min_revision=args.min_revision,
+        resource_attributes=facts(args.resource_attributes, "--resource-attributes"),
+        subject_attributes=facts(args.subject_attributes, "--subject-attributes"),
+        context=facts(args.context, "--context"),
     )
     data = {"allowed": decision.allowed, "reason": decision.reason, "revision": decision.revision,
             "granted_by_role": decision.granted_by_role, "granted_at_scope": decision.granted_at_scope,
             "feature": decision.feature}
+    if decision.missing_attributes:
+        data["missing_attributes"] = list(decision.missing_attributes)
     if args.explain:
         data["explanation"] = _explain(decision)
     text = "allowed" if decision.allowed else f"denied ({decision.reason})"
@@ -630,6 +638,10 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--scope", default="", help="the resource's org-unit path ('' = tenant root)")
     p.add_argument("--resource", metavar="TYPE:ID", help="the resource acted on")
     p.add_argument("--min-revision", type=int, default=None, help="never answer from older data")
+    for flag, what in (("--resource-attributes", "the resource's"), ("--subject-attributes", "the subject's"),
+                       ("--context", "the check's context")):
+        p.add_argument(flag, metavar="JSON", help=f"{what} attributes for conditions, a JSON object, e.g. '{{\"owner\": \"alice\"}}'"
+                       if flag != "--context" else "anything else conditions read, a JSON object, e.g. '{\"ip\": \"10.1.2.3\"}'")
     p.add_argument("--explain", action="store_true", help="say why: the reason, the granting role and scope, the revision")
 
 

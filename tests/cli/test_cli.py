@@ -142,6 +142,20 @@ def test_roles_members_grants_and_check(served: Served, unique: str) -> None:
     past = gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us", "--expires-at", "2001-01-01")
     assert past.status == 2 and "INVALID_ARGUMENT" in past.err and "expires_at" in past.err
     ok(gatehouse(served, "revoke", slug, "user:alice", "accountant", "--scope", "apac/jp"))
+    # A conditional grant (issue 18): decided from the attributes the check carries.
+    ok(gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us",
+                 "--condition", "resource.attributes.owner == subject.id"))
+    mine = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--scope", "us",
+                     "--resource-attributes", '{"owner": "alice"}')
+    assert (mine.status, mine.out.strip()) == (0, "allowed")
+    unsaid = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--scope", "us", "--explain", "-o", "json")
+    assert unsaid.status == 1 and unsaid.json()["missing_attributes"] == ["resource.attributes.owner"]
+    assert "resource.attributes.owner" in unsaid.json()["explanation"]
+    bad = gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "eu", "--condition", "1 +")
+    assert bad.status == 2 and "condition" in bad.err and "column" in bad.err
+    not_json = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--context", "[1]")
+    assert not_json.status == 2 and "--context" in not_json.err
+    ok(gatehouse(served, "revoke", slug, "user:alice", "accountant", "--scope", "us"))
 
     allowed = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--scope", "emea/de/berlin")
     assert (allowed.status, allowed.out.strip()) == (0, "allowed")

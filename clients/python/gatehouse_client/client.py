@@ -228,14 +228,17 @@ class Client:
         resource_id: str = "",
         min_revision: int | None = None,
         timeout: float | None = None,
-        **facts: Mapping[str, Any] | None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        subject_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Decision:
         """May `subject` (`"user:alice"`, `("user", "alice")` or a Subject) do `permission`
-        at `scope` (an org-unit path, `""` = the tenant root) in the tenant? `facts`:
-        `resource_attributes`, `subject_attributes`, `context` (mappings) for conditions."""
+        at `scope` (an org-unit path, `""` = the tenant root) in the tenant? The attributes
+        and context (JSON-like mappings) are what role conditions read."""
         request = self.policy.check_request(
             tenant_id, subject, permission, scope=scope, resource_type=resource_type,
-            resource_id=resource_id, min_revision=min_revision, **facts,
+            resource_id=resource_id, min_revision=min_revision, resource_attributes=resource_attributes,
+            subject_attributes=subject_attributes, context=context,
         )
         return Decision.of(self._unary(self._access.CheckAccess, request, self.policy.auth, timeout))
 
@@ -366,12 +369,15 @@ class AsyncClient:
         resource_id: str = "",
         min_revision: int | None = None,
         timeout: float | None = None,
-        **facts: Mapping[str, Any] | None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        subject_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Decision:
         """See `Client.check`."""
         request = self.policy.check_request(
             tenant_id, subject, permission, scope=scope, resource_type=resource_type,
-            resource_id=resource_id, min_revision=min_revision, **facts,
+            resource_id=resource_id, min_revision=min_revision, resource_attributes=resource_attributes,
+            subject_attributes=subject_attributes, context=context,
         )
         return Decision.of(await self._unary(self._access.CheckAccess, request, self.policy.auth, timeout))
 
