@@ -21,7 +21,9 @@ from gatehouse.engine.model import (
 # Bump when the layout changes; entries of another format are then ignored (a miss).
 # 2: subjects carry their API key's state (limit, expiry, revocation). Format 1 dropped
 # it, so a key read back from L2 was an unlimited, unrevocable member: never read one.
-FORMAT = 2
+# 3: an assignment carries its expiry and condition (issue 18). Format 2 has neither: a
+# grant read back from it would never expire and always apply, so never read one.
+FORMAT = 3
 
 
 def dump_tenant(snapshot: TenantSnapshot) -> bytes:
@@ -81,7 +83,9 @@ def dump_subject(snapshot: SubjectSnapshot) -> bytes:
             "subject": [snapshot.subject.type, snapshot.subject.id],
             "revision": snapshot.revision,
             "is_member": snapshot.is_member,
-            "assignments": [[a.role, a.scope, list(a.permissions)] for a in snapshot.assignments],
+            "assignments": [
+                [a.role, a.scope, list(a.permissions), a.expires_at, a.condition] for a in snapshot.assignments
+            ],
             "key": None
             if snapshot.key is None
             else [list(snapshot.key.permissions), snapshot.key.expires_at, snapshot.key.revoked],
@@ -99,6 +103,9 @@ def load_subject(raw: bytes) -> SubjectSnapshot | None:
         subject=SubjectRef(*data["subject"]),
         revision=int(data["revision"]),
         is_member=bool(data["is_member"]),
-        assignments=tuple(AssignmentRow(a[0], a[1], tuple(a[2])) for a in data["assignments"]),
+        assignments=tuple(
+            AssignmentRow(a[0], a[1], tuple(a[2]), None if a[3] is None else float(a[3]), str(a[4]))
+            for a in data["assignments"]
+        ),
         key=None if data["key"] is None else KeyState(tuple(data["key"][0]), data["key"][1], bool(data["key"][2])),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gatehouse.engine.conditions import Condition, ConditionFacts, ConditionInput, Missing, compile_condition
 from gatehouse.engine.model import KeyState, Reason, SubjectSnapshot, TenantSnapshot, TenantStatus
 from gatehouse.engine.patterns import PermissionSet, scope_covers
 
@@ -24,15 +25,24 @@ class Decision:
     role: str = ""
     scope: str = ""
     feature: str = ""
+    # Unix seconds from which deciding again could answer otherwise with the same entries:
+    # the expiry of the grant that allowed (an API key's expiry is `decided_until`'s), or
+    # the time it was decided at when a condition read `request.time`.
+    until: float = math.inf
+    # CONDITIONAL: the attributes conditions needed and the request did not carry.
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A compiled role assignment: where it applies and what it permits."""
+    """A compiled role assignment: where it applies, what it permits, and until when
+    (unix seconds; None = for good)."""
 
     role: str
     scope: str
     permissions: PermissionSet
+    expires_at: float | None = None
+    condition: Condition | None = None  # compiled once, when the assignment was loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,15 @@ class SubjectGrants:
     is_member: bool
     grants: tuple[Grant, ...]
     key: "CompiledKey | None" = None
+
+    def in_force(self, now: float) -> tuple[Grant, ...]:
+        """The grants that hold at `now` (unix seconds) whatever the request: not expired,
+        no condition.
+        What the escalation guard and the owner rules count; `decide` applies the same
+        test to each grant it tries."""
+        return tuple(
+            g for g in self.grants if g.condition is None and (g.expires_at is None or now < g.expires_at)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +121,10 @@ def compile_subject(
     grants = []
     for row in snapshot.assignments:
         permissions = permission_sets.setdefault(row.permissions, PermissionSet(row.permissions))
-        grants.append(Grant(role=row.role, scope=row.scope, permissions=permissions))
+        condition = compile_condition(row.condition) if row.condition else None
+        grants.append(
+            Grant(role=row.role, scope=row.scope, permissions=permissions, expires_at=row.expires_at, condition=condition)
+        )
     # Widest scope first, so the reported grant is the most general one that applies.
     grants.sort(key=lambda g: (g.scope.count("/") if g.scope else -1, g.scope, g.role))
     return SubjectGrants(
@@ -129,11 +151,20 @@ def decide(
     permission: str,
     scope: str,
     now: float = 0.0,
+    facts: ConditionFacts | None = None,
 ) -> Decision:
     """Steps 2–6 of DESIGN.md "Decision semantics"; the first that applies decides.
 
     `now` (unix seconds) is when the question is asked: an API key past its expiry
-    answers KEY_REVOKED. Passed in, so the engine stays a pure function."""
+    answers KEY_REVOKED, and a grant past its `expires_at` grants nothing, whatever
+    cache held it (no event is needed, or sent, at that instant). Passed in, so the
+    engine stays a pure function.
+
+    A grant with a condition applies only when it holds for the request: `facts()` gives
+    the request's attributes and context (called at most once, and only when a condition
+    is reached; None: the request carried none). When no grant allows and some
+    condition could not be decided for want of attributes, the answer is CONDITIONAL
+    naming them."""
     if tenant is None:
         return Decision(False, Reason.TENANT_NOT_FOUND, 0)
     if subject is not None and subject.tenant_id != tenant.tenant_id:
@@ -158,20 +189,52 @@ def decide(
             return Decision(False, Reason.FEATURE_DISABLED, revision, feature=name)
     if key is not None and not key.limit.matches(permission):
         return Decision(False, Reason.NO_GRANT, revision)
+    missing: set[str] | None = None
+    timed = False  # a condition read request.time: the answer holds only now
+    request: ConditionInput | None = None
     for grant in subject.grants:
         if scope_covers(grant.scope, scope) and grant.permissions.matches(permission):
-            return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope)
-    return Decision(False, Reason.NO_GRANT, revision)
+            expires_at = grant.expires_at
+            if expires_at is not None and now >= expires_at:
+                continue
+            condition = grant.condition
+            if condition is not None:
+                if request is None:
+                    request = facts() if facts is not None else _bare_facts(subject.subject_key, scope)
+                outcome = condition.evaluate(request, now)
+                timed = timed or condition.reads_time
+                if outcome is not True:
+                    if isinstance(outcome, Missing):
+                        missing = set(outcome.names) if missing is None else missing | set(outcome.names)
+                    continue
+            # Remembered no longer than the grant lasts: then another grant (or none) decides.
+            until = now if timed else math.inf if expires_at is None else expires_at
+            return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope, until=until)
+    until = now if timed else math.inf
+    if missing:
+        return Decision(False, Reason.CONDITIONAL, revision, until=until, missing=tuple(sorted(missing)))
+    return Decision(False, Reason.NO_GRANT, revision, until=until)
 
 
-def decided_until(subject: SubjectGrants | None, now: float) -> float:
+def _bare_facts(subject_key: str, scope: str) -> ConditionInput:
+    """What a condition can know of a question asked without attributes (admin calls,
+    adapters that carry none): who, and where."""
+    subject_type, _, subject_id = subject_key.partition("/")
+    return ConditionInput(subject_type, subject_id, resource_scope=scope)
+
+
+def decided_until(subject: SubjectGrants | None, now: float, decision: Decision | None = None) -> float:
     """Until when (unix seconds) `decide` gives the same answer at `now` and later, with
-    the same tenant and subject: an API key's expiry turns its answers into KEY_REVOKED.
-    Nothing else in a decision depends on the time."""
+    the same tenant and subject: an API key's expiry turns its answers into KEY_REVOKED,
+    and an ALLOW lasts no longer than the grant that allowed it (`decision.until`). A
+    denial never turns into an allow as time passes (expiry only takes grants away), so
+    nothing else in a decision depends on the time, except a condition reading
+    `request.time` (then `decision.until` is the time it was decided at: not remembered)."""
+    until = math.inf if decision is None else decision.until
     key = subject.key if subject is not None else None
     if key is None or key.expires_at is None or now >= key.expires_at:
-        return math.inf
-    return key.expires_at
+        return until
+    return min(until, key.expires_at)
 
 
 def needs_subject(tenant: TenantPolicy | None, permission: str) -> bool:

@@ -28,6 +28,9 @@ class Reason(enum.IntEnum):
     TENANT_INACTIVE = 6
     FEATURE_DISABLED = 7
     KEY_REVOKED = 8
+    # Some grant would apply but its condition needs attributes the request did not
+    # carry (Decision.missing names them); denied, never silently.
+    CONDITIONAL = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,8 @@ class AssignmentRow:
     role: str
     scope: str
     permissions: tuple[str, ...]
+    expires_at: float | None = None  # unix seconds; None = never. From then on it grants nothing
+    condition: str = ""  # CEL source (engine.conditions); "" = none: the grant always applies
 
 
 KEY_SUBJECT_TYPE = "api_key"  # an API key as a subject: `api_key/<key id>`

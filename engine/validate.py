@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterable, TypeVar
 
+from gatehouse.engine.conditions import ConditionError, check_condition
 from gatehouse.engine.patterns import (
     is_valid_id,
     is_valid_pattern,
@@ -140,6 +141,18 @@ def require_name(field: str, value: str, *, required: bool = True) -> str:
         return value
     if len(value) > 200 or not value.isprintable():
         raise InvalidArgument(field, NAME_RULE)
+    return value
+
+
+def require_condition(field: str, value: str) -> str:
+    """A role assignment's condition: "" (none), or CEL that parses, type-checks against
+    the condition variables and is a bool (`engine.conditions`). The message says where
+    (line and column) and why."""
+    if value:
+        try:
+            check_condition(value)
+        except ConditionError as error:
+            raise InvalidArgument(field, f"is not a usable condition: {error}") from None
     return value
 
 

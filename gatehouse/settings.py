@@ -87,6 +87,13 @@ class Settings:
     relay: int = field(default=1, metadata={"help": "1 = run the outbox relay in this process, 0 = not"})
     event_stream_max_length: int = field(default=100_000, metadata={"help": "tenant-event stream cap (XADD MAXLEN ~)"})
     outbox_retention_seconds: float = field(default=86_400.0, metadata={"help": "keep published outbox rows this long"})
+    expiry_sweep_seconds: float = field(
+        default=10.0,
+        metadata={
+            "help": "the relay deletes expired role assignments (with an event and an audit row) this often"
+            " (0 = never; they grant nothing from their expiry on either way)"
+        },
+    )
     blind_refresh_seconds: float = field(
         default=2.0, metadata={"help": "while the event stream is unreachable, clear L1 this often"}
     )
@@ -279,6 +286,7 @@ RELAY_SETTINGS = frozenset(
         "redis_prefix",
         "event_stream_max_length",
         "outbox_retention_seconds",
+        "expiry_sweep_seconds",
         "l2_ttl_seconds",
         "relay_heartbeat_seconds",
         "log_level",

@@ -12,6 +12,9 @@ from time import time
 import grpc
 
 from gatehouse.cache.answers import Answers
+from google.protobuf import json_format, struct_pb2
+
+from gatehouse.engine.conditions import MAX_ATTRIBUTE_BYTES, MAX_ATTRIBUTE_VALUES, ConditionFacts, ConditionInput
 from gatehouse.engine.model import SubjectRef
 from gatehouse.engine.patterns import is_valid_id, is_valid_permission, is_valid_scope, is_valid_tenant_id
 from gatehouse.engine.validate import (
@@ -23,13 +26,13 @@ from gatehouse.engine.validate import (
     require_scope,
     require_tenant_id,
 )
-from gatehouse.errors import InvalidArgument, RevisionNotReached
+from gatehouse.errors import FieldViolation, InvalidArgument, RevisionNotReached
 from gatehouse.server.callers import CHECK, Callers
 from gatehouse.server.convert import check_response
 from gatehouse.server.decisions import DecisionService, DecisionSession, Evaluation
 from gatehouse.server.errors import grpc_errors
 from gatehouse.server.interceptors import Chain
-from gatehouse.server.wire import EncodedAnswer, parse, register_service, split_field1
+from gatehouse.server.wire import EncodedAnswer, check_values, parse, register_service, split_field1
 from gatehouse_client.v1 import access_pb2
 
 MAX_BATCH = 1000
@@ -118,7 +121,8 @@ class AccessServicer:
             subject, resource = check.subject, check.resource
             fields = (check.tenant_id, subject.type, subject.id, check.permission, resource.type, resource.id,
                       resource.scope, check.min_revision)
-            if fields not in valid:
+            # A check carrying attributes or context is checked on its own (they are not in `fields`).
+            if fields not in valid or _has_facts(check):
                 try:
                     _validate(check, f"checks[{index}].")
                 except InvalidArgument as error:
@@ -153,7 +157,9 @@ def _answer(
     """The serialized answer to `check`, remembered for `body` (b"": not remembered)."""
     d = evaluation.decision
     answer = EncodedAnswer.of(check_response(d).SerializeToString(), int(d.reason), evaluation.record)
-    if body:
+    # The request bytes hold the attributes and context, so an answer that depended on
+    # them is remembered keyed by them; one that read the time (valid_until = now) is not.
+    if body and evaluation.valid_until > evaluation.now:
         answers.remember(
             body, check.tenant_id, check.min_revision, evaluation.tenant, evaluation.subject_key, evaluation.grants,
             evaluation.valid_until, answer,
@@ -165,8 +171,81 @@ async def _evaluate(session: DecisionSession, check: access_pb2.CheckAccessReque
     subject = check.subject
     return await session.evaluate(
         check.tenant_id, SubjectRef(subject.type, subject.id), check.permission, check.resource.scope,
-        check.min_revision, now,
+        check.min_revision, now, _facts(check),
     )
+
+
+def _facts(check: access_pb2.CheckAccessRequest) -> ConditionFacts:
+    """What conditions may read of `check`, converted only if a condition is reached."""
+
+    def facts() -> ConditionInput:
+        subject, resource = check.subject, check.resource
+        return ConditionInput(
+            subject.type,
+            subject.id,
+            resource.type,
+            resource.id,
+            resource.scope,
+            _plain(subject.attributes) if subject.HasField("attributes") else None,
+            _plain(resource.attributes) if resource.HasField("attributes") else None,
+            _plain(check.context) if check.HasField("context") else None,
+        )
+
+    return facts
+
+
+def _plain(message: struct_pb2.Struct) -> dict[str, object]:
+    data: dict[str, object] = json_format.MessageToDict(message)
+    return data
+
+
+def _has_facts(check: access_pb2.CheckAccessRequest) -> bool:
+    return check.subject.HasField("attributes") or check.resource.HasField("attributes") or check.HasField("context")
+
+
+def _facts_violations(check: access_pb2.CheckAccessRequest, prefix: str) -> list[FieldViolation]:
+    """What is wrong with the attributes and context of `check`: `decode`'s rules for
+    Struct values (storable strings, at most 32 levels, finite numbers), and at most
+    MAX_ATTRIBUTE_VALUES values and MAX_ATTRIBUTE_BYTES encoded in all (a condition's
+    cost grows with them)."""
+    found: list[FieldViolation] = []
+    parts = (
+        (check.subject, "attributes", f"{prefix}subject.attributes"),
+        (check.resource, "attributes", f"{prefix}resource.attributes"),
+        (check, "context", f"{prefix}context"),
+    )
+    present = [(getattr(owner, name), path) for owner, name, path in parts if owner.HasField(name)]
+    for message, path in present:
+        check_values(message, f"{path}.", found)
+    if not found and sum(message.ByteSize() for message, _ in present) > MAX_ATTRIBUTE_BYTES:
+        found.append(FieldViolation(
+            present[-1][1], f"at most {MAX_ATTRIBUTE_BYTES} bytes (encoded) in attributes and context together"
+        ))
+    if not found:
+        budget = MAX_ATTRIBUTE_VALUES
+        for message, path in present:
+            budget -= _count_values(message, budget + 1)
+            if budget < 0:
+                found.append(FieldViolation(path, f"at most {MAX_ATTRIBUTE_VALUES} values in attributes and context together"))
+                break
+    return found
+
+
+def _count_values(message: struct_pb2.Struct | struct_pb2.ListValue, cap: int) -> int:
+    """Values in a Struct or ListValue at any depth (each entry, list item and nested
+    value counts one), stopping once past `cap`. Depth is already bounded."""
+    items = message.fields.values() if isinstance(message, struct_pb2.Struct) else message.values
+    count = 0
+    for value in items:
+        count += 1
+        kind = value.WhichOneof("kind")
+        if kind == "struct_value":
+            count += _count_values(value.struct_value, cap - count)
+        elif kind == "list_value":
+            count += _count_values(value.list_value, cap - count)
+        if count > cap:
+            break
+    return count
 
 
 def _validate(request: access_pb2.CheckAccessRequest, prefix: str) -> None:
@@ -184,6 +263,10 @@ def _validate(request: access_pb2.CheckAccessRequest, prefix: str) -> None:
         and is_valid_scope(resource.scope)
         and request.min_revision >= 0
     ):
+        if _has_facts(request):
+            found = _facts_violations(request, prefix)
+            if found:
+                raise InvalidArgument(found[0].field, found[0].description, *found[1:])
         return
     v = Violations()
     v.check(require_tenant_id, f"{prefix}tenant_id", request.tenant_id)
@@ -194,4 +277,6 @@ def _validate(request: access_pb2.CheckAccessRequest, prefix: str) -> None:
     v.check(optional_id, f"{prefix}resource.id", resource.id)
     v.check(require_scope, f"{prefix}resource.scope", resource.scope)
     v.check(require_revision, f"{prefix}min_revision", request.min_revision)
+    if _has_facts(request):
+        v.found.extend(_facts_violations(request, prefix))
     v.raise_if_any()

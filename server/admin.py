@@ -26,6 +26,7 @@ from gatehouse.engine.validate import (
     Violations,
     optional_id,
     optional_tenant_id,
+    require_condition,
     require_id,
     require_key_id,
     require_page_size,
@@ -130,6 +131,15 @@ AUDIT_SECONDS = 5.0
 # here too, so a refusal names every bad scope). MoveScope is decided at `from_scope`
 # here and at `to_scope` by the method.
 _SCOPED_ACTIONS = {"role.assign": ("scope",), "role.revoke": ("scope",), "scope.move": ("from_scope", "to_scope")}
+
+
+def _future(field: str, value: Any, *, present: bool) -> float | None:
+    """An optional Timestamp that must lie ahead (an expiry), as unix seconds; None when
+    absent. InvalidArgument naming `field` when it is not in the future."""
+    seconds = convert.seconds(value, present)
+    if seconds is not None and seconds <= time.time():
+        raise InvalidArgument(field, "must be in the future")
+    return seconds
 
 
 def _authz_fields(request: Any, action: str) -> tuple[str, str]:
@@ -369,10 +379,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     # --- role assignments ---
 
     def _assignment_fields(
-        self, request: admin_pb2.AssignRoleRequest | admin_pb2.RevokeRoleRequest
+        self, request: admin_pb2.AssignRoleRequest | admin_pb2.RevokeRoleRequest, v: Violations | None = None
     ) -> tuple[str, SubjectRef, str, str, int]:
-        """(tenant id, subject, role, scope, expected revision) of an assignment write."""
-        v = Violations()
+        """(tenant id, subject, role, scope, expected revision) of an assignment write;
+        `v` holds what the caller found wrong with its other fields, named with these."""
+        v = v if v is not None else Violations()
         fields = (
             v.check(require_tenant_id, "tenant_id", request.tenant_id),
             v.check(convert.subject, "subject", request.subject),
@@ -385,10 +396,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("role.assign")
     async def AssignRole(self, request: admin_pb2.AssignRoleRequest, caller: Principal) -> admin_pb2.RoleAssignmentResponse:
-        tenant_id, subject, role, scope, expected = self._assignment_fields(request)
+        v = Violations()
+        expires_at = v.check(_future, "expires_at", request.expires_at, present=request.HasField("expires_at"))
+        condition = v.check(require_condition, "condition", request.condition)
+        tenant_id, subject, role, scope, expected = self._assignment_fields(request, v)
         await self._guard_grant(caller, tenant_id, role, scope)
         assignment, revision = await self._store.assign_role(
-            caller.actor, tenant_id, subject, role=role, scope=scope, expected_revision=expected
+            caller.actor, tenant_id, subject, role=role, scope=scope, expected_revision=expected,
+            expires_at=expires_at, condition=condition,
         )
         return admin_pb2.RoleAssignmentResponse(assignment=convert.assignment_message(assignment), revision=revision)
 
@@ -468,9 +483,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if roles and not request.tenant_id:
             v.found.append(FieldViolation("roles", "an operator key holds no roles: its permissions are its grant"))
         name = v.check(convert.description, "name", request.name)
-        expires_at = convert.seconds(request.expires_at, request.HasField("expires_at"))
-        if expires_at is not None and expires_at <= time.time():
-            v.found.append(FieldViolation("expires_at", "must be in the future"))
+        expires_at = v.check(_future, "expires_at", request.expires_at, present=request.HasField("expires_at"))
         v.raise_if_any()
         if tenant_id:
             for role, scope in roles:

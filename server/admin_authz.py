@@ -106,7 +106,7 @@ class AdminAuthorizer:
 
     async def holds_owner(self, tenant_id: str, subject: SubjectRef) -> bool:
         grants = await self._cache.subject(tenant_id, subject)
-        return grants is not None and any(g.role == OWNER_ROLE for g in grants.grants)
+        return grants is not None and any(g.role == OWNER_ROLE for g in grants.in_force(time.time()))
 
     async def _grants(self, caller: Principal) -> SubjectGrants:
         grants = await self._cache.subject(caller.tenant_id, key_subject(caller.key_id))
@@ -158,7 +158,7 @@ def _guard_patterns(
         if not _covered(caller.permissions, pattern):
             raise Escalation(f"{what} exceeds the caller's own key", metadata={"pattern": pattern})
         if grants is not None and not any(
-            scope_covers(g.scope, scope) and _covered(g.permissions, pattern) for g in grants.grants
+            scope_covers(g.scope, scope) and _covered(g.permissions, pattern) for g in grants.in_force(time.time())
         ):
             raise Escalation(
                 f"{what} exceeds the caller's own permissions at this scope",
@@ -170,7 +170,7 @@ def _guard_owner(caller: Principal, grants: SubjectGrants | None, role: str) -> 
     """Only an owner at the tenant root (or an operator: `grants` None) hands out `owner`."""
     if role != OWNER_ROLE or caller.is_operator or grants is None:
         return
-    if not any(g.role == OWNER_ROLE and g.scope == "" for g in grants.grants):
+    if not any(g.role == OWNER_ROLE and g.scope == "" for g in grants.in_force(time.time())):
         raise OwnerRequired("only an owner may grant or take back the owner role", metadata={"role": role})
 
 

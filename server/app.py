@@ -363,6 +363,7 @@ def relay_for(s: Settings) -> OutboxRelay:
         prefix=s.redis_prefix,
         max_stream_length=s.event_stream_max_length,
         retention_seconds=s.outbox_retention_seconds,
+        sweep_seconds=s.expiry_sweep_seconds,
         l2_ttl_seconds=s.l2_ttl_seconds,
         heartbeat_seconds=s.relay_heartbeat_seconds,
     )

@@ -329,6 +329,8 @@ def decision_json(decision: Decision) -> dict[str, Any]:
         context["granted_at_scope"] = decision.scope
     if decision.feature:
         context["feature"] = decision.feature
+    if decision.missing:
+        context["missing_attributes"] = list(decision.missing)
     return {"decision": decision.allowed, "context": context}
 
 

@@ -311,7 +311,7 @@ def role_assignments(client: Client, args: argparse.Namespace) -> None:
     subject = _subject(args.subject) if args.subject else None
     request = {"tenant_id": _tenant_id(client, args.tenant), "page_size": 500, "subject": subject}
     _many(_all_pages(client.admin.list_role_assignments, "assignments", **request), args,
-          ("subject", "role", "scope", "created_at"))
+          ("subject", "role", "scope", "created_at", "expires_at", "condition"))
 
 
 def member_add(client: Client, args: argparse.Namespace) -> None:
@@ -332,7 +332,8 @@ def member_list(client: Client, args: argparse.Namespace) -> None:
 def grant(client: Client, args: argparse.Namespace) -> None:
     subject = _subject(args.subject)
     _one(client.admin.assign_role(tenant_id=_tenant_id(client, args.tenant), subject=subject, role=args.role,
-                                  scope=args.scope, **_mutate(args)), args)
+                                  scope=args.scope, expires_at=_time(args.expires_at, "--expires-at"),
+                                  condition=args.condition, **_mutate(args)), args)
 
 
 def revoke(client: Client, args: argparse.Namespace) -> None:
@@ -460,19 +461,28 @@ EXPLAIN = {
     "TENANT_INACTIVE": "the tenant is not active (draft, archived or deleted)",
     "FEATURE_DISABLED": "feature {feature!r} of the tenant's plan gates this permission and is off",
     "KEY_REVOKED": "the API key (the subject) is revoked",
+    "CONDITIONAL": "a role would grant it if its condition held, but the condition needs {missing_attributes}",
 }
 
 
 def check(client: Client, args: argparse.Namespace) -> int:
     resource_type, _, resource_id = (args.resource or "").partition(":")
     subject = _subject(args.subject)
+    def facts(value: str | None, flag: str) -> dict[str, Any] | None:
+        return None if value is None else _json_object(value, flag)
+
     decision = client.check(
         _tenant_id(client, args.tenant), subject, args.permission, scope=args.scope,
         resource_type=resource_type, resource_id=resource_id, min_revision=args.min_revision,
+        resource_attributes=facts(args.resource_attributes, "--resource-attributes"),
+        subject_attributes=facts(args.subject_attributes, "--subject-attributes"),
+        context=facts(args.context, "--context"),
     )
     data = {"allowed": decision.allowed, "reason": decision.reason, "revision": decision.revision,
             "granted_by_role": decision.granted_by_role, "granted_at_scope": decision.granted_at_scope,
             "feature": decision.feature}
+    if decision.missing_attributes:
+        data["missing_attributes"] = list(decision.missing_attributes)
     if args.explain:
         data["explanation"] = _explain(decision)
     text = "allowed" if decision.allowed else f"denied ({decision.reason})"
@@ -615,6 +625,11 @@ def add_commands(commands: Any) -> None:
         p.add_argument("subject", help="TYPE:ID, e.g. user:alice")
         p.add_argument("role")
         p.add_argument("--scope", default="", help="org-unit path, e.g. emea/de ('' = the whole tenant)")
+        if name == "grant":
+            p.add_argument("--expires-at", metavar="TIME",
+                           help="the grant ends then (ISO 8601, e.g. 2027-01-01T00:00:00Z; default: never)")
+            p.add_argument("--condition", default="", metavar="CEL",
+                           help="the grant applies only when this holds, e.g. 'resource.attributes.owner == subject.id'")
 
     scopes = _group(commands, "scope", "org units (scopes) and the grants at and below them",
                     "gatehouse scope move acme --from emea/de --to europe/de")
@@ -686,6 +701,10 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--scope", default="", help="the resource's org-unit path ('' = tenant root)")
     p.add_argument("--resource", metavar="TYPE:ID", help="the resource acted on")
     p.add_argument("--min-revision", type=int, default=None, help="never answer from older data")
+    for flag, what in (("--resource-attributes", "the resource's"), ("--subject-attributes", "the subject's"),
+                       ("--context", "the check's context")):
+        p.add_argument(flag, metavar="JSON", help=f"{what} attributes for conditions, a JSON object, e.g. '{{\"owner\": \"alice\"}}'"
+                       if flag != "--context" else "anything else conditions read, a JSON object, e.g. '{\"ip\": \"10.1.2.3\"}'")
     p.add_argument("--explain", action="store_true", help="say why: the reason, the granting role and scope, the revision")
 
     p = _command(commands, "permissions", "what SUBJECT holds in the tenant and, for each -p, what check answers",

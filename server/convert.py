@@ -14,7 +14,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from gatehouse.engine.decision import Decision
 from gatehouse.engine.model import Plan, PlanFeature, SubjectRef, TenantRecord, TenantStatus
 from gatehouse.engine.validate import Violations, require_id, require_name, require_patterns, require_slug
-from gatehouse.errors import InvalidArgument
+from gatehouse.errors import FieldViolation, InvalidArgument
 from gatehouse.store.api import ApiKeyRecord, AssignmentRecord, AuditRecord, MemberRecord, RoleRecord
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
 
@@ -32,14 +32,18 @@ STATUS_FROM_PROTO: dict[int, TenantStatus] = {v: k for k, v in STATUS_TO_PROTO.i
 
 
 def subject(field: str, message: common_pb2.Subject) -> SubjectRef:
+    """A subject an admin call names. Its `attributes` are for checks (conditions) only:
+    set here they would be ignored, so they are refused."""
     v = Violations()
     ref = SubjectRef(v.check(require_id, f"{field}.type", message.type), v.check(require_id, f"{field}.id", message.id))
+    if message.HasField("attributes"):
+        v.found.append(FieldViolation(f"{field}.attributes", "is read by CheckAccess only (conditions)"))
     v.raise_if_any()
     return ref
 
 
 def optional_subject(field: str, message: common_pb2.Subject) -> SubjectRef | None:
-    if not message.type and not message.id:
+    if not message.type and not message.id and not message.HasField("attributes"):
         return None
     return subject(field, message)
 
@@ -220,6 +224,8 @@ def assignment_message(record: AssignmentRecord) -> admin_pb2.RoleAssignment:
         role=record.role,
         scope=record.scope,
         created_at=timestamp(record.created_at),
+        expires_at=timestamp(record.expires_at),
+        condition=record.condition,
     )
 
 
@@ -246,4 +252,5 @@ def check_response(decision: Decision) -> access_pb2.CheckAccessResponse:
         granted_by_role=decision.role,
         granted_at_scope=decision.scope,
         feature=decision.feature,
+        missing_attributes=decision.missing,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gatehouse.cache.policy_cache import CachedTenant, PolicyCache
+from gatehouse.engine.conditions import ConditionFacts
 from gatehouse.engine.decision import Decision, SubjectGrants, decide, decided_until, needs_subject
 from gatehouse.engine.model import SubjectRef
 from gatehouse.server.decision_log import DecisionLog, DecisionRecord
@@ -38,8 +39,9 @@ class Evaluation:
 
     @property
     def valid_until(self) -> float:
-        """Unix seconds until which the same entries give the same decision (a key's expiry)."""
-        return decided_until(self.grants, self.now)
+        """Unix seconds until which the same entries give the same decision (a key's
+        expiry, the allowing grant's expiry; `now` when a condition read the time)."""
+        return decided_until(self.grants, self.now, self.decision)
 
 
 class DecisionService:
@@ -54,11 +56,19 @@ class DecisionService:
         return DecisionSession(self._cache, self.log)
 
     async def evaluate(
-        self, tenant_id: str, subject: SubjectRef, permission: str, scope: str, min_revision: int, now: float
+        self,
+        tenant_id: str,
+        subject: SubjectRef,
+        permission: str,
+        scope: str,
+        min_revision: int,
+        now: float,
+        facts: ConditionFacts | None = None,
     ) -> Evaluation:
-        """Steps 2-6 for one validated question. Raises RevisionNotReached (min_revision
+        """Steps 2-6 for one validated question; `facts` gives what conditions may read of
+        it (None: no attributes, no context). Raises RevisionNotReached (min_revision
         above the tenant's revision) and StoreUnavailable (nothing cached, Postgres down)."""
-        return await self.session().evaluate(tenant_id, subject, permission, scope, min_revision, now)
+        return await self.session().evaluate(tenant_id, subject, permission, scope, min_revision, now, facts)
 
 
 class DecisionSession:
@@ -71,7 +81,14 @@ class DecisionSession:
         self._subjects: dict[tuple[str, str, int], SubjectGrants | None] = {}
 
     async def evaluate(
-        self, tenant_id: str, subject: SubjectRef, permission: str, scope: str, min_revision: int, now: float
+        self,
+        tenant_id: str,
+        subject: SubjectRef,
+        permission: str,
+        scope: str,
+        min_revision: int,
+        now: float,
+        facts: ConditionFacts | None = None,
     ) -> Evaluation:
         """`DecisionService.evaluate`, reusing what this session already looked up."""
         tenant = await self._tenant(tenant_id, min_revision)
@@ -88,7 +105,8 @@ class DecisionSession:
                 policy = tenant.policy if tenant is not None else None
                 if not needs_subject(policy, permission):
                     grants = subject_key = None
-        evaluation = Evaluation(decide(policy, grants, permission, scope, now=now), tenant, subject_key, grants, now)
+        decision = decide(policy, grants, permission, scope, now=now, facts=facts)
+        evaluation = Evaluation(decision, tenant, subject_key, grants, now)
         if self._log is not None:
             evaluation.record = DecisionRecord.of(tenant_id, subject.key, permission, scope, evaluation.decision)
             self._log.offer(evaluation.record, remembered=False)

@@ -151,8 +151,12 @@ def run(
             desired = schema.load(args.file)
             with connect(args) as client:
                 return apply(client, desired, dry_run=args.dry_run, prune=args.prune, out=out)
+        left_out: list[str] = []
         with connect(args) as client:
-            text = schema.dumps(export(client, args.tenant))
+            text = schema.dumps(export(client, args.tenant, left_out))
+        for grant in left_out:
+            print(f"{prog}: note: left out {grant}: it has a condition or an expiry, which files cannot name yet",
+                  file=err)
         if args.file == "-":
             out.write(text)
         else:
@@ -193,6 +197,9 @@ class Live:
     ids: dict[str, str] = field(default_factory=dict)
     revisions: dict[str, int] = field(default_factory=dict)
     system_roles: set[str] = field(default_factory=lambda: set(SYSTEM_ROLES))
+    # Grants a state file cannot name yet (a condition or an expiry, issue 18), read but
+    # left out: apply neither names nor prunes them, export says it left them out.
+    left_out: list[str] = field(default_factory=list)
 
 
 def _pages(call: Callable[..., Any], items: str, **fields: Any) -> Iterator[Any]:
@@ -240,7 +247,12 @@ def read_tenant(client: Client, tenant_id: str, live: Live) -> TenantSpec:
                 grants[subject_key(subject.type, subject.id)] = set()
         for assignment in assignments:
             key = subject_key(assignment.subject.type, assignment.subject.id)
-            if key in grants:
+            if key in grants and (assignment.condition or assignment.HasField("expires_at")):
+                # Never as a plain grant: exported and applied elsewhere it would grant
+                # unconditionally, for good.
+                who = f"{assignment.subject.type}:{assignment.subject.id}"  # as a file spells it
+                live.left_out.append(f"tenant {tenant.slug}: {who} {assignment.role}@{assignment.scope}")
+            elif key in grants:
                 grants[key].add(Grant(assignment.role, assignment.scope))
         spec = TenantSpec(
             slug=tenant.slug,
@@ -422,10 +434,11 @@ def _subject(key: str) -> common_pb2.Subject:
 # --- export ---
 
 
-def export(client: Client, tenant: str | None) -> State:
+def export(client: Client, tenant: str | None, left_out: list[str] | None = None) -> State:
     """The live state: one tenant (slug or id) with no plans, or every tenant that is not
-    deleted and every plan (a key that may list them: an operator)."""
-    live = Live(State())
+    deleted and every plan (a key that may list them: an operator). Grants with a
+    condition or an expiry are left out (named in `left_out`): a file cannot say them."""
+    live = Live(State(), left_out=left_out if left_out is not None else [])
     if tenant is not None:
         found = client.admin.resolve_tenant(tenant)
         spec = read_tenant(client, found.id, live)

@@ -179,6 +179,12 @@ def _bidi(
     return handler
 
 
+def check_values(message: Message, path: str, found: list[FieldViolation]) -> None:
+    """What `decode` checks, for one part of a request parsed without it (the hot path's
+    attributes and context): storable strings, nesting, finite numbers."""
+    _check_message(message, path, 0, found)
+
+
 def _check_message(message: Message, path: str, depth: int, found: list[FieldViolation]) -> None:
     """Every string in `message`, at any depth (map keys too), must be storable; JSON-like
     values must not nest deeper than MAX_VALUE_DEPTH; timestamps must be valid ones.

@@ -59,6 +59,8 @@ class AssignmentRecord:
     role: str
     scope: str
     created_at: float | None = None
+    expires_at: float | None = None  # unix seconds; None = never
+    condition: str = ""  # CEL source; "" = none
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +296,16 @@ class StoreMutator(Protocol):
 
     # --- role assignments ---
     async def assign_role(
-        self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str, expected_revision: int = 0
+        self,
+        actor: Actor,
+        tenant_id: str,
+        subject: SubjectRef,
+        *,
+        role: str,
+        scope: str,
+        expected_revision: int = 0,
+        expires_at: float | None = None,
+        condition: str = "",
     ) -> tuple[AssignmentRecord, int]: ...
     async def revoke_role(
         self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str, expected_revision: int = 0

@@ -1,6 +1,11 @@
-"""Role assignments: assign, revoke (never the last owner), list, move a subtree."""
+"""Role assignments: assign (optionally until a time), revoke (never the last owner),
+list, move a subtree, and sweep the expired ones away."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+
+import asyncpg
 
 from gatehouse.engine.model import SubjectRef
 from gatehouse.engine.moves import fits, moved_scope
@@ -10,17 +15,29 @@ from gatehouse.store.api import OWNER_ROLE, Actor, AssignmentRecord, MovedGrant,
 from gatehouse.store.members import refuse_last_owner
 from gatehouse.store.pages import Filters, clamp_page_size, decode_token, page_of
 from gatehouse.store.rows import assignment_record
-from gatehouse.store.transactions import require_tenant_id, tenant_revision
-from gatehouse.store.write_tail import AuditedChange, TenantWrite, TenantWrites
+from gatehouse.store.transactions import PLATFORM_SCOPE, require_tenant_id, tenant_revision
+from gatehouse.store.write_tail import AuditedChange, TenantWrite, TenantWrites, complete_write
 
 
 class Assignments(TenantWrites):
     """Who holds which role at which scope."""
 
     async def assign_role(
-        self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str, expected_revision: int = 0
+        self,
+        actor: Actor,
+        tenant_id: str,
+        subject: SubjectRef,
+        *,
+        role: str,
+        scope: str,
+        expected_revision: int = 0,
+        expires_at: float | None = None,
+        condition: str = "",
     ) -> tuple[AssignmentRecord, int]:
-        """Grant `role` at `scope` to a member (NotAMember / NotFound / AlreadyExists)."""
+        """Grant `role` at `scope` to a member (NotAMember / NotFound / AlreadyExists),
+        until `expires_at` (unix seconds; None = for good; the caller checks it is in the
+        future), applying only where `condition` (CEL, checked by the caller; "" = none)
+        holds. The same grant already expired but not yet swept is granted anew."""
         async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             is_member, role_exists = await write.conn.fetchrow(
                 """
@@ -39,9 +56,11 @@ class Assignments(TenantWrites):
                 raise NotFound("role not found", metadata={"role": role})
             created_at = await write.conn.fetchval(
                 """
-                INSERT INTO role_assignments (tenant_id, subject_type, subject_id, role, scope)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT DO NOTHING
+                INSERT INTO role_assignments (tenant_id, subject_type, subject_id, role, scope, expires_at, condition)
+                VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7)
+                ON CONFLICT (tenant_id, subject_type, subject_id, role, scope) DO UPDATE
+                    SET expires_at = excluded.expires_at, condition = excluded.condition, created_at = now()
+                    WHERE role_assignments.expires_at <= statement_timestamp()
                 RETURNING created_at
                 """,
                 write.tenant_id,
@@ -49,11 +68,22 @@ class Assignments(TenantWrites):
                 subject.id,
                 role,
                 scope,
+                expires_at,
+                condition,
             )
             if created_at is None:
                 raise AlreadyExists("the subject already has this role at this scope", metadata={"role": role})
-            write.record(_assignment_change("role.assign", subject, role, scope))
-        return AssignmentRecord(str(write.tenant_id), subject, role, scope, created_at.timestamp()), write.revision
+            change = _assignment_change("role.assign", subject, role, scope)
+            extra: dict[str, object] = {"expires_at": expires_at} if expires_at is not None else {}
+            if condition:
+                extra["condition"] = condition
+            if extra:
+                change = replace(change, details={**change.details, **extra})
+            write.record(change)
+        record = AssignmentRecord(
+            str(write.tenant_id), subject, role, scope, created_at.timestamp(), expires_at, condition
+        )
+        return record, write.revision
 
     async def revoke_role(
         self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str, expected_revision: int = 0
@@ -295,3 +325,70 @@ def _assignment_change(action: str, subject: SubjectRef, role: str, scope: str) 
         subject=subject.key,
         details={"role": role, "scope": scope},
     )
+
+
+# --- the sweeper: expired assignments go, as an admin write would take them -------------
+
+SWEEPER = Actor("gatehouse:expiry")  # the audit rows' actor
+
+# Subjects holding an expired assignment, oldest expiry first (the partial index).
+_EXPIRED_SUBJECTS = """
+SELECT tenant_id, subject_type, subject_id
+FROM role_assignments
+WHERE expires_at IS NOT NULL AND expires_at <= statement_timestamp()
+GROUP BY tenant_id, subject_type, subject_id
+ORDER BY min(expires_at)
+LIMIT $1
+"""
+_PLATFORM = "SELECT set_config('gatehouse.tenant_id', $1, true)"
+_REMOVE_EXPIRED = """
+DELETE FROM role_assignments
+WHERE tenant_id = $1 AND subject_type = $2 AND subject_id = $3
+  AND expires_at IS NOT NULL AND expires_at <= statement_timestamp()
+RETURNING role, scope, extract(epoch FROM expires_at)::float8 AS expires_at
+"""
+
+
+async def sweep_expired_assignments(conn: asyncpg.Connection, *, limit: int = 100) -> int:
+    """Delete assignments past their `expires_at`, at most `limit` subjects' worth; the
+    number of subjects swept. Every tenant's rows are visible to it: each of its
+    transactions sets the platform scope for itself. `conn` has the store's codecs
+    (`store.transactions.init_connection`): the relay's own connection.
+
+    Each subject's expired rows go in one transaction of their own, exactly like an admin
+    write: the tenant row locked, the rows deleted, the revision bumped, one audit row
+    (`role.expire`, actor `gatehouse:expiry`, naming every removed grant) and one outbox
+    event for that subject. Nothing depends on it for correctness (an expired grant
+    already grants nothing, in every sidecar, from its instant on): it keeps the table
+    and ListRoleAssignments clean and tells every cache, through the event, to drop
+    entries holding grants that will never apply again. A deleted tenant is skipped (it
+    takes no writes; its rows grant nothing anyway).
+    """
+    swept = 0
+    async with conn.transaction():
+        await conn.execute(_PLATFORM, PLATFORM_SCOPE)
+        expired = await conn.fetch(_EXPIRED_SUBJECTS, limit)
+    for tenant_id, subject_type, subject_id in expired:
+        async with conn.transaction():
+            await conn.execute(_PLATFORM, PLATFORM_SCOPE)
+            status = await conn.fetchval("SELECT status FROM tenants WHERE id = $1 FOR UPDATE", tenant_id)
+            if status is None or status == "deleted":
+                continue
+            removed = await conn.fetch(_REMOVE_EXPIRED, tenant_id, subject_type, subject_id)
+            if not removed:
+                continue  # revoked or re-granted meanwhile
+            subject = SubjectRef(subject_type, subject_id)
+            change = AuditedChange(
+                action="role.expire",
+                target=f"member/{subject.key}",
+                kind="assignment",
+                subject=subject.key,
+                details={
+                    "expired": [
+                        {"role": row["role"], "scope": row["scope"], "expires_at": row["expires_at"]} for row in removed
+                    ]
+                },
+            )
+            await complete_write(conn, SWEEPER, tenant_id, change)
+            swept += 1
+    return swept

@@ -80,11 +80,13 @@ class Members(TenantWrites):
 
 
 async def refuse_last_owner(conn: asyncpg.Connection, tenant_id: uuid.UUID, subject: SubjectRef) -> None:
-    """FailedPrecondition when `subject` is the only holder of `owner` at the tenant root."""
+    """FailedPrecondition when `subject` is the only holder of `owner` at the tenant root.
+    An owner grant that expires or has a condition does not count as another owner: it
+    could leave the tenant with none."""
     holds, others = await conn.fetchrow(
         """
         SELECT coalesce(bool_or(subject_type = $2 AND subject_id = $3), false),
-               count(*) FILTER (WHERE NOT (subject_type = $2 AND subject_id = $3))
+               count(*) FILTER (WHERE NOT (subject_type = $2 AND subject_id = $3) AND expires_at IS NULL AND condition = '')
         FROM role_assignments
         WHERE tenant_id = $1 AND role = $4 AND scope = ''
         """,

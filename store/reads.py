@@ -25,9 +25,12 @@ WHERE t.id = $1
 
 
 # One statement, so one snapshot: the revision, the membership and the grants agree.
-# No rows: no such tenant. One row with a NULL role: a tenant, but no grants.
+# No rows: no such tenant. One row with a NULL role: a tenant, but no grants. Grants
+# already expired (not yet swept) are left out; the rest carry their expiry, which the
+# engine compares with the clock on every decision.
 _LOAD_SUBJECT = """
 SELECT t.revision, m.subject_id IS NOT NULL AS is_member, a.role, a.scope, r.permissions,
+       extract(epoch FROM a.expires_at)::float8 AS expires_at, a.condition,
        k.id IS NOT NULL AS is_key, k.permissions AS key_permissions,
        extract(epoch FROM k.expires_at)::float8 AS key_expires_at, k.revoked_at IS NOT NULL AS key_revoked
 FROM tenants t
@@ -37,6 +40,7 @@ LEFT JOIN memberships m
        ON m.tenant_id = t.id AND m.subject_type = $2 AND m.subject_id = $3
 LEFT JOIN role_assignments a
        ON a.tenant_id = m.tenant_id AND a.subject_type = m.subject_type AND a.subject_id = m.subject_id
+      AND (a.expires_at IS NULL OR a.expires_at > statement_timestamp())
 LEFT JOIN roles r
        ON r.tenant_id = a.tenant_id AND r.name = a.role
 WHERE t.id = $1
@@ -53,6 +57,9 @@ _LOAD_ROSTER = """
 SELECT m.subject_type, m.subject_id,
        coalesce(array_agg(a.role ORDER BY a.role, a.scope) FILTER (WHERE a.role IS NOT NULL), '{}') AS roles,
        coalesce(array_agg(a.scope ORDER BY a.role, a.scope) FILTER (WHERE a.role IS NOT NULL), '{}') AS scopes,
+       coalesce(array_agg(extract(epoch FROM a.expires_at)::float8 ORDER BY a.role, a.scope)
+                FILTER (WHERE a.role IS NOT NULL), '{}') AS expiries,
+       coalesce(array_agg(a.condition ORDER BY a.role, a.scope) FILTER (WHERE a.role IS NOT NULL), '{}') AS conditions,
        k.id IS NOT NULL AS is_key, k.permissions AS key_permissions,
        extract(epoch FROM k.expires_at)::float8 AS key_expires_at, k.revoked_at IS NOT NULL AS key_revoked
 FROM memberships m
@@ -60,6 +67,7 @@ LEFT JOIN api_keys k
        ON m.subject_type = 'api_key' AND k.id = m.subject_id AND k.tenant_id = m.tenant_id
 LEFT JOIN role_assignments a
        ON a.tenant_id = m.tenant_id AND a.subject_type = m.subject_type AND a.subject_id = m.subject_id
+      AND (a.expires_at IS NULL OR a.expires_at > statement_timestamp())
 WHERE m.tenant_id = $1
 GROUP BY m.subject_type, m.subject_id, k.id
 """
@@ -87,7 +95,13 @@ def _key_state(row: Any) -> KeyState | None:
 
 def _assignments(rows: Sequence[Any]) -> tuple[AssignmentRow, ...]:
     return tuple(
-        AssignmentRow(role=row["role"], scope=row["scope"], permissions=tuple(row["permissions"]))
+        AssignmentRow(
+            role=row["role"],
+            scope=row["scope"],
+            permissions=tuple(row["permissions"]),
+            expires_at=row["expires_at"],
+            condition=row["condition"],
+        )
         for row in rows
         if row["role"] is not None
     )
@@ -170,8 +184,12 @@ class Reads(Transactions):
                 revision=tenant.revision,
                 is_member=True,
                 assignments=tuple(
-                    AssignmentRow(role=role, scope=scope, permissions=roles[role])
-                    for role, scope in zip(member["roles"], member["scopes"])
+                    AssignmentRow(
+                        role=role, scope=scope, permissions=roles[role], expires_at=expires_at, condition=condition
+                    )
+                    for role, scope, expires_at, condition in zip(
+                        member["roles"], member["scopes"], member["expiries"], member["conditions"]
+                    )
                 ),
                 key=_key_state(member),
             )

@@ -13,6 +13,13 @@ Rows of one tenant get their ids in commit order (each mutation holds the tenant
 lock while it inserts), so one relay publishes a tenant's events in revision order.
 Published rows are pruned after a retention period.
 
+**Expired role assignments** are swept here too, every `sweep_seconds`
+(`store.assignments.sweep_expired_assignments`): each subject's expired rows deleted in
+one transaction with a revision bump, an audit row and an outbox event, which this loop
+then publishes like any other. The relay is the one process that already holds a
+platform-scoped connection and runs on a timer; several relays sweeping at once only
+find less to do (each subject's sweep locks its tenant and deletes what is still there).
+
 **Heartbeats.** Every `heartbeat_seconds` a connected relay also appends a heartbeat entry
 (`gatehouse.events.Heartbeat`) saying "every write committed before T has its event
 earlier in this stream", where T is computed by one statement in Postgres:
@@ -66,8 +73,9 @@ from gatehouse.events import ADVANCE_POINTER, Heartbeat, TenantEvent, pointer_ke
 from gatehouse.redis_client import RedisClient
 from gatehouse.redis_failures import REDIS_FAILURES
 from gatehouse.retry import Backoff, Outage
+from gatehouse.store.assignments import sweep_expired_assignments
 from gatehouse.store.idempotency import RETENTION_SECONDS
-from gatehouse.store.transactions import PLATFORM_SCOPE
+from gatehouse.store.transactions import PLATFORM_SCOPE, init_connection
 from gatehouse.store.write_tail import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -107,6 +115,9 @@ _PRUNE_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE created_at < now() - ma
 _PRUNE = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
 
 
+SWEEP_BATCH = 100  # subjects whose expired assignments one sweep deletes, at most
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -120,6 +131,7 @@ class OutboxRelay:
         retention_seconds: float = 24 * 3600,
         l2_ttl_seconds: float = 300.0,
         heartbeat_seconds: float = 1.0,
+        sweep_seconds: float = 10.0,
         after_xadd: Callable[[list[TenantEvent]], Awaitable[None]] | None = None,
     ) -> None:
         self._dsn = dsn
@@ -133,6 +145,8 @@ class OutboxRelay:
         self._ttl_ms = int(l2_ttl_seconds * 1000)
         self._after_xadd = after_xadd  # a fault-injection point for tests: "crash here"
         self._heartbeat = heartbeat_seconds
+        self._sweep = sweep_seconds  # 0: never sweep expired assignments
+        self.swept = 0  # subjects whose expired assignments this relay deleted
         self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._wake = asyncio.Event()
         self._backoff = Backoff(first=0.1, cap=2.0)
@@ -259,8 +273,9 @@ class OutboxRelay:
     async def _run_connected(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=5)
         try:
+            await init_connection(conn)  # the store's codecs: the sweeper writes audit rows
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-            last_prune = next_beat = 0.0
+            last_prune = next_beat = next_sweep = 0.0
             while True:
                 # redis-py can drop a cancellation that lands mid-command (see
                 # gatehouse.cancellation): without this, a relay being stopped could go on
@@ -275,6 +290,13 @@ class OutboxRelay:
                     # Both Postgres and Redis answered: any outage is over.
                     self.outage.recovered()
                     self._backoff.reset()
+                if self._sweep > 0 and time.monotonic() >= next_sweep:
+                    swept = await sweep_expired_assignments(conn, limit=SWEEP_BATCH)
+                    self.swept += swept
+                    # A full batch: more may wait, sweep again right after publishing.
+                    next_sweep = time.monotonic() + (0.0 if swept >= SWEEP_BATCH else self._sweep)
+                    if swept:
+                        continue  # publish the sweep's events at once
                 if time.monotonic() - last_prune > 60:
                     await self.prune(conn)
                     last_prune = time.monotonic()

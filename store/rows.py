@@ -80,6 +80,8 @@ def assignment_record(row: asyncpg.Record) -> AssignmentRecord:
         role=row["role"],
         scope=row["scope"],
         created_at=timestamp(row["created_at"]),
+        expires_at=timestamp(row["expires_at"]),
+        condition=row["condition"],
     )
 
 

@@ -110,3 +110,20 @@ def test_a_limited_revoked_key_decides_the_same_after_l2() -> None:
         before = decide(policy, compile_subject(snapshot), "invoice.delete", "")
         after = decide(policy, compile_subject(codec.load_subject(codec.dump_subject(snapshot))), "invoice.delete", "")  # type: ignore[arg-type]  # the round trip gives a snapshot back
         assert after == before and not after.allowed
+
+
+def test_an_expiring_or_conditional_grant_keeps_its_expiry_and_condition_through_l2() -> None:
+    snapshot = SubjectSnapshot(
+        "t", SubjectRef("user", "a"), 5, True,
+        (AssignmentRow("admin", "eu", ("*",), 1234.5), AssignmentRow("viewer", "", ("*.read",)),
+         AssignmentRow("editor", "us", ("doc.*",), None, "resource.attributes.owner == subject.id")),
+    )
+    assert codec.load_subject(codec.dump_subject(snapshot)) == snapshot
+
+
+def test_an_entry_of_format_2_is_a_miss_not_a_grant_that_never_expires() -> None:
+    old = json.dumps({
+        "v": 2, "tenant_id": "t", "subject": ["user", "a"], "revision": 3, "is_member": True,
+        "assignments": [["admin", "", ["*"]]], "key": None,
+    }).encode()
+    assert codec.load_subject(old) is None

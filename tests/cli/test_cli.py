@@ -133,8 +133,29 @@ def test_roles_members_grants_and_check(served: Served, unique: str) -> None:
     ok(gatehouse(served, "member", "add", slug, "user:alice"))
     assert [m["subject"] for m in ok(gatehouse(served, "member", "list", slug, "-o", "json")).json()] == ["user:alice"]
     ok(gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "emea/de"))
+    ok(gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "apac/jp",
+                 "--expires-at", "2999-01-01T00:00:00Z"))
     assignments = ok(gatehouse(served, "role", "assignments", slug, "--subject", "user:alice", "-o", "json")).json()
-    assert [(a["role"], a["scope"]) for a in assignments] == [("accountant", "emea/de")]
+    assert [(a["role"], a["scope"], a.get("expires_at")) for a in assignments] == [
+        ("accountant", "apac/jp", "2999-01-01T00:00:00Z"), ("accountant", "emea/de", "")
+    ]
+    past = gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us", "--expires-at", "2001-01-01")
+    assert past.status == 2 and "INVALID_ARGUMENT" in past.err and "expires_at" in past.err
+    ok(gatehouse(served, "revoke", slug, "user:alice", "accountant", "--scope", "apac/jp"))
+    # A conditional grant (issue 18): decided from the attributes the check carries.
+    ok(gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us",
+                 "--condition", "resource.attributes.owner == subject.id"))
+    mine = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--scope", "us",
+                     "--resource-attributes", '{"owner": "alice"}')
+    assert (mine.status, mine.out.strip()) == (0, "allowed")
+    unsaid = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--scope", "us", "--explain", "-o", "json")
+    assert unsaid.status == 1 and unsaid.json()["missing_attributes"] == ["resource.attributes.owner"]
+    assert "resource.attributes.owner" in unsaid.json()["explanation"]
+    bad = gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "eu", "--condition", "1 +")
+    assert bad.status == 2 and "condition" in bad.err and "column" in bad.err
+    not_json = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--context", "[1]")
+    assert not_json.status == 2 and "--context" in not_json.err
+    ok(gatehouse(served, "revoke", slug, "user:alice", "accountant", "--scope", "us"))
 
     allowed = gatehouse(served, "check", slug, "user:alice", "invoice.read", "--scope", "emea/de/berlin")
     assert (allowed.status, allowed.out.strip()) == (0, "allowed")

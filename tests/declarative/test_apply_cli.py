@@ -350,6 +350,35 @@ def test_export_then_apply_is_no_change(gatehouse: Gatehouse, operator: Client, 
     assert gatehouse.cli("apply", "-f", str(tmp_path / "own.yaml"), key=key).stdout.startswith("No changes")
 
 
+def test_export_leaves_out_conditional_and_expiring_grants_and_apply_leaves_them_alone(
+    gatehouse: Gatehouse, operator: Client, tmp_path: Path
+) -> None:
+    """A file cannot name a condition or an expiry yet (issue 18): exported as a plain
+    grant, it would grant unconditionally and for good wherever the file is applied."""
+    import datetime
+
+    slug, plan = unique("cond"), unique("pro")
+    path = state_file(tmp_path, slug, plan)
+    assert gatehouse.cli("apply", "-f", str(path)).returncode == 0
+    tenant = tenant_of(operator, slug)
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    operator.admin.assign_role(tenant_id=tenant.id, subject="user:bob", role="accountant", scope="apac",
+                               condition="resource.attributes.owner == subject.id")
+    operator.admin.assign_role(tenant_id=tenant.id, subject="user:bob", role="accountant", scope="us", expires_at=later)
+    exported = gatehouse.cli("export", "--tenant", slug)
+    assert exported.returncode == 0, exported.stderr
+    assert "left out tenant " + slug + ": user:bob accountant@apac" in exported.stderr
+    assert "user:bob accountant@us" in exported.stderr
+    state = schema.loads(exported.stdout, "export.yaml")
+    (bob,) = [m for m in state.tenants[slug].members.values() if m.subject.endswith("bob")]
+    assert {(g.role, g.scope) for g in bob.grants} == {("accountant", "emea/de")}
+    (tmp_path / "export.yaml").write_text(exported.stdout)
+    again = gatehouse.cli("apply", "-f", str(tmp_path / "export.yaml"), "--prune")
+    assert again.returncode == 0 and again.stdout.startswith("No changes"), again
+    scopes = {a.scope for a in operator.admin.list_role_assignments(tenant_id=tenant.id).assignments}
+    assert {"apac", "us"} <= scopes
+
+
 HOSTILE_SETTINGS = {
     # YAML tags safe_load has no type for: refused naming the line, not a traceback
     "python tag": ("  n: !!python/name:os.system x\n", ":7: Tenant {slug}: not a plain YAML value"),

@@ -396,6 +396,36 @@ async def test_deep_settings(client: Client, error_log: ErrorRecords, canary: di
         assert fields and fields[0].startswith("settings" if levels == 33 else ("settings", "request")), fields
 
 
+@pytest.mark.parametrize("levels", [32, 33, 60, 100, 1000])
+@pytest.mark.parametrize("shape", ["struct", "list"])
+@pytest.mark.parametrize("where", ["context", "resource.attributes", "subject.attributes", "batch"])
+async def test_deep_attributes(client: Client, error_log: ErrorRecords, where: str, shape: str, levels: int) -> None:
+    """CheckAccess parses for itself (remembered answers come first), so its attributes and
+    context (issue 18) get `decode`'s Struct rules there: 32 levels is the most allowed
+    (then an answer: the tenant is missing), deeper is INVALID_ARGUMENT naming the field."""
+    nested = struct_nested(levels) if shape == "struct" else list_nested(levels - 1)
+    check = length_delimited(1, MISSING_TENANT.encode()) + length_delimited(2, length_delimited(1, b"user") + length_delimited(2, b"a"))
+    check += length_delimited(3, b"doc.read")
+    if where == "context" or where == "batch":
+        check += length_delimited(6, nested)
+    elif where == "resource.attributes":
+        check += length_delimited(4, length_delimited(4, nested))
+    else:
+        check = length_delimited(1, MISSING_TENANT.encode()) + length_delimited(
+            2, length_delimited(1, b"user") + length_delimited(2, b"a") + length_delimited(3, nested)
+        ) + length_delimited(3, b"doc.read")
+    path = "/gatehouse.v1.AccessService/CheckAccessBatch" if where == "batch" else "/gatehouse.v1.AccessService/CheckAccess"
+    body = length_delimited(1, check) if where == "batch" else check
+    error = await verdict(client, error_log, BY_PATH[path], body, True)
+    if levels <= 32:
+        assert error is None, (error.code(), error.details())
+        return
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    _, fields = details(error)
+    field = "checks[0].context" if where == "batch" else where
+    assert fields and fields[0].startswith(field if levels == 33 else (field, "request")), fields
+
+
 @pytest.mark.parametrize("authenticated", [False, True], ids=["anonymous", "operator"])
 async def test_smallest_case_from_the_issue(client: Client, error_log: ErrorRecords, authenticated: bool) -> None:
     """`0a 05 61 62`: field 1 says five bytes follow, two do."""
@@ -446,8 +476,15 @@ async def test_found_health_watch_failed_every_call(client: Client, error_log: E
         ("/gatehouse.v1.AdminService/ListAuditEvents", "220a08ffffffffffffffff7f", "since"),
         # expires_at = {nanos: 1e9}.
         ("/gatehouse.v1.AdminService/CreateApiKey", "2a06108094ebdc03", "expires_at"),
+        # AssignRole.expires_at (issue 18) = {nanos: -1}, {nanos: 1e9}, {seconds: 2**63 - 1}.
+        ("/gatehouse.v1.AdminService/AssignRole", "320b10ffffffffffffffffff01", "expires_at"),
+        ("/gatehouse.v1.AdminService/AssignRole", "3206108094ebdc03", "expires_at"),
+        ("/gatehouse.v1.AdminService/AssignRole", "320a08ffffffffffffffff7f", "expires_at"),
     ],
-    ids=["key-expiry-negative-nanos", "audit-until-negative-nanos", "audit-since-max-seconds", "key-expiry-nanos-1e9"],
+    ids=[
+        "key-expiry-negative-nanos", "audit-until-negative-nanos", "audit-since-max-seconds", "key-expiry-nanos-1e9",
+        "grant-expiry-negative-nanos", "grant-expiry-nanos-1e9", "grant-expiry-max-seconds",
+    ],
 )
 @pytest.mark.parametrize("authenticated", [False, True], ids=["anonymous", "operator"])
 async def test_found_invalid_timestamps(client: Client, error_log: ErrorRecords, path: str, body: str, field: str, authenticated: bool) -> None:
@@ -544,7 +581,9 @@ def test_the_hot_requests_hold_only_fields_their_own_validation_covers() -> None
     def leaves(descriptor: Descriptor, prefix: str = "") -> set[str]:
         found: set[str] = set()
         for field in descriptor.fields:
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name == "google.protobuf.Struct":
+                found.add(f"{prefix}{field.name}")  # a leaf here: checked whole (access._facts_violations)
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
                 found |= leaves(field.message_type, f"{prefix}{field.name}{'[]' if field.is_repeated else ''}.")
             else:
                 found.add(f"{prefix}{field.name}")
@@ -552,7 +591,7 @@ def test_the_hot_requests_hold_only_fields_their_own_validation_covers() -> None
 
     check = {
         "tenant_id", "subject.type", "subject.id", "permission", "resource.type", "resource.id", "resource.scope",
-        "min_revision",
+        "min_revision", "subject.attributes", "resource.attributes", "context",
     }
     assert leaves(access_pb2.CheckAccessRequest.DESCRIPTOR) == check
     assert leaves(access_pb2.CheckAccessBatchRequest.DESCRIPTOR) == {f"checks[].{name}" for name in check}

@@ -15,6 +15,10 @@ answers onto the model's vocabulary, never the other way round.
 Where DESIGN.md is silent the model follows what a caller can observe of the server and
 says so in a comment (`# SERVER:`), so a reader can tell the contract from the choices.
 
+Conditions (issue 18) are modelled for one condition, OWNER_CONDITION: the grant holds
+when the check's `resource.attributes.owner` is the subject's id, and a check that does
+not carry it is CONDITIONAL (denied, naming the attribute) unless another grant allows.
+
 Not modelled yet, because the server has no surface for them at the time of writing:
 API keys (`api_key/<id>` subjects, KEY_REVOKED, a key's own pattern limit), tenant-admin
 keys with the escalation guard, idempotency keys. Each is a few lines here plus one
@@ -169,9 +173,18 @@ class Tenant:
     roles: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(SYSTEM_ROLES))
     members: set[str] = field(default_factory=set)
     assignments: set[Assignment] = field(default_factory=set)
+    conditional: set[Assignment] = field(default_factory=set)  # those that carry OWNER_CONDITION
 
     def root_owners(self) -> set[str]:
         return {subject for subject, role, scope in self.assignments if role == OWNER and scope == ""}
+
+    def lasting_root_owners(self) -> set[str]:
+        """Root owners whose grant has no condition: only those count as "another owner"."""
+        return {s for s, role, scope in self.assignments - self.conditional if role == OWNER and scope == ""}
+
+    def last_owner(self, subject: str) -> bool:
+        """Taking `subject`'s root ownership would leave no lasting owner besides it."""
+        return subject in self.root_owners() and not (self.lasting_root_owners() - {subject})
 
 
 # --- outcomes -----------------------------------------------------------------------------
@@ -243,6 +256,7 @@ class Check:
     permission: str
     scope: str
     min_revision: int = 0
+    owner: str | None = None  # resource.attributes.owner, None = not carried
 
 
 @dataclass(frozen=True)
@@ -256,14 +270,21 @@ class TenantView:
     assignments: frozenset[Assignment]
     roles: Mapping[str, tuple[str, ...]]
     disabled: tuple[tuple[str, tuple[str, ...]], ...]  # (feature, gates) of features that are off
+    conditional: frozenset[Assignment] = frozenset()
 
 
 # The parts of a view a leak could come from, for `World.mixed_view`.
 VIEW_PARTS = ("status", "subjects", "roles", "features")
 
 
-def decide(view: TenantView | None, subject: str, permission: str, scope: str) -> Answer:
-    """DESIGN.md "Decision semantics", steps 2–6, first that applies decides."""
+OWNER_CONDITION = "resource.attributes.owner == subject.id"
+OWNER_ATTRIBUTE = "resource.attributes.owner"
+
+
+def decide(view: TenantView | None, subject: str, permission: str, scope: str, owner: str | None = None) -> Answer:
+    """DESIGN.md "Decision semantics", steps 2–6, first that applies decides; a grant
+    with OWNER_CONDITION applies when `owner` (the check's resource.attributes.owner) is
+    the subject's id, and none allowing while one lacked `owner` is CONDITIONAL."""
     if view is None:
         return Answer(False, "TENANT_NOT_FOUND", 0)
     revision = view.revision
@@ -276,13 +297,24 @@ def decide(view: TenantView | None, subject: str, permission: str, scope: str) -
     blocking = frozenset(name for name, gates in view.disabled if any_matches(gates, permission))
     if blocking:
         return Answer(False, "FEATURE_DISABLED", revision, features=blocking)
+    applicable = [
+        assignment
+        for assignment in view.assignments
+        if assignment[0] == subject
+        and scope_covers(assignment[2], scope)
+        and any_matches(view.roles.get(assignment[1], ()), permission)
+    ]
+    subject_id = subject.partition("/")[2]
     grants = frozenset(
         (role, granted)
-        for holder, role, granted in view.assignments
-        if holder == subject and scope_covers(granted, scope) and any_matches(view.roles.get(role, ()), permission)
+        for assignment in applicable
+        for _, role, granted in (assignment,)
+        if assignment not in view.conditional or owner == subject_id
     )
     if grants:
         return Answer(True, "ALLOWED", revision, grants=grants)
+    if owner is None and any(assignment in view.conditional for assignment in applicable):
+        return Answer(False, "CONDITIONAL", revision)
     return Answer(False, "NO_GRANT", revision)
 
 
@@ -310,6 +342,7 @@ class World:
                 roles=dict(tenant.roles),
                 members=set(tenant.members),
                 assignments=set(tenant.assignments),
+                conditional=set(tenant.conditional),
             )
             for tenant_id, tenant in self.tenants.items()
         }
@@ -341,6 +374,7 @@ class World:
             assignments=frozenset(tenant.assignments),
             roles=dict(tenant.roles),
             disabled=disabled,
+            conditional=frozenset(tenant.conditional & tenant.assignments),
         )
 
     def mixed_view(self, own: str, other: str, parts: Iterable[str]) -> TenantView | None:
@@ -357,10 +391,11 @@ class World:
             assignments=(theirs if "subjects" in taken else mine).assignments,
             roles=(theirs if "roles" in taken else mine).roles,
             disabled=(theirs if "features" in taken else mine).disabled,
+            conditional=(theirs if "subjects" in taken else mine).conditional,
         )
 
-    def check(self, tenant_id: str, subject: str, permission: str, scope: str) -> Answer:
-        return decide(self.view(tenant_id), subject, permission, scope)
+    def check(self, tenant_id: str, subject: str, permission: str, scope: str, owner: str | None = None) -> Answer:
+        return decide(self.view(tenant_id), subject, permission, scope, owner)
 
     # --- whole read calls: step 1, then min_revision, then the answer ---
 
@@ -385,7 +420,7 @@ class World:
         if bad:
             return invalid_argument(bad)
         return self.not_reached(request.tenant_id, request.min_revision) or self.check(
-            request.tenant_id, request.subject, request.permission, request.scope
+            request.tenant_id, request.subject, request.permission, request.scope, request.owner
         )
 
     def batch_call(self, requests: Sequence[Check]) -> Outcome | list[Answer]:
@@ -406,7 +441,7 @@ class World:
             refusal = self.not_reached(request.tenant_id, request.min_revision)
             if refusal is not None:
                 return dataclasses.replace(refusal, facts={**refusal.facts, "check": f"checks[{index}]"})
-        return [self.check(r.tenant_id, r.subject, r.permission, r.scope) for r in requests]
+        return [self.check(r.tenant_id, r.subject, r.permission, r.scope, r.owner) for r in requests]
 
     def config_call(self, tenant_id: str, min_revision: int, *, if_revision_newer_than: int = 0) -> Outcome:
         """GetTenantConfig: INVALID_ARGUMENT, or not reached, or `config()`."""
@@ -631,7 +666,7 @@ class World:
             tenant = self._writable(tenant_id)
             # SERVER: the last-owner rule is checked before membership (a non-member holds
             # nothing, so the order cannot change an answer).
-            if tenant.root_owners() == {subject}:
+            if tenant.last_owner(subject):
                 raise _refuse("FAILED_PRECONDITION", "LAST_OWNER")
             if subject not in tenant.members:
                 raise _refuse("NOT_FOUND", "NOT_FOUND")
@@ -643,7 +678,7 @@ class World:
 
     # --- role assignments ---
 
-    def assign_role(self, tenant_id: str, subject: str, role: str, scope: str) -> Outcome:
+    def assign_role(self, tenant_id: str, subject: str, role: str, scope: str, condition: str = "") -> Outcome:
         try:
             _well_formed({"tenant_id": tenant_id, "scope": scope})
             tenant = self._writable(tenant_id)
@@ -657,6 +692,10 @@ class World:
         except Refused as refused:
             return refused.outcome
         tenant.assignments.add((subject, role, scope))
+        if condition:
+            tenant.conditional.add((subject, role, scope))
+        else:
+            tenant.conditional.discard((subject, role, scope))
         return self._bump(tenant, subject=subject, role=role, scope=scope)
 
     def revoke_role(self, tenant_id: str, subject: str, role: str, scope: str) -> Outcome:
@@ -664,7 +703,7 @@ class World:
         try:
             _well_formed({"tenant_id": tenant_id, "scope": scope})
             tenant = self._writable(tenant_id)
-            if role == OWNER and scope == "" and tenant.root_owners() == {subject}:
+            if role == OWNER and scope == "" and tenant.last_owner(subject):
                 raise _refuse("FAILED_PRECONDITION", "LAST_OWNER")
             if (subject, role, scope) not in tenant.assignments:
                 raise _refuse("NOT_FOUND", "NOT_FOUND")
@@ -726,4 +765,7 @@ class World:
         ]
         rows = sorted(a for a in tenant.assignments if subject is None or a[0] == subject)
         lines.append(f"  assignments{'' if subject is None else ' of ' + subject}=" + str(rows))
+        conditional = sorted(a for a in tenant.conditional & tenant.assignments if subject is None or a[0] == subject)
+        if conditional:
+            lines.append(f"  under {OWNER_CONDITION!r}: {conditional}")
         return "\n".join(lines)

@@ -25,7 +25,7 @@ from google.protobuf import text_format
 
 from gatehouse_client.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
-from tests.simulation.model import LIFECYCLE, SYSTEM_ROLES, Feature, Outcome, Status, World
+from tests.simulation.model import LIFECYCLE, OWNER_CONDITION, SYSTEM_ROLES, Feature, Outcome, Status, World
 from tests.spellings import uuid_spellings as misspellings
 
 # --- the shared vocabulary: the same ids, role names and scopes in both tenants ----------
@@ -612,10 +612,14 @@ class AssignRole(Operation):
             subject=subject_message(sim.subject(tenant_id, 0.85)),
             role=sim.role(tenant_id, existing_bias=0.9),
             scope=sim.grant_scope(),
+            # A quarter of the grants hold only for the subject's own resources (issue 18).
+            condition=OWNER_CONDITION if sim.rng.random() < 0.25 else "",
         )
 
     def expect(self, world: World, request: admin_pb2.AssignRoleRequest, response: Any) -> Outcome:
-        outcome = world.assign_role(request.tenant_id, subject_key(request.subject), request.role, request.scope)
+        outcome = world.assign_role(
+            request.tenant_id, subject_key(request.subject), request.role, request.scope, request.condition
+        )
         return _with(outcome, tenant_id=request.tenant_id)
 
     def observe(self, request: Any, response: admin_pb2.RoleAssignmentResponse) -> Outcome:

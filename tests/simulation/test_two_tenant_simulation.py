@@ -58,6 +58,7 @@ from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2, l
 from tests.client import Client
 from tests.server.status import details
 from tests.simulation.model import (
+    OWNER_ATTRIBUTE,
     VIEW_PARTS,
     Answer,
     Check,
@@ -108,6 +109,7 @@ MAX_REPORTS = 3  # failures reported in full
 COVERAGE_MIN_STEPS = 1000
 EXPECTED_REASONS = {
     "ALLOWED",
+    "CONDITIONAL",
     "NO_GRANT",
     "NOT_A_MEMBER",
     "TENANT_NOT_FOUND",
@@ -140,9 +142,16 @@ def error_outcome(exc: grpc.aio.AioRpcError) -> Outcome:
     return Outcome(exc.code().name, info.reason, facts=facts)
 
 
+def owner_of(request: access_pb2.CheckAccessRequest) -> str | None:
+    """The check's resource.attributes.owner (a string here), None when not carried."""
+    fields = request.resource.attributes.fields
+    return fields["owner"].string_value if "owner" in fields else None
+
+
 def model_check(request: access_pb2.CheckAccessRequest) -> Check:
     return Check(
-        request.tenant_id, subject_key(request.subject), request.permission, request.resource.scope, request.min_revision
+        request.tenant_id, subject_key(request.subject), request.permission, request.resource.scope, request.min_revision,
+        owner_of(request),
     )
 
 
@@ -328,13 +337,21 @@ class Simulation:
 
     def check_request(self, tenant_id: str, triple: tuple[str, str, str], *, via: str) -> access_pb2.CheckAccessRequest:
         subject, permission, scope = triple
-        return access_pb2.CheckAccessRequest(
+        request = access_pb2.CheckAccessRequest(
             tenant_id=tenant_id,
             subject=subject_message(subject),
             permission=permission,
             resource=common_pb2.Resource(type="doc", id="d-1", scope=scope),
             min_revision=self.min_revision(tenant_id, via),
         )
+        # For conditional grants (issue 18): the resource's owner, now the subject, now
+        # someone else, now not said at all.
+        roll = self.rng.random()
+        if roll < 0.35:
+            request.resource.attributes.update({"owner": subject.partition("/")[2]})
+        elif roll < 0.55:
+            request.resource.attributes.update({"owner": "someone-else"})
+        return request
 
     def draw_triple(self) -> tuple[str, str, str]:
         """One (subject, permission, scope), asked in both tenants: mostly a member of one
@@ -598,7 +615,7 @@ class Simulation:
         scope = request.resource.scope
         reason = reason_name(answer.reason)
         self.tally.reasons[reason] += 1
-        expected = self.world.check(tenant_id, subject, request.permission, scope)
+        expected = self.world.check(tenant_id, subject, request.permission, scope, owner_of(request))
         if self._consistent(answer, expected) and answer.revision == expected.revision:
             return
         cross, note = self._check_cross_tenant(request, answer, expected)
@@ -606,7 +623,8 @@ class Simulation:
             "cross-tenant answer" if cross else "check disagreement",
             f"via:     {via}\nrequest: {one_line(request)}\n"
             f"server:  {'allow' if answer.allowed else 'deny'} {reason} rev={answer.revision}"
-            f" role={answer.granted_by_role!r} scope={answer.granted_at_scope!r} feature={answer.feature!r}\n"
+            f" role={answer.granted_by_role!r} scope={answer.granted_at_scope!r} feature={answer.feature!r}"
+            f" missing={list(answer.missing_attributes)}\n"
             f"model:   {expected}" + (f"\n{note}" if note else ""),
             tenant_id,
             subject=subject,
@@ -626,6 +644,8 @@ class Simulation:
             return False
         if expected.reason == "FEATURE_DISABLED" and answer.feature not in expected.features:
             return False
+        if list(answer.missing_attributes) != ([OWNER_ATTRIBUTE] if expected.reason == "CONDITIONAL" else []):
+            return False
         return True
 
     def _check_cross_tenant(
@@ -640,7 +660,7 @@ class Simulation:
         """
         tenant_id = request.tenant_id
         subject = subject_key(request.subject)
-        args = (subject, request.permission, request.resource.scope)
+        args = (subject, request.permission, request.resource.scope, owner_of(request))
         identifying = answer.allowed or reason_name(answer.reason) not in ("NO_GRANT", "NOT_A_MEMBER")
         wrong = not self._consistent(answer, expected)
         note = ""

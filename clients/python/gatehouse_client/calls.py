@@ -104,7 +104,8 @@ class Decision:
     """A CheckAccess answer. `reason` is the DecisionReason without its prefix
     (`"ALLOWED"`, `"NO_GRANT"`, `"NOT_A_MEMBER"`, ...); `revision` the tenant revision it
     was computed at; `granted_by_role` / `granted_at_scope` what allowed it; `feature`
-    the feature that blocked it (reason FEATURE_DISABLED). True when allowed."""
+    the feature that blocked it (reason FEATURE_DISABLED); `missing_attributes` what a
+    condition needed and the check did not carry (reason CONDITIONAL). True when allowed."""
 
     allowed: bool
     reason: str
@@ -112,6 +113,7 @@ class Decision:
     granted_by_role: str = ""
     granted_at_scope: str = ""
     feature: str = ""
+    missing_attributes: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -125,6 +127,7 @@ class Decision:
             granted_by_role=answer.granted_by_role,
             granted_at_scope=answer.granted_at_scope,
             feature=answer.feature,
+            missing_attributes=tuple(answer.missing_attributes),
         )
 
 
@@ -198,14 +201,25 @@ class CallPolicy:
         resource_type: str = "",
         resource_id: str = "",
         min_revision: int | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        subject_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> access_pb2.CheckAccessRequest:
-        return access_pb2.CheckAccessRequest(
+        """The attributes and context (JSON-like mappings) are what role conditions read."""
+        request = access_pb2.CheckAccessRequest(
             tenant_id=tenant_id,
             subject=as_subject(subject),
             permission=permission,
             resource=common_pb2.Resource(type=resource_type, id=resource_id, scope=scope),
             min_revision=self.min_revision(tenant_id, min_revision),
         )
+        if resource_attributes is not None:
+            request.resource.attributes.update(dict(resource_attributes))
+        if subject_attributes is not None:
+            request.subject.attributes.update(dict(subject_attributes))
+        if context is not None:
+            request.context.update(dict(context))
+        return request
 
     def batch_request(
         self, checks: Iterable[Mapping[str, Any] | Sequence[Any] | access_pb2.CheckAccessRequest]

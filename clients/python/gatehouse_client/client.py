@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Iterable, Iterator, TypeVar, overload
+from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Iterable, Iterator, Mapping, TypeVar, overload
 
 import grpc
 from google.protobuf.message import Message
@@ -234,12 +234,17 @@ class Client:
         resource_id: str = "",
         min_revision: int | None = None,
         timeout: float | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        subject_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Decision:
         """May `subject` (`"user:alice"`, `("user", "alice")` or a Subject) do `permission`
-        at `scope` (an org-unit path, `""` = the tenant root) in the tenant?"""
+        at `scope` (an org-unit path, `""` = the tenant root) in the tenant? The attributes
+        and context (JSON-like mappings) are what role conditions read."""
         request = self.policy.check_request(
             tenant_id, subject, permission, scope=scope, resource_type=resource_type,
-            resource_id=resource_id, min_revision=min_revision,
+            resource_id=resource_id, min_revision=min_revision, resource_attributes=resource_attributes,
+            subject_attributes=subject_attributes, context=context,
         )
         return Decision.of(self._unary(self._access.CheckAccess, request, self.policy.auth, timeout))
 
@@ -414,11 +419,15 @@ class AsyncClient:
         resource_id: str = "",
         min_revision: int | None = None,
         timeout: float | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        subject_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Decision:
         """See `Client.check`."""
         request = self.policy.check_request(
             tenant_id, subject, permission, scope=scope, resource_type=resource_type,
-            resource_id=resource_id, min_revision=min_revision,
+            resource_id=resource_id, min_revision=min_revision, resource_attributes=resource_attributes,
+            subject_attributes=subject_attributes, context=context,
         )
         return Decision.of(await self._unary(self._access.CheckAccess, request, self.policy.auth, timeout))
 

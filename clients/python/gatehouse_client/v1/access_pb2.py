@@ -23,25 +23,26 @@ _sym_db = _symbol_database.Default()
 
 
 from gatehouse_client.v1 import common_pb2 as gatehouse_dot_v1_dot_common__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/access.proto\x12\x0cgatehouse.v1\x1a\x19gatehouse/v1/common.proto\"\xa3\x01\n\x12\x43heckAccessRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12&\n\x07subject\x18\x02 \x01(\x0b\x32\x15.gatehouse.v1.Subject\x12\x12\n\npermission\x18\x03 \x01(\t\x12(\n\x08resource\x18\x04 \x01(\x0b\x32\x16.gatehouse.v1.Resource\x12\x14\n\x0cmin_revision\x18\x05 \x01(\x03\"\xaa\x01\n\x13\x43heckAccessResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.gatehouse.v1.DecisionReason\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x17\n\x0fgranted_by_role\x18\x04 \x01(\t\x12\x18\n\x10granted_at_scope\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x06 \x01(\t\"K\n\x17\x43heckAccessBatchRequest\x12\x30\n\x06\x63hecks\x18\x01 \x03(\x0b\x32 .gatehouse.v1.CheckAccessRequest\"N\n\x18\x43heckAccessBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.gatehouse.v1.CheckAccessResponse*\xc6\x02\n\x0e\x44\x65\x63isionReason\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45\x43ISION_REASON_ALLOWED\x10\x01\x12\x1c\n\x18\x44\x45\x43ISION_REASON_NO_GRANT\x10\x02\x12 \n\x1c\x44\x45\x43ISION_REASON_NOT_A_MEMBER\x10\x03\x12$\n DECISION_REASON_TENANT_NOT_FOUND\x10\x04\x12$\n DECISION_REASON_TENANT_SUSPENDED\x10\x05\x12#\n\x1f\x44\x45\x43ISION_REASON_TENANT_INACTIVE\x10\x06\x12$\n DECISION_REASON_FEATURE_DISABLED\x10\x07\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_KEY_REVOKED\x10\x08\x32\xc6\x01\n\rAccessService\x12R\n\x0b\x43heckAccess\x12 .gatehouse.v1.CheckAccessRequest\x1a!.gatehouse.v1.CheckAccessResponse\x12\x61\n\x10\x43heckAccessBatch\x12%.gatehouse.v1.CheckAccessBatchRequest\x1a&.gatehouse.v1.CheckAccessBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/access.proto\x12\x0cgatehouse.v1\x1a\x19gatehouse/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xcd\x01\n\x12\x43heckAccessRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12&\n\x07subject\x18\x02 \x01(\x0b\x32\x15.gatehouse.v1.Subject\x12\x12\n\npermission\x18\x03 \x01(\t\x12(\n\x08resource\x18\x04 \x01(\x0b\x32\x16.gatehouse.v1.Resource\x12\x14\n\x0cmin_revision\x18\x05 \x01(\x03\x12(\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xc6\x01\n\x13\x43heckAccessResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.gatehouse.v1.DecisionReason\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x17\n\x0fgranted_by_role\x18\x04 \x01(\t\x12\x18\n\x10granted_at_scope\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x06 \x01(\t\x12\x1a\n\x12missing_attributes\x18\x07 \x03(\t\"K\n\x17\x43heckAccessBatchRequest\x12\x30\n\x06\x63hecks\x18\x01 \x03(\x0b\x32 .gatehouse.v1.CheckAccessRequest\"N\n\x18\x43heckAccessBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.gatehouse.v1.CheckAccessResponse*\xe7\x02\n\x0e\x44\x65\x63isionReason\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45\x43ISION_REASON_ALLOWED\x10\x01\x12\x1c\n\x18\x44\x45\x43ISION_REASON_NO_GRANT\x10\x02\x12 \n\x1c\x44\x45\x43ISION_REASON_NOT_A_MEMBER\x10\x03\x12$\n DECISION_REASON_TENANT_NOT_FOUND\x10\x04\x12$\n DECISION_REASON_TENANT_SUSPENDED\x10\x05\x12#\n\x1f\x44\x45\x43ISION_REASON_TENANT_INACTIVE\x10\x06\x12$\n DECISION_REASON_FEATURE_DISABLED\x10\x07\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_KEY_REVOKED\x10\x08\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_CONDITIONAL\x10\t2\xc6\x01\n\rAccessService\x12R\n\x0b\x43heckAccess\x12 .gatehouse.v1.CheckAccessRequest\x1a!.gatehouse.v1.CheckAccessResponse\x12\x61\n\x10\x43heckAccessBatch\x12%.gatehouse.v1.CheckAccessBatchRequest\x1a&.gatehouse.v1.CheckAccessBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatehouse_client.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISIONREASON']._serialized_start=567
-  _globals['_DECISIONREASON']._serialized_end=893
-  _globals['_CHECKACCESSREQUEST']._serialized_start=71
-  _globals['_CHECKACCESSREQUEST']._serialized_end=234
-  _globals['_CHECKACCESSRESPONSE']._serialized_start=237
-  _globals['_CHECKACCESSRESPONSE']._serialized_end=407
-  _globals['_CHECKACCESSBATCHREQUEST']._serialized_start=409
-  _globals['_CHECKACCESSBATCHREQUEST']._serialized_end=484
-  _globals['_CHECKACCESSBATCHRESPONSE']._serialized_start=486
-  _globals['_CHECKACCESSBATCHRESPONSE']._serialized_end=564
-  _globals['_ACCESSSERVICE']._serialized_start=896
-  _globals['_ACCESSSERVICE']._serialized_end=1094
+  _globals['_DECISIONREASON']._serialized_start=667
+  _globals['_DECISIONREASON']._serialized_end=1026
+  _globals['_CHECKACCESSREQUEST']._serialized_start=101
+  _globals['_CHECKACCESSREQUEST']._serialized_end=306
+  _globals['_CHECKACCESSRESPONSE']._serialized_start=309
+  _globals['_CHECKACCESSRESPONSE']._serialized_end=507
+  _globals['_CHECKACCESSBATCHREQUEST']._serialized_start=509
+  _globals['_CHECKACCESSBATCHREQUEST']._serialized_end=584
+  _globals['_CHECKACCESSBATCHRESPONSE']._serialized_start=586
+  _globals['_CHECKACCESSBATCHRESPONSE']._serialized_end=664
+  _globals['_ACCESSSERVICE']._serialized_start=1029
+  _globals['_ACCESSSERVICE']._serialized_end=1227
 # @@protoc_insertion_point(module_scope)

@@ -371,32 +371,40 @@ class ListMembersResponse(_message.Message):
     def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RoleAssignment(_message.Message):
-    __slots__ = ("tenant_id", "subject", "role", "scope", "created_at")
+    __slots__ = ("tenant_id", "subject", "role", "scope", "created_at", "expires_at", "condition")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     subject: _common_pb2.Subject
     role: str
     scope: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    expires_at: _timestamp_pb2.Timestamp
+    condition: str
+    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., condition: _Optional[str] = ...) -> None: ...
 
 class AssignRoleRequest(_message.Message):
-    __slots__ = ("tenant_id", "subject", "role", "scope", "expected_revision")
+    __slots__ = ("tenant_id", "subject", "role", "scope", "expected_revision", "expires_at", "condition")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     subject: _common_pb2.Subject
     role: str
     scope: str
     expected_revision: int
-    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+    expires_at: _timestamp_pb2.Timestamp
+    condition: str
+    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., expected_revision: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., condition: _Optional[str] = ...) -> None: ...
 
 class RevokeRoleRequest(_message.Message):
     __slots__ = ("tenant_id", "subject", "role", "scope", "expected_revision")

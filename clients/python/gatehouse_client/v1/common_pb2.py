@@ -22,19 +22,20 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/common.proto\x12\x0cgatehouse.v1\"#\n\x07Subject\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"3\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t*\xb4\x01\n\x0cTenantStatus\x12\x1d\n\x19TENANT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TENANT_STATUS_DRAFT\x10\x01\x12\x18\n\x14TENANT_STATUS_ACTIVE\x10\x02\x12\x1b\n\x17TENANT_STATUS_SUSPENDED\x10\x03\x12\x1a\n\x16TENANT_STATUS_ARCHIVED\x10\x04\x12\x19\n\x15TENANT_STATUS_DELETED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/common.proto\x12\x0cgatehouse.v1\x1a\x1cgoogle/protobuf/struct.proto\"P\n\x07Subject\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"`\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct*\xb4\x01\n\x0cTenantStatus\x12\x1d\n\x19TENANT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TENANT_STATUS_DRAFT\x10\x01\x12\x18\n\x14TENANT_STATUS_ACTIVE\x10\x02\x12\x1b\n\x17TENANT_STATUS_SUSPENDED\x10\x03\x12\x1a\n\x16TENANT_STATUS_ARCHIVED\x10\x04\x12\x19\n\x15TENANT_STATUS_DELETED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatehouse_client.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENANTSTATUS']._serialized_start=134
-  _globals['_TENANTSTATUS']._serialized_end=314
-  _globals['_SUBJECT']._serialized_start=43
-  _globals['_SUBJECT']._serialized_end=78
-  _globals['_RESOURCE']._serialized_start=80
-  _globals['_RESOURCE']._serialized_end=131
+  _globals['_TENANTSTATUS']._serialized_start=254
+  _globals['_TENANTSTATUS']._serialized_end=434
+  _globals['_SUBJECT']._serialized_start=73
+  _globals['_SUBJECT']._serialized_end=153
+  _globals['_RESOURCE']._serialized_start=155
+  _globals['_RESOURCE']._serialized_end=251
 # @@protoc_insertion_point(module_scope)

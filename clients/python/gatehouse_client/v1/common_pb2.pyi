@@ -1,7 +1,9 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -21,19 +23,23 @@ TENANT_STATUS_ARCHIVED: TenantStatus
 TENANT_STATUS_DELETED: TenantStatus
 
 class Subject(_message.Message):
-    __slots__ = ("type", "id")
+    __slots__ = ("type", "id", "attributes")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     type: str
     id: str
-    def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+    attributes: _struct_pb2.Struct
+    def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Resource(_message.Message):
-    __slots__ = ("type", "id", "scope")
+    __slots__ = ("type", "id", "scope", "attributes")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     type: str
     id: str
     scope: str
-    def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
+    attributes: _struct_pb2.Struct
+    def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ..., scope: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
