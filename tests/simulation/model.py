@@ -19,6 +19,13 @@ Conditions (issue 18) are modelled for one condition, OWNER_CONDITION: the grant
 when the check's `resource.attributes.owner` is the subject's id, and a check that does
 not carry it is CONDITIONAL (denied, naming the attribute) unless another grant allows.
 
+Expiring grants (issue 18) are decided with the model's clock, `World.now` (unix
+seconds, set by the caller: the model reads no clock of its own): from its `expires_at`
+on a grant grants nothing, though its row stays (listed, moved, in the way of a move,
+holding its role in use, making its subject an owner for the last-owner rule but never
+"another owner") until revoked, taken with its member, granted anew, or swept
+(`World.sweep`, the relay's housekeeping: each subject's expired rows one revision).
+
 Not modelled yet, because the server has no surface for them at the time of writing:
 API keys (`api_key/<id>` subjects, KEY_REVOKED, a key's own pattern limit), tenant-admin
 keys with the escalation guard, idempotency keys. Each is a few lines here plus one
@@ -30,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -174,13 +182,26 @@ class Tenant:
     members: set[str] = field(default_factory=set)
     assignments: set[Assignment] = field(default_factory=set)
     conditional: set[Assignment] = field(default_factory=set)  # those that carry OWNER_CONDITION
+    expires: dict[Assignment, float] = field(default_factory=dict)  # expires_at (unix seconds); others last
 
     def root_owners(self) -> set[str]:
         return {subject for subject, role, scope in self.assignments if role == OWNER and scope == ""}
 
     def lasting_root_owners(self) -> set[str]:
-        """Root owners whose grant has no condition: only those count as "another owner"."""
-        return {s for s, role, scope in self.assignments - self.conditional if role == OWNER and scope == ""}
+        """Root owners whose grant has no condition and no expiry: only those count as
+        "another owner" (SERVER: expired or not yet, an expiring grant could leave none)."""
+        lasting = self.assignments - self.conditional - self.expires.keys()
+        return {s for s, role, scope in lasting if role == OWNER and scope == ""}
+
+    def in_force(self, now: float) -> set[Assignment]:
+        """The assignments that grant at `now`: those not yet at their expiry."""
+        return {a for a in self.assignments if now < self.expires.get(a, math.inf)}
+
+    def forget_gone(self) -> None:
+        """Drop the condition and expiry of assignments no longer held (so a grant that
+        later lands on the same key, by a move, carries only its own)."""
+        self.conditional &= self.assignments
+        self.expires = {a: at for a, at in self.expires.items() if a in self.assignments}
 
     def last_owner(self, subject: str) -> bool:
         """Taking `subject`'s root ownership would leave no lasting owner besides it."""
@@ -330,10 +351,14 @@ class World:
     def __init__(self) -> None:
         self.plans: dict[str, dict[str, Feature]] = {DEFAULT_PLAN: {}}
         self.tenants: dict[str, Tenant] = {}
+        # The clock (unix seconds) decisions and writes are made at: a grant grants nothing
+        # from its expiry on. The caller sets it; 0 (never set) expires nothing.
+        self.now = 0.0
 
     def clone(self) -> "World":
         """An independent copy (every value inside is immutable, so one level deep is enough)."""
         other = World()
+        other.now = self.now
         other.plans = {name: dict(features) for name, features in self.plans.items()}
         other.tenants = {
             tenant_id: dataclasses.replace(
@@ -343,6 +368,7 @@ class World:
                 members=set(tenant.members),
                 assignments=set(tenant.assignments),
                 conditional=set(tenant.conditional),
+                expires=dict(tenant.expires),
             )
             for tenant_id, tenant in self.tenants.items()
         }
@@ -367,14 +393,15 @@ class World:
             for name, feature in sorted(self.plans[tenant.plan].items())
             if feature.gates and not flags[name]
         )
+        in_force = tenant.in_force(self.now)  # an expired grant grants nothing
         return TenantView(
             status=tenant.status,
             revision=tenant.revision,
             members=frozenset(tenant.members),
-            assignments=frozenset(tenant.assignments),
+            assignments=frozenset(in_force),
             roles=dict(tenant.roles),
             disabled=disabled,
-            conditional=frozenset(tenant.conditional & tenant.assignments),
+            conditional=frozenset(tenant.conditional & in_force),
         )
 
     def mixed_view(self, own: str, other: str, parts: Iterable[str]) -> TenantView | None:
@@ -674,28 +701,50 @@ class World:
             return refused.outcome
         tenant.members.discard(subject)
         tenant.assignments = {a for a in tenant.assignments if a[0] != subject}
+        tenant.forget_gone()
         return self._bump(tenant)
 
     # --- role assignments ---
 
-    def assign_role(self, tenant_id: str, subject: str, role: str, scope: str, condition: str = "") -> Outcome:
+    def assign_role(
+        self,
+        tenant_id: str,
+        subject: str,
+        role: str,
+        scope: str,
+        condition: str = "",
+        expires_at: float | None = None,
+    ) -> Outcome:
+        """Grant `role` at `scope`, under `condition` if any, until `expires_at` (unix
+        seconds) if any: an expiry not after `now` is refused with the other bad fields.
+        The same grant still in force is ALREADY_EXISTS; expired (not yet swept), it is
+        granted anew, with this call's condition and expiry."""
         try:
-            _well_formed({"tenant_id": tenant_id, "scope": scope})
+            bad = malformed({"tenant_id": tenant_id, "scope": scope})
+            if expires_at is not None and expires_at <= self.now:
+                bad.append("expires_at")
+            if bad:
+                raise Refused(invalid_argument(bad))
             tenant = self._writable(tenant_id)
             # SERVER: membership is checked before the role exists (DESIGN is silent).
             if subject not in tenant.members:
                 raise _refuse("FAILED_PRECONDITION", "NOT_A_MEMBER")
             if role not in tenant.roles:
                 raise _refuse("NOT_FOUND", "NOT_FOUND")
-            if (subject, role, scope) in tenant.assignments:
+            if (subject, role, scope) in tenant.in_force(self.now):
                 raise _refuse("ALREADY_EXISTS", "ALREADY_EXISTS")
         except Refused as refused:
             return refused.outcome
-        tenant.assignments.add((subject, role, scope))
+        granted = (subject, role, scope)
+        tenant.assignments.add(granted)
         if condition:
-            tenant.conditional.add((subject, role, scope))
+            tenant.conditional.add(granted)
         else:
-            tenant.conditional.discard((subject, role, scope))
+            tenant.conditional.discard(granted)
+        if expires_at is not None:
+            tenant.expires[granted] = expires_at
+        else:
+            tenant.expires.pop(granted, None)
         return self._bump(tenant, subject=subject, role=role, scope=scope)
 
     def revoke_role(self, tenant_id: str, subject: str, role: str, scope: str) -> Outcome:
@@ -710,6 +759,7 @@ class World:
         except Refused as refused:
             return refused.outcome
         tenant.assignments.discard((subject, role, scope))
+        tenant.forget_gone()
         return self._bump(tenant)
 
     # --- org-unit moves ---
@@ -725,7 +775,8 @@ class World:
         moved one is then dropped). SERVER: the target-inside-source refusal is an
         INVALID_ARGUMENT naming `to_scope` with reason GATEHOUSE_MOVE_INTO_ITSELF, made
         before the tenant is read; the tenant checks (found, not deleted, revision) come
-        before what the move finds."""
+        before what the move finds. A grant moves with its condition and expiry (expired or
+        not: it is a row like any other, and so is one in the way)."""
         try:
             _well_formed({"tenant_id": tenant_id, "from_scope": from_scope, "to_scope": to_scope})
             if scope_covers(from_scope, to_scope):
@@ -746,8 +797,36 @@ class World:
                 raise _refuse("FAILED_PRECONDITION", "MOVE_CONFLICT")
         except Refused as refused:
             return refused.outcome
-        tenant.assignments = staying | {landing[a] for a in moving - dropped}
+        moved = {landing[a]: a for a in moving - dropped}
+        conditional, expires = tenant.conditional, tenant.expires
+        tenant.assignments = staying | moved.keys()
+        tenant.conditional = (conditional & staying) | {new for new, old in moved.items() if old in conditional}
+        tenant.expires = {a: at for a, at in expires.items() if a in staying}
+        tenant.expires.update({new: expires[old] for new, old in moved.items() if old in expires})
         return self._bump(tenant, moved=len(moving) - len(dropped), merged=len(dropped))
+
+    # --- the expiry sweep ---
+
+    def sweep(self) -> Outcome:
+        """The relay's sweep at `now`: in every tenant but deleted ones, each subject's
+        expired assignments deleted together, one revision per subject. SERVER (README
+        "Expiring grants"): housekeeping, no decision changes; `swept` is the number of
+        subjects, as store.assignments.sweep_expired_assignments counts them."""
+        swept = 0
+        for tenant in self.tenants.values():
+            if tenant.status is Status.DELETED:
+                continue
+            expired = tenant.assignments - tenant.in_force(self.now)
+            for subject in sorted({a[0] for a in expired}):
+                tenant.assignments -= {a for a in expired if a[0] == subject}
+                tenant.revision += 1
+                swept += 1
+            tenant.forget_gone()
+        return Outcome(facts={"swept": swept})
+
+    def expiries(self) -> list[float]:
+        """Every expiry of an assignment held in any tenant, in order (swept or not)."""
+        return sorted(at for tenant in self.tenants.values() for a, at in tenant.expires.items() if a in tenant.assignments)
 
     # --- for failure reports ---
 
@@ -768,4 +847,10 @@ class World:
         conditional = sorted(a for a in tenant.conditional & tenant.assignments if subject is None or a[0] == subject)
         if conditional:
             lines.append(f"  under {OWNER_CONDITION!r}: {conditional}")
+        expiring = sorted((a, at) for a, at in tenant.expires.items() if subject is None or a[0] == subject)
+        if expiring:
+            lines.append(
+                f"  expiring (now={self.now:.3f}): "
+                + ", ".join(f"{a} at {at:.3f}{' (expired)' if at <= self.now else ''}" for a, at in expiring)
+            )
         return "\n".join(lines)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.simulation.model import (
     LIFECYCLE,
+    OWNER_CONDITION,
     Answer,
     Check,
     Feature,
@@ -274,3 +275,79 @@ def test_reads_refuse_step_one_before_min_revision_before_deciding() -> None:
     assert world.config_call(t1, current + 5).facts["current_revision"] == str(current)
     assert world.config_call(t1.upper(), 0).facts == {"fields": ("tenant_id",)}
     assert world.config_call(t1, current).revision == current
+
+
+def test_a_moved_grant_keeps_its_condition_and_expiry() -> None:
+    world, t1, _ = _world()
+    world.create_role(t1, "editor", ("doc.*",))
+    world.add_member(t1, "user/alice")
+    world.assign_role(t1, "user/alice", "editor", "eu/sales", condition=OWNER_CONDITION)
+    world.assign_role(t1, "user/alice", "viewer", "eu/sales", expires_at=100.0)
+    assert world.move_scope(t1, "eu", "emea", keep_existing=False).facts == {"moved": 2, "merged": 0}
+    assert world.check(t1, "user/alice", "doc.edit", "emea/sales").reason == "CONDITIONAL"
+    assert world.check(t1, "user/alice", "doc.edit", "emea/sales", owner="alice").reason == "ALLOWED"
+    world.now = 100.0
+    assert world.check(t1, "user/alice", "doc.read", "emea/sales", owner="other").reason == "NO_GRANT"
+
+    # A grant revoked and another moved onto its key: the newcomer carries only its own.
+    world.add_member(t1, "user/bob")
+    world.assign_role(t1, "user/bob", "editor", "x", condition=OWNER_CONDITION, expires_at=150.0)
+    world.revoke_role(t1, "user/bob", "editor", "x")
+    world.assign_role(t1, "user/bob", "editor", "y")
+    world.move_scope(t1, "y", "x", keep_existing=False)
+    world.now = 200.0
+    assert world.check(t1, "user/bob", "doc.edit", "x").reason == "ALLOWED"
+
+
+def test_an_expired_grant_grants_nothing_but_its_row_stays_until_swept() -> None:
+    world, t1, t2 = _world()
+    world.create_role(t1, "editor", ("doc.*",))
+    for subject in ("user/alice", "user/bob"):
+        world.add_member(t1, subject)
+    world.now = 1000.0
+    assert world.assign_role(t1, "user/alice", "editor", "", expires_at=1000.0).facts == {"fields": ("expires_at",)}
+    assert world.assign_role("Nope", "user/alice", "editor", "..", expires_at=999.0).facts == {
+        "fields": ("expires_at", "scope", "tenant_id")
+    }
+    world.assign_role(t1, "user/alice", "editor", "emea", expires_at=1002.0)
+    world.assign_role(t1, "user/alice", "owner", "", expires_at=1001.0)
+    world.assign_role(t1, "user/bob", "owner", "")
+    assert world.check(t1, "user/alice", "doc.edit", "emea/de").grants == {("editor", "emea"), ("owner", "")}
+    # An expiring owner is not another owner, expired or not.
+    assert world.revoke_role(t1, "user/bob", "owner", "").reason == "GATEHOUSE_LAST_OWNER"
+
+    world.now = 1001.0  # at the instant itself it has expired
+    assert world.check(t1, "user/alice", "doc.edit", "emea/de").grants == {("editor", "emea")}
+    assert world.assign_role(t1, "user/alice", "editor", "emea").code == "ALREADY_EXISTS"  # still in force
+    world.now = 1003.0
+    assert world.check(t1, "user/alice", "doc.edit", "emea/de").reason == "NO_GRANT"
+    assert world.list_assignments(t1, "user/alice").facts == {
+        "assignments": [("user/alice", "editor", "emea"), ("user/alice", "owner", "")]
+    }
+    assert world.delete_role(t1, "editor").reason == "GATEHOUSE_ROLE_IN_USE"
+    # Expired, not swept: granted anew (here for good, the expiry gone).
+    revision = world.tenants[t1].revision
+    assert world.assign_role(t1, "user/alice", "editor", "emea").revision == revision + 1
+    assert world.check(t1, "user/alice", "doc.edit", "emea/de").reason == "ALLOWED"
+
+    # The sweep: one revision per subject with expired rows, none in a deleted tenant,
+    # no decision changed.
+    world.add_member(t2, "user/carol")
+    world.create_role(t2, "editor", ("doc.*",))
+    world.assign_role(t2, "user/carol", "editor", "", expires_at=1004.0)
+    world.transition(t2, "Archive", confirm=False)
+    world.transition(t2, "Delete", confirm=True)
+    world.assign_role(t1, "user/bob", "editor", "a", expires_at=1004.0)
+    world.assign_role(t1, "user/bob", "editor", "b", expires_at=1004.5)
+    world.now = 1005.0
+    before = {s: world.check(t1, s, "doc.edit", "emea") for s in ("user/alice", "user/bob")}
+    revisions = world.tenants[t1].revision, world.tenants[t2].revision
+    assert world.sweep().facts == {"swept": 2}  # alice's owner, both of bob's
+    assert (world.tenants[t1].revision, world.tenants[t2].revision) == (revisions[0] + 2, revisions[1])
+    after = {s: world.check(t1, s, "doc.edit", "emea") for s in ("user/alice", "user/bob")}
+    assert {s: (a.allowed, a.reason, a.grants) for s, a in after.items()} == {
+        s: (a.allowed, a.reason, a.grants) for s, a in before.items()
+    }
+    assert world.list_assignments(t1, "user/bob").facts == {"assignments": [("user/bob", "owner", "")]}
+    assert world.sweep().facts == {"swept": 0}
+    assert world.expiries() == [1004.0]  # the deleted tenant's row: never swept
