@@ -716,15 +716,15 @@ class World:
         expires_at: float | None = None,
     ) -> Outcome:
         """Grant `role` at `scope`, under `condition` if any, until `expires_at` (unix
-        seconds) if any: an expiry not after `now` is refused with the other bad fields.
-        The same grant still in force is ALREADY_EXISTS; expired (not yet swept), it is
-        granted anew, with this call's condition and expiry."""
+        seconds) if any: an expiry not after `now` is refused (INVALID_ARGUMENT naming
+        `expires_at`). The same grant still in force is ALREADY_EXISTS; expired (not yet
+        swept), it is granted anew, with this call's condition and expiry."""
         try:
-            bad = malformed({"tenant_id": tenant_id, "scope": scope})
+            # SERVER: the tenant id and scope are checked first, on their own (authorization
+            # reads them); the other fields only once those are well-formed.
+            _well_formed({"tenant_id": tenant_id, "scope": scope})
             if expires_at is not None and expires_at <= self.now:
-                bad.append("expires_at")
-            if bad:
-                raise Refused(invalid_argument(bad))
+                raise Refused(invalid_argument(["expires_at"]))
             tenant = self._writable(tenant_id)
             # SERVER: membership is checked before the role exists (DESIGN is silent).
             if subject not in tenant.members:

@@ -17,6 +17,7 @@ the model does not have.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -57,6 +58,11 @@ CHECK_SCOPES = (*GRANT_SCOPES, "emea/de/berlin/mitte", "emea/dex/x", "emea/d", "
 # Scopes with `.` or `..` segments: each names (or would, resolved) a scope of the trees above.
 DOT_SCOPES = (".", "..", "emea/..", "../emea", "emea/./de", "emea/de/..", "emea/de/berlin/.", "amer/../emea/de")
 DOT_SCOPE_RATE = 0.04  # of the assignments drawn (checks: the test's probes)
+# Of the assignments drawn: until a short random time ahead (s), now and then one already
+# past (refused: INVALID_ARGUMENT naming expires_at).
+EXPIRY_RATE = 0.3
+EXPIRY_AHEAD = (0.3, 3.0)
+PAST_EXPIRY_RATE = 0.02
 PERMISSIONS = (
     "invoice.read",
     "invoice.write",
@@ -137,6 +143,7 @@ class Sim:
     unique: str
     slots: list[Slot]
     graveyard: list[str] = field(default_factory=list)  # ids of deleted tenants, still asked about
+    expiry_rate: float = EXPIRY_RATE  # 0 while the test waits for every grant to expire (to sweep)
 
     @property
     def plans(self) -> list[str]:
@@ -199,6 +206,15 @@ class Sim:
         if self.rng.random() < 0.03:
             return ["*"]
         return self.rng.sample(PATTERNS, self.rng.randint(1, 3))
+
+    def expires_at(self) -> float | None:
+        """An expiry (unix seconds) for a grant being drawn, or None (for good)."""
+        roll = self.rng.random()
+        if roll < PAST_EXPIRY_RATE:
+            return time.time() - self.rng.uniform(1.0, 3600.0)
+        if roll < PAST_EXPIRY_RATE + self.expiry_rate:
+            return time.time() + self.rng.uniform(*EXPIRY_AHEAD)
+        return None
 
     def expected_revision(self, tenant_id: str) -> int:
         """0 (don't check) mostly; sometimes the current revision, sometimes a stale one."""
@@ -607,7 +623,7 @@ class AssignRole(Operation):
         return self.draw_for(sim, sim.target())
 
     def draw_for(self, sim: Sim, tenant_id: str) -> admin_pb2.AssignRoleRequest:
-        return admin_pb2.AssignRoleRequest(
+        request = admin_pb2.AssignRoleRequest(
             tenant_id=tenant_id,
             subject=subject_message(sim.subject(tenant_id, 0.85)),
             role=sim.role(tenant_id, existing_bias=0.9),
@@ -615,10 +631,15 @@ class AssignRole(Operation):
             # A quarter of the grants hold only for the subject's own resources (issue 18).
             condition=OWNER_CONDITION if sim.rng.random() < 0.25 else "",
         )
+        expires_at = sim.expires_at()  # issue 18: some grants last a few seconds
+        if expires_at is not None:
+            request.expires_at.FromNanoseconds(int(expires_at * 1e9))
+        return request
 
     def expect(self, world: World, request: admin_pb2.AssignRoleRequest, response: Any) -> Outcome:
+        expires_at = request.expires_at.ToNanoseconds() / 1e9 if request.HasField("expires_at") else None
         outcome = world.assign_role(
-            request.tenant_id, subject_key(request.subject), request.role, request.scope, request.condition
+            request.tenant_id, subject_key(request.subject), request.role, request.scope, request.condition, expires_at
         )
         return _with(outcome, tenant_id=request.tenant_id)
 

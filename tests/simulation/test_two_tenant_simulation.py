@@ -30,6 +30,20 @@ the walk goes on for a while. The first few failures are reported in full: the s
 last admin operations before it, the request, the server's answer, the model's answer
 and the model's state of both tenants.
 
+Some grants expire a few seconds after they are made (AssignRole `expires_at`), and the
+model decides with the clock: from its expiry on a grant grants nothing. Each answer is
+compared with the model's at both ends of the call, widened by CLOCK_SKEW; when those
+differ the answer was asked too near an expiry instant to tell, and is counted instead
+(an admin call so near, that may go either way, is held to whichever of the two the
+server gave). The sidecars do not sweep expired rows (tests/simulation/conftest.py):
+a timed sweep's revision bump lands at an instant the model cannot know, so it would
+have to learn revisions from the server it is judging. Instead the walk sweeps itself
+now and then: it stops granting expiring grants, waits (walking on) until every one has
+expired, and runs the relay's sweep on its database, which the model then predicts
+exactly (one revision per subject with expired rows; every later answer at the new
+revision). Just before and after, the swept grants' own questions are asked: the sweep
+must change no decision.
+
 Lookups (LookupService) are asked now and then too, of either sidecar, and held to the
 same model: LookupSubjects (every page, random page sizes) must list exactly the members
 the model allows (each with a grant that allows it, at the tenant's revision, a tenant-wide
@@ -40,7 +54,9 @@ a member here, a member there) is a cross-tenant answer.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import functools
 import itertools
 import os
 import random
@@ -48,7 +64,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import grpc
 from google.protobuf import text_format
@@ -57,6 +73,7 @@ from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2, l
 
 from tests.client import Client
 from tests.server.status import details
+from tests.simulation.conftest import Sweep
 from tests.simulation.model import (
     OWNER_ATTRIBUTE,
     VIEW_PARTS,
@@ -64,6 +81,7 @@ from tests.simulation.model import (
     Check,
     Outcome,
     Status,
+    Tenant,
     World,
     any_matches,
     decide,
@@ -74,6 +92,7 @@ from tests.simulation.operations import (
     CHECK_SCOPES,
     CUSTOM_ROLES,
     DOT_SCOPES,
+    EXPIRY_RATE,
     OPERATIONS,
     PERMISSIONS,
     STRANGERS,
@@ -105,6 +124,13 @@ UNHEARD_SPACING = 0.06  # s: a little over the server's spacing of such store re
 TRACE_LENGTH = 15
 MAX_FAILING_STEPS = 20  # after this many steps with wrong answers, stop walking
 MAX_REPORTS = 3  # failures reported in full
+# s: how far the model's clock and the engine's may be apart (the same machine's clock,
+# read a little before or after the server reads it); answers that change within it are
+# not compared but counted.
+CLOCK_SKEW = 0.1
+SWEEP_RATE = 0.006  # of steps: stop granting expiring grants, and sweep once all have expired
+TARGETED_EXPIRY = 0.2  # of the triples checked: an expiring grant's own question, when there is one
+SWEEP_CHECKS = 8  # swept grants asked about around a sweep, at most
 # With this many steps every decision reason short of KEY_REVOKED (no API keys yet) shows up.
 COVERAGE_MIN_STEPS = 1000
 EXPECTED_REASONS = {
@@ -179,6 +205,9 @@ def copy_of(request: access_pb2.CheckAccessRequest) -> access_pb2.CheckAccessReq
     return copy
 
 
+T = TypeVar("T")
+
+
 def _without_tenant(outcome: Outcome) -> tuple[str, str, dict[str, object]]:
     facts = {k: v for k, v in outcome.facts.items() if k not in ("tenant_id", "tenant_ids")}
     return outcome.code, outcome.reason, facts
@@ -210,6 +239,14 @@ class Tally:
     probe_calls: collections.Counter[str] = field(default_factory=collections.Counter)
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    expiring_assigned: int = 0  # AssignRole calls with expires_at, made
+    after_expiry: int = 0  # answers compared that an expired grant would have changed
+    near_expiry: int = 0  # answers (checks, listings) too near an expiry instant: not compared
+    admin_near_expiry: int = 0  # admin answers the clock decided, held to the server's side of it
+    sweeps: int = 0
+    swept_subjects: int = 0
+    sweep_checks: int = 0  # swept grants' questions asked before and after their sweep
+    watched: int = 0  # expiring grants' own questions asked as made and again just after expiry
 
 
 class Simulation:
@@ -230,6 +267,11 @@ class Simulation:
         self.last_write: dict[str, tuple[str, int, int]] = {}
         # (sidecar, tenant id) → when it was last asked for a revision it may not have heard of
         self.unheard: dict[tuple[str, str], float] = {}
+        self.window = (0.0, 0.0)  # when (unix seconds) the call being judged was sent and answered
+        self.sweeper: Sweep | None = None
+        self.draining = False  # no new expiring grants: sweep once every one has expired
+        # (expires_at, the grant's own question) of expiring grants made, asked again once expired
+        self.watching: list[tuple[float, access_pb2.CheckAccessRequest]] = []
 
     @property
     def world(self) -> World:
@@ -246,12 +288,32 @@ class Simulation:
             via, client = "reader", self.reader
             self.tally.admin_via_reader += 1
         self._count_refusals(op.message(request))
+        started = time.time()
         try:
             response = await op.call(client.admin, request, client.auth)
             got = op.observe(request, response)
         except grpc.aio.AioRpcError as exc:
             response, got = None, error_outcome(exc)
+        early, late = started - CLOCK_SKEW, time.time() + CLOCK_SKEW
+        self.world.now = before.now = late
         expected = op.expect(self.world, request, response)
+        message = op.message(request)
+        own_expiry = []  # the request's expires_at
+        if "expires_at" in message.DESCRIPTOR.fields_by_name and message.HasField("expires_at"):
+            own_expiry.append(message.expires_at.ToNanoseconds() / 1e9)
+        if got != expected and any(early <= at <= late for at in before.expiries() + own_expiry):
+            # An expiry inside the call: the server may have decided before it (AssignRole
+            # of a grant still in force then: ALREADY_EXISTS; an expiry still ahead then).
+            then = before.clone()
+            then.now = early
+            alternative = op.expect(then, request, response)
+            if got == alternative:
+                expected = alternative
+                self.sim.world = then
+                self.tally.admin_near_expiry += 1
+        if got.code == "OK" and own_expiry:
+            self.tally.expiring_assigned += 1
+            await self.watch_expiry(message, own_expiry[0])
         self.tally.admin_ops += 1
         self.tally.outcomes[f"{op.describe(request).split('(')[0]} {got.code} {got.reason}".rstrip()] += 1
         self.trace.append(
@@ -318,6 +380,32 @@ class Simulation:
                 return f"the contents are tenant {other}'s: the model answers {alternative} there"
         return ""
 
+    # --- the clock ---------------------------------------------------------------------------
+
+    def settled(self, model: Callable[[], T]) -> T | None:
+        """What `model()` says throughout the call being judged (`self.window`, widened by
+        CLOCK_SKEW each side), or None when an expiry inside changes it: then the server
+        may rightly have answered either way. An expiry only takes grants away, so the
+        same answer at both ends is the answer all along."""
+        sent, answered = self.window
+        self.world.now = sent - CLOCK_SKEW
+        early = model()
+        self.world.now = answered + CLOCK_SKEW
+        late = model()
+        return late if early == late else None
+
+    def expiry_mattered(self, tenant_id: str, model: Answer, ask: Callable[[], Answer]) -> bool:
+        """Whether `model` (the answer at the world's clock) is not what it would be with
+        no grant expired: the answer compared is one an expiry decided."""
+        tenant = self.world.tenants.get(tenant_id)
+        if tenant is None or not tenant.expires:
+            return False
+        now, self.world.now = self.world.now, 0.0
+        try:
+            return ask() != model
+        finally:
+            self.world.now = now
+
     # --- checks ----------------------------------------------------------------------------
 
     def min_revision(self, tenant_id: str, via: str) -> int:
@@ -359,6 +447,14 @@ class Simulation:
         subject that is a member nowhere."""
         roll = self.rng.random()
         members = sorted({key for tenant_id in self.sim.live_ids() for key in self.sim.members(tenant_id)})
+        expiring = [
+            (tenant, assignment)
+            for tenant in (self.world.tenants[tenant_id] for tenant_id in self.sim.live_ids())
+            for assignment in sorted(tenant.expires)
+            if assignment in tenant.assignments
+        ]
+        if expiring and self.rng.random() < TARGETED_EXPIRY:
+            return self.question(*self.rng.choice(expiring))
         if roll < 0.08:
             subject = self.rng.choice(STRANGERS)
         elif roll < 0.75 and members:
@@ -366,6 +462,14 @@ class Simulation:
         else:
             subject = self.rng.choice(SUBJECTS)
         return subject, self.rng.choice(PERMISSIONS), self.rng.choice(CHECK_SCOPES)
+
+    def question(self, tenant: Tenant, assignment: tuple[str, str, str]) -> tuple[str, str, str]:
+        """A check the grant `assignment` answers yes while in force: a permission of its
+        role, at its scope or below."""
+        subject, role, scope = assignment
+        granted = [p for p in PERMISSIONS if any_matches(tenant.roles.get(role, ()), p)]
+        below = [s for s in CHECK_SCOPES if s == scope or s.startswith(f"{scope}/") or not scope]
+        return subject, self.rng.choice(granted or PERMISSIONS), self.rng.choice(below or [scope])
 
     async def checks(self) -> None:
         sim, rng = self.sim, self.rng
@@ -431,6 +535,7 @@ class Simulation:
         )
         what = f"LookupSubjects@{via}"
         pages = []
+        sent = time.time()
         try:
             while True:
                 pages.append(await client.lookup.LookupSubjects(request))
@@ -441,11 +546,20 @@ class Simulation:
             self._fail("lookup disagreement", f"via: {what}\nrequest: {one_line(request)}\nerror: {error_outcome(exc)}",
                        tenant_id, cross=False)
             return
-        self.tally.lookups += 1
-        self.tally.lookups_listing += any(page.subjects for page in pages)
+        self.window = (sent, time.time())
         world, tenant = self.world, self.world.tenants.get(tenant_id)
         members = sorted(tenant.members) if tenant is not None else []
-        answers = {m: world.check(tenant_id, m, permission, scope) for m in members}
+        settled = self.settled(lambda: {m: world.check(tenant_id, m, permission, scope) for m in members})
+        if settled is None:  # a member's grant expired within CLOCK_SKEW of the listing
+            self.tally.near_expiry += 1
+            return
+        answers = settled
+        self.tally.lookups += 1
+        self.tally.lookups_listing += any(page.subjects for page in pages)
+        self.tally.after_expiry += any(
+            self.expiry_mattered(tenant_id, answer, functools.partial(world.check, tenant_id, m, permission, scope))
+            for m, answer in answers.items()
+        )
         listed = {subject_key(s.subject): (s.granted_by_role, s.granted_at_scope) for page in pages for s in page.subjects}
         revisions = {page.revision for page in pages}
         problems = []
@@ -488,8 +602,10 @@ class Simulation:
             tenant_id=tenant_id, subject=subject_message(subject), scope=scope, permissions=permissions,
             min_revision=self.min_revision(tenant_id, via),
         )
+        sent = time.time()
         try:
             answer = await client.lookup.ListSubjectPermissions(request)
+            self.window = (sent, time.time())
         except grpc.aio.AioRpcError as exc:
             self._fail("lookup disagreement", f"via: ListSubjectPermissions@{via}\nrequest: {one_line(request)}\n"
                        f"error: {error_outcome(exc)}", tenant_id, cross=False)
@@ -578,13 +694,18 @@ class Simulation:
         )
 
     async def single_check(self, client: Client, via: str, request: access_pb2.CheckAccessRequest) -> None:
+        # A refusal, or the decision (`judge` settles it with the clock; a refusal is wrong
+        # or right at any time).
         expected = self.world.check_call(model_check(request))
         what = f"CheckAccess@{via}"
+        sent = time.time()
         try:
             answer = await client.access.CheckAccess(request)
         except grpc.aio.AioRpcError as exc:
             self._judge_outcome(what, request, error_outcome(exc), as_outcome(expected), request.tenant_id)
             return
+        finally:
+            self.window = (sent, time.time())
         if isinstance(expected, Answer):
             self.judge(request, answer, what)
         else:
@@ -592,15 +713,20 @@ class Simulation:
 
     async def batch_check(self, client: Client, via: str, requests: list[access_pb2.CheckAccessRequest]) -> None:
         message = access_pb2.CheckAccessBatchRequest(checks=requests)
-        expected = self.world.batch_call([model_check(r) for r in requests])
         what = f"CheckAccessBatch@{via}"
+        # A refusal does not depend on the clock (a refused call is wrong or right at any
+        # time); the decisions `judge` settles one by one.
+        expected = self.world.batch_call([model_check(r) for r in requests])
         # The tenant a refusal is about: the one its metadata names, else the first check's.
         tenant_id = str(as_outcome(expected).facts.get("tenant_id", requests[0].tenant_id))
+        sent = time.time()
         try:
             batch = await client.access.CheckAccessBatch(message)
         except grpc.aio.AioRpcError as exc:
             self._judge_outcome(what, message, error_outcome(exc), as_outcome(expected), tenant_id)
             return
+        finally:
+            self.window = (sent, time.time())
         if isinstance(expected, Outcome):
             self._judge_outcome(what, message, as_outcome(batch), expected, tenant_id)
         elif len(batch.results) != len(requests):
@@ -615,7 +741,16 @@ class Simulation:
         scope = request.resource.scope
         reason = reason_name(answer.reason)
         self.tally.reasons[reason] += 1
-        expected = self.world.check(tenant_id, subject, request.permission, scope, owner_of(request))
+
+        def model() -> Answer:
+            return self.world.check(tenant_id, subject, request.permission, scope, owner_of(request))
+
+        settled = self.settled(model)
+        if settled is None:  # asked within CLOCK_SKEW of an expiry that changes the answer
+            self.tally.near_expiry += 1
+            return
+        expected = settled
+        self.tally.after_expiry += self.expiry_mattered(tenant_id, expected, model)
         if self._consistent(answer, expected) and answer.revision == expected.revision:
             return
         cross, note = self._check_cross_tenant(request, answer, expected)
@@ -718,6 +853,117 @@ class Simulation:
             cross=bool(cross),
         )
 
+    # --- expiring grants ----------------------------------------------------------------------
+
+    async def watch_expiry(self, granted: admin_pb2.AssignRoleRequest, expires_at: float) -> None:
+        """Ask the question a grant just made answers yes, of both sidecars (so each holds
+        the subject's grants with it), and again once it has expired (`expired_questions`):
+        then only the engine's comparison with the clock stands between a cached grant and
+        an ALLOW, unless a write since made the sidecar read the subject anew."""
+        tenant_id = granted.tenant_id
+        subject = subject_key(granted.subject)
+        triple = self.question(self.world.tenants[tenant_id], (subject, granted.role, granted.scope))
+        request = self.check_request(tenant_id, triple, via="writer")
+        request.resource.attributes.update({"owner": granted.subject.id})  # the condition, if any, holds
+        request.min_revision = self.sim.revision(tenant_id)
+        for client, via in ((self.writer, "writer"), (self.reader, "reader")):
+            await self.ask_batch(client, via, [request], "as granted")
+        self.watching.append((expires_at, request))
+
+    async def expired_questions(self) -> None:
+        """The watched grants' questions, asked of both sidecars once past their expiry."""
+        now = time.time()
+        due = [request for at, request in self.watching if at + CLOCK_SKEW < now]
+        self.watching = [(at, request) for at, request in self.watching if at + CLOCK_SKEW >= now]
+        for request in due:
+            request.min_revision = self.sim.revision(request.tenant_id)
+        for client, via in ((self.writer, "writer"), (self.reader, "reader")):
+            await self.ask_batch(client, via, due, "just expired")
+        self.tally.watched += len(due)
+
+    # --- the expiry sweep -------------------------------------------------------------------
+
+    async def maybe_sweep(self, *, now: bool = False) -> None:
+        """Now and then (or `now`) stop granting expiring grants; once every one has
+        expired (CLOCK_SKEW ago), sweep. With `now`, wait for that instead of walking on."""
+        if self.sweeper is None:
+            return
+        if not self.draining:
+            if not now and self.rng.random() >= SWEEP_RATE:
+                return
+            self.draining, self.sim.expiry_rate = True, 0.0
+        wait = max(self.world.expiries(), default=0.0) + CLOCK_SKEW - time.time()
+        if wait > 0:
+            if not now:
+                return
+            await asyncio.sleep(wait)
+        await self.sweep()
+        self.draining, self.sim.expiry_rate = False, EXPIRY_RATE
+
+    async def sweep(self) -> None:
+        """The relay's sweep on the simulation's database (every row it finds expired an
+        instant ago at least), held to the model's: the same number of subjects, then
+        every answer at the revisions the model gives. A few swept grants' own questions
+        are asked before and after, of both sidecars: the sweep must change no decision."""
+        assert self.sweeper is not None
+        world = self.world
+        world.now = time.time()
+        doomed = [
+            (tenant_id, assignment)
+            for tenant_id, tenant in sorted(world.tenants.items())
+            if tenant.status is not Status.DELETED
+            for assignment in sorted(tenant.assignments - tenant.in_force(world.now))
+        ]
+        picked = self.rng.sample(doomed, min(SWEEP_CHECKS, len(doomed)))
+        questions = [self.check_request(t, self.question(world.tenants[t], a), via="writer") for t, a in picked]
+        for question in questions:
+            question.min_revision = self.sim.revision(question.tenant_id)
+        decided = await self.ask_batch(self.writer, "writer", questions, "before a sweep")
+
+        revisions = {tenant_id: tenant.revision for tenant_id, tenant in world.tenants.items()}
+        swept = await self.sweeper()
+        got = Outcome(facts={"swept": swept})
+        world.now = time.time()
+        expected = world.sweep()
+        self.tally.sweeps += 1
+        self.tally.swept_subjects += swept
+        self.trace.append(f"#{self.step} (the relay's sweep)\n      server {got}\n      model  {expected}")
+        if got != expected:
+            self.diverged = True
+            self._fail("sweep disagreement", f"server:  {got}\nmodel:   {expected}", None, cross=False)
+            return
+        for tenant_id, tenant in world.tenants.items():
+            if tenant.revision != revisions[tenant_id]:
+                self.last_write[tenant_id] = ("sweeper", tenant.revision, self.step)
+        for question in questions:
+            question.min_revision = self.sim.revision(question.tenant_id)
+        self.tally.sweep_checks += len(questions)
+        for client, via in ((self.writer, "writer"), (self.reader, "reader")):
+            after = await self.ask_batch(client, via, questions, "after a sweep")
+            for question, old, new in zip(questions, decided, after):
+                if old != new:
+                    self._fail(
+                        "the sweep changed a decision",
+                        f"via:     CheckAccessBatch@{via}\nrequest: {one_line(question)}\n"
+                        f"before:  {old}\nafter:   {new}",
+                        question.tenant_id,
+                        subject=subject_key(question.subject),
+                        cross=False,
+                    )
+
+    async def ask_batch(
+        self, client: Client, via: str, requests: list[access_pb2.CheckAccessRequest], when: str
+    ) -> list[tuple[bool, str, str, str]]:
+        """`requests` asked in one batch and judged; each decision as (allowed, reason, role, scope)."""
+        if not requests:
+            return []
+        sent = time.time()
+        batch = await client.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=requests))
+        self.window = (sent, time.time())
+        for request, answer in zip(requests, batch.results, strict=True):
+            self.judge(request, answer, f"CheckAccessBatch@{via} ({when})")
+        return [(a.allowed, reason_name(a.reason), a.granted_by_role, a.granted_at_scope) for a in batch.results]
+
     # --- reporting -------------------------------------------------------------------------
 
     def _fail(self, kind: str, text: str, tenant_id: str | None, *, subject: str | None = None, cross: bool) -> None:
@@ -756,7 +1002,12 @@ class Simulation:
             f" dot_scopes={reads[dots] + admin[dots]} (checks: {reads[dots]}, assign/revoke: {admin[dots]}),"
             f" future_min_revision={reads['future min_revision']},"
             f" read_your_writes_across_sidecars={ryw.total()}"
-            f" (written via writer: {ryw['writer']}, via reader: {ryw['reader']}),"
+            f" (written via writer: {ryw['writer']}, via reader: {ryw['reader']}, swept: {ryw['sweeper']}),"
+            f" expiring_grants={t.expiring_assigned} (checks compared after expiry: {t.after_expiry},"
+            f" skipped near expiry: {t.near_expiry}, admin calls near expiry: {t.admin_near_expiry},"
+            f" asked as granted and just after expiry: {t.watched},"
+            f" sweeps: {t.sweeps} of {t.swept_subjects} subjects, swept grants asked before and after:"
+            f" {t.sweep_checks}),"
             f" disagreements={t.disagreements}, cross_tenant={t.cross_tenant},"
             f" elapsed={elapsed:.1f}s"
         )
@@ -829,11 +1080,19 @@ class Simulation:
                 # here on their states differ and every later step would only echo it.
                 return
             await self.checks()
+            await self.expired_questions()
+            await self.maybe_sweep()
+            if self.diverged:
+                return
             self.tally.steps = self.step
             # A wrong check leaves both states as they were, so the walk goes on and
             # counts; but a broken server need not be walked to the end.
             if self.failing_steps >= MAX_FAILING_STEPS:
                 return
+        # At least one sweep a run, and the checks after it.
+        await self.maybe_sweep(now=True)
+        if not self.diverged:
+            await self.checks()
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -842,7 +1101,7 @@ def _env_int(name: str, default: int | None) -> int | None:
 
 
 async def test_two_tenants_never_see_each_other(
-    sim_sidecars: tuple[Client, Client], unique: str, record_property: Any
+    sim_sidecars: tuple[Client, Client], sim_sweep: Sweep, unique: str, record_property: Any
 ) -> None:
     seed = _env_int("GATEHOUSE_SIM_SEED", None)
     if seed is None:
@@ -850,6 +1109,7 @@ async def test_two_tenants_never_see_each_other(
     steps = _env_int("GATEHOUSE_SIM_STEPS", DEFAULT_STEPS) or DEFAULT_STEPS
     writer, reader = sim_sidecars
     simulation = Simulation(writer, reader, seed, unique)
+    simulation.sweeper = sim_sweep
     print(f"\nsimulation: seed={seed} (replay with GATEHOUSE_SIM_SEED={seed}), steps={steps}")
 
     started = time.perf_counter()
@@ -866,3 +1126,4 @@ async def test_two_tenants_never_see_each_other(
     if steps >= COVERAGE_MIN_STEPS:
         missing = EXPECTED_REASONS - set(tally.reasons)
         assert not missing, f"the walk never produced {sorted(missing)}\n{summary}\n{simulation.coverage()}"
+        assert tally.expiring_assigned and tally.after_expiry and tally.sweeps and tally.sweep_checks, summary
