@@ -136,7 +136,6 @@ class Assignments(TenantWrites):
             key=lambda row: [row["subject_type"], row["subject_id"], row["role"], row["scope"]],
         )
 
-
     async def move_scope(
         self,
         actor: Actor,

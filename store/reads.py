@@ -85,6 +85,12 @@ LIMIT $3
 """
 
 
+def _tenant_snapshot(row: Any) -> TenantSnapshot:
+    """A `_LOAD_TENANT` row as the tenant and its plan."""
+    plan = plan_record(row["plan"], row["plan_features"], row["plan_quotas"], row["plan_rate_limits"])
+    return TenantSnapshot(tenant=tenant_record(row), plan=plan)
+
+
 def _key_state(row: Any) -> KeyState | None:
     if not row["is_key"]:
         return None
@@ -132,10 +138,7 @@ class Reads(Transactions):
             return None
         async with self._reading(str(tid)) as conn:
             row = await conn.fetchrow(_LOAD_TENANT, tid)
-        if row is None:
-            return None
-        plan = plan_record(row["plan"], row["plan_features"], row["plan_quotas"], row["plan_rate_limits"])
-        return TenantSnapshot(tenant=tenant_record(row), plan=plan)
+        return None if row is None else _tenant_snapshot(row)
 
     async def load_subject(self, tenant_id: str, subject: SubjectRef) -> SubjectSnapshot | None:
         """Membership and grants of one subject, stamped with the tenant revision read in
@@ -174,8 +177,7 @@ class Reads(Transactions):
                 return None
             rows = await conn.fetch(_LOAD_ROSTER, tid)
             roles = {role["name"]: tuple(role["permissions"]) for role in await conn.fetch(_LOAD_ROLES, tid)}
-        plan = plan_record(row["plan"], row["plan_features"], row["plan_quotas"], row["plan_rate_limits"])
-        tenant = TenantSnapshot(tenant=tenant_record(row), plan=plan)
+        tenant = _tenant_snapshot(row)
         tenant_key = str(tid)
         members = [
             SubjectSnapshot(
