@@ -47,3 +47,14 @@ async def client(sidecar: Sidecar, operator_token: str) -> AsyncIterator[Client]
     c = make_client(sidecar.addresses[0], operator_token)
     yield c
     await c.channel.close()
+
+
+@pytest.fixture
+async def second(sidecar_settings: Settings, operator_token: str) -> AsyncIterator[Client]:
+    """A client of a second sidecar: same database, same Redis prefix (what another pod sees)."""
+    other = Sidecar(sidecar_settings)
+    await other.start()
+    client = make_client(other.addresses[0], operator_token)
+    yield client
+    await client.channel.close()
+    await other.stop(grace=0)

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
 
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from gatehouse.server.app import Sidecar
-from gatehouse.settings import Settings
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
-from tests.client import Client, make_client, user
+from tests.client import Client, user
 from tests.server.status import details
 
 Reason = access_pb2.DecisionReason
@@ -36,16 +33,6 @@ def check(tenant_id: str, who: str, permission: str, scope: str = "", min_revisi
         resource=common_pb2.Resource(type="doc", id="d1", scope=scope),
         min_revision=min_revision,
     )
-
-
-@pytest.fixture
-async def second(sidecar_settings: Settings, operator_token: str) -> AsyncIterator[Client]:
-    other = Sidecar(sidecar_settings)  # same database, same Redis prefix: a second sidecar
-    await other.start()
-    client = make_client(other.addresses[0], operator_token)
-    yield client
-    await client.channel.close()
-    await other.stop(grace=0)
 
 
 async def _member_with_role(client: Client, tenant_id: str, who: str, role: str, permissions: list[str]) -> None:

@@ -3,26 +3,12 @@ the second sidecar here reads them from L2 (Redis), where the first wrote them."
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 import pytest
 
-from gatehouse.server.app import Sidecar
-from gatehouse.settings import Settings
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
-from tests.client import Client, make_client
+from tests.client import Client
 
 Reason = access_pb2.DecisionReason
-
-
-@pytest.fixture
-async def second(sidecar_settings: Settings, operator_token: str) -> AsyncIterator[Client]:
-    other = Sidecar(sidecar_settings)  # same database, same Redis prefix: a second sidecar
-    await other.start()
-    client = make_client(other.addresses[0], operator_token)
-    yield client
-    await client.channel.close()
-    await other.stop(grace=0)
 
 
 async def test_a_limited_key_is_limited_in_every_sidecar(client: Client, second: Client, unique: str) -> None:

@@ -9,7 +9,6 @@ import dataclasses
 import os
 import secrets
 import time
-from typing import AsyncIterator
 
 import grpc
 import pytest
@@ -86,16 +85,6 @@ async def assignments(client: Client, tenant_id: str) -> set[tuple[str, str, str
 
 def move(tenant_id: str, source: str, target: str, **fields: object) -> admin_pb2.MoveScopeRequest:
     return admin_pb2.MoveScopeRequest(tenant_id=tenant_id, from_scope=source, to_scope=target, **fields)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def second(sidecar_settings: Settings, operator_token: str) -> AsyncIterator[Client]:
-    other = Sidecar(sidecar_settings)  # same database, same Redis prefix: a second sidecar
-    await other.start()
-    client = make_client(other.addresses[0], operator_token)
-    yield client
-    await client.channel.close()
-    await other.stop(grace=0)
 
 
 async def test_checks_follow_the_move_in_both_sidecars(client: Client, second: Client, unique: str) -> None:
