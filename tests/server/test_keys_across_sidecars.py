@@ -3,8 +3,6 @@ the second sidecar here reads them from L2 (Redis), where the first wrote them."
 
 from __future__ import annotations
 
-import pytest
-
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
 from tests.client import Client
 
