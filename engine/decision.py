@@ -26,8 +26,9 @@ class Decision:
     scope: str = ""
     feature: str = ""
     # Unix seconds from which deciding again could answer otherwise with the same entries:
-    # the expiry of the grant that allowed (an API key's expiry is `decided_until`'s), or
-    # the time it was decided at when a condition read `request.time`.
+    # the expiry of the grant that allowed, for CONDITIONAL the earliest expiry of the
+    # grants whose conditions lacked attributes (an API key's expiry is `decided_until`'s),
+    # or the time it was decided at when a condition read `request.time`.
     until: float = math.inf
     # CONDITIONAL: the attributes conditions needed and the request did not carry.
     missing: tuple[str, ...] = ()
@@ -190,6 +191,7 @@ def decide(
     if key is not None and not key.limit.matches(permission):
         return Decision(False, Reason.NO_GRANT, revision)
     missing: set[str] | None = None
+    missing_until = math.inf  # the earliest expiry among the grants that left `missing`
     timed = False  # a condition read request.time: the answer holds only now
     request: ConditionInput | None = None
     for grant in subject.grants:
@@ -206,12 +208,17 @@ def decide(
                 if outcome is not True:
                     if isinstance(outcome, Missing):
                         missing = set(outcome.names) if missing is None else missing | set(outcome.names)
+                        if expires_at is not None and expires_at < missing_until:
+                            missing_until = expires_at
                     continue
             # Remembered no longer than the grant lasts: then another grant (or none) decides.
             until = now if timed else math.inf if expires_at is None else expires_at
             return Decision(True, Reason.ALLOWED, revision, role=grant.role, scope=grant.scope, until=until)
     until = now if timed else math.inf
     if missing:
+        # CONDITIONAL lasts no longer than the grants that made it so: once one expires,
+        # its missing names go (and with the last, the answer turns NO_GRANT).
+        until = min(until, missing_until)
         return Decision(False, Reason.CONDITIONAL, revision, until=until, missing=tuple(sorted(missing)))
     return Decision(False, Reason.NO_GRANT, revision, until=until)
 
@@ -226,7 +233,8 @@ def _bare_facts(subject_key: str, scope: str) -> ConditionInput:
 def decided_until(subject: SubjectGrants | None, now: float, decision: Decision | None = None) -> float:
     """Until when (unix seconds) `decide` gives the same answer at `now` and later, with
     the same tenant and subject: an API key's expiry turns its answers into KEY_REVOKED,
-    and an ALLOW lasts no longer than the grant that allowed it (`decision.until`). A
+    and an ALLOW lasts no longer than the grant that allowed it (`decision.until`), a
+    CONDITIONAL no longer than the conditional grants that left attributes missing. A
     denial never turns into an allow as time passes (expiry only takes grants away), so
     nothing else in a decision depends on the time, except a condition reading
     `request.time` (then `decision.until` is the time it was decided at: not remembered)."""

@@ -1,20 +1,36 @@
 """Lookups: the CheckAccess decision turned around, as pure functions over compiled entries.
 
-    covering_grants(grants, scope)          "what does this subject hold here?"
-    TenantRoster + allowed_subjects(...)    "who may do this here?"
+    covering_grants(grants, scope, now)     "what does this subject hold here?"
+    TenantRoster + listed_subjects(...)     "who may do this here?"
     tenant_denial(policy, permission)       "does the tenant itself deny everyone?"
 
 Nothing here decides on its own: every answer is `decide` (engine/decision.py) asked for
 each candidate, so a lookup can never disagree with CheckAccess given the same entries.
+
+Conditions: "who may do this here?" is asked with one set of resource attributes and
+context for every candidate (`LookupFacts`); each candidate is decided as CheckAccess
+decides that subject with those facts. A candidate CheckAccess would answer CONDITIONAL
+(only conditional grants could allow it, and they need attributes not given) is listed
+as such, with the names missing and the conditions pending, never as allowed.
+
+Expiry: a listing is kept no longer than every answer in it stays CheckAccess's answer
+(`decided_until` of each candidate: the allowing grant's expiry, the expiry of the
+grants that made an answer CONDITIONAL, an API key's expiry), and not at all when a
+condition read `request.time`. An expired grant stops counting at that instant, with
+no event.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
+from gatehouse.engine.conditions import ConditionInput, Missing
 from gatehouse.engine.decision import (
     Decision,
     Grant,
@@ -25,7 +41,7 @@ from gatehouse.engine.decision import (
     decide,
     decided_until,
 )
-from gatehouse.engine.model import RosterSnapshot
+from gatehouse.engine.model import Reason, RosterSnapshot
 from gatehouse.engine.patterns import PermissionSet, scope_covers
 
 # An active member holding every permission at the tenant root: what it is denied, the
@@ -33,12 +49,64 @@ from gatehouse.engine.patterns import PermissionSet, scope_covers
 _PROBE_GRANT = Grant(role="", scope="", permissions=PermissionSet(("*",)))
 
 
-def covering_grants(subject: SubjectGrants, scope: str | None) -> tuple[Grant, ...]:
-    """The subject's grants that apply at `scope` (their scope covers it), in the order
-    `decide` tries them; all of them when `scope` is None."""
-    if scope is None:
-        return subject.grants
-    return tuple(grant for grant in subject.grants if scope_covers(grant.scope, scope))
+def covering_grants(subject: SubjectGrants, scope: str | None, now: float) -> tuple[Grant, ...]:
+    """The subject's grants that apply at `scope` (their scope covers it) and have not
+    expired at `now` (unix seconds), in the order `decide` tries them; every unexpired
+    one when `scope` is None. Conditional grants are included (with their condition)."""
+    return tuple(
+        grant for grant in subject.grants
+        if (grant.expires_at is None or now < grant.expires_at) and (scope is None or scope_covers(grant.scope, scope))
+    )
+
+
+def pending_conditions(
+    subject: SubjectGrants, permission: str, scope: str, now: float, request: ConditionInput
+) -> tuple[str, ...]:
+    """The sources of the conditions that leave `subject` CONDITIONAL for `permission` at
+    `scope`: the unexpired grants `decide` would try whose condition, for `request`, needs
+    attributes it lacks. In the order `decide` tries them, each source once."""
+    found: list[str] = []
+    for grant in subject.grants:
+        condition = grant.condition
+        if (
+            condition is not None
+            and condition.source not in found
+            and (grant.expires_at is None or now < grant.expires_at)
+            and scope_covers(grant.scope, scope)
+            and grant.permissions.matches(permission)
+            and isinstance(condition.evaluate(request, now), Missing)
+        ):
+            found.append(condition.source)
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class LookupFacts:
+    """What a lookup says of the resource and context, the same for every candidate
+    (JSON-like maps; None: not given). `key` tells two sets of facts apart, for keeping
+    listings and for page tokens."""
+
+    resource_attributes: Mapping[str, Any] | None = None
+    context: Mapping[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        if self.resource_attributes is None and self.context is None:
+            return ""
+        text = json.dumps([self.resource_attributes, self.context], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def of(self, subject_key: str, scope: str) -> ConditionInput:
+        """What a condition reads when CheckAccess asks for this subject at `scope` with
+        these facts (no subject attributes, no resource type or id)."""
+        subject_type, _, subject_id = subject_key.partition("/")
+        return ConditionInput(
+            subject_type, subject_id, resource_scope=scope,
+            resource_attributes=self.resource_attributes, context=self.context,
+        )
+
+
+NO_FACTS = LookupFacts()
 
 
 def tenant_denial(policy: TenantPolicy | None, permission: str) -> Decision | None:
@@ -53,54 +121,83 @@ def tenant_denial(policy: TenantPolicy | None, permission: str) -> Decision | No
 
 
 @dataclass(frozen=True, slots=True)
-class Allowed:
-    """One subject `decide` allows, and the grant it names."""
+class Listed:
+    """One subject `decide` allows, and the grant it names; or, when `missing` is set, one
+    it answers CONDITIONAL (not allowed), the attributes missing and the conditions
+    pending (`pending_conditions`)."""
 
     subject_type: str
     subject_id: str
-    role: str
-    scope: str
+    role: str = ""
+    scope: str = ""
+    missing: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.missing)
+
+
+def _listed(
+    member: SubjectGrants, key: tuple[str, str], decision: Decision, permission: str, scope: str, now: float,
+    facts: LookupFacts,
+) -> Listed | None:
+    if decision.allowed:
+        return Listed(key[0], key[1], decision.role, decision.scope)
+    if decision.reason is Reason.CONDITIONAL:
+        pending = pending_conditions(member, permission, scope, now, facts.of(member.subject_key, scope))
+        return Listed(key[0], key[1], missing=decision.missing, conditions=pending)
+    return None
+
+
+def _decide(
+    policy: TenantPolicy, member: SubjectGrants, permission: str, scope: str, now: float, facts: LookupFacts
+) -> Decision:
+    """CheckAccess's decision for `member` asked with `facts`."""
+    return decide(policy, member, permission, scope, now=now, facts=lambda: facts.of(member.subject_key, scope))
 
 
 @dataclass(slots=True)
 class Listing:
-    """Every subject allowed one (permission, scope), in subject order, and until when
-    (unix seconds) that stays the answer for the same roster (an API key's expiry).
+    """Every subject allowed one (permission, scope) with `facts`, or CONDITIONAL there,
+    in subject order, and until when (unix seconds) that stays the answer for the same
+    roster (`decided_until` of every member: an allowing grant's expiry, a key's, ...).
     `keys`: the (type, id) of each, for finding where a page starts."""
 
-    allowed: tuple[Allowed, ...]
+    listed: tuple[Listed, ...]
     valid_until: float
+    _keys: list[tuple[str, str]] | None = None
+    facts: LookupFacts = NO_FACTS
 
     @property
     def keys(self) -> list[tuple[str, str]]:
         keys = self._keys
         if keys is None:
-            keys = self._keys = [(a.subject_type, a.subject_id) for a in self.allowed]
+            keys = self._keys = [(a.subject_type, a.subject_id) for a in self.listed]
         return keys
-
-    _keys: list[tuple[str, str]] | None = None
 
     def patched(
         self, policy: TenantPolicy, changed: dict[str, SubjectGrants | None], permission: str, scope: str, now: float
     ) -> "Listing":
         """This listing with the subjects of `changed` decided again (None: gone)."""
-        allowed = list(self.allowed)
+        listed = list(self.listed)
         keys = list(self.keys)
         valid_until = self.valid_until
         for subject_key, grants in sorted(changed.items()):
             key = _split(subject_key)
             at = bisect.bisect_left(keys, key)
             if at < len(keys) and keys[at] == key:
-                del allowed[at]
+                del listed[at]
                 del keys[at]
             if grants is None:
                 continue
-            decision = decide(policy, grants, permission, scope, now=now)
-            valid_until = min(valid_until, decided_until(grants, now))
-            if decision.allowed:
-                allowed.insert(at, Allowed(key[0], key[1], decision.role, decision.scope))
+            decision = _decide(policy, grants, permission, scope, now, self.facts)
+            valid_until = min(valid_until, decided_until(grants, now, decision))
+            entry = _listed(grants, key, decision, permission, scope, now, self.facts)
+            if entry is not None:
+                listed.insert(at, entry)
                 keys.insert(at, key)
-        return Listing(tuple(allowed), valid_until, keys)
+        return Listing(tuple(listed), valid_until, keys, self.facts)
 
 
 def _split(subject_key: str) -> tuple[str, str]:
@@ -113,15 +210,17 @@ def _split(subject_key: str) -> tuple[str, str]:
 class TenantRoster:
     """A whole tenant compiled for deciding, read in one snapshot at `revision`: its
     policy and every member's grants (API keys of the tenant included), keyed and ordered
-    by subject key. `listings` memoises `allowed_subjects` per (permission, scope), so a
-    paged listing decides each member once, not once per page."""
+    by subject key. `listings` memoises `listed_subjects` per (permission, scope, facts),
+    so a paged listing decides each member once, not once per page. `conditional`: some
+    member holds a conditional grant (else the facts cannot matter, and are not keyed)."""
 
     policy: TenantPolicy
     revision: int
     members: tuple[SubjectGrants, ...]
-    listings: dict[tuple[str, str], Listing] = field(default_factory=dict)
+    listings: dict[tuple[str, str, str], Listing] = field(default_factory=dict)
+    conditional: bool = False
 
-    MAX_LISTINGS = 64  # (permission, scope) pairs remembered per roster
+    MAX_LISTINGS = 64  # (permission, scope, facts) listings remembered per roster
 
     def advanced(self, revision: int, changed: dict[str, SubjectGrants | None], now: float) -> "TenantRoster":
         """This roster at a later `revision`, when between the two only the subjects of
@@ -144,45 +243,63 @@ class TenantRoster:
                 del members[at]
                 del keys[at]
         policy = dataclasses.replace(self.policy, revision=revision)
-        roster = TenantRoster(policy, revision, tuple(members))
-        for (permission, scope), listing in self.listings.items():
+        roster = TenantRoster(policy, revision, tuple(members), conditional=_has_conditions(members))
+        for (permission, scope, facts_key), listing in self.listings.items():
             if now < listing.valid_until:
-                roster.listings[(permission, scope)] = listing.patched(policy, changed, permission, scope, now)
+                patched = listing.patched(policy, changed, permission, scope, now)
+                if now < patched.valid_until:
+                    roster.listings[(permission, scope, facts_key)] = patched
         return roster
 
-    def listing(self, permission: str, scope: str, now: float) -> Listing:
-        """`allowed_subjects`, remembered while it stays exactly valid."""
-        key = (permission, scope)
+    def listing(self, permission: str, scope: str, now: float, facts: LookupFacts = NO_FACTS) -> Listing:
+        """`listed_subjects`, remembered while it stays exactly valid: never past the
+        earliest instant an answer in it changes by itself (a grant's or key's expiry),
+        and not at all when a condition read `request.time`."""
+        if not self.conditional:
+            facts = NO_FACTS  # no condition anywhere: the facts cannot change an answer
+        key = (permission, scope, facts.key)
         found = self.listings.get(key)
         if found is not None and now < found.valid_until:
             return found
-        if len(self.listings) >= self.MAX_LISTINGS:
-            self.listings.pop(next(iter(self.listings)))
-        found = self.listings[key] = allowed_subjects(self.policy, self.members, permission, scope, now)
+        found = listed_subjects(self.policy, self.members, permission, scope, now, facts)
+        if now < found.valid_until:
+            self.listings.pop(key, None)
+            if len(self.listings) >= self.MAX_LISTINGS:
+                self.listings.pop(next(iter(self.listings)))
+            self.listings[key] = found
         return found
+
+
+def _has_conditions(members: Iterable[SubjectGrants]) -> bool:
+    return any(grant.condition is not None for member in members for grant in member.grants)
 
 
 def compile_roster(snapshot: RosterSnapshot) -> TenantRoster:
     """The tenant and every member compiled as CheckAccess compiles them, each role's
     patterns compiled once for the whole tenant."""
     shared: dict[tuple[str, ...], PermissionSet] = {}
+    members = tuple(compile_subject(member, shared) for member in snapshot.members)
     return TenantRoster(
         policy=compile_tenant(snapshot.tenant),
         revision=snapshot.revision,
-        members=tuple(compile_subject(member, shared) for member in snapshot.members),
+        members=members,
+        conditional=_has_conditions(members),
     )
 
 
-def allowed_subjects(
-    policy: TenantPolicy, members: tuple[SubjectGrants, ...], permission: str, scope: str, now: float
+def listed_subjects(
+    policy: TenantPolicy, members: tuple[SubjectGrants, ...], permission: str, scope: str, now: float,
+    facts: LookupFacts = NO_FACTS,
 ) -> Listing:
-    """Every member `decide` allows `permission` at `scope` at `now`, in the order given."""
-    allowed = []
+    """Every member `decide` allows `permission` at `scope` at `now` with `facts`, and
+    every member it answers CONDITIONAL, in the order given."""
+    listed = []
     valid_until = math.inf
     for member in members:
-        decision = decide(policy, member, permission, scope, now=now)
-        valid_until = min(valid_until, decided_until(member, now))
-        if decision.allowed:
-            kind, ident = _split(member.subject_key)
-            allowed.append(Allowed(kind, ident, decision.role, decision.scope))
-    return Listing(tuple(allowed), valid_until)
+        decision = _decide(policy, member, permission, scope, now, facts)
+        valid_until = min(valid_until, decided_until(member, now, decision))
+        if decision.allowed or decision.reason is Reason.CONDITIONAL:
+            entry = _listed(member, _split(member.subject_key), decision, permission, scope, now, facts)
+            if entry is not None:
+                listed.append(entry)
+    return Listing(tuple(listed), valid_until, facts=facts if facts.key else NO_FACTS)

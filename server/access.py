@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 from time import time
 
 import grpc
@@ -186,15 +187,16 @@ def _facts(check: access_pb2.CheckAccessRequest) -> ConditionFacts:
             resource.type,
             resource.id,
             resource.scope,
-            _plain(subject.attributes) if subject.HasField("attributes") else None,
-            _plain(resource.attributes) if resource.HasField("attributes") else None,
-            _plain(check.context) if check.HasField("context") else None,
+            plain(subject.attributes) if subject.HasField("attributes") else None,
+            plain(resource.attributes) if resource.HasField("attributes") else None,
+            plain(check.context) if check.HasField("context") else None,
         )
 
     return facts
 
 
-def _plain(message: struct_pb2.Struct) -> dict[str, object]:
+def plain(message: struct_pb2.Struct) -> dict[str, object]:
+    """A Struct as the JSON-like map conditions read."""
     data: dict[str, object] = json_format.MessageToDict(message)
     return data
 
@@ -204,17 +206,22 @@ def _has_facts(check: access_pb2.CheckAccessRequest) -> bool:
 
 
 def _facts_violations(check: access_pb2.CheckAccessRequest, prefix: str) -> list[FieldViolation]:
-    """What is wrong with the attributes and context of `check`: `decode`'s rules for
-    Struct values (storable strings, at most 32 levels, finite numbers), and at most
-    MAX_ATTRIBUTE_VALUES values and MAX_ATTRIBUTE_BYTES encoded in all (a condition's
-    cost grows with them)."""
-    found: list[FieldViolation] = []
+    """What is wrong with the attributes and context of `check` (`facts_violations`)."""
     parts = (
         (check.subject, "attributes", f"{prefix}subject.attributes"),
         (check.resource, "attributes", f"{prefix}resource.attributes"),
         (check, "context", f"{prefix}context"),
     )
-    present = [(getattr(owner, name), path) for owner, name, path in parts if owner.HasField(name)]
+    return facts_violations([(getattr(owner, name), path) for owner, name, path in parts if owner.HasField(name)])
+
+
+def facts_violations(present: Sequence[tuple[struct_pb2.Struct, str]]) -> list[FieldViolation]:
+    """What is wrong with the attributes and context of one question (each Struct given,
+    with the field path that names it): `decode`'s rules for Struct values (storable
+    strings, at most 32 levels, finite numbers), and at most MAX_ATTRIBUTE_VALUES values
+    and MAX_ATTRIBUTE_BYTES encoded in all (a condition's cost grows with them). The
+    rules of CheckAccess, for every method that takes attributes (LookupService too)."""
+    found: list[FieldViolation] = []
     for message, path in present:
         check_values(message, f"{path}.", found)
     if not found and sum(message.ByteSize() for message, _ in present) > MAX_ATTRIBUTE_BYTES:

@@ -96,6 +96,17 @@ CONNECTION = _connection_flags()
 MUTATION = _mutation_flags()
 
 
+def _fact_flags(p: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
+    """The JSON-object flags conditions read (check, permissions, subjects)."""
+    helps = {
+        "--resource-attributes": "the resource's attributes for conditions, a JSON object, e.g. '{\"owner\": \"alice\"}'",
+        "--subject-attributes": "the subject's attributes for conditions, a JSON object, e.g. '{\"level\": 3}'",
+        "--context": "anything else conditions read, a JSON object, e.g. '{\"ip\": \"10.1.2.3\"}'",
+    }
+    for flag in flags:
+        p.add_argument(flag, metavar="JSON", help=helps[flag])
+
+
 def _command(
     parent: Any, name: str, summary: str, example: str, handler: Handler, *, mutation: bool = False
 ) -> argparse.ArgumentParser:
@@ -468,15 +479,12 @@ EXPLAIN = {
 def check(client: Client, args: argparse.Namespace) -> int:
     resource_type, _, resource_id = (args.resource or "").partition(":")
     subject = _subject(args.subject)
-    def facts(value: str | None, flag: str) -> dict[str, Any] | None:
-        return None if value is None else _json_object(value, flag)
-
     decision = client.check(
         _tenant_id(client, args.tenant), subject, args.permission, scope=args.scope,
         resource_type=resource_type, resource_id=resource_id, min_revision=args.min_revision,
-        resource_attributes=facts(args.resource_attributes, "--resource-attributes"),
-        subject_attributes=facts(args.subject_attributes, "--subject-attributes"),
-        context=facts(args.context, "--context"),
+        resource_attributes=_facts(args.resource_attributes, "--resource-attributes"),
+        subject_attributes=_facts(args.subject_attributes, "--subject-attributes"),
+        context=_facts(args.context, "--context"),
     )
     data = {"allowed": decision.allowed, "reason": decision.reason, "revision": decision.revision,
             "granted_by_role": decision.granted_by_role, "granted_at_scope": decision.granted_at_scope,
@@ -495,16 +503,29 @@ def check(client: Client, args: argparse.Namespace) -> int:
 # --- lookups (LookupService) --------------------------------------------------------------
 
 
+def _facts(value: str | None, flag: str) -> dict[str, Any] | None:
+    """A JSON-object flag for conditions (--resource-attributes, ...); None when not given."""
+    return None if value is None else _json_object(value, flag)
+
+
 def permissions(client: Client, args: argparse.Namespace) -> None:
     answer = client.permissions(
         _tenant_id(client, args.tenant), _subject(args.subject), scope=args.scope, permissions=args.permission,
         min_revision=args.min_revision,
+        resource_attributes=_facts(args.resource_attributes, "--resource-attributes"),
+        subject_attributes=_facts(args.subject_attributes, "--subject-attributes"),
+        context=_facts(args.context, "--context"),
     )
     data = plain(answer)
     decisions = [{"permission": d["permission"], **d["decision"]} for d in data["decisions"]]
-    text = [fields(data, ("revision", "member", "limited_to")), "", table(data["grants"], ("role", "scope", "permissions"))]
+    text = [
+        fields(data, ("revision", "member", "limited_to")), "",
+        table(data["grants"], ("role", "scope", "permissions", "condition", "expires_at")),
+    ]
     if decisions:
-        text += ["", table(decisions, ("permission", "allowed", "reason", "granted_by_role", "granted_at_scope", "feature"))]
+        text += ["", table(decisions, (
+            "permission", "allowed", "reason", "granted_by_role", "granted_at_scope", "feature", "missing_attributes",
+        ))]
     emit(data, args.output, "\n".join(text))
 
 
@@ -512,10 +533,14 @@ def subjects(client: Client, args: argparse.Namespace) -> None:
     answer = client.lookup_subjects(
         _tenant_id(client, args.tenant), args.permission, scope=args.scope, page_size=1000,
         min_revision=args.min_revision,
+        resource_attributes=_facts(args.resource_attributes, "--resource-attributes"),
+        context=_facts(args.context, "--context"),
     )
     data = plain(answer)
     data.pop("next_page_token", None)
-    text = table(data["subjects"], ("subject", "granted_by_role", "granted_at_scope"))
+    text = table(data["subjects"], (
+        "subject", "granted_by_role", "granted_at_scope", "conditional", "missing_attributes", "conditions",
+    ))
     if answer.denied_for_all:
         text = f"(none: {data['denied_for_all']}{' ' + answer.feature if answer.feature else ''})"
     emit(data, args.output, f"{text}\n(at tenant revision {answer.revision})")
@@ -701,10 +726,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--scope", default="", help="the resource's org-unit path ('' = tenant root)")
     p.add_argument("--resource", metavar="TYPE:ID", help="the resource acted on")
     p.add_argument("--min-revision", type=int, default=None, help="never answer from older data")
-    for flag, what in (("--resource-attributes", "the resource's"), ("--subject-attributes", "the subject's"),
-                       ("--context", "the check's context")):
-        p.add_argument(flag, metavar="JSON", help=f"{what} attributes for conditions, a JSON object, e.g. '{{\"owner\": \"alice\"}}'"
-                       if flag != "--context" else "anything else conditions read, a JSON object, e.g. '{\"ip\": \"10.1.2.3\"}'")
+    _fact_flags(p, ("--resource-attributes", "--subject-attributes", "--context"))
     p.add_argument("--explain", action="store_true", help="say why: the reason, the granting role and scope, the revision")
 
     p = _command(commands, "permissions", "what SUBJECT holds in the tenant and, for each -p, what check answers",
@@ -714,12 +736,16 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--scope", default=None, help="only the grants covering this org-unit path; decide -p there")
     p.add_argument("-p", "--permission", action="append", default=[], help="a permission to decide (repeatable)")
     p.add_argument("--min-revision", type=int, default=None, help="never answer from older data")
-    p = _command(commands, "subjects", "every subject allowed PERMISSION at --scope (all pages, one revision)",
-                 "gatehouse subjects acme invoice.read --scope emea/de", subjects)
+    _fact_flags(p, ("--resource-attributes", "--subject-attributes", "--context"))
+    p = _command(commands, "subjects", "every subject allowed PERMISSION at --scope, and those allowed only "
+                 "under a condition (all pages, one revision)",
+                 "gatehouse subjects acme invoice.read --scope emea/de --resource-attributes '{\"owner\": \"alice\"}'",
+                 subjects)
     p.add_argument("tenant", help="slug or id")
     p.add_argument("permission", help="e.g. invoice.read")
     p.add_argument("--scope", default="", help="the org-unit path ('' = tenant root)")
     p.add_argument("--min-revision", type=int, default=None, help="never answer from older data")
+    _fact_flags(p, ("--resource-attributes", "--context"))
     p = _command(commands, "memberships", "the tenants SUBJECT is a member of (an operator key, or the subject's own)",
                  "gatehouse memberships user:alice", memberships)
     p.add_argument("subject", help="TYPE:ID, e.g. user:alice")

@@ -31,12 +31,13 @@ STATUS_TO_PROTO: dict[TenantStatus, common_pb2.TenantStatus] = {
 STATUS_FROM_PROTO: dict[int, TenantStatus] = {v: k for k, v in STATUS_TO_PROTO.items()}
 
 
-def subject(field: str, message: common_pb2.Subject) -> SubjectRef:
-    """A subject an admin call names. Its `attributes` are for checks (conditions) only:
-    set here they would be ignored, so they are refused."""
+def subject(field: str, message: common_pb2.Subject, *, attributes: bool = False) -> SubjectRef:
+    """A subject an admin call names. Its `attributes` are for decisions (conditions)
+    only: set where they would be ignored, they are refused (`attributes`: the caller
+    reads them, and checks them itself)."""
     v = Violations()
     ref = SubjectRef(v.check(require_id, f"{field}.type", message.type), v.check(require_id, f"{field}.id", message.id))
-    if message.HasField("attributes"):
+    if message.HasField("attributes") and not attributes:
         v.found.append(FieldViolation(f"{field}.attributes", "is read by CheckAccess only (conditions)"))
     v.raise_if_any()
     return ref

@@ -9,11 +9,19 @@
 Every answer names the tenant revision it was computed at and equals what CheckAccess
 answers at that revision (tests/server/test_lookup.py checks it candidate by candidate).
 
-Paging (LookupSubjects): a listing is decided once per (roster, permission, scope) and
-kept on the roster, so later pages cost a bisect and a slice, not a Postgres read. A
-page token pins the revision of its first page; when the tenant has moved past it the
-call fails FAILED_PRECONDITION `GATEHOUSE_PAGE_TOKEN_EXPIRED` (start again), never a
-page from another revision.
+Paging (LookupSubjects): a listing is decided once per (roster, permission, scope,
+attributes and context) and kept on the roster while every answer in it stays exact
+(engine/lookup.py: not past a grant's expiry, not at all when a condition read the
+time), so later pages cost a bisect and a slice, not a Postgres read. A page token pins
+the revision of its first page; when the tenant has moved past it the call fails
+FAILED_PRECONDITION `GATEHOUSE_PAGE_TOKEN_EXPIRED` (start again), never a page from
+another revision.
+
+Conditions: both lookups take the attributes and context CheckAccess takes, checked by
+the same rules (server/access.py `facts_violations`). ListSubjectPermissions decides each
+permission as CheckAccess would with them; LookupSubjects applies the resource
+attributes and context to every candidate and lists the ones CheckAccess would answer
+CONDITIONAL as `conditional`, with what is missing, never as allowed.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from time import time
 
 import grpc
 
+from gatehouse.engine.conditions import ConditionInput
 from gatehouse.engine.decision import decide
-from gatehouse.engine.lookup import covering_grants, tenant_denial
+from gatehouse.engine.lookup import LookupFacts, covering_grants, tenant_denial
 from gatehouse.engine.validate import (
     Violations,
     require_page_size,
@@ -37,6 +46,7 @@ from gatehouse.engine.validate import (
 from gatehouse.errors import InvalidArgument, PageTokenExpired, RevisionNotReached
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.server import convert
+from gatehouse.server.access import facts_violations, plain
 from gatehouse.server.callers import CHECK, LOOKUP, Callers, Credentials
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.errors import grpc_errors
@@ -45,6 +55,8 @@ from gatehouse.server.wire import register_service
 from gatehouse.store.api import StoreReader
 from gatehouse.store.pages import decode_token, encode_token
 from gatehouse_client.v1 import access_pb2, common_pb2, lookup_pb2
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
 SERVICE = lookup_pb2.DESCRIPTOR.services_by_name["LookupService"]
 MAX_PERMISSIONS = 100  # per ListSubjectPermissions call
@@ -67,32 +79,47 @@ class LookupServicer:
     async def ListSubjectPermissions(
         self, request: lookup_pb2.ListSubjectPermissionsRequest, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> lookup_pb2.ListSubjectPermissionsResponse:
-        """The subject's grants (covering `scope` when set) and CheckAccess's answer for
-        each of `permissions` there, all from one tenant entry and one subject entry.
-        Needs, when callers are required, what CheckAccess needs (`gatehouse.access.check`)."""
+        """The subject's unexpired grants (covering `scope` when set) and CheckAccess's
+        answer for each of `permissions` there, with the request's attributes and context,
+        all from one tenant entry and one subject entry. Needs, when callers are required,
+        what CheckAccess needs (`gatehouse.access.check`)."""
         if self._callers.required:
             await self._callers.require_grpc(context, CHECK, lambda: (request.tenant_id,))
         v = Violations()
         tenant_id = v.check(require_tenant_id, "tenant_id", request.tenant_id)
-        subject = v.check(convert.subject, "subject", request.subject)
+        subject = v.check(convert.subject, "subject", request.subject, attributes=True)
         scope = v.check(require_scope, "scope", request.scope) if request.HasField("scope") else None
         if len(request.permissions) > MAX_PERMISSIONS:
             raise InvalidArgument("permissions", f"at most {MAX_PERMISSIONS} per call")
         permissions = [v.check(require_permission, f"permissions[{i}]", p) for i, p in enumerate(request.permissions)]
         min_revision = v.check(require_revision, "min_revision", request.min_revision)
+        attributes = _given(request.subject, "attributes", "subject.attributes")
+        facts = _given(request, "resource_attributes", "resource_attributes") + _given(request, "context", "context")
+        v.found.extend(facts_violations(attributes + facts))
         v.raise_if_any()
+        # What a condition reads: CheckAccess's facts for (subject, resource {scope, attributes}, context).
+        question = ConditionInput(
+            subject.type, subject.id, resource_scope=scope or "",
+            subject_attributes=plain(attributes[0][0]) if attributes else None,
+            resource_attributes=plain(request.resource_attributes) if request.HasField("resource_attributes") else None,
+            context=plain(request.context) if request.HasField("context") else None,
+        )
         tenant, grants = await self._decisions.session().entries(tenant_id, subject, min_revision)
         policy = tenant.policy if tenant is not None else None
         now = time()
-        decisions = [(p, decide(policy, grants, p, scope or "", now=now)) for p in permissions]
+        decisions = [(p, decide(policy, grants, p, scope or "", now=now, facts=lambda: question)) for p in permissions]
         revision = max(policy.revision if policy else 0, grants.revision if grants and policy else 0)
         response = lookup_pb2.ListSubjectPermissionsResponse(revision=revision)
         if policy is not None and grants is not None and grants.tenant_id == policy.tenant_id:
             response.member = grants.is_member
             if grants.is_member:
                 response.grants.extend(
-                    lookup_pb2.EffectiveGrant(role=g.role, scope=g.scope, permissions=g.permissions.patterns)
-                    for g in covering_grants(grants, scope)
+                    lookup_pb2.EffectiveGrant(
+                        role=g.role, scope=g.scope, permissions=g.permissions.patterns,
+                        condition=g.condition.source if g.condition is not None else "",
+                        expires_at=convert.timestamp(g.expires_at),
+                    )
+                    for g in covering_grants(grants, scope, now)
                 )
             if grants.key is not None:
                 response.member = grants.is_member and grants.key.usable(now)
@@ -108,9 +135,10 @@ class LookupServicer:
     async def LookupSubjects(
         self, request: lookup_pb2.LookupSubjectsRequest, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> lookup_pb2.LookupSubjectsResponse:
-        """The subjects CheckAccess allows `permission` at `scope`, a page at a time, every
-        page at the revision of the first. Needs, when callers are required,
-        `gatehouse.access.lookup` on the tenant."""
+        """The subjects CheckAccess allows `permission` at `scope` with the request's
+        resource attributes and context, and those it answers CONDITIONAL (`conditional`),
+        a page at a time, every page at the revision of the first. Needs, when callers
+        are required, `gatehouse.access.lookup` on the tenant."""
         if self._callers.required:
             await self._callers.require_grpc(context, LOOKUP, lambda: (request.tenant_id,))
         v = Violations()
@@ -119,8 +147,14 @@ class LookupServicer:
         scope = v.check(require_scope, "scope", request.scope)
         page_size = v.check(require_page_size, "page_size", request.page_size)
         min_revision = v.check(require_revision, "min_revision", request.min_revision)
+        given = _given(request, "resource_attributes", "resource_attributes") + _given(request, "context", "context")
+        v.found.extend(facts_violations(given))
         v.raise_if_any()
-        query = _query_digest(tenant_id, permission, scope)
+        facts = LookupFacts(
+            plain(request.resource_attributes) if request.HasField("resource_attributes") else None,
+            plain(request.context) if request.HasField("context") else None,
+        )
+        query = _query_digest(tenant_id, permission, scope, facts.key)
         token = decode_token(request.page_token, (int, str, str, str)) if request.page_token else None
         pinned = 0
         after: tuple[str, str] | None = None
@@ -147,17 +181,20 @@ class LookupServicer:
                 denied_for_all=denial.reason,  # type: ignore[arg-type]  # engine Reason values are the proto enum's numbers
                 feature=denial.feature,
             )
-        listing = roster.listing(permission, scope, time())
+        listing = roster.listing(permission, scope, time(), facts)
         start = 0 if after is None else bisect.bisect_right(listing.keys, after)
-        page = listing.allowed[start:start + page_size]
+        page = listing.listed[start:start + page_size]
         response = lookup_pb2.LookupSubjectsResponse(revision=roster.revision)
-        for allowed in page:
+        for listed in page:
             response.subjects.append(lookup_pb2.LookedUpSubject(
-                subject=common_pb2.Subject(type=allowed.subject_type, id=allowed.subject_id),
-                granted_by_role=allowed.role,
-                granted_at_scope=allowed.scope,
+                subject=common_pb2.Subject(type=listed.subject_type, id=listed.subject_id),
+                granted_by_role=listed.role,
+                granted_at_scope=listed.scope,
+                conditional=listed.conditional,
+                missing_attributes=listed.missing,
+                conditions=listed.conditions,
             ))
-        if start + page_size < len(listing.allowed):
+        if start + page_size < len(listing.listed):
             last = page[-1]
             response.next_page_token = encode_token([roster.revision, last.subject_type, last.subject_id, query])
         return response
@@ -186,8 +223,15 @@ class LookupServicer:
         ])
 
 
-def _query_digest(tenant_id: str, permission: str, scope: str) -> str:
-    """What a page token is for, so a token is never used for another listing."""
-    return hashlib.sha256(f"{tenant_id}\0{permission}\0{scope}".encode()).hexdigest()[:16]
+def _query_digest(tenant_id: str, permission: str, scope: str, facts: str) -> str:
+    """What a page token is for, so a token is never used for another listing (another
+    question, or the same asked with other attributes or context)."""
+    return hashlib.sha256(f"{tenant_id}\0{permission}\0{scope}\0{facts}".encode()).hexdigest()[:16]
+
+
+def _given(owner: Message, name: str, path: str) -> list[tuple[struct_pb2.Struct, str]]:
+    """[(the Struct field `name` of `owner`, its path)] when set, else []."""
+    return [(getattr(owner, name), path)] if owner.HasField(name) else []
+
 
 

@@ -226,6 +226,30 @@ def test_lookups(served: Served, unique: str) -> None:
         ("invoice.read", True), ("report.read", False)]
     assert "NO_GRANT" in ok(gatehouse(served, "permissions", slug, who, "-p", "report.read")).out
 
+    # Conditions and expiry: a conditional grant lists its subject as conditional until the
+    # attribute is given; permissions show each grant's condition and expiry.
+    owner = "resource.attributes.owner == subject.id"
+    ok(gatehouse(served, "member", "add", slug, "user:di"))
+    ok(gatehouse(served, "grant", slug, "user:di", "accountant", "--scope", "apac", "--condition", owner,
+                 "--expires-at", "2099-01-01T00:00:00Z"))
+    found = ok(gatehouse(served, "subjects", slug, "invoice.read", "--scope", "apac", "-o", "json")).json()
+    assert [(s["subject"], s.get("conditional", False), s.get("missing_attributes")) for s in found["subjects"]] == [
+        ("user:cy", False, []), ("user:di", True, ["resource.attributes.owner"])]
+    assert found["subjects"][1]["conditions"] == [owner]
+    table = ok(gatehouse(served, "subjects", slug, "invoice.read", "--scope", "apac")).out
+    assert "CONDITIONAL" in table and "resource.attributes.owner" in table
+    given = ok(gatehouse(served, "subjects", slug, "invoice.read", "--scope", "apac",
+                         "--resource-attributes", '{"owner": "di"}', "-o", "json")).json()
+    assert [(s["subject"], s.get("granted_by_role")) for s in given["subjects"]] == [
+        ("user:cy", "accountant"), ("user:di", "accountant")]
+    held = ok(gatehouse(served, "permissions", slug, "user:di", "-p", "invoice.read", "--scope", "apac",
+                        "-o", "json")).json()
+    assert [(g["condition"], g["expires_at"]) for g in held["grants"]] == [(owner, "2099-01-01T00:00:00Z")]
+    assert held["decisions"][0]["decision"]["reason"] == "CONDITIONAL"
+    text = ok(gatehouse(served, "permissions", slug, "user:di", "-p", "invoice.read", "--scope", "apac",
+                        "--resource-attributes", '{"owner": "di"}')).out
+    assert "2099-01-01T00:00:00Z" in text and "ALLOWED" in text
+
     tenants = ok(gatehouse(served, "memberships", who, "-o", "json")).json()
     assert [t["tenant_slug"] for t in tenants] == [slug]
     broken = gatehouse(served, "subjects", slug, "Invoice!")

@@ -162,6 +162,18 @@ def test_lookups_in_both_flavours(served: Served, unique: str) -> None:
         assert [g.role for g in mine.grants] == ["accountant"]
         assert [d.decision.allowed for d in mine.decisions] == [True, False]
         assert tenant.id in [m.tenant_id for m in gh.tenants_for_subject("user:alice")]  # other tests' alices too
+        # Conditions: a conditional grant lists dave as conditional, allowed once the owner is given.
+        gh.admin.add_member(tenant_id=tenant.id, subject="user:dave")
+        gh.admin.assign_role(tenant_id=tenant.id, subject="user:dave", role="accountant", scope="apac",
+                             condition="resource.attributes.owner == subject.id")
+        apac = gh.lookup_subjects(tenant.id, "invoice.read", scope="apac")
+        assert [(s.subject.id, s.conditional, list(s.missing_attributes)) for s in apac.subjects] == [
+            ("dave", True, ["resource.attributes.owner"])]
+        owned = gh.lookup_subjects(tenant.id, "invoice.read", scope="apac", resource_attributes={"owner": "dave"})
+        assert [(s.subject.id, s.conditional, s.granted_by_role) for s in owned.subjects] == [("dave", False, "accountant")]
+        theirs = gh.permissions(tenant.id, "user:dave", scope="apac", permissions=["invoice.read"],
+                                resource_attributes={"owner": "dave"})
+        assert theirs.grants[0].condition and theirs.decisions[0].decision.allowed
 
     async def asynchronous() -> None:
         async with AsyncClient(served.address, key=served.key) as agh:
@@ -170,6 +182,11 @@ def test_lookups_in_both_flavours(served: Served, unique: str) -> None:
             mine = await agh.permissions(tenant.id, ("user", "bob"), permissions=["invoice.read"])
             assert mine.member and not mine.decisions[0].decision.allowed  # at the root, outside emea
             assert f"lookup-{unique}" in [m.tenant_slug for m in await agh.tenants_for_subject("user:bob")]
+            conditional = await agh.lookup_subjects(tenant.id, "invoice.read", scope="apac", context={"x": 1})
+            assert [s.conditional for s in conditional.subjects] == [True]
+            dave = await agh.permissions(tenant.id, "user:dave", scope="apac", permissions=["invoice.read"],
+                                         subject_attributes={"level": 1})
+            assert dave.decisions[0].decision.reason == 9  # CONDITIONAL: the owner is not given
 
     import asyncio
     asyncio.run(asynchronous())

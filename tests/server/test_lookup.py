@@ -1,24 +1,32 @@
 """LookupService against a real sidecar, Postgres and Redis.
 
 The differential tests build random tenants (a seeded generator: roles, members, scoped
-assignments, an API key with its own limit, a feature-gated plan, lifecycle states),
-then hold every lookup answer to what CheckAccess answers for each candidate at the
-revision the lookup names: LookupSubjects' set of subjects (every page of it) against a
-CheckAccessBatch over every candidate, ListSubjectPermissions' decisions against
-CheckAccess field by field. Writes between rounds prove a lookup never answers from an
-older roster.
+assignments, some with a CEL condition, some expiring (an hour away, or within the
+test), an API key with its own limit, a feature-gated plan, lifecycle states), then hold
+every lookup answer to what CheckAccess answers for each candidate at the revision the
+lookup names, asked with the same attributes and context: LookupSubjects' subjects
+(every page of it; the allowed and the conditional ones) against a CheckAccessBatch over
+every candidate, ListSubjectPermissions' decisions against CheckAccess field by field
+and its grants against ListRoleAssignments (unexpired, with condition and expiry). A
+subject listed as conditional is CONDITIONAL to CheckAccess and ALLOWED once the missing
+attributes are given. Writes between rounds prove a lookup never answers from an older
+roster; grants that expire mid-test (and the relays' sweeps of them) prove a kept
+listing never outlives them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from gatehouse.server.app import Sidecar
 from gatehouse.server.callers import CHECK, LOOKUP
@@ -33,14 +41,46 @@ PATTERNS = ["invoice.*", "invoice.read", "*.read", "report.*", "doc.edit", "*", 
 PERMISSIONS = ["invoice.read", "invoice.edit", "report.read", "report.export", "doc.edit", "doc.read"]
 SCOPES = ["", "emea", "emea/de", "emea/de/berlin", "emea/dex", "apac"]
 USERS = [f"u{i:02d}" for i in range(14)]
+# Conditions, each reading one attribute, and what makes each hold once given.
+OWNER = "resource.attributes.owner == subject.id"
+REGION = 'context.region == "eu"'
+SENIOR = "subject.attributes.level >= 3"
+CONDITIONS = [OWNER, REGION, SENIOR]
+# (resource attributes, context) a LookupSubjects applies to every candidate (None: not given).
+FACTS: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = [
+    (None, None), (None, None), ({"owner": "u03"}, {"region": "eu"}), ({"owner": "u05"}, None),
+    ({}, {"region": "us"}), (None, {"region": "eu"}),
+]
+SUBJECT_ATTRIBUTES: list[dict[str, Any] | None] = [None, {"level": 1}, {"level": 5}]
+
+
+def struct(values: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if values is None:
+        return None
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+def at(unix_seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(unix_seconds * 1e9))
+    return stamp
 
 
 @dataclass
 class World:
-    """One random tenant as built: its id, the candidates to check, and the key subject."""
+    """One random tenant as built: its id, the candidates to check, and the key subject;
+    `expiries`: when its expiring grants stop granting (unix seconds)."""
 
     tenant_id: str
     candidates: list[common_pb2.Subject] = field(default_factory=list)
+    expiries: list[float] = field(default_factory=list)
+
+    def expiry_between(self, start: float, end: float) -> bool:
+        """Some grant expired while a comparison was being asked (a lookup and its
+        checks are then at different instants, and may rightly differ)."""
+        return any(start - 0.05 <= moment <= end + 0.05 for moment in self.expiries)
 
 
 async def build(client: Client, rng: random.Random, slug: str, plan: str) -> World:
@@ -56,16 +96,23 @@ async def build(client: Client, rng: random.Random, slug: str, plan: str) -> Wor
         if rng.random() < 0.75:
             await client.admin.AddMember(admin_pb2.AddMemberRequest(tenant_id=tenant.id, subject=user(name)), metadata=client.auth)
             for _ in range(rng.randint(0, 3)):
+                request = admin_pb2.AssignRoleRequest(
+                    tenant_id=tenant.id, subject=user(name), role=rng.choice([*roles, "viewer", "member"]),
+                    scope=rng.choice(SCOPES),
+                )
+                if rng.random() < 0.3:
+                    request.condition = rng.choice(CONDITIONS)
+                if rng.random() < 0.25:
+                    # An hour away (listed with its expiry), or within the test's rounds.
+                    expires = time.time() + (3600 if rng.random() < 0.5 else rng.uniform(1.5, 5))
+                    request.expires_at.CopyFrom(at(expires))
                 try:
-                    await client.admin.AssignRole(
-                        admin_pb2.AssignRoleRequest(
-                            tenant_id=tenant.id, subject=user(name), role=rng.choice([*roles, "viewer", "member"]),
-                            scope=rng.choice(SCOPES),
-                        ),
-                        metadata=client.auth,
-                    )
+                    await client.admin.AssignRole(request, metadata=client.auth)
                 except grpc.aio.AioRpcError as error:
                     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+                else:
+                    if request.HasField("expires_at"):
+                        world.expiries.append(request.expires_at.ToNanoseconds() / 1e9)
     key = await client.admin.CreateApiKey(
         admin_pb2.CreateApiKeyRequest(
             tenant_id=tenant.id, name="svc", permissions=rng.sample(PATTERNS, 2),
@@ -104,16 +151,21 @@ async def mutate(client: Client, rng: random.Random, world: World, *, subjects_o
         )
 
 
-async def lookup_all(client: Client, tenant_id: str, permission: str, scope: str, page_size: int) -> lookup_pb2.LookupSubjectsResponse:
+async def lookup_all(
+    client: Client, tenant_id: str, permission: str, scope: str, page_size: int,
+    facts: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None),
+) -> lookup_pb2.LookupSubjectsResponse:
     """Every page of one listing, joined; asserts each page names the first page's revision."""
-    pages = [await client.lookup.LookupSubjects(
-        lookup_pb2.LookupSubjectsRequest(tenant_id=tenant_id, permission=permission, scope=scope, page_size=page_size)
-    )]
+    first = lookup_pb2.LookupSubjectsRequest(
+        tenant_id=tenant_id, permission=permission, scope=scope, page_size=page_size,
+        resource_attributes=struct(facts[0]), context=struct(facts[1]),
+    )
+    pages = [await client.lookup.LookupSubjects(first)]
     while pages[-1].next_page_token:
-        pages.append(await client.lookup.LookupSubjects(lookup_pb2.LookupSubjectsRequest(
-            tenant_id=tenant_id, permission=permission, scope=scope, page_size=page_size,
-            page_token=pages[-1].next_page_token,
-        )))
+        request = lookup_pb2.LookupSubjectsRequest()
+        request.CopyFrom(first)
+        request.page_token = pages[-1].next_page_token
+        pages.append(await client.lookup.LookupSubjects(request))
         assert pages[-1].revision == pages[0].revision
         assert len(pages) < 100
     joined = lookup_pb2.LookupSubjectsResponse()
@@ -124,17 +176,171 @@ async def lookup_all(client: Client, tenant_id: str, permission: str, scope: str
     return joined
 
 
-def checks(world: World, permission: str, scope: str, revision: int) -> access_pb2.CheckAccessBatchRequest:
-    return access_pb2.CheckAccessBatchRequest(checks=[
-        access_pb2.CheckAccessRequest(
-            tenant_id=world.tenant_id, subject=candidate, permission=permission,
-            resource=common_pb2.Resource(scope=scope), min_revision=revision,
+def check(
+    world: World, candidate: common_pb2.Subject, permission: str, scope: str, revision: int,
+    facts: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None),
+    subject_attributes: dict[str, Any] | None = None,
+) -> access_pb2.CheckAccessRequest:
+    return access_pb2.CheckAccessRequest(
+        tenant_id=world.tenant_id,
+        subject=common_pb2.Subject(type=candidate.type, id=candidate.id, attributes=struct(subject_attributes)),
+        permission=permission,
+        resource=common_pb2.Resource(scope=scope, attributes=struct(facts[0])),
+        context=struct(facts[1]),
+        min_revision=revision,
+    )
+
+
+def checks(
+    world: World, permission: str, scope: str, revision: int,
+    facts: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None),
+) -> access_pb2.CheckAccessBatchRequest:
+    return access_pb2.CheckAccessBatchRequest(
+        checks=[check(world, candidate, permission, scope, revision, facts) for candidate in world.candidates]
+    )
+
+
+def satisfied(
+    facts: tuple[dict[str, Any] | None, dict[str, Any] | None], subject_id: str, missing: list[str]
+) -> tuple[tuple[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """`facts` with every missing attribute given the value that makes its condition hold
+    (CONDITIONS), and the subject attributes likewise."""
+    resource, context, subject = dict(facts[0] or {}), dict(facts[1] or {}), {}
+    for name in missing:
+        if name == "resource.attributes.owner":
+            resource["owner"] = subject_id
+        elif name == "context.region":
+            context["region"] = "eu"
+        else:
+            assert name == "subject.attributes.level", name
+            subject["level"] = 5
+    return (resource, context), subject
+
+
+SEEN: Counter[str] = Counter()  # what the differential tests met: allowed and conditional subjects, denials for all
+
+
+def page_token_expired(error: grpc.aio.AioRpcError) -> bool:
+    return error.code() == grpc.StatusCode.FAILED_PRECONDITION and details(error)[0].reason == "GATEHOUSE_PAGE_TOKEN_EXPIRED"
+
+
+async def compare_listing(client: Client, world: World, permission: str, scope: str, rng: random.Random) -> int:
+    """One LookupSubjects listing (random page size, attributes and context) against
+    CheckAccess for every candidate; asked again when an expiry, or a relay's sweep of
+    it, fell between the two. The count of checks compared."""
+    facts = rng.choice(FACTS)
+    for _ in range(4):
+        started = time.time()
+        try:
+            listing = await lookup_all(client, world.tenant_id, permission, scope, rng.choice([1, 3, 100]), facts)
+        except grpc.aio.AioRpcError as error:
+            assert page_token_expired(error), error  # a sweep landed between two pages
+            SEEN["asked again"] += 1
+            await asyncio.sleep(0.1)
+            continue
+        answers = (await client.access.CheckAccessBatch(checks(world, permission, scope, listing.revision, facts))).results
+        if {a.revision for a in answers} <= {listing.revision} and not world.expiry_between(started, time.time()):
+            break
+        SEEN["asked again"] += 1
+        await asyncio.sleep(0.1)  # past the expiry's margin, and time for a sweep's event
+    else:
+        pytest.fail("expiries and sweeps kept landing mid-comparison")
+    looked_up = {
+        (s.subject.type, s.subject.id): (s.granted_by_role, s.granted_at_scope, s.conditional, list(s.missing_attributes))
+        for s in listing.subjects
+    }
+    expected = {
+        (c.type, c.id): (a.granted_by_role, a.granted_at_scope, a.reason == Reason.DECISION_REASON_CONDITIONAL,
+                         list(a.missing_attributes))
+        for c, a in zip(world.candidates, answers) if a.allowed or a.reason == Reason.DECISION_REASON_CONDITIONAL
+    }
+    assert looked_up == expected, (permission, scope, facts)
+    SEEN["allowed"] += sum(a.allowed for a in answers)
+    SEEN[f"denied_for_all={listing.denied_for_all}"] += 1
+    keys = [(s.subject.type, s.subject.id) for s in listing.subjects]
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+    compared = len(answers)
+    for listed in listing.subjects:
+        if not listed.conditional:
+            assert not listed.conditions
+            continue
+        SEEN["conditional"] += 1
+        assert listed.conditions and set(listed.conditions) <= set(CONDITIONS)
+        # With the missing attributes given, CheckAccess allows.
+        given, subject_attributes = satisfied(facts, listed.subject.id, list(listed.missing_attributes))
+        answer = await client.access.CheckAccess(
+            check(world, listed.subject, permission, scope, listing.revision, given, subject_attributes)
         )
-        for candidate in world.candidates
-    ])
+        if answer.revision == listing.revision and not world.expiry_between(started, time.time()):
+            assert answer.allowed, (listed, answer)
+            SEEN["allowed once given"] += 1
+        compared += 1
+    if listing.denied_for_all:
+        assert not looked_up
+        reasons = {a.reason for a in answers}
+        if listing.denied_for_all == Reason.DECISION_REASON_FEATURE_DISABLED:
+            # Step 5: members are told the feature; non-members (step 4) are not members.
+            assert listing.denied_for_all in reasons and reasons <= {
+                listing.denied_for_all, Reason.DECISION_REASON_NOT_A_MEMBER, Reason.DECISION_REASON_KEY_REVOKED,
+            }
+            assert {a.feature for a in answers if a.reason == listing.denied_for_all} == {listing.feature}
+        else:
+            assert reasons == {listing.denied_for_all}
+    return compared
 
 
-SEEN: Counter[str] = Counter()  # what the differential tests met: allowed subjects, denials for all
+async def compare_permissions(client: Client, world: World, candidate: common_pb2.Subject, rng: random.Random) -> int:
+    """ListSubjectPermissions (random scope, attributes and context) against CheckAccess
+    field by field, and its grants against ListRoleAssignments."""
+    scope = rng.choice(SCOPES)
+    facts, subject_attributes = rng.choice(FACTS), rng.choice(SUBJECT_ATTRIBUTES)
+    for _ in range(4):
+        started = time.time()
+        listed = await client.lookup.ListSubjectPermissions(lookup_pb2.ListSubjectPermissionsRequest(
+            tenant_id=world.tenant_id, permissions=PERMISSIONS, scope=scope,
+            subject=common_pb2.Subject(type=candidate.type, id=candidate.id, attributes=struct(subject_attributes)),
+            resource_attributes=struct(facts[0]), context=struct(facts[1]),
+        ))
+        called = time.time()
+        answers = (await client.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=[
+            check(world, candidate, permission, scope, listed.revision, facts, subject_attributes)
+            for permission in PERMISSIONS
+        ]))).results
+        assignments = (await client.admin.ListRoleAssignments(admin_pb2.ListRoleAssignmentsRequest(
+            tenant_id=world.tenant_id, subject=candidate, page_size=1000,
+        ), metadata=client.auth)).assignments
+        if {a.revision for a in answers} <= {listed.revision} and not world.expiry_between(started, time.time()):
+            break
+        SEEN["asked again"] += 1
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("expiries and sweeps kept landing mid-comparison")
+    assert [d.permission for d in listed.decisions] == PERMISSIONS
+    for decision, answer in zip(listed.decisions, answers):
+        assert decision.decision == answer, (candidate, decision.permission, scope, facts, subject_attributes)
+        SEEN[f"permission {Reason.Name(answer.reason)}"] += 1
+    # The grants listed are the ones covering the scope, unexpired, each with its
+    # condition and expiry; and each allow names one of them.
+    def shown(role: str, at_scope: str, condition: str, expires: timestamp_pb2.Timestamp | None) -> tuple[Any, ...]:
+        return role, at_scope, condition, expires.ToNanoseconds() // 1_000_000 if expires is not None else None
+
+    held = sorted(
+        shown(g.role, g.scope, g.condition, g.expires_at if g.HasField("expires_at") else None) for g in listed.grants
+    )
+    if candidate.type == "user" and listed.member:
+        covering = sorted(
+            shown(a.role, a.scope, a.condition, a.expires_at if a.HasField("expires_at") else None)
+            for a in assignments
+            if (a.scope == "" or scope == a.scope or scope.startswith(a.scope + "/"))
+            and (not a.HasField("expires_at") or a.expires_at.ToNanoseconds() / 1e9 > called)
+        )
+        assert held == covering, (candidate, scope)
+        SEEN["expiring grants listed"] += sum(1 for g in listed.grants if g.HasField("expires_at"))
+        SEEN["conditional grants listed"] += sum(1 for g in listed.grants if g.condition)
+    for decision in listed.decisions:
+        if decision.decision.allowed:
+            assert (decision.decision.granted_by_role, decision.decision.granted_at_scope) in {(g[0], g[1]) for g in held}
+    return len(answers)
 
 
 async def assert_lookups_agree(client: Client, world: World, rng: random.Random) -> int:
@@ -142,60 +348,10 @@ async def assert_lookups_agree(client: Client, world: World, rng: random.Random)
     compared = 0
     for permission in PERMISSIONS:
         for scope in SCOPES:
-            listing = await lookup_all(client, world.tenant_id, permission, scope, page_size=rng.choice([1, 3, 100]))
-            answers = (await client.access.CheckAccessBatch(checks(world, permission, scope, listing.revision))).results
-            assert {a.revision for a in answers} <= {listing.revision}, "a write landed mid-test"
-            looked_up = {(s.subject.type, s.subject.id): (s.granted_by_role, s.granted_at_scope) for s in listing.subjects}
-            allowed = {
-                (c.type, c.id): (a.granted_by_role, a.granted_at_scope)
-                for c, a in zip(world.candidates, answers) if a.allowed
-            }
-            assert looked_up == allowed, (permission, scope)
-            SEEN["allowed"] += len(allowed)
-            SEEN[f"denied_for_all={listing.denied_for_all}"] += 1
-            keys = [(s.subject.type, s.subject.id) for s in listing.subjects]
-            assert keys == sorted(keys) and len(keys) == len(set(keys))
-            if listing.denied_for_all:
-                assert not looked_up
-                reasons = {a.reason for a in answers}
-                if listing.denied_for_all == Reason.DECISION_REASON_FEATURE_DISABLED:
-                    # Step 5: members are told the feature; non-members (step 4) are not members.
-                    assert listing.denied_for_all in reasons and reasons <= {
-                        listing.denied_for_all, Reason.DECISION_REASON_NOT_A_MEMBER, Reason.DECISION_REASON_KEY_REVOKED,
-                    }
-                    assert {a.feature for a in answers if a.reason == listing.denied_for_all} == {listing.feature}
-                else:
-                    assert reasons == {listing.denied_for_all}
-            compared += len(answers)
+            compared += await compare_listing(client, world, permission, scope, rng)
     for candidate in world.candidates:
-        scope = rng.choice(SCOPES)
-        listed = await client.lookup.ListSubjectPermissions(lookup_pb2.ListSubjectPermissionsRequest(
-            tenant_id=world.tenant_id, subject=candidate, scope=scope, permissions=PERMISSIONS,
-        ))
-        answers = (await client.access.CheckAccessBatch(checks_for(world, candidate, scope, listed.revision))).results
-        assert [d.permission for d in listed.decisions] == PERMISSIONS
-        for decision, answer in zip(listed.decisions, answers):
-            assert decision.decision == answer, (candidate, decision.permission, scope)
-        # The grants listed are the ones covering the scope, and each allow names one of them.
-        held = {(g.role, g.scope) for g in listed.grants}
-        for decision in listed.decisions:
-            if decision.decision.allowed:
-                assert (decision.decision.granted_by_role, decision.decision.granted_at_scope) in held
-        for grant in listed.grants:
-            assert grant.scope == "" or scope == grant.scope or scope.startswith(grant.scope + "/")
-            assert grant.condition == "" and not grant.HasField("expires_at")
-        compared += len(answers)
+        compared += await compare_permissions(client, world, candidate, rng)
     return compared
-
-
-def checks_for(world: World, subject: common_pb2.Subject, scope: str, revision: int) -> access_pb2.CheckAccessBatchRequest:
-    return access_pb2.CheckAccessBatchRequest(checks=[
-        access_pb2.CheckAccessRequest(
-            tenant_id=world.tenant_id, subject=subject, permission=permission,
-            resource=common_pb2.Resource(scope=scope), min_revision=revision,
-        )
-        for permission in PERMISSIONS
-    ])
 
 
 @pytest.fixture
@@ -228,9 +384,14 @@ async def test_lookups_equal_check_access_at_their_revision(
             compared += await assert_lookups_agree(client, worlds[0], rng)
     assert compared > 1000
     assert sidecar.cache.stats.roster_advances > advances, "no roster was brought forward: that path went untested"
-    print(f"seed {seed}: {compared} checks compared")
-    # Not a test that cannot fail: allows and tenant-wide denials were both met.
+    print(f"seed {seed}: {compared} checks compared; {dict(SEEN)}")
+    # Not a test that cannot fail: allows, conditional subjects (allowed once given their
+    # attributes), CONDITIONAL decisions, listed conditions and expiries, and tenant-wide
+    # denials were all met.
     assert SEEN["allowed"] > 50 and SEEN[f"denied_for_all={Reason.DECISION_REASON_FEATURE_DISABLED}"] > 0
+    assert SEEN["conditional"] > 0 and SEEN["allowed once given"] > 0
+    assert SEEN["permission DECISION_REASON_CONDITIONAL"] > 0
+    assert SEEN["expiring grants listed"] > 0 and SEEN["conditional grants listed"] > 0
 
 
 async def test_pages_are_served_from_one_roster_and_a_write_expires_their_token(
@@ -265,13 +426,77 @@ async def test_pages_are_served_from_one_roster_and_a_write_expires_their_token(
     assert info.reason == "GATEHOUSE_PAGE_TOKEN_EXPIRED"
     assert info.metadata["token_revision"] == str(revision) and int(info.metadata["current_revision"]) > revision
 
-    # A token of another listing is no token of this one.
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await client.lookup.LookupSubjects(lookup_pb2.LookupSubjectsRequest(
-            tenant_id=tenant.id, permission="doc.write", page_size=3, page_token=first.next_page_token,
-        ))
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert details(raised.value)[1] == ["page_token"]
+    # A token of another listing is no token of this one (another permission, or the
+    # same asked with other attributes or context).
+    for other in (
+        lookup_pb2.LookupSubjectsRequest(tenant_id=tenant.id, permission="doc.write", page_size=3),
+        lookup_pb2.LookupSubjectsRequest(tenant_id=tenant.id, permission="doc.read", page_size=3,
+                                         resource_attributes=struct({"owner": "p1"})),
+    ):
+        other.page_token = first.next_page_token
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.lookup.LookupSubjects(other)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(raised.value)[1] == ["page_token"]
+
+
+async def test_a_grant_expiring_mid_listing_stops_counting_at_its_instant(
+    client: Client, sidecar: Sidecar, unique: str
+) -> None:
+    """A kept roster and listing, a page token in hand; then a grant (and a conditional
+    grant) expire, with no event: the next page, a fresh listing and CheckAccess all stop
+    counting them at that instant, at the same revision, from the same roster. A relay's
+    sweep may land first (another revision): the token then expires, as for any write."""
+    tenant = await client.tenant(f"lkexp-{unique}")
+    for i in range(5):
+        await client.grant(tenant.id, user(f"p{i}"), "reader", "", ["doc.read"] if i == 0 else None)
+    expires = time.time() + 1.5
+    for name, condition in (("zc", OWNER), ("zz", "")):
+        await client.admin.AddMember(admin_pb2.AddMemberRequest(tenant_id=tenant.id, subject=user(name)), metadata=client.auth)
+        revision = (await client.admin.AssignRole(admin_pb2.AssignRoleRequest(
+            tenant_id=tenant.id, subject=user(name), role="reader", scope="emea", expires_at=at(expires), condition=condition,
+        ), metadata=client.auth)).revision
+
+    def request(**fields: Any) -> lookup_pb2.LookupSubjectsRequest:
+        return lookup_pb2.LookupSubjectsRequest(tenant_id=tenant.id, permission="doc.read", scope="emea/de", **fields)
+
+    whole = await client.lookup.LookupSubjects(request(min_revision=revision))
+    assert [(s.subject.id, s.conditional) for s in whole.subjects] == [
+        *((f"p{i}", False) for i in range(5)), ("zc", True), ("zz", False),
+    ]
+    assert list(whole.subjects[5].missing_attributes) == ["resource.attributes.owner"]
+    assert list(whole.subjects[5].conditions) == [OWNER]
+    first = await client.lookup.LookupSubjects(request(page_size=2, min_revision=revision))
+    assert [s.subject.id for s in first.subjects] == ["p0", "p1"] and first.revision == revision
+    loads = cache_loads(sidecar)
+    await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
+
+    try:
+        rest = []
+        page = first
+        while page.next_page_token:
+            page = await client.lookup.LookupSubjects(request(page_size=2, page_token=page.next_page_token))
+            assert page.revision == revision
+            rest.extend(s.subject.id for s in page.subjects)
+    except grpc.aio.AioRpcError as error:
+        assert page_token_expired(error), error  # a sweep of the expired rows landed first
+    else:
+        assert rest == ["p2", "p3", "p4"]
+    after = await client.lookup.LookupSubjects(request())
+    assert [s.subject.id for s in after.subjects] == [f"p{i}" for i in range(5)]
+    answers = (await client.access.CheckAccessBatch(access_pb2.CheckAccessBatchRequest(checks=[
+        access_pb2.CheckAccessRequest(
+            tenant_id=tenant.id, subject=user(name), permission="doc.read",
+            resource=common_pb2.Resource(scope="emea/de"), min_revision=revision,
+        ) for name in ("zc", "zz")
+    ]))).results
+    assert [a.reason for a in answers] == [Reason.DECISION_REASON_NO_GRANT] * 2
+    if after.revision == revision:  # no sweep yet: the same roster, its listing decided again
+        assert cache_loads(sidecar) == loads
+    listed = await client.lookup.ListSubjectPermissions(lookup_pb2.ListSubjectPermissionsRequest(
+        tenant_id=tenant.id, subject=user("zz"), permissions=["doc.read"],
+    ))
+    assert not listed.grants and listed.decisions[0].decision.reason == Reason.DECISION_REASON_NO_GRANT
 
 
 def cache_loads(sidecar: Sidecar) -> int:
@@ -342,6 +567,22 @@ async def test_bad_input_names_the_field(client: Client) -> None:
          lookup_pb2.ListSubjectPermissionsRequest(tenant_id="00000000-0000-4000-8000-000000000001",
                                                   subject=user(""), scope="..", permissions=["ok.read", "x y"]),
          ["subject.id", "scope", "permissions[1]"]),
+        # Attributes and context: CheckAccess's rules (at most 256 values in all, finite numbers).
+        (client.lookup.LookupSubjects,
+         lookup_pb2.LookupSubjectsRequest(tenant_id="00000000-0000-4000-8000-000000000001", permission="a.b",
+                                          context=struct({f"k{i}": i for i in range(300)})),
+         ["context"]),
+        (client.lookup.ListSubjectPermissions,
+         lookup_pb2.ListSubjectPermissionsRequest(
+             tenant_id="00000000-0000-4000-8000-000000000001",
+             subject=common_pb2.Subject(type="user", id="a", attributes=struct({"n": float("nan")})),
+             resource_attributes=struct({"owner": "a"})),
+         ["subject.attributes.fields['n'].number_value"]),
+        (client.lookup.ListSubjectPermissions,
+         lookup_pb2.ListSubjectPermissionsRequest(
+             tenant_id="00000000-0000-4000-8000-000000000001", subject=user("a"),
+             resource_attributes=struct({f"k{i}": i for i in range(200)}), context=struct({f"c{i}": i for i in range(60)})),
+         ["context"]),
     ]
     for call, request, fields in bad:
         with pytest.raises(grpc.aio.AioRpcError) as raised:

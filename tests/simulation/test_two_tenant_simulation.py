@@ -48,7 +48,10 @@ Lookups (LookupService) are asked now and then too, of either sidecar, and held 
 same model: LookupSubjects (every page, random page sizes) must list exactly the members
 the model allows (each with a grant that allows it, at the tenant's revision, a tenant-wide
 denial named as the model's members are told it), and ListSubjectPermissions must decide
-each permission as a check would. A listed subject the other tenant's data explains (not
+each permission as a check would. Both carry resource.attributes.owner now and then (a
+conditionally granted subject's id, the asker's own, someone else's, or none): a subject
+the model answers CONDITIONAL must be listed as `conditional` (missing the owner, pending
+OWNER_CONDITION), never as allowed. A listed subject the other tenant's data explains (not
 a member here, a member there) is a cross-tenant answer.
 """
 
@@ -76,6 +79,7 @@ from tests.server.status import details
 from tests.simulation.conftest import Sweep
 from tests.simulation.model import (
     OWNER_ATTRIBUTE,
+    OWNER_CONDITION,
     VIEW_PARTS,
     Answer,
     Check,
@@ -224,6 +228,7 @@ class Tally:
     config_checks: int = 0
     lookups: int = 0  # LookupSubjects listings (every page) compared with the model
     lookups_listing: int = 0  # of them, listings that named at least one subject
+    lookups_conditional: int = 0  # subjects listed as conditional (CheckAccess: CONDITIONAL)
     permission_lookups: int = 0  # ListSubjectPermissions decisions compared with the model
     disagreements: int = 0
     cross_tenant: int = 0
@@ -525,7 +530,9 @@ class Simulation:
         held = self.world.tenants.get(tenant_id)
         if held is not None and held.assignments and rng.random() < 0.7:
             # Mostly a question some grant answers yes: a permission of an assigned role, at its scope.
-            _, role, granted_at = rng.choice(sorted(held.assignments))
+            # Now and then one a conditional grant answers (then listed `conditional` without the owner).
+            conditional = sorted(held.conditional & held.assignments)
+            _, role, granted_at = rng.choice(conditional if conditional and rng.random() < 0.4 else sorted(held.assignments))
             matching = [p for p in PERMISSIONS if any_matches(held.roles.get(role, ()), p)]
             if matching:
                 permission, scope = rng.choice(matching), granted_at
@@ -533,6 +540,11 @@ class Simulation:
             tenant_id=tenant_id, permission=permission, scope=scope, page_size=rng.choice((1, 2, 5, 0)),
             min_revision=self.min_revision(tenant_id, via),
         )
+        # For conditional grants: the resource's owner (one subject's id, applied to every
+        # candidate), someone else, or not said (then conditional subjects are listed as such).
+        owner = self.draw_owner(held)
+        if owner is not None:
+            request.resource_attributes.update({"owner": owner})
         what = f"LookupSubjects@{via}"
         pages = []
         sent = time.time()
@@ -549,7 +561,7 @@ class Simulation:
         self.window = (sent, time.time())
         world, tenant = self.world, self.world.tenants.get(tenant_id)
         members = sorted(tenant.members) if tenant is not None else []
-        settled = self.settled(lambda: {m: world.check(tenant_id, m, permission, scope) for m in members})
+        settled = self.settled(lambda: {m: world.check(tenant_id, m, permission, scope, owner) for m in members})
         if settled is None:  # a member's grant expired within CLOCK_SKEW of the listing
             self.tally.near_expiry += 1
             return
@@ -557,10 +569,16 @@ class Simulation:
         self.tally.lookups += 1
         self.tally.lookups_listing += any(page.subjects for page in pages)
         self.tally.after_expiry += any(
-            self.expiry_mattered(tenant_id, answer, functools.partial(world.check, tenant_id, m, permission, scope))
+            self.expiry_mattered(tenant_id, answer, functools.partial(world.check, tenant_id, m, permission, scope, owner))
             for m, answer in answers.items()
         )
-        listed = {subject_key(s.subject): (s.granted_by_role, s.granted_at_scope) for page in pages for s in page.subjects}
+        subjects = [s for page in pages for s in page.subjects]
+        listed = {subject_key(s.subject): (s.granted_by_role, s.granted_at_scope) for s in subjects if not s.conditional}
+        conditional = {
+            subject_key(s.subject): (list(s.missing_attributes), list(s.conditions), s.granted_by_role, s.granted_at_scope)
+            for s in subjects if s.conditional
+        }
+        self.tally.lookups_conditional += len(conditional)
         revisions = {page.revision for page in pages}
         problems = []
         if revisions != {tenant.revision if tenant is not None else 0}:
@@ -569,9 +587,16 @@ class Simulation:
             expected = answers.get(subject)
             if expected is None or not expected.allowed or grant not in expected.grants:
                 problems.append(f"{subject} listed by {grant}: the model answers {expected}")
+        for subject, shown in conditional.items():
+            expected = answers.get(subject)
+            if expected is None or expected.reason != "CONDITIONAL" or shown != ([OWNER_ATTRIBUTE], [OWNER_CONDITION], "", ""):
+                problems.append(f"{subject} listed conditional {shown}: the model answers {expected}")
         missing = [m for m, a in answers.items() if a.allowed and m not in listed]
         if missing:
             problems.append(f"allowed but not listed: {missing}")
+        unlisted = [m for m, a in answers.items() if a.reason == "CONDITIONAL" and m not in conditional]
+        if unlisted:
+            problems.append(f"CONDITIONAL but not listed as conditional: {unlisted}")
         denied = reason_name(pages[0].denied_for_all) if pages[0].denied_for_all else ""
         tenant_wide = {a.reason for a in answers.values()} & {"TENANT_SUSPENDED", "TENANT_INACTIVE", "FEATURE_DISABLED"}
         if tenant is None:
@@ -581,7 +606,7 @@ class Simulation:
         if not problems:
             return
         foreign = [
-            subject for subject in listed
+            subject for subject in [*listed, *conditional]
             if subject not in answers and any(subject in t.members for i, t in world.tenants.items() if i != tenant_id)
         ]
         self._fail(
@@ -602,6 +627,9 @@ class Simulation:
             tenant_id=tenant_id, subject=subject_message(subject), scope=scope, permissions=permissions,
             min_revision=self.min_revision(tenant_id, via),
         )
+        owner = self.draw_owner(self.world.tenants.get(tenant_id), subject)
+        if owner is not None:
+            request.resource_attributes.update({"owner": owner})
         sent = time.time()
         try:
             answer = await client.lookup.ListSubjectPermissions(request)
@@ -615,8 +643,24 @@ class Simulation:
                 tenant_id=tenant_id, subject=request.subject, permission=decision.permission,
                 resource=common_pb2.Resource(scope=scope),
             )
+            if request.HasField("resource_attributes"):
+                check.resource.attributes.CopyFrom(request.resource_attributes)
             self.judge(check, decision.decision, f"ListSubjectPermissions@{via}")
             self.tally.permission_lookups += 1
+
+    def draw_owner(self, tenant: Any, subject: str | None = None) -> str | None:
+        """resource.attributes.owner for a lookup: not said (half the time), `subject`'s id
+        or a conditionally granted subject's, or someone else."""
+        roll = self.rng.random()
+        if roll < 0.5:
+            return None
+        if roll < 0.85:
+            if subject is not None:
+                return subject.partition("/")[2]
+            holders = sorted({a[0] for a in tenant.conditional & tenant.assignments}) if tenant is not None else []
+            if holders:
+                return self.rng.choice(holders).partition("/")[2]
+        return "someone-else"
 
     # --- requests the server must refuse ---------------------------------------------------
 
@@ -995,7 +1039,8 @@ class Simulation:
             f" (refused as predicted: {t.admin_refused}, tenants created: {t.tenants_created},"
             f" via reader: {t.admin_via_reader}),"
             f" checks={t.checks} (single: {t.single_checks}, via reader: {t.reader_checks}),"
-            f" config_checks={t.config_checks}, lookups={t.lookups} (listing someone: {t.lookups_listing}),"
+            f" config_checks={t.config_checks}, lookups={t.lookups} (listing someone: {t.lookups_listing},"
+            f" conditional subjects: {t.lookups_conditional}),"
             f" permission_lookups={t.permission_lookups},"
             f" misspelled_tenant_ids={reads[misspelled] + admin[misspelled]}"
             f" (reads: {reads[misspelled]}, admin: {admin[misspelled]}),"
@@ -1127,3 +1172,4 @@ async def test_two_tenants_never_see_each_other(
         missing = EXPECTED_REASONS - set(tally.reasons)
         assert not missing, f"the walk never produced {sorted(missing)}\n{summary}\n{simulation.coverage()}"
         assert tally.expiring_assigned and tally.after_expiry and tally.sweeps and tally.sweep_checks, summary
+        assert tally.lookups_conditional > 0, f"no lookup listed a conditional subject\n{summary}"

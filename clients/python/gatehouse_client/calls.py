@@ -248,22 +248,40 @@ class CallPolicy:
     def permissions_request(
         self, tenant_id: str, subject: SubjectLike, scope: str | None, permissions: Iterable[str],
         min_revision: int | None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        subject_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> lookup_pb2.ListSubjectPermissionsRequest:
+        """The attributes and context are what role conditions read, as in `check_request`."""
         request = lookup_pb2.ListSubjectPermissionsRequest(
             tenant_id=tenant_id, subject=as_subject(subject), permissions=list(permissions),
             min_revision=self.min_revision(tenant_id, min_revision),
         )
         if scope is not None:
             request.scope = scope
+        if resource_attributes is not None:
+            request.resource_attributes.update(dict(resource_attributes))
+        if subject_attributes is not None:
+            request.subject.attributes.update(dict(subject_attributes))
+        if context is not None:
+            request.context.update(dict(context))
         return request
 
     def lookup_request(
-        self, tenant_id: str, permission: str, scope: str, page_size: int, min_revision: int | None
+        self, tenant_id: str, permission: str, scope: str, page_size: int, min_revision: int | None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> lookup_pb2.LookupSubjectsRequest:
-        return lookup_pb2.LookupSubjectsRequest(
+        """The resource attributes and context apply to every candidate."""
+        request = lookup_pb2.LookupSubjectsRequest(
             tenant_id=tenant_id, permission=permission, scope=scope, page_size=page_size,
             min_revision=self.min_revision(tenant_id, min_revision),
         )
+        if resource_attributes is not None:
+            request.resource_attributes.update(dict(resource_attributes))
+        if context is not None:
+            request.context.update(dict(context))
+        return request
 
 
 PAGE_TOKEN_EXPIRED = "GATEHOUSE_PAGE_TOKEN_EXPIRED"

@@ -270,10 +270,16 @@ class Client:
         permissions: Iterable[str] = (),
         min_revision: int | None = None,
         timeout: float | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        subject_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> lookup_pb2.ListSubjectPermissionsResponse:
-        """What `subject` holds in the tenant (the grants covering `scope`, or all of them)
-        and, for each of `permissions`, what CheckAccess answers at `scope` (or the root)."""
-        request = self.policy.permissions_request(tenant_id, subject, scope, permissions, min_revision)
+        """What `subject` holds in the tenant (the unexpired grants covering `scope`, or all
+        of them, each with its condition and expiry) and, for each of `permissions`, what
+        CheckAccess answers at `scope` (or the root) with these attributes and context."""
+        request = self.policy.permissions_request(
+            tenant_id, subject, scope, permissions, min_revision, resource_attributes, subject_attributes, context
+        )
         return self._unary(self._lookup.ListSubjectPermissions, request, self.policy.auth, timeout)  # type: ignore[no-any-return]
 
     def lookup_subjects(
@@ -285,11 +291,17 @@ class Client:
         page_size: int = 0,
         min_revision: int | None = None,
         timeout: float | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> lookup_pb2.LookupSubjectsResponse:
-        """Every subject CheckAccess allows `permission` at `scope`, every page fetched and
-        joined, all at one revision (the listing starts again if the tenant moves on
-        between pages)."""
-        listing = Listing(self.policy.lookup_request(tenant_id, permission, scope, page_size, min_revision))
+        """Every subject CheckAccess allows `permission` at `scope` with these resource
+        attributes and context, and every one it answers CONDITIONAL (`conditional` set,
+        with `missing_attributes` and `conditions`: not allowed as asked), every page
+        fetched and joined, all at one revision (the listing starts again if the tenant
+        moves on between pages)."""
+        listing = Listing(self.policy.lookup_request(
+            tenant_id, permission, scope, page_size, min_revision, resource_attributes, context
+        ))
         while listing.request is not None:
             try:
                 listing.add(self._unary(self._lookup.LookupSubjects, listing.request, self.policy.auth, timeout))
@@ -453,9 +465,14 @@ class AsyncClient:
         permissions: Iterable[str] = (),
         min_revision: int | None = None,
         timeout: float | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        subject_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> lookup_pb2.ListSubjectPermissionsResponse:
         """See `Client.permissions`."""
-        request = self.policy.permissions_request(tenant_id, subject, scope, permissions, min_revision)
+        request = self.policy.permissions_request(
+            tenant_id, subject, scope, permissions, min_revision, resource_attributes, subject_attributes, context
+        )
         return await self._unary(self._lookup.ListSubjectPermissions, request, self.policy.auth, timeout)  # type: ignore[no-any-return]
 
     async def lookup_subjects(
@@ -467,9 +484,13 @@ class AsyncClient:
         page_size: int = 0,
         min_revision: int | None = None,
         timeout: float | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> lookup_pb2.LookupSubjectsResponse:
         """See `Client.lookup_subjects`."""
-        listing = Listing(self.policy.lookup_request(tenant_id, permission, scope, page_size, min_revision))
+        listing = Listing(self.policy.lookup_request(
+            tenant_id, permission, scope, page_size, min_revision, resource_attributes, context
+        ))
         while listing.request is not None:
             try:
                 listing.add(await self._unary(self._lookup.LookupSubjects, listing.request, self.policy.auth, timeout))

@@ -24,36 +24,37 @@ _sym_db = _symbol_database.Default()
 
 from gatehouse_client.v1 import access_pb2 as gatehouse_dot_v1_dot_access__pb2
 from gatehouse_client.v1 import common_pb2 as gatehouse_dot_v1_dot_common__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/lookup.proto\x12\x0cgatehouse.v1\x1a\x19gatehouse/v1/access.proto\x1a\x19gatehouse/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x0e\x45\x66\x66\x65\x63tiveGrant\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x13\n\x0bpermissions\x18\x03 \x03(\t\x12\x11\n\tcondition\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x01\n\x1dListSubjectPermissionsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12&\n\x07subject\x18\x02 \x01(\x0b\x32\x15.gatehouse.v1.Subject\x12\x12\n\x05scope\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0bpermissions\x18\x04 \x03(\t\x12\x14\n\x0cmin_revision\x18\x05 \x01(\x03\x42\x08\n\x06_scope\"]\n\x12PermissionDecision\x12\x12\n\npermission\x18\x01 \x01(\t\x12\x33\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32!.gatehouse.v1.CheckAccessResponse\"\xb9\x01\n\x1eListSubjectPermissionsResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0e\n\x06member\x18\x02 \x01(\x08\x12,\n\x06grants\x18\x03 \x03(\x0b\x32\x1c.gatehouse.v1.EffectiveGrant\x12\x12\n\nlimited_to\x18\x04 \x03(\t\x12\x33\n\tdecisions\x18\x05 \x03(\x0b\x32 .gatehouse.v1.PermissionDecision\"\x8a\x01\n\x15LookupSubjectsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x14\n\x0cmin_revision\x18\x06 \x01(\x03\"l\n\x0fLookedUpSubject\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Subject\x12\x17\n\x0fgranted_by_role\x18\x02 \x01(\t\x12\x18\n\x10granted_at_scope\x18\x03 \x01(\t\"\xbb\x01\n\x16LookupSubjectsResponse\x12/\n\x08subjects\x18\x01 \x03(\x0b\x32\x1d.gatehouse.v1.LookedUpSubject\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x34\n\x0e\x64\x65nied_for_all\x18\x04 \x01(\x0e\x32\x1c.gatehouse.v1.DecisionReason\x12\x0f\n\x07\x66\x65\x61ture\x18\x05 \x01(\t\"F\n\x1cListTenantsForSubjectRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Subject\"\x80\x01\n\x11SubjectMembership\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btenant_slug\x18\x02 \x01(\t\x12\x31\n\rtenant_status\x18\x03 \x01(\x0e\x32\x1a.gatehouse.v1.TenantStatus\x12\x10\n\x08revision\x18\x04 \x01(\x03\"U\n\x1dListTenantsForSubjectResponse\x12\x34\n\x0bmemberships\x18\x01 \x03(\x0b\x32\x1f.gatehouse.v1.SubjectMembership2\xd3\x02\n\rLookupService\x12s\n\x16ListSubjectPermissions\x12+.gatehouse.v1.ListSubjectPermissionsRequest\x1a,.gatehouse.v1.ListSubjectPermissionsResponse\x12[\n\x0eLookupSubjects\x12#.gatehouse.v1.LookupSubjectsRequest\x1a$.gatehouse.v1.LookupSubjectsResponse\x12p\n\x15ListTenantsForSubject\x12*.gatehouse.v1.ListTenantsForSubjectRequest\x1a+.gatehouse.v1.ListTenantsForSubjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/lookup.proto\x12\x0cgatehouse.v1\x1a\x19gatehouse/v1/access.proto\x1a\x19gatehouse/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x0e\x45\x66\x66\x65\x63tiveGrant\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x13\n\x0bpermissions\x18\x03 \x03(\t\x12\x11\n\tcondition\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x02\n\x1dListSubjectPermissionsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12&\n\x07subject\x18\x02 \x01(\x0b\x32\x15.gatehouse.v1.Subject\x12\x12\n\x05scope\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0bpermissions\x18\x04 \x03(\t\x12\x14\n\x0cmin_revision\x18\x05 \x01(\x03\x12\x34\n\x13resource_attributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x08\n\x06_scope\"]\n\x12PermissionDecision\x12\x12\n\npermission\x18\x01 \x01(\t\x12\x33\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32!.gatehouse.v1.CheckAccessResponse\"\xb9\x01\n\x1eListSubjectPermissionsResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0e\n\x06member\x18\x02 \x01(\x08\x12,\n\x06grants\x18\x03 \x03(\x0b\x32\x1c.gatehouse.v1.EffectiveGrant\x12\x12\n\nlimited_to\x18\x04 \x03(\t\x12\x33\n\tdecisions\x18\x05 \x03(\x0b\x32 .gatehouse.v1.PermissionDecision\"\xea\x01\n\x15LookupSubjectsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x14\n\x0cmin_revision\x18\x06 \x01(\x03\x12\x34\n\x13resource_attributes\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb1\x01\n\x0fLookedUpSubject\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Subject\x12\x17\n\x0fgranted_by_role\x18\x02 \x01(\t\x12\x18\n\x10granted_at_scope\x18\x03 \x01(\t\x12\x13\n\x0b\x63onditional\x18\x04 \x01(\x08\x12\x1a\n\x12missing_attributes\x18\x05 \x03(\t\x12\x12\n\nconditions\x18\x06 \x03(\t\"\xbb\x01\n\x16LookupSubjectsResponse\x12/\n\x08subjects\x18\x01 \x03(\x0b\x32\x1d.gatehouse.v1.LookedUpSubject\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x34\n\x0e\x64\x65nied_for_all\x18\x04 \x01(\x0e\x32\x1c.gatehouse.v1.DecisionReason\x12\x0f\n\x07\x66\x65\x61ture\x18\x05 \x01(\t\"F\n\x1cListTenantsForSubjectRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Subject\"\x80\x01\n\x11SubjectMembership\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btenant_slug\x18\x02 \x01(\t\x12\x31\n\rtenant_status\x18\x03 \x01(\x0e\x32\x1a.gatehouse.v1.TenantStatus\x12\x10\n\x08revision\x18\x04 \x01(\x03\"U\n\x1dListTenantsForSubjectResponse\x12\x34\n\x0bmemberships\x18\x01 \x03(\x0b\x32\x1f.gatehouse.v1.SubjectMembership2\xd3\x02\n\rLookupService\x12s\n\x16ListSubjectPermissions\x12+.gatehouse.v1.ListSubjectPermissionsRequest\x1a,.gatehouse.v1.ListSubjectPermissionsResponse\x12[\n\x0eLookupSubjects\x12#.gatehouse.v1.LookupSubjectsRequest\x1a$.gatehouse.v1.LookupSubjectsResponse\x12p\n\x15ListTenantsForSubject\x12*.gatehouse.v1.ListTenantsForSubjectRequest\x1a+.gatehouse.v1.ListTenantsForSubjectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatehouse_client.v1.lookup_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EFFECTIVEGRANT']._serialized_start=131
-  _globals['_EFFECTIVEGRANT']._serialized_end=264
-  _globals['_LISTSUBJECTPERMISSIONSREQUEST']._serialized_start=267
-  _globals['_LISTSUBJECTPERMISSIONSREQUEST']._serialized_end=430
-  _globals['_PERMISSIONDECISION']._serialized_start=432
-  _globals['_PERMISSIONDECISION']._serialized_end=525
-  _globals['_LISTSUBJECTPERMISSIONSRESPONSE']._serialized_start=528
-  _globals['_LISTSUBJECTPERMISSIONSRESPONSE']._serialized_end=713
-  _globals['_LOOKUPSUBJECTSREQUEST']._serialized_start=716
-  _globals['_LOOKUPSUBJECTSREQUEST']._serialized_end=854
-  _globals['_LOOKEDUPSUBJECT']._serialized_start=856
-  _globals['_LOOKEDUPSUBJECT']._serialized_end=964
-  _globals['_LOOKUPSUBJECTSRESPONSE']._serialized_start=967
-  _globals['_LOOKUPSUBJECTSRESPONSE']._serialized_end=1154
-  _globals['_LISTTENANTSFORSUBJECTREQUEST']._serialized_start=1156
-  _globals['_LISTTENANTSFORSUBJECTREQUEST']._serialized_end=1226
-  _globals['_SUBJECTMEMBERSHIP']._serialized_start=1229
-  _globals['_SUBJECTMEMBERSHIP']._serialized_end=1357
-  _globals['_LISTTENANTSFORSUBJECTRESPONSE']._serialized_start=1359
-  _globals['_LISTTENANTSFORSUBJECTRESPONSE']._serialized_end=1444
-  _globals['_LOOKUPSERVICE']._serialized_start=1447
-  _globals['_LOOKUPSERVICE']._serialized_end=1786
+  _globals['_EFFECTIVEGRANT']._serialized_start=161
+  _globals['_EFFECTIVEGRANT']._serialized_end=294
+  _globals['_LISTSUBJECTPERMISSIONSREQUEST']._serialized_start=297
+  _globals['_LISTSUBJECTPERMISSIONSREQUEST']._serialized_end=556
+  _globals['_PERMISSIONDECISION']._serialized_start=558
+  _globals['_PERMISSIONDECISION']._serialized_end=651
+  _globals['_LISTSUBJECTPERMISSIONSRESPONSE']._serialized_start=654
+  _globals['_LISTSUBJECTPERMISSIONSRESPONSE']._serialized_end=839
+  _globals['_LOOKUPSUBJECTSREQUEST']._serialized_start=842
+  _globals['_LOOKUPSUBJECTSREQUEST']._serialized_end=1076
+  _globals['_LOOKEDUPSUBJECT']._serialized_start=1079
+  _globals['_LOOKEDUPSUBJECT']._serialized_end=1256
+  _globals['_LOOKUPSUBJECTSRESPONSE']._serialized_start=1259
+  _globals['_LOOKUPSUBJECTSRESPONSE']._serialized_end=1446
+  _globals['_LISTTENANTSFORSUBJECTREQUEST']._serialized_start=1448
+  _globals['_LISTTENANTSFORSUBJECTREQUEST']._serialized_end=1518
+  _globals['_SUBJECTMEMBERSHIP']._serialized_start=1521
+  _globals['_SUBJECTMEMBERSHIP']._serialized_end=1649
+  _globals['_LISTTENANTSFORSUBJECTRESPONSE']._serialized_start=1651
+  _globals['_LISTTENANTSFORSUBJECTRESPONSE']._serialized_end=1736
+  _globals['_LOOKUPSERVICE']._serialized_start=1739
+  _globals['_LOOKUPSERVICE']._serialized_end=2078
 # @@protoc_insertion_point(module_scope)
