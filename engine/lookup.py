@@ -1,7 +1,8 @@
 """Lookups: the CheckAccess decision turned around, as pure functions over compiled entries.
 
     covering_grants(grants, scope, now)     "what does this subject hold here?"
-    TenantRoster + listed_subjects(...)     "who may do this here?"
+    TenantRoster + listed_subjects(...)     "who may do this here?" (in one go, or a chunk
+                                            of members at a time: TenantRoster.deciding)
     tenant_denial(policy, permission)       "does the tenant itself deny everyone?"
 
 Nothing here decides on its own: every answer is `decide` (engine/decision.py) asked for
@@ -28,7 +29,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from gatehouse.engine.conditions import ConditionInput, Missing
 from gatehouse.engine.decision import (
@@ -142,6 +143,8 @@ def _listed(
     member: SubjectGrants, key: tuple[str, str], decision: Decision, permission: str, scope: str, now: float,
     facts: LookupFacts,
 ) -> Listed | None:
+    """The entry `decision` makes of `member` (named by `key`'s strings, not copies), or
+    None when it is neither allowed nor CONDITIONAL."""
     if decision.allowed:
         return Listed(key[0], key[1], decision.role, decision.scope)
     if decision.reason is Reason.CONDITIONAL:
@@ -212,15 +215,25 @@ class TenantRoster:
     policy and every member's grants (API keys of the tenant included), keyed and ordered
     by subject key. `listings` memoises `listed_subjects` per (permission, scope, facts),
     so a paged listing decides each member once, not once per page. `conditional`: some
-    member holds a conditional grant (else the facts cannot matter, and are not keyed)."""
+    member holds a conditional grant (else the facts cannot matter, and are not keyed).
+    `keys`: each member's (type, id), which its listings share rather than each holding
+    copies."""
 
     policy: TenantPolicy
     revision: int
     members: tuple[SubjectGrants, ...]
     listings: dict[tuple[str, str, str], Listing] = field(default_factory=dict)
     conditional: bool = False
+    keys: tuple[tuple[str, str], ...] = ()
 
     MAX_LISTINGS = 64  # (permission, scope, facts) listings remembered per roster
+    # Subjects named by the listings remembered per roster, all together (~80 bytes each):
+    # 64 listings of a 10,000-member tenant naming everyone held 640,000 (124 MB a roster).
+    MAX_LISTED = 100_000
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.members):
+            self.keys = tuple(_split(member.subject_key) for member in self.members)
 
     def advanced(self, revision: int, changed: dict[str, SubjectGrants | None], now: float) -> "TenantRoster":
         """This roster at a later `revision`, when between the two only the subjects of
@@ -228,7 +241,7 @@ class TenantRoster:
         The tenant's own data is the same (only subject-level changes in between), so the
         policy carries over; kept listings are patched for the changed subjects alone."""
         members = list(self.members)
-        keys = [_split(member.subject_key) for member in members]
+        keys = list(self.keys)
         for subject_key, grants in sorted(changed.items()):
             key = _split(subject_key)
             at = bisect.bisect_left(keys, key)
@@ -243,7 +256,7 @@ class TenantRoster:
                 del members[at]
                 del keys[at]
         policy = dataclasses.replace(self.policy, revision=revision)
-        roster = TenantRoster(policy, revision, tuple(members), conditional=_has_conditions(members))
+        roster = TenantRoster(policy, revision, tuple(members), conditional=_has_conditions(members), keys=tuple(keys))
         for (permission, scope, facts_key), listing in self.listings.items():
             if now < listing.valid_until:
                 patched = listing.patched(policy, changed, permission, scope, now)
@@ -254,52 +267,120 @@ class TenantRoster:
     def listing(self, permission: str, scope: str, now: float, facts: LookupFacts = NO_FACTS) -> Listing:
         """`listed_subjects`, remembered while it stays exactly valid: never past the
         earliest instant an answer in it changes by itself (a grant's or key's expiry),
-        and not at all when a condition read `request.time`."""
-        if not self.conditional:
-            facts = NO_FACTS  # no condition anywhere: the facts cannot change an answer
-        key = (permission, scope, facts.key)
-        found = self.listings.get(key)
-        if found is not None and now < found.valid_until:
-            return found
-        found = listed_subjects(self.policy, self.members, permission, scope, now, facts)
-        if now < found.valid_until:
-            self.listings.pop(key, None)
-            if len(self.listings) >= self.MAX_LISTINGS:
-                self.listings.pop(next(iter(self.listings)))
-            self.listings[key] = found
+        and not at all when a condition read `request.time`. All members decided in one
+        go; `deciding` is the same a chunk of members at a time."""
+        found = self.kept(permission, scope, now, facts)
+        if found is None:
+            found = self.deciding(permission, scope, now, facts).step(len(self.members))
+            assert found is not None  # every member decided in that one step
+            found = self.keep(permission, scope, facts, found, now)
         return found
+
+    def kept(self, permission: str, scope: str, now: float, facts: LookupFacts = NO_FACTS) -> Listing | None:
+        """The listing remembered for (permission, scope, facts), if still exactly valid
+        at `now`; else None."""
+        found = self.listings.get(self._key(permission, scope, facts))
+        return found if found is not None and now < found.valid_until else None
+
+    def deciding(self, permission: str, scope: str, now: float, facts: LookupFacts = NO_FACTS) -> "ListingInProgress":
+        """`listed_subjects` of this roster at `now`, to be decided a chunk of members at
+        a time (`ListingInProgress.step`), so a caller can let other work run in between."""
+        return ListingInProgress(self, permission, scope, now, self._facts(facts))
+
+    def keep(self, permission: str, scope: str, facts: LookupFacts, listing: Listing, now: float) -> Listing:
+        """Remember `listing` (this roster's, decided for (permission, scope, facts) at
+        `now`) while it stays exactly valid (not at all when it already is not, e.g. a
+        condition read the time), forgetting the oldest first past MAX_LISTINGS listings
+        or MAX_LISTED subjects named together; the one kept last always stays, so its next
+        pages find it. Returns `listing`."""
+        if not now < listing.valid_until:
+            return listing
+        key = self._key(permission, scope, facts)
+        self.listings.pop(key, None)
+        listed = sum(len(kept.listed) for kept in self.listings.values()) + len(listing.listed)
+        while self.listings and (len(self.listings) >= self.MAX_LISTINGS or listed > self.MAX_LISTED):
+            listed -= len(self.listings.pop(next(iter(self.listings))).listed)
+        self.listings[key] = listing
+        return listing
+
+    def _facts(self, facts: LookupFacts) -> LookupFacts:
+        # No condition anywhere: the facts cannot change an answer, so they are not keyed
+        # (nor carried into patches, where a later condition would read them).
+        return facts if self.conditional else NO_FACTS
+
+    def _key(self, permission: str, scope: str, facts: LookupFacts) -> tuple[str, str, str]:
+        return permission, scope, self._facts(facts).key
+
+
+@dataclass(slots=True)
+class ListingInProgress:
+    """A roster's listing being decided a chunk of members at a time, all at `now` (pure:
+    the caller chooses what runs between chunks)."""
+
+    roster: TenantRoster
+    permission: str
+    scope: str
+    now: float
+    facts: LookupFacts
+    done: int = 0
+    parts: list[Listing] = field(default_factory=list)
+
+    def step(self, members: int) -> Listing | None:
+        """Decide the next `members` members (at least one); the whole listing once every
+        member is decided (the members' order kept), else None."""
+        roster = self.roster
+        end = self.done + max(1, members)
+        self.parts.append(listed_subjects(
+            roster.policy, roster.members[self.done:end], self.permission, self.scope, self.now, self.facts,
+            roster.keys[self.done:end],
+        ))
+        self.done = end
+        if end < len(roster.members):
+            return None
+        parts = self.parts
+        listed = tuple(entry for part in parts for entry in part.listed)
+        keys = [key for part in parts for key in part.keys]
+        return Listing(listed, min(part.valid_until for part in parts), keys, parts[0].facts)
 
 
 def _has_conditions(members: Iterable[SubjectGrants]) -> bool:
     return any(grant.condition is not None for member in members for grant in member.grants)
 
 
-def compile_roster(snapshot: RosterSnapshot) -> TenantRoster:
+def compile_roster(snapshot: RosterSnapshot, members: Sequence[SubjectGrants] | None = None) -> TenantRoster:
     """The tenant and every member compiled as CheckAccess compiles them, each role's
-    patterns compiled once for the whole tenant."""
-    shared: dict[tuple[str, ...], PermissionSet] = {}
-    members = tuple(compile_subject(member, shared) for member in snapshot.members)
+    patterns compiled once for the whole tenant. `members`: the snapshot's members
+    already compiled (`compile_subject`, in the snapshot's order), e.g. a chunk at a time
+    by a caller letting other work run in between."""
+    if members is None:
+        shared: dict[tuple[str, ...], PermissionSet] = {}
+        members = [compile_subject(member, shared) for member in snapshot.members]
     return TenantRoster(
         policy=compile_tenant(snapshot.tenant),
         revision=snapshot.revision,
-        members=members,
+        members=tuple(members),
         conditional=_has_conditions(members),
     )
 
 
 def listed_subjects(
-    policy: TenantPolicy, members: tuple[SubjectGrants, ...], permission: str, scope: str, now: float,
-    facts: LookupFacts = NO_FACTS,
+    policy: TenantPolicy, members: Sequence[SubjectGrants], permission: str, scope: str, now: float,
+    facts: LookupFacts = NO_FACTS, keys: Sequence[tuple[str, str]] | None = None,
 ) -> Listing:
     """Every member `decide` allows `permission` at `scope` at `now` with `facts`, and
-    every member it answers CONDITIONAL, in the order given."""
+    every member it answers CONDITIONAL, in the order given. `keys`: each member's
+    (type, id) to name it by (shared by the listing, not copied); else split from its key."""
+    if keys is None:
+        keys = [_split(member.subject_key) for member in members]
     listed = []
+    named = []
     valid_until = math.inf
-    for member in members:
+    for member, key in zip(members, keys, strict=True):
         decision = _decide(policy, member, permission, scope, now, facts)
         valid_until = min(valid_until, decided_until(member, now, decision))
         if decision.allowed or decision.reason is Reason.CONDITIONAL:
-            entry = _listed(member, _split(member.subject_key), decision, permission, scope, now, facts)
+            entry = _listed(member, key, decision, permission, scope, now, facts)
             if entry is not None:
                 listed.append(entry)
-    return Listing(tuple(listed), valid_until, facts=facts if facts.key else NO_FACTS)
+                named.append(key)
+    return Listing(tuple(listed), valid_until, named, facts=facts if facts.key else NO_FACTS)

@@ -5,12 +5,17 @@ while it still equals a listing decided afresh at that instant.
 A hypothesis property builds random rosters (members with expiring and conditional
 grants, an API key that expires) and asks one roster the same question at increasing
 instants: each answer, kept or decided again, must equal `listed_subjects` at that
-instant, which must equal `decide` member by member."""
+instant, which must equal `decide` member by member, and equal that listing decided a
+few members at a time (`TenantRoster.deciding`, what LookupSubjects serves).
+
+What a roster keeps is bounded by the subjects its listings name, not only their count,
+and the listings name subjects by the roster's own (type, id) strings."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -132,6 +137,73 @@ def test_a_conditional_answer_lasts_no_longer_than_its_grants() -> None:
     assert (third.reason, third.until) == (Reason.NO_GRANT, math.inf)
 
 
+# --- what a roster keeps -------------------------------------------------------------------
+
+
+def everyone(count: int) -> TenantRoster:
+    """A tenant of `count` members, each holding every permission at the root."""
+    return roster(*(member(f"u{i:06d}", AssignmentRow("admin", "", ("*",))) for i in range(count)))
+
+
+def test_kept_listings_are_bounded_by_the_subjects_they_name_not_only_their_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 64 listings of a 10,000-member tenant each naming every member held 640,000
+    # entries (124 MB per roster, 8 rosters a process): the bound is on what they name.
+    monkeypatch.setattr(TenantRoster, "MAX_LISTED", 400)
+    big = everyone(100)
+    for i in range(TenantRoster.MAX_LISTINGS):
+        assert len(big.listing(f"doc.p{i}", "", 0.0).listed) == 100
+        assert sum(len(kept.listed) for kept in big.listings.values()) <= 400
+    assert len(big.listings) == 4
+    assert ("doc.p63", "", "") in big.listings, "the newest listing (the one being paged) is kept"
+    # Conditional entries count as much as allowed ones.
+    conditional = roster(*(member(f"u{i:03d}", AssignmentRow("a", "", ("*",), condition=OWNER)) for i in range(300)))
+    conditional.listing("doc.a", "", 0.0)
+    conditional.listing("doc.b", "", 0.0)
+    assert list(conditional.listings) == [("doc.b", "", "")]
+
+
+def test_a_listing_larger_than_the_bound_is_still_kept_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TenantRoster, "MAX_LISTED", 40)
+    huge = everyone(41)
+    huge.listing("doc.a", "", 0.0)
+    huge.listing("doc.b", "", 0.0)
+    assert list(huge.listings) == [("doc.b", "", "")]
+
+
+def test_listings_share_the_rosters_subject_strings() -> None:
+    kept = roster(
+        *(member(f"u{i}", AssignmentRow("admin", "", ("*",))) for i in range(5)),
+        member("v0", AssignmentRow("a", "", ("*",), condition=OWNER)),
+    )
+    listing = kept.listing("doc.read", "", 0.0)
+    assert [e.conditional for e in listing.listed] == [False] * 5 + [True]
+    assert all(e.subject_type is k[0] and e.subject_id is k[1] for e, k in zip(listing.listed, kept.keys, strict=True))
+    assert all(k is r for k, r in zip(listing.keys, kept.keys, strict=True))
+    # Brought forward, the roster and its patched listings still share them.
+    changed = compile_subject(member("u2", AssignmentRow("viewer", "", ("report.*",))))
+    advanced = kept.advanced(8, {"user/u2": changed}, 1.0)
+    patched = advanced.listings[("doc.read", "", "")]
+    assert [e.subject_id for e in patched.listed] == ["u0", "u1", "u3", "u4", "v0"]
+    held = {id(key) for key in advanced.keys}
+    assert all(id(k) in held for k in patched.keys)
+    assert all(e.subject_id is k[1] for e, k in zip(patched.listed, patched.keys, strict=True))
+
+
+def test_a_listing_decided_a_chunk_at_a_time_is_the_one_decided_in_one_go() -> None:
+    tenant = everyone(10)
+    deciding = tenant.deciding("doc.read", "", 0.0)
+    steps = [deciding.step(3) for _ in range(4)]
+    assert steps[:3] == [None, None, None] and steps[3] is not None
+    assert entries(steps[3]) == entries(listed_subjects(tenant.policy, tenant.members, "doc.read", "", 0.0))
+    assert steps[3].keys == [("user", f"u{i:06d}") for i in range(10)]
+    assert tenant.kept("doc.read", "", 0.0) is None  # deciding alone keeps nothing
+    assert tenant.keep("doc.read", "", NO_FACTS, steps[3], 0.0) is tenant.kept("doc.read", "", 0.0) is steps[3]
+    empty = roster().deciding("doc.read", "", 0.0).step(256)
+    assert empty is not None and empty.listed == ()
+
+
 # --- the property --------------------------------------------------------------------------
 
 NAMES = ["al", "bo", "cy", "dd", "ee"]
@@ -161,10 +233,11 @@ facts = st.sampled_from([
 @given(
     members, st.one_of(st.none(), st.floats(min_value=0, max_value=20)), st.sampled_from(PERMISSIONS),
     st.sampled_from(SCOPES), facts, st.lists(st.floats(min_value=0, max_value=21), min_size=1, max_size=6),
+    st.integers(min_value=1, max_value=4),
 )
 def test_every_listing_served_equals_decide_at_that_instant(
     drawn: list[tuple[str, list[AssignmentRow]]], key_expiry: float | None, permission: str, scope: str,
-    lookup: LookupFacts, instants: list[float],
+    lookup: LookupFacts, instants: list[float], chunk: int,
 ) -> None:
     snapshots = [member(name, *assignments) for name, assignments in drawn]
     snapshots.append(member("k1", AssignmentRow("a", "", ("*",)), key=KeyState(("doc.*",), expires_at=key_expiry),
@@ -173,6 +246,10 @@ def test_every_listing_served_equals_decide_at_that_instant(
     for now in sorted(instants):
         served = tenant.listing(permission, scope, now, lookup)
         assert entries(served) == entries(listed_subjects(tenant.policy, tenant.members, permission, scope, now, lookup))
+        deciding = tenant.deciding(permission, scope, now, lookup)
+        while (chunked := deciding.step(chunk)) is None:
+            pass
+        assert entries(chunked) == entries(served) and chunked.keys == served.keys
         expected = []
         for grants in tenant.members:
             question = lookup.of(grants.subject_key, scope)
