@@ -538,7 +538,7 @@ def subjects(client: Client, args: argparse.Namespace) -> None:
     )
     data = plain(answer)
     data.pop("next_page_token", None)
-    text = table(data["subjects"], (
+    text = table(data.get("subjects", []) + data.get("conditional_subjects", []), (
         "subject", "granted_by_role", "granted_at_scope", "conditional", "missing_attributes", "conditions",
     ))
     if answer.denied_for_all:

@@ -21,7 +21,7 @@ Conditions: both lookups take the attributes and context CheckAccess takes, chec
 the same rules (server/access.py `facts_violations`). ListSubjectPermissions decides each
 permission as CheckAccess would with them; LookupSubjects applies the resource
 attributes and context to every candidate and lists the ones CheckAccess would answer
-CONDITIONAL as `conditional`, with what is missing, never as allowed.
+CONDITIONAL apart, in `conditional_subjects`, with what is missing, never as allowed.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ class LookupServicer:
         self, request: lookup_pb2.LookupSubjectsRequest, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> lookup_pb2.LookupSubjectsResponse:
         """The subjects CheckAccess allows `permission` at `scope` with the request's
-        resource attributes and context, and those it answers CONDITIONAL (`conditional`),
+        resource attributes and context, and apart (`conditional_subjects`) those it
+        answers CONDITIONAL (`conditional`),
         a page at a time, every page at the revision of the first. Needs, when callers
         are required, `gatehouse.access.lookup` on the tenant."""
         if self._callers.required:
@@ -193,7 +194,8 @@ class LookupServicer:
         page = listing.listed[start:start + page_size]
         response = lookup_pb2.LookupSubjectsResponse(revision=roster.revision)
         for listed in page:
-            response.subjects.append(lookup_pb2.LookedUpSubject(
+            # Apart from the allowed ones (see LookupSubjectsResponse.conditional_subjects).
+            (response.conditional_subjects if listed.conditional else response.subjects).append(lookup_pb2.LookedUpSubject(
                 subject=common_pb2.Subject(type=listed.subject_type, id=listed.subject_id),
                 granted_by_role=listed.role,
                 granted_at_scope=listed.scope,

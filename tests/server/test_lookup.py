@@ -179,8 +179,17 @@ async def lookup_all(
     joined.CopyFrom(pages[0])
     for page in pages[1:]:
         joined.subjects.extend(page.subjects)
+        joined.conditional_subjects.extend(page.conditional_subjects)
     joined.next_page_token = ""
     return joined
+
+
+def every(response: lookup_pb2.LookupSubjectsResponse) -> list[lookup_pb2.LookedUpSubject]:
+    """The allowed and the conditional subjects of a response in subject order, after
+    checking each list holds only its own kind."""
+    assert not any(s.conditional for s in response.subjects)
+    assert all(s.conditional for s in response.conditional_subjects)
+    return sorted([*response.subjects, *response.conditional_subjects], key=lambda s: (s.subject.type, s.subject.id))
 
 
 def check(
@@ -254,7 +263,7 @@ async def compare_listing(client: Client, world: World, permission: str, scope: 
         pytest.fail("expiries and sweeps kept landing mid-comparison")
     looked_up = {
         (s.subject.type, s.subject.id): (s.granted_by_role, s.granted_at_scope, s.conditional, list(s.missing_attributes))
-        for s in listing.subjects
+        for s in every(listing)
     }
     expected = {
         (c.type, c.id): (a.granted_by_role, a.granted_at_scope, a.reason == Reason.DECISION_REASON_CONDITIONAL,
@@ -266,8 +275,10 @@ async def compare_listing(client: Client, world: World, permission: str, scope: 
     SEEN[f"denied_for_all={listing.denied_for_all}"] += 1
     keys = [(s.subject.type, s.subject.id) for s in listing.subjects]
     assert keys == sorted(keys) and len(keys) == len(set(keys))
+    keys = [(s.subject.type, s.subject.id) for s in listing.conditional_subjects]
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
     compared = len(answers)
-    for listed in listing.subjects:
+    for listed in every(listing):
         if not listed.conditional:
             assert not listed.conditions
             continue
@@ -468,11 +479,12 @@ async def test_a_grant_expiring_mid_listing_stops_counting_at_its_instant(
         return lookup_pb2.LookupSubjectsRequest(tenant_id=tenant.id, permission="doc.read", scope="emea/de", **fields)
 
     whole = await client.lookup.LookupSubjects(request(min_revision=revision))
-    assert [(s.subject.id, s.conditional) for s in whole.subjects] == [
+    assert [(s.subject.id, s.conditional) for s in every(whole)] == [
         *((f"p{i}", False) for i in range(5)), ("zc", True), ("zz", False),
     ]
-    assert list(whole.subjects[5].missing_attributes) == ["resource.attributes.owner"]
-    assert list(whole.subjects[5].conditions) == [OWNER]
+    assert [s.subject.id for s in whole.conditional_subjects] == ["zc"]
+    assert list(whole.conditional_subjects[0].missing_attributes) == ["resource.attributes.owner"]
+    assert list(whole.conditional_subjects[0].conditions) == [OWNER]
     first = await client.lookup.LookupSubjects(request(page_size=2, min_revision=revision))
     assert [s.subject.id for s in first.subjects] == ["p0", "p1"] and first.revision == revision
     loads = cache_loads(sidecar)
@@ -789,7 +801,7 @@ async def test_a_listing_is_decided_a_chunk_at_a_time_between_other_tasks(
     warm = await client.lookup.LookupSubjects(
         lookup_pb2.LookupSubjectsRequest(tenant_id=tenant_id, permission="doc.read", min_revision=revision)
     )
-    assert warm.revision == revision and len(warm.subjects) == 100
+    assert warm.revision == revision and len(every(warm)) == 100
 
     ticker = Ticker()
     monkeypatch.setattr(engine_lookup, "decide", ticker.counting(engine_lookup.decide))
@@ -798,8 +810,8 @@ async def test_a_listing_is_decided_a_chunk_at_a_time_between_other_tasks(
         tenant_id=tenant_id, permission="doc.write", page_size=1000, min_revision=revision,
     )
     listed = await ticker.during(client.lookup.LookupSubjects(asked))
-    assert len(listed.subjects) == 600 + 2 and len(ticker.seen) >= 600 + 2
-    conditional = [s.subject.id for s in listed.subjects if s.conditional]
+    assert len(every(listed)) == 600 + 2 and len(ticker.seen) >= 600 + 2
+    conditional = [s.subject.id for s in listed.conditional_subjects]
     assert len(conditional) == 200 and conditional[:2] == ["m00000", "m00003"]
     # A chunk, and the one decision before it that asks whether the tenant denies everyone.
     assert ticker.longest_run() <= 50 + 1, f"{ticker.longest_run()} members decided without the loop turning"
@@ -809,7 +821,7 @@ async def test_a_listing_is_decided_a_chunk_at_a_time_between_other_tasks(
     # With the owner given, the other conditional members are denied, not conditional.
     asked.resource_attributes.update({"owner": "m00003"})
     owned = await client.lookup.LookupSubjects(asked)
-    assert len(owned.subjects) == 400 + 1 + 2 and not any(s.conditional for s in owned.subjects)
+    assert len(owned.subjects) == 400 + 1 + 2 and not owned.conditional_subjects
     assert "m00003" in [s.subject.id for s in owned.subjects]
 
 
@@ -829,7 +841,7 @@ async def test_a_roster_is_read_and_compiled_a_chunk_at_a_time_between_other_tas
     both = built.during(compiled.during(client.lookup.LookupSubjects(
         lookup_pb2.LookupSubjectsRequest(tenant_id=tenant_id, permission="doc.read", min_revision=revision)
     )))
-    assert len((await both).subjects) == 100
+    assert len(every(await both)) == 100
     assert len(built.seen) == len(compiled.seen) == 600 + 2
     assert built.longest_run() <= 50, f"{built.longest_run()} members built without the loop turning"
     assert compiled.longest_run() <= 50, f"{compiled.longest_run()} members compiled without the loop turning"

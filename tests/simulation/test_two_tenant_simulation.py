@@ -572,7 +572,12 @@ class Simulation:
             self.expiry_mattered(tenant_id, answer, functools.partial(world.check, tenant_id, m, permission, scope, owner))
             for m, answer in answers.items()
         )
-        subjects = [s for page in pages for s in page.subjects]
+        for page in pages:  # the allowed ones apart from the conditional ones, never mixed
+            if any(s.conditional for s in page.subjects) or not all(s.conditional for s in page.conditional_subjects):
+                self._fail("lookup disagreement", f"via: {what}\nrequest: {one_line(request)}\n"
+                           "a conditional subject among the allowed ones, or the reverse", tenant_id, cross=False)
+                return
+        subjects = [s for page in pages for s in (*page.subjects, *page.conditional_subjects)]
         listed = {subject_key(s.subject): (s.granted_by_role, s.granted_at_scope) for s in subjects if not s.conditional}
         conditional = {
             subject_key(s.subject): (list(s.missing_attributes), list(s.conditions), s.granted_by_role, s.granted_at_scope)

@@ -302,9 +302,12 @@ class Listing:
 
     def add(self, page: lookup_pb2.LookupSubjectsResponse) -> None:
         subjects = [*self.answer.subjects, *page.subjects]
+        conditional = [*self.answer.conditional_subjects, *page.conditional_subjects]
         self.answer.CopyFrom(page)
         del self.answer.subjects[:]
         self.answer.subjects.extend(subjects)
+        del self.answer.conditional_subjects[:]
+        self.answer.conditional_subjects.extend(conditional)
         self.answer.next_page_token = ""
         if not page.next_page_token:
             self.request = None

@@ -295,8 +295,9 @@ class Client:
         context: Mapping[str, Any] | None = None,
     ) -> lookup_pb2.LookupSubjectsResponse:
         """Every subject CheckAccess allows `permission` at `scope` with these resource
-        attributes and context, and every one it answers CONDITIONAL (`conditional` set,
-        with `missing_attributes` and `conditions`: not allowed as asked), every page
+        attributes and context (`subjects`), and apart (`conditional_subjects`) every one
+        it answers CONDITIONAL (with `missing_attributes` and `conditions`: not allowed as
+        asked), every page
         fetched and joined, all at one revision (the listing starts again if the tenant
         moves on between pages)."""
         listing = Listing(self.policy.lookup_request(

@@ -103,18 +103,20 @@ class LookedUpSubject(_message.Message):
     def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., granted_by_role: _Optional[str] = ..., granted_at_scope: _Optional[str] = ..., conditional: bool = ..., missing_attributes: _Optional[_Iterable[str]] = ..., conditions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LookupSubjectsResponse(_message.Message):
-    __slots__ = ("subjects", "revision", "next_page_token", "denied_for_all", "feature")
+    __slots__ = ("subjects", "conditional_subjects", "revision", "next_page_token", "denied_for_all", "feature")
     SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONAL_SUBJECTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DENIED_FOR_ALL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     subjects: _containers.RepeatedCompositeFieldContainer[LookedUpSubject]
+    conditional_subjects: _containers.RepeatedCompositeFieldContainer[LookedUpSubject]
     revision: int
     next_page_token: str
     denied_for_all: _access_pb2.DecisionReason
     feature: str
-    def __init__(self, subjects: _Optional[_Iterable[_Union[LookedUpSubject, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ..., denied_for_all: _Optional[_Union[_access_pb2.DecisionReason, str]] = ..., feature: _Optional[str] = ...) -> None: ...
+    def __init__(self, subjects: _Optional[_Iterable[_Union[LookedUpSubject, _Mapping]]] = ..., conditional_subjects: _Optional[_Iterable[_Union[LookedUpSubject, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ..., denied_for_all: _Optional[_Union[_access_pb2.DecisionReason, str]] = ..., feature: _Optional[str] = ...) -> None: ...
 
 class ListTenantsForSubjectRequest(_message.Message):
     __slots__ = ("subject",)
