@@ -26,10 +26,12 @@ object per call to be fast (52,000/s from a dict); `cel-python` (celpy, pure Pyt
 evaluates at ~5,700/s and has no checker either. Only cel-cpp gives write-time checks.
 
 **Bounded.** A condition is at most MAX_CONDITION_LENGTH characters, so its tree is
-small; a comprehension (`all`, `exists`, `map`, `filter`) may not hold another, so the
-work is at most (tree size) x (values in the request's attributes and context), which
-the server bounds (`MAX_ATTRIBUTE_VALUES`, and `MAX_ATTRIBUTE_BYTES` for what one step may
-copy: a hostile pairing of condition and request builds a few megabytes at most). There are no loops but comprehensions in CEL
+small; a comprehension (`all`, `exists`, `map`, `filter`) may not hold another, in its
+body or its range (a chain `.map(x, x + x).map(x, x + x)...` doubles its value at each
+link: 28 links asked for gigabytes), so the work is at most (tree size) x (values in the
+request's attributes and context), which the server bounds (`MAX_ATTRIBUTE_VALUES`, and
+`MAX_ATTRIBUTE_BYTES` for what one step may copy: a hostile pairing of condition and
+request builds a few megabytes at most). There are no loops but comprehensions in CEL
 and no functions with I/O in this environment; regular expressions are RE2 (linear).
 
 **Missing attributes.** The attributes a condition reads are found once, at compile time,
@@ -215,7 +217,9 @@ def check_condition(source: str) -> Condition:
     except (ValueError, IndexError) as exc:  # a tree this reader does not know: refuse, never guess
         raise ConditionError(f"cannot be analysed: {exc}") from None
     if nesting > 1:
-        raise ConditionError("a comprehension (all, exists, exists_one, map, filter) may not hold another")
+        raise ConditionError(
+            "a comprehension (all, exists, exists_one, map, filter) may not hold another, nor run over another's result"
+        )
     return Condition(source, program, reads, TIME in uses, uses=uses)
 
 
@@ -294,8 +298,10 @@ def _analyse(serialized: bytes) -> tuple[tuple[str, ...], frozenset[str], int]:
             elif number == _COMPREHENSION:
                 for n, v in _fields(value):
                     if n in (2, 4, 5, 6, 7) and isinstance(v, bytes):
-                        # The range and the initial accumulator run once; the rest per item.
-                        deepest = max(deepest, walk(v, nesting if n in (2, 4) else nesting + 1))
+                        # The initial accumulator runs once; the rest per item. The range
+                        # runs once too, but counts as nested: a comprehension over another's
+                        # result (`.map(x, x + x).map(x, x + x)...`) doubles at each link.
+                        deepest = max(deepest, walk(v, nesting if n == 4 else nesting + 1))
                 deepest = max(deepest, nesting + 1)
         return deepest
 

@@ -61,6 +61,21 @@ def test_conditions_that_are_refused(source: str) -> None:
         check_condition(source)
 
 
+def test_a_comprehension_may_not_run_over_another() -> None:
+    """A comprehension over another's result is nesting too: each `.map(x, x + x)` in a
+    chain doubles what the one before built, so 28 of them in 331 characters asked for
+    gigabytes (std::bad_alloc) and seconds per evaluation, from a condition accepted at
+    write time. Side by side they stay linear, and are accepted."""
+    doubling = '["aaaaaaaa"]' + ".map(x, x + x)" * 28 + ".size() > 0"
+    assert len(doubling) <= MAX_CONDITION_LENGTH
+    for source in (doubling, "[1].map(x, x).exists(y, y == 1)", "[[1].exists(x, true)].all(y, y)",
+                   "context.a.filter(x, x > 1).size() > 0 && context.a.map(x, x).exists(y, y > 1)"):
+        with pytest.raises(ConditionError, match="may not hold another"):
+            check_condition(source)
+    side_by_side = check_condition("context.a.exists(x, x > 1) && context.a.filter(x, x > 1).size() > 2")
+    assert side_by_side.evaluate(facts(context={"a": [1, 2, 3, 4]}), 0.0) is True
+
+
 def test_what_a_condition_reads_is_found_once_at_compile_time() -> None:
     condition = check_condition(
         'resource.attributes.owner == subject.id && (has(context.ip) || subject.attributes["dept"] == "x")'
