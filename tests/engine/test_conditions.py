@@ -259,3 +259,25 @@ def test_no_condition_raises_out_of_the_engine(source: str, attributes: dict[str
     decision = decide(policy(), subject, "doc.read", "", now=now if math.isfinite(now) else 0.0, facts=lambda: request)
     assert decision.reason in (Reason.ALLOWED, Reason.NO_GRANT, Reason.CONDITIONAL)
     compile_condition(source).evaluate(request, now)  # a NaN or infinite time is Failed, not an exception
+
+
+@pytest.mark.parametrize(
+    "source, why",
+    [
+        # cel-cpp compiles a matches pattern on every call: 300 items of this took 0.5 s.
+        ('[1, 2, 3].all(x, !string(x).matches("[a-z]{10}"))', "inside a comprehension"),
+        # A pattern from the request: 19 s for one evaluation in the break-it pass.
+        ("resource.attributes.name.matches(context.r)", "constant pattern"),
+        ('resource.attributes.name.matches("[a-z]{1000}")', "repeats at most 64"),
+        ('resource.attributes.name.matches("a{2,65}")', "repeats at most 64"),
+        ('resource.attributes.name.matches("' + "ab" * 65 + '")', "at most 128 characters"),
+    ],
+)
+def test_a_costly_matches_is_refused_at_write_time(source: str, why: str) -> None:
+    with pytest.raises(ConditionError, match=why):
+        check_condition(source)
+
+
+def test_a_bounded_matches_is_accepted() -> None:
+    condition = check_condition('resource.attributes.name.matches("^inv-[0-9]{1,8}$")')
+    assert condition.reads == ("resource.attributes.name",)
