@@ -14,6 +14,7 @@ import grpc
 
 from gatehouse.cache.answers import Answers
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
 from gatehouse.engine.conditions import MAX_ATTRIBUTE_BYTES, MAX_ATTRIBUTE_VALUES, ConditionFacts, ConditionInput
 from gatehouse.engine.model import SubjectRef
@@ -187,9 +188,9 @@ def _facts(check: access_pb2.CheckAccessRequest) -> ConditionFacts:
             resource.type,
             resource.id,
             resource.scope,
-            plain(subject.attributes) if subject.HasField("attributes") else None,
-            plain(resource.attributes) if resource.HasField("attributes") else None,
-            plain(check.context) if check.HasField("context") else None,
+            plain_if_set(subject, "attributes"),
+            plain_if_set(resource, "attributes"),
+            plain_if_set(check, "context"),
         )
 
     return facts
@@ -201,18 +202,28 @@ def plain(message: struct_pb2.Struct) -> dict[str, object]:
     return data
 
 
+def plain_if_set(owner: Message, name: str) -> dict[str, object] | None:
+    """`plain` of the Struct field `name` of `owner` when set, else None (not given)."""
+    return plain(getattr(owner, name)) if owner.HasField(name) else None
+
+
+def given(owner: Message, name: str, path: str) -> list[tuple[struct_pb2.Struct, str]]:
+    """[(the Struct field `name` of `owner`, its path)] when set, else []: what
+    `facts_violations` takes."""
+    return [(getattr(owner, name), path)] if owner.HasField(name) else []
+
+
 def _has_facts(check: access_pb2.CheckAccessRequest) -> bool:
     return check.subject.HasField("attributes") or check.resource.HasField("attributes") or check.HasField("context")
 
 
 def _facts_violations(check: access_pb2.CheckAccessRequest, prefix: str) -> list[FieldViolation]:
     """What is wrong with the attributes and context of `check` (`facts_violations`)."""
-    parts = (
-        (check.subject, "attributes", f"{prefix}subject.attributes"),
-        (check.resource, "attributes", f"{prefix}resource.attributes"),
-        (check, "context", f"{prefix}context"),
+    return facts_violations(
+        given(check.subject, "attributes", f"{prefix}subject.attributes")
+        + given(check.resource, "attributes", f"{prefix}resource.attributes")
+        + given(check, "context", f"{prefix}context")
     )
-    return facts_violations([(getattr(owner, name), path) for owner, name, path in parts if owner.HasField(name)])
 
 
 def facts_violations(present: Sequence[tuple[struct_pb2.Struct, str]]) -> list[FieldViolation]:

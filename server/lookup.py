@@ -47,7 +47,7 @@ from gatehouse.engine.validate import (
 from gatehouse.errors import InvalidArgument, PageTokenExpired, RevisionNotReached
 from gatehouse.cache.policy_cache import PolicyCache
 from gatehouse.server import convert
-from gatehouse.server.access import facts_violations, plain
+from gatehouse.server.access import facts_violations, given, plain_if_set
 from gatehouse.server.callers import CHECK, LOOKUP, Callers, Credentials
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.errors import grpc_errors
@@ -56,8 +56,6 @@ from gatehouse.server.wire import register_service
 from gatehouse.store.api import StoreReader
 from gatehouse.store.pages import decode_token, encode_token
 from gatehouse_client.v1 import access_pb2, common_pb2, lookup_pb2
-from google.protobuf import struct_pb2
-from google.protobuf.message import Message
 
 SERVICE = lookup_pb2.DESCRIPTOR.services_by_name["LookupService"]
 MAX_PERMISSIONS = 100  # per ListSubjectPermissions call
@@ -100,16 +98,19 @@ class LookupServicer:
             raise InvalidArgument("permissions", f"at most {MAX_PERMISSIONS} per call")
         permissions = [v.check(require_permission, f"permissions[{i}]", p) for i, p in enumerate(request.permissions)]
         min_revision = v.check(require_revision, "min_revision", request.min_revision)
-        attributes = _given(request.subject, "attributes", "subject.attributes")
-        facts = _given(request, "resource_attributes", "resource_attributes") + _given(request, "context", "context")
-        v.found.extend(facts_violations(attributes + facts))
+        facts = (
+            given(request.subject, "attributes", "subject.attributes")
+            + given(request, "resource_attributes", "resource_attributes")
+            + given(request, "context", "context")
+        )
+        v.found.extend(facts_violations(facts))
         v.raise_if_any()
         # What a condition reads: CheckAccess's facts for (subject, resource {scope, attributes}, context).
         question = ConditionInput(
             subject.type, subject.id, resource_scope=scope or "",
-            subject_attributes=plain(attributes[0][0]) if attributes else None,
-            resource_attributes=plain(request.resource_attributes) if request.HasField("resource_attributes") else None,
-            context=plain(request.context) if request.HasField("context") else None,
+            subject_attributes=plain_if_set(request.subject, "attributes"),
+            resource_attributes=plain_if_set(request, "resource_attributes"),
+            context=plain_if_set(request, "context"),
         )
         tenant, grants = await self._decisions.session().entries(tenant_id, subject, min_revision)
         policy = tenant.policy if tenant is not None else None
@@ -155,13 +156,11 @@ class LookupServicer:
         scope = v.check(require_scope, "scope", request.scope)
         page_size = v.check(require_page_size, "page_size", request.page_size)
         min_revision = v.check(require_revision, "min_revision", request.min_revision)
-        given = _given(request, "resource_attributes", "resource_attributes") + _given(request, "context", "context")
-        v.found.extend(facts_violations(given))
+        v.found.extend(facts_violations(
+            given(request, "resource_attributes", "resource_attributes") + given(request, "context", "context")
+        ))
         v.raise_if_any()
-        facts = LookupFacts(
-            plain(request.resource_attributes) if request.HasField("resource_attributes") else None,
-            plain(request.context) if request.HasField("context") else None,
-        )
+        facts = LookupFacts(plain_if_set(request, "resource_attributes"), plain_if_set(request, "context"))
         query = _query_digest(tenant_id, permission, scope, facts.key)
         token = decode_token(request.page_token, (int, str, str, str)) if request.page_token else None
         pinned = 0
@@ -261,11 +260,3 @@ def _query_digest(tenant_id: str, permission: str, scope: str, facts: str) -> st
     """What a page token is for, so a token is never used for another listing (another
     question, or the same asked with other attributes or context)."""
     return hashlib.sha256(f"{tenant_id}\0{permission}\0{scope}\0{facts}".encode()).hexdigest()[:16]
-
-
-def _given(owner: Message, name: str, path: str) -> list[tuple[struct_pb2.Struct, str]]:
-    """[(the Struct field `name` of `owner`, its path)] when set, else []."""
-    return [(getattr(owner, name), path)] if owner.HasField(name) else []
-
-
-
