@@ -45,6 +45,11 @@ class Grant:
     expires_at: float | None = None
     condition: Condition | None = None  # compiled once, when the assignment was loaded
 
+    def unexpired(self, now: float) -> bool:
+        """Not past `expires_at` at `now` (unix seconds). `decide` makes the same test
+        inline (it needs `expires_at` after it)."""
+        return self.expires_at is None or now < self.expires_at
+
 
 @dataclass(frozen=True, slots=True)
 class TenantPolicy:
@@ -72,9 +77,7 @@ class SubjectGrants:
         no condition.
         What the escalation guard and the owner rules count; `decide` applies the same
         test to each grant it tries."""
-        return tuple(
-            g for g in self.grants if g.condition is None and (g.expires_at is None or now < g.expires_at)
-        )
+        return tuple(g for g in self.grants if g.condition is None and g.unexpired(now))
 
 
 @dataclass(frozen=True, slots=True)

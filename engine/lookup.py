@@ -55,8 +55,7 @@ def covering_grants(subject: SubjectGrants, scope: str | None, now: float) -> tu
     expired at `now` (unix seconds), in the order `decide` tries them; every unexpired
     one when `scope` is None. Conditional grants are included (with their condition)."""
     return tuple(
-        grant for grant in subject.grants
-        if (grant.expires_at is None or now < grant.expires_at) and (scope is None or scope_covers(grant.scope, scope))
+        grant for grant in subject.grants if grant.unexpired(now) and (scope is None or scope_covers(grant.scope, scope))
     )
 
 
@@ -72,7 +71,7 @@ def pending_conditions(
         if (
             condition is not None
             and condition.source not in found
-            and (grant.expires_at is None or now < grant.expires_at)
+            and grant.unexpired(now)
             and scope_covers(grant.scope, scope)
             and grant.permissions.matches(permission)
             and isinstance(condition.evaluate(request, now), Missing)
@@ -100,7 +99,7 @@ class LookupFacts:
     def of(self, subject_key: str, scope: str) -> ConditionInput:
         """What a condition reads when CheckAccess asks for this subject at `scope` with
         these facts (no subject attributes, no resource type or id)."""
-        subject_type, _, subject_id = subject_key.partition("/")
+        subject_type, subject_id = _split(subject_key)
         return ConditionInput(
             subject_type, subject_id, resource_scope=scope,
             resource_attributes=self.resource_attributes, context=self.context,
@@ -378,9 +377,8 @@ def listed_subjects(
     for member, key in zip(members, keys, strict=True):
         decision = _decide(policy, member, permission, scope, now, facts)
         valid_until = min(valid_until, decided_until(member, now, decision))
-        if decision.allowed or decision.reason is Reason.CONDITIONAL:
-            entry = _listed(member, key, decision, permission, scope, now, facts)
-            if entry is not None:
-                listed.append(entry)
-                named.append(key)
+        entry = _listed(member, key, decision, permission, scope, now, facts)
+        if entry is not None:
+            listed.append(entry)
+            named.append(key)
     return Listing(tuple(listed), valid_until, named, facts=facts if facts.key else NO_FACTS)
