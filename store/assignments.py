@@ -169,9 +169,9 @@ class Assignments(TenantWrites):
             # its own values, a list is hashed (under 0.2 s).
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             rows = await conn.fetch(
-                """
+                f"""
                 SELECT subject_type, subject_id, role, scope FROM role_assignments
-                WHERE tenant_id = $1 AND (scope = $2 OR starts_with(scope, $2 || '/'))
+                WHERE tenant_id = $1 AND {_AT_OR_BELOW}
                 ORDER BY subject_type, subject_id, role, scope
                 """,
                 tid,
@@ -226,8 +226,9 @@ async def _moved_grants(write: TenantWrite, moves: dict[tuple[str, str, str, str
     return [MovedGrant(role, permissions[role], old, new) for role, old, new in pairs]
 
 
-# Which rows stay where they are: those neither at nor below the source ($2).
-_STAYS = "NOT (scope = $2 OR starts_with(scope, $2 || '/'))"
+# The rows a move takes: those at or below the source ($2); the rest stay where they are.
+_AT_OR_BELOW = "(scope = $2 OR starts_with(scope, $2 || '/'))"
+_STAYS = f"NOT {_AT_OR_BELOW}"
 # An assignment's full key as one text (for `= ANY`, hashed by Postgres): no id, role or
 # scope holds the unit separator.
 _KEY = "subject_type || E'\\x1f' || subject_id || E'\\x1f' || role || E'\\x1f' || scope"
@@ -286,7 +287,7 @@ async def _refuse_or_merge_conflicts(
 # they agree): "org/eu/sales/x" from "org/eu/sales" to "org/emea" is "org/emea" || "/x";
 # to the root "", the rest without its leading "/" ("x"; "" for the source itself).
 MOVED_SCOPE = "CASE WHEN $3 = '' THEN substr(scope, length($2) + 2) ELSE $3 || substr(scope, length($2) + 1) END"
-_MOVE_ROWS = f"UPDATE role_assignments SET scope = $4 || {MOVED_SCOPE} WHERE tenant_id = $1 AND NOT ({_STAYS})"
+_MOVE_ROWS = f"UPDATE role_assignments SET scope = $4 || {MOVED_SCOPE} WHERE tenant_id = $1 AND {_AT_OR_BELOW}"
 # No valid scope starts with "/" (engine.patterns.is_valid_scope): a place no row is at.
 _PARKED = "/"
 
