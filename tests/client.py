@@ -6,7 +6,10 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from typing import Any
+
 import grpc
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.server.health import SERVICES
@@ -79,6 +82,15 @@ def make_client(target: str, operator_key: str, credentials: grpc.ChannelCredent
         auth=(("authorization", f"Bearer {operator_key}"),),
         lookup=lookup_pb2_grpc.LookupServiceStub(channel),
     )
+
+
+def struct(values: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    """`values` as a Struct (attributes, context); None stays None (not given)."""
+    if values is None:
+        return None
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
 
 
 def user(name: str) -> common_pb2.Subject:

@@ -168,6 +168,11 @@ async def redis_prefix(run_id: str) -> AsyncIterator[str]:
     """This run's Redis key prefix; every key under it is deleted at the end."""
     prefix = f"ghtest{run_id}"
     yield prefix
+    await delete_prefixed(prefix)
+
+
+async def delete_prefixed(prefix: str) -> None:
+    """Delete every key under `prefix:` in the shared Redis (a run's or a suite's own)."""
     client = aioredis.from_url(REDIS_URL)
     try:
         async for key in client.scan_iter(match=f"{prefix}:*", count=1000):

@@ -10,24 +10,15 @@ from typing import Any, AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 
 from gatehouse.server.app import Sidecar
 from gatehouse.settings import Settings
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
-from tests.client import Client, make_client, user
+from tests.client import Client, make_client, struct, user
 from tests.server.status import details
 
 Reason = access_pb2.DecisionReason
 OWNER_ONLY = "resource.attributes.owner == subject.id"
-
-
-def struct(values: dict[str, Any] | None) -> struct_pb2.Struct | None:
-    if values is None:
-        return None
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
 
 
 def check(

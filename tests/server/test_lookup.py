@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from gatehouse.cache import policy_cache
 from gatehouse.engine import lookup as engine_lookup
@@ -38,7 +38,7 @@ from gatehouse.server.app import Sidecar
 from gatehouse.server.callers import CHECK, LOOKUP
 from gatehouse.settings import Settings
 from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, lookup_pb2
-from tests.client import Client, make_client, user
+from tests.client import Client, make_client, struct, user
 from tests.server.status import details
 
 Reason = access_pb2.DecisionReason
@@ -59,14 +59,6 @@ FACTS: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = [
     ({}, {"region": "us"}), (None, {"region": "eu"}),
 ]
 SUBJECT_ATTRIBUTES: list[dict[str, Any] | None] = [None, {"level": 1}, {"level": 5}]
-
-
-def struct(values: dict[str, Any] | None) -> struct_pb2.Struct | None:
-    if values is None:
-        return None
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
 
 
 def at(unix_seconds: float) -> timestamp_pb2.Timestamp:

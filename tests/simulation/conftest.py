@@ -21,14 +21,13 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from gatehouse.server.app import Sidecar
 from gatehouse.settings import Settings
 from gatehouse.store.assignments import sweep_expired_assignments
 from gatehouse.store.transactions import init_connection
 from tests.client import Client, make_client
-from tests.conftest import REDIS_URL, create_migrated_database, drop_database
+from tests.conftest import create_migrated_database, delete_prefixed, drop_database
 
 
 @pytest.fixture
@@ -98,12 +97,7 @@ async def sim_redis_prefix(redis_prefix: str) -> AsyncIterator[str]:
     """The simulation's own Redis key prefix (events, L2); every key under it deleted at the end."""
     prefix = f"{redis_prefix}sim{secrets.token_hex(2)}"
     yield prefix
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            await client.delete(key)
-    finally:
-        await client.aclose()
+    await delete_prefixed(prefix)
 
 
 @pytest.fixture
