@@ -56,8 +56,14 @@ class ConstantConfig(config_pb2_grpc.ConfigServiceServicer):
         return _CONFIG
 
 
-async def serve(listen: str, reuseport: bool) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuseport else 0)])
+async def serve(listen: str, reuseport: bool, max_pending: int = 0) -> None:
+    options: list[tuple[str, int]] = [("grpc.so_reuseport", 1 if reuseport else 0)]
+    if max_pending:  # as server/app.py's pending_call_bound, which this module does not import
+        options += [
+            ("grpc.server.max_pending_requests", max_pending),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * max_pending),
+        ]
+    server = grpc.aio.server(options=options)
     access_pb2_grpc.add_AccessServiceServicer_to_server(ConstantAccess(), server)
     config_pb2_grpc.add_ConfigServiceServicer_to_server(ConstantConfig(), server)
     if server.add_insecure_port(listen) == 0:
@@ -72,19 +78,23 @@ async def serve(listen: str, reuseport: bool) -> None:
     await server.stop(0.5)
 
 
-def _run(listen: str, reuseport: bool) -> None:
+def _run(listen: str, reuseport: bool, max_pending: int) -> None:
     import uvloop
 
-    uvloop.run(serve(listen, reuseport))
+    uvloop.run(serve(listen, reuseport, max_pending))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline_server", description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:50061")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--max-pending", type=int, default=0,
+        help="grpc core's pending-call bound, as Gatehouse's GATEHOUSE_MAX_PENDING_CALLS (0 = none)",
+    )
     args = parser.parse_args(argv)
     if args.workers <= 1:
-        _run(args.listen, reuseport=False)
+        _run(args.listen, reuseport=False, max_pending=args.max_pending)
         return 0
     # Fork before any gRPC object exists in this process (gRPC does not survive fork).
     children = []
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = os.fork()
         if pid == 0:
             try:
-                _run(args.listen, reuseport=True)
+                _run(args.listen, reuseport=True, max_pending=args.max_pending)
             finally:
                 os._exit(0)
         children.append(pid)

@@ -57,19 +57,43 @@ def _split_shed(point: dict[str, Any]) -> dict[str, Any]:
 
 
 async def overload(h: Harness) -> list[dict[str, Any]]:
+    """Each of `--targets` in turn: the empty-handler baseline under the same pending-call bound
+    as Gatehouse (`GATEHOUSE_MAX_PENDING_CALLS` from `--gh-env`, else the default), so the
+    admitted-p99 ratio can be read against what grpc.aio itself does at 2x its own ceiling."""
+    points: list[dict[str, Any]] = []
+    for name in h.o.targets:
+        points += await _overload_one(h, name)
+    by_target = {p["target"]: p["overload"] for p in points if "overload" in p}
+    base, gh = by_target.get("baseline"), by_target.get("gatehouse")
+    if base and gh and base["admitted_vs_unloaded_p99"] and gh["admitted_vs_unloaded_p99"]:
+        ratio = round(gh["admitted_vs_unloaded_p99"] / base["admitted_vs_unloaded_p99"], 2)
+        gh["ratio_vs_baseline_ratio"] = ratio
+        h.log(f"  overload: Gatehouse's admitted/unloaded p99 ratio ÷ the baseline's: {ratio}")
+    return points
+
+
+def _pending_bound(h: Harness) -> int:
+    from gatehouse.settings import Settings  # the default as `gatehouse serve` has it
+
+    given = h.o.gh_env.get("GATEHOUSE_MAX_PENDING_CALLS")
+    return int(given) if given is not None else Settings().max_pending_calls
+
+
+async def _overload_one(h: Harness, name: str) -> list[dict[str, Any]]:
     assert h.data is not None
     top = h.data.top_check()
-    verifier = Verifier("check", top.allowed)
-    target = await h.start("gatehouse")
+    baseline = name == "baseline"
+    verifier = Verifier("check", None if baseline else top.allowed)
+    target = await h.start(name, extra_args=["--max-pending", str(_pending_bound(h))] if baseline else None)
     try:
         await warm(target.address, CHECK, [top.body])
         ceiling = await h2load.saturate(
-            h.h2load_path, target.address, CHECK, top.body, seconds=5, work_dir=h.work_dir, tag="overload-ceiling"
+            h.h2load_path, target.address, CHECK, top.body, seconds=5, work_dir=h.work_dir, tag=f"overload-ceiling-{name}"
         )
-        h.log(f"  ceiling (closed loop c32 m1): {ceiling:,.0f}/s")
+        h.log(f"  {name} ceiling (closed loop c32 m1): {ceiling:,.0f}/s")
         low = round(ceiling / 4, -2)
         unloaded = await h.h2_point(
-            target, CHECK, top.body, verifier, low, "overload-unloaded", duration=10.0, sample_rate=SAMPLE_RATE
+            target, CHECK, top.body, verifier, low, f"overload-unloaded-{name}", duration=10.0, sample_rate=SAMPLE_RATE
         )
         unloaded = _split_shed(unloaded)
         unloaded.update(scenario="overload-unloaded", repeat=0)
@@ -77,7 +101,7 @@ async def overload(h: Harness) -> list[dict[str, Any]]:
         rss_before = target.rss_bytes()
         stop = asyncio.Event()
         rss = asyncio.create_task(rss_series(target, stop))
-        loaded = await h.h2_point(target, CHECK, top.body, verifier, rate, "overload-2x", sample_rate=SAMPLE_RATE)
+        loaded = await h.h2_point(target, CHECK, top.body, verifier, rate, f"overload-2x-{name}", sample_rate=SAMPLE_RATE)
         stop.set()
         series = await rss
         loaded = _split_shed(loaded)
@@ -88,6 +112,7 @@ async def overload(h: Harness) -> list[dict[str, Any]]:
             "ceiling_rps": ceiling,
             "offered_rps": rate,
             "unloaded_rps": low,
+            "pending_bound": _pending_bound(h),
             "admitted_p99_ms": admitted,
             "unloaded_p99_ms": quiet,
             "admitted_vs_unloaded_p99": round(admitted / quiet, 2) if quiet else None,
@@ -98,7 +123,7 @@ async def overload(h: Harness) -> list[dict[str, Any]]:
             "rss_growth_pct": round(100.0 * (after_mb * 2**20 - rss_before) / rss_before, 1),
             "unknown_sampled": loaded["unknown_sampled"],
         }
-        h.log(f"  overload: {loaded['overload']}  shed: {loaded['shed']}")
+        h.log(f"  {name} overload: {loaded['overload']}  shed: {loaded['shed']}")
         return [unloaded, loaded]
     finally:
         await target.stop()

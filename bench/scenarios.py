@@ -230,7 +230,7 @@ class Harness:
         """`env`: added to a gatehouse target's environment after `--gh-env` (e.g. OTEL_*)."""
         workers = self.o.gh_workers
         if name == "baseline":
-            target = baseline_target(workers or 1, self.work_dir, unix=self.o.unix)
+            target = baseline_target(workers or 1, self.work_dir, unix=self.o.unix, extra_args=extra_args)
         else:
             self._starts += 1
             variant = self.o.variants.get(name.removeprefix("gatehouse-"), []) if name != "gatehouse" else []

@@ -161,10 +161,12 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def baseline_target(workers: int, log_dir: Path, *, unix: bool = False) -> Target:
+def baseline_target(
+    workers: int, log_dir: Path, *, unix: bool = False, extra_args: list[str] | None = None
+) -> Target:
     port = free_port()
     address = f"unix:{log_dir / f'baseline-{port}.sock'}" if unix else f"127.0.0.1:{port}"
-    command = [sys.executable, "-m", "bench.baseline_server", "--listen", address, "--workers", str(workers)]
+    command = [sys.executable, "-m", "bench.baseline_server", "--listen", address, "--workers", str(workers), *(extra_args or [])]
     env = _child_env()
     env["PYTHONPATH"] = _repo_root() + os.pathsep + env.get("PYTHONPATH", "")
     return Target("baseline", command, env, log_dir / f"baseline-{port}.log", address=address)
