@@ -4,6 +4,9 @@
                 a quarter of it, then --duration (30 s when the only scenario) at 2x it
                 (--rate overrides the offered rate): admitted p99 against the unloaded p99,
                 shed fraction, RSS growth, UNKNOWN count
+    burst       on an idle process, --repeat rounds of B simultaneous CheckAccess calls (one
+                Python client, one connection; B = 16, 32, 64, 128, 256): how many the
+                pending-call bound refuses, and the answered calls' p99, per target
     auth-flood  made-up `gh_` admin keys at --rate (300/s) from one address beside 10
                 legitimate admin calls/s (a key verified once, before the flood): the
                 legitimate calls' p99 and codes, the flood's codes, RSS growth
@@ -127,6 +130,64 @@ async def _overload_one(h: Harness, name: str) -> list[dict[str, Any]]:
         return [unloaded, loaded]
     finally:
         await target.stop()
+
+
+BURST_SIZES = (16, 32, 64, 128, 256)
+BURST_ROUNDS_DEFAULT = 20
+
+
+async def burst(h: Harness) -> list[dict[str, Any]]:
+    """What the pending-call bound does to an ordinary burst (a page's fan-out of checks) on a
+    process that is otherwise idle: the other side of the trade `overload` measures."""
+    assert h.data is not None
+    top = h.data.top_check()
+    rounds = h.o.repeat if h.o.repeat > 1 else BURST_ROUNDS_DEFAULT
+    points: list[dict[str, Any]] = []
+    for name in h.o.targets:
+        baseline = name == "baseline"
+        target = await h.start(name, extra_args=["--max-pending", str(_pending_bound(h))] if baseline else None)
+        try:
+            await warm(target.address, CHECK, [top.body])
+            async with grpc.aio.insecure_channel(target.address) as channel:
+                call = channel.unary_unary(CHECK)
+                await call(top.body, timeout=10.0)
+                for size in BURST_SIZES:
+                    codes: Counter[str] = Counter()
+                    answered_ms: list[float] = []
+
+                    async def one() -> None:
+                        t0 = time.monotonic()
+                        try:
+                            await call(top.body, timeout=10.0)
+                        except grpc.aio.AioRpcError as exc:
+                            codes[exc.code().name] += 1
+                            return
+                        codes["OK"] += 1
+                        answered_ms.append((time.monotonic() - t0) * 1000.0)
+
+                    for _ in range(rounds):
+                        await asyncio.gather(*(one() for _ in range(size)))
+                        await asyncio.sleep(0.2)  # idle again before the next round
+                    sent = size * rounds
+                    refused = sent - codes["OK"]
+                    point: dict[str, Any] = {
+                        "scenario": "burst", "target": name, "repeat": 0, "offered_rps": float(size),
+                        "achieved_rps": 0.0, "requests": sent, "latency_ms": latency_summary(answered_ms),
+                        "errors": {c: n for c, n in codes.items() if c != "OK"}, "error_count": refused,
+                        "pacing_ok": True, "server_cpu_pct": 0.0, "generator_cpu_pct": 0.0,
+                        "burst": {
+                            "size": size, "rounds": rounds, "pending_bound": _pending_bound(h),
+                            "refused": refused, "refused_fraction": round(refused / sent, 4),
+                        },
+                    }
+                    h.log(
+                        f"  {name} burst {size} x {rounds} (bound {_pending_bound(h)}): refused {refused}/{sent} "
+                        f"{dict(codes)}; answered p50 {point['latency_ms']['p50']:.2f} p99 {point['latency_ms']['p99']:.2f} ms"
+                    )
+                    points.append(point)
+        finally:
+            await target.stop()
+    return points
 
 
 async def auth_flood(h: Harness) -> list[dict[str, Any]]:

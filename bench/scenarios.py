@@ -17,6 +17,8 @@ the other at the same offered rate, so each report can give Gatehouse ÷ baselin
     propagation  write committed → every sidecar answers the new data: 2 sidecars (one relay),
                  background writes at --rate (1,000/s) via the store, probes at --probe-rate
     overload     check-hit at 2x its measured ceiling: admitted p99 vs unloaded, shed, RSS
+    burst        rounds of 16-256 simultaneous CheckAccess calls to an idle process: refused
+                 by the pending-call bound, answered p99 (bench/overload.py)
     auth-flood   wrong admin keys at --rate (300/s) beside legitimate admin calls (bench/overload.py)
     envoy        GET through Envoy to a service, with and without the ext_authz filter asking
                  Gatehouse, beside the direct CheckAccess (bench/envoy_bench.py), default 1,000/s
@@ -52,8 +54,8 @@ CONFIG = "/gatehouse.v1.ConfigService/GetTenantConfig"
 DEFAULT_RATES = {"envoy": 1000, "check-hit": 5000, "check-miss": 1000, "check-l2": 2000, "batch": 50, "config": 2000, "mixed": 5000, "propagation": 1000}
 DEFAULT_SWEEP = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 14000, 16000]
 SCENARIOS = (
-    "check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation", "overload", "auth-flood",
-    "traces",
+    "check-hit", "check-miss", "check-l2", "batch", "config", "mixed", "sweep", "propagation", "overload", "burst",
+    "auth-flood", "traces",
     "metrics-cost", "envoy",
 )
 
@@ -871,10 +873,11 @@ async def run(h: Harness, scenario: str) -> list[dict[str, Any]]:
         from bench import envoy_bench  # it builds on this module
 
         points = await envoy_bench.envoy(h)
-    elif scenario in ("overload", "auth-flood"):
+    elif scenario in ("overload", "burst", "auth-flood"):
         from bench import overload  # it builds on this module
 
-        points = await (overload.overload(h) if scenario == "overload" else overload.auth_flood(h))
+        run = {"overload": overload.overload, "burst": overload.burst, "auth-flood": overload.auth_flood}[scenario]
+        points = await run(h)
     else:
         raise SystemExit(f"bench: unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
     _ratio(points)
