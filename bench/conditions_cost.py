@@ -62,6 +62,9 @@ class MemoryStore:
     async def schema_version(self) -> int:
         return 0
 
+    async def schema_fit(self, expected: int) -> str | None:
+        return None
+
     async def load_tenant(self, tenant_id: str) -> TenantSnapshot | None:
         record = TenantRecord(TENANT, "bench", "Bench", TenantStatus.ACTIVE, "p", "", {}, {}, {}, 1)
         return TenantSnapshot(record, Plan("p")) if tenant_id == TENANT else None

@@ -3,8 +3,9 @@
 Which dependency state makes which service NOT_SERVING (README "Health" has the table
 and the reasons):
 
-* Postgres not answering within the probe timeout, failing, or at another schema version
-  than this build expects: every service, and the overall status "".
+* Postgres not answering within the probe timeout, failing, behind the schema version
+  this build expects, or ahead of it by a step that is not additive (store/migrate.py):
+  every service, and the overall status "".
 * Redis not answering or failing: every service until the first time Postgres and Redis
   were both fine; after that, none (the read services answer from L1 and Postgres, admin
   writes wait in the outbox for the relay).
@@ -178,10 +179,9 @@ class Readiness:
         return [self.postgres] if self.redis is None else [self.postgres, self.redis]
 
     async def _check_postgres(self) -> str | None:
-        version = await self._store.schema_version()  # a transaction: the round trip is the ping
-        if version != self._expected:
-            return f"schema is at version {version}, this build expects {self._expected}"
-        return None
+        # A transaction: the round trip is the ping. Ahead of this build by additive steps
+        # only is fit (store/migrate.py): a release's migration keeps the old build serving.
+        return await self._store.schema_fit(self._expected)
 
     async def _check_redis(self) -> str | None:
         assert self._l2 is not None

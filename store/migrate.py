@@ -8,6 +8,16 @@ apply every step exactly once instead of racing: the loser waits, then sees the 
 done. When the last step is undone the bookkeeping table goes too, leaving the
 database as empty as it was.
 
+A migration may declare itself **additive** with a line `-- gatehouse: additive` in its
+up file: a build that expects the version before it keeps answering right against the
+schema after it (the step only adds what that build neither reads nor must write, e.g. a
+nullable column or an index; a step whose new rows an older build would misread, such as
+5's conditional grants, is not additive). The flag is recorded with the applied version,
+so an older build, which has no copy of the newer file, can read it: `schema_fit` accepts
+a database ahead of the build when every step past the build's version is additive, and
+readiness (server/health.py) stays SERVING through a release's migration until the
+rollout replaces the old build.
+
 Migrations run as the *owner* role. `migrate_up` then (re)grants the runtime role the
 server connects as its DML privileges on everything the schema holds, in the same
 locked transaction (`gatehouse.store.grants`), so no migration file carries a GRANT.
@@ -37,6 +47,9 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+# Added to a table made before the flag existed; versions applied before it count as not additive.
+_ADD_ADDITIVE_COLUMN = "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS additive boolean NOT NULL DEFAULT false"
+_ADDITIVE_RE = re.compile(r"^-- gatehouse: additive\b", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +60,12 @@ class Migration:
     name: str
     up: str
     down: str
+    additive: bool = False  # `-- gatehouse: additive` in the up file (see the module docstring)
+
+
+def is_additive(up_sql: str) -> bool:
+    """Whether an up file declares itself additive: a line `-- gatehouse: additive`."""
+    return _ADDITIVE_RE.search(up_sql) is not None
 
 
 def discover() -> dict[int, Migration]:
@@ -66,7 +85,7 @@ def discover() -> dict[int, Migration]:
         sql = found[version]
         if set(sql) != {"up", "down"}:
             raise RuntimeError(f"migration {version:04d} needs both an .up.sql and a .down.sql file")
-        migrations[version] = Migration(version, names[version], sql["up"], sql["down"])
+        migrations[version] = Migration(version, names[version], sql["up"], sql["down"], is_additive(sql["up"]))
     if list(migrations) != list(range(1, len(migrations) + 1)):
         raise RuntimeError(f"migration versions must be 1..N without gaps, found {list(migrations)}")
     return migrations
@@ -82,6 +101,31 @@ async def read_version(conn: asyncpg.Connection) -> int:
         return 0
     version: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
     return version
+
+
+async def schema_fit(conn: asyncpg.Connection, expected: int) -> str | None:
+    """None when a build that expects schema version `expected` answers right against the
+    database behind `conn`: it is at `expected`, or ahead of it by additive steps only.
+    Otherwise why not, in words fit for a log line and a health verdict."""
+    version = await read_version(conn)
+    if version == expected:
+        return None
+    if version < expected:
+        return f"schema is at version {version}, this build expects {expected}"
+    has_flag = await conn.fetchval(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = 'schema_migrations' AND column_name = 'additive'"
+    )
+    flag = "additive" if has_flag else "false"
+    blocking = await conn.fetch(
+        f"SELECT version, name FROM schema_migrations WHERE version > $1 AND NOT {flag} ORDER BY version", expected
+    )
+    if not blocking:
+        return None
+    first = blocking[0]
+    return (
+        f"schema is at version {version}, this build expects {expected}, and step {first['version']} "
+        f"({first['name']}) is not additive"
+    )
 
 
 async def current_version(dsn: str) -> int:
@@ -154,11 +198,13 @@ async def _migrate(dsn: str, goal: int, *, up: bool, runtime_role: str = "") -> 
 
 async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
     await conn.execute(_CREATE_VERSION_TABLE)
+    await conn.execute(_ADD_ADDITIVE_COLUMN)
     # No arguments: asyncpg sends the simple-query protocol, which runs a whole
     # multi-statement file (functions with $$ bodies included) in one go.
     await conn.execute(migration.up)
     await conn.execute(
-        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name
+        "INSERT INTO schema_migrations (version, name, additive) VALUES ($1, $2, $3)",
+        migration.version, migration.name, migration.additive,
     )
 
 

@@ -48,7 +48,7 @@ from gatehouse import deadlines
 from gatehouse import tracing
 from gatehouse.errors import TenantNotFound
 from gatehouse.store.driver_errors import translated
-from gatehouse.store.migrate import read_version
+from gatehouse.store.migrate import read_version, schema_fit
 
 PLATFORM_SCOPE = "*"  # the row-level security scope that sees every tenant
 
@@ -129,6 +129,12 @@ class Transactions:
         """The schema version of the database (compare with migrate.LATEST_VERSION)."""
         async with self._reading(PLATFORM_SCOPE) as conn:
             return await read_version(conn)
+
+    async def schema_fit(self, expected: int) -> str | None:
+        """None when a build expecting schema `expected` answers right against this
+        database (at it, or ahead by additive steps: store/migrate.py); else why not."""
+        async with self._reading(PLATFORM_SCOPE) as conn:
+            return await schema_fit(conn, expected)
 
     # --- transactions ----------------------------------------------------------------------
 

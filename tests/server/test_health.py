@@ -8,6 +8,7 @@ import logging
 import time
 from typing import AsyncIterator
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -168,3 +169,37 @@ async def test_nothing_is_serving_before_the_first_probe(database_url: str) -> N
 async def status(ready: Readiness, service: str) -> int:
     reply = await ready.servicer.Check(health_pb2.HealthCheckRequest(service=service), None)
     return int(reply.status)
+
+
+async def test_a_release_migration_that_is_additive_keeps_the_old_build_serving(empty_db: str) -> None:
+    """The rollout case: the schema moves one step past this build. An additive step keeps
+    every service SERVING (the old build answers right against it); any other step turns
+    them NOT_SERVING, and the verdict names the step."""
+    from gatehouse.store.migrate import Migration, _apply, migrate_up
+
+    assert await migrate_up(empty_db) == LATEST_VERSION
+    conn = await asyncpg.connect(empty_db)
+    store = await connect(empty_db, min_size=0, max_size=1)
+    ready = Readiness(store, None, LATEST_VERSION, interval=0.1, timeout=TIMEOUT)
+    try:
+        assert await ready.probe()
+        async with conn.transaction():
+            await _apply(conn, Migration(LATEST_VERSION + 1, "an_index", "SELECT 1", "SELECT 1", True))
+        assert await ready.probe()
+        for name in ("", *SERVICES):
+            assert await status(ready, name) == health_pb2.HealthCheckResponse.SERVING, name
+
+        async with conn.transaction():
+            await _apply(conn, Migration(LATEST_VERSION + 2, "a_rewrite", "SELECT 1", "SELECT 1"))
+        assert not await ready.probe()
+        for name in ("", *SERVICES):
+            assert await status(ready, name) == health_pb2.HealthCheckResponse.NOT_SERVING, name
+        assert ready.postgres.verdict == (
+            f"schema is at version {LATEST_VERSION + 2}, this build expects {LATEST_VERSION}, "
+            f"and step {LATEST_VERSION + 2} (a_rewrite) is not additive"
+        )
+    finally:
+        ready.postgres.abandon()
+        await store.close()
+        await conn.execute("DELETE FROM schema_migrations WHERE version > $1", LATEST_VERSION)
+        await conn.close()

@@ -106,6 +106,7 @@ async def _no_guard(grants: object) -> None:
 EVERY_CALL: dict[str, Call] = {
     "ping": lambda s: s.ping(),
     "schema_version": lambda s: s.schema_version(),
+    "schema_fit": lambda s: s.schema_fit(1),
     "load_tenant": lambda s: s.load_tenant(SOME_ID),
     "load_subject": lambda s: s.load_subject(SOME_ID, ALICE),
     "load_subjects": lambda s: s.load_subjects(SOME_ID, [ALICE]),

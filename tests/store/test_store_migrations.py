@@ -224,3 +224,63 @@ async def test_0003_removes_grants_at_dot_segment_scopes_as_an_evented_write(emp
         assert [tuple(e) for e in events] == [(dirty, revisions[dirty] + 1, "assignment", None)]
     finally:
         await conn.close()
+
+
+# --- a database ahead of the build (store/migrate.py "additive") ------------------------
+
+
+def test_the_additive_line_marks_a_migration_and_nothing_else_does() -> None:
+    from gatehouse.store.migrate import is_additive
+
+    assert is_additive("-- Gatehouse schema, version 9: an index.\n-- gatehouse: additive\nCREATE INDEX ...;")
+    assert not is_additive("-- Gatehouse schema, version 9.\nCREATE INDEX ...;")
+    assert not is_additive("-- not: -- gatehouse: additive\n")  # only at a line's start
+    # Every shipped step so far changes what older builds read: none claims otherwise.
+    assert [m.version for m in MIGRATIONS.values() if m.additive] == []
+
+
+async def test_schema_fit_accepts_a_database_ahead_only_by_additive_steps(empty_db: str) -> None:
+    from gatehouse.store.migrate import Migration, _apply, _undo, schema_fit
+
+    latest = LATEST_VERSION
+    assert await migrate_up(empty_db) == latest
+    conn = await asyncpg.connect(empty_db)
+    later = Migration(latest + 1, "later_index", "CREATE TABLE gh_later (id int)", "DROP TABLE gh_later", True)
+    rewrite = Migration(latest + 2, "later_rewrite", "CREATE TABLE gh_rewrite (id int)", "DROP TABLE gh_rewrite")
+    try:
+        assert await schema_fit(conn, latest) is None
+        assert await schema_fit(conn, latest + 1) == f"schema is at version {latest}, this build expects {latest + 1}"
+        # The steps already shipped were recorded as not additive: one build back is unfit.
+        assert await schema_fit(conn, latest - 1) == (
+            f"schema is at version {latest}, this build expects {latest - 1}, and step {latest} "
+            f"({MIGRATIONS[latest].name}) is not additive"
+        )
+
+        async with conn.transaction():
+            await _apply(conn, later)
+        assert await conn.fetchval("SELECT additive FROM schema_migrations WHERE version = $1", latest + 1) is True
+        assert await schema_fit(conn, latest) is None  # the old build keeps serving
+        assert await schema_fit(conn, latest + 1) is None
+
+        async with conn.transaction():
+            await _apply(conn, rewrite)
+        assert await schema_fit(conn, latest) == (
+            f"schema is at version {latest + 2}, this build expects {latest}, and step {latest + 2} "
+            "(later_rewrite) is not additive"
+        )
+        assert await schema_fit(conn, latest + 1) is not None
+        assert await schema_fit(conn, latest + 2) is None
+
+        # A table from before the flag existed: every step past the build counts as not additive.
+        async with conn.transaction():
+            await _undo(conn, rewrite)
+        await conn.execute("ALTER TABLE schema_migrations DROP COLUMN additive")
+        assert await schema_fit(conn, latest) == (
+            f"schema is at version {latest + 1}, this build expects {latest}, and step {latest + 1} "
+            "(later_index) is not additive"
+        )
+    finally:
+        # migrate_down knows only this build's steps: take the made-up ones out first.
+        await conn.execute("DROP TABLE IF EXISTS gh_later, gh_rewrite")
+        await conn.execute("DELETE FROM schema_migrations WHERE version > $1", latest)
+        await conn.close()
