@@ -547,7 +547,7 @@ def subjects(client: Client, args: argparse.Namespace) -> None:
 
 
 def memberships(client: Client, args: argparse.Namespace) -> None:
-    found = client.tenants_for_subject(_subject(args.subject))
+    found = client.tenants_for_subject(_subject(args.subject), page_size=1000)  # every page
     _many(found, args, ("tenant_id", "tenant_slug", "tenant_status", "revision"))
 
 

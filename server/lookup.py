@@ -4,7 +4,8 @@
                               reads) → engine.decide per permission, engine.covering_grants
     LookupSubjects          → PolicyCache.tenant (min_revision) → PolicyCache.roster (the
                               whole tenant at one revision) → TenantRoster.listing → a page
-    ListTenantsForSubject   → Callers (operator, or the subject's own key) → the store
+    ListTenantsForSubject   → Callers (operator, or the subject's own key) → the store, a
+                              page at a time (keyset on the tenant slug, read live)
 
 Every answer names the tenant revision it was computed at and equals what CheckAccess
 answers at that revision (tests/server/test_lookup.py checks it candidate by candidate).
@@ -59,9 +60,10 @@ from gatehouse_client.v1 import access_pb2, common_pb2, lookup_pb2
 
 SERVICE = lookup_pb2.DESCRIPTOR.services_by_name["LookupService"]
 MAX_PERMISSIONS = 100  # per ListSubjectPermissions call
-MAX_PAGE_SIZE = 1000  # LookupSubjects; 0 asks for DEFAULT_PAGE_SIZE
+# Page sizes: 0 asks for DEFAULT_PAGE_SIZE; above MAX_PAGE_SIZE, LookupSubjects clamps to
+# it and ListTenantsForSubject refuses (INVALID_ARGUMENT `page_size`).
+MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
-MAX_MEMBERSHIPS = 1000  # ListTenantsForSubject answers at most this many tenants
 # Members decided between two yields to the event loop while a listing is decided (a
 # few ms of CPU): CheckAccess is served on the same loop.
 DECIDE_CHUNK = 256
@@ -236,23 +238,34 @@ class LookupServicer:
     async def ListTenantsForSubject(
         self, request: lookup_pb2.ListTenantsForSubjectRequest, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> lookup_pb2.ListTenantsForSubjectResponse:
-        """The tenants the subject is a member of, by slug. Always needs a caller, whatever
-        GATEHOUSE_CALLER_CREDENTIALS says (the answer spans tenants): an operator key (or
-        an mTLS identity of every tenant) holding `gatehouse.access.lookup`, or the
-        subject's own credential (`Callers.require_subject_or_every_tenant`)."""
+        """A page of the tenants the subject is a member of, by slug: `page_size` of them
+        (0 = DEFAULT_PAGE_SIZE; negative or above MAX_PAGE_SIZE: INVALID_ARGUMENT), after
+        the slug `page_token` holds, and `next_page_token` when more follow ("" = the last
+        page). Read live from Postgres, not pinned to a revision (there is no one revision
+        across tenants): a keyset cursor on the slug, so a membership changed between
+        pages is listed as it falls after the cursor, and never twice. Always needs a
+        caller, whatever GATEHOUSE_CALLER_CREDENTIALS says (the answer spans tenants): an
+        operator key (or an mTLS identity of every tenant) holding
+        `gatehouse.access.lookup`, or the subject's own credential
+        (`Callers.require_subject_or_every_tenant`)."""
         caller = await self._callers.identify(Credentials.from_grpc(context), always=True)
         assert caller is not None  # `always`: identify names a caller or raises
-        subject = convert.subject("subject", request.subject)
+        v = Violations()
+        subject = v.check(convert.subject, "subject", request.subject)
+        page_size = v.check(require_page_size, "page_size", request.page_size, clamp=False)
+        # Checked here too (the store decodes it), so one error names every bad field.
+        v.check(lambda field, token: decode_token(token, (str,)), "page_token", request.page_token)
+        v.raise_if_any()
         self._callers.require_subject_or_every_tenant(caller, LOOKUP, subject)
-        memberships = await self._store.list_subject_tenants(subject, limit=MAX_MEMBERSHIPS)
-        return lookup_pb2.ListTenantsForSubjectResponse(memberships=[
+        page = await self._store.list_subject_tenants(subject, page_size=page_size, page_token=request.page_token)
+        return lookup_pb2.ListTenantsForSubjectResponse(next_page_token=page.next_page_token, memberships=[
             lookup_pb2.SubjectMembership(
                 tenant_id=m.tenant_id,
                 tenant_slug=m.tenant_slug,
                 tenant_status=convert.STATUS_TO_PROTO[m.tenant_status],
                 revision=m.revision,
             )
-            for m in memberships
+            for m in page.items
         ])
 
 

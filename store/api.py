@@ -219,9 +219,11 @@ class StoreReader(Protocol):
         """`load_subject` of each, all in one snapshot (one tenant revision); None when
         there is no such tenant."""
         ...
-    async def list_subject_tenants(self, subject: SubjectRef, *, limit: int) -> list[Membership]:
-        """The tenants `subject` is a member of, by slug, at most `limit` (every tenant's
-        rows: the platform scope)."""
+    async def list_subject_tenants(self, subject: SubjectRef, *, page_size: int, page_token: str) -> Page[Membership]:
+        """A page of the tenants `subject` is a member of, by slug (every tenant's rows: the
+        platform scope): at most `page_size` (0 = 100, at most 1,000), after the slug
+        `page_token` holds ("" = from the first), with a next page token when more follow.
+        InvalidArgument `page_token` when it is not one such a page gave."""
         ...
 
 

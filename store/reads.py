@@ -15,6 +15,8 @@ from gatehouse.engine.model import (
     TenantSnapshot,
     TenantStatus,
 )
+from gatehouse.store.api import Page
+from gatehouse.store.pages import clamp_page_size, decode_token, page_of
 from gatehouse.store.rows import plan_record, tenant_record
 from gatehouse.store.transactions import PLATFORM_SCOPE, Transactions, parse_tenant_id
 
@@ -78,12 +80,14 @@ ROSTER_CHUNK = 256  # members built between two yields to the event loop (load_r
 # A subject's memberships across tenants, under the platform scope (row-level security
 # shows every tenant). No index leads with the subject: a scan of memberships (see
 # README "Lookups" for the cost; an index would be a migration of its own).
+# Keyset paging on the slug (unique): a page asks for one row more than it returns, so a
+# page that stops short of the memberships says so with a next page token.
 _SUBJECT_TENANTS = """
 SELECT t.id, t.slug, t.status, t.revision
 FROM memberships m JOIN tenants t ON t.id = m.tenant_id
-WHERE m.subject_type = $1 AND m.subject_id = $2
+WHERE m.subject_type = $1 AND m.subject_id = $2 AND t.slug > $3
 ORDER BY t.slug
-LIMIT $3
+LIMIT $4
 """
 
 
@@ -207,11 +211,17 @@ class Reads(Transactions):
         members.sort(key=lambda m: (m.subject.type, m.subject.id))
         return RosterSnapshot(tenant=tenant, members=tuple(members))
 
-    async def list_subject_tenants(self, subject: SubjectRef, *, limit: int) -> list[Membership]:
-        """The tenants `subject` is a member of (at most `limit`), by slug, each with its
-        revision; read under the platform scope."""
+    async def list_subject_tenants(self, subject: SubjectRef, *, page_size: int, page_token: str) -> Page[Membership]:
+        """A page of the tenants `subject` is a member of, by slug, each with its revision,
+        after the slug `page_token` holds; read under the platform scope."""
+        after = decode_token(page_token, (str,))
+        size = clamp_page_size(page_size)
+        # "" sorts before every slug (slugs are 3-63 characters): the first page.
+        start = after[0] if after is not None else ""
         async with self._reading(PLATFORM_SCOPE) as conn:
-            rows = await conn.fetch(_SUBJECT_TENANTS, subject.type, subject.id, limit)
-        return [
-            Membership(str(row["id"]), row["slug"], TenantStatus(row["status"]), row["revision"]) for row in rows
-        ]
+            rows = await conn.fetch(_SUBJECT_TENANTS, subject.type, subject.id, start, size + 1)
+        return page_of(
+            rows, size,
+            lambda row: Membership(str(row["id"]), row["slug"], TenantStatus(row["status"]), row["revision"]),
+            key=lambda row: [row["slug"]],
+        )

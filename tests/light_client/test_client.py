@@ -3,6 +3,8 @@ every AdminService helper, the credential, error details, idempotency, unix sock
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -145,6 +147,23 @@ async def test_the_async_client(served: Served, unique: str) -> None:
         assert seen[1] > seen[0]
 
 
+def test_tenants_for_subject_follows_every_page(served: Served, unique: str) -> None:
+    who = f"user:pager-{unique}"
+    slugs = [f"pages-{unique}-{letter}" for letter in "abc"]
+    with Client(served.address, key=served.key) as gh:
+        for slug in slugs:
+            tenant = gh.admin.create_tenant(slug=slug, name="Pages")
+            gh.admin.add_member(tenant_id=tenant.id, subject=who)
+        assert [m.tenant_slug for m in gh.tenants_for_subject(who, page_size=1)] == slugs
+        assert [m.tenant_slug for m in gh.tenants_for_subject(who, page_size=2)] == slugs
+
+    async def asynchronous() -> list[str]:
+        async with AsyncClient(served.address, key=served.key) as agh:
+            return [m.tenant_slug for m in await agh.tenants_for_subject(who, page_size=2)]
+
+    assert asyncio.run(asynchronous()) == slugs
+
+
 def test_lookups_in_both_flavours(served: Served, unique: str) -> None:
     with Client(served.address, key=served.key) as gh:
         tenant = gh.admin.create_tenant(slug=f"lookup-{unique}", name="Lookup")
@@ -188,7 +207,6 @@ def test_lookups_in_both_flavours(served: Served, unique: str) -> None:
                                          subject_attributes={"level": 1})
             assert dave.decisions[0].decision.reason == 9  # CONDITIONAL: the owner is not given
 
-    import asyncio
     asyncio.run(asynchronous())
 
 

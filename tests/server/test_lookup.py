@@ -635,6 +635,122 @@ async def test_list_tenants_for_subject_is_for_operators_and_the_subject_itself(
         await own.channel.close()
 
 
+async def tenants_of(
+    client: Client, who: common_pb2.Subject, page_size: int, page_token: str = ""
+) -> lookup_pb2.ListTenantsForSubjectResponse:
+    return await client.lookup.ListTenantsForSubject(
+        lookup_pb2.ListTenantsForSubjectRequest(subject=who, page_size=page_size, page_token=page_token),
+        metadata=client.auth,
+    )
+
+
+async def test_list_tenants_for_subject_pages_by_slug_never_silently_short(client: Client, unique: str) -> None:
+    # Slugs differing only in their last letter sort the same in Postgres and Python.
+    who = user(f"pager-{unique}")
+    tenants = {}
+    for letter in "bcdefgh":
+        tenants[letter] = await client.tenant(f"lkp-{unique}-{letter}")
+        await client.grant(tenants[letter].id, who, "viewer", "")
+    await client.tenant(f"lkp-{unique}-bb")  # a tenant the subject is not a member of
+
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        page = await tenants_of(client, who, 3, token)
+        pages.append([m.tenant_slug for m in page.memberships])
+        token = page.next_page_token
+        if not token:
+            break
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert sum(pages, []) == [f"lkp-{unique}-{letter}" for letter in "bcdefgh"]
+    # The default page holds them all, with no next page.
+    whole = await tenants_of(client, who, 0)
+    assert [m.tenant_id for m in whole.memberships] == [tenants[letter].id for letter in "bcdefgh"]
+    assert whole.next_page_token == ""
+    # A full last page says it is the last: no token to an empty page.
+    exact = await tenants_of(client, who, 7)
+    assert len(exact.memberships) == 7 and exact.next_page_token == ""
+    assert (await tenants_of(client, who, 1000)).next_page_token == ""
+
+    # Between pages, memberships change: after the cursor, a new one is listed; before it,
+    # it is not; none twice, none skipped that was there throughout.
+    first = await tenants_of(client, who, 3)
+    assert [m.tenant_slug[-1] for m in first.memberships] == ["b", "c", "d"]
+    late = await client.tenant(f"lkp-{unique}-ee")
+    early = await client.tenant(f"lkp-{unique}-ba")
+    await client.grant(late.id, who, "viewer", "")
+    await client.grant(early.id, who, "viewer", "")
+    rest: list[str] = []
+    token = first.next_page_token
+    while token:
+        page = await tenants_of(client, who, 3, token)
+        rest.extend(m.tenant_slug.rsplit("-", 1)[1] for m in page.memberships)
+        token = page.next_page_token
+    assert rest == ["e", "ee", "f", "g", "h"]
+
+
+async def test_a_subject_in_more_tenants_than_a_page_gets_them_all(
+    client: Client, owner_database_url: str, unique: str
+) -> None:
+    # Until paging, the answer stopped at 1,000 tenants and did not say so. The tenants and
+    # memberships are inserted as rows (1,001 CreateTenant calls take too long), and
+    # removed again: other tests list every tenant.
+    who = user(f"crowd-{unique}")
+    owner = await asyncpg.connect(owner_database_url)
+    try:
+        async with owner.transaction():
+            await owner.execute("SELECT set_config('gatehouse.tenant_id', '*', true)")  # row-level security
+            ids = [
+                row["id"] for row in await owner.fetch(
+                    "INSERT INTO tenants (slug, name, plan, status)"
+                    " SELECT 'crowd-' || $1 || '-' || lpad(i::text, 4, '0'), 'Crowd', 'default', 'active'"
+                    " FROM generate_series(0, 1000) AS i RETURNING id",
+                    unique,
+                )
+            ]
+            await owner.executemany(
+                "INSERT INTO memberships (tenant_id, subject_type, subject_id) VALUES ($1, $2, $3)",
+                [(tenant_id, who.type, who.id) for tenant_id in ids],
+            )
+        first = await tenants_of(client, who, 1000)
+        assert len(first.memberships) == 1000 and first.next_page_token
+        last = await tenants_of(client, who, 1000, first.next_page_token)
+        slugs = [m.tenant_slug for m in [*first.memberships, *last.memberships]]
+        assert slugs == [f"crowd-{unique}-{i:04d}" for i in range(1001)]
+        assert last.next_page_token == ""
+    finally:
+        async with owner.transaction():
+            await owner.execute("SELECT set_config('gatehouse.tenant_id', '*', true)")
+            await owner.execute("DELETE FROM memberships WHERE subject_type = $1 AND subject_id = $2", who.type, who.id)
+            await owner.execute("DELETE FROM tenants WHERE slug LIKE $1", f"crowd-{unique}-%")
+        await owner.close()
+
+
+async def test_list_tenants_for_subject_refuses_bad_paging_naming_the_field(client: Client, unique: str) -> None:
+    who = user(f"badpage-{unique}")
+    tenant = await client.tenant(f"lkbad-{unique}")
+    await client.grant(tenant.id, who, "viewer", "")
+    good = (await tenants_of(client, who, 1)).next_page_token
+    assert good == ""  # one membership: one page
+    bad: list[tuple[int, str, list[str]]] = [
+        (-1, "", ["page_size"]),
+        (1001, "", ["page_size"]),
+        (2**31 - 1, "", ["page_size"]),
+        (0, "not a token", ["page_token"]),
+        (0, "W10", ["page_token"]),  # [] : base64url JSON, but not a slug cursor
+        (0, "WzFd", ["page_token"]),  # [1]
+        (0, "WyJhIl0=", ["page_token"]),  # ["a"] spelt with padding: not as the server spells it
+        (-5, "%%%", ["page_size", "page_token"]),
+    ]
+    for page_size, page_token, fields in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await tenants_of(client, who, page_size, page_token)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (page_size, page_token)
+        assert details(raised.value)[1] == fields, (page_size, page_token)
+    # The most a page may hold is accepted.
+    assert [m.tenant_id for m in (await tenants_of(client, who, 1000)).memberships] == [tenant.id]
+
+
 async def test_a_subject_write_advances_the_roster_and_a_tenant_write_reads_it_again(
     client: Client, sidecar: Sidecar, unique: str
 ) -> None:

@@ -111,7 +111,7 @@ EVERY_CALL: dict[str, Call] = {
     "load_subject": lambda s: s.load_subject(SOME_ID, ALICE),
     "load_subjects": lambda s: s.load_subjects(SOME_ID, [ALICE]),
     "load_roster": lambda s: s.load_roster(SOME_ID),
-    "list_subject_tenants": lambda s: s.list_subject_tenants(ALICE, limit=10),
+    "list_subject_tenants": lambda s: s.list_subject_tenants(ALICE, page_size=10, page_token=""),
     "create_tenant": lambda s: s.create_tenant(ACTOR, slug="abc", name="A", plan="", region="", settings={}),
     "get_tenant": lambda s: s.get_tenant(SOME_ID),
     "list_tenants": lambda s: s.list_tenants(page_size=1, page_token="", status=None, plan="", region=""),

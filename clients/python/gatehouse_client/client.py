@@ -311,11 +311,21 @@ class Client:
         return listing.answer
 
     def tenants_for_subject(
-        self, subject: SubjectLike, *, timeout: float | None = None
+        self, subject: SubjectLike, *, page_size: int = 0, timeout: float | None = None
     ) -> list[lookup_pb2.SubjectMembership]:
-        """The tenants `subject` is a member of (an operator key, or the subject's own key)."""
-        request = lookup_pb2.ListTenantsForSubjectRequest(subject=as_subject(subject))
-        return list(self._unary(self._lookup.ListTenantsForSubject, request, self.policy.auth, timeout).memberships)
+        """Every tenant `subject` is a member of, by slug (an operator key, or the
+        subject's own key): every page fetched, `page_size` per call (0 = the server's
+        100, at most 1,000), and joined; `timeout` is per call. Pages are read live, not
+        at one revision: a membership changed while listing shows as its slug falls
+        after or before the pages already read, and no tenant twice."""
+        found: list[lookup_pb2.SubjectMembership] = []
+        request = lookup_pb2.ListTenantsForSubjectRequest(subject=as_subject(subject), page_size=page_size)
+        while True:
+            page = self._unary(self._lookup.ListTenantsForSubject, request, self.policy.auth, timeout)
+            found.extend(page.memberships)
+            if not page.next_page_token:
+                return found
+            request.page_token = page.next_page_token
 
     def watch_config(self, tenant_id: str) -> Iterator[config_pb2.TenantConfig]:
         """The tenant's configuration now, then after every change, until the caller stops
@@ -500,12 +510,17 @@ class AsyncClient:
         return listing.answer
 
     async def tenants_for_subject(
-        self, subject: SubjectLike, *, timeout: float | None = None
+        self, subject: SubjectLike, *, page_size: int = 0, timeout: float | None = None
     ) -> list[lookup_pb2.SubjectMembership]:
         """See `Client.tenants_for_subject`."""
-        request = lookup_pb2.ListTenantsForSubjectRequest(subject=as_subject(subject))
-        answer = await self._unary(self._lookup.ListTenantsForSubject, request, self.policy.auth, timeout)
-        return list(answer.memberships)
+        found: list[lookup_pb2.SubjectMembership] = []
+        request = lookup_pb2.ListTenantsForSubjectRequest(subject=as_subject(subject), page_size=page_size)
+        while True:
+            page = await self._unary(self._lookup.ListTenantsForSubject, request, self.policy.auth, timeout)
+            found.extend(page.memberships)
+            if not page.next_page_token:
+                return found
+            request.page_token = page.next_page_token
 
     async def watch_config(self, tenant_id: str) -> AsyncIterator[config_pb2.TenantConfig]:
         """See `Client.watch_config`."""

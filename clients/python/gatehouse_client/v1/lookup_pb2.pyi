@@ -119,10 +119,14 @@ class LookupSubjectsResponse(_message.Message):
     def __init__(self, subjects: _Optional[_Iterable[_Union[LookedUpSubject, _Mapping]]] = ..., conditional_subjects: _Optional[_Iterable[_Union[LookedUpSubject, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ..., denied_for_all: _Optional[_Union[_access_pb2.DecisionReason, str]] = ..., feature: _Optional[str] = ...) -> None: ...
 
 class ListTenantsForSubjectRequest(_message.Message):
-    __slots__ = ("subject",)
+    __slots__ = ("subject", "page_size", "page_token")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     subject: _common_pb2.Subject
-    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SubjectMembership(_message.Message):
     __slots__ = ("tenant_id", "tenant_slug", "tenant_status", "revision")
@@ -137,7 +141,9 @@ class SubjectMembership(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., tenant_slug: _Optional[str] = ..., tenant_status: _Optional[_Union[_common_pb2.TenantStatus, str]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class ListTenantsForSubjectResponse(_message.Message):
-    __slots__ = ("memberships",)
+    __slots__ = ("memberships", "next_page_token")
     MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     memberships: _containers.RepeatedCompositeFieldContainer[SubjectMembership]
-    def __init__(self, memberships: _Optional[_Iterable[_Union[SubjectMembership, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, memberships: _Optional[_Iterable[_Union[SubjectMembership, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

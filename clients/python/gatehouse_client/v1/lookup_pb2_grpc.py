@@ -81,7 +81,8 @@ class LookupServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListTenantsForSubject(self, request, context):
-        """The subject's memberships across tenants (an operator key, or the subject's own key).
+        """The subject's memberships across tenants, by tenant slug, paged (an operator key, or
+        the subject's own key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
