@@ -162,13 +162,10 @@ def require_revision(field: str, value: int) -> int:
     return value
 
 
-def require_page_size(
-    field: str, value: int, *, default: int = 100, maximum: int = 1000, clamp: bool = True
-) -> int:
-    """`value` as a page size: 0 asks for `default`; above `maximum`, `maximum` (or, with
-    clamp=False, InvalidArgument). Negative: InvalidArgument."""
+def require_page_size(field: str, value: int, *, default: int = 100, maximum: int = 1000) -> int:
+    """`value` as a page size: 0 asks for `default`; above `maximum`, `maximum` (Google
+    AIP-158: "coerce" down, since next_page_token says there is more). Negative:
+    InvalidArgument."""
     if value < 0:
         raise InvalidArgument(field, NEGATIVE_RULE)
-    if value > maximum and not clamp:
-        raise InvalidArgument(field, f"must be at most {maximum} (0 = {default})")
     return min(value or default, maximum)

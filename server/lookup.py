@@ -60,8 +60,8 @@ from gatehouse_client.v1 import access_pb2, common_pb2, lookup_pb2
 
 SERVICE = lookup_pb2.DESCRIPTOR.services_by_name["LookupService"]
 MAX_PERMISSIONS = 100  # per ListSubjectPermissions call
-# Page sizes: 0 asks for DEFAULT_PAGE_SIZE; above MAX_PAGE_SIZE, LookupSubjects clamps to
-# it and ListTenantsForSubject refuses (INVALID_ARGUMENT `page_size`).
+# Page sizes: 0 asks for DEFAULT_PAGE_SIZE; above MAX_PAGE_SIZE, MAX_PAGE_SIZE (as every
+# list here and Google AIP-158: next_page_token says there is more).
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 # Members decided between two yields to the event loop while a listing is decided (a
@@ -252,7 +252,7 @@ class LookupServicer:
         assert caller is not None  # `always`: identify names a caller or raises
         v = Violations()
         subject = v.check(convert.subject, "subject", request.subject)
-        page_size = v.check(require_page_size, "page_size", request.page_size, clamp=False)
+        page_size = v.check(require_page_size, "page_size", request.page_size)
         # Checked here too (the store decodes it), so one error names every bad field.
         v.check(lambda field, token: decode_token(token, (str,)), "page_token", request.page_token)
         v.raise_if_any()

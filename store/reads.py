@@ -78,8 +78,7 @@ _LOAD_ROLES = "SELECT name, permissions FROM roles WHERE tenant_id = $1"
 ROSTER_CHUNK = 256  # members built between two yields to the event loop (load_roster)
 
 # A subject's memberships across tenants, under the platform scope (row-level security
-# shows every tenant). No index leads with the subject: a scan of memberships (see
-# README "Lookups" for the cost; an index would be a migration of its own).
+# shows every tenant), through the index memberships_by_subject (migration 6).
 # Keyset paging on the slug (unique): a page asks for one row more than it returns, so a
 # page that stops short of the memberships says so with a next page token.
 _SUBJECT_TENANTS = """

@@ -179,13 +179,6 @@ def test_require_page_size_custom_bounds_and_negative() -> None:
     assert_rejects(lambda: require_page_size("page_size", -1), "page_size")
 
 
-def test_require_page_size_without_clamp_refuses_above_the_maximum() -> None:
-    assert require_page_size("page_size", 1000, clamp=False) == 1000
-    assert require_page_size("page_size", 0, clamp=False) == 100
-    assert_rejects(lambda: require_page_size("page_size", 1001, clamp=False), "page_size")
-    assert_rejects(lambda: require_page_size("page_size", -1, clamp=False), "page_size")
-
-
 @PROPERTY
 @given(value=st.integers(min_value=-(2**63), max_value=2**63 - 1))
 def test_require_page_size_is_always_within_bounds_or_invalid(value: int) -> None:

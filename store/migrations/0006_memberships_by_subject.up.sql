@@ -1,0 +1,11 @@
+-- Gatehouse schema, version 6: an index of memberships by subject, for
+-- ListTenantsForSubject (README "Lookups"), which scanned every membership.
+--
+-- gatehouse: additive
+-- A build of version 5 neither reads nor writes anything this step changes beyond an
+-- index Postgres keeps for it, so it keeps answering right against version 6
+-- (store/migrate.py): readiness stays SERVING through this release's migration.
+--
+-- CREATE INDEX (not CONCURRENTLY, which cannot run inside the step's transaction) holds
+-- writes to memberships while it builds: about a second per million memberships.
+CREATE INDEX memberships_by_subject ON memberships (subject_type, subject_id);
