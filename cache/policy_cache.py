@@ -444,6 +444,11 @@ class PolicyCache:
         if until > self._confirmed_until:
             self._confirmed_until = until
 
+    @property
+    def max_staleness(self) -> float:
+        """The bound, in seconds (inf: none)."""
+        return self._max_staleness
+
     def confirmed(self) -> bool:
         """True while the cache as a whole is confirmed current within max staleness."""
         return self._clock() < self._confirmed_until

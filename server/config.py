@@ -107,7 +107,16 @@ class ConfigServicer:
         a slow reader never blocks the event subscriber, and however far behind it falls
         it holds one pending revision: changes coalesce to the newest. A cancelled
         stream unsubscribes in `finally`.
+
+        Bounded staleness holds for a watch too: events only say that something changed,
+        so with no event for half the max staleness the stream asks the cache again, as a
+        GetTenantConfig would (an L1 hit while the cache is confirmed current; else a
+        read from Postgres). A change whose event never came (relay stalled, stream cut)
+        is sent within 1.5x the max staleness, and when Postgres cannot confirm the
+        config either, the stream ends with UNAVAILABLE `GATEHOUSE_STALE` instead of
+        leaving the caller on a config nothing vouches for.
         """
+        recheck = self._cache.max_staleness / 2 if math.isfinite(self._cache.max_staleness) else None
         changed = asyncio.Event()
         newest = 0
 
@@ -128,11 +137,16 @@ class ConfigServicer:
             sent = entry.revision
             yield config_message(entry)
             while True:
-                await changed.wait()
-                changed.clear()
-                if newest <= sent:
-                    continue
-                entry = await self._cache.tenant(tenant_id, newest)
+                try:
+                    async with asyncio.timeout(recheck):
+                        await changed.wait()
+                except TimeoutError:
+                    pass  # no event: ask the cache again (see above)
+                else:
+                    changed.clear()
+                    if newest <= sent:
+                        continue
+                entry = await self._cache.tenant(tenant_id, max(newest, sent))
                 if entry is None:
                     raise TenantNotFound(f"tenant {tenant_id} not found")
                 if entry.revision > sent:

@@ -30,9 +30,9 @@ from gatehouse.server.admin_auth import create_operator_key
 from gatehouse.server.app import Sidecar
 from gatehouse.server.interceptors import Deadline
 from gatehouse.settings import Settings
-from gatehouse.store.api import Actor
+from gatehouse.store.api import Actor, ConfigPatch
 from gatehouse.store.postgres import PostgresStore, connect
-from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2, config_pb2
 from tests.client import Client, make_client, user
 from tests.conftest import PG_ADMIN_URL, create_migrated_database, drop_database
 from tests.faults import Direction, FaultProxy
@@ -820,3 +820,74 @@ async def _answers_again(
 
     await until(answers, timeout=timeout)
     return time.monotonic() - since, asked
+
+
+# --- watch streams under bounded staleness -------------------------------------------------
+
+
+async def next_config(stream: Any, timeout: float) -> Any:
+    """The watch stream's next message within `timeout` seconds (TimeoutError otherwise)."""
+    return await asyncio.wait_for(stream.read(), timeout)
+
+
+async def test_a_watch_hears_a_change_whose_event_never_came_within_the_bound(
+    sidecar_settings: Settings, unique: str
+) -> None:
+    """The watched sidecar stops reading the event stream (a stalled relay or a cut stream
+    look the same to it), then the tenant's config changes: the watch sends the new
+    revision within 1.5x max staleness, re-read from Postgres, instead of never."""
+    async with isolated(sidecar_settings.database_url) as (dsn, token):
+        settings = dataclasses.replace(sidecar_settings, database_url=dsn, redis_prefix=f"ghwatch{unique}", **FAST)
+        async with running(settings, token) as (watched, own):
+            tenant = await own.tenant(f"watch-stall-{unique}")
+            await confirmed(watched)
+            stream = own.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id=tenant.id))
+            first = await next_config(stream, 5.0)
+            # While confirmed and quiet, a recheck is an L1 hit: no Postgres read at all.
+            assert watched.cache is not None
+            loads = watched.cache.stats.store_loads
+            await asyncio.sleep(2 * BOUND)
+            assert watched.cache.stats.store_loads == loads
+            subscriber = next(t for t in watched._tasks if t.get_name() == "event-subscriber")
+            subscriber.cancel()
+            await asyncio.gather(subscriber, return_exceptions=True)
+            # A write this sidecar does not make itself (its own reach its cache directly).
+            store = await connect(dsn, min_size=1, max_size=1)
+            try:
+                record = await store.patch_tenant_config(
+                    Actor("tests"), tenant.id, ConfigPatch(settings_patch={"theme": "dark"}), expected_revision=0
+                )
+                revision = record.revision
+            finally:
+                await store.close()
+            written = time.monotonic()
+            changed = await next_config(stream, 1.5 * BOUND + 2.0)
+            took = time.monotonic() - written
+            stream.cancel()
+    assert changed.revision == revision > first.revision and changed.settings["theme"] == "dark"
+    assert took <= 1.5 * BOUND + 1.0, took
+
+
+async def test_a_watch_ends_unavailable_when_nothing_can_confirm_its_config(
+    sidecar_settings: Settings, private_postgres: Any, unique: str
+) -> None:
+    """Postgres stops (and with it the relay's heartbeats): the watch stream ends with
+    UNAVAILABLE GATEHOUSE_STALE within 1.5x max staleness, rather than leaving the caller
+    on a config nothing vouches for."""
+    token = await operator_in(private_postgres.database_url)
+    settings = dataclasses.replace(
+        sidecar_settings, database_url=private_postgres.database_url, redis_prefix=f"ghwatch{unique}", **FAST
+    )
+    async with running(settings, token) as (sidecar, own):
+        tenant = await own.tenant(f"watch-pgdown-{unique}")
+        await confirmed(sidecar)
+        stream = own.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id=tenant.id))
+        await next_config(stream, 5.0)
+        private_postgres.halt()
+        halted = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await next_config(stream, 1.5 * BOUND + 3.0)
+        took = time.monotonic() - halted
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert details(ended.value)[0].reason == "GATEHOUSE_STALE"
+    assert took <= 1.5 * BOUND + 2.0, took
