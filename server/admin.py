@@ -29,6 +29,7 @@ from gatehouse.engine.validate import (
     require_condition,
     require_id,
     require_key_id,
+    require_name,
     require_page_size,
     require_patterns,
     require_revision,
@@ -543,11 +544,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         v = Violations()
         tenant_id = v.check(optional_tenant_id, "tenant_id", request.tenant_id)
         page_size = v.check(require_page_size, "page_size", request.page_size)
+        # Exact filters: cut short, a filter could match another actor (its first 200
+        # characters) and never the one asked for.
+        actor = v.check(require_name, "actor", request.actor, required=False)
+        action = v.check(require_name, "action", request.action, required=False)
         v.raise_if_any()
         page = await self._store.list_audit_events(
             tenant_id=tenant_id,
-            actor=request.actor[:200],
-            action=request.action[:200],
+            actor=actor,
+            action=action,
             since=convert.seconds(request.since, request.HasField("since")),
             until=convert.seconds(request.until, request.HasField("until")),
             page_size=page_size,

@@ -196,3 +196,23 @@ async def test_one_rule_one_message_in_every_method(client: Client) -> None:
     for call in bad_scope:
         descriptions.update(d for f, d in await violations(call) if f.endswith("scope"))
     assert len(descriptions) == 1
+
+
+async def test_audit_filters_are_exact_or_refused_never_cut_short(client: Client) -> None:
+    """ListAuditEvents' actor and action filters compare whole: one longer than any name
+    may be (200 printable characters) is INVALID_ARGUMENT naming it, not a filter on its
+    first 200 characters (which would match another actor, and never the one asked)."""
+    long = "x" * 201
+    found = await violations(
+        client.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(actor=long, action=long), metadata=client.auth)
+    )
+    assert [f for f, _ in found] == ["actor", "action"]
+    found = await violations(
+        client.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(actor="a\nb"), metadata=client.auth)
+    )
+    assert [f for f, _ in found] == ["actor"]
+    exact = "y" * 200  # the longest accepted: no event has it, so none is listed
+    listed = await client.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(actor=exact, action=exact), metadata=client.auth
+    )
+    assert list(listed.events) == []
