@@ -16,10 +16,24 @@ What the specification says, and what Gatehouse does with it (quotes are from
       resource.properties.tenant_id       → tenant_id                else the X-Gatehouse-Tenant header
       resource.properties.scope           → resource scope           e.g. emea/de; absent = tenant root
       context.min_revision (integer ≥ 0)  → min_revision             read-your-writes; absent = 0
+      subject.properties                  → subject.attributes       what conditions read
+      resource.properties (but tenant_id, scope) → resource.attributes
+      context (but min_revision)          → context
 
-  Every other property and context key is ignored ("receivers MUST ignore unknown
-  fields"); a JSON `null` counts as absent ("properties with a value of null SHOULD be
-  omitted"). The tenant may come from the header when every question is about one
+  The attributes and the context are what a role assignment's condition reads
+  (engine/conditions.py: `resource.attributes.owner == subject.id`); the reserved keys
+  keep their own meaning and are not attributes (a condition reads the scope as
+  `resource.scope`). `action.properties` must be an object and is otherwise ignored:
+  a condition has no action but the permission, so what it needs of the request goes in
+  `context`. A JSON `null` counts as absent ("properties with a value of null SHOULD be
+  omitted"): an entity, a `properties` or `context` of null, or a top-level key of null
+  (nested inside a value, null is a value). They are checked as CheckAccess checks its
+  `google.protobuf.Struct`s (server/access.py `facts_violations`: storable strings,
+  finite numbers, at most 32 levels, and at most MAX_ATTRIBUTE_VALUES values and
+  MAX_ATTRIBUTE_BYTES encoded in one question's attributes and context together); a
+  violation is a 400 naming the value as the caller spelled it
+  (`evaluations[2].subject.properties['tags'][3]`). Numbers are doubles, as in a Struct.
+  The tenant may come from the header when every question is about one
   tenant; a resource naming another tenant than the header is refused (400), never
   decided in either.
 
@@ -34,15 +48,19 @@ What the specification says, and what Gatehouse does with it (quotes are from
   context holds what CheckAccessResponse says beside `allowed`, under its field names:
   `reason` (the DecisionReason name, e.g. DECISION_REASON_NO_GRANT), `revision` (the
   tenant revision the answer was computed at), `granted_by_role` and `granted_at_scope`
-  when allowed, `feature` when a feature flag decided.
+  when allowed, `feature` when a feature flag decided, and when a condition needed
+  attributes the request did not carry, `reason` DECISION_REASON_CONDITIONAL (decision
+  false) with `missing_attributes`, their names as a condition reads them
+  (`["resource.attributes.owner"]`: pass `resource.properties.owner`).
 
 * Access Evaluations: "The top-level `subject`, `action`, `resource`, and `context` keys
   provide default values for each object in the evaluations array. Any of these keys
   specified within an individual evaluation object overrides the corresponding top-level
   default" (the whole key: an item's `context` replaces the default's, min_revision with
-  it). "If an `evaluations` array is NOT present or is empty, the Access Evaluations
-  Request behaves in a backwards-compatible manner with the (single) Access Evaluation
-  API Request" (and is answered as one Decision). At most `MAX_EVALUATIONS` items, as
+  it; an item's `subject` or `resource`, its properties with it). "If an `evaluations`
+  array is NOT present or is empty, the Access Evaluations Request behaves in a
+  backwards-compatible manner with the (single) Access Evaluation API Request" (and is
+  answered as one Decision). At most `MAX_EVALUATIONS` items, as
   CheckAccessBatch. `options.evaluations_semantic` is "exactly one of" execute_all (the
   default: every item answered, in order), deny_on_first_deny ("returning on the first
   denial", like `&&`) or permit_on_first_permit (like `||`): the answer lists the items
@@ -62,10 +80,14 @@ comes from one snapshot, exactly as CheckAccessBatch answers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from time import time
 from typing import Any, Mapping
 
+from google.protobuf import json_format, struct_pb2
+
+from gatehouse.engine.conditions import ConditionFacts, ConditionInput
 from gatehouse.engine.decision import Decision
 from gatehouse.engine.model import Reason, SubjectRef
 from gatehouse.engine.validate import (
@@ -79,9 +101,10 @@ from gatehouse.engine.validate import (
     require_tenant_id,
 )
 from gatehouse.errors import InvalidArgument, RevisionNotReached
-from gatehouse.server.access import MAX_BATCH
+from gatehouse.server.access import MAX_BATCH, facts_violations, plain
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.errors import error_json
+from gatehouse.server.wire import MAX_VALUE_DEPTH
 from gatehouse_client.v1 import access_pb2
 
 EVALUATION_PATH = "/access/v1/evaluation"
@@ -92,6 +115,7 @@ TENANT_HEADER = "X-Gatehouse-Tenant"
 TENANT_PROPERTY = "tenant_id"  # resource.properties.tenant_id
 SCOPE_PROPERTY = "scope"  # resource.properties.scope
 MIN_REVISION_KEY = "min_revision"  # context.min_revision
+RESOURCE_RESERVED = (TENANT_PROPERTY, SCOPE_PROPERTY)  # resource.properties keys that are no attributes
 
 MAX_EVALUATIONS = MAX_BATCH
 EXECUTE_ALL, DENY_ON_FIRST_DENY, PERMIT_ON_FIRST_PERMIT = "execute_all", "deny_on_first_deny", "permit_on_first_permit"
@@ -112,6 +136,28 @@ class Question:
     permission: str
     scope: str
     min_revision: int
+    resource_type: str = ""
+    resource_id: str = ""
+    # What conditions read, validated, as CheckAccess carries it; None: not given.
+    subject_attributes: struct_pb2.Struct | None = None
+    resource_attributes: struct_pb2.Struct | None = None
+    context: struct_pb2.Struct | None = None
+
+    def facts(self) -> ConditionFacts:
+        """What a condition reads of this question (`DecisionService.evaluate`'s `facts`),
+        converted to plain maps only if a condition is reached, as CheckAccess does."""
+
+        def facts() -> ConditionInput:
+            return ConditionInput(
+                self.subject.type, self.subject.id, self.resource_type, self.resource_id, self.scope,
+                _plain(self.subject_attributes), _plain(self.resource_attributes), _plain(self.context),
+            )
+
+        return facts
+
+
+def _plain(struct: struct_pb2.Struct | None) -> dict[str, object] | None:
+    return plain(struct) if struct is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +242,20 @@ def _semantic(v: Violations, options: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Facts:
+    """An entity's attributes (or a context) as given: the Struct CheckAccess would carry,
+    not yet checked (`facts_violations`, per question), and the JSON path that names it
+    (`subject.properties`, `evaluations[1].context`)."""
+
+    struct: struct_pb2.Struct
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Entity:
     """One entity as given: its path (for messages) and its fields, shapes checked;
-    `valid` False once any of its fields was refused (the request fails anyway)."""
+    `valid` False once any of its fields was refused (the request fails anyway).
+    `values["facts"]`: its attributes (a context: itself), a _Facts or None."""
 
     path: str
     values: Mapping[str, Any]
@@ -240,8 +297,11 @@ class _Parts:
                 values["tenant_id"] = self._optional_string(f"{path}.properties.{TENANT_PROPERTY}", properties)
                 scope = self._optional_string(f"{path}.properties.{SCOPE_PROPERTY}", properties)
                 values["scope"] = self._v.check(require_scope, f"{path}.properties.{SCOPE_PROPERTY}", scope or "")
-        else:  # context: any object; only min_revision is read
+            reserved = RESOURCE_RESERVED if key == "resource" else ()
+            values["facts"] = self._facts(f"{path}.properties", properties, reserved)
+        else:  # context: any object; min_revision is Gatehouse's, the rest the conditions'
             values["min_revision"] = self._revision(f"{path}.{MIN_REVISION_KEY}", value.get(MIN_REVISION_KEY))
+            values["facts"] = self._facts(path, value, (MIN_REVISION_KEY,))
         return _Entity(path, values, len(self._v.found) == before)
 
     def question(self, prefix: str, entities: Mapping[str, _Entity | None], defaulted: bool = False) -> Question | None:
@@ -257,13 +317,49 @@ class _Parts:
             return None
         if tenant_id is None:
             return None
+        subject_facts, resource_facts = subject.values["facts"], resource.values["facts"]
+        context_facts = context.values["facts"] if context is not None else None
+        given = [facts for facts in (subject_facts, resource_facts, context_facts) if facts is not None]
+        if given:
+            found = facts_violations([(facts.struct, facts.path) for facts in given])
+            if found:
+                for violation in found:
+                    self._bad(_json_field(violation.field, given), violation.description)
+                return None
         return Question(
             tenant_id,
             SubjectRef(subject.values["type"], subject.values["id"]),
             action.values["name"],
             resource.values["scope"],
             context.values["min_revision"] if context is not None else 0,
+            resource.values["type"],
+            resource.values["id"],
+            subject_facts.struct if subject_facts is not None else None,
+            resource_facts.struct if resource_facts is not None else None,
+            context_facts.struct if context_facts is not None else None,
         )
+
+    def _facts(self, path: str, given: Mapping[str, Any], reserved: tuple[str, ...]) -> _Facts | None:
+        """The attributes in `given` (a `properties` object or a context) but its `reserved`
+        keys and its keys of null; None when none is left. A value no Struct can hold (an
+        integer beyond a double's range, a lone surrogate, nesting past what protobuf
+        parses) is refused here, naming its key; every other rule is `facts_violations`'s,
+        applied per question (its limits count the question's three maps together)."""
+        kept = {key: value for key, value in given.items() if value is not None and key not in reserved}
+        if not kept:
+            return None
+        struct = struct_pb2.Struct()
+        try:
+            json_format.ParseDict(kept, struct)
+        except Exception:  # see _unstorable: each of ParseDict's failures, named by its key
+            for key, value in kept.items():
+                problem = _unstorable(key, value)
+                if problem is not None:
+                    self._bad(f"{path}[{key!r}]" if len(repr(key)) <= 64 else f"{path}[key]", problem)
+                    return None
+            self._bad(path, "cannot be held as a google.protobuf.Struct")  # a failure _unstorable does not know
+            return None
+        return _Facts(struct, path)
 
     def _tenant(self, resource: _Entity) -> str | None:
         """The tenant of a question: its resource's `properties.tenant_id`, else the header."""
@@ -320,9 +416,39 @@ class _Parts:
         return self._v.check(require_revision, field, value)
 
 
+def _unstorable(key: str, value: Any) -> str | None:
+    """Why `{key: value}` (parsed JSON) cannot be a Struct, in check_values's words; None
+    when it can."""
+    try:
+        json_format.ParseDict({key: value}, struct_pb2.Struct())
+    except OverflowError:  # an integer beyond a double's range (1e400 is read as inf: check_values)
+        return "must be a finite number"
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escape can spell
+        return "must be valid Unicode (no lone surrogate)"
+    except (RecursionError, json_format.ParseError):  # protobuf parses 100 levels, we allow 32
+        return f"nests deeper than {MAX_VALUE_DEPTH} levels"
+    return None
+
+
+# check_values names a Struct's parts as protobuf spells them; the caller wrote JSON.
+_PROTO_STEPS = re.compile(
+    r"\.(?:struct_value|list_value|string_value|number_value|bool_value|null_value)|\.(?:fields|values)(?=\[)"
+)
+
+
+def _json_field(field: str, given: list[_Facts]) -> str:
+    """`field` as check_values names it (`subject.properties.fields['a'].list_value.values[1]
+    .string_value`) spelled as the caller wrote it (`subject.properties['a'][1]`)."""
+    for facts in given:
+        if field.startswith(facts.path):
+            rest = _PROTO_STEPS.sub("", field[len(facts.path):])
+            return facts.path + rest.replace(".fields key", " key")
+    return field
+
+
 def decision_json(decision: Decision) -> dict[str, Any]:
     """A Decision: `{"decision": bool, "context": {reason, revision, granted_by_role?,
-    granted_at_scope?, feature?}}` (see the module)."""
+    granted_at_scope?, feature?, missing_attributes?}}` (see the module)."""
     context: dict[str, Any] = {"reason": REASON_NAMES[decision.reason], "revision": decision.revision}
     if decision.allowed:
         context["granted_by_role"] = decision.role
@@ -344,7 +470,9 @@ class AuthZen:
         """The Decision for one question. Raises RevisionNotReached (412), StoreUnavailable,
         Stale (503) and DeadlineExceeded (504) as CheckAccess does."""
         q = question
-        evaluation = await self._decisions.evaluate(q.tenant_id, q.subject, q.permission, q.scope, q.min_revision, time())
+        evaluation = await self._decisions.evaluate(
+            q.tenant_id, q.subject, q.permission, q.scope, q.min_revision, time(), q.facts()
+        )
         return decision_json(evaluation.decision)
 
     async def evaluations(self, request: Evaluations) -> dict[str, Any]:
@@ -358,7 +486,9 @@ class AuthZen:
         answers: list[dict[str, Any]] = []
         for q in request.questions:
             try:
-                evaluation = await session.evaluate(q.tenant_id, q.subject, q.permission, q.scope, q.min_revision, now)
+                evaluation = await session.evaluate(
+                    q.tenant_id, q.subject, q.permission, q.scope, q.min_revision, now, q.facts()
+                )
             except RevisionNotReached as error:
                 # An error of this evaluation alone: closed, with the error in its context.
                 answers.append({"decision": False, "context": {"error": error_json(error)}})

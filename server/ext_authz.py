@@ -15,10 +15,12 @@ as envoy/service/auth/v3/external_auth.proto defines it (protos/third_party/):
   need not see) and every other `x-gatehouse-*` the client sent, so none is spoofed;
 - denied: `status` PERMISSION_DENIED and a `denied_response` Envoy sends to the client
   as is: 403 with a small JSON body `{"allowed": false, "reason": ..., "message": ...}`
-  (`reason`: the decision's, NO_GRANT, NOT_A_MEMBER, TENANT_SUSPENDED, ..., or NO_ROUTE,
-  ROUTE_DENIED, NO_TENANT); 401 and UNAUTHENTICATED when no subject was found in the
+  (`reason`: the decision's, NO_GRANT, NOT_A_MEMBER, TENANT_SUSPENDED, CONDITIONAL (with
+  `missing_attributes`: what a condition needed that the route's `attributes` did not
+  read from this request), ..., or NO_ROUTE, ROUTE_DENIED, NO_TENANT); 401 and UNAUTHENTICATED when no subject was found in the
   request; 400 and INVALID_ARGUMENT, naming the value and where it was read, when a
-  value breaks the rules of step 1 (a tenant id that is no canonical uuid, a bad scope),
+  value breaks the rules of step 1 (a tenant id that is no canonical uuid, a bad scope)
+  or an attribute read breaks CheckAccess's rules for attributes (over 16 KiB in all),
   and (reason PATH_NOT_NORMALIZED) when the path is not in normal form, whatever route
   it would match (server/ext_authz_routes.not_normalized);
 - both: `dynamic_metadata` with the decision (decision, reason, route, tenant_id,
@@ -45,17 +47,28 @@ from cachetools import LRUCache
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
+from gatehouse.engine.conditions import ConditionFacts, ConditionInput
 from gatehouse.engine.model import Reason, SubjectRef
 from gatehouse.engine.patterns import is_valid_id, is_valid_scope, is_valid_tenant_id
 from gatehouse.engine.validate import Violations, require_id, require_scope, require_tenant_id
 from gatehouse.envoy_api.envoy.config.core.v3 import base_pb2
 from gatehouse.envoy_api.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from gatehouse.envoy_api.envoy.type.v3 import http_status_pb2
-from gatehouse.errors import Code, InvalidArgument
+from gatehouse.errors import Code, FieldViolation, InvalidArgument
+from gatehouse.server.access import facts_violations
 from gatehouse.server.callers import CHECK, Callers, Credentials
 from gatehouse.server.decisions import DecisionService
 from gatehouse.server.errors import grpc_errors
-from gatehouse.server.ext_authz_routes import JWT_AUTHN, Action, Request, Route, RouteMap, not_normalized
+from gatehouse.server.ext_authz_routes import (
+    ATTRIBUTE_KINDS,
+    JWT_AUTHN,
+    Action,
+    Attribute,
+    Request,
+    Route,
+    RouteMap,
+    not_normalized,
+)
 from gatehouse.server.interceptors import Chain
 from gatehouse.server.wire import parse, register_service
 
@@ -147,6 +160,7 @@ class ExtAuthzServicer:
             tenant_id = route.tenant.read(values)
             subject_type, subject_id = route.subject_type.read(values), route.subject_id.read(values)
             scope = (route.scope.read(values) if route.scope is not None else None) or ""
+            attributes = _attributes(route.attributes, values) if route.attributes else None
         except InvalidArgument as error:  # a claim present in an unusable shape
             return self._denied(400, Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.message, route, field=error)
         if tenant_id is None:
@@ -164,14 +178,23 @@ class ExtAuthzServicer:
             return self._denied(400, Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.message, route, field=error)
         if self._callers is not None and credentials is not None:
             await self._callers.require(credentials, CHECK, tenant_id)
+        facts: ConditionFacts | None = None
+        if attributes is not None:
+            read = ConditionInput(
+                subject_type, subject_id, resource_scope=scope, subject_attributes=attributes[0],
+                resource_attributes=attributes[1], context=attributes[2],
+            )
+            facts = lambda: read  # noqa: E731
         evaluation = await self._decisions.session().evaluate(
-            tenant_id, SubjectRef(subject_type, subject_id), route.permission, scope, 0, time()
+            tenant_id, SubjectRef(subject_type, subject_id), route.permission, scope, 0, time(), facts
         )
         d = evaluation.decision
         if not d.allowed:
+            message = f"{route.permission} denied: {d.reason.name}"
+            if d.missing:
+                message += f" (missing {', '.join(d.missing)})"
             return self._denied(
-                403, Code.PERMISSION_DENIED, d.reason.name, f"{route.permission} denied: {d.reason.name}", route,
-                tenant_id, d.revision,
+                403, Code.PERMISSION_DENIED, d.reason.name, message, route, tenant_id, d.revision, missing=d.missing,
             )
         self.outcomes["ALLOWED"] += 1
         removed = _removed(headers, self._routes.remove_headers, (REVISION_HEADER, ROLE_HEADER, SCOPE_HEADER))
@@ -218,6 +241,7 @@ class ExtAuthzServicer:
         revision: int = 0,
         *,
         field: InvalidArgument | None = None,
+        missing: tuple[str, ...] = (),
     ) -> bytes:
         self.outcomes[reason] += 1
         key = (reason, route.line if route is not None else 0, tenant_id, revision, message)
@@ -229,6 +253,8 @@ class ExtAuthzServicer:
             body["fields"] = [{"field": v.field, "description": v.description} for v in field.violations]
         if revision:
             body["revision"] = revision
+        if missing:
+            body["missing_attributes"] = list(missing)
         encoded = CheckResponse(
             status=status_pb2.Status(code=code, message=message),
             denied_response=external_auth_pb2.DeniedHttpResponse(
@@ -241,6 +267,44 @@ class ExtAuthzServicer:
         if field is None:
             self._encoded[key] = encoded
         return encoded
+
+
+Facts = tuple[dict[str, str] | None, dict[str, str] | None, dict[str, str] | None]
+
+
+def _attributes(attributes: tuple[Attribute, ...], values: Request) -> Facts:
+    """The route's attributes read from the request: (subject attributes, resource
+    attributes, context), each None when none of its names was present. Raises
+    InvalidArgument (a claim in an unusable shape; what was read breaks CheckAccess's
+    rules for attributes, each named by where it was read)."""
+    read: dict[str, dict[str, str]] = {}
+    sources: dict[tuple[str, str], str] = {}
+    for attribute in attributes:
+        value = attribute.value.read(values)
+        if value is not None:
+            read.setdefault(attribute.kind, {})[attribute.name] = value
+            sources[(attribute.kind, attribute.name)] = f"{attribute.field} ({attribute.value.describe()})"
+    structs = []
+    for kind in ATTRIBUTE_KINDS:
+        if kind in read:
+            struct = struct_pb2.Struct()
+            struct.update(read[kind])
+            structs.append((struct, kind))
+    found = facts_violations(structs) if structs else []
+    if found:
+        named = [FieldViolation(_read_where(v.field, sources), v.description) for v in found]
+        raise InvalidArgument(named[0].field, named[0].description, *named[1:])
+    return read.get("subject"), read.get("resource"), read.get("context")
+
+
+def _read_where(field: str, sources: dict[tuple[str, str], str]) -> str:
+    """A violation's field (`resource.fields['owner'].string_value`, or a whole kind for
+    the limits) as where the value was read (`resource.attributes.owner (header x-owner)`)."""
+    kind, _, rest = field.partition(".")
+    for (source_kind, name), where in sources.items():
+        if source_kind == kind and rest.startswith(f"fields[{name!r}]"):
+            return where
+    return {"subject": "subject.attributes", "resource": "resource.attributes"}.get(kind, kind)
 
 
 def _validate(route: Route, tenant_id: str, subject_type: str, subject_id: str, scope: str) -> None:

@@ -9,6 +9,9 @@ ext_authz"; the example is deploy/envoy/gatehouse-routes.yaml):
       tenant: {header: x-tenant-id}
       subject: {type: user, id: {claim: sub}}
       scope: {header: x-gatehouse-scope}   # absent: "" (the tenant root)
+      attributes:                          # what conditions read (optional)
+        subject: {department: {claim: dept}}
+        context: {client: {header: x-client-id}}
     routes:                                # in order; the first that matches decides
       - path: /healthz                     # exact path
         action: skip
@@ -19,6 +22,8 @@ ext_authz"; the example is deploy/envoy/gatehouse-routes.yaml):
         methods: [GET]
         permission: invoice.read
         tenant: {param: tenant}
+        attributes:                        # replaces the defaults' attributes, whole
+          resource: {owner: {header: x-invoice-owner}, id: {param: id}}
 
 A route matches on the request's path without its query string: `path` exactly,
 `prefix` as a string prefix (Envoy's meaning: `/api` also matches `/apis`), `template`
@@ -40,6 +45,15 @@ carries empty or in another shape than a string or an integer is an error, never
 `{claim: [a, b]}` (a claim, or a nested one, of the JWT payload Envoy's jwt_authn filter
 put into metadata), `{value: literal}`; `subject.type` may be a plain string.
 
+`attributes` feed the conditions of role assignments (engine/conditions.py): under
+`subject`, `resource` and `context`, each name (1-128 of `[A-Za-z0-9._:@-]`) is read
+from its sources as above, a string, and becomes `subject.attributes.<name>`,
+`resource.attributes.<name>` or `context.<name>`; a name none of whose sources is
+present is not given (a condition needing it answers CONDITIONAL, a denial). A route's
+own `attributes` replace the defaults' whole. What is read meets CheckAccess's rules
+for attributes (server/access.py `facts_violations`: at most 16 KiB in all, no NUL);
+at most MAX_ATTRIBUTE_VALUES names per route.
+
 `load` raises `RouteFileError`, whose message names the file and the line, for anything
 it cannot use: YAML syntax, an unknown or duplicate key, a bad permission or literal
 (the rules of gatehouse.engine.validate), a `{param}` its route's template lacks, a
@@ -56,6 +70,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gatehouse.engine.conditions import MAX_ATTRIBUTE_VALUES
 from gatehouse.engine.patterns import is_valid_id
 from gatehouse.engine.validate import require_id, require_permission, require_scope, require_tenant_id
 from gatehouse.errors import InvalidArgument
@@ -153,6 +168,24 @@ class Value:
         return " or ".join(source.describe() for source in self.sources)
 
 
+ATTRIBUTE_KINDS = ("subject", "resource", "context")
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """One attribute a route reads: `kind` (subject, resource or context), its name, and
+    where its value comes from."""
+
+    kind: str
+    name: str
+    value: Value
+
+    @property
+    def field(self) -> str:
+        """Its name as a condition reads it: `resource.attributes.owner`, `context.ip`."""
+        return f"{self.kind}.attributes.{self.name}" if self.kind != "context" else f"context.{self.name}"
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     line: int  # in the file, for logs
@@ -167,6 +200,7 @@ class Route:
     subject_type: Value | None = None
     subject_id: Value | None = None
     scope: Value | None = None
+    attributes: tuple[Attribute, ...] = ()
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         """The template's parameters when this route matches (`{}` for exact or prefix
@@ -356,7 +390,7 @@ class _Reader:
         ) if "remove_headers" in top else ()
         defaults = _Defaults()
         if "defaults" in top:
-            given = self.mapping(top["defaults"], "defaults", ("tenant", "subject", "scope"))
+            given = self.mapping(top["defaults"], "defaults", ("tenant", "subject", "scope", "attributes"))
             defaults = self.values(given, "defaults", None)
         if "routes" not in top:
             raise self.fail(root, "routes", "is required (a list of routes)")
@@ -384,7 +418,29 @@ class _Reader:
                     raise self.fail(given["subject"], f"{where}.subject.{key}", "is required")
             out.subject_type = self.value(subject["type"], f"{where}.subject.type", params, require_id, plain=True)
             out.subject_id = self.value(subject["id"], f"{where}.subject.id", params, require_id)
+        if "attributes" in given:
+            out.attributes = self.attributes(given["attributes"], f"{where}.attributes", params)
         return out
+
+    def attributes(self, node: Node, where: str, params: frozenset[str] | None) -> tuple[Attribute, ...]:
+        found: list[Attribute] = []
+        kinds = self.mapping(node, where, ATTRIBUTE_KINDS)
+        for kind in ATTRIBUTE_KINDS:
+            if kind not in kinds:
+                continue
+            names = kinds[kind]
+            if not isinstance(names, MappingNode):
+                raise self.fail(names, f"{where}.{kind}", "must be a mapping of names to sources")
+            for key, spec in names.value:
+                name = self.scalar(key, f"{where}.{kind}")
+                at = f"{where}.{kind}.{name}"
+                self.rule(key, at, require_id, name)
+                if any(a.kind == kind and a.name == name for a in found):
+                    raise self.fail(key, at, "given twice")
+                found.append(Attribute(kind, name, self.value(spec, at, params, _any_value)))
+        if len(found) > MAX_ATTRIBUTE_VALUES:
+            raise self.fail(node, where, f"at most {MAX_ATTRIBUTE_VALUES} attributes")
+        return tuple(found)
 
     def value(
         self,
@@ -429,7 +485,7 @@ class _Reader:
         return Value(tuple(sources))
 
     def route(self, node: Node, where: str, defaults: "_Defaults") -> Route:
-        keys = ("path", "prefix", "template", "methods", "action", "permission", "tenant", "subject", "scope")
+        keys = ("path", "prefix", "template", "methods", "action", "permission", "tenant", "subject", "scope", "attributes")
         given = self.mapping(node, where, keys)
         matchers = [key for key in ("path", "prefix", "template") if key in given]
         if len(matchers) != 1:
@@ -466,7 +522,7 @@ class _Reader:
                 raise self.fail(given["action"], f"{where}.action", "must be check, allow, skip or deny") from None
         label = f"{'|'.join(sorted(methods)) if methods else '*'} {pattern}{' (prefix)' if kind == 'prefix' else ''}"
         if action is not Action.CHECK:
-            for key in ("permission", "tenant", "subject", "scope"):
+            for key in ("permission", "tenant", "subject", "scope", "attributes"):
                 if key in given:
                     raise self.fail(given[key], f"{where}.{key}", f"means nothing with action {action.value}")
             return Route(node.start_mark.line + 1, label, methods, *self.matcher(kind, pattern, segments), action=action)
@@ -480,12 +536,14 @@ class _Reader:
         subject_type = own.subject_type or defaults.subject_type
         subject_id = own.subject_id or defaults.subject_id
         scope = own.scope or defaults.scope
+        attributes = own.attributes if "attributes" in given else defaults.attributes
         if tenant is None:
             raise self.fail(node, f"{where}.tenant", "is required here or in defaults")
         if subject_type is None or subject_id is None:
             raise self.fail(node, f"{where}.subject", "is required here or in defaults")
         read: tuple[tuple[Value | None, str], ...] = (
-            (tenant, "tenant"), (subject_type, "subject.type"), (subject_id, "subject.id"), (scope, "scope")
+            (tenant, "tenant"), (subject_type, "subject.type"), (subject_id, "subject.id"), (scope, "scope"),
+            *((a.value, f"attributes.{a.kind}.{a.name}") for a in attributes),
         )
         for read_value, what in read:
             for source in read_value.sources if read_value is not None else ():
@@ -496,6 +554,7 @@ class _Reader:
         return Route(
             node.start_mark.line + 1, label, methods, *self.matcher(kind, pattern, segments), action=action,
             permission=permission, tenant=tenant, subject_type=subject_type, subject_id=subject_id, scope=scope,
+            attributes=attributes,
         )
 
     @staticmethod
@@ -526,3 +585,9 @@ class _Defaults:
     subject_type: Value | None = None
     subject_id: Value | None = None
     scope: Value | None = None
+    attributes: tuple[Attribute, ...] = ()
+
+
+def _any_value(field: str, value: str) -> str:
+    """An attribute's literal: any string (checked with what is read, at each request)."""
+    return value

@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from google.protobuf.struct_pb2 import Struct, Value
+
 from gatehouse.server.app import Sidecar
-from gatehouse_client.v1 import access_pb2, common_pb2
+from gatehouse_client.v1 import access_pb2, admin_pb2, common_pb2
 from tests.client import Client, user
 from tests.server.authzen_client import (  # noqa: F401  (fixtures)
     EVALUATION,
@@ -533,8 +535,6 @@ async def test_authzen_answers_equal_check_access_answers(admin: Client, http: A
                 revision = max(revision, await admin.grant(
                     tenant.id, user(person), f"{person}-{n}-{rng.randint(0, 9)}", rng.choice(scopes), [rng.choice(patterns)]
                 ))
-    from gatehouse_client.v1 import admin_pb2
-
     await admin.admin.SuspendTenant(admin_pb2.TenantTransitionRequest(tenant_id=second.id, reason="diff"), metadata=admin.auth)
     tenants = [first.id, second.id, UNKNOWN_TENANT]
     questions = [
@@ -563,6 +563,193 @@ async def test_authzen_answers_equal_check_access_answers(admin: Client, http: A
     batch = await http.post(EVALUATIONS, {"evaluations": [evaluation(*q) for q in questions]})
     assert batch.body["evaluations"] == expected
     assert {a["decision"] for a in expected} == {True, False}  # the questions asked both ways
+
+
+# --- Attributes: properties and context feed conditions -------------------------------
+
+OWNER_ONLY = "resource.attributes.owner == subject.id"
+
+
+async def conditional_library(admin: Client, unique: str, condition: str) -> tuple[str, int]:
+    """A tenant where alice@example.com holds `doc.*` under `condition`; and its revision."""
+    tenant = await admin.tenant(f"authzen-cond-{unique}")
+    await admin.admin.CreateRole(
+        admin_pb2.CreateRoleRequest(tenant_id=tenant.id, name="editor", permissions=["doc.*"]), metadata=admin.auth
+    )
+    await admin.admin.AddMember(admin_pb2.AddMemberRequest(tenant_id=tenant.id, subject=user("alice@example.com")),
+                                metadata=admin.auth)
+    reply = await admin.admin.AssignRole(
+        admin_pb2.AssignRoleRequest(tenant_id=tenant.id, subject=user("alice@example.com"), role="editor",
+                                    condition=condition),
+        metadata=admin.auth,
+    )
+    return tenant.id, reply.revision
+
+
+def doc(owner: Any = ..., **properties: Any) -> dict[str, Any]:
+    """A resource doc/d1; `owner` as a property unless left out (`...`)."""
+    given = dict(properties) if owner is ... else {"owner": owner, **properties}
+    return {"type": "doc", "id": "d1", "properties": given}
+
+
+def ask(resource: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"subject": ALICE, "action": {"name": "doc.edit"}, "resource": resource, **more}
+
+
+async def test_resource_properties_satisfy_or_contradict_a_condition(admin: Client, http: AuthZenClient, unique: str) -> None:
+    tenant_id, revision = await conditional_library(admin, unique, OWNER_ONLY)
+    header = tenant_header(tenant_id)
+    context = {"min_revision": revision}
+    mine = await http.post(EVALUATION, ask(doc("alice@example.com"), context=context), header)
+    assert mine.status == 200, mine.body
+    assert mine.body["decision"] is True
+    assert mine.body["context"]["reason"] == "DECISION_REASON_ALLOWED"
+    assert mine.body["context"]["granted_by_role"] == "editor"
+    theirs = await http.post(EVALUATION, ask(doc("bob"), context=context), header)
+    assert theirs.body == {"decision": False, "context": {"reason": "DECISION_REASON_NO_GRANT", "revision": revision}}
+    # Absent, or null ("properties with a value of null SHOULD be omitted"): CONDITIONAL,
+    # naming what to pass, as CheckAccess's missing_attributes.
+    conditional = {"decision": False, "context": {"reason": "DECISION_REASON_CONDITIONAL", "revision": revision,
+                                                  "missing_attributes": ["resource.attributes.owner"]}}
+    for resource in (doc(), doc(None), {"type": "doc", "id": "d1", "properties": None}, {"type": "doc", "id": "d1"}):
+        unknown = await http.post(EVALUATION, ask(resource, context=context), header)
+        assert unknown.body == conditional, resource
+    # The reserved keys keep their meaning and are not attributes.
+    tenant_only = await http.post(
+        EVALUATION, ask(doc(tenant_id=tenant_id, scope="x"), context=context), {}
+    )
+    assert tenant_only.body == conditional
+    # Each answer equals CheckAccess's with the same attributes.
+    for owner, allowed in (("alice@example.com", True), ("bob", False)):
+        answer = await admin.access.CheckAccess(access_pb2.CheckAccessRequest(
+            tenant_id=tenant_id, subject=user("alice@example.com"), permission="doc.edit",
+            resource=common_pb2.Resource(type="doc", id="d1", attributes=Struct(fields={"owner": Value(string_value=owner)})),
+        ))
+        assert answer.allowed is allowed
+
+
+async def test_subject_properties_and_context_feed_conditions(admin: Client, http: AuthZenClient, unique: str) -> None:
+    tenant_id, revision = await conditional_library(
+        admin, unique,
+        'subject.attributes.level >= 3 && context.ip.startsWith("10.") && resource.type == "doc" && resource.id == "d1"',
+    )
+    header = tenant_header(tenant_id)
+
+    def body(level: Any, ip: Any, resource_id: str = "d1") -> dict[str, Any]:
+        subject = {**ALICE, "properties": {"level": level}}
+        return {"subject": subject, "action": {"name": "doc.read"}, "resource": {"type": "doc", "id": resource_id},
+                "context": {"min_revision": revision, "ip": ip}}
+
+    assert (await http.post(EVALUATION, body(3, "10.1.2.3"), header)).body["decision"] is True
+    assert (await http.post(EVALUATION, body(2, "10.1.2.3"), header)).body["context"]["reason"] == "DECISION_REASON_NO_GRANT"
+    assert (await http.post(EVALUATION, body(5, "192.168.0.1"), header)).body["context"]["reason"] == "DECISION_REASON_NO_GRANT"
+    assert (await http.post(EVALUATION, body(5, "10.0.0.1", "d2"), header)).body["context"]["reason"] == "DECISION_REASON_NO_GRANT"
+    missing = await http.post(EVALUATION, body(None, None), header)
+    assert missing.body["context"]["reason"] == "DECISION_REASON_CONDITIONAL"
+    assert missing.body["context"]["missing_attributes"] == ["context.ip", "subject.attributes.level"]
+    # min_revision is Gatehouse's, not the context's; action.properties are ignored.
+    only_revision = {**body(3, None), "action": {"name": "doc.read", "properties": {"ip": "10.0.0.1"}}}
+    assert (await http.post(EVALUATION, only_revision, header)).body["context"]["missing_attributes"] == ["context.ip"]
+
+
+async def test_batch_defaults_carry_properties_and_items_replace_them(admin: Client, http: AuthZenClient, unique: str) -> None:
+    tenant_id, revision = await conditional_library(admin, unique, OWNER_ONLY + ' && context.via == "web"')
+    request = {
+        "subject": ALICE,
+        "action": {"name": "doc.edit"},
+        "resource": doc("alice@example.com"),
+        "context": {"min_revision": revision, "via": "web"},
+        "evaluations": [
+            {},  # every default: allowed
+            {"resource": doc("bob")},  # the item's resource, with its properties
+            {"resource": {"type": "doc", "id": "d1"}},  # replaces the default's properties: none
+            {"context": {"via": "web"}},  # replaces the default's context (min_revision with it)
+            {"context": {"via": "app", "min_revision": revision}},
+            {"context": {"min_revision": revision}},  # no `via`: CONDITIONAL
+            {"context": None, "resource": None},  # null: the defaults
+        ],
+    }
+    reply = await http.post(EVALUATIONS, request, tenant_header(tenant_id))
+    assert reply.status == 200, reply.body
+    answers = [(a["decision"], a["context"]["reason"], a["context"].get("missing_attributes")) for a in reply.body["evaluations"]]
+    assert answers == [
+        (True, "DECISION_REASON_ALLOWED", None),
+        (False, "DECISION_REASON_NO_GRANT", None),
+        (False, "DECISION_REASON_CONDITIONAL", ["resource.attributes.owner"]),
+        (True, "DECISION_REASON_ALLOWED", None),
+        (False, "DECISION_REASON_NO_GRANT", None),
+        (False, "DECISION_REASON_CONDITIONAL", ["context.via"]),
+        (True, "DECISION_REASON_ALLOWED", None),
+    ]
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+RAW_1E400 = "<the number 1e400>"  # json.dumps writes inf as Infinity, no JSON; the body has 1e400
+BAD_FACTS = [
+    # (where in an evaluation: properties or context; what it holds; the field named; why)
+    ("subject.properties", {"n": 10**400}, "subject.properties['n']", "must be a finite number"),
+    ("resource.properties", {"n": RAW_1E400}, "resource.properties['n']", "must be a finite number"),  # read as inf
+    ("context", {"s": "\ud800"}, "context['s']", "must be valid Unicode (no lone surrogate)"),
+    ("context", {"s": ["ok", "a\x00b"]}, "context['s'][1]", "must not contain NUL (U+0000)"),
+    ("subject.properties", {"k\x00": 1}, "subject.properties key", "must not contain NUL (U+0000)"),
+    ("resource.properties", {"deep": nested(40)}, "resource.properties['deep']", "nests deeper than 32 levels"),
+    ("context", {"deep": nested(200)}, "context['deep']", "nests deeper than 32 levels"),
+    ("context", {"many": list(range(300))}, "context", "at most 256 values in attributes and context together"),
+    ("subject.properties", {"big": "x" * 17_000}, "subject.properties",
+     "at most 16384 bytes (encoded) in attributes and context together"),
+]
+
+
+@pytest.mark.parametrize("where, value, field, description", BAD_FACTS)
+async def test_bad_properties_and_context_are_a_400_naming_them(
+    http: AuthZenClient, where: str, value: Any, field: str, description: str
+) -> None:
+    entity = where.split(".")[0]
+    body = edit(where, value if entity == "context" else {**GOOD[entity].get("properties", {}), **value})
+    for endpoint, prefix, request in (
+        (EVALUATION, "", body),
+        (EVALUATIONS, "evaluations[2].", {"evaluations": [GOOD, GOOD, body]}),
+    ):
+        data = json.dumps(request).replace(json.dumps(RAW_1E400), "1e400").encode()
+        reply = await http.send("POST", endpoint, data, {"Content-Type": "application/json"})
+        assert reply.status == 400, (endpoint, reply.body)
+        assert reply.body["error"]["reason"] == "GATEHOUSE_INVALID_ARGUMENT"
+        (violation,) = reply.body["error"]["violations"]
+        assert violation["description"] == description
+        # JSON's spelling; too deep a value is named down to where it passed the bound
+        assert violation["field"] == prefix + field or "deep" in field and violation["field"].startswith(prefix + field + "['a']")
+
+
+async def test_limits_count_a_questions_three_maps_together(admin: Client, http: AuthZenClient, unique: str) -> None:
+    tenant_id, revision = await conditional_library(admin, unique, OWNER_ONLY)
+    header = tenant_header(tenant_id)
+    # 256 values in all is the bound (the owner, 85 + 85 + 85 more): answered.
+    thirds = {f"k{i}": i for i in range(85)}
+    body = ask(doc("alice@example.com", **thirds), context={"min_revision": revision, **thirds})
+    body["subject"] = {**ALICE, "properties": thirds}
+    assert (await http.post(EVALUATION, body, header)).body["decision"] is True
+    body["subject"]["properties"] = {**thirds, "one": "more"}
+    over = await http.post(EVALUATION, body, header)
+    assert over.status == 400
+    assert [v["description"] for v in over.body["error"]["violations"]] == [
+        "at most 256 values in attributes and context together"
+    ]
+    # A default's values count in each item that uses it, named once.
+    batch = {"subject": body["subject"], "action": {"name": "doc.edit"}, "resource": body["resource"],
+             "evaluations": [{"context": body["context"]}, {"context": body["context"]}]}
+    reply = await http.post(EVALUATIONS, batch, header)
+    assert reply.status == 400
+    assert [v["field"] for v in reply.body["error"]["violations"]] == ["evaluations[0].context", "evaluations[1].context"]
+    # The reserved keys and nulls are no values.
+    del body["subject"]["properties"]["one"]
+    body["subject"]["properties"].update({"gone": None, "also": None})
+    assert (await http.post(EVALUATION, body, header)).body["decision"] is True
 
 
 # --- Counted, shed with the hot class ---------------------------------------------------

@@ -400,3 +400,113 @@ async def test_served_over_mutual_tls_to_a_listed_identity(
                     assert error.value.code() == expected
     finally:
         await running.stop(grace=0)
+
+
+# --- Attributes read by the mapping feed conditions ------------------------------------
+
+ATTRIBUTE_ROUTES = """defaults:
+  tenant: {claim: tenant_id}
+  subject: {type: user, id: {claim: sub}}
+  attributes:
+    subject: {dept: {claim: dept}}
+routes:
+  - template: /docs/{id}
+    permission: doc.edit
+    attributes:
+      resource: {owner: {header: x-owner}, id: {param: id}}
+      context: {client: {header: x-client}}
+  - template: /ledger/{id}
+    permission: ledger.read
+"""
+
+
+@pytest.fixture(scope="module")
+async def attributed(
+    sidecar_settings: Settings, operator_token: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ExtAuthz]:
+    path = tmp_path_factory.mktemp("routes") / "routes.yaml"
+    path.write_text(ATTRIBUTE_ROUTES)
+    running = Sidecar(dataclasses.replace(sidecar_settings, ext_authz_config=str(path)))
+    await running.start()
+    client = make_client(running.addresses[0], operator_token)
+    call = client.channel.unary_unary(
+        CHECK,
+        request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
+        response_deserializer=external_auth_pb2.CheckResponse.FromString,
+    )
+
+    async def check(
+        method: str, path: str, headers: dict[str, str] | None = None, claims: dict[str, object] | None = None
+    ) -> external_auth_pb2.CheckResponse:
+        response: external_auth_pb2.CheckResponse = await call(check_request(method, path, headers, claims), timeout=10)
+        return response
+
+    yield ExtAuthz(client, check, running)
+    await client.channel.close()
+    await running.stop(grace=0)
+
+
+async def conditional(ext: ExtAuthz, tenant_id: str, role: str, permissions: list[str], condition: str) -> int:
+    client = ext.client
+    await client.admin.CreateRole(
+        admin_pb2.CreateRoleRequest(tenant_id=tenant_id, name=role, permissions=permissions), metadata=client.auth
+    )
+    try:
+        await client.admin.AddMember(admin_pb2.AddMemberRequest(tenant_id=tenant_id, subject=user("alice")), metadata=client.auth)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+    reply = await client.admin.AssignRole(
+        admin_pb2.AssignRoleRequest(tenant_id=tenant_id, subject=user("alice"), role=role, condition=condition),
+        metadata=client.auth,
+    )
+    return reply.revision
+
+
+async def test_attributes_from_headers_params_and_claims_decide_conditions(attributed: ExtAuthz, unique: str) -> None:
+    tenant = await attributed.client.tenant(f"xa-attr-{unique}")
+    await conditional(
+        attributed, tenant.id, "editor", ["doc.*"],
+        'resource.attributes.owner == subject.id && resource.attributes.id.startsWith("d") && context.client == "web"',
+    )
+    revision = await conditional(attributed, tenant.id, "finance", ["ledger.*"], 'subject.attributes.dept == "finance"')
+    claims: dict[str, object] = {"sub": "alice", "tenant_id": tenant.id}
+    mine = await attributed.check("PUT", "/docs/d1", {"x-owner": "alice", "x-client": "web"}, claims)
+    assert mine.status.code == code_pb2.OK, mine
+    assert added(mine)["x-gatehouse-role"] == "editor"
+    theirs = await attributed.check("PUT", "/docs/d1", {"x-owner": "bob", "x-client": "web"}, claims)
+    assert body(theirs) == {"allowed": False, "reason": "NO_GRANT", "message": "doc.edit denied: NO_GRANT",
+                            "revision": revision}
+    other_id = await attributed.check("PUT", "/docs/x1", {"x-owner": "alice", "x-client": "web"}, claims)
+    assert body(other_id)["reason"] == "NO_GRANT"
+    # Not in the request: CONDITIONAL, a denial naming what the condition needed.
+    unknown = await attributed.check("PUT", "/docs/d1", {"x-client": "web", "x-owner": ""}, claims)
+    assert unknown.status.code == code_pb2.PERMISSION_DENIED and unknown.denied_response.status.code == 403
+    assert body(unknown) == {
+        "allowed": False, "reason": "CONDITIONAL", "revision": revision,
+        "message": "doc.edit denied: CONDITIONAL (missing resource.attributes.owner)",
+        "missing_attributes": ["resource.attributes.owner"],
+    }
+    # The defaults' attributes (a claim), where the route names none of its own.
+    assert (await attributed.check("GET", "/ledger/1", {}, {**claims, "dept": "finance"})).status.code == code_pb2.OK
+    assert body(await attributed.check("GET", "/ledger/1", {}, {**claims, "dept": "sales"}))["reason"] == "NO_GRANT"
+    assert body(await attributed.check("GET", "/ledger/1", {}, claims))["missing_attributes"] == ["subject.attributes.dept"]
+    # A route's own attributes replace the defaults': /docs reads no dept.
+    assert body(await attributed.check("PUT", "/docs/d1", {}, {**claims, "dept": "finance"}))["reason"] == "CONDITIONAL"
+
+
+async def test_attributes_meet_check_access_rules(attributed: ExtAuthz, unique: str) -> None:
+    tenant = await attributed.client.tenant(f"xa-attr-bad-{unique}")
+    await conditional(attributed, tenant.id, "editor", ["doc.*"], "resource.attributes.owner == subject.id")
+    claims: dict[str, object] = {"sub": "alice", "tenant_id": tenant.id}
+    huge = await attributed.check("PUT", "/docs/d1", {"x-owner": "a" * 17_000}, claims)
+    assert huge.status.code == code_pb2.INVALID_ARGUMENT and huge.denied_response.status.code == 400
+    assert body(huge)["fields"] == [
+        {"field": "resource.attributes", "description": "at most 16384 bytes (encoded) in attributes and context together"}
+    ]
+    nul = await attributed.check("GET", "/ledger/1", {}, {**claims, "dept": "a\x00b"})
+    assert body(nul)["fields"] == [
+        {"field": "subject.attributes.dept (claim dept)", "description": "must not contain NUL (U+0000)"}
+    ]
+    shape = await attributed.check("GET", "/ledger/1", {}, {**claims, "dept": ["a"]})
+    assert body(shape)["fields"][0]["field"] == "claim dept"

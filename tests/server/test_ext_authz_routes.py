@@ -145,6 +145,39 @@ def test_the_example_mapping_loads() -> None:
     assert found is not None and found[0].permission == "invoice.read"
 
 
+ATTRIBUTES = f"""defaults:
+  tenant: {{value: {TENANT}}}
+  subject: {{type: user, id: {{claim: sub}}}}
+  attributes:
+    subject: {{dept: {{claim: [org, dept]}}}}
+    context: {{client: [{{header: x-client}}, {{value: unknown}}]}}
+routes:
+  - template: /docs/{{id}}
+    permission: doc.edit
+    attributes:
+      resource: {{owner: {{header: x-owner}}, id: {{param: id}}}}
+  - path: /other
+    permission: doc.read
+"""
+
+
+def test_attributes_are_read_per_kind_and_a_routes_own_replace_the_defaults() -> None:
+    mapping = parse(ATTRIBUTES, "routes.yaml")
+    own, inherited = mapping.routes
+    assert [(a.kind, a.name, a.field) for a in own.attributes] == [
+        ("resource", "owner", "resource.attributes.owner"), ("resource", "id", "resource.attributes.id"),
+    ]
+    assert [(a.kind, a.name, a.field) for a in inherited.attributes] == [
+        ("subject", "dept", "subject.attributes.dept"), ("context", "client", "context.client"),
+    ]
+    claims = struct_pb2.Struct()
+    claims.update({"sub": "alice", "org": {"dept": "finance"}})
+    request = Request({"x-owner": "alice"}, {"id": "d1"}, claims)
+    assert [a.value.read(request) for a in own.attributes] == ["alice", "d1"]
+    assert [a.value.read(request) for a in inherited.attributes] == ["finance", "unknown"]
+    assert [a.value.read(Request({}, {}, None)) for a in own.attributes] == [None, None]
+
+
 BASE = "routes:\n  - path: /x\n    permission: a.read\n    tenant: {header: t}\n    subject: {type: user, id: {header: u}}\n"
 
 
@@ -178,6 +211,18 @@ BASE = "routes:\n  - path: /x\n    permission: a.read\n    tenant: {header: t}\n
             "defaults:\n  tenant: {param: tenant}\n  subject: {type: user, id: {header: u}}\n"
             "routes:\n  - path: /x\n    permission: a.read\n",
             "line 5: routes[0].tenant: reads {tenant} (from defaults), which this route's path lacks",
+        ),
+        (BASE + "    attributes: {action: {m: {header: m}}}\n", "line 6: routes[0].attributes.action: unknown key"),
+        (BASE + "    attributes: {resource: [a]}\n", "line 6: routes[0].attributes.resource: must be a mapping"),
+        (BASE + "    attributes: {resource: {'a b': {header: m}}}\n", "line 6: routes[0].attributes.resource.a b: must be 1-128"),
+        (BASE + "    attributes: {resource: {a: {param: id}}}\n", "line 6: routes[0].attributes.resource.a.param: the route's template has no {id}"),
+        (BASE + "    attributes: {resource: {a: {header: m}, a: {header: n}}}\n", "line 6: routes[0].attributes.resource.a: given twice"),
+        (BASE + "    attributes: {resource: {a: {bogus: m}}}\n", "routes[0].attributes.resource.a.bogus: unknown key"),
+        ("routes:\n  - path: /x\n    action: deny\n    attributes: {}\n", "line 4: routes[0].attributes: means nothing with action deny"),
+        (
+            "defaults:\n  attributes: {context: {id: {param: id}}}\n  tenant: {header: t}\n"
+            "  subject: {type: user, id: {header: u}}\nroutes:\n  - path: /x\n    permission: a.read\n",
+            "line 6: routes[0].attributes.context.id: reads {id} (from defaults), which this route's path lacks",
         ),
         ("remove_headers: ['bad header']\nroutes: [{path: /, action: allow}]\n", "line 1: remove_headers[0]: must be an HTTP header name"),
         # Patterns no request can ever match (a route's path is matched without its query
