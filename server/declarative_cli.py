@@ -13,7 +13,9 @@ meanwhile), and every write to the tenant sends the revision apply last saw as
 `expected_revision`, so the server refuses it (ABORTED, GATEHOUSE_REVISION_CONFLICT) if
 anyone else wrote in between; apply stops there and says so. (Plans are platform-wide and
 carry no revision: UpsertPlan is the one write that is not checked.) A second apply of
-the same file finds no difference and makes no call that writes.
+the same file finds no difference and makes no call that writes. A grant whose condition
+or expiry changes is two calls (RevokeRole, then AssignRole: AssignRole refuses a grant
+held already), the second checked against the revision the first left.
 
 Exit status, as every client command's (server/commands.py): 0 done (or nothing to do);
 2 the file is invalid or asks for what cannot be reached (nothing written); 4 a concurrent
@@ -341,9 +343,18 @@ def apply(client: Client, desired: State, *, dry_run: bool, prune: bool, out: Te
         return EXIT_OK
     out.write("\n")
     for number, step in enumerate(steps, start=1):
-        revision = execute(client, live, step)
         mark = plan_text.symbol(step)
         head, _ = plan_text.describe(step)
+        seen = live.revisions.get(getattr(step, "slug", ""))
+        try:
+            revision = execute(client, live, step)
+        except GatehouseError:
+            if isinstance(step, ChangeGrant) and live.revisions.get(step.slug) != seen:
+                # Its RevokeRole landed, its AssignRole did not: say so before the error.
+                out.write(f"[{number}/{len(steps)}] - {head}: revoked (revision {live.revisions[step.slug]}), "
+                          "then granting it with its new terms failed:\n")  # fmt: skip
+                out.flush()
+            raise
         at = f" (revision {revision})" if revision is not None else ""
         out.write(f"[{number}/{len(steps)}] {mark} {head}{at}\n")
         out.flush()
