@@ -453,6 +453,26 @@ def test_a_changed_condition_or_expiry_is_planned_then_applied(
     assert held[("bob", "accountant", "apac")] == ("", None)
 
 
+def test_a_changed_grant_revoked_but_not_granted_anew_is_said_before_the_error(
+    gatehouse: Gatehouse, operator: Client, tmp_path: Path
+) -> None:
+    """A change is RevokeRole then AssignRole: a key that may revoke the grant but not hand
+    it out (the escalation guard) gets the first and not the second; apply says so."""
+    slug, _plan, tenant, _later = with_terms(gatehouse, operator, tmp_path)
+    path = tmp_path / "export.yaml"
+    path.write_text(gatehouse.cli("export", "--tenant", slug).stdout.replace("owner == subject.id", "owner != subject.id"))
+    limited = tenant_key(operator, tenant.id, [("admin", "")], ["gatehouse.*"])
+    result = gatehouse.cli("apply", "-f", str(path), key=limited)
+    assert result.returncode == 4 and "GATEHOUSE_ESCALATION" in result.stderr, result
+    assert f"[1/1] - grant {slug} user:bob: accountant at apac: revoked (revision " in result.stdout
+    assert "then granting it with its new terms failed" in result.stdout
+    assert ("bob", "accountant", "apac") not in {a[:3] for a in assignments_of(operator, tenant.id)}
+    # The operator's apply grants it with the file's terms.
+    assert gatehouse.cli("apply", "-f", str(path)).returncode == 0
+    held = {a[:3]: a[3] for a in assignments_of(operator, tenant.id)}
+    assert held[("bob", "accountant", "apac")] == "resource.attributes.owner != subject.id"
+
+
 @pytest.mark.parametrize(
     "terms, expected",
     [
