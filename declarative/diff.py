@@ -19,10 +19,17 @@ Rules:
   revoked, members removed, roles deleted. Granting before revoking keeps the last-owner
   guard satisfied when ownership moves; deleting roles last lets their grants go first.
 - A tenant whose goal is `deleted` gets only its lifecycle steps (archive, delete).
+- A grant is identified by (subject, role, scope), as the server's assignments are. One the
+  file names with another condition or expiry than the live one is changed (ChangeGrant:
+  RevokeRole then AssignRole, as AssignRole refuses a (subject, role, scope) held already);
+  without prune too, since the file names that grant. Changes run after the new grants and
+  before the revokes. A grant whose expiry is not ahead of `now` is refused (AssignRole
+  would refuse it): the file must drop it or move its expiry.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Union
@@ -34,6 +41,9 @@ from gatehouse.declarative.model import (
     RoleSpec,
     State,
     TenantSpec,
+    by_key,
+    rfc3339,
+    sorted_grants,
     subject_text,
 )
 from gatehouse.engine.lifecycle import TRANSITIONS, Action
@@ -147,20 +157,43 @@ class RevokeRole:
     grant: Grant
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeGrant:
+    """The grant `before` (live) given other terms (`grant`: same role and scope, another
+    condition or expiry): RevokeRole, then AssignRole with the new terms (two calls, each
+    checked against the revision the one before it left)."""
+
+    slug: str
+    subject: str
+    grant: Grant
+    before: Grant
+
+
 Step = Union[
     UpsertPlan, CreateTenant, Transition, UpdateTenant, PatchConfig, CreateRole, UpdateRole, DeleteRole,
-    AddMember, RemoveMember, AssignRole, RevokeRole,
+    AddMember, RemoveMember, AssignRole, RevokeRole, ChangeGrant,
 ]  # fmt: skip
 
 
 # --- the difference ---
 
 
-def diff(live: State, desired: State, *, prune: bool = False, system_roles: Iterable[str] = SYSTEM_ROLES) -> list[Step]:
+def diff(
+    live: State,
+    desired: State,
+    *,
+    prune: bool = False,
+    system_roles: Iterable[str] = SYSTEM_ROLES,
+    now: datetime.datetime | None = None,
+) -> list[Step]:
     """The steps that take `live` to `desired`, in the order they must run; PlanError when
     the file asks for what cannot be reached (a system role in the file, a grant of an
-    undefined role, a lifecycle move the table has no path for, a new tenant without a name)."""
+    undefined role, a lifecycle move the table has no path for, a new tenant without a name,
+    and, given `now` (an aware datetime: the time of the apply), a grant that expires at
+    or before it)."""
     fixed = frozenset(system_roles)
+    if now is not None:
+        _refuse_expired(desired, now)
     steps: list[Step] = []
     for name in sorted(desired.plans):
         want, have = desired.plans[name], live.plans.get(name)
@@ -170,6 +203,28 @@ def diff(live: State, desired: State, *, prune: bool = False, system_roles: Iter
     for slug in sorted(desired.tenants):
         steps.extend(_tenant_steps(live.tenants.get(slug), desired.tenants[slug], prune=prune, fixed=fixed))
     return steps
+
+
+def _refuse_expired(desired: State, now: datetime.datetime) -> None:
+    """PlanError for the first grant (in file order) whose expiry is not ahead of `now`:
+    AssignRole refuses it, and a grant that has expired grants nothing to keep."""
+    for slug in sorted(desired.tenants):
+        want = desired.tenants[slug]
+        if want.status is TenantStatus.DELETED:
+            continue
+        for member in sorted((want.members or {}).values(), key=lambda m: m.subject):
+            for grant in sorted_grants(member.grants):
+                if grant.expires_at is not None and grant.expires_at <= now:
+                    raise PlanError(
+                        grant.where or member.where,
+                        f"tenant {slug}: {subject_text(member.subject)}: {_grant_text(grant)}: expires_at "
+                        f"{rfc3339(grant.expires_at)} is not ahead of now ({rfc3339(now)}); drop the grant "
+                        "or give it a later expiry",
+                    )
+
+
+def _grant_text(grant: Grant) -> str:
+    return f"{grant.role} at {grant.scope}" if grant.scope else f"{grant.role} at the tenant root"
 
 
 def _overlay_plan(have: PlanSpec, want: PlanSpec) -> PlanSpec:
@@ -289,7 +344,7 @@ def _role_steps(have: TenantSpec, want: TenantSpec, *, prune: bool, fixed: froze
     kept = set(have_roles) if not prune else set()
     defined = fixed | set(want_roles) | kept
     for member in (want.members or {}).values():
-        for grant in sorted(member.grants):
+        for grant in sorted_grants(member.grants):
             if grant.role not in defined:
                 raise PlanError(
                     member.where,
@@ -303,6 +358,7 @@ def _member_steps(have: TenantSpec, want: TenantSpec, *, prune: bool) -> list[St
     slug = want.slug
     adds: list[Step] = []
     grants: list[Step] = []
+    changes: list[Step] = []
     revokes: list[Step] = []
     removals: list[Step] = []
     have_members, want_members = have.members or {}, want.members or {}
@@ -310,17 +366,22 @@ def _member_steps(have: TenantSpec, want: TenantSpec, *, prune: bool) -> list[St
         live = have_members.get(subject)
         if live is None:
             adds.append(AddMember(slug, subject))
-        held = live.grants if live is not None else frozenset()
-        grants.extend(AssignRole(slug, subject, g) for g in sorted(want_members[subject].grants - held))
-        if prune and live is not None:
-            revokes.extend(RevokeRole(slug, subject, g) for g in sorted(held - want_members[subject].grants))
+        held = by_key(live.grants if live is not None else ())
+        wanted = by_key(want_members[subject].grants)
+        for key, grant in wanted.items():
+            if key not in held:
+                grants.append(AssignRole(slug, subject, grant))
+            elif grant != held[key]:
+                changes.append(ChangeGrant(slug, subject, grant, held[key]))
+        if prune:
+            revokes.extend(RevokeRole(slug, subject, g) for key, g in held.items() if key not in wanted)
     if prune:
         removals.extend(RemoveMember(slug, s) for s in sorted(have_members.keys() - want_members.keys()))
         gone = (have.roles or {}).keys() - (want.roles or {}).keys()
         deletions: list[Step] = [DeleteRole(slug, name) for name in sorted(gone)]
     else:
         deletions = []
-    return adds + grants + revokes + removals + deletions
+    return adds + grants + changes + revokes + removals + deletions
 
 
 # --- settings as JSON ---
@@ -412,10 +473,14 @@ def _apply_tenant_step(t: TenantSpec, step: Step) -> TenantSpec:
         return replace(t, members={**members, step.subject: MemberSpec(step.subject)})
     if isinstance(step, RemoveMember):
         return replace(t, members={k: v for k, v in members.items() if k != step.subject})
-    if isinstance(step, (AssignRole, RevokeRole)):
+    if isinstance(step, (AssignRole, RevokeRole, ChangeGrant)):
         member = members[step.subject]
-        grants = member.grants | {step.grant} if isinstance(step, AssignRole) else member.grants - {step.grant}
-        return replace(t, members={**members, step.subject: replace(member, grants=grants)})
+        held = by_key(member.grants)
+        if isinstance(step, RevokeRole):
+            held.pop(step.grant.key, None)
+        else:
+            held[step.grant.key] = step.grant
+        return replace(t, members={**members, step.subject: replace(member, grants=frozenset(held.values()))})
     raise TypeError(f"not a tenant step: {step!r}")
 
 
@@ -433,8 +498,9 @@ def overlay(live: State, desired: State, *, prune: bool = False) -> State:
         )  # fmt: skip
         members = {} if prune and want.members is not None else dict(have.members or {})
         for subject, member in (want.members or {}).items():
-            held = members[subject].grants if subject in members else frozenset()
-            members[subject] = MemberSpec(subject, held | member.grants)
+            held = by_key(members[subject].grants if subject in members else ())
+            held.update(by_key(member.grants))  # a grant the file names has the file's terms
+            members[subject] = MemberSpec(subject, frozenset(held.values()))
         live_roles = have.roles or {}
         roles = {} if prune and want.roles is not None else dict(live_roles)
         for name, role in (want.roles or {}).items():

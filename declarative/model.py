@@ -1,8 +1,9 @@
 """The state `gatehouse apply` manages and `gatehouse export` writes: plain, immutable values.
 
 One `State` holds plans (by name) and tenants (by slug); a tenant holds its custom roles
-(by name) and its members (by subject, `type/id`), each with the role grants `(role,
-scope)` it holds. A field that is None is not managed: the file leaves it as it is live.
+(by name) and its members (by subject, `type/id`), each with the role grants it holds: a
+role at a scope, at most one per `(role, scope)` (its `key`, what identifies it), each
+with its terms: a CEL condition ("" = none) and an expiry (None = for good). A field that is None is not managed: the file leaves it as it is live.
 API keys are not part of it (a key's secret is shown once and never belongs in git; keys
 and the roles they hold are managed with `gatehouse key`), nor are system roles (fixed).
 
@@ -12,8 +13,9 @@ no part in equality.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from gatehouse.engine.model import TenantStatus
 
@@ -47,18 +49,57 @@ class RoleSpec:
     where: str = field(default="", compare=False)
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Grant:
-    """A role held at a scope ("" = the tenant root)."""
+    """A role held at a scope ("" = the tenant root), only where `condition` holds (CEL,
+    as AssignRole takes it; "" = always) and until `expires_at` (an aware datetime in UTC
+    to the microsecond, as the server keeps it; None = for good). A member holds at most
+    one grant per `key`; a grant whose terms differ from the live one is a change of it."""
 
     role: str
     scope: str = ""
+    condition: str = ""
+    expires_at: datetime.datetime | None = None
+    where: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies the grant: (role, scope), as the server's (subject, role, scope)."""
+        return (self.role, self.scope)
+
+    @property
+    def plain(self) -> bool:
+        """No condition and no expiry."""
+        return not self.condition and self.expires_at is None
+
+
+def by_key(grants: Iterable[Grant]) -> dict[tuple[str, str], Grant]:
+    """`grants` by their (role, scope), in that order."""
+    return {grant.key: grant for grant in sorted(grants, key=lambda g: g.key)}
+
+
+def sorted_grants(grants: Iterable[Grant]) -> list[Grant]:
+    """`grants` in (role, scope) order."""
+    return sorted(grants, key=lambda g: g.key)
+
+
+def utc_instant(value: datetime.datetime) -> datetime.datetime:
+    """An aware datetime in UTC, to the microsecond (the form `Grant.expires_at` holds)."""
+    if value.tzinfo is None:
+        raise ValueError("a time needs its zone")
+    return value.astimezone(datetime.timezone.utc)
+
+
+def rfc3339(value: datetime.datetime) -> str:
+    """How files and plans write an instant: `2027-01-31T12:00:00Z` (UTC; `.ffffff` only
+    when it has microseconds)."""
+    return utc_instant(value).replace(tzinfo=None).isoformat() + "Z"
 
 
 @dataclass(frozen=True, slots=True)
 class MemberSpec:
     """A member (its key `type/id`, see `subject_text` for how it is written) and the role
-    grants it holds."""
+    grants it holds (at most one per `Grant.key`)."""
 
     subject: str
     grants: frozenset[Grant] = frozenset()

@@ -9,8 +9,14 @@
         settings.theme: "light" -> "dark"
         - flag_overrides.reports (was false)
     + grant acme user:bob: billing-admin at emea/de
+    ~ grant acme user:carol: viewer at us
+        condition: "" -> "resource.attributes.owner == subject.id"
+        expires_at: never -> 2027-01-31T18:00:00Z
 
-    Plan: 2 to add, 2 to change, 0 to remove.
+    Plan: 2 to add, 3 to change, 0 to remove.
+
+A grant's condition and expiry are shown under it when it has them (`+`, `-`) or when
+they change (`~`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any, Iterable, Mapping
 from gatehouse.declarative.diff import (
     AddMember,
     AssignRole,
+    ChangeGrant,
     CreateRole,
     CreateTenant,
     DeleteRole,
@@ -34,7 +41,7 @@ from gatehouse.declarative.diff import (
     UpsertPlan,
     json_equal,
 )
-from gatehouse.declarative.model import FeatureSpec, Grant, PlanSpec, subject_text
+from gatehouse.declarative.model import FeatureSpec, Grant, PlanSpec, rfc3339, subject_text
 from gatehouse.engine.lifecycle import Action
 
 NO_CHANGES = "No changes: the live state matches the file."
@@ -111,11 +118,33 @@ def describe(step: Step) -> tuple[str, list[str]]:
         return f"member {step.slug} {subject_text(step.subject)}", []
     if isinstance(step, RemoveMember):
         return f"member {step.slug} {subject_text(step.subject)} (with its role grants)", []
-    return f"grant {step.slug} {subject_text(step.subject)}: {_grant(step.grant)}", []
+    head = f"grant {step.slug} {subject_text(step.subject)}: {_grant(step.grant)}"
+    if isinstance(step, ChangeGrant):
+        return head, _term_changes(step.before, step.grant)
+    return head, _terms(step.grant)
 
 
 def _grant(grant: Grant) -> str:
     return f"{grant.role} at {grant.scope}" if grant.scope else f"{grant.role} at the tenant root"
+
+
+def _terms(grant: Grant) -> list[str]:
+    """A grant's condition and expiry, those it has."""
+    lines = [f"condition: {_value(grant.condition)}"] if grant.condition else []
+    if grant.expires_at is not None:
+        lines.append(f"expires_at: {rfc3339(grant.expires_at)}")
+    return lines
+
+
+def _term_changes(before: Grant, after: Grant) -> list[str]:
+    """`condition: old -> new`, `expires_at: old -> new` (`never`: for good), those that change."""
+    lines = []
+    if before.condition != after.condition:
+        lines.append(f"condition: {_value(before.condition)} -> {_value(after.condition)}")
+    if before.expires_at != after.expires_at:
+        old, new = (rfc3339(t) if t is not None else "never" for t in (before.expires_at, after.expires_at))
+        lines.append(f"expires_at: {old} -> {new}")
+    return lines
 
 
 def _plan_lines(before: PlanSpec | None, after: PlanSpec) -> list[str]:

@@ -30,17 +30,25 @@ named by file, line and field, and written back in the same form.
           - role: owner             # at the tenant root
           - role: billing-admin
             scope: emea/de
+          - role: viewer            # a grant may carry AssignRole's terms:
+            scope: us
+            condition: resource.attributes.owner == subject.id   # CEL, checked as AssignRole does
+            expires_at: 2027-01-31T18:00:00Z                     # RFC 3339 with its zone
 
 Unknown keys, duplicate keys, a second document for the same plan or tenant, and every
 value the API would refuse are problems of the file, found before anything is written:
 `load` raises `StateFileError` listing each as `file:line: Kind name: field: what`.
-The rules for ids, slugs, scopes and permission patterns are the API's own
-(gatehouse.engine.validate).
+The rules for ids, slugs, scopes, permission patterns and conditions are the API's own
+(gatehouse.engine.validate). A grant is identified by its role and scope: a member lists
+each (role, scope) once, whatever its condition or expiry. An expiry is an RFC 3339 time
+with its zone (`Z` or `+02:00`), to the microsecond at most (what the server keeps);
+whether it is still ahead is decided when the file is applied (gatehouse.declarative.diff).
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
@@ -56,13 +64,17 @@ from gatehouse.declarative.model import (
     RoleSpec,
     State,
     TenantSpec,
+    rfc3339,
+    sorted_grants,
     subject_key,
     subject_text,
+    utc_instant,
 )
 from gatehouse.engine.model import KEY_SUBJECT_TYPE, TenantStatus
 from gatehouse.engine.patterns import is_valid_pattern
 from gatehouse.engine.validate import (
     PATTERN_RULE,
+    require_condition,
     require_id,
     require_name,
     require_scope,
@@ -80,6 +92,9 @@ MAX_VALUE_DEPTH = 32  # as gatehouse.server.wire.MAX_VALUE_DEPTH: the server ref
 MAX_VALUES = 100_000  # settings values read per document, aliases counted each time they expand
 MAX_DESCRIPTION = 1000
 MAX_PATTERNS = 256  # as gatehouse.engine.validate.require_patterns
+# RFC 3339 (section 5.6) date-time: the zone is required, as a time without one names no instant.
+RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
+RFC3339_RULE = "must be an RFC 3339 time with its zone, e.g. 2027-01-31T18:00:00Z or 2027-01-31T19:00:00+01:00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,17 +438,24 @@ class _Reader:
                 if "subject" not in fields:
                     continue
                 subject = self.subject(fields["subject"], f"{inner}.subject")
-                grants: set[Grant] = set()
+                grants: dict[tuple[str, str], Grant] = {}
+                bad = False
                 for j, grant_node in enumerate(self.sequence(fields["roles"], f"{inner}.roles") if "roles" in fields else []):
-                    grant = self.grant(grant_node, f"{inner}.roles[{j}]")
-                    if grant in grants:
+                    try:
+                        grant = self.grant(grant_node, f"{inner}.roles[{j}]")
+                    except _Invalid:
+                        bad = True  # reported; go on to find the others
+                        continue
+                    if grant.key in grants:
                         raise self.problem(grant_node, f"{inner}.roles[{j}]", "lists this role at this scope twice")
-                    grants.add(grant)
+                    grants[grant.key] = grant
+                if bad:
+                    continue
                 if subject in out:
                     raise self.problem(
                         item, f"{inner}.subject", f"{subject_text(subject)} is also listed at {out[subject].where}"
                     )
-                out[subject] = MemberSpec(subject, frozenset(grants), where=self.where(item))
+                out[subject] = MemberSpec(subject, frozenset(grants.values()), where=self.where(item))
             except _Invalid:
                 continue
         return out
@@ -451,14 +473,38 @@ class _Reader:
         return subject_key(type_, id_)
 
     def grant(self, node: yaml.Node, field: str) -> Grant:
-        fields = self.mapping(node, field, known=("role", "scope"), required=("role",))
-        if "role" not in fields:
+        fields = self.mapping(node, field, known=("role", "scope", "condition", "expires_at"), required=("role",))
+        before = len(self.problems)
+        role = self._field(fields, "role", lambda n, f: self.rule(require_id, n, f"{field}.{f}", self.string(n, f"{field}.{f}")), "")
+        scope = self._field(fields, "scope", lambda n, f: self.rule(require_scope, n, f"{field}.{f}", self.string(n, f"{field}.{f}")), "")
+        condition = self._field(
+            fields, "condition", lambda n, f: self.rule(require_condition, n, f"{field}.{f}", self.string(n, f"{field}.{f}")), ""
+        )
+        expires_at = self._field(fields, "expires_at", lambda n, f: self.instant(n, f"{field}.{f}"), None)
+        if len(self.problems) > before or "role" not in fields:
             raise _Invalid()
-        role = self.rule(require_id, fields["role"], f"{field}.role", self.string(fields["role"], f"{field}.role"))
-        scope = ""
-        if "scope" in fields:
-            scope = self.rule(require_scope, fields["scope"], f"{field}.scope", self.string(fields["scope"], f"{field}.scope"))
-        return Grant(role, scope)
+        return Grant(role, scope, condition, expires_at, where=self.where(node))
+
+    def instant(self, node: yaml.Node, field: str) -> datetime.datetime:
+        """An RFC 3339 time with its zone, quoted or not (YAML would read an unquoted one
+        as a timestamp, and one without a zone as local time: the text is read here
+        instead), as an aware datetime in UTC to the microsecond."""
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.problem(node, field, RFC3339_RULE)
+        text = str(node.value)
+        found = RFC3339.fullmatch(text)
+        if found is None:
+            raise self.problem(node, field, RFC3339_RULE)
+        fraction = found.group(7) or ""
+        if fraction[6:].strip("0"):
+            raise self.problem(node, field, "to the microsecond at most (the server keeps microseconds)")
+        zone = found.group(8)
+        iso = "{}-{}-{}T{}:{}:{}".format(*found.groups()[:6]) + (f".{fraction[:6].ljust(6, '0')}" if fraction else "")
+        try:
+            value = datetime.datetime.fromisoformat(iso + ("+00:00" if zone in ("Z", "z") else zone))
+            return utc_instant(value)
+        except (ValueError, OverflowError):
+            raise self.problem(node, field, f"{text!r} is not a valid time ({RFC3339_RULE})") from None
 
     def _field(self, fields: Mapping[str, yaml.Node], key: str, read: Callable[[yaml.Node, str], T], default: T) -> T:
         if key not in fields:
@@ -516,21 +562,30 @@ def _tenant_document(tenant: TenantSpec) -> dict[str, Any]:
         ]
     if tenant.members:
         doc["members"] = [
-            {"subject": subject_text(m.subject), **({"roles": [_grant(g) for g in sorted(m.grants)]} if m.grants else {})}
+            {"subject": subject_text(m.subject), **({"roles": [_grant(g) for g in sorted_grants(m.grants)]} if m.grants else {})}
             for m in sorted(tenant.members.values(), key=lambda m: m.subject)
         ]
     return doc
 
 
 def _grant(grant: Grant) -> dict[str, str]:
-    return {"role": grant.role, "scope": grant.scope} if grant.scope else {"role": grant.role}
+    """A grant as the file writes it: `role`, then what it has of scope, condition, expiry."""
+    out = {"role": grant.role}
+    if grant.scope:
+        out["scope"] = grant.scope
+    if grant.condition:
+        out["condition"] = grant.condition
+    if grant.expires_at is not None:
+        out["expires_at"] = rfc3339(grant.expires_at)
+    return out
 
 
 def plain(value: Any) -> Any:
     """Settings as YAML writes them back: whole floats (protobuf's Struct holds only
-    doubles) as ints, so `3` stays `3` through a round trip."""
+    doubles) as ints, so `3` stays `3` through a round trip; keys sorted, so an export is
+    the same text however the server ordered them."""
     if isinstance(value, Mapping):
-        return {key: plain(item) for key, item in value.items()}
+        return {key: plain(value[key]) for key in sorted(value)}
     if isinstance(value, list):
         return [plain(item) for item in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:

@@ -13,7 +13,9 @@ meanwhile), and every write to the tenant sends the revision apply last saw as
 `expected_revision`, so the server refuses it (ABORTED, GATEHOUSE_REVISION_CONFLICT) if
 anyone else wrote in between; apply stops there and says so. (Plans are platform-wide and
 carry no revision: UpsertPlan is the one write that is not checked.) A second apply of
-the same file finds no difference and makes no call that writes.
+the same file finds no difference and makes no call that writes. A grant whose condition
+or expiry changes is two calls (RevokeRole, then AssignRole: AssignRole refuses a grant
+held already), the second checked against the revision the first left.
 
 Exit status, as every client command's (server/commands.py): 0 done (or nothing to do);
 2 the file is invalid or asks for what cannot be reached (nothing written); 4 a concurrent
@@ -23,18 +25,20 @@ change (ABORTED); a call that failed otherwise, its code's status (5 PERMISSION_
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TextIO
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
 from gatehouse.declarative import plan_text, schema
 from gatehouse.declarative.diff import (
     SYSTEM_ROLES,
     AddMember,
     AssignRole,
+    ChangeGrant,
     CreateRole,
     CreateTenant,
     DeleteRole,
@@ -73,6 +77,7 @@ EXIT_INVALID = EXIT_USAGE
 EXIT_CONFLICT = EXIT_CODES[grpc.StatusCode.ABORTED]
 
 APPLY_REASON = "gatehouse apply"
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 PAGE = 500
 READ_ATTEMPTS = 3
 
@@ -151,21 +156,15 @@ def run(
             desired = schema.load(args.file)
             with connect(args) as client:
                 return apply(client, desired, dry_run=args.dry_run, prune=args.prune, out=out)
-        left_out: list[str] = []
         with connect(args) as client:
-            text = schema.dumps(export(client, args.tenant, left_out))
-        for grant in left_out:
-            print(f"{prog}: note: left out {grant}: it has a condition or an expiry, which files cannot name yet",
-                  file=err)
+            text = schema.dumps(export(client, args.tenant))
         if args.file == "-":
             out.write(text)
         else:
             with open(args.file, "w", encoding="utf-8") as handle:
                 handle.write(text)
         return EXIT_OK
-    except (OSError, ValueError) as error:  # the file or --key-file unreadable, a bad --server
-        print(f"{prog}: error: {error}", file=err)
-        return EXIT_INVALID
+    # StateFileError and PlanError are ValueErrors: caught before the catch-all below.
     except schema.StateFileError as error:
         print(f"{prog}: the file is not valid, nothing was written:", file=err)
         for problem in error.problems:
@@ -173,6 +172,9 @@ def run(
         return EXIT_INVALID
     except PlanError as error:
         print(f"{prog}: error: {error} (nothing was written)", file=err)
+        return EXIT_INVALID
+    except (OSError, ValueError) as error:  # the file or --key-file unreadable, a bad --server
+        print(f"{prog}: error: {error}", file=err)
         return EXIT_INVALID
     except ConcurrentChange as error:
         print(f"{prog}: concurrent change: {error}; run apply again to see the new plan", file=err)
@@ -197,9 +199,6 @@ class Live:
     ids: dict[str, str] = field(default_factory=dict)
     revisions: dict[str, int] = field(default_factory=dict)
     system_roles: set[str] = field(default_factory=lambda: set(SYSTEM_ROLES))
-    # Grants a state file cannot name yet (a condition or an expiry, issue 18), read but
-    # left out: apply neither names nor prunes them, export says it left them out.
-    left_out: list[str] = field(default_factory=list)
 
 
 def _pages(call: Callable[..., Any], items: str, **fields: Any) -> Iterator[Any]:
@@ -215,6 +214,19 @@ def _pages(call: Callable[..., Any], items: str, **fields: Any) -> Iterator[Any]
 def status_of(value: int) -> TenantStatus:
     name = common_pb2.TenantStatus.Name(value)  # TENANT_STATUS_ACTIVE
     return TenantStatus(name.removeprefix("TENANT_STATUS_").lower())
+
+
+def instant(message: timestamp_pb2.Timestamp) -> datetime.datetime:
+    """A Timestamp as `Grant.expires_at` holds it: UTC, to the nearest microsecond (what
+    the server stores; its reply may be a nanosecond off, through float seconds)."""
+    micros = (message.ToNanoseconds() + 500) // 1000
+    return EPOCH + datetime.timedelta(microseconds=micros)
+
+
+def timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
+    message = timestamp_pb2.Timestamp()
+    message.FromNanoseconds((value - EPOCH) // datetime.timedelta(microseconds=1) * 1000)
+    return message
 
 
 def plan_spec(plan: admin_pb2.Plan) -> PlanSpec:
@@ -245,15 +257,15 @@ def read_tenant(client: Client, tenant_id: str, live: Live) -> TenantSpec:
         for subject in members:
             if subject.type != KEY_SUBJECT_TYPE:  # keys are managed with `gatehouse key`
                 grants[subject_key(subject.type, subject.id)] = set()
+        now = datetime.datetime.now(datetime.timezone.utc)
         for assignment in assignments:
             key = subject_key(assignment.subject.type, assignment.subject.id)
-            if key in grants and (assignment.condition or assignment.HasField("expires_at")):
-                # Never as a plain grant: exported and applied elsewhere it would grant
-                # unconditionally, for good.
-                who = f"{assignment.subject.type}:{assignment.subject.id}"  # as a file spells it
-                live.left_out.append(f"tenant {tenant.slug}: {who} {assignment.role}@{assignment.scope}")
-            elif key in grants:
-                grants[key].add(Grant(assignment.role, assignment.scope))
+            expires_at = instant(assignment.expires_at) if assignment.HasField("expires_at") else None
+            if key not in grants or (expires_at is not None and expires_at <= now):
+                # An expired grant not swept yet grants nothing: it is not live state
+                # (AssignRole grants it anew; the relay deletes it).
+                continue
+            grants[key].add(Grant(assignment.role, assignment.scope, assignment.condition, expires_at))
         spec = TenantSpec(
             slug=tenant.slug,
             id=tenant.id,
@@ -322,7 +334,8 @@ def read_live(client: Client, desired: State) -> Live:
 
 def apply(client: Client, desired: State, *, dry_run: bool, prune: bool, out: TextIO) -> int:
     live = read_live(client, desired)
-    steps = diff(live.state, desired, prune=prune, system_roles=live.system_roles)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    steps = diff(live.state, desired, prune=prune, system_roles=live.system_roles, now=now)
     out.write(plan_text.render(steps))
     if dry_run or not steps:
         if steps:
@@ -330,9 +343,18 @@ def apply(client: Client, desired: State, *, dry_run: bool, prune: bool, out: Te
         return EXIT_OK
     out.write("\n")
     for number, step in enumerate(steps, start=1):
-        revision = execute(client, live, step)
         mark = plan_text.symbol(step)
         head, _ = plan_text.describe(step)
+        seen = live.revisions.get(getattr(step, "slug", ""))
+        try:
+            revision = execute(client, live, step)
+        except GatehouseError:
+            if isinstance(step, ChangeGrant) and live.revisions.get(step.slug) != seen:
+                # Its RevokeRole landed, its AssignRole did not: say so before the error.
+                out.write(f"[{number}/{len(steps)}] - {head}: revoked (revision {live.revisions[step.slug]}), "
+                          "then granting it with its new terms failed:\n")  # fmt: skip
+                out.flush()
+            raise
         at = f" (revision {revision})" if revision is not None else ""
         out.write(f"[{number}/{len(steps)}] {mark} {head}{at}\n")
         out.flush()
@@ -413,13 +435,21 @@ def execute(client: Client, live: Live, step: Step) -> int | None:
         checked = admin.remove_member(
             admin_pb2.RemoveMemberRequest(tenant_id=tenant_id, subject=_subject(step.subject), expected_revision=seen)
         )
-    elif isinstance(step, (AssignRole, RevokeRole)):
+    elif isinstance(step, (AssignRole, RevokeRole, ChangeGrant)):
         fields: dict[str, Any] = {"tenant_id": tenant_id, "subject": _subject(step.subject), "role": step.grant.role,
                                   "scope": step.grant.scope, "expected_revision": seen}  # fmt: skip
-        if isinstance(step, AssignRole):
-            checked = admin.assign_role(admin_pb2.AssignRoleRequest(**fields))
-        else:
+        if isinstance(step, ChangeGrant):
+            # AssignRole refuses a (subject, role, scope) held already: take it back first.
+            revoked = admin.revoke_role(admin_pb2.RevokeRoleRequest(**fields))
+            live.revisions[slug] = fields["expected_revision"] = int(revoked.revision)
+        if isinstance(step, RevokeRole):
             checked = admin.revoke_role(admin_pb2.RevokeRoleRequest(**fields))
+        else:
+            grant = step.grant
+            assign = admin_pb2.AssignRoleRequest(condition=grant.condition, **fields)
+            if grant.expires_at is not None:
+                assign.expires_at.CopyFrom(timestamp(grant.expires_at))
+            checked = admin.assign_role(assign)
     else:  # pragma: no cover - every step type is handled above
         raise TypeError(f"not a step: {step!r}")
     live.revisions[slug] = int(checked.revision)
@@ -434,11 +464,11 @@ def _subject(key: str) -> common_pb2.Subject:
 # --- export ---
 
 
-def export(client: Client, tenant: str | None, left_out: list[str] | None = None) -> State:
+def export(client: Client, tenant: str | None) -> State:
     """The live state: one tenant (slug or id) with no plans, or every tenant that is not
-    deleted and every plan (a key that may list them: an operator). Grants with a
-    condition or an expiry are left out (named in `left_out`): a file cannot say them."""
-    live = Live(State(), left_out=left_out if left_out is not None else [])
+    deleted and every plan (a key that may list them: an operator). Grants keep their
+    condition and expiry; one already expired (not yet swept) grants nothing and is left out."""
+    live = Live(State())
     if tenant is not None:
         found = client.admin.resolve_tenant(tenant)
         spec = read_tenant(client, found.id, live)

@@ -6,6 +6,7 @@ export -> apply round trip."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import secrets
 import textwrap
@@ -350,33 +351,156 @@ def test_export_then_apply_is_no_change(gatehouse: Gatehouse, operator: Client, 
     assert gatehouse.cli("apply", "-f", str(tmp_path / "own.yaml"), key=key).stdout.startswith("No changes")
 
 
-def test_export_leaves_out_conditional_and_expiring_grants_and_apply_leaves_them_alone(
+def assignments_of(client: Client, tenant_id: str) -> list[tuple[str, str, str, str, int | None]]:
+    """(subject id, role, scope, condition, expiry in microseconds) of every assignment."""
+    return sorted(
+        (a.subject.id, a.role, a.scope, a.condition, a.expires_at.ToMicroseconds() if a.HasField("expires_at") else None)
+        for a in client.admin.list_role_assignments(tenant_id=tenant_id).assignments
+    )
+
+
+def with_terms(gatehouse: Gatehouse, operator: Client, tmp_path: Path) -> tuple[str, str, Any, datetime.datetime]:
+    """A tenant (the state file's) whose bob also holds a conditional grant and an expiring one
+    (to the microsecond) and whose alice holds one with both: (slug, plan, tenant, the expiry)."""
+    slug, plan = unique("terms"), unique("pro")
+    assert gatehouse.cli("apply", "-f", str(state_file(tmp_path, slug, plan))).returncode == 0
+    tenant = tenant_of(operator, slug)
+    later = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=123457) + datetime.timedelta(days=1)
+    operator.admin.assign_role(tenant_id=tenant.id, subject="user:bob", role="accountant", scope="apac",
+                               condition="resource.attributes.owner == subject.id")  # fmt: skip
+    operator.admin.assign_role(tenant_id=tenant.id, subject="user:bob", role="accountant", scope="us", expires_at=later)
+    operator.admin.assign_role(tenant_id=tenant.id, subject="user:alice", role="viewer", scope="eu",
+                               expires_at=later, condition="context.ok == true")  # fmt: skip
+    return slug, plan, tenant, later
+
+
+def test_export_then_apply_elsewhere_reproduces_conditional_and_expiring_grants(
     gatehouse: Gatehouse, operator: Client, tmp_path: Path
 ) -> None:
-    """A file cannot name a condition or an expiry yet (issue 18): exported as a plain
-    grant, it would grant unconditionally and for good wherever the file is applied."""
-    import datetime
-
-    slug, plan = unique("cond"), unique("pro")
-    path = state_file(tmp_path, slug, plan)
-    assert gatehouse.cli("apply", "-f", str(path)).returncode == 0
-    tenant = tenant_of(operator, slug)
-    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
-    operator.admin.assign_role(tenant_id=tenant.id, subject="user:bob", role="accountant", scope="apac",
-                               condition="resource.attributes.owner == subject.id")
-    operator.admin.assign_role(tenant_id=tenant.id, subject="user:bob", role="accountant", scope="us", expires_at=later)
+    slug, _plan, tenant, later = with_terms(gatehouse, operator, tmp_path)
     exported = gatehouse.cli("export", "--tenant", slug)
-    assert exported.returncode == 0, exported.stderr
-    assert "left out tenant " + slug + ": user:bob accountant@apac" in exported.stderr
-    assert "user:bob accountant@us" in exported.stderr
-    state = schema.loads(exported.stdout, "export.yaml")
-    (bob,) = [m for m in state.tenants[slug].members.values() if m.subject.endswith("bob")]
-    assert {(g.role, g.scope) for g in bob.grants} == {("accountant", "emea/de")}
+    assert exported.returncode == 0 and exported.stderr == "", exported
+    stamp = later.replace(tzinfo=None).isoformat() + "Z"
+    assert f"expires_at: '{stamp}'" in exported.stdout
+    assert "condition: resource.attributes.owner == subject.id" in exported.stdout
     (tmp_path / "export.yaml").write_text(exported.stdout)
     again = gatehouse.cli("apply", "-f", str(tmp_path / "export.yaml"), "--prune")
     assert again.returncode == 0 and again.stdout.startswith("No changes"), again
-    scopes = {a.scope for a in operator.admin.list_role_assignments(tenant_id=tenant.id).assignments}
-    assert {"apac", "us"} <= scopes
+
+    # The same file as another tenant: every grant, with its terms, exactly.
+    copy = unique("copy")
+    text = exported.stdout.replace(f"slug: {slug}\n", f"slug: {copy}\n").replace(f"id: {tenant.id}\n", "")
+    (tmp_path / "copy.yaml").write_text(text)
+    applied = gatehouse.cli("apply", "-f", str(tmp_path / "copy.yaml"))
+    assert applied.returncode == 0, applied.stderr
+    assert f"+ grant {copy} user:bob: accountant at apac\n" in applied.stdout
+    assert f'    condition: "resource.attributes.owner == subject.id"\n' in applied.stdout
+    assert f"    expires_at: {stamp}\n" in applied.stdout
+    created = tenant_of(operator, copy)
+    assert assignments_of(operator, created.id) == assignments_of(operator, tenant.id)
+    assert (slug, "accountant", "us") in {(slug, a[1], a[2]) for a in assignments_of(operator, created.id)}
+    second = gatehouse.cli("export", "--tenant", copy)
+    assert second.returncode == 0 and second.stderr == "", second
+    assert second.stdout.replace(f"id: {created.id}\n", "") == text
+
+
+def test_a_changed_condition_or_expiry_is_planned_then_applied(
+    gatehouse: Gatehouse, operator: Client, tmp_path: Path
+) -> None:
+    slug, _plan, tenant, later = with_terms(gatehouse, operator, tmp_path)
+    path = tmp_path / "export.yaml"
+    path.write_text(gatehouse.cli("export", "--tenant", slug).stdout)
+    stamp = later.replace(tzinfo=None).isoformat() + "Z"
+    further = (later + datetime.timedelta(days=2)).replace(microsecond=0)
+    text = (
+        path.read_text()
+        .replace("owner == subject.id", "owner != subject.id")
+        .replace(f"expires_at: '{stamp}'", f"expires_at: '{further.isoformat()}'", 1)  # +00:00: same instant as Z
+    )
+    path.write_text(text)
+    before = tenant_of(operator, slug).revision
+
+    planned = gatehouse.cli("apply", "-f", str(path), "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout == textwrap.dedent(
+        f"""\
+        ~ grant {slug} user:alice: viewer at eu
+            expires_at: {stamp} -> {further.replace(tzinfo=None).isoformat()}Z
+        ~ grant {slug} user:bob: accountant at apac
+            condition: "resource.attributes.owner == subject.id" -> "resource.attributes.owner != subject.id"
+
+        Plan: 0 to add, 2 to change, 0 to remove.
+        Dry run: nothing was written.
+        """
+    )
+    assert tenant_of(operator, slug).revision == before
+
+    applied = gatehouse.cli("apply", "-f", str(path))
+    assert applied.returncode == 0, applied.stderr
+    assert "Apply complete: 2 changes." in applied.stdout
+    held = {(a[0], a[1], a[2]): a[3:] for a in assignments_of(operator, tenant.id)}
+    assert held[("alice", "viewer", "eu")] == ("context.ok == true", int(further.timestamp()) * 1_000_000)
+    assert held[("bob", "accountant", "apac")] == ("resource.attributes.owner != subject.id", None)
+    assert held[("bob", "accountant", "us")] == ("", (later - declarative_cli.EPOCH) // datetime.timedelta(microseconds=1))
+    assert gatehouse.cli("apply", "-f", str(path), "--prune").stdout.startswith("No changes")
+
+    # Back to a plain grant: the file names the grant, so its terms are managed, prune or not.
+    path.write_text(text.replace("    condition: resource.attributes.owner != subject.id\n", ""))
+    plain = gatehouse.cli("apply", "-f", str(path))
+    assert plain.returncode == 0, plain.stderr
+    assert '    condition: "resource.attributes.owner != subject.id" -> ""\n' in plain.stdout
+    held = {(a[0], a[1], a[2]): a[3:] for a in assignments_of(operator, tenant.id)}
+    assert held[("bob", "accountant", "apac")] == ("", None)
+
+
+def test_a_changed_grant_revoked_but_not_granted_anew_is_said_before_the_error(
+    gatehouse: Gatehouse, operator: Client, tmp_path: Path
+) -> None:
+    """A change is RevokeRole then AssignRole: a key that may revoke the grant but not hand
+    it out (the escalation guard) gets the first and not the second; apply says so."""
+    slug, _plan, tenant, _later = with_terms(gatehouse, operator, tmp_path)
+    path = tmp_path / "export.yaml"
+    path.write_text(gatehouse.cli("export", "--tenant", slug).stdout.replace("owner == subject.id", "owner != subject.id"))
+    limited = tenant_key(operator, tenant.id, [("admin", "")], ["gatehouse.*"])
+    result = gatehouse.cli("apply", "-f", str(path), key=limited)
+    assert result.returncode == 4 and "GATEHOUSE_ESCALATION" in result.stderr, result
+    assert f"[1/1] - grant {slug} user:bob: accountant at apac: revoked (revision " in result.stdout
+    assert "then granting it with its new terms failed" in result.stdout
+    assert ("bob", "accountant", "apac") not in {a[:3] for a in assignments_of(operator, tenant.id)}
+    # The operator's apply grants it with the file's terms.
+    assert gatehouse.cli("apply", "-f", str(path)).returncode == 0
+    held = {a[:3]: a[3] for a in assignments_of(operator, tenant.id)}
+    assert held[("bob", "accountant", "apac")] == "resource.attributes.owner != subject.id"
+
+
+@pytest.mark.parametrize(
+    "terms, expected",
+    [
+        ("condition: resource.attributes.owner ==", "members[1].roles[1].condition: is not a usable condition"),
+        ("condition: resource.attributes.size + 1", "members[1].roles[1].condition: is not a usable condition"),
+        ("expires_at: 2031-05-01T12:00:00", "members[1].roles[1].expires_at: must be an RFC 3339 time with its zone"),
+        ("expires_at: 2020-01-01T00:00:00Z", "user:bob: accountant at us: expires_at 2020-01-01T00:00:00Z is not ahead"),
+    ],
+)
+def test_a_bad_or_expired_grant_in_the_file_names_its_field_and_nothing_is_written(
+    gatehouse: Gatehouse, operator: Client, tmp_path: Path, terms: str, expected: str
+) -> None:
+    slug, plan = unique("badterms"), unique("pro")
+    extra_grant = f"      - role: accountant\n        scope: us\n        {terms}\n"
+    path = state_file(tmp_path, slug, plan)
+    path.write_text(path.read_text() + extra_grant)
+    result = gatehouse.cli("apply", "-f", str(path))
+    assert result.returncode == 2, result
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert "nothing was written" in result.stderr
+    with pytest.raises(GatehouseError):
+        tenant_of(operator, slug)
+    # On a live tenant too: its revision does not move.
+    assert gatehouse.cli("apply", "-f", str(state_file(tmp_path, slug, plan, name="plain.yaml"))).returncode == 0
+    revision = tenant_of(operator, slug).revision
+    again = gatehouse.cli("apply", "-f", str(path))
+    assert again.returncode == 2 and expected in again.stderr, again
+    assert tenant_of(operator, slug).revision == revision
 
 
 HOSTILE_SETTINGS = {

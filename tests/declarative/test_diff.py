@@ -8,6 +8,7 @@ for the last-owner guard, revoke before a role is deleted) and the refusals.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from gatehouse.declarative.diff import (
     AddMember,
     AssignRole,
+    ChangeGrant,
     CreateRole,
     CreateTenant,
     DeleteRole,
@@ -46,6 +48,17 @@ json_value = st.recursive(
 settings_map = st.dictionaries(names, json_value, max_size=4)
 # draft is only ever a start (nothing leads back to it); deleted is tested by example.
 statuses = st.sampled_from([TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.ARCHIVED])
+# A grant's terms: conditions that type-check (the schema checks them), expiries to the microsecond.
+LATER = datetime.datetime(2031, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
+conditions = st.sampled_from(["", "context.ok == true", "resource.attributes.owner == subject.id"])
+expiries = st.sampled_from([None, LATER, LATER + datetime.timedelta(microseconds=250)])
+
+
+@st.composite
+def member_grants(draw: Any, grantable: list[str]) -> frozenset[Grant]:
+    """At most one grant per (role, scope), each with its own terms."""
+    keys = draw(st.sets(st.tuples(st.sampled_from(grantable), scopes), max_size=3))
+    return frozenset(Grant(role, scope, draw(conditions), draw(expiries)) for role, scope in keys)
 
 
 @st.composite
@@ -69,8 +82,7 @@ def tenant(draw: Any, slug: str) -> TenantSpec:
     grantable = sorted(roles) + ["owner", "viewer"]
     members = {}
     for subject in draw(st.sets(st.sampled_from(["user/alice", "user/bob", "service/ci"]), max_size=3)):
-        grants = draw(st.frozensets(st.builds(Grant, st.sampled_from(grantable), scopes), max_size=3))
-        members[subject] = MemberSpec(subject, grants)
+        members[subject] = MemberSpec(subject, draw(member_grants(grantable)))
     return TenantSpec(
         slug=slug,
         name=draw(st.sampled_from(["Acme", "Acme Corp"])),
@@ -278,3 +290,65 @@ def test_create_role_and_grant_in_one_apply() -> None:
         AddMember("acme", "user/a"),
         AssignRole("acme", "user/a", Grant("ops", "eu")),
     ]
+
+
+NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def active(**fields: Any) -> TenantSpec:
+    return TenantSpec(
+        slug="acme", name="A", plan="", region="", status=TenantStatus.ACTIVE, settings={},
+        flag_overrides={}, quota_overrides={}, roles={}, **fields,
+    )  # fmt: skip
+
+
+def test_a_grant_is_its_role_and_scope_and_other_terms_are_a_change_of_it() -> None:
+    plain = Grant("viewer", "eu")
+    conditional = Grant("viewer", "eu", "context.ok == true")
+    expiring = Grant("viewer", "eu", "context.ok == true", LATER)
+    live = active(members={"user/a": MemberSpec("user/a", frozenset({plain, Grant("owner")}))})
+    for prune in (False, True):
+        want = replace(live, members={"user/a": MemberSpec("user/a", frozenset({expiring, Grant("owner")}))})
+        steps = diff(State(tenants={"acme": live}), State(tenants={"acme": want}), prune=prune, now=NOW)
+        assert steps == [ChangeGrant("acme", "user/a", expiring, plain)]
+        result = apply_steps(State(tenants={"acme": live}), steps)
+        assert result.tenants["acme"].members == want.members
+        assert diff(result, State(tenants={"acme": want}), prune=prune, now=NOW) == []
+    # Back to plain, and the expiry alone: changes too.
+    held = active(members={"user/a": MemberSpec("user/a", frozenset({expiring}))})
+    for target in (plain, conditional, replace(expiring, expires_at=LATER + datetime.timedelta(days=1))):
+        want = replace(held, members={"user/a": MemberSpec("user/a", frozenset({target}))})
+        assert diff(State(tenants={"acme": held}), State(tenants={"acme": want})) == [
+            ChangeGrant("acme", "user/a", target, expiring)
+        ]
+
+
+def test_changes_run_after_the_new_grants_and_before_the_revokes() -> None:
+    live = active(members={
+        "user/a": MemberSpec("user/a", frozenset({Grant("owner"), Grant("viewer", "eu")})),
+        "user/b": MemberSpec("user/b", frozenset()),
+    })  # fmt: skip
+    want = replace(live, members={
+        "user/a": MemberSpec("user/a", frozenset({Grant("owner", "", "context.ok == true")})),
+        "user/b": MemberSpec("user/b", frozenset({Grant("owner")})),
+    })  # fmt: skip
+    assert diff(State(tenants={"acme": live}), State(tenants={"acme": want}), prune=True) == [
+        AssignRole("acme", "user/b", Grant("owner")),
+        ChangeGrant("acme", "user/a", Grant("owner", "", "context.ok == true"), Grant("owner")),
+        RevokeRole("acme", "user/a", Grant("viewer", "eu")),
+    ]
+
+
+def test_a_grant_expiring_by_the_apply_is_refused_naming_its_line() -> None:
+    past = Grant("viewer", "eu", expires_at=NOW, where="s.yaml:14")
+    want = TenantSpec("acme", members={"user/a": MemberSpec("user/a", frozenset({past}), where="s.yaml:12")})
+    live = State(tenants={"acme": active(members={"user/a": MemberSpec("user/a")})})
+    with pytest.raises(PlanError) as caught:
+        diff(live, State(tenants={"acme": want}), now=NOW)
+    assert str(caught.value) == (
+        "s.yaml:14: tenant acme: user:a: viewer at eu: expires_at 2030-01-01T00:00:00Z is not ahead of now "
+        "(2030-01-01T00:00:00Z); drop the grant or give it a later expiry"
+    )
+    ahead = replace(past, expires_at=NOW + datetime.timedelta(microseconds=1))
+    later = replace(want, members={"user/a": MemberSpec("user/a", frozenset({ahead}))})
+    assert diff(live, State(tenants={"acme": later}), now=NOW) == [AssignRole("acme", "user/a", ahead)]

@@ -3,6 +3,7 @@ file, line and field, and what export writes reads back to no difference."""
 
 from __future__ import annotations
 
+import datetime
 import textwrap
 
 import pytest
@@ -181,5 +182,115 @@ def test_the_plan_reads_like_terraform() -> None:
         - member acme service:ci (with its role grants)
 
         Plan: 2 to add, 2 to change, 1 to remove.
+        """
+    )
+
+
+TERMS = """\
+apiVersion: gatehouse/v1
+kind: Tenant
+slug: acme
+members:
+  - subject: user:bob
+    roles:
+      - role: viewer
+        scope: us
+        condition: resource.attributes.owner == subject.id
+        expires_at: 2031-05-01T14:00:00+02:00
+      - role: viewer
+        scope: eu
+        expires_at: "2031-05-01T12:00:00.250Z"
+      - role: viewer
+"""
+
+
+def test_a_grant_carries_its_condition_and_expiry_and_export_writes_them_back() -> None:
+    utc = datetime.timezone.utc
+    state = loads(TERMS, "state.yaml")
+    assert state.tenants["acme"].members["user/bob"].grants == {
+        Grant("viewer", "us", "resource.attributes.owner == subject.id", datetime.datetime(2031, 5, 1, 12, tzinfo=utc)),
+        Grant("viewer", "eu", "", datetime.datetime(2031, 5, 1, 12, 0, 0, 250_000, tzinfo=utc)),
+        Grant("viewer"),
+    }
+    written = dumps(state)
+    assert "expires_at: '2031-05-01T12:00:00Z'" in written  # one spelling: UTC
+    assert "condition: resource.attributes.owner == subject.id" in written
+    assert loads(written, "export.yaml") == state
+    assert diff(state, loads(written, "export.yaml"), prune=True) == []
+
+
+def test_a_bad_condition_or_expiry_is_a_problem_naming_the_field() -> None:
+    assert problems(
+        """\
+        apiVersion: gatehouse/v1
+        kind: Tenant
+        slug: acme
+        members:
+          - subject: user:bob
+            roles:
+              - role: viewer
+                condition: resource.attributes.owner ==
+              - role: viewer
+                scope: eu
+                condition: 42
+                expires_at: 2031-05-01T12:00:00
+              - role: viewer
+                scope: us
+                condition: resource.attributes.size + 1
+                expires_at: tomorrow
+              - role: viewer
+                scope: apac
+                expires_at: 2031-02-30T12:00:00Z
+              - role: viewer
+                scope: emea
+                expires_at: 2031-05-01T12:00:00.123456789Z
+              - role: owner
+              - role: owner
+                condition: context.ok == true
+        """
+    ) == [
+        "state.yaml:8: Tenant acme: members[0].roles[0].condition: is not a usable condition: "
+        + problems_of_condition("resource.attributes.owner =="),
+        "state.yaml:11: Tenant acme: members[0].roles[1].condition: must be a string",
+        "state.yaml:12: Tenant acme: members[0].roles[1].expires_at: must be an RFC 3339 time with its zone, "
+        "e.g. 2027-01-31T18:00:00Z or 2027-01-31T19:00:00+01:00",
+        "state.yaml:15: Tenant acme: members[0].roles[2].condition: is not a usable condition: "
+        + problems_of_condition("resource.attributes.size + 1"),
+        "state.yaml:16: Tenant acme: members[0].roles[2].expires_at: must be an RFC 3339 time with its zone, "
+        "e.g. 2027-01-31T18:00:00Z or 2027-01-31T19:00:00+01:00",
+        "state.yaml:19: Tenant acme: members[0].roles[3].expires_at: '2031-02-30T12:00:00Z' is not a valid time "
+        "(must be an RFC 3339 time with its zone, e.g. 2027-01-31T18:00:00Z or 2027-01-31T19:00:00+01:00)",
+        "state.yaml:22: Tenant acme: members[0].roles[4].expires_at: to the microsecond at most "
+        "(the server keeps microseconds)",
+        "state.yaml:24: Tenant acme: members[0].roles[6]: lists this role at this scope twice",
+    ]
+
+
+def problems_of_condition(source: str) -> str:
+    """The message AssignRole gives for `source` (engine.conditions, the same check)."""
+    from gatehouse.engine.conditions import ConditionError, check_condition
+
+    with pytest.raises(ConditionError) as caught:
+        check_condition(source)
+    return str(caught.value)
+
+
+def test_the_plan_shows_a_grant_whose_terms_change_as_a_change() -> None:
+    live = loads(TERMS, "live.yaml")
+    want = loads(
+        TERMS.replace("owner == subject.id", "owner != subject.id").replace("2031-05-01T12:00:00.250Z", "2031-06-01T00:00:00Z")
+        + "        condition: context.ok == true\n",
+        "state.yaml",
+    )
+    assert render(diff(live, want)) == textwrap.dedent(
+        """\
+        ~ grant acme user:bob: viewer at the tenant root
+            condition: "" -> "context.ok == true"
+        ~ grant acme user:bob: viewer at eu
+            expires_at: 2031-05-01T12:00:00.250000Z -> 2031-06-01T00:00:00Z
+        ~ grant acme user:bob: viewer at us
+            condition: "resource.attributes.owner == subject.id" -> "resource.attributes.owner != subject.id"
+
+        Plan: 0 to add, 3 to change, 0 to remove.
         """
     )
