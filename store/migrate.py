@@ -112,10 +112,7 @@ async def schema_fit(conn: asyncpg.Connection, expected: int) -> str | None:
         return None
     if version < expected:
         return f"schema is at version {version}, this build expects {expected}"
-    has_flag = await conn.fetchval(
-        "SELECT 1 FROM information_schema.columns WHERE table_name = 'schema_migrations' AND column_name = 'additive'"
-    )
-    flag = "additive" if has_flag else "false"
+    flag = "additive" if await _has_additive_column(conn) else "false"
     blocking = await conn.fetch(
         f"SELECT version, name FROM schema_migrations WHERE version > $1 AND NOT {flag} ORDER BY version", expected
     )
@@ -126,6 +123,16 @@ async def schema_fit(conn: asyncpg.Connection, expected: int) -> str | None:
         f"schema is at version {version}, this build expects {expected}, and step {first['version']} "
         f"({first['name']}) is not additive"
     )
+
+
+async def _has_additive_column(conn: asyncpg.Connection) -> bool:
+    """Whether the schema_migrations that `read_version` reads (the search path's) has
+    the `additive` column; a table of that name in another schema does not count."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('schema_migrations') AND attname = 'additive'"
+        " AND NOT attisdropped"
+    )
+    return found is not None
 
 
 async def current_version(dsn: str) -> int:
@@ -198,10 +205,15 @@ async def _migrate(dsn: str, goal: int, *, up: bool, runtime_role: str = "") -> 
 
 async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
     await conn.execute(_CREATE_VERSION_TABLE)
-    await conn.execute(_ADD_ADDITIVE_COLUMN)
     # No arguments: asyncpg sends the simple-query protocol, which runs a whole
     # multi-statement file (functions with $$ bodies included) in one go.
     await conn.execute(migration.up)
+    # After the step, and only when missing: ALTER TABLE locks schema_migrations ACCESS
+    # EXCLUSIVE until commit (even with IF NOT EXISTS), and every sidecar's readiness
+    # reads it, so taken before a long step (an index build) it would turn every old
+    # build NOT_SERVING for the whole step, which is what additive steps exist to avoid.
+    if not await _has_additive_column(conn):
+        await conn.execute(_ADD_ADDITIVE_COLUMN)
     await conn.execute(
         "INSERT INTO schema_migrations (version, name, additive) VALUES ($1, $2, $3)",
         migration.version, migration.name, migration.additive,
