@@ -113,16 +113,18 @@ async def schema_fit(conn: asyncpg.Connection, expected: int) -> str | None:
     if version < expected:
         return f"schema is at version {version}, this build expects {expected}"
     flag = "additive" if await _has_additive_column(conn) else "false"
-    blocking = await conn.fetch(
-        f"SELECT version, name FROM schema_migrations WHERE version > $1 AND NOT {flag} ORDER BY version", expected
+    rows = await conn.fetch(
+        f"SELECT version, name, {flag} AS additive FROM schema_migrations WHERE version > $1 ORDER BY version", expected
     )
-    if not blocking:
-        return None
-    first = blocking[0]
-    return (
-        f"schema is at version {version}, this build expects {expected}, and step {first['version']} "
-        f"({first['name']}) is not additive"
-    )
+    recorded = {row["version"]: row for row in rows}
+    for step in range(expected + 1, version + 1):
+        # A step with no row (deleted by hand, or a version skipped) may be anything:
+        # only a step recorded as additive lets this build serve.
+        row = recorded.get(step)
+        if row is None or not row["additive"]:
+            what = f"step {step} ({row['name']}) is not additive" if row is not None else f"step {step} is not recorded"
+            return f"schema is at version {version}, this build expects {expected}, and {what}"
+    return None
 
 
 async def _has_additive_column(conn: asyncpg.Connection) -> bool:

@@ -65,3 +65,21 @@ async def test_schema_fit_reads_the_flag_of_its_own_schema_migrations_only(empty
         assert verdict is not None and "step 6" in verdict and "not additive" in verdict
     finally:
         await conn.close()
+
+
+async def test_a_step_with_no_row_does_not_count_as_additive(empty_db: str) -> None:
+    """Input: schema_migrations at 7 (a newer build's additive step) with the row of
+    step 6 gone (deleted by hand). Before: only rows present were asked, so a build of 5
+    was fit although nothing says what step 6 did. Now: not fit, naming the step."""
+    assert await migrate_up(empty_db, 6) == 6
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute("INSERT INTO schema_migrations (version, name, additive) VALUES (7, 'an_index', true)")
+        assert await schema_fit(conn, 6) is None
+        assert await schema_fit(conn, 5) is None
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 6")
+        assert await schema_fit(conn, 5) == "schema is at version 7, this build expects 5, and step 6 is not recorded"
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 7")
+        await conn.execute("INSERT INTO schema_migrations (version, name, additive) VALUES (6, 'memberships_by_subject', true)")
+    finally:
+        await conn.close()
