@@ -32,7 +32,9 @@ What the specification says, and what Gatehouse does with it (quotes are from
   finite numbers, at most 32 levels, and at most MAX_ATTRIBUTE_VALUES values and
   MAX_ATTRIBUTE_BYTES encoded in one question's attributes and context together); a
   violation is a 400 naming the value as the caller spelled it
-  (`evaluations[2].subject.properties['tags'][3]`). Numbers are doubles, as in a Struct.
+  (`evaluations[2].subject.properties['tags'][3]`). Numbers are doubles, as in a Struct;
+  an integer beyond 2**53 is a 400 (a double would round it, and two ids compare equal):
+  pass it as a string.
   The tenant may come from the header when every question is about one
   tenant; a resource naming another tenant than the header is refused (400), never
   decided in either.
@@ -81,6 +83,7 @@ comes from one snapshot, exactly as CheckAccessBatch answers.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from time import time
 from typing import Any, Mapping
@@ -348,6 +351,12 @@ class _Parts:
         kept = {key: value for key, value in given.items() if value is not None and key not in reserved}
         if not kept:
             return None
+        for key, value in kept.items():
+            if _inexact(value, 0):
+                # A Struct's numbers are doubles: 2**53 + 1 would be read as 2**53, equal to
+                # another caller's id, and a condition comparing them would allow.
+                self._bad(f"{path}[{key!r}]" if len(repr(key)) <= 64 else f"{path}[key]", INEXACT_INTEGER)
+                return None
         struct = struct_pb2.Struct()
         try:
             json_format.ParseDict(kept, struct)
@@ -414,6 +423,26 @@ class _Parts:
             self._bad(field, f"must be at most {MAX_REVISION}")
             return 0
         return self._v.check(require_revision, field, value)
+
+
+MAX_EXACT_INTEGER = 2**53  # a double holds every integer up to it, and not all beyond
+_MAX_DOUBLE_INTEGER = int(sys.float_info.max)
+INEXACT_INTEGER = f"an integer beyond {MAX_EXACT_INTEGER} is no exact number (a double): pass it as a string"
+
+
+def _inexact(value: Any, depth: int) -> bool:
+    """Whether parsed JSON `value` holds an integer a double cannot hold exactly (at any
+    depth up to the nesting protobuf parses; deeper is refused anyway)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        # Beyond a double's range altogether: "must be a finite number" (_unstorable).
+        return MAX_EXACT_INTEGER < abs(value) <= _MAX_DOUBLE_INTEGER
+    if depth > 100:
+        return False
+    if isinstance(value, dict):
+        return any(_inexact(item, depth + 1) for item in value.values())
+    if isinstance(value, list):
+        return any(_inexact(item, depth + 1) for item in value)
+    return False
 
 
 def _unstorable(key: str, value: Any) -> str | None:

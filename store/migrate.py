@@ -112,20 +112,29 @@ async def schema_fit(conn: asyncpg.Connection, expected: int) -> str | None:
         return None
     if version < expected:
         return f"schema is at version {version}, this build expects {expected}"
-    has_flag = await conn.fetchval(
-        "SELECT 1 FROM information_schema.columns WHERE table_name = 'schema_migrations' AND column_name = 'additive'"
+    flag = "additive" if await _has_additive_column(conn) else "false"
+    rows = await conn.fetch(
+        f"SELECT version, name, {flag} AS additive FROM schema_migrations WHERE version > $1 ORDER BY version", expected
     )
-    flag = "additive" if has_flag else "false"
-    blocking = await conn.fetch(
-        f"SELECT version, name FROM schema_migrations WHERE version > $1 AND NOT {flag} ORDER BY version", expected
+    recorded = {row["version"]: row for row in rows}
+    for step in range(expected + 1, version + 1):
+        # A step with no row (deleted by hand, or a version skipped) may be anything:
+        # only a step recorded as additive lets this build serve.
+        row = recorded.get(step)
+        if row is None or not row["additive"]:
+            what = f"step {step} ({row['name']}) is not additive" if row is not None else f"step {step} is not recorded"
+            return f"schema is at version {version}, this build expects {expected}, and {what}"
+    return None
+
+
+async def _has_additive_column(conn: asyncpg.Connection) -> bool:
+    """Whether the schema_migrations that `read_version` reads (the search path's) has
+    the `additive` column; a table of that name in another schema does not count."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('schema_migrations') AND attname = 'additive'"
+        " AND NOT attisdropped"
     )
-    if not blocking:
-        return None
-    first = blocking[0]
-    return (
-        f"schema is at version {version}, this build expects {expected}, and step {first['version']} "
-        f"({first['name']}) is not additive"
-    )
+    return found is not None
 
 
 async def current_version(dsn: str) -> int:
@@ -198,10 +207,15 @@ async def _migrate(dsn: str, goal: int, *, up: bool, runtime_role: str = "") -> 
 
 async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
     await conn.execute(_CREATE_VERSION_TABLE)
-    await conn.execute(_ADD_ADDITIVE_COLUMN)
     # No arguments: asyncpg sends the simple-query protocol, which runs a whole
     # multi-statement file (functions with $$ bodies included) in one go.
     await conn.execute(migration.up)
+    # After the step, and only when missing: ALTER TABLE locks schema_migrations ACCESS
+    # EXCLUSIVE until commit (even with IF NOT EXISTS), and every sidecar's readiness
+    # reads it, so taken before a long step (an index build) it would turn every old
+    # build NOT_SERVING for the whole step, which is what additive steps exist to avoid.
+    if not await _has_additive_column(conn):
+        await conn.execute(_ADD_ADDITIVE_COLUMN)
     await conn.execute(
         "INSERT INTO schema_migrations (version, name, additive) VALUES ($1, $2, $3)",
         migration.version, migration.name, migration.additive,
