@@ -1,4 +1,4 @@
-"""break19: AuthZEN properties and context as condition attributes, attacked."""
+"""AuthZEN properties and context as condition attributes: numbers a double cannot hold exactly, and other hostile values."""
 
 from __future__ import annotations
 

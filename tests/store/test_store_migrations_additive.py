@@ -1,4 +1,4 @@
-"""break19: a release's additive migration must not make the old build's readiness wait
+"""A release's additive migration must not make the old build's readiness wait
 (and so time out, NOT_SERVING) while the step runs."""
 
 from __future__ import annotations

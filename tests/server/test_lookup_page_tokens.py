@@ -1,4 +1,4 @@
-"""break19: ListTenantsForSubject page tokens and sizes, forged (these held)."""
+"""ListTenantsForSubject page tokens and sizes, forged: each is refused naming page_token, or acts only as a starting point."""
 
 from __future__ import annotations
 
