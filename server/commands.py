@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import sys
 import textwrap
 from pathlib import Path
@@ -448,17 +449,31 @@ def config_patch(client: Client, args: argparse.Namespace) -> None:
 
 
 def config_watch(client: Client, args: argparse.Namespace) -> None:
-    seen = 0
-    for config in client.watch_config(_tenant_id(client, args.tenant)):
-        data = plain(config)
-        if args.output == "table":
-            print(f"revision {config.revision}: {json.dumps(data, sort_keys=True)}", flush=True)
-        else:
-            emit(data, args.output, "")
-            sys.stdout.flush()
-        seen += 1
-        if args.count and seen >= args.count:
-            return
+    """Resumes as `Client.watch_config` does (a sidecar restart, a lost connection,
+    `GATEHOUSE_STALE`): each reconnect is one line on stderr, stdout gets only the
+    documents, each revision once."""
+    reconnects = logging.StreamHandler(sys.stderr)
+    reconnects.setFormatter(logging.Formatter("%(message)s"))
+    reconnects.addFilter(lambda record: "reconnect" in record.getMessage())
+    logger = logging.getLogger("gatehouse_client")
+    previous = logger.level
+    logger.addHandler(reconnects)
+    logger.setLevel(logging.INFO)
+    try:
+        seen = 0
+        for config in client.watch_config(_tenant_id(client, args.tenant)):
+            data = plain(config)
+            if args.output == "table":
+                print(f"revision {config.revision}: {json.dumps(data, sort_keys=True)}", flush=True)
+            else:
+                emit(data, args.output, "")
+                sys.stdout.flush()
+            seen += 1
+            if args.count and seen >= args.count:
+                return
+    finally:
+        logger.removeHandler(reconnects)
+        logger.setLevel(previous)
 
 
 # --- check ------------------------------------------------------------------------------

@@ -284,6 +284,57 @@ class CallPolicy:
         return request
 
 
+class WatchProgress:
+    """Where one `watch_config` stands across the streams it opens: the newest revision it
+    yielded and how many reconnects in a row have failed. It decides which messages are
+    news and whether (and after how long) an ended stream is opened again; the client
+    opens, sleeps and yields.
+
+    A stream is resumed (`resume=True`) after an end the unary calls would retry
+    (`CallPolicy.retryable`: UNAVAILABLE, which covers a sidecar restart or rollout, a lost
+    connection and the server's `GATEHOUSE_STALE`) and after CANCELLED that the caller did
+    not cause (a connection reset mid-stream; the caller's own `close()` ends the watch).
+    DEADLINE_EXCEEDED (a watch has no deadline) and INTERNAL are not retried by the policy,
+    so they end the watch, as does every other code (INVALID_ARGUMENT, NOT_FOUND,
+    PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION, ...). The wait before a
+    reconnect is `CallPolicy.backoff(n)` for the n-th failed one in a row (0 first); a
+    message received starts the count over. `retries`: reconnects in a row that may fail
+    before the last error is raised (None: no limit).
+    """
+
+    def __init__(self, policy: CallPolicy, *, resume: bool, retries: int | None) -> None:
+        if retries is not None and retries < 0:
+            raise ValueError("retries must be 0 or more, or None (no limit)")
+        self._policy = policy
+        self._resume = resume
+        self._retries = retries
+        self.revision = 0  # the newest revision yielded
+        self.failures = 0  # streams ended in a row without a message
+
+    def received(self, config: config_pb2.TenantConfig) -> bool:
+        """A message arrived (the connection works: the backoff starts over). True when it
+        is news, a revision above every one yielded; a new stream's first message, the
+        config as it is now, is often the one already yielded."""
+        self.failures = 0
+        if config.revision <= self.revision:
+            return False
+        self.revision = config.revision
+        return True
+
+    def resume_after(self, error: GatehouseError, closed: bool) -> float | None:
+        """Seconds to wait before opening the stream again after `error` ended it, or None
+        when the watch ends with `error` (not resumable, resuming off, the client `closed`,
+        or `retries` reconnects in a row failed already)."""
+        resumable = self._policy.retryable(error.code) or error.code == grpc.StatusCode.CANCELLED
+        if not (self._resume and resumable) or closed:
+            return None
+        if self._retries is not None and self.failures >= self._retries:
+            return None
+        wait = self._policy.backoff(self.failures)
+        self.failures += 1
+        return wait
+
+
 PAGE_TOKEN_EXPIRED = "GATEHOUSE_PAGE_TOKEN_EXPIRED"
 LISTING_RESTARTS = 3  # a listing whose tenant moves on mid-way starts again at most this often
 

@@ -13,7 +13,9 @@ Targets: `host:port` or `unix:/path/to.sock`. TLS when `ca_file` (the server's C
 `tls=True` (the system's roots) is given; mutual TLS with `cert_file` and `key_file`.
 Every call has a deadline (`timeout` seconds, per attempt) and is retried on UNAVAILABLE
 only (`retries` times, exponential backoff with full jitter). A failed call raises
-`GatehouseError`. Read-your-writes: every check and config read of a tenant carries, as
+`GatehouseError`. `watch_config` has no deadline and resumes by default: a stream ended
+UNAVAILABLE (or CANCELLED not by the client) is opened again after the same backoff, and
+no revision is yielded twice. Read-your-writes: every check and config read of a tenant carries, as
 `min_revision`, the highest revision this client's writes to that tenant returned.
 """
 
@@ -40,6 +42,7 @@ from gatehouse_client.calls import (
     Decision,
     Listing,
     SubjectLike,
+    WatchProgress,
     admin_request,
 )
 from gatehouse_client.errors import GatehouseError
@@ -144,6 +147,11 @@ class _AdminMethods:
     list_audit_events = _Rpc(admin_pb2.ListAuditEventsResponse)
 
 
+def _log_reconnect(target: str, tenant_id: str, error: GatehouseError, attempt: int, wait: float) -> None:
+    log.info("gatehouse: %s: watch of tenant %s ended (%s); reconnect %d in %.2f s", target, tenant_id, error,
+             attempt, wait)
+
+
 # --- blocking ---------------------------------------------------------------------------
 
 
@@ -185,8 +193,9 @@ class Client:
     `target`: `host:port` or `unix:/path` (default `$GATEHOUSE_SERVER`, else
     127.0.0.1:50051); `key`: API key (default `$GATEHOUSE_KEY`);
     `tls`/`ca_file`/`cert_file`/`key_file`: TLS and mutual TLS; `timeout`: seconds per
-    attempt; `retries`: attempts after the first, on UNAVAILABLE only. Safe to share
-    between threads; close it (or use `with`) when done.
+    attempt; `retries`: attempts after the first, on UNAVAILABLE only (a watch has its
+    own, see `watch_config`). Safe to share between threads; close it (or use `with`)
+    when done.
     """
 
     def __init__(
@@ -213,6 +222,7 @@ class Client:
         self._config = config_pb2_grpc.ConfigServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self._lookup = lookup_pb2_grpc.LookupServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.admin = Admin(self)
+        self._closed = False
 
     def __enter__(self) -> Client:
         return self
@@ -221,6 +231,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self._closed = True  # a watch cancelled by this ends; it is not resumed
         self.channel.close()
 
     def check(
@@ -327,18 +338,40 @@ class Client:
                 return found
             request.page_token = page.next_page_token
 
-    def watch_config(self, tenant_id: str) -> Iterator[config_pb2.TenantConfig]:
+    def watch_config(
+        self, tenant_id: str, *, resume: bool = True, retries: int | None = None
+    ) -> Iterator[config_pb2.TenantConfig]:
         """The tenant's configuration now, then after every change, until the caller stops
-        iterating (no deadline, no retries: a GatehouseError ends it)."""
-        stream = self._config.WatchTenantConfig(
-            config_pb2.WatchTenantConfigRequest(tenant_id=tenant_id), metadata=self.policy.auth
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            raise GatehouseError.from_rpc_error(error) from None
-        finally:
-            stream.cancel()
+        iterating: TenantConfig messages of strictly increasing `revision`, none twice.
+
+        No deadline. A stream that ends UNAVAILABLE (sidecar restart, rollout, connection
+        lost, the server's `GATEHOUSE_STALE`) or CANCELLED not by this client is opened
+        again after the client's backoff (full jitter, up to 2 s; a message received
+        starts it over), and what the new stream sends first, the config as it is now, is
+        yielded only when newer than the last one yielded (see `WatchProgress`). Any other
+        code raises its GatehouseError at once (NOT_FOUND for an unknown tenant,
+        PERMISSION_DENIED, ...). `resume=False`: the first error of any code raises.
+        `retries`: reconnects in a row that may fail before the last error is raised
+        (default None: never give up). Each reconnect is logged at INFO by the
+        `gatehouse_client` logger."""
+        progress = WatchProgress(self.policy, resume=resume, retries=retries)
+        request = config_pb2.WatchTenantConfigRequest(tenant_id=tenant_id)
+        while True:
+            stream = self._config.WatchTenantConfig(request, metadata=self.policy.auth)
+            try:
+                for config in stream:
+                    if progress.received(config):
+                        yield config
+                return  # the server ended the stream OK (it does not, short of a bug)
+            except grpc.RpcError as rpc_error:
+                error = GatehouseError.from_rpc_error(rpc_error)
+            finally:
+                stream.cancel()
+            wait = progress.resume_after(error, self._closed)
+            if wait is None:
+                raise error
+            _log_reconnect(self.target, tenant_id, error, progress.failures, wait)
+            time.sleep(wait)
 
     def _unary(self, rpc: Call, request: Message, metadata: tuple[tuple[str, str], ...], timeout: float | None) -> Any:
         policy = self.policy
@@ -421,6 +454,7 @@ class AsyncClient:
         self._config = config_pb2_grpc.ConfigServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self._lookup = lookup_pb2_grpc.LookupServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.admin = AsyncAdmin(self)
+        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -429,6 +463,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True  # a watch cancelled by this ends; it is not resumed
         await self.channel.close()
 
     async def check(
@@ -522,18 +557,28 @@ class AsyncClient:
                 return found
             request.page_token = page.next_page_token
 
-    async def watch_config(self, tenant_id: str) -> AsyncIterator[config_pb2.TenantConfig]:
-        """See `Client.watch_config`."""
-        stream = self._config.WatchTenantConfig(
-            config_pb2.WatchTenantConfigRequest(tenant_id=tenant_id), metadata=self.policy.auth
-        )
-        try:
-            async for config in stream:
-                yield config
-        except grpc.aio.AioRpcError as error:
-            raise GatehouseError.from_rpc_error(error) from None
-        finally:
-            stream.cancel()
+    async def watch_config(
+        self, tenant_id: str, *, resume: bool = True, retries: int | None = None
+    ) -> AsyncIterator[config_pb2.TenantConfig]:
+        """See `Client.watch_config` (the same, `async for`)."""
+        progress = WatchProgress(self.policy, resume=resume, retries=retries)
+        request = config_pb2.WatchTenantConfigRequest(tenant_id=tenant_id)
+        while True:
+            stream = self._config.WatchTenantConfig(request, metadata=self.policy.auth)
+            try:
+                async for config in stream:
+                    if progress.received(config):
+                        yield config
+                return  # the server ended the stream OK (it does not, short of a bug)
+            except grpc.aio.AioRpcError as rpc_error:
+                error = GatehouseError.from_rpc_error(rpc_error)
+            finally:
+                stream.cancel()
+            wait = progress.resume_after(error, self._closed)
+            if wait is None:
+                raise error
+            _log_reconnect(self.target, tenant_id, error, progress.failures, wait)
+            await asyncio.sleep(wait)
 
     async def _unary(
         self, rpc: Call, request: Message, metadata: tuple[tuple[str, str], ...], timeout: float | None
