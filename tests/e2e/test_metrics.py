@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.targets import process_tree
 from gatehouse_client.v1 import access_pb2, common_pb2
 from tests.client import make_client, user
+from tests.dependencies import free_port
 from tests.processes import ServerProcess, sidecar_env, start_server
 
 KEY = "metrics-operator-key"
@@ -48,10 +49,6 @@ def summed(text: str, sample: str, **match: str) -> float:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def drive(address: str, token: str, tenant_id: str) -> None:

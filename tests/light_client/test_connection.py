@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 import threading
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
@@ -17,6 +16,7 @@ import pytest
 
 from gatehouse_client import AsyncClient, Client, GatehouseError
 from tests.certs import Pki
+from tests.dependencies import free_port
 from tests.faults import FaultProxy
 from tests.processes import ServerProcess, sidecar_env, start_server
 from tests.served import Served
@@ -47,15 +47,6 @@ def retries() -> Iterator[Retries]:
     logger.setLevel(previous)
 
 
-@pytest.fixture
-def env(database_url: str, redis_url: str, redis_prefix: str) -> dict[str, str]:
-    return sidecar_env(database_url, redis_url, redis_prefix, "gh_op_" + secrets.token_urlsafe(24))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_unavailable_is_retried_until_the_server_is_back(

@@ -19,7 +19,7 @@ import pytest
 from gatehouse_client import AsyncClient, Client, GatehouseError
 from gatehouse_client.calls import CallPolicy, WatchProgress
 from gatehouse_client.v1 import admin_pb2, config_pb2
-from tests.light_client.test_connection import env, free_port  # noqa: F401  (a fixture and a helper)
+from tests.dependencies import free_port
 from tests.processes import ServerProcess, start_server
 from tests.served import Served
 
