@@ -207,8 +207,8 @@ class Settings:
     metrics_listen: str = field(
         default="127.0.0.1:9464",
         metadata={
-            "help": "host:port of the Prometheus /metrics listener, one for all workers ('' or 'off' = no metrics; "
-            "port 0 = any free port)"
+            "help": "host:port of the Prometheus /metrics listener, one for all workers of a serve ('' or 'off' = no "
+            "metrics; port 0 = any free port); `gatehouse relay` serves its own only when this is given"
         },
     )
 
@@ -236,9 +236,13 @@ class Settings:
             )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, defaults: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> "Settings":
+        """Settings from `overrides` (None: not given), else `GATEHOUSE_<NAME>` in `env`,
+        else `defaults` (a command's own, e.g. `RELAY_DEFAULTS`), else the field's default."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(defaults or {})
         for f in fields(cls):
             raw = env.get(f"GATEHOUSE_{f.name.upper()}")
             if raw is not None:
@@ -247,16 +251,24 @@ class Settings:
         return cls(**values)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, names: frozenset[str] | None = None) -> None:
+    def add_arguments(
+        cls,
+        parser: argparse.ArgumentParser,
+        names: frozenset[str] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
         """One `--flag` per setting (of `names` only, when given: `gatehouse relay` takes
-        just `RELAY_SETTINGS`); unset flags fall back to the environment, then defaults.
+        just `RELAY_SETTINGS`); unset flags fall back to the environment, then `defaults`
+        (the command's own, shown in its help), then the field's default.
 
         A setting marked as a switch also takes its flag alone: `--allow-plaintext` means
         `--allow-plaintext 1`.
         """
+        defaults = defaults or {}
         for f in fields(cls):
             if names is not None and f.name not in names:
                 continue
+            default = defaults.get(f.name, f.default)
             switch: dict[str, Any] = {"nargs": "?", "const": 1} if f.metadata.get("switch") else {}
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",
@@ -264,14 +276,15 @@ class Settings:
                 type=_PARSERS[str(f.type)],
                 default=None,
                 **switch,
-                help=f"{f.metadata.get('help', '')} [env GATEHOUSE_{f.name.upper()}, default {f.default!r}]"
+                help=f"{f.metadata.get('help', '')} [env GATEHOUSE_{f.name.upper()}, default {default!r}]"
                 if not f.metadata.get("secret")
                 else f"{f.metadata.get('help', '')} [env GATEHOUSE_{f.name.upper()}]",
             )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Settings":
-        return cls.from_env(**{f.name: getattr(args, f.name, None) for f in fields(cls)})
+    def from_args(cls, args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> "Settings":
+        """From parsed `add_arguments` flags, then the environment, then `defaults`."""
+        return cls.from_env(defaults=defaults, **{f.name: getattr(args, f.name, None) for f in fields(cls)})
 
 
 # Settings that must be more than 0 seconds (`Settings.check_durations`).
@@ -291,8 +304,12 @@ RELAY_SETTINGS = frozenset(
         "relay_heartbeat_seconds",
         "log_level",
         "log_format",
+        "metrics_listen",
     }
 )
+# `gatehouse relay`'s own defaults. Metrics only when asked for: a relay beside a `serve`
+# on one host would otherwise take (or be refused) the sidecar's default 127.0.0.1:9464.
+RELAY_DEFAULTS: Mapping[str, Any] = {"metrics_listen": "off"}
 
 
 @dataclass(frozen=True, slots=True)

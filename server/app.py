@@ -33,7 +33,7 @@ from gatehouse.server.lookup import LookupServicer
 from gatehouse.server.interceptors import CallCounter, Chain, Deadline, Interceptor
 from gatehouse.server.listeners import HttpListener, bind, plan_http_listener, plan_listeners
 from gatehouse.server.tracing import TraceInterceptor
-from gatehouse.server.metrics import Metrics, RpcMetrics, StatsExporter, report_sources
+from gatehouse.server.metrics import Metrics, MetricsEndpoint, RelayMetrics, RpcMetrics, StatsExporter, report_sources
 from gatehouse.server.wire import EncodedAnswer, register_service
 from gatehouse.redis_client import RedisClient, check_mode, redis_client
 from gatehouse.settings import Settings
@@ -299,8 +299,7 @@ class Sidecar:
         self.stats.register("answers", lambda: {"check_hits": check_answers.hits, "config_hits": config_answers.hits})
         self.stats.register("events", self.subscriber.stats)
         if self.relay is not None:
-            relay = self.relay
-            self.stats.register("relay", lambda: {"published": relay.published, "heartbeats": relay.heartbeats})
+            report_relay(self.stats, self.relay)
         if self.decision_log is not None:
             self.stats.register("decision_log", self.decision_log.stats)
 
@@ -369,22 +368,50 @@ def relay_for(s: Settings) -> OutboxRelay:
     )
 
 
-async def run_relay(settings: Settings) -> int:
-    """`gatehouse relay`: only the outbox relay, until SIGTERM or SIGINT."""
+def report_relay(stats: StatsRegistry, relay: OutboxRelay) -> None:
+    """The relay's counters (`relay.*`) and backlog (`relay_backlog.*`) in `stats`: the
+    same sources, so the same series (server/metrics.py `SERIES`), whether the relay runs
+    in a `serve` worker or as `gatehouse relay`."""
+    stats.register("relay", relay.stats)
+    stats.register("relay_backlog", relay.backlog)
+
+
+async def run_relay(settings: Settings, *, metrics: tuple[str, int] | None = None) -> int:
+    """`gatehouse relay`: only the outbox relay, until SIGTERM or SIGINT. With `metrics`
+    (host, port), it serves its own /metrics there (`RelayMetrics`: the relay's series
+    and the process collectors), in a thread of this process; SystemExit when the port
+    cannot be listened on."""
     settings.check_durations()
     settings.check_redis_prefix()
+    # First, before any connection opens: a metrics port that is taken stops the relay.
+    endpoint: MetricsEndpoint | None = None
+    recorded: RelayMetrics | None = None
+    if metrics is not None:
+        recorded = RelayMetrics()
+        endpoint = MetricsEndpoint(*metrics, registry=recorded.registry)
     traces = tracing.start()
     await check_mode(settings.redis_url, cluster=bool(settings.redis_cluster), timeout=1.0)
     relay = relay_for(settings)
-    task = asyncio.create_task(relay.run())
+    tasks = [asyncio.create_task(relay.run(), name="relay")]
+    if recorded is not None:
+        stats = StatsRegistry()
+        report_relay(stats, relay)
+        relay.on_published = recorded.publish_latency.observe
+        tasks.append(asyncio.create_task(StatsExporter(stats, recorded).run(), name="metrics-exporter"))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    print("gatehouse: relaying outbox to", settings.redis_prefix + ":events", flush=True)
+        loop.add_signal_handler(sig, tasks[0].cancel)
+    shown = f" (metrics: {endpoint.url})" if endpoint is not None else ""
+    print("gatehouse: relaying outbox to", settings.redis_prefix + ":events" + shown, flush=True)
     try:
-        await task
+        await tasks[0]
     except asyncio.CancelledError:
         pass
+    for task in tasks[1:]:
+        task.cancel()
+    await asyncio.gather(*tasks[1:], return_exceptions=True)
+    if endpoint is not None:
+        endpoint.close()
     await relay.redis.aclose()
     if traces is not None:
         traces.flush()

@@ -23,7 +23,7 @@ from typing import Any, Coroutine
 from gatehouse import logs
 from gatehouse.server import commands as commands_module
 from gatehouse.redis_client import url_passwords
-from gatehouse.settings import OWNER_DATABASE_URL, RELAY_SETTINGS, MigrateSettings, Settings
+from gatehouse.settings import OWNER_DATABASE_URL, RELAY_DEFAULTS, RELAY_SETTINGS, MigrateSettings, Settings
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the sidecar")
     Settings.add_arguments(serve)
     relay = commands.add_parser("relay", help="run only the outbox relay (serve runs one too unless --relay 0)")
-    Settings.add_arguments(relay, RELAY_SETTINGS)
+    Settings.add_arguments(relay, RELAY_SETTINGS, RELAY_DEFAULTS)
     migrate = commands.add_parser("migrate", help="apply or roll back schema migrations")
     migrate.add_argument("direction", choices=("up", "down", "version"))
     migrate.add_argument(
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("apply", "export"):
         return declarative_cli.run(args)
     if args.command in ("serve", "relay"):
-        settings = Settings.from_args(args)
+        settings = Settings.from_args(args, RELAY_DEFAULTS if args.command == "relay" else None)
         worker = os.environ.get("GATEHOUSE_WORKER_INDEX")
         logs.configure(
             settings.log_format, settings.log_level, worker=int(worker) if worker and worker.isdigit() else None,
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         # gatehouse.server.app is imported only after the metrics directory is made (below):
         # prometheus_client picks its value store when it is first imported.
         if args.command == "relay":
-            from gatehouse.server import app
-
-            return _run(app.run_relay(settings))
+            return _relay(settings)
         return _serve(settings)
 
     return _migrate(args)
@@ -118,6 +116,19 @@ def _serve(settings: Settings) -> int:
 
     recording = worker and os.environ.get("GATEHOUSE_WORKER_METRICS") == "1"
     return _run(app.serve(settings, reuse_port=worker, metrics=Metrics() if recording else None))
+
+
+def _relay(settings: Settings) -> int:
+    """`gatehouse relay`: one process; with metrics on, it records and serves its own
+    (server/metrics.py `RelayMetrics`), in memory: no workers, no multiprocess directory."""
+    from gatehouse.server.metrics_setup import MULTIPROC_ENV, parse_listen
+
+    listen = parse_listen(settings.metrics_listen)
+    # A directory named in the environment it was started from (a `serve`'s) is not its own.
+    os.environ.pop(MULTIPROC_ENV, None)
+    from gatehouse.server import app
+
+    return _run(app.run_relay(settings, metrics=listen))
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -23,6 +23,12 @@ go down. Gauges say per gauge how workers combine (`Series.mode`: `livesum`, `li
 `livemin`); the parent calls `mark_process_dead` for each worker that exits, which drops
 its live gauges.
 
+`gatehouse relay` (the relay alone, `app.run_relay`): one process, no workers, so no
+multiprocess directory. With GATEHOUSE_METRICS_LISTEN given it records `RelayMetrics`
+(the same `SERIES` mirroring, fed by the same stats sources as a `serve` worker's relay,
+`app.report_relay`, plus the standard process and Python collectors) in memory and
+serves them with the same `MetricsEndpoint`, from its registry, in a thread.
+
 Cost, measured (`python -m bench.metrics_overhead`: a bare coroutine awaited 200,000
 times through the chain's links, median of 3 runs, fresh interpreter per mode): writing
 the RPC metrics per call into prometheus-client's multiprocess values (a counter `inc`
@@ -52,7 +58,18 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Literal, Mapping
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    multiprocess,
+    start_http_server,
+    values,
+)
 
 from gatehouse.server.interceptors import StreamHandler, UnaryHandler, _code
 from gatehouse.server.metrics_setup import MULTIPROC_ENV, is_loopback
@@ -178,6 +195,10 @@ SERIES: dict[str, Series | None] = {
     "events.blind_refreshes": _c("gatehouse_blind_refreshes", "L1 cleared because the event stream was unreadable."),
     "relay.published": _c("gatehouse_relay_published", "Outbox events the relay published to the stream."),
     "relay.heartbeats": _c("gatehouse_relay_heartbeats", "Heartbeats the relay appended to the stream."),
+    "relay.errors": _c(
+        "gatehouse_relay_errors",
+        "Relay attempts that failed because Postgres or Redis did not answer (each retried after a backoff), by cause.",
+    ),
     "relay_backlog.rows": _g("gatehouse_relay_backlog_rows", "Unpublished outbox rows (at the last heartbeat).", "livemax"),
     "relay_backlog.oldest_seconds": _g(
         "gatehouse_relay_backlog_oldest_seconds", "Age of the oldest unpublished outbox row (0: none).", "livemax"
@@ -209,35 +230,19 @@ def _reason_name(number: int) -> str:
     return _REASON_NAMES.get(number, str(number))
 
 
-class Metrics:
-    """This process's Prometheus metrics. In multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`
-    set before prometheus_client was imported) every value lives in that directory; else
-    in memory, read through `registry`."""
+class ProcessMetrics:
+    """What every Gatehouse process that records metrics has: the stats registry's
+    counters mirrored by `SERIES` (`publish`), the relay's publish latency and
+    `gatehouse_build_info`. A `serve` worker's are `Metrics`, `gatehouse relay`'s
+    `RelayMetrics`. In multiprocess mode (`PROMETHEUS_MULTIPROC_DIR` set before
+    prometheus_client was imported) every value lives in that directory; else in memory,
+    read through `registry`."""
 
     def __init__(self) -> None:
         if os.environ.get(MULTIPROC_ENV) and values.ValueClass is values.MutexValue:
             raise RuntimeError(f"prometheus_client was imported before {MULTIPROC_ENV} was set: values would stay in memory")
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.handled = Counter(
-            "grpc_server_handled",
-            "RPCs completed on the server, by final status code.",
-            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-            registry=r,
-        )
-        self.handling = Histogram(
-            "grpc_server_handling_seconds",
-            "Seconds from a call entering the handler chain to its answer (streams: the stream's life).",
-            ["grpc_type", "grpc_service", "grpc_method"],
-            buckets=RPC_BUCKETS,
-            registry=r,
-        )
-        self.event_lag = Histogram(
-            "gatehouse_tenant_event_lag_seconds",
-            "Seconds from a write's commit (the event's `at`) to its event applied in this process.",
-            buckets=LAG_BUCKETS,
-            registry=r,
-        )
         self.publish_latency = Histogram(
             "gatehouse_relay_publish_seconds",
             "Seconds from a write's commit to the relay's XADD of its event acknowledged by Redis.",
@@ -297,6 +302,47 @@ class Metrics:
         return _CounterChild(child) if series.kind == "counter" else child
 
 
+class Metrics(ProcessMetrics):
+    """A `serve` worker's metrics: `ProcessMetrics` and the RPC and event-lag series."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by final status code.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            registry=r,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Seconds from a call entering the handler chain to its answer (streams: the stream's life).",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "gatehouse_tenant_event_lag_seconds",
+            "Seconds from a write's commit (the event's `at`) to its event applied in this process.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+
+
+class RelayMetrics(ProcessMetrics):
+    """`gatehouse relay`'s metrics: `ProcessMetrics` (its `gatehouse_relay_*` series come
+    through `SERIES`) and prometheus_client's standard `process_*` and `python_*`
+    collectors. One process, so in memory, served from `registry` itself; a `serve`
+    parent's multiprocess scrape cannot have those collectors (they describe the
+    scraping process, not the workers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+
+
 _UNSEEN = object()
 
 
@@ -319,7 +365,8 @@ def split_key(key: str) -> tuple[str, dict[str, str]]:
 
 def report_sources(stats: StatsRegistry, sidecar: Any) -> None:
     """Register the sources only the metrics read (derived tiers, decisions, pool, health,
-    idempotency, Postgres errors) beside those `Sidecar._report_stats` registers."""
+    idempotency, Postgres errors) beside those `Sidecar._report_stats` registers (the
+    relay's among them, as `gatehouse relay` registers its own: `app.report_relay`)."""
     from gatehouse.server import idempotency
     from gatehouse.store import driver_errors
 
@@ -342,11 +389,6 @@ def report_sources(stats: StatsRegistry, sidecar: Any) -> None:
     l2 = sidecar.l2
     stats.register("l2breaker", lambda: {"circuit_open": float(l2.circuit_open)})
     stats.register("idempotency", lambda: {"replays": idempotency.replays})
-    relay = sidecar.relay
-    if relay is not None:
-        stats.register(
-            "relay_backlog", lambda: {"rows": relay.backlog_rows, "oldest_seconds": relay.backlog_oldest_seconds}
-        )
     readiness = sidecar.readiness
     from gatehouse.server.health import SERVICES
 
@@ -512,7 +554,7 @@ class StatsExporter:
     """Copies the stats registry into `metrics` every `interval` seconds, and once more
     when cancelled (a worker that stops leaves its final counts in the files)."""
 
-    def __init__(self, stats: StatsRegistry, metrics: Metrics, interval: float = PUBLISH_SECONDS) -> None:
+    def __init__(self, stats: StatsRegistry, metrics: ProcessMetrics, interval: float = PUBLISH_SECONDS) -> None:
         self._stats = stats
         self._metrics = metrics
         self._interval = interval
@@ -536,14 +578,28 @@ class StatsExporter:
 
 
 class MetricsEndpoint:
-    """`/metrics` over HTTP on `host:port`, in a thread of the workers' parent (which
-    answers no calls): every process's values in the multiprocess `directory`, summed."""
+    """`/metrics` over HTTP on `host:port`, in a thread. Either of a `serve` workers'
+    parent (which answers no calls): every process's values in the multiprocess
+    `directory`, summed; or of one process that records its own (`gatehouse relay`):
+    the values of `registry`, read as scraped."""
 
-    def __init__(self, host: str, port: int, *, directory: str, read_seconds: float = SCRAPE_READ_SECONDS) -> None:
-        """`read_seconds`: how long a client has to send its request before it is dropped.
-        SystemExit when the address cannot be listened on."""
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        directory: str = "",
+        registry: CollectorRegistry | None = None,
+        read_seconds: float = SCRAPE_READ_SECONDS,
+    ) -> None:
+        """Exactly one of `directory` and `registry`. `read_seconds`: how long a client has
+        to send its request before it is dropped. SystemExit when the address cannot be
+        listened on."""
+        if (registry is None) == (not directory):
+            raise ValueError("MetricsEndpoint: give a multiprocess directory or a registry, not both or neither")
+        if registry is None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         self.directory = directory
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=registry)
@@ -584,6 +640,8 @@ def _version() -> str:
 __all__ = [
     "Metrics",
     "MetricsEndpoint",
+    "ProcessMetrics",
+    "RelayMetrics",
     "RpcMetrics",
     "SERIES",
     "StatsExporter",

@@ -153,6 +153,9 @@ class OutboxRelay:
         self.outage = Outage(log, "relay")
         self.published = 0
         self.heartbeats = 0
+        # Attempts that failed because Postgres or Redis did not answer (each retried after
+        # a backoff), by cause: a relay that keeps failing publishes nothing.
+        self.errors = {"postgres": 0, "redis": 0}
         # As of the last heartbeat: unpublished outbox rows (those other relays hold
         # included) and the age of the oldest, in seconds.
         self.backlog_rows = 0
@@ -160,6 +163,21 @@ class OutboxRelay:
         # Called with each published event's latency in seconds: its commit time (`at`,
         # the database's clock) to Redis acknowledging the batch (this host's clock).
         self.on_published: Callable[[float], None] | None = None
+
+    def stats(self) -> dict[str, float]:
+        """Counts since start (`gatehouse.stats` source `relay`): events published,
+        heartbeats appended, failed attempts by cause (`errors{cause=postgres|redis}`)."""
+        return {
+            "published": self.published,
+            "heartbeats": self.heartbeats,
+            **{f"errors{{cause={cause}}}": n for cause, n in self.errors.items()},
+        }
+
+    def backlog(self) -> dict[str, float]:
+        """As of the last heartbeat (`gatehouse.stats` source `relay_backlog`): unpublished
+        outbox rows (`rows`, every relay's) and the oldest one's age (`oldest_seconds`, 0:
+        none). Read by the heartbeat's own statement: no query of its own."""
+        return {"rows": self.backlog_rows, "oldest_seconds": self.backlog_oldest_seconds}
 
     async def publish_pending(self, conn: asyncpg.Connection) -> int:
         """Publish every unpublished row, batch by batch; the number published."""
@@ -267,6 +285,7 @@ class OutboxRelay:
             except (*REDIS_FAILURES, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 stop_if_cancelled()
                 cause = "postgres" if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)) else "redis"
+                self.errors[cause] += 1
                 self.outage.failed(cause, f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(self._backoff.next())
 

@@ -186,6 +186,26 @@ def test_owner_credential_only_in_the_migration_job() -> None:
             assert c.env["GATEHOUSE_DATABASE_URL"] == ("secret", "gatehouse-db", "runtime-url"), c.where
 
 
+def test_relay_metrics_port_and_annotations_agree() -> None:
+    """The relay's /metrics (GATEHOUSE_METRICS_LISTEN: `gatehouse relay` serves none
+    without it) on the pod's address, at the port the annotations name and the network
+    policy lets the monitoring namespace reach."""
+    (deployment,) = [d for d in documents(KUBERNETES / "relay.yaml") if d["kind"] == "Deployment"]
+    (relay,) = [c for c in kubernetes_containers() if c.command == "relay"]
+    ports = {p["name"]: p["containerPort"] for p in relay.spec["ports"]}
+    listen = str(relay.env["GATEHOUSE_METRICS_LISTEN"])
+    assert not listen.startswith(("127.", "localhost", "[::1]")), "Prometheus scrapes the pod's address"
+    assert ports["gh-metrics"] == int(listen.rsplit(":", 1)[1])
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(ports["gh-metrics"])
+    (policy,) = [
+        d for d in documents(KUBERNETES / "networkpolicy.yaml")
+        if d["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    ]
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ["gh-metrics"]
+
+
 def test_sidecar_probes_socket_and_ports_agree() -> None:
     (deployment,) = [d for d in documents(KUBERNETES / "example-app.yaml") if d["kind"] == "Deployment"]
     spec = pod_spec(deployment)

@@ -4,8 +4,8 @@ Job's `gatehouse migrate up` on a schema-less database as its owner, then the si
 environment of its manifest, against the shared Postgres and Redis.
 
 Only what a cluster provides is replaced: a Secret reference by the test's DSN, Redis
-URL or key; the pod's addresses by free loopback ones (GATEHOUSE_LISTEN,
-GATEHOUSE_METRICS_LISTEN) and the emptyDir by a temporary directory
+URL or key; the pods' addresses by free loopback ones (GATEHOUSE_LISTEN,
+GATEHOUSE_METRICS_LISTEN, the sidecar's and the relay's) and the emptyDir by a temporary directory
 (GATEHOUSE_UNIX_SOCKET); and a Redis key prefix of the test's own is added. Then the
 kubelet's probes are asked as the manifest words them (readiness: '', liveness:
 'liveness'), the app's target (the unix socket) answers, and the relay, which alone
@@ -127,13 +127,17 @@ async def test_migrate_then_serve_then_relay_as_the_manifests_say(
         stream = f"{prefix}:events"
         await asyncio.sleep(1.5)  # more than a heartbeat period: a relay in `serve` would have beaten
         assert await redis.xlen(stream) == 0
-        relay_env = environment(relay, secrets_, GATEHOUSE_REDIS_PREFIX=prefix)
+        relay_env = environment(
+            relay, secrets_, GATEHOUSE_REDIS_PREFIX=prefix, GATEHOUSE_METRICS_LISTEN="127.0.0.1:0"
+        )
         relay_process = subprocess.Popen(
             [sys.executable, "-m", "gatehouse.server.cli", *relay.args], env=relay_env, stdout=subprocess.PIPE, text=True
         )
         assert relay_process.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(relay_process.stdout.readline), timeout=BOUND)
         assert f"relaying outbox to {stream}" in line, line
+        # The manifest turns its /metrics on (here on a free loopback port, not the pod's).
+        assert relay.env["GATEHOUSE_METRICS_LISTEN"] and "(metrics: http://127.0.0.1:" in line, line
         deadline = time.monotonic() + BOUND
         while not await redis.xlen(stream):
             assert time.monotonic() < deadline, f"no heartbeat on {stream} within {BOUND} s"
