@@ -21,10 +21,11 @@ Rules:
 - A tenant whose goal is `deleted` gets only its lifecycle steps (archive, delete).
 - A grant is identified by (subject, role, scope), as the server's assignments are. One the
   file names with another condition or expiry than the live one is changed (ChangeGrant:
-  RevokeRole then AssignRole, as AssignRole refuses a (subject, role, scope) held already);
-  without prune too, since the file names that grant. Changes run after the new grants and
-  before the revokes. A grant whose expiry is not ahead of `now` is refused (AssignRole
-  would refuse it): the file must drop it or move its expiry.
+  one AssignRole with `on_existing` REPLACE, which gives the held grant its new terms in
+  one write, or refused, leaves it as it was); without prune too, since the file names
+  that grant. Changes run after the new grants and before the revokes. A grant whose
+  expiry is not ahead of `now` is refused (AssignRole would refuse it): the file must drop
+  it or move its expiry.
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ class RevokeRole:
 @dataclass(frozen=True, slots=True)
 class ChangeGrant:
     """The grant `before` (live) given other terms (`grant`: same role and scope, another
-    condition or expiry): RevokeRole, then AssignRole with the new terms (two calls, each
-    checked against the revision the one before it left)."""
+    condition or expiry): one AssignRole with the new terms and `on_existing` REPLACE
+    (one write: the grant is never missing in between)."""
 
     slug: str
     subject: str

@@ -397,14 +397,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_call("role.assign")
     async def AssignRole(self, request: admin_pb2.AssignRoleRequest, caller: Principal) -> admin_pb2.RoleAssignmentResponse:
+        """Grant `role` at `scope`, with `on_existing` REPLACE also change the terms of a
+        grant held already (one write). The escalation and owner guards are decided on
+        the role and scope, whatever the terms; the last-owner guard (in the store's
+        transaction) on a replace that would leave no lasting owner."""
         v = Violations()
         expires_at = v.check(_future, "expires_at", request.expires_at, present=request.HasField("expires_at"))
         condition = v.check(require_condition, "condition", request.condition)
+        replace_held = v.check(convert.existing_grant_policy, "on_existing", request.on_existing)
         tenant_id, subject, role, scope, expected = self._assignment_fields(request, v)
         await self._guard_grant(caller, tenant_id, role, scope)
         assignment, revision = await self._store.assign_role(
             caller.actor, tenant_id, subject, role=role, scope=scope, expected_revision=expected,
-            expires_at=expires_at, condition=condition,
+            expires_at=expires_at, condition=condition, replace=replace_held,
         )
         return admin_pb2.RoleAssignmentResponse(assignment=convert.assignment_message(assignment), revision=revision)
 

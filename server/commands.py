@@ -341,11 +341,16 @@ def member_list(client: Client, args: argparse.Namespace) -> None:
     _many(members, args, ("subject", "created_at"))
 
 
+# `gatehouse grant --replace`: a grant held already takes this call's terms (else ALREADY_EXISTS).
+EXISTING_GRANT = {False: admin_pb2.EXISTING_GRANT_POLICY_REFUSE, True: admin_pb2.EXISTING_GRANT_POLICY_REPLACE}
+
+
 def grant(client: Client, args: argparse.Namespace) -> None:
     subject = _subject(args.subject)
     _one(client.admin.assign_role(tenant_id=_tenant_id(client, args.tenant), subject=subject, role=args.role,
                                   scope=args.scope, expires_at=_time(args.expires_at, "--expires-at"),
-                                  condition=args.condition, **_mutate(args)), args)
+                                  condition=args.condition, on_existing=EXISTING_GRANT[args.replace],
+                                  **_mutate(args)), args)
 
 
 def revoke(client: Client, args: argparse.Namespace) -> None:
@@ -670,6 +675,9 @@ def add_commands(commands: Any) -> None:
                            help="the grant ends then (ISO 8601, e.g. 2027-01-01T00:00:00Z; default: never)")
             p.add_argument("--condition", default="", metavar="CEL",
                            help="the grant applies only when this holds, e.g. 'resource.attributes.owner == subject.id'")
+            p.add_argument("--replace", action="store_true",
+                           help="held already: give it these terms (no --condition: none; no --expires-at: never), "
+                                "in one write; default: refuse (ALREADY_EXISTS)")
 
     scopes = _group(commands, "scope", "org units (scopes) and the grants at and below them",
                     "gatehouse scope move acme --from emea/de --to europe/de")

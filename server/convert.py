@@ -70,6 +70,16 @@ def move_conflict_policy(field: str, value: int) -> bool:
     raise InvalidArgument(field, f"unknown conflict policy {value}")
 
 
+def existing_grant_policy(field: str, value: int) -> bool:
+    """AssignRole's `on_existing` as `replace`: UNSPECIFIED and REFUSE refuse a grant held
+    already, REPLACE gives it the request's terms; an unknown number is INVALID_ARGUMENT."""
+    if value in (admin_pb2.EXISTING_GRANT_POLICY_UNSPECIFIED, admin_pb2.EXISTING_GRANT_POLICY_REFUSE):
+        return False
+    if value == admin_pb2.EXISTING_GRANT_POLICY_REPLACE:
+        return True
+    raise InvalidArgument(field, f"unknown existing-grant policy {value}")
+
+
 def slug(field: str, value: str) -> str:
     return require_slug(field, value)
 

@@ -14,8 +14,9 @@ meanwhile), and every write to the tenant sends the revision apply last saw as
 anyone else wrote in between; apply stops there and says so. (Plans are platform-wide and
 carry no revision: UpsertPlan is the one write that is not checked.) A second apply of
 the same file finds no difference and makes no call that writes. A grant whose condition
-or expiry changes is two calls (RevokeRole, then AssignRole: AssignRole refuses a grant
-held already), the second checked against the revision the first left.
+or expiry changes is one call, AssignRole with `on_existing` REPLACE: the grant has its new
+terms or, refused (the escalation guard, the last-owner guard, a concurrent change), is
+left exactly as it was.
 
 Exit status, as every client command's (server/commands.py): 0 done (or nothing to do);
 2 the file is invalid or asks for what cannot be reached (nothing written); 4 a concurrent
@@ -345,16 +346,7 @@ def apply(client: Client, desired: State, *, dry_run: bool, prune: bool, out: Te
     for number, step in enumerate(steps, start=1):
         mark = plan_text.symbol(step)
         head, _ = plan_text.describe(step)
-        seen = live.revisions.get(getattr(step, "slug", ""))
-        try:
-            revision = execute(client, live, step)
-        except GatehouseError:
-            if isinstance(step, ChangeGrant) and live.revisions.get(step.slug) != seen:
-                # Its RevokeRole landed, its AssignRole did not: say so before the error.
-                out.write(f"[{number}/{len(steps)}] - {head}: revoked (revision {live.revisions[step.slug]}), "
-                          "then granting it with its new terms failed:\n")  # fmt: skip
-                out.flush()
-            raise
+        revision = execute(client, live, step)
         at = f" (revision {revision})" if revision is not None else ""
         out.write(f"[{number}/{len(steps)}] {mark} {head}{at}\n")
         out.flush()
@@ -438,15 +430,14 @@ def execute(client: Client, live: Live, step: Step) -> int | None:
     elif isinstance(step, (AssignRole, RevokeRole, ChangeGrant)):
         fields: dict[str, Any] = {"tenant_id": tenant_id, "subject": _subject(step.subject), "role": step.grant.role,
                                   "scope": step.grant.scope, "expected_revision": seen}  # fmt: skip
-        if isinstance(step, ChangeGrant):
-            # AssignRole refuses a (subject, role, scope) held already: take it back first.
-            revoked = admin.revoke_role(admin_pb2.RevokeRoleRequest(**fields))
-            live.revisions[slug] = fields["expected_revision"] = int(revoked.revision)
         if isinstance(step, RevokeRole):
             checked = admin.revoke_role(admin_pb2.RevokeRoleRequest(**fields))
         else:
             grant = step.grant
             assign = admin_pb2.AssignRoleRequest(condition=grant.condition, **fields)
+            if isinstance(step, ChangeGrant):
+                # The held grant's terms change in one write: refused, it stays as it was.
+                assign.on_existing = admin_pb2.EXISTING_GRANT_POLICY_REPLACE
             if grant.expires_at is not None:
                 assign.expires_at.CopyFrom(timestamp(grant.expires_at))
             checked = admin.assign_role(assign)

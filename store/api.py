@@ -312,6 +312,7 @@ class StoreMutator(Protocol):
         expected_revision: int = 0,
         expires_at: float | None = None,
         condition: str = "",
+        replace: bool = False,
     ) -> tuple[AssignmentRecord, int]: ...
     async def revoke_role(
         self, actor: Actor, tenant_id: str, subject: SubjectRef, *, role: str, scope: str, expected_revision: int = 0

@@ -1,9 +1,9 @@
-"""Role assignments: assign (optionally until a time), revoke (never the last owner),
-list, move a subtree, and sweep the expired ones away."""
+"""Role assignments: assign (optionally until a time; or give a held grant new terms),
+revoke (never the last owner), list, move a subtree, and sweep the expired ones away."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import replace as replace_change
 
 import asyncpg
 
@@ -33,11 +33,18 @@ class Assignments(TenantWrites):
         expected_revision: int = 0,
         expires_at: float | None = None,
         condition: str = "",
+        replace: bool = False,
     ) -> tuple[AssignmentRecord, int]:
         """Grant `role` at `scope` to a member (NotAMember / NotFound / AlreadyExists),
         until `expires_at` (unix seconds; None = for good; the caller checks it is in the
         future), applying only where `condition` (CEL, checked by the caller; "" = none)
-        holds. The same grant already expired but not yet swept is granted anew."""
+        holds. The same grant already expired but not yet swept is granted anew.
+
+        With `replace`, a grant held already (in force) is not refused: its condition and
+        expiry become these and its created_at now, in this one transaction (one revision,
+        one `role.assign` audit row whose details carry the terms replaced under
+        `replaced`, one event). Giving the tenant's last lasting owner a condition or an
+        expiry is refused as revoking it is (LastOwner, `store.members.refuse_last_owner`)."""
         async with self._tenant_write(actor, tenant_id, expected_revision=expected_revision) as write:
             is_member, role_exists = await write.conn.fetchrow(
                 """
@@ -54,13 +61,21 @@ class Assignments(TenantWrites):
                 raise NotAMember("roles are assigned to members only", metadata={"subject": subject.key})
             if not role_exists:
                 raise NotFound("role not found", metadata={"role": role})
+            # The tenant row is locked (`_tenant_write`): what is read here holds until commit.
+            held = None
+            if replace:
+                held = await write.conn.fetchrow(_HELD, write.tenant_id, subject.type, subject.id, role, scope)
+            lasting = expires_at is None and not condition
+            if held is not None and role == OWNER_ROLE and scope == "" and not lasting:
+                # No longer lasting: to the last-owner rule, as good as revoked.
+                await refuse_last_owner(write.conn, write.tenant_id, subject)
             created_at = await write.conn.fetchval(
                 """
                 INSERT INTO role_assignments (tenant_id, subject_type, subject_id, role, scope, expires_at, condition)
                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7)
                 ON CONFLICT (tenant_id, subject_type, subject_id, role, scope) DO UPDATE
                     SET expires_at = excluded.expires_at, condition = excluded.condition, created_at = now()
-                    WHERE role_assignments.expires_at <= statement_timestamp()
+                    WHERE $8 OR role_assignments.expires_at <= statement_timestamp()
                 RETURNING created_at
                 """,
                 write.tenant_id,
@@ -70,6 +85,7 @@ class Assignments(TenantWrites):
                 scope,
                 expires_at,
                 condition,
+                replace,
             )
             if created_at is None:
                 raise AlreadyExists("the subject already has this role at this scope", metadata={"role": role})
@@ -77,8 +93,10 @@ class Assignments(TenantWrites):
             extra: dict[str, object] = {"expires_at": expires_at} if expires_at is not None else {}
             if condition:
                 extra["condition"] = condition
+            if held is not None:
+                extra["replaced"] = {"condition": held["condition"], "expires_at": held["expires_at"]}
             if extra:
-                change = replace(change, details={**change.details, **extra})
+                change = replace_change(change, details={**change.details, **extra})
             write.record(change)
         record = AssignmentRecord(
             str(write.tenant_id), subject, role, scope, created_at.timestamp(), expires_at, condition
@@ -315,6 +333,14 @@ async def _update_scopes(
             write.tenant_id,
             _PARKED,
         )
+
+
+# One grant's terms, when it is in force (an expired one not yet swept is not held).
+_HELD = """
+SELECT condition, extract(epoch FROM expires_at)::float8 AS expires_at FROM role_assignments
+WHERE tenant_id = $1 AND subject_type = $2 AND subject_id = $3 AND role = $4 AND scope = $5
+  AND (expires_at IS NULL OR expires_at > statement_timestamp())
+"""
 
 
 def _assignment_change(action: str, subject: SubjectRef, role: str, scope: str) -> AuditedChange:

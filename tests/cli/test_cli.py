@@ -181,6 +181,24 @@ def test_roles_members_grants_and_check(served: Served, unique: str) -> None:
     assert ok(gatehouse(served, "member", "list", slug)).out.strip() == "(none)"
 
 
+def test_grant_replace_gives_a_held_grant_new_terms(served: Served, unique: str) -> None:
+    slug = f"repl-{unique}"
+    ok(gatehouse(served, "tenant", "create", slug))
+    ok(gatehouse(served, "tenant", "activate", slug))
+    ok(gatehouse(served, "member", "add", slug, "user:alice"))
+    ok(gatehouse(served, "grant", slug, "user:alice", "viewer", "--scope", "eu", "--condition", "context.ok == true"))
+    held = gatehouse(served, "grant", slug, "user:alice", "viewer", "--scope", "eu",
+                     "--expires-at", "2999-01-01T00:00:00Z")
+    assert held.status == 4 and "ALREADY_EXISTS" in held.err, held
+    replaced = ok(gatehouse(served, "grant", slug, "user:alice", "viewer", "--scope", "eu",
+                            "--expires-at", "2999-01-01T00:00:00Z", "--replace", "-o", "json")).json()
+    assert int(replaced["revision"]) > 0
+    assignments = ok(gatehouse(served, "role", "assignments", slug, "-o", "json")).json()
+    assert [(a["role"], a["scope"], a.get("condition", ""), a.get("expires_at")) for a in assignments] == [
+        ("viewer", "eu", "", "2999-01-01T00:00:00Z")
+    ]
+
+
 def test_scope_move(served: Served, unique: str) -> None:
     slug = f"move-{unique}"
     ok(gatehouse(served, "tenant", "create", slug))

@@ -453,24 +453,53 @@ def test_a_changed_condition_or_expiry_is_planned_then_applied(
     assert held[("bob", "accountant", "apac")] == ("", None)
 
 
-def test_a_changed_grant_revoked_but_not_granted_anew_is_said_before_the_error(
+def test_a_changed_grant_the_key_may_not_hand_out_is_refused_and_left_as_it_was(
     gatehouse: Gatehouse, operator: Client, tmp_path: Path
 ) -> None:
-    """A change is RevokeRole then AssignRole: a key that may revoke the grant but not hand
-    it out (the escalation guard) gets the first and not the second; apply says so."""
+    """A change is one AssignRole (on_existing REPLACE): a key that may not hand the role out
+    (the escalation guard) is refused, and the grant keeps its old terms; it is never left
+    revoked, as when a change was RevokeRole then AssignRole."""
     slug, _plan, tenant, _later = with_terms(gatehouse, operator, tmp_path)
     path = tmp_path / "export.yaml"
     path.write_text(gatehouse.cli("export", "--tenant", slug).stdout.replace("owner == subject.id", "owner != subject.id"))
     limited = tenant_key(operator, tenant.id, [("admin", "")], ["gatehouse.*"])
+    before, revision = assignments_of(operator, tenant.id), tenant_of(operator, slug).revision
     result = gatehouse.cli("apply", "-f", str(path), key=limited)
     assert result.returncode == 4 and "GATEHOUSE_ESCALATION" in result.stderr, result
-    assert f"[1/1] - grant {slug} user:bob: accountant at apac: revoked (revision " in result.stdout
-    assert "then granting it with its new terms failed" in result.stdout
-    assert ("bob", "accountant", "apac") not in {a[:3] for a in assignments_of(operator, tenant.id)}
-    # The operator's apply grants it with the file's terms.
-    assert gatehouse.cli("apply", "-f", str(path)).returncode == 0
+    assert "revoked" not in result.stdout and "Apply complete" not in result.stdout
+    assert assignments_of(operator, tenant.id) == before
+    assert tenant_of(operator, slug).revision == revision
+    held = {a[:3]: a[3] for a in before}
+    assert held[("bob", "accountant", "apac")] == "resource.attributes.owner == subject.id"
+    # The operator's apply gives it the file's terms, in one write.
+    applied = gatehouse.cli("apply", "-f", str(path))
+    assert applied.returncode == 0, applied
+    assert tenant_of(operator, slug).revision == revision + 1
     held = {a[:3]: a[3] for a in assignments_of(operator, tenant.id)}
     assert held[("bob", "accountant", "apac")] == "resource.attributes.owner != subject.id"
+
+
+def test_giving_the_last_lasting_owner_a_condition_is_refused_and_changes_nothing(
+    gatehouse: Gatehouse, operator: Client, tmp_path: Path
+) -> None:
+    slug, plan = unique("lastown"), unique("pro")
+    assert gatehouse.cli("apply", "-f", str(state_file(tmp_path, slug, plan))).returncode == 0
+    tenant = tenant_of(operator, slug)
+    owners = [a for a in assignments_of(operator, tenant.id) if a[1] == "owner" and a[2] == ""]
+    assert len(owners) == 1, owners
+    owner = owners[0][0]
+    path = tmp_path / "export.yaml"
+    exported = gatehouse.cli("export", "--tenant", slug).stdout
+    lines = exported.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.strip() == "- role: owner")
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    lines.insert(at + 1, f"{indent}  condition: context.ok == true\n")
+    path.write_text("".join(lines))
+    before, revision = assignments_of(operator, tenant.id), tenant.revision
+    result = gatehouse.cli("apply", "-f", str(path))
+    assert result.returncode == 4 and "GATEHOUSE_LAST_OWNER" in result.stderr, (owner, result)
+    assert assignments_of(operator, tenant.id) == before
+    assert tenant_of(operator, slug).revision == revision
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,13 @@ def test_a_tenant_from_creation_to_a_decision(served: Served, unique: str) -> No
         assert gh.check(tenant.id, "user:alice", "invoice.read", scope="europe/de").revision == moved.revision
         assert not gh.check(tenant.id, "user:alice", "invoice.read", scope="emea/de")
 
+        # New terms for a held grant, in one write; the next check answers by them.
+        replaced = gh.admin.assign_role(tenant_id=tenant.id, subject="user:alice", role="accountant", scope="europe",
+                                        condition="context.ok == true", on_existing="EXISTING_GRANT_POLICY_REPLACE")
+        assert replaced.revision == moved.revision + 1
+        assert not gh.check(tenant.id, "user:alice", "invoice.read", scope="europe/de", context={"ok": False})
+        assert gh.check(tenant.id, "user:alice", "invoice.read", scope="europe/de", context={"ok": True})
+
 
 def test_errors_carry_code_reason_and_field(served: Served, unique: str) -> None:
     with Client(served.address, key=served.key) as gh:

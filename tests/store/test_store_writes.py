@@ -102,6 +102,15 @@ MUTATIONS: dict[str, Mutation] = {
         "assignment",
         "user/bob",
     ),
+    # A grant held already (bob's editor at the root) given new terms: one write too.
+    "assign_role_replacing": Mutation(
+        lambda s, a, t: _second(
+            s.assign_role(a, t, BOB, role="editor", scope="", condition="context.ok == true", replace=True)
+        ),
+        "role.assign",
+        "assignment",
+        "user/bob",
+    ),
     "revoke_role": Mutation(
         lambda s, a, t: s.revoke_role(a, t, BOB, role="editor", scope=""), "role.revoke", "assignment", "user/bob"
     ),

@@ -12,11 +12,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExistingGrantPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXISTING_GRANT_POLICY_UNSPECIFIED: _ClassVar[ExistingGrantPolicy]
+    EXISTING_GRANT_POLICY_REFUSE: _ClassVar[ExistingGrantPolicy]
+    EXISTING_GRANT_POLICY_REPLACE: _ClassVar[ExistingGrantPolicy]
+
 class MoveConflictPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MOVE_CONFLICT_POLICY_UNSPECIFIED: _ClassVar[MoveConflictPolicy]
     MOVE_CONFLICT_POLICY_FAIL: _ClassVar[MoveConflictPolicy]
     MOVE_CONFLICT_POLICY_KEEP_EXISTING: _ClassVar[MoveConflictPolicy]
+EXISTING_GRANT_POLICY_UNSPECIFIED: ExistingGrantPolicy
+EXISTING_GRANT_POLICY_REFUSE: ExistingGrantPolicy
+EXISTING_GRANT_POLICY_REPLACE: ExistingGrantPolicy
 MOVE_CONFLICT_POLICY_UNSPECIFIED: MoveConflictPolicy
 MOVE_CONFLICT_POLICY_FAIL: MoveConflictPolicy
 MOVE_CONFLICT_POLICY_KEEP_EXISTING: MoveConflictPolicy
@@ -389,7 +398,7 @@ class RoleAssignment(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., condition: _Optional[str] = ...) -> None: ...
 
 class AssignRoleRequest(_message.Message):
-    __slots__ = ("tenant_id", "subject", "role", "scope", "expected_revision", "expires_at", "condition")
+    __slots__ = ("tenant_id", "subject", "role", "scope", "expected_revision", "expires_at", "condition", "on_existing")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -397,6 +406,7 @@ class AssignRoleRequest(_message.Message):
     EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     CONDITION_FIELD_NUMBER: _ClassVar[int]
+    ON_EXISTING_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     subject: _common_pb2.Subject
     role: str
@@ -404,7 +414,8 @@ class AssignRoleRequest(_message.Message):
     expected_revision: int
     expires_at: _timestamp_pb2.Timestamp
     condition: str
-    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., expected_revision: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., condition: _Optional[str] = ...) -> None: ...
+    on_existing: ExistingGrantPolicy
+    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., expected_revision: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., condition: _Optional[str] = ..., on_existing: _Optional[_Union[ExistingGrantPolicy, str]] = ...) -> None: ...
 
 class RevokeRoleRequest(_message.Message):
     __slots__ = ("tenant_id", "subject", "role", "scope", "expected_revision")
