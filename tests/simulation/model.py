@@ -714,11 +714,21 @@ class World:
         scope: str,
         condition: str = "",
         expires_at: float | None = None,
+        *,
+        replace: bool = False,
     ) -> Outcome:
         """Grant `role` at `scope`, under `condition` if any, until `expires_at` (unix
         seconds) if any: an expiry not after `now` is refused (INVALID_ARGUMENT naming
         `expires_at`). The same grant still in force is ALREADY_EXISTS; expired (not yet
-        swept), it is granted anew, with this call's condition and expiry."""
+        swept), it is granted anew, with this call's condition and expiry.
+
+        With `replace` (AssignRole `on_existing` REPLACE) the same grant still in force is
+        not refused: it takes this call's condition and expiry (none given: none; one
+        revision, as any assignment). Giving `owner` at the root a condition or an expiry
+        that way is refused as revoking it is when the subject is the last owner
+        (FAILED_PRECONDITION GATEHOUSE_LAST_OWNER): no lasting owner would be left. SERVER:
+        that rule is asked only of a grant held in force (one expired is a plain assign),
+        after membership and the role's existence."""
         try:
             # SERVER: the tenant id and scope are checked first, on their own (authorization
             # reads them); the other fields only once those are well-formed.
@@ -732,7 +742,11 @@ class World:
             if role not in tenant.roles:
                 raise _refuse("NOT_FOUND", "NOT_FOUND")
             if (subject, role, scope) in tenant.in_force(self.now):
-                raise _refuse("ALREADY_EXISTS", "ALREADY_EXISTS")
+                if not replace:
+                    raise _refuse("ALREADY_EXISTS", "ALREADY_EXISTS")
+                lasting = not condition and expires_at is None
+                if role == OWNER and scope == "" and not lasting and tenant.last_owner(subject):
+                    raise _refuse("FAILED_PRECONDITION", "LAST_OWNER")
         except Refused as refused:
             return refused.outcome
         granted = (subject, role, scope)

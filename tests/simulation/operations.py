@@ -63,6 +63,15 @@ DOT_SCOPE_RATE = 0.04  # of the assignments drawn (checks: the test's probes)
 EXPIRY_RATE = 0.3
 EXPIRY_AHEAD = (0.3, 3.0)
 PAST_EXPIRY_RATE = 0.02
+# AssignRole `on_existing`: of the assignments drawn, REPLACE (mostly nothing held: a plain
+# assign) and REFUSE (the default spelled out); of the replacements drawn (`ReplaceGrant`,
+# mostly of a grant held), REFUSE or the default instead, and the share aimed at a root
+# owner grant (giving the last lasting owner a condition or expiry is LAST_OWNER).
+ASSIGN_REPLACE_RATE = 0.1
+ASSIGN_REFUSE_RATE = 0.1
+REPLACE_REFUSE_RATE = 0.15
+REPLACE_OWNER_RATE = 0.25
+REPLACE_CONDITION_RATE = 0.35
 PERMISSIONS = (
     "invoice.read",
     "invoice.write",
@@ -210,10 +219,12 @@ class Sim:
     def expires_at(self) -> float | None:
         """An expiry (unix seconds) for a grant being drawn, or None (for good)."""
         roll = self.rng.random()
+        # Whole milliseconds: the store keeps microseconds, so a listing's expiry is the
+        # request's exactly once both are rounded to the millisecond.
         if roll < PAST_EXPIRY_RATE:
-            return time.time() - self.rng.uniform(1.0, 3600.0)
+            return round(time.time() - self.rng.uniform(1.0, 3600.0), 3)
         if roll < PAST_EXPIRY_RATE + self.expiry_rate:
-            return time.time() + self.rng.uniform(*EXPIRY_AHEAD)
+            return round(time.time() + self.rng.uniform(*EXPIRY_AHEAD), 3)
         return None
 
     def expected_revision(self, tenant_id: str) -> int:
@@ -617,7 +628,7 @@ class ListMembers(Operation):
 
 class AssignRole(Operation):
     rpc = "AssignRole"
-    base_weight = 18.0
+    base_weight = 13.0  # with ReplaceGrant's 5, as many assignments as before it
 
     def draw(self, sim: Sim) -> admin_pb2.AssignRoleRequest:
         return self.draw_for(sim, sim.target())
@@ -633,13 +644,19 @@ class AssignRole(Operation):
         )
         expires_at = sim.expires_at()  # issue 18: some grants last a few seconds
         if expires_at is not None:
-            request.expires_at.FromNanoseconds(int(expires_at * 1e9))
+            request.expires_at.FromNanoseconds(round(expires_at * 1e9))
+        roll = sim.rng.random()
+        if roll < ASSIGN_REPLACE_RATE:
+            request.on_existing = admin_pb2.EXISTING_GRANT_POLICY_REPLACE
+        elif roll < ASSIGN_REPLACE_RATE + ASSIGN_REFUSE_RATE:
+            request.on_existing = admin_pb2.EXISTING_GRANT_POLICY_REFUSE
         return request
 
     def expect(self, world: World, request: admin_pb2.AssignRoleRequest, response: Any) -> Outcome:
         expires_at = request.expires_at.ToNanoseconds() / 1e9 if request.HasField("expires_at") else None
         outcome = world.assign_role(
-            request.tenant_id, subject_key(request.subject), request.role, request.scope, request.condition, expires_at
+            request.tenant_id, subject_key(request.subject), request.role, request.scope, request.condition, expires_at,
+            replace=request.on_existing == admin_pb2.EXISTING_GRANT_POLICY_REPLACE,
         )
         return _with(outcome, tenant_id=request.tenant_id)
 
@@ -649,6 +666,33 @@ class AssignRole(Operation):
             revision=response.revision,
             facts={"subject": subject_key(a.subject), "role": a.role, "scope": a.scope, "tenant_id": a.tenant_id},
         )
+
+
+class ReplaceGrant(AssignRole):
+    """AssignRole `on_existing` REPLACE aimed at a grant held (in force, expired or not
+    yet swept): new terms (a condition or none, an expiry or none), now and then for the
+    root owner grant (the last lasting owner's is LAST_OWNER), now and then with REFUSE or
+    the default instead (ALREADY_EXISTS while in force)."""
+
+    base_weight = 5.0
+
+    def draw(self, sim: Sim) -> admin_pb2.AssignRoleRequest:
+        tenant_id = sim.target()
+        tenant = sim.world.tenants.get(tenant_id)
+        held = sorted(tenant.assignments) if tenant else []
+        owners = [a for a in held if a[1] == "owner" and a[2] == ""]
+        request = self.draw_for(sim, tenant_id)
+        if held and sim.rng.random() < 0.9:
+            pick = owners if owners and sim.rng.random() < REPLACE_OWNER_RATE else held
+            key, request.role, request.scope = sim.rng.choice(pick)
+            request.subject.CopyFrom(subject_message(key))
+        request.condition = OWNER_CONDITION if sim.rng.random() < REPLACE_CONDITION_RATE else ""
+        request.on_existing = admin_pb2.EXISTING_GRANT_POLICY_REPLACE
+        if sim.rng.random() < REPLACE_REFUSE_RATE:
+            request.on_existing = sim.rng.choice(
+                (admin_pb2.EXISTING_GRANT_POLICY_REFUSE, admin_pb2.EXISTING_GRANT_POLICY_UNSPECIFIED)
+            )
+        return request
 
 
 class RevokeRole(Operation):
@@ -727,11 +771,32 @@ class ListRoleAssignments(Operation):
         subject = subject_key(request.subject) if request.HasField("subject") else None
         outcome = world.list_assignments(request.tenant_id, subject)
         rows = outcome.facts.get("assignments")
-        return _with(outcome, tenant_ids=[request.tenant_id] if rows else [])
+        if outcome.code != "OK":
+            return outcome
+        # Each row's terms too (what a replace changes): its condition, its expiry in ms.
+        tenant = world.tenants[request.tenant_id]
+        terms = [
+            (*a, OWNER_CONDITION if a in tenant.conditional else "",
+             round(tenant.expires[a] * 1000) if a in tenant.expires else None)
+            for a in sorted(tenant.assignments)
+            if subject is None or a[0] == subject
+        ]
+        return _with(outcome, tenant_ids=[request.tenant_id] if rows else [], terms=terms)
 
     def observe(self, request: Any, response: admin_pb2.ListRoleAssignmentsResponse) -> Outcome:
         rows = sorted((subject_key(a.subject), a.role, a.scope) for a in response.assignments)
-        return Outcome(facts={"assignments": rows, "tenant_ids": sorted({a.tenant_id for a in response.assignments})})
+        terms = sorted(
+            (subject_key(a.subject), a.role, a.scope, a.condition,
+             round(a.expires_at.ToNanoseconds() / 1e6) if a.HasField("expires_at") else None)
+            for a in response.assignments
+        )
+        return Outcome(
+            facts={
+                "assignments": rows,
+                "terms": terms,
+                "tenant_ids": sorted({a.tenant_id for a in response.assignments}),
+            }
+        )
 
 
 class ListAuditEvents(Operation):
@@ -810,6 +875,7 @@ TENANT_SCOPED: tuple[Operation, ...] = (
     RemoveMember(),
     ListMembers(),
     AssignRole(),
+    ReplaceGrant(),
     RevokeRole(),
     MoveScope(),
     ListRoleAssignments(),

@@ -351,3 +351,51 @@ def test_an_expired_grant_grants_nothing_but_its_row_stays_until_swept() -> None
     assert world.list_assignments(t1, "user/bob").facts == {"assignments": [("user/bob", "owner", "")]}
     assert world.sweep().facts == {"swept": 0}
     assert world.expiries() == [1004.0]  # the deleted tenant's row: never swept
+
+
+def test_replace_gives_a_held_grant_new_terms_never_the_last_lasting_owners() -> None:
+    """AssignRole `on_existing` REPLACE (tests/server/test_admin_replace_grant.py): the held
+    grant takes the request's terms in one revision; nothing held (or held expired) is a
+    plain assign; the last lasting owner's root grant gets no condition and no expiry."""
+    world, t1, _ = _world()
+    world.create_role(t1, "editor", ("doc.*",))
+    for subject in ("user/alice", "user/bob"):
+        world.add_member(t1, subject)
+    world.now = 1000.0
+    world.assign_role(t1, "user/alice", "owner", "")
+    world.assign_role(t1, "user/bob", "editor", "emea", condition=OWNER_CONDITION)
+    tenant = world.tenants[t1]
+    assert world.check(t1, "user/bob", "doc.edit", "emea").reason == "CONDITIONAL"
+    # REFUSE (the default) while held: ALREADY_EXISTS, nothing written.
+    revision = tenant.revision
+    assert world.assign_role(t1, "user/bob", "editor", "emea").code == "ALREADY_EXISTS"
+    assert tenant.revision == revision
+    # REPLACE: no condition, an expiry; one revision; decided by the new terms.
+    assert world.assign_role(t1, "user/bob", "editor", "emea", expires_at=1002.0, replace=True).revision == revision + 1
+    assert world.check(t1, "user/bob", "doc.edit", "emea").reason == "ALLOWED"
+    assert tenant.expires == {("user/bob", "editor", "emea"): 1002.0} and not tenant.conditional
+    # REPLACE again without terms: for good.
+    world.assign_role(t1, "user/bob", "editor", "emea", replace=True)
+    assert tenant.expires == {}
+    world.now = 1003.0
+    assert world.check(t1, "user/bob", "doc.edit", "emea").reason == "ALLOWED"
+    # Nothing held: a plain assign.
+    assert world.assign_role(t1, "user/bob", "editor", "apac", replace=True).code == "OK"
+
+    # The last lasting owner: no condition, no expiry; lasting terms are fine.
+    revision = tenant.revision
+    for terms in ({"condition": OWNER_CONDITION}, {"expires_at": 2000.0}):
+        refused = world.assign_role(t1, "user/alice", "owner", "", replace=True, **terms)
+        assert (refused.code, refused.reason) == ("FAILED_PRECONDITION", "GATEHOUSE_LAST_OWNER")
+    assert world.assign_role(t1, "user/alice", "owner", "", replace=True).code == "OK"
+    # With another lasting owner, it may.
+    world.assign_role(t1, "user/bob", "owner", "")
+    assert world.assign_role(t1, "user/alice", "owner", "", expires_at=2000.0, replace=True).code == "OK"
+    # Now bob is the only lasting one; alice (expiring) is no "other owner".
+    assert world.assign_role(t1, "user/bob", "owner", "", condition=OWNER_CONDITION, replace=True).reason == (
+        "GATEHOUSE_LAST_OWNER"
+    )
+    # Alice's owner grant expired (not swept): a plain assign, whatever the terms.
+    world.now = 2001.0
+    assert world.assign_role(t1, "user/alice", "owner", "", expires_at=3000.0, replace=True).code == "OK"
+    assert tenant.revision == revision + 4  # the four that were OK, one each

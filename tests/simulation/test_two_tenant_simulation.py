@@ -44,6 +44,13 @@ exactly (one revision per subject with expired rows; every later answer at the n
 revision). Just before and after, the swept grants' own questions are asked: the sweep
 must change no decision.
 
+AssignRole goes now and then with `on_existing` REPLACE, mostly at a grant held (the root
+owner grant among them), and the model gives the held grant the request's terms (condition,
+expiry) in one revision, or refuses it (GATEHOUSE_LAST_OWNER) when that would leave no
+lasting owner; REFUSE (or the default) at a grant held is ALREADY_EXISTS. A grant's terms
+are compared in every ListRoleAssignments, and a replaced expiry is watched like any
+other: its question is asked as granted and again just after it.
+
 Lookups (LookupService) are asked now and then too, of either sidecar, and held to the
 same model: LookupSubjects (every page, random page sizes) must list exactly the members
 the model allows (each with a grant that allows it, at the tenant's revision, a tenant-wide
@@ -252,6 +259,7 @@ class Tally:
     swept_subjects: int = 0
     sweep_checks: int = 0  # swept grants' questions asked before and after their sweep
     watched: int = 0  # expiring grants' own questions asked as made and again just after expiry
+    replaced: int = 0  # AssignRole REPLACE calls that gave a grant held (in force) new terms
 
 
 class Simulation:
@@ -319,8 +327,16 @@ class Simulation:
         if got.code == "OK" and own_expiry:
             self.tally.expiring_assigned += 1
             await self.watch_expiry(message, own_expiry[0])
+        label = op.describe(request).split("(")[0]
+        if isinstance(message, admin_pb2.AssignRoleRequest) and message.on_existing:
+            policy = admin_pb2.ExistingGrantPolicy.Name(message.on_existing)
+            label += f"[{policy.removeprefix('EXISTING_GRANT_POLICY_')}]"
+            if got.code == "OK" and got == expected and message.on_existing == admin_pb2.EXISTING_GRANT_POLICY_REPLACE:
+                held = before.tenants.get(message.tenant_id)
+                grant = (subject_key(message.subject), message.role, message.scope)
+                self.tally.replaced += held is not None and grant in held.in_force(before.now)
         self.tally.admin_ops += 1
-        self.tally.outcomes[f"{op.describe(request).split('(')[0]} {got.code} {got.reason}".rstrip()] += 1
+        self.tally.outcomes[f"{label} {got.code} {got.reason}".rstrip()] += 1
         self.trace.append(
             f"#{self.step} {op.describe(request)}{' via reader' if via == 'reader' else ''}\n"
             f"      server {got}\n      model  {expected}"
@@ -1057,7 +1073,7 @@ class Simulation:
             f" skipped near expiry: {t.near_expiry}, admin calls near expiry: {t.admin_near_expiry},"
             f" asked as granted and just after expiry: {t.watched},"
             f" sweeps: {t.sweeps} of {t.swept_subjects} subjects, swept grants asked before and after:"
-            f" {t.sweep_checks}),"
+            f" {t.sweep_checks}), replaced_grants={t.replaced},"
             f" disagreements={t.disagreements}, cross_tenant={t.cross_tenant},"
             f" elapsed={elapsed:.1f}s"
         )
@@ -1178,3 +1194,4 @@ async def test_two_tenants_never_see_each_other(
         assert not missing, f"the walk never produced {sorted(missing)}\n{summary}\n{simulation.coverage()}"
         assert tally.expiring_assigned and tally.after_expiry and tally.sweeps and tally.sweep_checks, summary
         assert tally.lookups_conditional > 0, f"no lookup listed a conditional subject\n{summary}"
+        assert tally.replaced > 0, f"no AssignRole REPLACE met a grant held\n{summary}"
