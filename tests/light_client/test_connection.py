@@ -5,9 +5,7 @@ TLS and mutual TLS."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
-import threading
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
@@ -17,40 +15,23 @@ import pytest
 from gatehouse_client import AsyncClient, Client, GatehouseError
 from tests.certs import Pki
 from tests.dependencies import free_port
+from tests.light_client.conftest import ClientRecords, client_records
 from tests.faults import FaultProxy
 from tests.processes import ServerProcess, sidecar_env, start_server
 from tests.served import Served
 
 
-class Retries(logging.Handler):
-    """Counts the client's "retry n of m" records; `first` is set at the first."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self.first = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "retry" in record.getMessage():
-            self.count += 1
-            self.first.set()
-
-
 @pytest.fixture
-def retries() -> Iterator[Retries]:
-    handler, logger = Retries(), logging.getLogger("gatehouse_client")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+def retries() -> Iterator[ClientRecords]:
+    """The client's "retry n of m" records."""
+    with client_records("retry") as handler:
+        yield handler
 
 
 
 
 async def test_unavailable_is_retried_until_the_server_is_back(
-    env: dict[str, str], served: Served, retries: Retries, unique: str
+    env: dict[str, str], served: Served, retries: ClientRecords, unique: str
 ) -> None:
     port = free_port()
     target = f"127.0.0.1:{port}"
@@ -87,7 +68,7 @@ async def test_unavailable_is_retried_until_the_server_is_back(
             await process.stop()
 
 
-async def test_other_errors_are_not_retried(served: Served, retries: Retries, unique: str) -> None:
+async def test_other_errors_are_not_retried(served: Served, retries: ClientRecords, unique: str) -> None:
     with Client(served.address, key=served.key, retries=5) as gh, pytest.raises(GatehouseError) as bad:
         gh.admin.create_tenant(slug="NOT A SLUG", name="x")
     assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT

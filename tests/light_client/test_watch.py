@@ -6,7 +6,6 @@ an error the unary calls would not retry (NOT_FOUND) still ends it at once, and
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -20,33 +19,18 @@ from gatehouse_client import AsyncClient, Client, GatehouseError
 from gatehouse_client.calls import CallPolicy, WatchProgress
 from gatehouse_client.v1 import admin_pb2, config_pb2
 from tests.dependencies import free_port
+from tests.light_client.conftest import ClientRecords, client_records
 from tests.processes import ServerProcess, start_server
 from tests.served import Served
 
 UNKNOWN_TENANT = "00000000-0000-4000-8000-000000000000"
 
 
-class Reconnects(logging.Handler):
-    """Counts the client's "watch ... reconnect" records."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "reconnect" in record.getMessage():
-            self.count += 1
-
-
 @pytest.fixture
-def reconnects() -> Iterator[Reconnects]:
-    handler, logger = Reconnects(), logging.getLogger("gatehouse_client")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+def reconnects() -> Iterator[ClientRecords]:
+    """The client's "watch ... reconnect" records."""
+    with client_records("reconnect") as handler:
+        yield handler
 
 
 class Restartable:
@@ -89,7 +73,7 @@ def patch(served: Served, tenant_id: str, theme: str) -> int:
 
 
 async def test_a_blocking_watch_resumes_across_a_sidecar_restart(
-    served: Served, sidecar: Restartable, reconnects: Reconnects, unique: str
+    served: Served, sidecar: Restartable, reconnects: ClientRecords, unique: str
 ) -> None:
     tenant = await asyncio.to_thread(active_tenant, served, f"watch-sync-{unique}")
     with Client(sidecar.target, key=served.key) as gh:
@@ -118,7 +102,7 @@ async def test_a_blocking_watch_resumes_across_a_sidecar_restart(
 
 
 async def test_an_async_watch_resumes_across_a_sidecar_restart(
-    served: Served, sidecar: Restartable, reconnects: Reconnects, unique: str
+    served: Served, sidecar: Restartable, reconnects: ClientRecords, unique: str
 ) -> None:
     tenant = await asyncio.to_thread(active_tenant, served, f"watch-async-{unique}")
     async with AsyncClient(sidecar.target, key=served.key) as gh:
@@ -143,7 +127,7 @@ async def test_an_async_watch_resumes_across_a_sidecar_restart(
         await watch.aclose()
 
 
-async def test_an_error_the_calls_do_not_retry_ends_a_watch_at_once(served: Served, reconnects: Reconnects) -> None:
+async def test_an_error_the_calls_do_not_retry_ends_a_watch_at_once(served: Served, reconnects: ClientRecords) -> None:
     with Client(served.address, key=served.key) as gh, pytest.raises(GatehouseError) as blocking:
         next(gh.watch_config(UNKNOWN_TENANT))
     async with AsyncClient(served.address, key=served.key) as agh:
@@ -157,7 +141,7 @@ async def test_an_error_the_calls_do_not_retry_ends_a_watch_at_once(served: Serv
 
 
 async def test_resume_false_ends_a_watch_at_the_first_error(
-    served: Served, sidecar: Restartable, reconnects: Reconnects, unique: str
+    served: Served, sidecar: Restartable, reconnects: ClientRecords, unique: str
 ) -> None:
     tenant = await asyncio.to_thread(active_tenant, served, f"watch-once-{unique}")
     with Client(sidecar.target, key=served.key) as gh:

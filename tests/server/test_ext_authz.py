@@ -4,6 +4,7 @@ itself in front of `gatehouse serve`: tests/e2e/test_envoy.py."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -35,9 +36,10 @@ class ExtAuthz:
     sidecar: Sidecar
 
 
-@pytest.fixture(scope="module")
-async def ext_authz(sidecar_settings: Settings, operator_token: str) -> AsyncIterator[ExtAuthz]:
-    running = Sidecar(dataclasses.replace(sidecar_settings, ext_authz_config=str(ROUTES)))
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, routes: str, operator_token: str) -> AsyncIterator[ExtAuthz]:
+    """A sidecar of its own whose ext_authz mapping is the file `routes`."""
+    running = Sidecar(dataclasses.replace(settings, ext_authz_config=routes))
     await running.start()
     client = make_client(running.addresses[0], operator_token)
     call = client.channel.unary_unary(
@@ -52,9 +54,17 @@ async def ext_authz(sidecar_settings: Settings, operator_token: str) -> AsyncIte
         response: external_auth_pb2.CheckResponse = await call(check_request(method, path, headers, claims), timeout=10)
         return response
 
-    yield ExtAuthz(client, check, running)
-    await client.channel.close()
-    await running.stop(grace=0)
+    try:
+        yield ExtAuthz(client, check, running)
+    finally:
+        await client.channel.close()
+        await running.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+async def ext_authz(sidecar_settings: Settings, operator_token: str) -> AsyncIterator[ExtAuthz]:
+    async with serving(sidecar_settings, str(ROUTES), operator_token) as ext:
+        yield ext
 
 
 def check_request(
@@ -426,24 +436,8 @@ async def attributed(
 ) -> AsyncIterator[ExtAuthz]:
     path = tmp_path_factory.mktemp("routes") / "routes.yaml"
     path.write_text(ATTRIBUTE_ROUTES)
-    running = Sidecar(dataclasses.replace(sidecar_settings, ext_authz_config=str(path)))
-    await running.start()
-    client = make_client(running.addresses[0], operator_token)
-    call = client.channel.unary_unary(
-        CHECK,
-        request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
-        response_deserializer=external_auth_pb2.CheckResponse.FromString,
-    )
-
-    async def check(
-        method: str, path: str, headers: dict[str, str] | None = None, claims: dict[str, object] | None = None
-    ) -> external_auth_pb2.CheckResponse:
-        response: external_auth_pb2.CheckResponse = await call(check_request(method, path, headers, claims), timeout=10)
-        return response
-
-    yield ExtAuthz(client, check, running)
-    await client.channel.close()
-    await running.stop(grace=0)
+    async with serving(sidecar_settings, str(path), operator_token) as ext:
+        yield ext
 
 
 async def conditional(ext: ExtAuthz, tenant_id: str, role: str, permissions: list[str], condition: str) -> int:
