@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 import pytest
@@ -82,22 +82,7 @@ async def test_a_blocking_watch_resumes_across_a_sidecar_restart(
         async def following() -> config_pb2.TenantConfig:
             return await asyncio.wait_for(asyncio.to_thread(next, watch), 60)
 
-        assert (await following()).revision == tenant.revision
-        await sidecar.stop()  # SIGTERM: drains, then ends the stream
-        changed = await asyncio.to_thread(patch, served, tenant.id, "dark")  # while it is down
-        await sidecar.start()
-        resumed = await following()
-        assert (resumed.revision, resumed.settings["theme"]) == (changed, "dark")
-        assert reconnects.count >= 1
-
-        # A crash (SIGKILL: the connection simply drops), the change after it is back. The
-        # next message is that change: the config the new stream starts with (the one
-        # yielded already) is not yielded again.
-        await sidecar.stop(signal.SIGKILL)
-        await sidecar.start()
-        again = await asyncio.to_thread(patch, served, tenant.id, "light")
-        following_change = await following()
-        assert (following_change.revision, following_change.settings["theme"]) == (again, "light")
+        await across_restarts(following, served, sidecar, tenant, reconnects)
         watch.close()
 
 
@@ -111,19 +96,7 @@ async def test_an_async_watch_resumes_across_a_sidecar_restart(
         async def following() -> config_pb2.TenantConfig:
             return await asyncio.wait_for(watch.__anext__(), 60)
 
-        assert (await following()).revision == tenant.revision
-        await sidecar.stop()
-        changed = await asyncio.to_thread(patch, served, tenant.id, "dark")
-        await sidecar.start()
-        resumed = await following()
-        assert (resumed.revision, resumed.settings["theme"]) == (changed, "dark")
-        assert reconnects.count >= 1
-
-        await sidecar.stop(signal.SIGKILL)
-        await sidecar.start()
-        again = await asyncio.to_thread(patch, served, tenant.id, "light")
-        following_change = await following()
-        assert (following_change.revision, following_change.settings["theme"]) == (again, "light")
+        await across_restarts(following, served, sidecar, tenant, reconnects)
         await watch.aclose()
 
 
@@ -227,3 +200,30 @@ async def test_the_cli_watch_resumes_across_a_sidecar_restart(
         f"revision {tenant.revision}", f"revision {changed}", f"revision {again}"
     ]
     assert "reconnect" in err and "UNAVAILABLE" in err
+
+
+async def across_restarts(
+    following: Callable[[], Awaitable[config_pb2.TenantConfig]],
+    served: Served,
+    sidecar: Restartable,
+    tenant: admin_pb2.Tenant,
+    reconnects: ClientRecords,
+) -> None:
+    """The watch `following` reads from yields the tenant's config, then each change once,
+    across a drained restart (SIGTERM, the change made while it is down) and a crash
+    (SIGKILL, the change made after it is back)."""
+    assert (await following()).revision == tenant.revision
+    await sidecar.stop()  # SIGTERM: drains, then ends the stream
+    changed = await asyncio.to_thread(patch, served, tenant.id, "dark")  # while it is down
+    await sidecar.start()
+    resumed = await following()
+    assert (resumed.revision, resumed.settings["theme"]) == (changed, "dark")
+    assert reconnects.count >= 1
+    # A crash (the connection simply drops), the change after it is back. The next
+    # message is that change: the config the new stream starts with (the one yielded
+    # already) is not yielded again.
+    await sidecar.stop(signal.SIGKILL)
+    await sidecar.start()
+    again = await asyncio.to_thread(patch, served, tenant.id, "light")
+    following_change = await following()
+    assert (following_change.revision, following_change.settings["theme"]) == (again, "light")
