@@ -84,6 +84,13 @@ class Settings:
     workers: int = field(
         default=0, metadata={"help": "serving processes sharing the port with SO_REUSEPORT (0 = one per core)"}
     )
+    worker_restarts: int = field(
+        default=5,
+        metadata={
+            "help": "restarts of dead workers `serve --workers` makes per minute; one more and it stops, exit 1,"
+            " for its supervisor to restart (0 = never restart a worker)"
+        },
+    )
     relay: int = field(default=1, metadata={"help": "1 = run the outbox relay in this process, 0 = not"})
     event_stream_max_length: int = field(default=100_000, metadata={"help": "tenant-event stream cap (XADD MAXLEN ~)"})
     outbox_retention_seconds: float = field(default=86_400.0, metadata={"help": "keep published outbox rows this long"})

@@ -9,6 +9,12 @@ across them.
 SO_REUSEPORT would also let an unrelated server share the port silently, so before
 starting the workers the parent binds the port *without* it: if anything is listening
 there, `serve` fails loudly instead of joining it.
+
+A worker that dies while serving (the OOM killer, a crash) is started again in its
+place, as gunicorn does: same index, so worker 0 brings the outbox relay and the unix
+socket back with it. At most `GATEHOUSE_WORKER_RESTARTS` restarts in any minute; past
+that the workers are crashing in a loop, so `serve` stops them all and exits 1 for its
+supervisor (Kubernetes, systemd) to restart the whole process instead.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Callable
 
 from gatehouse.server import ext_authz_routes
@@ -84,11 +92,13 @@ def run_workers(
             endpoint.close()
 
 
+RESTART_WINDOW_SECONDS = 60.0  # GATEHOUSE_WORKER_RESTARTS counts restarts in any such window
+
+
 def _run_children(
     settings: Settings, count: int, listen: str, authzen_listen: str, endpoint: "MetricsEndpoint | None"
 ) -> int:
-    children = []
-    for index in range(count):
+    def spawn(index: int) -> subprocess.Popen[str]:
         env = {
             **os.environ,
             "GATEHOUSE_LISTEN": listen,
@@ -108,20 +118,27 @@ def _run_children(
                 env[f"GATEHOUSE_{name.upper()}"] = str(value)
         # Unix sockets cannot be shared by port reuse: only worker 0 takes it.
         env["GATEHOUSE_UNIX_SOCKET"] = settings.unix_socket if index == 0 else ""
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "gatehouse.server.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True,
-                preexec_fn=_die_with(os.getpid()),
-            )
+        return subprocess.Popen(
+            [sys.executable, "-m", "gatehouse.server.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True,
+            preexec_fn=_die_with(os.getpid()),
         )
 
-    stopping = False
+    def first_line(child: subprocess.Popen[str]) -> str | None:
+        """The address a worker serves on, once it says so (None: it did not start);
+        from then on its stdout is drained so it never blocks on a full pipe."""
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if "serving on" not in line:
+            return None
+        threading.Thread(target=_drain, args=(child,), daemon=True).start()
+        return line.split("serving on", 1)[1].strip()
 
+    children = [spawn(index) for index in range(count)]
+    stopping = threading.Event()  # set by a signal handler, between any two statements below
     signalled: set[int] = set()
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
         for child in children:
             # Once each: a worker drains on its first signal and ignores the rest.
             if child.poll() is None and child.pid not in signalled:
@@ -132,48 +149,67 @@ def _run_children(
     signal.signal(signal.SIGINT, forward)
     addresses = []
     for child in children:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        if "serving on" not in line:
+        address = first_line(child)
+        if address is None:
             forward(signal.SIGTERM, None)
-            raise SystemExit(f"gatehouse: a worker failed to start: {line.strip()!r}")
-        addresses.append(line.split("serving on", 1)[1].strip())
-        # Keep draining each worker's stdout so it never blocks on a full pipe.
-        threading.Thread(target=_drain, args=(child,), daemon=True).start()
+            raise SystemExit(f"gatehouse: a worker failed to start (exit {child.wait()})")
+        addresses.append(address)
     shown = f" (metrics: {endpoint.url})" if endpoint is not None else ""
     workers = f"{count} workers, SO_REUSEPORT" if count > 1 else "1 worker"
     print(f"gatehouse: serving on {addresses[0]} ({workers}){shown}", flush=True)
     codes = []
-    waiting: dict[int, subprocess.Popen[str]] = {child.pid: child for child in children}
+    restarts: deque[float] = deque()  # when each recent restart was made (monotonic)
+    failed = False  # a worker died and could not be restarted
+    waiting: dict[int, int] = {child.pid: index for index, child in enumerate(children)}
     while waiting:
         # In the order they exit, so a worker that dies early is accounted at once.
         pid, status = os.waitpid(-1, 0)
         if pid not in waiting:
             continue
-        child = waiting.pop(pid)
+        index = waiting.pop(pid)
+        child = children[index]
         child.returncode = os.waitstatus_to_exitcode(status)
-        codes.append(child.returncode)
-        if not stopping and child.returncode == 0:
-            # A worker exits 0 only after draining on SIGTERM/SIGINT that reached it
-            # directly (a signal to the process group: Ctrl-C, `kill -- -PGID`): a stop
-            # meant for all of serve, not a death. Stop the others the same way.
-            log.info("worker %d (pid %d) stopped on a signal of its own: stopping the others", children.index(child), pid)
-            forward(signal.SIGTERM, None)
-        elif not stopping:
-            # Not restarted: the others go on serving. Say so, loudly: worker 0 also ran
-            # the outbox relay (and the unix socket), which stop with it.
-            index = children.index(child)
-            why = f"signal {-child.returncode}" if child.returncode < 0 else f"status {child.returncode}"
-            also = "; it ran the outbox relay, which has stopped" if index == 0 and settings.relay else ""
-            log.error(
-                "worker %d (pid %d) exited with %s while serving; %d of %d workers left, it is not restarted%s",
-                index, pid, why, len(waiting), count, also,
-            )
         if endpoint is not None:
             # Its live gauges go; its counters stay in every sum (no total goes down).
             endpoint.worker_exited(pid)
+        if stopping.is_set():
+            codes.append(child.returncode)
+            continue
+        if child.returncode == 0:
+            # A worker exits 0 only after draining on SIGTERM/SIGINT that reached it
+            # directly (a signal to the process group: Ctrl-C, `kill -- -PGID`): a stop
+            # meant for all of serve, not a death. Stop the others the same way.
+            codes.append(0)
+            log.info("worker %d (pid %d) stopped on a signal of its own: stopping the others", index, pid)
+            forward(signal.SIGTERM, None)
+            continue
+        why = f"signal {-child.returncode}" if child.returncode < 0 else f"status {child.returncode}"
+        also = "; it ran the outbox relay" if index == 0 and settings.relay else ""
+        now = time.monotonic()
+        while restarts and now - restarts[0] > RESTART_WINDOW_SECONDS:
+            restarts.popleft()
+        if len(restarts) >= settings.worker_restarts:
+            codes.append(child.returncode)
+            failed = True
+            log.error(
+                "worker %d (pid %d) exited with %s while serving%s; %d restarts in the last %.0f s "
+                "(GATEHOUSE_WORKER_RESTARTS): stopping every worker, exit 1",
+                index, pid, why, also, len(restarts), RESTART_WINDOW_SECONDS,
+            )
+            forward(signal.SIGTERM, None)
+            continue
+        restarts.append(now)
+        log.error("worker %d (pid %d) exited with %s while serving%s: starting it again", index, pid, why, also)
+        replacement = spawn(index)
+        children[index] = replacement
+        waiting[replacement.pid] = index
+        if stopping.is_set():  # a signal came while it was being started
+            forward(signal.SIGTERM, None)
+        elif first_line(replacement) is not None:
+            log.info("worker %d restarted (pid %d)", index, replacement.pid)
+        # One that did not start exits, and is seen by waitpid like any other death.
     log.info("workers exited with %s", ", ".join(str(code) for code in codes))
-    return 0 if all(code == 0 for code in codes) else 1
+    return 0 if all(code == 0 for code in codes) and not failed else 1
 
 
 PR_SET_PDEATHSIG = 1
