@@ -536,7 +536,24 @@ def dumps(state: State) -> str:
         documents.append(doc)
     for tenant in sorted(state.tenants.values(), key=lambda t: t.slug):
         documents.append(_tenant_document(tenant))
-    return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.dump_all(documents, Dumper=_FileDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+class _FileDumper(yaml.SafeDumper):
+    """SafeDumper whose strings read back as they were written."""
+
+
+def _represent_text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    # PyYAML writes a string with an unprintable character in a plain, single-quoted or
+    # block scalar as it is, where a reader folds U+0085 (NEL, a YAML line break) into a
+    # space: `context.ok == "\x85"` would come back `context.ok == " "`, another
+    # condition. Double-quoted, every such character is written as an escape.
+    if all(c.isprintable() or c == "\n" for c in text):
+        return dumper.represent_str(text)
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style='"')
+
+
+_FileDumper.add_representer(str, _represent_text)
 
 
 def _tenant_document(tenant: TenantSpec) -> dict[str, Any]:
