@@ -93,7 +93,11 @@ MAX_VALUES = 100_000  # settings values read per document, aliases counted each 
 MAX_DESCRIPTION = 1000
 MAX_PATTERNS = 256  # as gatehouse.engine.validate.require_patterns
 # RFC 3339 (section 5.6) date-time: the zone is required, as a time without one names no instant.
-RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
+# An offset's hour is 00-23 and its minute 00-59 (RFC 3339 time-numoffset); Python reads
+# `+00:60` as an hour, so the pattern refuses it. ASCII digits only.
+RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII
+)
 RFC3339_RULE = "must be an RFC 3339 time with its zone, e.g. 2027-01-31T18:00:00Z or 2027-01-31T19:00:00+01:00"
 
 
