@@ -42,6 +42,7 @@ from gatehouse.declarative.diff import (
     json_equal,
 )
 from gatehouse.declarative.model import FeatureSpec, Grant, PlanSpec, rfc3339, subject_text
+from gatehouse.display_text import escape_unprintable
 from gatehouse.engine.lifecycle import Action
 
 NO_CHANGES = "No changes: the live state matches the file."
@@ -69,8 +70,10 @@ def render(steps: Iterable[Step]) -> str:
         mark = symbol(step)
         counts[mark] += 1
         head, details = describe(step)
-        lines.append(f"{mark} {head}")
-        lines.extend(f"{INDENT}{line}" for line in details)
+        # Each line escaped whole: a condition, a setting's key or value may hold a newline
+        # (a forged line), a C1 control or a bidi override that JSON leaves as it is.
+        lines.append(f"{mark} {escape_unprintable(head)}")
+        lines.extend(f"{INDENT}{escape_unprintable(line)}" for line in details)
     if not lines:
         return NO_CHANGES + "\n"
     lines.append("")

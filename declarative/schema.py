@@ -93,7 +93,11 @@ MAX_VALUES = 100_000  # settings values read per document, aliases counted each 
 MAX_DESCRIPTION = 1000
 MAX_PATTERNS = 256  # as gatehouse.engine.validate.require_patterns
 # RFC 3339 (section 5.6) date-time: the zone is required, as a time without one names no instant.
-RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
+# An offset's hour is 00-23 and its minute 00-59 (RFC 3339 time-numoffset); Python reads
+# `+00:60` as an hour, so the pattern refuses it. ASCII digits only.
+RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII
+)
 RFC3339_RULE = "must be an RFC 3339 time with its zone, e.g. 2027-01-31T18:00:00Z or 2027-01-31T19:00:00+01:00"
 
 
@@ -536,7 +540,24 @@ def dumps(state: State) -> str:
         documents.append(doc)
     for tenant in sorted(state.tenants.values(), key=lambda t: t.slug):
         documents.append(_tenant_document(tenant))
-    return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.dump_all(documents, Dumper=_FileDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+class _FileDumper(yaml.SafeDumper):
+    """SafeDumper whose strings read back as they were written."""
+
+
+def _represent_text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    # PyYAML writes a string with an unprintable character in a plain, single-quoted or
+    # block scalar as it is, where a reader folds U+0085 (NEL, a YAML line break) into a
+    # space: `context.ok == "\x85"` would come back `context.ok == " "`, another
+    # condition. Double-quoted, every such character is written as an escape.
+    if all(c.isprintable() or c == "\n" for c in text):
+        return dumper.represent_str(text)
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style='"')
+
+
+_FileDumper.add_representer(str, _represent_text)
 
 
 def _tenant_document(tenant: TenantSpec) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from gatehouse.display_text import escape_unprintable
 from gatehouse_client import GatehouseError
 from gatehouse_client.v1 import common_pb2
 
@@ -85,7 +86,9 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict):
         return ",".join(f"{key}={_cell(item) if not isinstance(item, dict) else json.dumps(item)}"
                         for key, item in value.items())
-    return str(value)
+    # A string from the data (a condition) may hold a newline (a forged row) or a
+    # terminal control sequence: printed escaped.
+    return escape_unprintable(str(value))
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

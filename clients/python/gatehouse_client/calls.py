@@ -11,6 +11,7 @@ import os
 import random
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -297,9 +298,13 @@ class WatchProgress:
     DEADLINE_EXCEEDED (a watch has no deadline) and INTERNAL are not retried by the policy,
     so they end the watch, as does every other code (INVALID_ARGUMENT, NOT_FOUND,
     PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION, ...). The wait before a
-    reconnect is `CallPolicy.backoff(n)` for the n-th failed one in a row (0 first); a
-    message received starts the count over. `retries`: reconnects in a row that may fail
-    before the last error is raised (None: no limit).
+    reconnect is `CallPolicy.backoff(n)` for the n-th failed one in a row (0 first). A
+    stream that brought news (a revision not yielded yet) or stayed open MAX_BACKOFF
+    seconds or more starts the count over; one that only repeated the config already
+    yielded and ended at once did not work (a server ending every stream after its first
+    message would otherwise be reopened every ~50 ms for ever, and `retries` would never
+    run out). `retries`: reconnects in a row that may fail before the last error is
+    raised (None: no limit).
     """
 
     def __init__(self, policy: CallPolicy, *, resume: bool, retries: int | None) -> None:
@@ -309,16 +314,21 @@ class WatchProgress:
         self._resume = resume
         self._retries = retries
         self.revision = 0  # the newest revision yielded
-        self.failures = 0  # streams ended in a row without a message
+        self.failures = 0  # streams ended in a row without news, each soon after it opened
+        self._opened = time.monotonic()
+
+    def opened(self) -> None:
+        """A stream is being opened (its lifetime counts from now)."""
+        self._opened = time.monotonic()
 
     def received(self, config: config_pb2.TenantConfig) -> bool:
-        """A message arrived (the connection works: the backoff starts over). True when it
-        is news, a revision above every one yielded; a new stream's first message, the
-        config as it is now, is often the one already yielded."""
-        self.failures = 0
+        """A message arrived. True when it is news, a revision above every one yielded
+        (the connection works: the backoff starts over); a new stream's first message,
+        the config as it is now, is often the one already yielded, which proves nothing."""
         if config.revision <= self.revision:
             return False
         self.revision = config.revision
+        self.failures = 0
         return True
 
     def resume_after(self, error: GatehouseError, closed: bool) -> float | None:
@@ -328,6 +338,8 @@ class WatchProgress:
         resumable = self._policy.retryable(error.code) or error.code == grpc.StatusCode.CANCELLED
         if not (self._resume and resumable) or closed:
             return None
+        if time.monotonic() - self._opened >= MAX_BACKOFF:
+            self.failures = 0  # it worked for a while: a new outage
         if self._retries is not None and self.failures >= self._retries:
             return None
         wait = self._policy.backoff(self.failures)

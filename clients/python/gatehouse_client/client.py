@@ -346,9 +346,10 @@ class Client:
 
         No deadline. A stream that ends UNAVAILABLE (sidecar restart, rollout, connection
         lost, the server's `GATEHOUSE_STALE`) or CANCELLED not by this client is opened
-        again after the client's backoff (full jitter, up to 2 s; a message received
-        starts it over), and what the new stream sends first, the config as it is now, is
-        yielded only when newer than the last one yielded (see `WatchProgress`). Any other
+        again after the client's backoff (full jitter, up to 2 s; a stream that brings a
+        new revision or stays open 2 s starts it over), and what the new stream sends
+        first, the config as it is now, is yielded only when newer than the last one
+        yielded (see `WatchProgress`). Any other
         code raises its GatehouseError at once (NOT_FOUND for an unknown tenant,
         PERMISSION_DENIED, ...). `resume=False`: the first error of any code raises.
         `retries`: reconnects in a row that may fail before the last error is raised
@@ -357,6 +358,7 @@ class Client:
         progress = WatchProgress(self.policy, resume=resume, retries=retries)
         request = config_pb2.WatchTenantConfigRequest(tenant_id=tenant_id)
         while True:
+            progress.opened()
             stream = self._config.WatchTenantConfig(request, metadata=self.policy.auth)
             try:
                 for config in stream:
@@ -564,6 +566,7 @@ class AsyncClient:
         progress = WatchProgress(self.policy, resume=resume, retries=retries)
         request = config_pb2.WatchTenantConfigRequest(tenant_id=tenant_id)
         while True:
+            progress.opened()
             stream = self._config.WatchTenantConfig(request, metadata=self.policy.auth)
             try:
                 async for config in stream:
