@@ -398,7 +398,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @admin_call("role.assign")
     async def AssignRole(self, request: admin_pb2.AssignRoleRequest, caller: Principal) -> admin_pb2.RoleAssignmentResponse:
         """Grant `role` at `scope`, with `on_existing` REPLACE also change the terms of a
-        grant held already (one write). The escalation and owner guards are decided on
+        grant held already (one write; the caller needs `gatehouse.role.revoke` as well as
+        `gatehouse.role.assign`, since new terms can narrow). The escalation and owner guards are decided on
         the role and scope, whatever the terms; the last-owner guard (in the store's
         transaction) on a replace that would leave no lasting owner."""
         v = Violations()
@@ -406,6 +407,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         condition = v.check(require_condition, "condition", request.condition)
         replace_held = v.check(convert.existing_grant_policy, "on_existing", request.on_existing)
         tenant_id, subject, role, scope, expected = self._assignment_fields(request, v)
+        if replace_held:
+            # New terms can take access away as a revoke does (condition "false", an
+            # expiry a second away): a replace needs `gatehouse.role.revoke` too.
+            await self._authz.require(caller, "role.revoke", tenant_id, scope)
         await self._guard_grant(caller, tenant_id, role, scope)
         assignment, revision = await self._store.assign_role(
             caller.actor, tenant_id, subject, role=role, scope=scope, expected_revision=expected,

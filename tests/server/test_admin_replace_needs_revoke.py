@@ -1,7 +1,6 @@
 """A REPLACE can take access away (a shorter expiry, a narrower condition: as good as a
 revoke in a second), so a key that may assign but not revoke
-(`gatehouse.role.assign` without `gatehouse.role.revoke`) should not be able to; today
-only AssignRole's permission and guards are asked."""
+(`gatehouse.role.assign` without `gatehouse.role.revoke`) may not REPLACE."""
 
 from __future__ import annotations
 
@@ -15,8 +14,6 @@ from tests.client import Client
 from tests.server.test_admin_replace_grant import REPLACE, accountant_tenant, assign, at, bearer, held
 
 
-@pytest.mark.xfail(strict=True, reason="AssignRole REPLACE asks only gatehouse.role.assign; whether it must also "
-                   "ask gatehouse.role.revoke is the lead's call (policy), so not fixed here")
 async def test_a_key_that_may_not_revoke_cannot_cut_a_grant_short_by_replace(client: Client, unique: str) -> None:
     tenant = await accountant_tenant(client, f"norev-{unique}")
     assigner = await client.admin.CreateApiKey(
