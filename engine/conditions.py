@@ -217,6 +217,16 @@ def check_condition(source: str) -> Condition:
         raise ConditionError(f"at most {MAX_CONDITION_LENGTH} characters")
     if "\x00" in source:
         raise ConditionError("must not contain NUL (U+0000)")
+    hidden = next((c for c in source if not c.isprintable() and c not in "\n\t\r"), None)
+    if hidden is not None:
+        # What a reviewer reads must be what runs: a bidi override or a zero-width
+        # character makes source display otherwise ("Trojan Source", CVE-2021-42574), and
+        # an escape sequence rewrites a terminal. A CEL string literal spells any of them
+        # with an escape (`"\u202e"`) instead.
+        raise ConditionError(
+            f"must not contain U+{ord(hidden):04X} (a control, format or separator character); "
+            "write it as an escape in a string literal"
+        )
     try:
         program = _ENV.compile(source)
     except Exception as exc:

@@ -1,5 +1,6 @@
 """What the data puts in a plan or a CLI table is shown, never obeyed: a condition (the
-API takes any CEL that parses, so a string literal may hold raw control characters) or a
+API refuses raw control, format and separator characters in one now, but one stored
+before that rule may hold them) or a
 setting with a newline, an escape sequence, a C1 control (CSI U+009B), a bidi override
 (U+202E, "Trojan Source") or a line separator (U+2028) is printed escaped, so it can
 neither forge a plan line or a table row nor recolour, hide or reorder what a reviewer
@@ -14,6 +15,7 @@ from gatehouse.declarative.model import Grant
 from gatehouse.declarative.plan_text import render
 from gatehouse.display_text import escape_unprintable
 from gatehouse.engine.validate import require_condition
+from gatehouse.errors import InvalidArgument
 from gatehouse.server.cli_output import table
 
 HOSTILE = [
@@ -31,9 +33,16 @@ def unprintable(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("condition", HOSTILE)
-def test_the_api_takes_these_conditions(condition: str) -> None:
-    # Why the display must cope: each is a condition AssignRole stores as it is.
-    assert require_condition("condition", condition) == condition
+def test_the_api_refuses_these_conditions_but_a_newline(condition: str) -> None:
+    # What a reviewer reads must be what runs ("Trojan Source", CVE-2021-42574): only a
+    # newline, a tab or a carriage return may stand raw in a condition's source.
+    if all(c.isprintable() or c in "\n\t\r" for c in condition):
+        assert require_condition("condition", condition) == condition
+        return
+    with pytest.raises(InvalidArgument) as refused:
+        require_condition("condition", condition)
+    assert refused.value.violations[0].field == "condition"
+    assert "write it as an escape in a string literal" in refused.value.violations[0].description
 
 
 @pytest.mark.parametrize("condition", HOSTILE)
