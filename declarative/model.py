@@ -14,6 +14,7 @@ no part in equality.
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -88,6 +89,33 @@ def utc_instant(value: datetime.datetime) -> datetime.datetime:
     if value.tzinfo is None:
         raise ValueError("a time needs its zone")
     return value.astimezone(datetime.timezone.utc)
+
+
+# RFC 3339 (section 5.6) date-time: the zone is required, as a time without one names no instant.
+# An offset's hour is 00-23 and its minute 00-59 (RFC 3339 time-numoffset); Python reads
+# `+00:60` as an hour, so the pattern refuses it. ASCII digits only.
+RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII
+)
+RFC3339_RULE = "must be an RFC 3339 time with its zone, e.g. 2027-01-31T18:00:00Z or 2027-01-31T19:00:00+01:00"
+
+
+def parse_instant(text: str) -> datetime.datetime:
+    """An RFC 3339 time with its zone (`2027-01-31T18:00:00Z`, `...+01:00`) as an aware
+    datetime in UTC to the microsecond; ValueError (a message fit to show) otherwise.
+    State files and the CLI's `--expires-at` read times through this one function."""
+    found = RFC3339.fullmatch(text)
+    if found is None:
+        raise ValueError(RFC3339_RULE)
+    fraction = found.group(7) or ""
+    if fraction[6:].strip("0"):
+        raise ValueError("to the microsecond at most (the server keeps microseconds)")
+    zone = found.group(8)
+    iso = "{}-{}-{}T{}:{}:{}".format(*found.groups()[:6]) + (f".{fraction[:6].ljust(6, '0')}" if fraction else "")
+    try:
+        return utc_instant(datetime.datetime.fromisoformat(iso + ("+00:00" if zone in ("Z", "z") else zone)))
+    except (ValueError, OverflowError):
+        raise ValueError(f"{text!r} is not a valid time ({RFC3339_RULE})") from None
 
 
 def rfc3339(value: datetime.datetime) -> str:

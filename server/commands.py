@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 import grpc
 from google.protobuf.message import Message
 
+from gatehouse.declarative.model import parse_instant
 from gatehouse.server.cli_output import FORMATS, emit, emit_error, fields, plain, table
 from gatehouse_client import Client, Decision, GatehouseError, as_subject, is_tenant_id
 from gatehouse_client.calls import DEFAULT_SERVER, SERVER_ENV
@@ -168,13 +169,13 @@ def _integer(value: str, flag: str) -> int:
 
 
 def _time(value: str | None, flag: str) -> datetime.datetime | None:
+    """A time flag, read as state files read times (`parse_instant`: RFC 3339 with its zone)."""
     if value is None:
         return None
     try:
-        moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{flag}: {value!r} is not an ISO 8601 time (e.g. 2026-12-01T10:00:00Z)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+        return parse_instant(value)
+    except ValueError as error:
+        raise UsageError(f"{flag}: {value!r}: {error}") from None
 
 
 def _subject(value: str) -> common_pb2.Subject:
@@ -672,7 +673,7 @@ def add_commands(commands: Any) -> None:
         p.add_argument("--scope", default="", help="org-unit path, e.g. emea/de ('' = the whole tenant)")
         if name == "grant":
             p.add_argument("--expires-at", metavar="TIME",
-                           help="the grant ends then (ISO 8601, e.g. 2027-01-01T00:00:00Z; default: never)")
+                           help="the grant ends then (RFC 3339 with its zone, e.g. 2027-01-01T00:00:00Z; default: never)")
             p.add_argument("--condition", default="", metavar="CEL",
                            help="the grant applies only when this holds, e.g. 'resource.attributes.owner == subject.id'")
             p.add_argument("--replace", action="store_true",
@@ -702,7 +703,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("-p", "--permission", action="append", required=True, help="pattern limiting the key ('*': none)")
     p.add_argument("--role", action="append", default=[], metavar="ROLE[@SCOPE]", help="a role the key holds (repeatable)")
-    p.add_argument("--expires-at", metavar="TIME", help="ISO 8601, e.g. 2027-01-01T00:00:00Z")
+    p.add_argument("--expires-at", metavar="TIME", help="RFC 3339 with its zone, e.g. 2027-01-01T00:00:00Z")
     p.add_argument("--secret-file", metavar="PATH", help="write the secret to this file (mode 0600) instead of printing it")
     p = _command(keys, "list", "a tenant's keys, or the operator keys", "gatehouse key list --tenant acme", key_list)
     p.add_argument("--tenant", help="slug or id (none: the operator keys)")

@@ -139,8 +139,13 @@ def test_roles_members_grants_and_check(served: Served, unique: str) -> None:
     assert [(a["role"], a["scope"], a.get("expires_at")) for a in assignments] == [
         ("accountant", "apac/jp", "2999-01-01T00:00:00Z"), ("accountant", "emea/de", "")
     ]
-    past = gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us", "--expires-at", "2001-01-01")
+    past = gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us",
+                     "--expires-at", "2001-01-01T00:00:00Z")
     assert past.status == 2 and "INVALID_ARGUMENT" in past.err and "expires_at" in past.err
+    # Read as state files read times (RFC 3339 with its zone): refused before any call.
+    for bad in ("2099-01-01", "2099-01-01T00:00:00", "2099-01-01T00:00:00+00:60"):
+        refused = gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us", "--expires-at", bad)
+        assert refused.status == 2 and "--expires-at" in refused.err and "RFC 3339" in refused.err, (bad, refused.err)
     ok(gatehouse(served, "revoke", slug, "user:alice", "accountant", "--scope", "apac/jp"))
     # A conditional grant (issue 18): decided from the attributes the check carries.
     ok(gatehouse(served, "grant", slug, "user:alice", "accountant", "--scope", "us",
