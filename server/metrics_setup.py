@@ -18,11 +18,11 @@ PREFIX = "gatehouse-metrics-"
 
 def parse_listen(value: str) -> tuple[str, int] | None:
     """`GATEHOUSE_METRICS_LISTEN` as (host, port); None when metrics are off. SystemExit
-    on a value that is no host:port."""
+    on a value that is no host:port, the port ASCII digits from 0 to 65535."""
     if value.strip().lower() in OFF:
         return None
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535 or not host:
         raise SystemExit(f"gatehouse: GATEHOUSE_METRICS_LISTEN (--metrics-listen) must be host:port or 'off', got {value!r}")
     return host.strip("[]"), int(port)
 
