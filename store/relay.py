@@ -79,6 +79,13 @@ from gatehouse.store.transactions import PLATFORM_SCOPE, init_connection
 from gatehouse.store.write_tail import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
+
+
+class _PostgresUnreachable(Exception):
+    """Connecting to Postgres failed at the socket (its OSError is the `__cause__`)."""
+
+
+_POSTGRES_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, _PostgresUnreachable)
 _tracer = tracing.tracer(__name__)
 
 _CLAIM = """
@@ -282,15 +289,21 @@ class OutboxRelay:
                 await self._run_connected()
             except asyncio.CancelledError:
                 raise
-            except (*REDIS_FAILURES, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*REDIS_FAILURES, *_POSTGRES_FAILURES) as exc:
                 stop_if_cancelled()
-                cause = "postgres" if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)) else "redis"
+                cause = "postgres" if isinstance(exc, _POSTGRES_FAILURES) else "redis"
                 self.errors[cause] += 1
-                self.outage.failed(cause, f"{type(exc).__name__}: {exc}")
+                shown = exc.__cause__ if isinstance(exc, _PostgresUnreachable) and exc.__cause__ is not None else exc
+                self.outage.failed(cause, f"{type(shown).__name__}: {shown}")
                 await asyncio.sleep(self._backoff.next())
 
     async def _run_connected(self) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=5)
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=5)
+        except OSError as exc:
+            # Refused, unreachable, timed out: asyncpg raises the socket's own error, which
+            # REDIS_FAILURES holds too; without this it was counted and logged as Redis's.
+            raise _PostgresUnreachable() from exc
         try:
             await init_connection(conn)  # the store's codecs: the sweeper writes audit rows
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
