@@ -243,6 +243,11 @@ class AdminAuthenticator:
             raise Unauthenticated(f"malformed key (want {KEY_SHAPE})", metadata={"key": key_fingerprint(token)})
         digest = hashlib.sha256(token.encode()).digest()
         principal = self._verified.get(digest)
+        if principal is None and digest in self._inflight:
+            # This token's verification is running: share its outcome (one Argon2 run, at
+            # most one failure) without spending from the budget. Else a valid key's
+            # first calls at once, on a sidecar new to it, were refused as failures.
+            principal = await asyncio.shield(self._inflight[digest])
         if principal is None:
             address = peer_address(peer)
             wait = self._failures.spend(address)
