@@ -160,6 +160,9 @@ def _run_children(
     codes = []
     restarts: deque[float] = deque()  # when each recent restart was made (monotonic)
     failed = False  # a worker died and could not be restarted
+    # Replacements not yet serving: one that a stop's signal ends before it has its
+    # handler (it dies of the signal) served nothing and failed at nothing.
+    starting: set[int] = set()
     waiting: dict[int, int] = {child.pid: index for index, child in enumerate(children)}
     while waiting:
         # In the order they exit, so a worker that dies early is accounted at once.
@@ -173,7 +176,8 @@ def _run_children(
             # Its live gauges go; its counters stay in every sum (no total goes down).
             endpoint.worker_exited(pid)
         if stopping.is_set():
-            codes.append(child.returncode)
+            stopped_starting = pid in starting and child.returncode in (-signal.SIGTERM, -signal.SIGINT)
+            codes.append(0 if stopped_starting else child.returncode)
             continue
         if child.returncode == 0:
             # A worker exits 0 only after draining on SIGTERM/SIGINT that reached it
@@ -203,9 +207,11 @@ def _run_children(
         replacement = spawn(index)
         children[index] = replacement
         waiting[replacement.pid] = index
+        starting.add(replacement.pid)
         if stopping.is_set():  # a signal came while it was being started
             forward(signal.SIGTERM, None)
         elif first_line(replacement) is not None:
+            starting.discard(replacement.pid)
             log.info("worker %d restarted (pid %d)", index, replacement.pid)
         # One that did not start exits, and is seen by waitpid like any other death.
     log.info("workers exited with %s", ", ".join(str(code) for code in codes))
