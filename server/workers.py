@@ -133,6 +133,12 @@ def _run_children(
         threading.Thread(target=_drain, args=(child,), daemon=True).start()
         return line.split("serving on", 1)[1].strip()
 
+    def follow(replacement: subprocess.Popen[str], index: int) -> None:
+        """A restarted worker: say when it serves, then drain its stdout."""
+        if first_line(replacement) is not None:
+            starting.discard(replacement.pid)
+            log.info("worker %d restarted (pid %d)", index, replacement.pid)
+
     children = [spawn(index) for index in range(count)]
     stopping = threading.Event()  # set by a signal handler, between any two statements below
     signalled: set[int] = set()
@@ -210,10 +216,10 @@ def _run_children(
         starting.add(replacement.pid)
         if stopping.is_set():  # a signal came while it was being started
             forward(signal.SIGTERM, None)
-        elif first_line(replacement) is not None:
-            starting.discard(replacement.pid)
-            log.info("worker %d restarted (pid %d)", index, replacement.pid)
-        # One that did not start exits, and is seen by waitpid like any other death.
+        # Its first line is read on a thread of its own, so a replacement that hangs before
+        # serving never holds this loop (other deaths, a stop) up. One that does not start
+        # exits, and is seen by waitpid like any other death.
+        threading.Thread(target=follow, args=(replacement, index), daemon=True).start()
     log.info("workers exited with %s", ", ".join(str(code) for code in codes))
     return 0 if all(code == 0 for code in codes) and not failed else 1
 

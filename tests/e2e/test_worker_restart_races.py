@@ -44,6 +44,40 @@ async def test_a_stop_while_a_replacement_is_starting_is_a_clean_stop(
     assert code == 0, text[-2000:]
 
 
+async def test_a_replacement_that_hangs_before_serving_holds_nothing_up(
+    database_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """Input: worker 1 killed and its replacement stopped (SIGSTOP) as soon as it exists,
+    before it serves; then worker 0 killed. The parent still restarts worker 0 (it does
+    not wait on the hung replacement's first line), and a stop then ends serve."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        server = await start_server(
+            {**sidecar_env(database_url, redis_url, redis_prefix, KEY), "GATEHOUSE_LOG_LEVEL": "INFO"},
+            "--workers", "2", stderr=log,
+        )  # fmt: skip
+        hung = 0
+        try:
+            first = {_worker_index(pid): pid for pid in process_tree(server.process.pid)[1:]}
+            os.kill(first["1"], signal.SIGKILL)
+            for _ in range(500):
+                fresh = [pid for pid in process_tree(server.process.pid)[1:] if pid not in first.values()]
+                if fresh:
+                    hung = fresh[0]
+                    os.kill(hung, signal.SIGSTOP)
+                    break
+                await asyncio.sleep(0.01)
+            assert hung, "no replacement for worker 1"
+            os.kill(first["0"], signal.SIGKILL)
+            await _logged(log_path, f"worker 0 (pid {first['0']}) exited with signal 9 while serving", 20)
+            await _logged(log_path, "worker 0 restarted (pid ", 30)
+        finally:
+            if hung:
+                os.kill(hung, signal.SIGCONT)
+            code = await server.stop()
+    assert code in (0, 1), log_path.read_text()[-2000:]
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="a stopped (SIGSTOP) or hung worker is not dead to waitpid and serve has no heartbeat: the kernel "
