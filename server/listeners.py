@@ -57,10 +57,21 @@ class Listener:
         return logging.WARNING if self.exposed else logging.INFO
 
 
+def host_port(value: str) -> tuple[str, int] | None:
+    """"host:port" or "[v6]:port" as (host, port), the port ASCII digits from 0 to 65535;
+    None when it is not that. Every listen setting is read through this one rule."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return None
+    return host.strip("[]"), int(port)
+
+
 def plan_listeners(settings: Settings) -> list[Listener]:
     """The listeners `settings` asks for; SystemExit with a clear message when it cannot start."""
     tls = _tls_listener(settings)
     listeners: list[Listener] = []
+    if settings.listen and host_port(settings.listen) is None:
+        _refuse(f"{_setting('listen')} must be host:port (e.g. 127.0.0.1:50051), got {settings.listen!r}")
     if settings.listen:
         listeners.append(tls or _plaintext_tcp_listener(settings))
     elif tls is not None:
@@ -228,13 +239,14 @@ def plan_http_listener(settings: Settings, address: str, setting: str) -> HttpLi
     when --tls-cert-file is set, else plaintext on loopback only unless
     GATEHOUSE_ALLOW_PLAINTEXT=1. SystemExit naming `setting` for an address that is no
     host:port."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    parsed = host_port(address)
+    if parsed is None:
         _refuse(f"{_setting(setting)} must be host:port (e.g. 127.0.0.1:8181), got {address!r}")
+    host, port = parsed
     files = tls_files(settings)
     if files is None:
         reason, exposed = plaintext_reason(address, settings, "AuthZEN HTTP")
-        return HttpListener(host.strip("[]"), int(port), None, PLAINTEXT, reason, exposed)
+        return HttpListener(host, port, None, PLAINTEXT, reason, exposed)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(files.cert, files.key, password=_no_password)
@@ -242,7 +254,7 @@ def plan_http_listener(settings: Settings, address: str, setting: str) -> HttpLi
         context.load_verify_locations(cafile=files.client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["http/1.1"])
-    return HttpListener(host.strip("[]"), int(port), context, files.security, files.reason)
+    return HttpListener(host, port, context, files.security, files.reason)
 
 
 def _read_pem(setting: str, path: str, marker: bytes, what: str) -> bytes:

@@ -11,6 +11,8 @@ import shutil
 import socket
 import tempfile
 
+from gatehouse.server.listeners import host_port
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OFF = ("", "off", "none")
 PREFIX = "gatehouse-metrics-"
@@ -21,10 +23,10 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     on a value that is no host:port, the port ASCII digits from 0 to 65535."""
     if value.strip().lower() in OFF:
         return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535 or not host:
+    parsed = host_port(value)
+    if parsed is None:
         raise SystemExit(f"gatehouse: GATEHOUSE_METRICS_LISTEN (--metrics-listen) must be host:port or 'off', got {value!r}")
-    return host.strip("[]"), int(port)
+    return parsed
 
 
 def is_loopback(host: str) -> bool:
