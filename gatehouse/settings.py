@@ -242,6 +242,11 @@ class Settings:
                 f"gatehouse: GATEHOUSE_REDIS_PREFIX (--redis-prefix) must not contain '{{' or '}}', got {self.redis_prefix!r}"
             )
 
+    def check_database_url(self) -> None:
+        """SystemExit naming GATEHOUSE_DATABASE_URL when it cannot be a Postgres DSN
+        (`check_dsn`): found at start, not as INTERNAL on every call."""
+        check_dsn(self.database_url, "GATEHOUSE_DATABASE_URL (--database-url)")
+
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, *, defaults: Mapping[str, Any] | None = None, **overrides: Any
@@ -317,6 +322,31 @@ RELAY_SETTINGS = frozenset(
 # `gatehouse relay`'s own defaults. Metrics only when asked for: a relay beside a `serve`
 # on one host would otherwise take (or be refused) the sidecar's default 127.0.0.1:9464.
 RELAY_DEFAULTS: Mapping[str, Any] = {"metrics_listen": "off"}
+
+
+# libpq's sslmode values, which asyncpg accepts (and refuses any other with a
+# ClientConfigurationError at the first connection, not before).
+SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def check_dsn(dsn: str, setting: str) -> None:
+    """SystemExit naming `setting` when `dsn` cannot be a Postgres DSN asyncpg would use:
+    a scheme other than postgresql:// or postgres://, a port that is not 1-65535 in ASCII
+    digits (each host of a multi-host DSN), or an sslmode libpq does not know. asyncpg
+    checks these only when it first connects, and a sidecar's pool connects on demand, so
+    a typo started a process whose every call failed INTERNAL. The password never appears
+    in the message."""
+    parts = urlsplit(dsn)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no user or password
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise SystemExit(f"gatehouse: {setting} must be a postgresql:// URL, got {shown!r}")
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        _, colon, port = host.rpartition(":") if not host.endswith("]") else ("", "", "")
+        if colon and port and not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+            raise SystemExit(f"gatehouse: {setting}: port {port!r} is not a port (1-65535), in {shown!r}")
+    for mode in parse_qs(parts.query).get("sslmode", []):
+        if mode not in SSLMODES:
+            raise SystemExit(f"gatehouse: {setting}: sslmode {mode!r} is not one of {', '.join(sorted(SSLMODES))}")
 
 
 @dataclass(frozen=True, slots=True)

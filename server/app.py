@@ -107,6 +107,7 @@ class Sidecar:
         # The ext_authz route mapping, read and checked whole: a bad one stops the process.
         routes = ext_authz_routes.from_settings(s.ext_authz_config)
         s.check_redis_prefix()
+        s.check_database_url()
         # OpenTelemetry's SDK, once per process, when OTEL_TRACES_EXPORTER asks for it
         # (gatehouse/tracing.py); None, and nothing of it anywhere, when it does not.
         self.tracing = tracing.start()
@@ -383,6 +384,7 @@ async def run_relay(settings: Settings, *, metrics: tuple[str, int] | None = Non
     cannot be listened on."""
     settings.check_durations()
     settings.check_redis_prefix()
+    settings.check_database_url()
     # First, before any connection opens: a metrics port that is taken stops the relay.
     endpoint: MetricsEndpoint | None = None
     recorded: RelayMetrics | None = None

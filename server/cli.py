@@ -23,7 +23,7 @@ from typing import Any, Coroutine
 from gatehouse import logs
 from gatehouse.server import commands as commands_module
 from gatehouse.redis_client import url_passwords
-from gatehouse.settings import OWNER_DATABASE_URL, RELAY_DEFAULTS, RELAY_SETTINGS, MigrateSettings, Settings
+from gatehouse.settings import OWNER_DATABASE_URL, RELAY_DEFAULTS, RELAY_SETTINGS, MigrateSettings, Settings, check_dsn
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -138,6 +138,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
     settings = MigrateSettings.from_env(database_url=args.database_url, runtime_role=args.runtime_role)
     dsn = settings.database_url
+    check_dsn(dsn, "GATEHOUSE_MIGRATE_DATABASE_URL (--database-url)")
     try:
         if args.direction == "up":
             if settings.runtime_role is None:

@@ -76,6 +76,7 @@ def run_workers(
     if settings.authzen_listen:
         plan_http_listener(settings, settings.authzen_listen, "authzen_listen")
     settings.check_durations()
+    settings.check_database_url()
     ext_authz_routes.from_settings(settings.ext_authz_config)
     listen = claim_port(settings.listen) if settings.listen else ""
     # The AuthZEN HTTP listener is shared the same way (every worker binds it with SO_REUSEPORT).
