@@ -57,11 +57,12 @@ class Listener:
         return logging.WARNING if self.exposed else logging.INFO
 
 
-def host_port(value: str) -> tuple[str, int] | None:
+def host_port(value: str, *, empty_host: bool = False) -> tuple[str, int] | None:
     """"host:port" or "[v6]:port" as (host, port), the port ASCII digits from 0 to 65535;
-    None when it is not that. Every listen setting is read through this one rule."""
+    None when it is not that. Every listen setting is read through this one rule. With
+    `empty_host`, ":port" (every interface, as grpc reads it) is taken too."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+    if not sep or not (host or empty_host) or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         return None
     return host.strip("[]"), int(port)
 
@@ -70,7 +71,7 @@ def plan_listeners(settings: Settings) -> list[Listener]:
     """The listeners `settings` asks for; SystemExit with a clear message when it cannot start."""
     tls = _tls_listener(settings)
     listeners: list[Listener] = []
-    if settings.listen and host_port(settings.listen) is None:
+    if settings.listen and host_port(settings.listen, empty_host=True) is None:
         _refuse(f"{_setting('listen')} must be host:port (e.g. 127.0.0.1:50051), got {settings.listen!r}")
     if settings.listen:
         listeners.append(tls or _plaintext_tcp_listener(settings))
