@@ -84,6 +84,13 @@ class Settings:
     workers: int = field(
         default=0, metadata={"help": "serving processes sharing the port with SO_REUSEPORT (0 = one per core)"}
     )
+    worker_timeout_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "a worker whose event loop has not said it is alive for this long (stopped, deadlocked) is"
+            " killed and restarted by `serve --workers` (0 = never)"
+        },
+    )
     worker_restarts: int = field(
         default=5,
         metadata={

@@ -17,7 +17,7 @@ from gatehouse.cache.subscriber import TenantEventSubscriber
 from gatehouse.server.access import AccessServicer
 from gatehouse.server.admin import AdminServicer
 from gatehouse.server.admin_auth import AdminAuthenticator, FailedAuthLimit, return_hash_memory_to_the_os
-from gatehouse.server import core_calls
+from gatehouse.server import core_calls, workers
 from gatehouse.server.admission import ADMIN, CONFIG, HOT, LOOKUP, WATCH, Admission
 from gatehouse.server.authzen import AuthZen
 from gatehouse.server.authzen_server import AuthZenServer
@@ -428,6 +428,9 @@ async def serve(settings: Settings, *, reuse_port: bool = False, metrics: Metric
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await sidecar.start()
+    # A `serve --workers` worker tells its parent its loop turns, through the drain too
+    # (a drain longer than the parent's timeout must not look like a hang).
+    alive = workers.heartbeat_task()
     authzen = f" (authzen: {sidecar.authzen.url})" if sidecar.authzen is not None else ""
     print(f"gatehouse: serving on {', '.join(sidecar.addresses)}{authzen}", flush=True)
     await stopping.wait()

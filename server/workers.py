@@ -15,18 +15,28 @@ place, as gunicorn does: same index, so worker 0 brings the outbox relay and the
 socket back with it. At most `GATEHOUSE_WORKER_RESTARTS` restarts in any minute; past
 that the workers are crashing in a loop, so `serve` stops them all and exits 1 for its
 supervisor (Kubernetes, systemd) to restart the whole process instead.
+
+A worker that hangs without dying (stopped, deadlocked, its event loop stuck) would go on
+taking its share of new connections, so each worker's event loop touches a file of its
+own every HEARTBEAT_SECONDS (`heartbeat_task`, a few µs a second), and a thread of the
+parent kills (SIGKILL) a worker whose file is older than `GATEHOUSE_WORKER_TIMEOUT_SECONDS`
+(30 s; gunicorn's `--timeout` is the same idea): its death then takes the restart path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import logging
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -40,6 +50,30 @@ if TYPE_CHECKING:
     from gatehouse.server.metrics import MetricsEndpoint
 
 log = logging.getLogger("gatehouse")
+
+HEARTBEAT_ENV = "GATEHOUSE_WORKER_HEARTBEAT_DIR"  # where a worker touches its file (named by its pid)
+HEARTBEAT_SECONDS = 1.0
+
+
+def heartbeat_task() -> "asyncio.Task[None] | None":
+    """In a `serve --workers` worker: a task touching this worker's heartbeat file every
+    HEARTBEAT_SECONDS from the event loop, so the parent sees the loop turn; None when
+    not a worker (or the parent checks no liveness)."""
+    directory = os.environ.get(HEARTBEAT_ENV)
+    if not directory:
+        return None
+    path = os.path.join(directory, str(os.getpid()))
+
+    async def beat() -> None:
+        while True:
+            try:
+                with open(path, "a"):
+                    os.utime(path)
+            except OSError:  # the parent is gone or removed its directory: nothing to tell
+                pass
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    return asyncio.get_running_loop().create_task(beat(), name="worker-heartbeat")
 
 
 def claim_port(listen: str) -> str:
@@ -86,18 +120,21 @@ def run_workers(
         from gatehouse.server.metrics import MetricsEndpoint
 
         endpoint = MetricsEndpoint(*metrics, directory=metrics_dir)
+    beats = tempfile.mkdtemp(prefix="gatehouse-workers-") if settings.worker_timeout_seconds > 0 else ""
     try:
-        return _run_children(settings, count, listen, authzen_listen, endpoint)
+        return _run_children(settings, count, listen, authzen_listen, endpoint, beats)
     finally:
         if endpoint is not None:
             endpoint.close()
+        if beats:
+            shutil.rmtree(beats, ignore_errors=True)
 
 
 RESTART_WINDOW_SECONDS = 60.0  # GATEHOUSE_WORKER_RESTARTS counts restarts in any such window
 
 
 def _run_children(
-    settings: Settings, count: int, listen: str, authzen_listen: str, endpoint: "MetricsEndpoint | None"
+    settings: Settings, count: int, listen: str, authzen_listen: str, endpoint: "MetricsEndpoint | None", beats: str
 ) -> int:
     def spawn(index: int) -> subprocess.Popen[str]:
         env = {
@@ -112,6 +149,7 @@ def _run_children(
             # multiprocess directory (PROMETHEUS_MULTIPROC_DIR, in os.environ) it reads.
             "GATEHOUSE_METRICS_LISTEN": "",
             "GATEHOUSE_WORKER_METRICS": "1" if endpoint is not None else "0",
+            HEARTBEAT_ENV: beats,
         }
         overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
         for name, value in overrides.items():
@@ -119,10 +157,12 @@ def _run_children(
                 env[f"GATEHOUSE_{name.upper()}"] = str(value)
         # Unix sockets cannot be shared by port reuse: only worker 0 takes it.
         env["GATEHOUSE_UNIX_SOCKET"] = settings.unix_socket if index == 0 else ""
-        return subprocess.Popen(
+        child = subprocess.Popen(
             [sys.executable, "-m", "gatehouse.server.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True,
             preexec_fn=_die_with(os.getpid()),
         )
+        spawned[child.pid] = time.time()
+        return child
 
     def first_line(child: subprocess.Popen[str]) -> str | None:
         """The address a worker serves on, once it says so (None: it did not start);
@@ -139,6 +179,28 @@ def _run_children(
         if first_line(replacement) is not None:
             starting.discard(replacement.pid)
             log.info("worker %d restarted (pid %d)", index, replacement.pid)
+
+    spawned: dict[int, float] = {}  # when each worker was started (wall clock, as file times)
+
+    def watch_liveness() -> None:
+        """Kill a worker whose heartbeat file is older than the timeout (see the module)."""
+        timeout = settings.worker_timeout_seconds
+        killed: set[int] = set()
+        while not stopping.wait(HEARTBEAT_SECONDS):
+            now = time.time()
+            for pid, index in list(waiting.items()):
+                try:
+                    last = max(spawned.get(pid, now), os.stat(os.path.join(beats, str(pid))).st_mtime)
+                except FileNotFoundError:  # not serving yet: timed from its start
+                    last = spawned.get(pid, now)
+                if now - last > timeout and pid not in killed:
+                    killed.add(pid)
+                    log.error(
+                        "worker %d (pid %d) has not shown a turn of its event loop for %.0f s "
+                        "(GATEHOUSE_WORKER_TIMEOUT_SECONDS): killing it", index, pid, now - last,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     children = [spawn(index) for index in range(count)]
     stopping = threading.Event()  # set by a signal handler, between any two statements below
@@ -171,6 +233,8 @@ def _run_children(
     # handler (it dies of the signal) served nothing and failed at nothing.
     starting: set[int] = set()
     waiting: dict[int, int] = {child.pid: index for index, child in enumerate(children)}
+    if beats:
+        threading.Thread(target=watch_liveness, name="worker-liveness", daemon=True).start()
     while waiting:
         # In the order they exit, so a worker that dies early is accounted at once.
         pid, status = os.waitpid(-1, 0)
