@@ -6,6 +6,7 @@ line of any output, whichever method it was sent to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from pathlib import Path
@@ -157,7 +158,20 @@ async def test_logs(run: Run, remote: Client, operator_token: str, unique: str) 
     watch = remote.config.WatchTenantConfig(config_pb2.WatchTenantConfigRequest(tenant_id=tenant.id))
     assert (await watch.read()).id == tenant.id
     watch.cancel()
-    await asyncio.sleep(0.5)  # the server sees the cancellation and ends the stream
+    # The server sees the cancellation and ends the stream, logging it: waited for (a fixed
+    # 0.5 s was not always enough on a loaded machine), at most 10 s.
+    def stream_logged() -> bool:
+        for text in run.stderr.splitlines():
+            with contextlib.suppress(ValueError):  # a line still being written
+                line = json.loads(text)
+                if line.get("logger") == "gatehouse.access" and line.get("method", "").endswith("/WatchTenantConfig"):
+                    return True
+        return False
+
+    for _ in range(100):
+        if stream_logged():
+            break
+        await asyncio.sleep(0.1)
     await run.stop()
 
     # --- no secret anywhere: stderr, stdout, the decision log. A key's id is no secret
