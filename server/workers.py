@@ -241,6 +241,10 @@ def _run_children(
         if pid not in waiting:
             continue
         index = waiting.pop(pid)
+        spawned.pop(pid, None)
+        if beats:  # a dead worker touches its heartbeat file no more: it goes with it
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(beats, str(pid)))
         child = children[index]
         child.returncode = os.waitstatus_to_exitcode(status)
         if endpoint is not None:
