@@ -351,11 +351,15 @@ class _Parts:
         kept = {key: value for key, value in given.items() if value is not None and key not in reserved}
         if not kept:
             return None
+
+        def named(key: str) -> str:  # the key as the caller spelled it, when short enough to echo
+            return f"{path}[{key!r}]" if len(repr(key)) <= 64 else f"{path}[key]"
+
         for key, value in kept.items():
             if _inexact(value, 0):
                 # A Struct's numbers are doubles: 2**53 + 1 would be read as 2**53, equal to
                 # another caller's id, and a condition comparing them would allow.
-                self._bad(f"{path}[{key!r}]" if len(repr(key)) <= 64 else f"{path}[key]", INEXACT_INTEGER)
+                self._bad(named(key), INEXACT_INTEGER)
                 return None
         struct = struct_pb2.Struct()
         try:
@@ -364,7 +368,7 @@ class _Parts:
             for key, value in kept.items():
                 problem = _unstorable(key, value)
                 if problem is not None:
-                    self._bad(f"{path}[{key!r}]" if len(repr(key)) <= 64 else f"{path}[key]", problem)
+                    self._bad(named(key), problem)
                     return None
             self._bad(path, "cannot be held as a google.protobuf.Struct")  # a failure _unstorable does not know
             return None
